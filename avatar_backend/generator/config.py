@@ -1,0 +1,253 @@
+"""Configuration objects for the LiveAct generator.
+
+Every dimension of every module comes from these dataclasses; no module hard-codes a size. Field names
+follow the published checkpoint's config.json where one exists (``dim``, ``ffn_dim``, ``num_heads`` ...),
+so a diffusers ``config.json`` maps onto :class:`DiTConfig` key for key.
+
+Named configurations live in :data:`CONFIGS`: ``tiny`` is the embedded CPU default, ``liveact-18b`` is the
+published checkpoint (Wan2.1-I2V-14B backbone plus the audio adapter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# Latent normalisation of the Wan2.1 VAE (LIVEACT_SPEC.md §7.1).
+WAN_LATENT_MEAN = (
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+)
+WAN_LATENT_STD = (
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+)
+
+MEMORY_GROUPINGS = ("single-device", "two-device")
+V_COMPRESSIONS = ("k_conv", "v_conv")
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """The LiveAct DiT (Wan2.1-I2V plus audio adapter). Defaults are the published 18B checkpoint."""
+
+    dim: int = 5120
+    ffn_dim: int = 13824
+    num_heads: int = 40
+    num_layers: int = 40
+    freq_dim: int = 256            # sinusoidal timestep embedding width
+    text_len: int = 512            # text context is zero-padded to this many rows, all attended
+    text_dim: int = 4096           # text encoder width (umT5-XXL)
+    in_dim: int = 36               # 16 noisy latent + 4 mask + 16 reference VAE code
+    out_dim: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+    clip_dim: int = 1280           # image feature width (CLIP ViT-H/14)
+    clip_tokens: int = 257         # image tokens; the text cross-attention splits its context here
+    audio_window: int = 5          # audio feature frames per video frame (±2)
+    audio_layers: int = 12         # audio feature layers per frame (wav2vec2-base)
+    audio_channels: int = 768      # audio feature width (wav2vec2-base)
+    vae_scale: int = 4             # video frames per latent frame
+    intermediate_dim: int = 512    # AudioProjModel hidden width
+    output_dim: int = 768          # audio token width
+    context_tokens: int = 32       # audio tokens per latent frame
+    norm_input_visual: bool = True
+    norm_output_audio: bool = True
+    memory_kernel: int = 5         # ConvKV: depthwise Conv1d kernel = stride
+    rope_max_positions: int = 1024
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """The streaming loop: block sizes, the 3-step schedule and the memory layout options."""
+
+    block_sizes: tuple[int, int] = (6, 8)        # latent frames in block 0, then in every later block
+    timesteps: tuple[float, ...] = (1000.0, 937.5, 833.33333333, 0.0)
+    memory_slots: int = 14                       # latent frames held per layer per step cache
+    memory_grouping: str = "single-device"       # how ConvKV groups compressed frames (see convkv.py)
+    v_compression: str = "k_conv"                # the reference compresses V with the K conv
+    skip_audio_at_first_step: bool = True
+    audio_cfg: float = 1.0                       # > 1 runs a second, audio-free pass at steps 1 and 2
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps) - 1
+
+    def __post_init__(self) -> None:
+        if self.memory_grouping not in MEMORY_GROUPINGS:
+            raise ValueError(f"memory_grouping must be one of {MEMORY_GROUPINGS}, got {self.memory_grouping!r}")
+        if self.v_compression not in V_COMPRESSIONS:
+            raise ValueError(f"v_compression must be one of {V_COMPRESSIONS}, got {self.v_compression!r}")
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Wan2.1 causal 3D VAE. Defaults are the published Wan2.1_VAE.pth."""
+
+    base_dim: int = 96
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temporal_downsample: tuple[bool, ...] = (False, True, True)
+    latent_mean: tuple[float, ...] = WAN_LATENT_MEAN
+    latent_std: tuple[float, ...] = WAN_LATENT_STD
+
+    @property
+    def spatial_stride(self) -> int:
+        return 2 ** (len(self.dim_mult) - 1)
+
+    @property
+    def temporal_stride(self) -> int:
+        return 2 ** sum(self.temporal_downsample)
+
+
+@dataclass(frozen=True)
+class AudioEncoderConfig:
+    """Per-video-frame audio features [frames, layers, channels].
+
+    ``learned``: a small convolutional front end trained with the tiny model.
+    ``wav2vec2``: wav2vec2-base hidden states interpolated to the video rate (the published model).
+    """
+
+    kind: str = "wav2vec2"
+    sample_rate: int = 16000
+    layers: int = 12
+    channels: int = 768
+    hidden: int = 64               # learned front end only
+    path: str = ""                 # wav2vec2 only: local directory of the HF model
+
+
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    """Reference-image features [tokens, dim] (``learned`` patch encoder, or CLIP ViT-H/14 penultimate block)."""
+
+    kind: str = "clip-vit-h-14"
+    image_size: int = 224
+    patch_size: int = 14
+    tokens: int = 257
+    dim: int = 1280
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """Prompt embeddings [tokens, dim] (``learned`` byte-level encoder, or the umT5-XXL encoder)."""
+
+    kind: str = "umt5-xxl"
+    max_len: int = 512
+    dim: int = 4096
+    layers: int = 0                # learned encoder only
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build a generator: the DiT, the sampler, the VAE, the encoders and the video format."""
+
+    name: str
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    audio_encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    width: int = 512
+    height: int = 512
+    fps: int = 20
+    sizes: tuple[tuple[int, int], ...] = ((512, 512), (416, 720), (480, 832))  # (width, height) accepted
+    dtype: str = "bfloat16"
+
+    @property
+    def pixel_stride(self) -> int:
+        """Pixels per DiT token side: VAE spatial stride times the patch size."""
+        return self.vae.spatial_stride * self.dit.patch_size[1]
+
+    def frame_tokens(self, width: int, height: int) -> int:
+        """Tokens per latent frame (``frame_len`` in the reference)."""
+        return (height // self.pixel_stride) * (width // self.pixel_stride)
+
+    def frames_per_block(self, block_index: int) -> int:
+        """Video frames a block yields: 21 for block 0 and 32 after (at the default block sizes)."""
+        stride = self.vae.temporal_stride
+        if block_index == 0:
+            return 1 + (self.sampler.block_sizes[0] - 1) * stride
+        return self.sampler.block_sizes[1] * stride
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        def build(kind, values):
+            names = {f.name: f for f in dataclasses.fields(kind)}
+            unknown = set(values) - set(names)
+            if unknown:
+                raise ValueError(f"unknown {kind.__name__} keys: {sorted(unknown)}")
+            return kind(**{k: _tuplify(v) for k, v in values.items()})
+
+        parts = {
+            "dit": DiTConfig, "sampler": SamplerConfig, "vae": VAEConfig, "audio_encoder": AudioEncoderConfig,
+            "image_encoder": ImageEncoderConfig, "text_encoder": TextEncoderConfig,
+        }
+        top = {k: v for k, v in data.items() if k not in parts}
+        nested = {k: build(parts[k], v) for k, v in data.items() if k in parts}
+        unknown = set(top) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys: {sorted(unknown)}")
+        return cls(**{k: _tuplify(v) for k, v in top.items()}, **nested)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def _tuplify(value: Any) -> Any:
+    """JSON has no tuples; configs are frozen and hashable, so lists become tuples on the way in."""
+    if isinstance(value, list):
+        return tuple(_tuplify(v) for v in value)
+    return value
+
+
+TINY = ModelConfig(
+    name="tiny",
+    dit=DiTConfig(
+        dim=128, ffn_dim=256, num_heads=4, num_layers=4, freq_dim=64, text_len=16, text_dim=64,
+        clip_dim=64, clip_tokens=17, audio_layers=3, audio_channels=32, intermediate_dim=64, output_dim=64,
+        context_tokens=4,
+    ),
+    vae=VAEConfig(base_dim=8),
+    audio_encoder=AudioEncoderConfig(kind="learned", layers=3, channels=32, hidden=64),
+    image_encoder=ImageEncoderConfig(kind="learned", image_size=64, patch_size=16, tokens=17, dim=64),
+    text_encoder=TextEncoderConfig(kind="learned", max_len=16, dim=64, layers=1),
+    width=128,
+    height=128,
+    sizes=((128, 128), (64, 64), (192, 192), (256, 256)),
+    dtype="float32",
+)
+
+LIVEACT_18B = ModelConfig(name="liveact-18b")
+
+CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (TINY, LIVEACT_18B)}
+
+
+def get_config(name: str) -> ModelConfig:
+    """A named configuration, or a clear error listing the known names."""
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise KeyError(f"unknown model config {name!r}; known: {sorted(CONFIGS)}") from None
