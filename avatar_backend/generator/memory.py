@@ -1,0 +1,145 @@
+"""The NPC memory: everything needed to continue one NPC's stream, as one object.
+
+It holds the ConvKV step caches (Neighbor Forcing: one per denoising step), the streaming VAE decoder's causal
+cache, the audio tail the next block's audio window reaches back into, the noise generator's state and the
+stream counters. Its size is known from the config before allocation (``LiveActPipeline.memory_bytes``) and
+does not change once allocated, so an NPC can talk for hours in constant memory.
+
+Snapshot format (``.npcmem``): a safetensors file whose metadata entry ``avatar_npc_memory`` is a JSON header
+with the format version, the stream state and a SHA-256 over every tensor's bytes in name order. Files are
+written atomically and verified on load; restoring is bit-exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from avatar_backend.store import atomic_write, now_ms
+
+FORMAT = "avatar-npc-memory"
+FORMAT_VERSION = 1
+HEADER_KEY = "avatar_npc_memory"
+
+
+class MemorySnapshotError(RuntimeError):
+    """A snapshot file is not a valid NPC memory (wrong format, version, or a checksum mismatch)."""
+
+
+@dataclass
+class NpcMemory:
+    npc_id: str
+    character_id: str
+    model_name: str
+    width: int
+    height: int
+    fps: int
+    seed: int
+    # Named state tensors; their set and shapes are fixed at allocation (see LiveActPipeline.new_memory).
+    tensors: dict[str, torch.Tensor] = field(repr=False)
+    blocks_generated: int = 0
+    frames_generated: int = 0
+    timeline_samples: int = 0            # 16 kHz samples of the timeline the generated video covers
+    prompt: str | None = None            # the active prompt; None means the character's base prompt
+    lineage: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # new for every fresh memory
+    updated_unix_ms: int = field(default_factory=now_ms)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def resume_token(self) -> str:
+        """Changes whenever the memory changes: a fresh memory gets a new lineage, every block a new count."""
+        return f"{self.lineage}-{self.blocks_generated}"
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": FORMAT_VERSION,
+            "npc_id": self.npc_id, "character_id": self.character_id, "model_name": self.model_name,
+            "width": self.width, "height": self.height, "fps": self.fps, "seed": self.seed,
+            "blocks_generated": self.blocks_generated, "frames_generated": self.frames_generated,
+            "timeline_samples": self.timeline_samples, "prompt": self.prompt, "lineage": self.lineage,
+            "updated_unix_ms": self.updated_unix_ms, "memory_bytes": self.nbytes(),
+            "resume_token": self.resume_token(),
+        }
+
+    # -- snapshots ----------------------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        tensors = {name: t.detach().contiguous().cpu() for name, t in self.tensors.items()}
+        header = self.header()
+        header["sha256"] = _checksum(tensors)
+        return save_tensors(tensors, metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
+
+    def save(self, path: Path | str) -> None:
+        atomic_write(Path(path), self.to_bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, device: str | torch.device = "cpu") -> "NpcMemory":
+        header = _parse_header_bytes(data)
+        tensors = load_tensors(data)
+        if _checksum(tensors) != header.get("sha256"):
+            raise MemorySnapshotError(f"NPC memory {header.get('npc_id')!r}: checksum mismatch (file corrupted)")
+        return cls(
+            npc_id=header["npc_id"], character_id=header["character_id"], model_name=header["model_name"],
+            width=header["width"], height=header["height"], fps=header["fps"], seed=header["seed"],
+            tensors={name: t.to(device) for name, t in tensors.items()},
+            blocks_generated=header["blocks_generated"], frames_generated=header["frames_generated"],
+            timeline_samples=header["timeline_samples"], prompt=header["prompt"], lineage=header["lineage"],
+            updated_unix_ms=header["updated_unix_ms"],
+        )
+
+    @classmethod
+    def load(cls, path: Path | str, device: str | torch.device = "cpu") -> "NpcMemory":
+        return cls.from_bytes(Path(path).read_bytes(), device)
+
+
+def read_memory_header(path: Path | str) -> dict[str, Any]:
+    """A snapshot's header without loading its tensors (for listing parked NPCs)."""
+    with safe_open(str(path), framework="pt") as f:
+        header = _validate_header((f.metadata() or {}).get(HEADER_KEY))
+    return header
+
+
+def _parse_header_bytes(data: bytes) -> dict[str, Any]:
+    # safetensors layout: 8-byte little-endian header length, then the JSON header with "__metadata__".
+    if len(data) < 8:
+        raise MemorySnapshotError("not an NPC memory snapshot: file too short")
+    length = int.from_bytes(data[:8], "little")
+    try:
+        raw = json.loads(data[8:8 + length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MemorySnapshotError(f"not an NPC memory snapshot: {err}") from None
+    return _validate_header((raw.get("__metadata__") or {}).get(HEADER_KEY))
+
+
+def _validate_header(text: str | None) -> dict[str, Any]:
+    if not text:
+        raise MemorySnapshotError("not an NPC memory snapshot: no header")
+    header = json.loads(text)
+    if header.get("format") != FORMAT:
+        raise MemorySnapshotError(f"not an NPC memory snapshot: format {header.get('format')!r}")
+    if header.get("version") != FORMAT_VERSION:
+        raise MemorySnapshotError(
+            f"NPC memory format version {header.get('version')} is not supported (this build reads {FORMAT_VERSION})")
+    return header
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        digest.update(name.encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(str(tuple(t.shape)).encode())
+        # A byte view of any dtype (bf16 and float8 have no numpy equivalent).
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
