@@ -1,0 +1,288 @@
+"""ConvKV memory: the constant-size self-attention key/value caches of one NPC (LIVEACT_SPEC.md §4, §5.2, §8).
+
+Every self-attention layer attends to 14 latent frames ("slots") of keys and values, whatever the stream length:
+
+    slot  0  1 | 2                     | 3                   | 4  5        | 6 .. 13
+          sink | long-term (recursive) | previous block (C)  | short-term  | current block
+
+A slot is ``frame_tokens`` consecutive rows of the cache, and the slot index is the key's temporal RoPE position
+("RoPE reset": positions never grow). Block 0 writes its 6 frames into slots 0..5, block 1 writes slots 6..13, and
+from block 2 on the memory is first compressed and then the current block overwrites slots 6..13.
+
+The compressor C turns 5 slots into 1 with a depthwise Conv1d (kernel = stride = 5) over the flattened token
+sequence, so it merges 5 consecutive tokens, and groups straddle row and frame ends when the frame is not a
+multiple of 5 wide. Which 5 slots feed each compressed slot is the "grouping":
+
+- ``single-device`` (the reference's 1-GPU path): slot 2 <- C(2, 3, 4, 5, 6), slot 3 <- C(7..11), slots 4, 5 <- 12, 13.
+- ``two-device`` (the reference's 2-GPU path, where each rank compresses its own half of the sequence):
+  slot 2 <- C(2, 6, 7, 8, 9), slot 3 <- C(3, 4, 5, 10, 11), slots 4, 5 <- 12, 13.
+
+Neighbor Forcing keeps one cache per denoising step, so block b at step i attends to block b-1 seen at the same
+noise level; audio CFG adds a second set for the audio-free branch.
+
+Two update paths compute the same thing: a functional one that builds new tensors (for training through the
+rollout with autograd) and an in-place one that writes into preallocated tensors (for inference, no copies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .config import DiTConfig, ModelConfig, SamplerConfig
+
+# Slot plans by grouping name: (target slot, the 5 source slots it compresses, in order) and (target, source) copies.
+# Slot indices are RoPE temporal positions. The two-device plan is the 2-rank reference emulated on one device:
+# rank 0 holds positions (0, 1, 2, 6, 7, 8, 9) and compresses its local slots 2..6 into position 2; rank 1 holds
+# (3, 4, 5, 10, 11, 12, 13), compresses its local slots 0..4 into position 3 and shifts 12, 13 down to 4, 5.
+_COMPRESSIONS: dict[str, tuple[tuple[int, tuple[int, ...]], ...]] = {
+    "single-device": ((2, (2, 3, 4, 5, 6)), (3, (7, 8, 9, 10, 11))),
+    "two-device": ((2, (2, 6, 7, 8, 9)), (3, (3, 4, 5, 10, 11))),
+}
+_COPIES: tuple[tuple[int, int], ...] = ((4, 12), (5, 13))
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    """Where each latent frame of the stream lives in a 14-slot cache, and how the memory is compressed."""
+
+    first_block: int = 6
+    block: int = 8
+    kernel: int = 5
+    grouping: str = "single-device"
+    v_compression: str = "k_conv"
+
+    def __post_init__(self) -> None:
+        if (self.first_block, self.block, self.kernel) != (6, 8, 5):
+            raise ValueError(
+                "the ConvKV slot plan is defined for blocks of 6 then 8 latent frames and a kernel of 5, "
+                f"got blocks ({self.first_block}, {self.block}) and kernel {self.kernel}"
+            )
+        if self.grouping not in _COMPRESSIONS:
+            raise ValueError(f"unknown memory grouping {self.grouping!r}; known: {sorted(_COMPRESSIONS)}")
+        if self.v_compression not in ("k_conv", "v_conv"):
+            raise ValueError(f"v_compression must be 'k_conv' or 'v_conv', got {self.v_compression!r}")
+
+    @classmethod
+    def from_config(cls, sampler: SamplerConfig, dit: DiTConfig) -> "SlotLayout":
+        layout = cls(
+            first_block=sampler.block_sizes[0], block=sampler.block_sizes[1], kernel=dit.memory_kernel,
+            grouping=sampler.memory_grouping, v_compression=sampler.v_compression,
+        )
+        if sampler.memory_slots != layout.slots:
+            raise ValueError(f"memory_slots {sampler.memory_slots} does not match the slot plan ({layout.slots})")
+        return layout
+
+    @property
+    def slots(self) -> int:
+        return self.first_block + self.block
+
+    @property
+    def compressions(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        return _COMPRESSIONS[self.grouping]
+
+    @property
+    def copies(self) -> tuple[tuple[int, int], ...]:
+        return _COPIES
+
+
+def compress(frames: Tensor, weight: Tensor) -> Tensor:
+    """The ConvKV compressor C: ``kernel`` slots [kernel * fs, heads, head_dim] -> one slot [fs, heads, head_dim].
+
+    Output token j of channel c is sum_m weight[c, 0, m] * input token (kernel * j + m) of channel c, with
+    c = head * head_dim + d: a depthwise Conv1d with kernel = stride over the flattened token sequence.
+    Accumulates in fp32 so a bf16 cache loses nothing beyond its own rounding.
+    """
+    channels, _, kernel = weight.shape
+    tokens, heads, head_dim = frames.shape
+    if heads * head_dim != channels or tokens % kernel:
+        raise ValueError(f"cannot compress {tuple(frames.shape)} with a conv of weight {tuple(weight.shape)}")
+    groups = frames.reshape(tokens // kernel, kernel, channels).float()
+    merged = (groups * weight.reshape(channels, kernel).t().float()).sum(dim=1)
+    return merged.reshape(tokens // kernel, heads, head_dim).to(frames.dtype)
+
+
+@dataclass(frozen=True)
+class CacheWrite:
+    """What one forward pass does to the cache of each layer: compress (blocks >= 2), then write the current block."""
+
+    layout: SlotLayout
+    frame_tokens: int
+    start_frame: int          # first slot the current block goes to: 0 for block 0, 6 after
+    frames: int               # latent frames in the current block
+    compress: bool
+    inplace: bool
+
+    @property
+    def end_frame(self) -> int:
+        return self.start_frame + self.frames
+
+    def apply(
+        self, k_cache: Tensor, v_cache: Tensor, k_new: Tensor, v_new: Tensor, k_conv: Tensor, v_conv: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Update one layer's caches [slots * fs, heads, head_dim] with the block's keys/values [frames * fs, ...].
+
+        Returns the caches to attend to: the same tensors, written in place, or new ones (functional path).
+        """
+        if self.layout.v_compression == "k_conv":
+            v_conv = k_conv  # the reference compresses V with the K conv; memory_proj_v is never used
+        return self._apply_one(k_cache, k_new, k_conv), self._apply_one(v_cache, v_new, v_conv)
+
+    def _apply_one(self, cache: Tensor, new: Tensor, conv: Tensor) -> Tensor:
+        fs = self.frame_tokens
+        if new.shape[0] != self.frames * fs or cache.shape[0] != self.layout.slots * fs:
+            raise ValueError(f"cache {tuple(cache.shape)} / block {tuple(new.shape)} do not match {self}")
+        slots = list(cache.split(fs))
+        updates: dict[int, Tensor] = {}
+        if self.compress:
+            # Compressed slots are computed from the old memory before any write, and the copies are applied
+            # before the current block overwrites their sources (12, 13): both paths see the memory as it was.
+            for target, sources in self.layout.compressions:
+                updates[target] = compress(torch.cat([slots[s] for s in sources]), conv)
+            for target, source in self.layout.copies:
+                updates[target] = slots[source]
+        for offset, frame in enumerate(new.split(fs)):
+            updates[self.start_frame + offset] = frame
+
+        if self.inplace:
+            for slot, value in updates.items():
+                slots[slot].copy_(value)
+            return cache
+        for slot, value in updates.items():
+            slots[slot] = value.to(cache.dtype)
+        return torch.cat(slots)
+
+
+@dataclass
+class StepCache:
+    """The keys and values of every layer for one denoising step (and one CFG branch).
+
+    k holds post-RMSNorm, pre-RoPE keys and v raw values, both [layers, slots * frame_tokens, heads, head_dim].
+    """
+
+    k: Tensor
+    v: Tensor
+    layout: SlotLayout
+
+    @property
+    def frame_tokens(self) -> int:
+        return self.k.shape[1] // self.layout.slots
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+
+
+def _null_audio_steps(sampler: SamplerConfig) -> tuple[int, ...]:
+    """Steps that run the audio-free CFG branch: those where audio is used at all, and only when cfg > 1."""
+    if sampler.audio_cfg <= 1.0:
+        return ()
+    first = 1 if sampler.skip_audio_at_first_step else 0
+    return tuple(range(first, sampler.num_steps))
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, dtype, None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}")
+    return resolved
+
+
+def cache_bytes(model_config: ModelConfig, width: int, height: int, dtype: torch.dtype | str | None = None) -> int:
+    """Bytes of one NPC's ConvKV memory, computed from the config alone (before anything is allocated)."""
+    dit, sampler = model_config.dit, model_config.sampler
+    itemsize = torch.empty((), dtype=_dtype(dtype or model_config.dtype)).element_size()
+    step_caches = sampler.num_steps + len(_null_audio_steps(sampler))
+    per_step = 2 * dit.num_layers * sampler.memory_slots * model_config.frame_tokens(width, height) * dit.dim
+    return step_caches * per_step * itemsize
+
+
+@dataclass
+class ConvKVMemory:
+    """All step caches of one NPC: ``steps[i]`` for denoising step i, ``null_audio[i]`` for the CFG branch."""
+
+    steps: list[StepCache]
+    null_audio: dict[int, StepCache] = field(default_factory=dict)
+
+    @classmethod
+    def allocate(
+        cls,
+        model_config: ModelConfig,
+        width: int,
+        height: int,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | str | None = None,
+    ) -> "ConvKVMemory":
+        dit, sampler = model_config.dit, model_config.sampler
+        return cls.allocate_for(
+            dit, sampler, model_config.frame_tokens(width, height), device=device,
+            dtype=_dtype(dtype or model_config.dtype),
+        )
+
+    @classmethod
+    def allocate_for(
+        cls, dit: DiTConfig, sampler: SamplerConfig, frame_tokens: int, *,
+        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    ) -> "ConvKVMemory":
+        """Zero-filled caches; blocks 0 and 1 overwrite every slot before it is read."""
+        layout = SlotLayout.from_config(sampler, dit)
+        shape = (dit.num_layers, layout.slots * frame_tokens, dit.num_heads, dit.head_dim)
+
+        def step() -> StepCache:
+            zeros = torch.zeros(shape, device=device, dtype=dtype)
+            return StepCache(zeros, torch.zeros_like(zeros), layout)
+
+        return cls(
+            steps=[step() for _ in range(sampler.num_steps)],
+            null_audio={i: step() for i in _null_audio_steps(sampler)},
+        )
+
+    @property
+    def layout(self) -> SlotLayout:
+        return self.steps[0].layout
+
+    @property
+    def frame_tokens(self) -> int:
+        return self.steps[0].frame_tokens
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.steps) + sum(c.nbytes for c in self.null_audio.values())
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """Flat name -> tensor map for a snapshot (``step{i}.k``, ``null_audio.step{i}.v`` ...)."""
+        tensors: dict[str, Tensor] = {}
+        for prefix, caches in (("", dict(enumerate(self.steps))), ("null_audio.", self.null_audio)):
+            for i, cache in caches.items():
+                tensors[f"{prefix}step{i}.k"] = cache.k
+                tensors[f"{prefix}step{i}.v"] = cache.v
+        return tensors
+
+    @classmethod
+    def from_state_tensors(cls, tensors: Mapping[str, Tensor], layout: SlotLayout) -> "ConvKVMemory":
+        """Inverse of :meth:`state_tensors`. The layout is not stored in the tensors: the snapshot header has it."""
+        steps: dict[int, StepCache] = {}
+        null_audio: dict[int, StepCache] = {}
+        for name in tensors:
+            branch, _, rest = name.rpartition("step")
+            index, kind = rest.split(".")
+            if kind != "k":
+                continue
+            target = {"": steps, "null_audio.": null_audio}.get(branch)
+            if target is None:
+                raise ValueError(f"unexpected memory tensor {name!r}")
+            target[int(index)] = StepCache(tensors[name], tensors[f"{branch}step{index}.v"], layout)
+        if sorted(steps) != list(range(len(steps))) or not steps:
+            raise ValueError(f"memory snapshot has step caches {sorted(steps)}, expected 0..n-1")
+        shapes = {tuple(c.k.shape) for c in [*steps.values(), *null_audio.values()]}
+        shapes |= {tuple(c.v.shape) for c in [*steps.values(), *null_audio.values()]}
+        if len(shapes) != 1 or next(iter(shapes))[1] % layout.slots:
+            raise ValueError(f"inconsistent memory tensor shapes {sorted(shapes)}")
+        return cls(steps=[steps[i] for i in range(len(steps))], null_audio=null_audio)

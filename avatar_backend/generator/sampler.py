@@ -1,0 +1,145 @@
+"""The 3-step block sampler (LIVEACT_SPEC.md §3): x0 prediction with fresh-noise re-noising.
+
+For each step i at t_i (1000, 937.5, 833.33): the model predicts a velocity v with the step-i cache,
+x0 = x_t - v * t_i / 1000, and the next input is (1 - t_{i+1}/1000) * x0 + eps * t_{i+1}/1000 with fresh eps
+(t_3 = 0, so the last step returns x0). Audio attention is skipped at step 0; with audio CFG the other steps run a
+second, audio-free pass on its own caches and use null + cfg * (cond - null).
+
+Noise is drawn in a fixed order per block: one tensor for the initial latent, then one per step (the last one is
+multiplied by 0). Keeping that order is what lets a replayed or restored noise source reproduce a stream exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from .config import SamplerConfig
+from .convkv import ConvKVMemory
+from .dit import CrossAttentionContext, WanModel
+from .schedule import BlockPlan
+
+
+class NoiseSource(Protocol):
+    """Standard normal noise of ``shape`` with the dtype and device of ``like``."""
+
+    def __call__(self, shape: Sequence[int], like: Tensor) -> Tensor: ...
+
+
+class GeneratorNoise:
+    """Noise from a seeded ``torch.Generator``, drawn in float32 on the generator's device.
+
+    Drawing in float32 on a fixed device keeps the stream independent of the model's dtype and of where it runs.
+    ``get_state``/``set_state`` save and restore the position in the stream for bit-exact resume.
+    """
+
+    def __init__(self, seed: int, device: torch.device | str = "cpu"):
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    def __call__(self, shape: Sequence[int], like: Tensor) -> Tensor:
+        noise = torch.randn(tuple(shape), generator=self.generator, device=self.generator.device, dtype=torch.float32)
+        return noise.to(device=like.device, dtype=like.dtype)
+
+    def get_state(self) -> Tensor:
+        """The generator state as a uint8 tensor (``bytes(state.numpy())`` for raw bytes)."""
+        return self.generator.get_state()
+
+    def set_state(self, state: Tensor | bytes) -> None:
+        if isinstance(state, (bytes, bytearray)):
+            state = torch.frombuffer(bytearray(state), dtype=torch.uint8)
+        self.generator.set_state(state.cpu())
+
+
+class ReplayNoise:
+    """Plays back recorded noise tensors in order (conformance tests, debugging)."""
+
+    def __init__(self, tensors: Iterable[Tensor]):
+        self._pending = list(tensors)
+        self.drawn = 0
+
+    def __call__(self, shape: Sequence[int], like: Tensor) -> Tensor:
+        if not self._pending:
+            raise RuntimeError(f"replayed noise exhausted after {self.drawn} draws")
+        noise = self._pending.pop(0)
+        if noise.numel() != torch.Size(shape).numel():
+            raise ValueError(f"draw {self.drawn}: recorded noise {tuple(noise.shape)} does not fit {tuple(shape)}")
+        self.drawn += 1
+        return noise.reshape(tuple(shape)).to(device=like.device, dtype=like.dtype)
+
+    @property
+    def remaining(self) -> int:
+        return len(self._pending)
+
+
+@dataclass
+class BlockResult:
+    x0: Tensor                 # [1, out_dim, T, h, w] the block's clean latent
+    memory: ConvKVMemory       # the memory after the block (the same object unless functional)
+    velocities: list[Tensor]   # the guided velocity of each step
+
+
+def denoise_block(
+    model: WanModel,
+    memory: ConvKVMemory,
+    plan: BlockPlan,
+    *,
+    y: Tensor,
+    context: CrossAttentionContext,
+    audio_window: Tensor | None,
+    noise: NoiseSource,
+    sampler: SamplerConfig,
+    functional: bool | None = None,
+) -> BlockResult:
+    """Generate one block: draw its initial noise, run the denoising steps, return x0 and the updated memory.
+
+    y [1, in_dim - out_dim, window_latents, h, w] is the whole conditioning window (sliced here by the plan).
+    ``audio_window`` [1, 53, 5, layers, ch] is the block's audio; None turns audio attention off altogether,
+    which is not the same as silence (silent audio still has non-zero features and tokens).
+    ``functional`` as in :meth:`WanModel.forward`.
+    """
+    if functional is None:
+        functional = torch.is_grad_enabled()
+    y_block = y[:, :, plan.y_slice]
+    shape = (y.shape[0], model.config.out_dim, plan.latent_frames, *y.shape[-2:])
+    latent = noise(shape, like=y.new_empty((), dtype=model.dtype))
+
+    audio_tokens = null_tokens = None
+    if audio_window is not None:
+        audio_tokens = model.audio_tokens(audio_window)
+        if memory.null_audio:
+            null_tokens = model.audio_tokens(torch.zeros_like(audio_window))
+
+    steps = list(memory.steps)
+    null_steps = dict(memory.null_audio)
+    velocities: list[Tensor] = []
+    timesteps = sampler.timesteps
+    for i in range(sampler.num_steps):
+        t_now, t_next = timesteps[i], timesteps[i + 1]
+        timestep = torch.tensor([t_now], dtype=torch.float32, device=latent.device)
+        use_audio = audio_tokens is not None and not (i == 0 and sampler.skip_audio_at_first_step)
+
+        def call(cache, tokens):
+            return model(
+                latent, timestep, y_block, cache=cache, start_frame=plan.window_start, compress=plan.update_cache,
+                context=context, audio_tokens=tokens, functional=functional,
+            )
+
+        velocity, steps[i] = call(steps[i], audio_tokens if use_audio else None)
+        if use_audio and i in null_steps:
+            null_velocity, null_steps[i] = call(null_steps[i], null_tokens)
+            velocity = null_velocity + sampler.audio_cfg * (velocity - null_velocity)
+        velocities.append(velocity)
+
+        x0 = latent - velocity * (t_now / 1000.0)
+        eps = noise(latent.shape, like=latent)
+        latent = (1.0 - t_next / 1000.0) * x0 + eps * (t_next / 1000.0)
+
+    if functional:
+        memory = dataclasses.replace(memory, steps=steps, null_audio=null_steps)
+    return BlockResult(x0=latent, memory=memory, velocities=velocities)
