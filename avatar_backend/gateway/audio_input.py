@@ -1,0 +1,68 @@
+"""The NPC's voice of one session: numbered packets in, contiguous float32 PCM at the model's 16 kHz out."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from avatar_backend.media.jitter import JitterBuffer, JitterStats
+from avatar_backend.media.resample import MODEL_SAMPLE_RATE, Resampler
+from avatar_backend.proto_gen import converse_pb2
+
+__all__ = ["AudioInput"]
+
+_EMPTY = np.zeros(0, dtype=np.float32)
+
+
+class AudioInput:
+    def __init__(self, codec: int, sample_rate: int):
+        if codec == converse_pb2.AUDIO_CODEC_OPUS:
+            # Opus decodes to any rate directly, so it goes straight to the model's rate with no resampler.
+            self._jitter = JitterBuffer("opus", MODEL_SAMPLE_RATE)
+            self._resampler = None
+        else:
+            self._jitter = JitterBuffer("pcm16", sample_rate)
+            self._resampler = None if sample_rate == MODEL_SAMPLE_RATE else Resampler(sample_rate)
+
+    @property
+    def stats(self) -> JitterStats:
+        return self._jitter.stats
+
+    @property
+    def waiting_for_missing_packet(self) -> bool:
+        """Packets are held back until a missing one arrives or times out (see :meth:`pull`)."""
+        return self._jitter.buffered_packets > 0
+
+    @property
+    def reorder_timeout_s(self) -> float:
+        return self._jitter.reorder_timeout_s or 0.0
+
+    def push(self, sequence_number: int, payload: bytes) -> np.ndarray:
+        """Add one packet; returns the audio that became ready (often the packet's own)."""
+        self._jitter.push(sequence_number, payload)
+        return self.pull()
+
+    def pull(self) -> np.ndarray:
+        """Audio ready now; also declares a missing packet lost once it waited too long."""
+        return self._convert(self._jitter.pull())
+
+    def end_utterance(self) -> np.ndarray:
+        """Everything still held: missing packets are declared lost, the resampler's tail is released."""
+        self._jitter.flush()
+        audio = self.pull()
+        if self._resampler is None:
+            return audio
+        tail = self._resampler.flush()
+        return np.concatenate([audio, tail]) if tail.size else audio
+
+    def interrupt(self) -> int:
+        """Drop everything not yet handed out; returns the 16 kHz samples dropped that were ready."""
+        dropped = self.pull().size
+        self._jitter.discard()
+        if self._resampler is not None:
+            dropped += self._resampler.flush().size
+        return dropped
+
+    def _convert(self, audio: np.ndarray) -> np.ndarray:
+        if self._resampler is None or audio.size == 0:
+            return audio if audio.size else _EMPTY
+        return self._resampler.process(audio)

@@ -1,0 +1,301 @@
+"""The gateway process: gRPC server (AvatarService, health, reflection) in front of one worker process.
+
+    run_server(ServerOptions(port=50051, data_dir=...))     # blocks until SIGINT/SIGTERM; returns 0
+
+Start-up: check libopus, bind the port (health NOT_SERVING), start the worker and wait for it, then
+health SERVING and a "serving on HOST:PORT" line on stdout. Shutdown on SIGINT/SIGTERM: health NOT_SERVING,
+every live session gets EVENT_CODE_DRAINING and ends with UNAVAILABLE, the worker saves every NPC memory
+and exits, and so does the gateway (a second signal skips the waiting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from avatar_backend import __version__
+from avatar_backend.media.opus import OpusUnavailableError, check_opus_available
+from avatar_backend.proto_gen import avatar_service_pb2, avatar_service_pb2_grpc, worker_pb2
+from avatar_backend.store import DataDir, default_data_dir
+from avatar_backend.worker.link import GatewayLink, WorkerRequestError, WorkerUnavailableError
+from avatar_backend.worker.process import WorkerProcess, WorkerProcessConfig, WorkerStartError
+
+from .auth import ApiKeyInterceptor
+from .limits import Limits
+from .runtime import GatewayRuntime, SessionRegistry, WorkerLinkLike, WorkerStatus
+from .service import AvatarService
+
+__all__ = ["Gateway", "ServerOptions", "run_server", "serve"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = avatar_service_pb2.DESCRIPTOR.services_by_name["AvatarService"].full_name
+WORKER_INFO_TIMEOUT_S = 5.0
+WORKER_POLL_INTERVAL_S = 0.1
+
+
+@dataclass
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 50051                      # 0: pick a free port (see Gateway.port / ready_callback)
+    data_dir: Path | str | None = None     # None: the user's data directory
+    model_config: str = "tiny"             # model config name or JSON file, passed to the worker
+    device: str = "cpu"                    # cpu, cuda, cuda:N
+    weights: Path | str | None = None      # None: the shipped weights, if any
+    max_sessions: int = Limits.max_sessions
+    max_message_bytes: int = Limits.max_message_bytes
+    max_audio_packet_bytes: int = Limits.max_audio_packet_bytes
+    max_prompt_chars: int = Limits.max_prompt_chars
+    max_reference_image_bytes: int = Limits.max_reference_image_bytes
+    outbound_queue_frames: int = Limits.outbound_queue_frames
+    api_key: str | None = None             # when set, AvatarService calls need "authorization: Bearer <key>"
+    worker_endpoint: str | None = None     # ZeroMQ endpoint for the worker (None: ipc:// in a temp dir)
+    encode_threads: int = 0                # 0: one per core, at most 8
+    drain_timeout_s: float = 10.0          # how long sessions get to end after DRAINING
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_message_bytes=self.max_message_bytes, max_audio_packet_bytes=self.max_audio_packet_bytes,
+            max_sessions=self.max_sessions, max_prompt_chars=self.max_prompt_chars,
+            max_reference_image_bytes=self.max_reference_image_bytes,
+            outbound_queue_frames=self.outbound_queue_frames,
+        )
+
+    def resolved_data_dir(self) -> DataDir:
+        return DataDir(self.data_dir if self.data_dir is not None else default_data_dir())
+
+
+class Gateway:
+    """The gRPC server and everything it serves, over any worker link (the real one, or a test fake)."""
+
+    def __init__(self, options: ServerOptions, link: WorkerLinkLike, *, data_dir: DataDir | None = None):
+        self.options = options
+        limits = options.limits()
+        threads = options.encode_threads or min(8, os.cpu_count() or 1)
+        self.runtime = GatewayRuntime(
+            link=link, data_dir=(data_dir or options.resolved_data_dir()).ensure(), limits=limits,
+            worker=WorkerStatus(), sessions=SessionRegistry(limits.max_sessions),
+            encode_pool=ThreadPoolExecutor(threads, thread_name_prefix="frame-encode"), version=__version__,
+        )
+        self.health = health.aio.HealthServicer()
+        interceptors = [ApiKeyInterceptor(options.api_key)] if options.api_key else []
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+            # Conversations last hours: ping idle connections so a game that vanished (no FIN through a NAT)
+            # is noticed, its call cancelled and its NPC's memory saved; let clients keep NATs open too.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ])
+        avatar_service_pb2_grpc.add_AvatarServiceServicer_to_server(AvatarService(self.runtime), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server)
+        self.port = self.server.add_insecure_port(f"{options.host}:{options.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {options.host}:{options.port} (in use, or not an address of this host)")
+        self._watch: asyncio.Task | None = None
+        self._worker_changed = asyncio.Event()
+        self._first_ready = asyncio.Event()
+        self._draining = False
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.options.host}:{self.port}"
+
+    async def start(self) -> None:
+        await self._set_serving(False)
+        await self.server.start()
+        log.info("gateway listening on %s (waiting for the generator worker)", self.address)
+        self._watch = asyncio.get_running_loop().create_task(self._watch_worker(), name="worker-watch")
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Until the worker answered for the first time (health SERVING)."""
+        try:
+            await asyncio.wait_for(self._first_ready.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def worker_lost(self, reason: str) -> None:
+        """The worker died (its sessions already got WorkerLost from the link): NOT_SERVING until it is back."""
+        self.runtime.worker.set_not_ready(f"generator worker stopped: {reason}; it is being restarted")
+        self._worker_changed.set()
+
+    async def drain(self) -> None:
+        """Stop taking sessions, end the live ones with DRAINING + UNAVAILABLE, then stop the server."""
+        if self._draining:
+            return
+        self._draining = True
+        await self.health.enter_graceful_shutdown()
+        live = self.runtime.sessions.drain_all()
+        log.info("draining: %d live session(s)", live)
+        if not await self.runtime.sessions.wait_empty(self.options.drain_timeout_s):
+            log.warning("%d session(s) still open after %.0fs; cancelling them", len(self.runtime.sessions),
+                        self.options.drain_timeout_s)
+        await self.stop(grace=1.0)
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
+        await self.server.stop(grace)
+        await self.runtime.wait_background(timeout=10.0)
+        self.runtime.encode_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- worker readiness ------------------------------------------------------------------------------------
+
+    async def _watch_worker(self) -> None:
+        status = self.runtime.worker
+        while True:
+            if not status.ready:
+                info = await self._query_worker_info()
+                if info is None:
+                    await asyncio.sleep(WORKER_POLL_INTERVAL_S)
+                    continue
+                status.set_ready(info)
+                await self._set_serving(True)
+                self._worker_changed.clear()
+                log.info("generator worker ready: model %s on %s%s", info.model_name, info.device,
+                         " (RANDOM WEIGHTS: the video is not a real face)" if info.random_weights else "")
+                self._first_ready.set()
+                continue
+            # The supervisor reports a dead worker through worker_lost(); the link notices a replaced one.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._worker_changed.wait(), WORKER_POLL_INTERVAL_S)
+            if getattr(self.runtime.link, "connected", True) is False and status.ready:
+                status.set_not_ready("the generator worker disconnected; it is being restarted")
+            if not status.ready:
+                log.warning("generator worker not ready: %s", status.not_ready_reason)
+                await self._set_serving(False)
+
+    async def _query_worker_info(self) -> worker_pb2.WorkerInfo | None:
+        try:
+            reply, _ = await self.runtime.link.request(
+                worker_pb2.ToWorker(worker_info_query=worker_pb2.WorkerInfoQuery()), timeout=WORKER_INFO_TIMEOUT_S)
+        except (WorkerUnavailableError, WorkerRequestError):
+            return None
+        return reply.worker_info
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+
+async def serve(options: ServerOptions, ready_callback: Callable[[int], object] | None = None) -> int:
+    """Run the gateway and its worker until SIGINT/SIGTERM; returns the exit status (0 after a drain).
+
+    ``ready_callback(port)`` is called once the worker is ready and the server is SERVING.
+    """
+    try:
+        opus_version = check_opus_available()
+    except OpusUnavailableError as err:
+        log.error("%s", err)
+        print(f"avatar-backend: {err}", flush=True)
+        return 1
+    log.info("Opus decoder: %s", opus_version)
+    data_dir = options.resolved_data_dir().ensure()
+    link = GatewayLink(options.worker_endpoint)
+    await link.start()
+    gateway = Gateway(options, link, data_dir=data_dir)
+    worker = WorkerProcess(link, WorkerProcessConfig(
+        data_dir=data_dir.root, model_config=options.model_config, device=options.device,
+        weights=str(options.weights) if options.weights else None,
+    ), on_lost=gateway.worker_lost)
+    stop_requested = asyncio.Event()
+    main_task = asyncio.current_task()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("%s: draining (send it again to stop at once)", signal.Signals(signum).name)
+            stop_requested.set()
+        elif main_task is not None:
+            main_task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await gateway.start()
+        print(f"avatar-backend listening on {gateway.address}; starting the generator worker "
+              f"({options.model_config} on {options.device})", flush=True)
+        try:
+            await _start_worker_or_stop(worker, stop_requested)
+        except WorkerStartError as err:
+            log.error("the generator worker did not start: %s", err)
+            print(f"avatar-backend: the generator worker did not start: {err}", flush=True)
+            return 1
+        if not stop_requested.is_set():
+            await _wait_first_ready(gateway, stop_requested)
+        if not stop_requested.is_set():
+            print(f"avatar-backend serving on {gateway.address}", flush=True)
+            if ready_callback is not None:
+                ready_callback(gateway.port)
+            await stop_requested.wait()
+        await gateway.drain()
+        return 0
+    except asyncio.CancelledError:
+        log.warning("stopping without draining")
+        return 1
+    finally:
+        await gateway.stop(grace=0)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        # Shutdown: the worker saves every NPC memory, then exits.
+        await worker.stop()
+        await link.close()
+
+
+async def _start_worker_or_stop(worker: WorkerProcess, stop_requested: asyncio.Event) -> None:
+    starting = asyncio.ensure_future(worker.start())
+    stopping = asyncio.ensure_future(stop_requested.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+    if starting.done() and not starting.cancelled():
+        starting.result()
+
+
+async def _wait_first_ready(gateway: Gateway, stop_requested: asyncio.Event) -> None:
+    ready = asyncio.ensure_future(gateway.wait_ready())
+    stopping = asyncio.ensure_future(stop_requested.wait())
+    try:
+        await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ready.cancel()
+        stopping.cancel()
+
+
+def run_server(options: ServerOptions, ready_callback: Callable[[int], object] | None = None) -> int:
+    """Blocking form of :func:`serve` for the CLI: ``sys.exit(run_server(ServerOptions(...)))``."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve(options, ready_callback))

@@ -1,0 +1,418 @@
+"""The Converse state machine over a real grpc.aio server, against the fake worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+import pytest
+import simplejpeg
+from gateway_harness import (
+    ACTIONS,
+    EMOTIONS,
+    async_test,
+    final_status,
+    next_of,
+    open_session,
+    register_character,
+    running_gateway,
+    session_config,
+)
+
+from avatar_backend.media.opus import OpusEncoder
+from avatar_backend.proto_gen import converse_pb2 as cv
+
+
+def _kind(message) -> str:
+    return message.WhichOneof("message")
+
+
+# -- opening ------------------------------------------------------------------------------------------------
+
+
+@async_test
+async def test_first_message_must_be_a_config(tmp_path):
+    async with running_gateway(tmp_path) as h:
+        call = h.stub.Converse()
+        await call.write(cv.ClientMessage(audio=cv.AudioPacket(sequence_number=0, payload=b"\x00\x00")))
+        code, details, messages = await final_status(call)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "SessionConfig" in details
+        assert messages == []
+
+        call = h.stub.Converse()
+        await call.done_writing()
+        code, _, _ = await final_status(call)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.mark.parametrize("fields, field_name", [
+    ({"character_id": "nobody"}, "character_id"),
+    ({"npc_id": "bad id!"}, "npc_id"),
+    ({"video": cv.VideoFormat(width=300, height=300)}, "video.width"),
+    ({"video": cv.VideoFormat(width=128, height=64)}, "video.height"),
+    ({"video": cv.VideoFormat(width=128)}, "video.height"),
+    ({"video": cv.VideoFormat(fps=25)}, "video.fps"),
+    ({"video": cv.VideoFormat(codec=cv.VIDEO_CODEC_H264)}, "video.codec"),
+    ({"video": cv.VideoFormat(codec=42)}, "video.codec"),
+    ({"video": cv.VideoFormat(jpeg_quality=101)}, "video.jpeg_quality"),
+    ({"audio": cv.AudioFormat(sample_rate=44100)}, "audio.sample_rate"),
+    ({"audio": cv.AudioFormat(channels=2)}, "audio.channels"),
+    ({"audio": cv.AudioFormat(codec=9)}, "audio.codec"),
+    ({"stats_interval_ms": 50}, "stats_interval_ms"),
+])
+@async_test
+async def test_invalid_config_names_the_field(tmp_path, fields, field_name):
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        call = h.stub.Converse()
+        await call.write(session_config(**fields))
+        code, details, _ = await final_status(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+        assert details.startswith(f"{field_name}:"), details
+        assert not h.worker.requests_of("open_npc")
+
+
+@async_test
+async def test_unsupported_size_lists_the_supported_ones(tmp_path):
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        call = h.stub.Converse()
+        await call.write(session_config(video=cv.VideoFormat(width=300, height=300)))
+        _, details, _ = await final_status(call)
+        assert details == ("video.width: 300 is not a supported size; supported: 128x128, 64x64, 192x192, 256x256")
+
+
+@async_test
+async def test_worker_refusals_keep_their_codes(tmp_path):
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        # A new NPC needs a character: the worker says so, the client sees INVALID_ARGUMENT.
+        call = h.stub.Converse()
+        await call.write(session_config(npc_id="fresh", character_id=""))
+        code, details, _ = await final_status(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("character_id:")
+
+        call, accepted = await open_session(h.stub)
+        await call.done_writing()
+        assert (await final_status(call))[0] == grpc.StatusCode.OK
+        call = h.stub.Converse()
+        await call.write(session_config(resume_token="stale"))
+        code, _, _ = await final_status(call)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        call = h.stub.Converse()
+        await call.write(session_config(video=cv.VideoFormat(width=64, height=64)))
+        code, _, _ = await final_status(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT  # the memory was made at the default 128x128
+
+
+@async_test
+async def test_second_session_for_a_live_npc_is_aborted(tmp_path):
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        first, _ = await open_session(h.stub)
+        second = h.stub.Converse()
+        await second.write(session_config())
+        code, details, _ = await final_status(second)
+        assert code == grpc.StatusCode.ABORTED
+        assert "npc-1" in details
+        # The first session is untouched.
+        await next_of(first, "frame")
+        first.cancel()
+
+
+@async_test
+async def test_session_limit_is_resource_exhausted_with_retry_hint(tmp_path):
+    async with running_gateway(tmp_path, max_sessions=1) as h:
+        await register_character(h.stub)
+        first, _ = await open_session(h.stub)
+        second = h.stub.Converse()
+        await second.write(session_config(npc_id="npc-2"))
+        code, _, _ = await final_status(second)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        trailers = dict(await second.trailing_metadata())
+        assert int(trailers["retry-after-ms"]) > 0
+        first.cancel()
+
+
+# -- live ---------------------------------------------------------------------------------------------------
+
+
+@async_test
+async def test_frames_echo_and_stats_on_the_session_clock(tmp_path):
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        call, accepted = await open_session(h.stub, session_config(
+            video=cv.VideoFormat(width=64, height=64), audio=cv.AudioFormat(sample_rate=48000),
+            stats_interval_ms=100))
+        assert accepted.video.codec == cv.VIDEO_CODEC_JPEG and accepted.video.jpeg_quality == 85
+        assert accepted.audio.codec == cv.AUDIO_CODEC_OPUS and accepted.audio.sample_rate == 48000
+        assert (accepted.first_block_frames, accepted.block_frames, accepted.model) == (21, 32, "tiny")
+        assert accepted.start_frame_index == 0 and not accepted.resumed
+
+        seen: list = []
+        frames = []
+        while len(frames) < 40:
+            message = await next_of(call, "frame", seen=seen)
+            frames.append(message.frame)
+        echo = [m.audio_echo for m in seen if _kind(m) == "audio_echo"]
+        assert echo[0].start == 0 and echo[0].sample_rate == 16000
+        # 21 frames at 20 fps = 1.05 s = 16800 samples at 16 kHz, echoed as PCM16.
+        assert len(echo[0].pcm16) == 21 * 800 * 2
+        assert echo[1].start == 21 * 2400  # the second block's echo, on the 48 kHz session clock
+        for i, frame in enumerate(frames):
+            assert frame.index == i
+            assert frame.pts == i * 2400 and frame.pts_us == i * 50_000
+            assert (frame.audio_start, frame.audio_end) == (i * 2400, (i + 1) * 2400)
+            assert frame.block_index == (0 if i < 21 else 1)
+            assert frame.keyframe and frame.codec == cv.VIDEO_CODEC_JPEG
+        image = simplejpeg.decode_jpeg(frames[5].data)
+        assert image.shape == (64, 64, 3) and abs(int(image.mean()) - 5) <= 2
+
+        stats = (await next_of(call, "stats", timeout=2.0)).stats
+        assert stats.frames_sent >= 40 and stats.blocks_generated >= 2
+        assert stats.devices[0].name == "Fake GPU"
+        assert stats.first_frame_latency_ms > 0
+
+        await call.done_writing()
+        code, _, _ = await final_status(call)
+        assert code == grpc.StatusCode.OK
+        assert len(h.worker.closed_sessions) == 1
+        assert not h.gateway.runtime.sessions.is_live("npc-1")
+
+
+@async_test
+async def test_audio_controls_and_interrupt_reach_the_worker(tmp_path):
+    async with running_gateway(tmp_path, block_interval_s=0.5) as h:
+        await register_character(h.stub)
+        call, accepted = await open_session(h.stub, session_config(
+            video=cv.VideoFormat(width=64, height=64)))
+        encoder = OpusEncoder(48000, frame_ms=20)
+        voice = (0.3 * np.sin(np.arange(48000) * 2 * np.pi * 220 / 48000)).astype(np.float32)
+        packets = encoder.encode_all(voice)  # one second, 50 packets
+        for seq, packet in enumerate(packets):
+            await call.write(cv.ClientMessage(audio=cv.AudioPacket(sequence_number=seq, payload=packet)))
+        await call.write(cv.ClientMessage(end_of_utterance=cv.EndOfUtterance()))
+        await call.write(cv.ClientMessage(emotion=cv.EmotionEvent(name="happy", intensity=0.5)))
+        await call.write(cv.ClientMessage(emotion=cv.EmotionEvent(name="bored")))
+        await call.write(cv.ClientMessage(action=cv.ActionEvent(preset="wave")))
+        await call.write(cv.ClientMessage(action=cv.ActionEvent(preset="dance")))
+        await call.write(cv.ClientMessage(action=cv.ActionEvent(free_text="x" * 5000)))
+        await call.write(cv.ClientMessage(listening=cv.ListeningEvent(listening=True)))
+        await call.write(cv.ClientMessage(interrupt=cv.InterruptRequest()))
+
+        seen: list = []
+        ack = (await next_of(call, "interrupt_ack", seen=seen)).interrupt_ack
+        events = {m.event.code: m.event for m in seen if _kind(m) == "event"}
+        assert events[cv.EVENT_CODE_UNKNOWN_EMOTION].details["name"] == "bored"
+        assert events[cv.EVENT_CODE_UNKNOWN_ACTION].details["name"] == "dance"
+        assert events[cv.EVENT_CODE_INVALID_EVENT].details["field"] == "action.free_text"
+
+        session = h.worker.session_of("npc-1")
+        # One second of voice arrives at 16 kHz (Opus decodes straight to the model's rate).
+        assert session.audio_samples_received == 16000
+        controls = [(c.WhichOneof("event"), getattr(c, c.WhichOneof("event"))) for c in session.controls]
+        assert controls == [
+            ("end_of_utterance", True), ("emotion_prompt", EMOTIONS["happy"]), ("action_prompt", ACTIONS["wave"]),
+            ("listening", True), ("interrupt", True),
+        ]
+        assert session.controls[1].intensity == pytest.approx(0.5)
+        # No block was made yet, so the whole second was dropped; on the session clock (48 kHz, the Opus
+        # default).
+        assert (ack.generated_until, ack.dropped_samples, ack.next_frame_index) == (0, 48000, 0)
+        call.cancel()
+
+
+@async_test
+async def test_garbage_audio_is_counted_and_the_stream_goes_on(tmp_path):
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        call, _ = await open_session(h.stub, session_config(
+            video=cv.VideoFormat(width=64, height=64), stats_interval_ms=100))
+        encoder = OpusEncoder(48000, frame_ms=20)
+        good = encoder.encode_all(np.zeros(960 * 4, dtype=np.float32))
+        payloads = [good[0], b"\xff\xff\xff\xff garbage", good[1], b"", good[2], bytes(range(256)) * 3, good[3]]
+        for seq, payload in enumerate(payloads):
+            await call.write(cv.ClientMessage(audio=cv.AudioPacket(sequence_number=seq, payload=payload)))
+        seen: list = []
+        event = (await next_of(call, "event", seen=seen)).event
+        assert event.code == cv.EVENT_CODE_AUDIO_GARBAGE
+        deadline = time.monotonic() + 3
+        while True:
+            stats = (await next_of(call, "stats")).stats
+            if stats.audio.garbage >= 2 or time.monotonic() > deadline:
+                break
+        assert stats.audio.received == len(payloads)
+        assert stats.audio.garbage >= 2
+        # Still live: frames keep coming.
+        await next_of(call, "frame")
+        await next_of(call, "frame")
+        call.cancel()
+
+
+@async_test
+async def test_oversized_message_ends_only_its_own_stream(tmp_path):
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        healthy, _ = await open_session(h.stub, session_config(npc_id="healthy",
+                                                               video=cv.VideoFormat(width=64, height=64)))
+        greedy, _ = await open_session(h.stub, session_config(npc_id="greedy",
+                                                              video=cv.VideoFormat(width=64, height=64)))
+        await next_of(greedy, "frame")
+        await greedy.write(cv.ClientMessage(audio=cv.AudioPacket(payload=b"x" * (10 << 20))))
+        code, details, _ = await final_status(greedy)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+
+        before = (await next_of(healthy, "frame")).frame.index
+        for _ in range(30):
+            frame = (await next_of(healthy, "frame")).frame
+        assert frame.index >= before + 30
+        # The greedy session's NPC was closed (its memory saved) and can be opened again.
+        for _ in range(50):
+            if not h.gateway.runtime.sessions.is_live("greedy"):
+                break
+            await asyncio.sleep(0.02)
+        again, accepted = await open_session(h.stub, session_config(npc_id="greedy"))
+        assert accepted.resumed
+        # No size asked: the NPC's own (its memory was made at 64x64), not the model's default.
+        assert (accepted.video.width, accepted.video.height, accepted.video.fps) == (64, 64, 20)
+        again.cancel()
+        healthy.cancel()
+
+
+@async_test
+async def test_audio_packet_over_its_limit_is_resource_exhausted(tmp_path):
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        call, _ = await open_session(h.stub)
+        await call.write(cv.ClientMessage(audio=cv.AudioPacket(payload=b"\x00" * (64 * 1024))))
+        code, details, _ = await final_status(call)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert details.startswith("audio.payload:")
+
+
+@async_test
+async def test_slow_reader_loses_oldest_frames_and_never_blocks_others(tmp_path):
+    async with running_gateway(tmp_path, block_interval_s=0.02, outbound_queue_frames=8) as h:
+        await register_character(h.stub)
+        big = cv.VideoFormat(width=256, height=256, codec=cv.VIDEO_CODEC_RAW_RGB)
+        slow, _ = await open_session(h.stub, session_config(npc_id="slow", video=big, stats_interval_ms=100))
+        fast, _ = await open_session(h.stub, session_config(npc_id="fast", video=cv.VideoFormat(width=64, height=64)))
+
+        # The fast client reads everything while the slow one reads nothing.
+        started = time.monotonic()
+        fast_frames = 0
+        while time.monotonic() - started < 1.5:
+            await next_of(fast, "frame")
+            fast_frames += 1
+        # About 75 blocks of 21-32 frames were made for each NPC meanwhile; the fast client got many of them.
+        assert fast_frames > 200
+
+        slow_worker = h.worker.session_of("slow")
+        gaps = np.diff(slow_worker.block_times)
+        assert gaps.max() < 0.5, "the worker waited for the slow client"
+
+        indices, events, stats = [], [], []
+        while len(indices) < 40:
+            message = await slow.read()
+            kind = _kind(message)
+            if kind == "frame":
+                indices.append(message.frame.index)
+                assert len(message.frame.data) == 256 * 256 * 3
+                assert message.frame.data[0] == message.frame.index % 256
+            elif kind == "event":
+                events.append(message.event)
+            elif kind == "stats":
+                stats.append(message.stats)
+        assert indices == sorted(indices)
+        assert indices[-1] - indices[0] > len(indices), "no frame was dropped"
+        assert any(e.code == cv.EVENT_CODE_FRAMES_DROPPED for e in events)
+        stats.append((await next_of(slow, "stats")).stats)
+        assert stats[-1].frames_dropped > 0
+        slow.cancel()
+        fast.cancel()
+
+
+# -- endings ------------------------------------------------------------------------------------------------
+
+
+@async_test
+async def test_worker_lost_ends_the_session_with_unavailable(tmp_path):
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        call, _ = await open_session(h.stub)
+        await next_of(call, "frame")
+        h.worker.kill("worker pid 99 was killed by SIGKILL")
+        h.gateway.worker_lost("worker pid 99 was killed by SIGKILL")
+        code, details, _ = await final_status(call)
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert details.startswith("generator worker stopped: worker pid 99 was killed by SIGKILL")
+        assert "retry" in details
+        # While it is down new sessions are refused with UNAVAILABLE; once back, accepted again.
+        refused = h.stub.Converse()
+        await refused.write(session_config(npc_id="npc-2"))
+        assert (await final_status(refused))[0] == grpc.StatusCode.UNAVAILABLE
+        h.worker.restart()
+        for _ in range(100):
+            if h.gateway.runtime.worker.ready:
+                break
+            await asyncio.sleep(0.05)
+        again, accepted = await open_session(h.stub)
+        again.cancel()
+
+
+@async_test
+async def test_draining_sends_the_event_then_unavailable(tmp_path):
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        call, _ = await open_session(h.stub)
+        await next_of(call, "frame")
+        drain = asyncio.ensure_future(h.gateway.drain())
+        code, details, messages = await final_status(call)
+        await drain
+        assert code == grpc.StatusCode.UNAVAILABLE and details == "server is draining"
+        events = [m.event.code for m in messages if _kind(m) == "event"]
+        assert cv.EVENT_CODE_DRAINING in events
+        assert len(h.worker.closed_sessions) == 1  # the NPC was closed, so its memory is saved
+
+
+@async_test
+async def test_client_cancel_closes_the_npc(tmp_path):
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        call, _ = await open_session(h.stub)
+        await next_of(call, "frame")
+        call.cancel()
+        for _ in range(100):
+            if h.worker.closed_sessions and not h.gateway.runtime.sessions.is_live("npc-1"):
+                break
+            await asyncio.sleep(0.02)
+        assert len(h.worker.closed_sessions) == 1
+        assert not h.gateway.runtime.sessions.is_live("npc-1")
+        # The NPC continues in the next session.
+        again, accepted = await open_session(h.stub)
+        assert accepted.resumed and accepted.start_frame_index > 0
+        frame = (await next_of(again, "frame")).frame
+        assert frame.index == accepted.start_frame_index and frame.pts == 0
+        again.cancel()
+
+
+@async_test
+async def test_pcm16_at_48k_is_resampled_to_the_model_rate(tmp_path):
+    async with running_gateway(tmp_path, block_interval_s=0.5) as h:
+        await register_character(h.stub)
+        call, accepted = await open_session(h.stub, session_config(
+            audio=cv.AudioFormat(codec=cv.AUDIO_CODEC_PCM16, sample_rate=48000)))
+        assert accepted.audio.sample_rate == 48000
+        voice = (8000 * np.sin(np.arange(48000) * 2 * np.pi * 220 / 48000)).astype("<i2")
+        for seq, chunk in enumerate(np.split(voice, 50)):
+            await call.write(cv.ClientMessage(audio=cv.AudioPacket(sequence_number=seq, payload=chunk.tobytes())))
+        await call.write(cv.ClientMessage(end_of_utterance=cv.EndOfUtterance()))
+        await call.write(cv.ClientMessage(config=cv.SessionConfig(npc_id="again")))
+        event = (await next_of(call, "event")).event
+        assert event.code == cv.EVENT_CODE_INVALID_EVENT and event.details["field"] == "config"
+        session = h.worker.session_of("npc-1")
+        assert abs(session.audio_samples_received - 16000) <= 16
+        call.cancel()
