@@ -1,0 +1,169 @@
+"""The `avatar-backend` command: argument parsing, output and error formatting, the default character."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import grpc
+import pytest
+from PIL import Image
+
+from avatar_backend import cli
+from avatar_backend.client import AvatarError
+from avatar_backend.store import DataDir
+
+SUBCOMMANDS = [
+    ["serve"], ["say"], ["demo"], ["character"], ["character", "add"], ["character", "list"],
+    ["character", "rm"], ["npc"], ["npc", "list"], ["npc", "reset"], ["npc", "rm"], ["info"], ["bench"],
+]
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=" ".join)
+def test_every_command_has_help(words, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*words, "--help"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: avatar-backend {' '.join(words)}")
+
+
+def test_parsing_of_serve_say_and_character_add():
+    parser = cli.build_parser()
+    serve = parser.parse_args(["serve"])
+    assert (serve.host, serve.port, serve.config, serve.device, serve.data_dir) == (
+        "127.0.0.1", 50051, "tiny", "cpu", None
+    )
+    say = parser.parse_args(["say", "--audio", "a.wav", "--out", "x.mp4", "--fast", "--size", "320x240", "--fps", "25"])
+    assert say.size == (320, 240) and say.fps == 25 and say.fast and say.server == "127.0.0.1:50051"
+    options = cli.say_options_from_args(say, say.server)
+    assert (options.width, options.height, options.fast, options.npc_id) == (320, 240, True, "cli-npc")
+    demo = parser.parse_args(["demo"])
+    assert cli.say_options_from_args(demo, "h:1").fast  # the demo sends like TTS unless --realtime
+    assert not cli.say_options_from_args(parser.parse_args(["demo", "--realtime"]), "h:1").fast
+    add = parser.parse_args([
+        "character", "add", "smith", "--image", "s.png", "--prompt", "a smith",
+        "--emotion", "angry=shouting, red face", "--emotion", "sad=crying", "--action", "wave=waves",
+    ])
+    assert add.emotion == [("angry", "shouting, red face"), ("sad", "crying")]
+    assert add.action == [("wave", "waves")]
+
+
+def test_bench_passes_its_json_and_unknown_options_on(monkeypatch):
+    import sys
+    import types
+
+    received = []
+    module = types.ModuleType("avatar_backend.bench")
+    module.main = lambda argv: received.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "avatar_backend.bench", module)
+    assert cli.main(["bench", "--json", "b.json", "--sessions", "4"]) == 0
+    assert received == [["--json", "b.json", "--sessions", "4"]]
+
+
+@pytest.mark.parametrize("argv", [
+    ["say", "--size", "big"],
+    ["say", "--size", "0x10"],
+    ["character", "add", "x", "--image", "i.png", "--prompt", "p", "--emotion", "no-equals"],
+    ["character", "add", "x", "--prompt", "p"],
+    ["frobnicate"],
+    [],
+])
+def test_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_grpc_errors_print_the_status_name_and_message(registered, capsys):
+    assert cli.main(["npc", "rm", "ghost", "--server", registered.target]) == 1
+    assert capsys.readouterr().err.strip() == "error: NOT_FOUND: NPC 'ghost' does not exist"
+    error = AvatarError(grpc.StatusCode.UNAVAILABLE, "draining", retry_after_ms=1000)
+    assert cli.format_error(error) == "error: UNAVAILABLE: draining (retry after 1000 ms)"
+
+
+def test_character_and_npc_commands(registered, tmp_path, capsys):
+    image = tmp_path / "smith.png"
+    Image.new("RGB", (8, 8)).save(image)
+    server = ["--server", registered.target]
+    assert cli.main(["character", "add", "smith", "--image", str(image), "--prompt", "a dwarf smith",
+                     "--emotion", "angry=shouting", *server]) == 0
+    assert "character smith registered" in capsys.readouterr().out
+    assert cli.main(["character", "add", "smith", "--image", str(image), "--prompt", "p", *server]) == 1
+    assert capsys.readouterr().err.startswith("error: ALREADY_EXISTS: ")
+    assert cli.main(["character", "add", "elf", "--image", str(tmp_path / "missing.png"), "--prompt", "p",
+                     *server]) == 1
+    assert "image not found" in capsys.readouterr().err
+
+    assert cli.main(["character", "list", *server]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "NPCS", "IMAGE", "EMOTIONS", "ACTIONS", "CREATED", "PROMPT"]
+    assert lines[1].startswith("default ") and lines[2].startswith("smith ")
+    assert "angry" in lines[2]
+
+    assert cli.main(["npc", "list", *server]) == 0
+    assert capsys.readouterr().out.strip() == "no NPCs"
+    registered.service.npcs["guard"] = cli_npc("guard", "smith")
+    assert cli.main(["npc", "list", "--character", "smith", *server]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "CHARACTER", "LIVE", "BLOCKS", "FRAMES", "MEMORY", "SIZE", "UPDATED"]
+    assert lines[1].split()[:7] == ["guard", "smith", "no", "3", "93", "1.5", "MiB"]
+    assert cli.main(["character", "rm", "smith", *server]) == 1
+    assert capsys.readouterr().err.startswith("error: FAILED_PRECONDITION: ")
+    assert cli.main(["character", "rm", "smith", "--with-npcs", *server]) == 0
+    assert capsys.readouterr().out.strip() == "removed character smith and 1 NPC"
+    assert cli.main(["info", *server]) == 0
+    assert "fake (random weights" in capsys.readouterr().out
+
+
+def cli_npc(npc_id: str, character_id: str):
+    from avatar_backend.proto_gen import avatar_service_pb2
+
+    return avatar_service_pb2.Npc(
+        npc_id=npc_id, character_id=character_id, memory_bytes=1536 * 1024, blocks_generated=3,
+        frames_generated=93, width=256, height=256,
+    )
+
+
+def test_format_table_aligns_columns():
+    text = cli.format_table(("ID", "N"), [("a", 1), ("longer", 22)])
+    assert text.splitlines() == ["ID      N", "a       1", "longer  22"]
+
+
+def test_default_character_is_written_once(tmp_path):
+    assert cli.ensure_default_character(tmp_path)
+    store = DataDir(tmp_path)
+    record = store.read_character("default")
+    assert record.reference_width == 256 and record.reference_height == 256
+    assert "happy" in record.emotion_prompts and record.action_prompts
+    assert store.read_reference_image("default")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not cli.ensure_default_character(tmp_path)
+
+
+def test_default_character_asset_matches_its_json():
+    spec, png = cli.default_character_files()
+    assert spec["character_id"] == "default" and spec["base_prompt"]
+    assert json.dumps(spec)  # plain JSON types only
+    assert png[:4] == b"\x89PNG"
+
+
+def test_bench_without_the_module_is_a_clear_error(monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_bench(name, *args, **kwargs):
+        if name == "avatar_backend.bench":
+            raise ImportError("No module named 'avatar_backend.bench'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_bench)
+    assert cli.main(["bench"]) == 1
+    assert "benchmark is not available" in capsys.readouterr().err
+
+
+def test_named_prompt_and_size_parsers():
+    assert cli.parse_named_prompt(" happy = big smile ") == ("happy", "big smile")
+    assert cli.parse_size("640X360") == (640, 360)
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.parse_named_prompt("=x")
