@@ -1,0 +1,152 @@
+"""TEST ONLY: a stand-in for LiveActPipeline with the same interface, in numpy, instantly.
+
+Used by the worker's unit tests, and by ``python -m avatar_backend.worker`` when the environment variable
+``AVATAR_FAKE_PIPELINE=1`` is set, so gateway and supervisor tests can run a real worker process without
+torch models. Never selected otherwise. Frames are a flat colour that encodes the frame index and whether the
+block had voice; memories are small JSON-plus-bytes files in the ``.npcmem`` place (not the real format).
+
+``AVATAR_FAKE_BLOCK_DELAY_S`` (seconds per block) simulates a slow generator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avatar_backend.generator.config import ModelConfig, get_config
+from avatar_backend.store import atomic_write, now_ms
+
+from .memory_pool import MemoryCodec
+
+__all__ = ["FakeMemory", "FakePipeline", "read_fake_header"]
+
+_MAGIC = b"FAKE-NPCMEM\n"
+LOOKAHEAD_FRAMES = 2
+
+
+@dataclass
+class FakeMemory:
+    npc_id: str
+    character_id: str
+    model_name: str
+    width: int
+    height: int
+    fps: int
+    seed: int
+    state: np.ndarray = field(repr=False)
+    blocks_generated: int = 0
+    frames_generated: int = 0
+    timeline_samples: int = 0
+    lineage: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    updated_unix_ms: int = field(default_factory=now_ms)
+
+    def nbytes(self) -> int:
+        return int(self.state.nbytes)
+
+    def resume_token(self) -> str:
+        return f"{self.lineage}-{self.blocks_generated}"
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "npc_id": self.npc_id, "character_id": self.character_id, "model_name": self.model_name,
+            "width": self.width, "height": self.height, "fps": self.fps, "seed": self.seed,
+            "blocks_generated": self.blocks_generated, "frames_generated": self.frames_generated,
+            "timeline_samples": self.timeline_samples, "lineage": self.lineage,
+            "updated_unix_ms": self.updated_unix_ms, "memory_bytes": self.nbytes(),
+            "resume_token": self.resume_token(),
+        }
+
+    def save(self, path: Path | str) -> None:
+        atomic_write(Path(path), _MAGIC + json.dumps(self.header()).encode() + b"\n" + self.state.tobytes())
+
+    @classmethod
+    def load(cls, path: Path | str, device: str = "cpu") -> "FakeMemory":
+        data = Path(path).read_bytes()
+        if not data.startswith(_MAGIC):
+            raise ValueError(f"{path} is not a fake NPC memory")
+        line_end = data.index(b"\n", len(_MAGIC))
+        h = json.loads(data[len(_MAGIC):line_end])
+        state = np.frombuffer(data[line_end + 1:], dtype=np.uint8).copy()
+        return cls(npc_id=h["npc_id"], character_id=h["character_id"], model_name=h["model_name"],
+                   width=h["width"], height=h["height"], fps=h["fps"], seed=h["seed"], state=state,
+                   blocks_generated=h["blocks_generated"], frames_generated=h["frames_generated"],
+                   timeline_samples=h["timeline_samples"], lineage=h["lineage"],
+                   updated_unix_ms=h["updated_unix_ms"])
+
+
+def read_fake_header(path: Path | str) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        if f.read(len(_MAGIC)) != _MAGIC:
+            raise ValueError(f"{path} is not a fake NPC memory")
+        return json.loads(f.readline())
+
+
+class FakePipeline:
+    """Same surface as LiveActPipeline; see the module doc."""
+
+    codec = MemoryCodec(load=FakeMemory.load, read_header=read_fake_header)
+
+    def __init__(self, config: ModelConfig, device: str = "cpu", block_delay_s: float = 0.0):
+        self.config = config
+        self.device = device
+        self.random_weights = True
+        self.weights_sha256 = ""
+        self.parameters = 0
+        self.block_delay_s = block_delay_s
+        self.prepared: list[tuple[str, int, int, int]] = []   # (character_id, revision, width, height) calls
+        self.prompts: list[str | None] = []                   # prompt of every generated block
+
+    @classmethod
+    def from_config(cls, config_name_or_path: str, weights: str | None = None, device: str = "cpu") -> "FakePipeline":
+        if os.path.isfile(config_name_or_path):
+            config = ModelConfig.from_json(Path(config_name_or_path).read_text())
+        else:
+            config = get_config(config_name_or_path)
+        return cls(config, device, float(os.environ.get("AVATAR_FAKE_BLOCK_DELAY_S", "0") or 0))
+
+    def memory_bytes(self, width: int, height: int) -> int:
+        return (width // 8) * (height // 8) * 64
+
+    def prepare_character(self, record: Any, reference_png: bytes, width: int, height: int) -> dict[str, Any]:
+        self.prepared.append((record.character_id, record.revision, width, height))
+        return {"character_id": record.character_id, "revision": record.revision,
+                "image_sha256": hashlib.sha256(reference_png).hexdigest()}
+
+    def new_memory(self, npc_id: str, character_id: str, width: int, height: int, fps: int, seed: int) -> FakeMemory:
+        if fps <= 0 or fps > 60:
+            raise ValueError(f"fps {fps} is not supported")
+        return FakeMemory(npc_id=npc_id, character_id=character_id, model_name=self.config.name, width=width,
+                          height=height, fps=fps, seed=seed,
+                          state=np.zeros(self.memory_bytes(width, height), dtype=np.uint8))
+
+    def block_audio_samples(self, memory: FakeMemory) -> tuple[int, int]:
+        per_frame = 16_000 // memory.fps
+        return self.config.frames_per_block(memory.blocks_generated) * per_frame, LOOKAHEAD_FRAMES * per_frame
+
+    def generate_block(self, memory: FakeMemory, conditioning: Any, audio: np.ndarray, prompt: str | None) -> np.ndarray:
+        consume, lookahead = self.block_audio_samples(memory)
+        if audio.dtype != np.float32 or audio.shape != (consume + lookahead,):
+            raise ValueError(f"audio must be float32 [{consume + lookahead}], got {audio.dtype} {audio.shape}")
+        if self.block_delay_s:
+            time.sleep(self.block_delay_s)
+        frames_n = self.config.frames_per_block(memory.blocks_generated)
+        frames = np.empty((frames_n, memory.height, memory.width, 3), dtype=np.uint8)
+        loud = bool(np.any(audio[:consume] != 0))
+        for i in range(frames_n):
+            index = memory.frames_generated + i
+            frames[i] = (index % 256, (index // 256) % 256, 255 if loud else 0)
+        self.prompts.append(prompt)
+        memory.state[memory.blocks_generated % memory.state.size] ^= 1
+        memory.blocks_generated += 1
+        memory.frames_generated += frames_n
+        memory.timeline_samples += consume
+        memory.updated_unix_ms = now_ms()
+        return frames

@@ -1,0 +1,343 @@
+"""Which session's next block runs, and with what audio: the worker's scheduling policy.
+
+Pure bookkeeping over numpy arrays and a clock; no model, no I/O. The pipeline is only asked how many audio
+samples the next block of a memory covers (``block_audio_samples``), so tests inject a fake.
+
+Time. Each session has one timeline, in 16 kHz samples from the session's first sample: the NPC's voice and
+the silence generated between (or inside) utterances. ``timeline_pos`` is how far video has been generated;
+the wall-clock anchor ``opened_at`` maps the timeline onto the clock, so ``opened_at + timeline_pos / rate``
+is the wall time at which the session's generated video runs out ("video end").
+
+When a session's next block may run (``consume`` samples plus ``lookahead`` samples the block peeks at):
+
+(a) voice queued for the whole block (consume + lookahead): now. TTS arrives faster than real time, so frames
+    run ahead of the wall clock and the engine buffers them by pts.
+(b) the utterance has ended (end of utterance received, no newer voice): now, with what is queued, padded with
+    silence. UtteranceDone is reported once the block holding the utterance's last voice sample is made.
+(c) idle or listening (nothing queued, no utterance in progress): silence, paced by the wall clock; a block
+    starts only when the video already made is less than ``idle_lead_blocks`` blocks ahead of the wall clock,
+    so an idle NPC never stalls and never races ahead. (Listening changes the prompt's meaning for the
+    session, not its pacing.)
+(d) utterance in progress but its voice arrives slower than real time: wait for more voice until the video
+    would underrun (video end minus the expected compute time minus a margin), then pad the missing part with
+    silence. The block is still ``speaking`` when any voice is in it.
+
+Among sessions that may run, the one whose video is furthest behind its wall clock goes first (the earliest
+video end); ties go to the session served least recently (round robin).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = [
+    "BlockAudioSource",
+    "BlockPlan",
+    "InterruptResult",
+    "PcmQueue",
+    "Scheduler",
+    "SchedulerConfig",
+    "SessionState",
+    "UtteranceEnd",
+]
+
+SAMPLE_RATE = 16_000
+
+
+class BlockAudioSource(Protocol):
+    """What the scheduler needs from the pipeline: the audio span of a memory's next block."""
+
+    def block_audio_samples(self, memory: Any) -> tuple[int, int]: ...
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    sample_rate: int = SAMPLE_RATE
+    # Rule (c): idle video may be at most this many blocks ahead of the wall clock when a block starts.
+    idle_lead_blocks: float = 1.0
+    # Rule (d): start a padded block this long before the video would run out, on top of the expected compute
+    # time (covers scheduling jitter and other sessions' blocks).
+    underrun_margin_s: float = 0.2
+    # Weight of the newest block in the running estimate of a block's compute time.
+    compute_estimate_alpha: float = 0.3
+
+
+class PcmQueue:
+    """Float32 samples in arrival order: appended in chunks, read and dropped from the front."""
+
+    def __init__(self) -> None:
+        self._chunks: collections.deque[np.ndarray] = collections.deque()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, pcm: np.ndarray) -> None:
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        if pcm.size:
+            self._chunks.append(pcm)
+            self._size += pcm.size
+
+    def peek(self, count: int) -> np.ndarray:
+        """The first ``min(count, len(self))`` samples as one new array."""
+        count = min(count, self._size)
+        out = np.empty(count, dtype=np.float32)
+        filled = 0
+        for chunk in self._chunks:
+            if filled >= count:
+                break
+            take = min(chunk.size, count - filled)
+            out[filled:filled + take] = chunk[:take]
+            filled += take
+        return out
+
+    def drop(self, count: int) -> int:
+        """Remove up to ``count`` samples from the front; returns how many were removed."""
+        dropped = 0
+        while self._chunks and dropped < count:
+            chunk = self._chunks[0]
+            take = min(chunk.size, count - dropped)
+            if take == chunk.size:
+                self._chunks.popleft()
+            else:
+                self._chunks[0] = chunk[take:]
+            dropped += take
+        self._size -= dropped
+        return dropped
+
+    def clear(self) -> int:
+        size = self._size
+        self._chunks.clear()
+        self._size = 0
+        return size
+
+
+@dataclass
+class SessionState:
+    """One live session: the NPC it drives, its voice queue, its clock and its prompt."""
+
+    session_id: str
+    npc_id: str
+    memory: Any
+    conditioning: Any
+    opened_at: float                      # scheduler clock at timeline sample 0
+    timeline_pos: int = 0                 # session timeline samples covered by generated video
+    voice: PcmQueue = field(default_factory=PcmQueue)
+    voice_consumed: int = 0               # voice samples already turned into video in this session
+    utterance_open: bool = False          # voice arrived since the last end of utterance / interrupt
+    # Positions in the voice stream (voice_consumed counts) where announced utterances end.
+    utterance_ends: collections.deque[int] = field(default_factory=collections.deque)
+    last_voice_end: int = 0               # timeline position just after the last voice sample generated
+    listening: bool = False
+    prompt: str | None = None             # None: the character's base prompt
+    intensity: float = 1.0
+    blocks: int = 0                       # blocks generated in this session
+    last_served: int = -1                 # scheduler's serve counter when this session last ran
+
+    @property
+    def queued_samples(self) -> int:
+        return len(self.voice)
+
+    def video_end(self, sample_rate: int) -> float:
+        """Wall-clock time (scheduler clock) at which the video generated so far runs out."""
+        return self.opened_at + self.timeline_pos / sample_rate
+
+
+@dataclass
+class BlockPlan:
+    """The next block to generate: which session, the audio it sees, and why it runs now."""
+
+    session: SessionState
+    audio: np.ndarray        # float32 [consume + lookahead]: queued voice first, silence after
+    consume: int             # samples the block covers (the timeline advances by this)
+    lookahead: int           # samples after the block that it peeks at
+    voice_samples: int       # voice within the consumed part; the rest of it is silence
+    audio_start: int         # session timeline position of audio[0]
+    prompt: str | None
+    reason: str              # "voice", "end_of_utterance", "underrun" or "idle"
+
+    @property
+    def audio_end(self) -> int:
+        return self.audio_start + self.consume
+
+    @property
+    def speaking(self) -> bool:
+        return self.voice_samples > 0
+
+    @property
+    def consumed_audio(self) -> np.ndarray:
+        """The timeline slice the block's frames cover (a view)."""
+        return self.audio[: self.consume]
+
+
+@dataclass(frozen=True)
+class UtteranceEnd:
+    session_id: str
+    timeline_end: int        # session timeline sample just after the utterance's last voice sample
+
+
+@dataclass(frozen=True)
+class InterruptResult:
+    session_id: str
+    generated_until: int     # session timeline sample up to which video exists
+    dropped_samples: int     # queued voice that will never be generated
+    next_frame_index: int    # NPC-life index of the first frame made from silence
+
+
+class Scheduler:
+    """Per-session state plus the policy that picks the next block to generate (see the module doc)."""
+
+    def __init__(
+        self,
+        pipeline: BlockAudioSource,
+        config: SchedulerConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.pipeline = pipeline
+        self.config = config or SchedulerConfig()
+        self.clock = clock
+        self._sessions: dict[str, SessionState] = {}
+        self._serve_counter = 0
+        self._compute_estimate_s = 0.0
+
+    # -- sessions -------------------------------------------------------------------------------------------
+
+    @property
+    def sessions(self) -> dict[str, SessionState]:
+        return self._sessions
+
+    def get(self, session_id: str) -> SessionState:
+        """The session; KeyError when it is not open."""
+        return self._sessions[session_id]
+
+    def open_session(self, session_id: str, npc_id: str, memory: Any, conditioning: Any) -> SessionState:
+        if session_id in self._sessions:
+            raise ValueError(f"session {session_id!r} is already open")
+        state = SessionState(session_id=session_id, npc_id=npc_id, memory=memory, conditioning=conditioning,
+                             opened_at=self.clock())
+        self._sessions[session_id] = state
+        return state
+
+    def close_session(self, session_id: str) -> SessionState:
+        return self._sessions.pop(session_id)
+
+    # -- input ------------------------------------------------------------------------------------------------
+
+    def push_voice(self, session_id: str, pcm: np.ndarray) -> None:
+        state = self.get(session_id)
+        if len(pcm):
+            state.voice.push(pcm)
+            state.utterance_open = True
+
+    def end_of_utterance(self, session_id: str) -> list[UtteranceEnd]:
+        """Mark the end of the current utterance; returns it at once when none of its voice is still queued."""
+        state = self.get(session_id)
+        state.utterance_open = False
+        queued_end = state.voice_consumed + len(state.voice)
+        already_marked = bool(state.utterance_ends) and state.utterance_ends[-1] >= queued_end
+        if len(state.voice) and not already_marked:
+            state.utterance_ends.append(queued_end)
+            return []
+        # Everything this utterance said is already on video (or it said nothing).
+        return [UtteranceEnd(session_id, state.last_voice_end)]
+
+    def interrupt(self, session_id: str) -> InterruptResult:
+        """Drop queued voice; the next block starts from silence."""
+        state = self.get(session_id)
+        dropped = state.voice.clear()
+        state.utterance_ends.clear()
+        state.utterance_open = False
+        return InterruptResult(session_id, state.timeline_pos, dropped, int(state.memory.frames_generated))
+
+    def set_prompt(self, session_id: str, prompt: str | None, intensity: float = 1.0) -> None:
+        """The prompt of the session's next blocks (None or empty: the character's base prompt)."""
+        state = self.get(session_id)
+        state.prompt = prompt or None
+        state.intensity = intensity if intensity > 0 else 1.0
+
+    def set_listening(self, session_id: str, listening: bool) -> None:
+        self.get(session_id).listening = listening
+
+    # -- policy -------------------------------------------------------------------------------------------------
+
+    @property
+    def compute_estimate_s(self) -> float:
+        """Running estimate of one block's generator time (0 before the first block)."""
+        return self._compute_estimate_s
+
+    def seconds_until_ready(self, now: float | None = None) -> float | None:
+        """0 when some block may run now; the wait until the first one may; None without sessions."""
+        if not self._sessions:
+            return None
+        now = self.clock() if now is None else now
+        return max(0.0, min(self._ready_at(s, now)[0] for s in self._sessions.values()) - now)
+
+    def next_block(self, now: float | None = None) -> BlockPlan | None:
+        """The block to generate now, or None when every session should wait. Does not change any state:
+        call :meth:`complete_block` once the block has been generated."""
+        now = self.clock() if now is None else now
+        best: tuple[tuple[float, int], SessionState, str] | None = None
+        rate = self.config.sample_rate
+        for state in self._sessions.values():
+            ready_at, reason = self._ready_at(state, now)
+            if ready_at > now:
+                continue
+            # Furthest behind its wall clock first; the least recently served on a tie.
+            key = (round(state.video_end(rate), 9), state.last_served)
+            if best is None or key < best[0]:
+                best = (key, state, reason)
+        if best is None:
+            return None
+        _, state, reason = best
+        consume, lookahead = self.pipeline.block_audio_samples(state.memory)
+        voice = state.voice.peek(consume + lookahead)
+        audio = np.zeros(consume + lookahead, dtype=np.float32)
+        audio[: voice.size] = voice
+        return BlockPlan(
+            session=state, audio=audio, consume=consume, lookahead=lookahead,
+            voice_samples=min(voice.size, consume), audio_start=state.timeline_pos, prompt=state.prompt,
+            reason=reason,
+        )
+
+    def complete_block(self, plan: BlockPlan, compute_s: float = 0.0) -> list[UtteranceEnd]:
+        """Account for a generated block: consume its voice, advance the timeline; returns utterances that ended."""
+        state = plan.session
+        alpha = self.config.compute_estimate_alpha
+        self._compute_estimate_s = compute_s if self._compute_estimate_s == 0 else (
+            alpha * compute_s + (1 - alpha) * self._compute_estimate_s)
+        self._serve_counter += 1
+        state.last_served = self._serve_counter
+        if self._sessions.get(state.session_id) is not state:
+            return []  # closed while its block was being made
+        consumed_before = state.voice_consumed
+        state.voice.drop(plan.voice_samples)
+        state.voice_consumed += plan.voice_samples
+        if plan.voice_samples:
+            state.last_voice_end = plan.audio_start + plan.voice_samples
+        state.timeline_pos += plan.consume
+        state.blocks += 1
+        ended = []
+        while state.utterance_ends and state.utterance_ends[0] <= state.voice_consumed:
+            mark = state.utterance_ends.popleft()
+            ended.append(UtteranceEnd(state.session_id, plan.audio_start + (mark - consumed_before)))
+        return ended
+
+    def _ready_at(self, state: SessionState, now: float) -> tuple[float, str]:
+        """When the session's next block may start, and under which rule."""
+        consume, lookahead = self.pipeline.block_audio_samples(state.memory)
+        queued = len(state.voice)
+        if queued >= consume + lookahead:
+            return -np.inf, "voice"                                     # (a)
+        video_end = state.video_end(self.config.sample_rate)
+        if state.utterance_open:                                        # (d) wait for voice, pad late
+            return video_end - self._compute_estimate_s - self.config.underrun_margin_s, "underrun"
+        if queued:                                                      # (b) flush the ended utterance
+            return -np.inf, "end_of_utterance"
+        lead_s = self.config.idle_lead_blocks * consume / self.config.sample_rate
+        return video_end - lead_s, "idle"                               # (c)

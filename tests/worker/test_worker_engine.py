@@ -1,0 +1,219 @@
+"""The worker loop's request handling and block output, with the fake pipeline and a recording link."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from worker_helpers import BLOCK, BLOCK0, LOOKAHEAD, FakeClock
+
+from avatar_backend.proto_gen import worker_pb2 as pb
+from avatar_backend.store import CharacterRecord
+from avatar_backend.worker.fake_pipeline import FakePipeline
+from avatar_backend.worker.main import Worker, WorkerConfig
+from avatar_backend.worker.telemetry import DeviceTelemetry
+
+
+class RecordingLink:
+    """Stands in for WorkerLink: messages in, replies and emitted output recorded."""
+
+    def __init__(self):
+        self.inbox: list[tuple[pb.ToWorker, list[memoryview]]] = []
+        self.replies: dict[int, tuple[pb.FromWorker, list]] = {}
+        self.emitted: list[tuple[pb.FromWorker, list]] = []
+
+    def poll(self, timeout_ms: int = 0):
+        inbox, self.inbox = self.inbox, []
+        return inbox
+
+    def reply(self, request_id, msg, payloads=()):
+        msg.request_id = request_id
+        self.replies[request_id] = (msg, list(payloads))
+
+    def emit(self, msg, payloads=()):
+        self.emitted.append((msg, list(payloads)))
+
+    def take(self, body: str) -> list[tuple[pb.FromWorker, list]]:
+        found = [(m, p) for m, p in self.emitted if m.WhichOneof("body") == body]
+        self.emitted = [(m, p) for m, p in self.emitted if m.WhichOneof("body") != body]
+        return found
+
+
+class Harness:
+    def __init__(self, pipeline, data_dir, clock):
+        self.link = RecordingLink()
+        self.pipeline = pipeline
+        config = WorkerConfig(endpoint="inproc://unused", data_dir=data_dir.root)
+        telemetry = DeviceTelemetry(nvml_loader=_no_nvml)
+        self.worker = Worker(config, pipeline, FakePipeline.codec, self.link, telemetry=telemetry, clock=clock)
+        self.next_id = 1
+
+    def request(self, **body) -> pb.FromWorker:
+        rid = self.next_id
+        self.next_id += 1
+        self.worker.handle(pb.ToWorker(request_id=rid, **body), [])
+        return self.link.replies.pop(rid)[0]
+
+    def send(self, payloads=(), **body) -> None:
+        self.worker.handle(pb.ToWorker(**body), [memoryview(np.ascontiguousarray(p)).cast("B") for p in payloads])
+
+    def open(self, session_id="s1", npc_id="guard", **kw) -> pb.FromWorker:
+        return self.request(open_npc=pb.OpenNpc(session_id=session_id, npc_id=npc_id, **kw))
+
+    def push(self, session_id, pcm):
+        self.send([pcm], push_audio=pb.PushAudio(session_id=session_id, num_samples=pcm.size))
+
+    def blocks(self, count_max=100) -> int:
+        ran = 0
+        while ran < count_max and self.worker.run_next_block():
+            ran += 1
+        return ran
+
+
+def _no_nvml():
+    raise ImportError("no NVML in tests")
+
+
+@pytest.fixture
+def harness(pipeline, data_dir, clock):
+    return Harness(pipeline, data_dir, clock)
+
+
+def test_open_generate_and_close(harness, data_dir):
+    reply = harness.open(character_id="villager")
+    opened = reply.npc_opened
+    assert opened.session_id == "s1" and not opened.resumed
+    assert (opened.first_block_frames, opened.block_frames, opened.start_frame_index) == (21, 32, 0)
+    assert opened.npc.live and opened.npc.width == 64 and opened.npc.character_id == "villager"
+
+    pcm = np.full(BLOCK0 + LOOKAHEAD + 100, 0.3, np.float32)
+    harness.push("s1", pcm)
+    assert harness.blocks(1) == 1
+    [(block, payloads)] = harness.link.take("frame_block")
+    fb = block.frame_block
+    assert (fb.session_id, fb.block_index, fb.first_frame_index, fb.num_frames) == ("s1", 0, 0, 21)
+    assert (fb.width, fb.height, fb.audio_start, fb.audio_end) == (64, 64, 0, BLOCK0)
+    assert fb.speaking and fb.audio_queued_samples == LOOKAHEAD + 100 and fb.compute_ms >= 0
+    frames, audio = payloads
+    assert frames.dtype == np.uint8 and frames.shape == (21, 64, 64, 3) and frames.flags["C_CONTIGUOUS"]
+    assert audio.dtype == np.float32 and audio.shape == (BLOCK0,) and np.all(audio == np.float32(0.3))
+
+    closed = harness.request(close_npc=pb.CloseNpc(session_id="s1")).npc_closed
+    assert not closed.npc.live and closed.npc.blocks_generated == 1
+    assert data_dir.npc_memory_path("guard").is_file()
+    again = harness.open("s2").npc_opened
+    assert again.resumed and again.start_frame_index == 21 and again.npc.resume_token == closed.npc.resume_token
+
+
+def test_request_errors_carry_grpc_codes(harness):
+    def code(reply):
+        assert reply.WhichOneof("body") == "error"
+        return reply.error.code
+
+    assert code(harness.open(character_id="nobody")) == "INVALID_ARGUMENT"
+    assert harness.worker.pool.live_ids == []          # the failed open released the NPC
+    assert code(harness.open(npc_id="bad/id", character_id="villager")) == "INVALID_ARGUMENT"
+    assert harness.open(character_id="villager").WhichOneof("body") == "npc_opened"
+    assert code(harness.open("s2", character_id="villager")) == "ABORTED"
+    assert code(harness.open("s1", npc_id="other", character_id="villager")) == "ALREADY_EXISTS"
+    assert code(harness.request(reset_npc=pb.ResetNpc(npc_id="guard"))) == "ABORTED"
+    assert code(harness.request(delete_npc=pb.DeleteNpc(npc_id="ghost"))) == "NOT_FOUND"
+    assert code(harness.request(close_npc=pb.CloseNpc(session_id="nope"))) == "NOT_FOUND"
+    harness.request(close_npc=pb.CloseNpc(session_id="s1"))
+    assert code(harness.open("s3", resume_token="stale")) == "FAILED_PRECONDITION"
+    assert code(harness.request()) == "INVALID_ARGUMENT"
+
+
+def test_one_way_errors_go_to_the_session(harness):
+    harness.open(character_id="villager")
+    harness.send([np.zeros(10, np.float32)], push_audio=pb.PushAudio(session_id="s1", num_samples=11))
+    [(err, _)] = harness.link.take("error")
+    assert err.request_id == 0 and err.error.session_id == "s1" and err.error.code == "INVALID_ARGUMENT"
+    harness.send(control=pb.Control(session_id="s1"))
+    assert harness.link.take("error")[0][0].error.code == "INVALID_ARGUMENT"
+
+
+def test_a_failing_block_ends_only_its_session(harness, pipeline, monkeypatch):
+    harness.open("s1", "guard", character_id="villager")
+    harness.open("s2", "smith-npc", character_id="smith")
+    real = pipeline.generate_block
+
+    def flaky(memory, cond, audio, prompt):
+        if memory.npc_id == "guard":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(memory, cond, audio, prompt)
+
+    monkeypatch.setattr(pipeline, "generate_block", flaky)
+    harness.blocks(4)
+    errors = harness.link.take("error")
+    assert [(m.error.session_id, m.error.code) for m, _ in errors] == [("s1", "INTERNAL")]
+    assert "out of memory" in errors[0][0].error.message
+    assert list(harness.worker.scheduler.sessions) == ["s2"]
+    assert {m.frame_block.session_id for m, _ in harness.link.take("frame_block")} == {"s2"}
+    assert harness.worker.pool.live_ids == ["smith-npc"]
+    # The NPC of the failed session can be opened again.
+    monkeypatch.setattr(pipeline, "generate_block", real)
+    assert harness.open("s3", "guard", character_id="villager").WhichOneof("body") == "npc_opened"
+
+
+def test_controls_eou_interrupt_and_prompts(harness, pipeline):
+    harness.open(character_id="villager")
+    harness.send(control=pb.Control(session_id="s1", emotion_prompt="a happy villager", intensity=0.7))
+    harness.push("s1", np.full(20_000, 0.5, np.float32))
+    harness.send(control=pb.Control(session_id="s1", end_of_utterance=True))
+    harness.blocks(2)
+    [(done, _)] = harness.link.take("utterance_done")
+    assert done.utterance_done.timeline_end == 20_000
+    assert pipeline.prompts == ["a happy villager", "a happy villager"]
+    harness.send(control=pb.Control(session_id="s1", reset_prompt=True))
+    harness.push("s1", np.full(3 * BLOCK, 0.5, np.float32))
+    reply = harness.request(control=pb.Control(session_id="s1", interrupt=True))
+    result = reply.interrupt_done
+    assert (result.generated_until, result.dropped_samples, result.next_frame_index) == (BLOCK0 + BLOCK, 3 * BLOCK, 53)
+    harness.send(control=pb.Control(session_id="s1", interrupt=True))   # one-way: emitted to the session
+    assert harness.link.take("interrupt_done")[0][0].interrupt_done.dropped_samples == 0
+    ack = harness.request(control=pb.Control(session_id="s1", listening=True))
+    assert ack.WhichOneof("body") == "ack" and harness.worker.scheduler.get("s1").listening
+
+
+def test_queries_info_and_character_cache(harness, pipeline, data_dir):
+    harness.open(character_id="villager")
+    info = harness.request(worker_info_query=pb.WorkerInfoQuery()).worker_info
+    assert info.model_name == "tiny" and info.random_weights and info.devices == [] and info.pid > 0
+    assert [(s.width, s.height) for s in info.sizes][:1] == [(128, 128)]
+    npcs = harness.request(npc_query=pb.NpcQuery()).npc_list.npcs
+    assert [(n.npc_id, n.live) for n in npcs] == [("guard", True)]
+    assert harness.request(npc_query=pb.NpcQuery(npc_id="ghost")).npc_list.npcs == []
+    harness.request(close_npc=pb.CloseNpc(session_id="s1"))
+    assert pipeline.prepared == [("villager", 1, 64, 64)]
+    harness.open("s2")
+    assert len(pipeline.prepared) == 1                  # cached
+    harness.request(close_npc=pb.CloseNpc(session_id="s2"))
+    data_dir.write_character(CharacterRecord(character_id="villager", base_prompt="new look", revision=2), b"png2")
+    harness.request(drop_character=pb.DropCharacter(character_id="villager"))
+    harness.open("s3")
+    assert pipeline.prepared[-1] == ("villager", 2, 64, 64)
+    reset = harness.request(reset_npc=pb.ResetNpc(npc_id="guard"))
+    assert reset.WhichOneof("body") == "error" and reset.error.code == "ABORTED"
+
+
+def test_shutdown_saves_live_memories(harness, data_dir):
+    harness.open(character_id="villager")
+    harness.blocks(2)
+    reply = harness.request(shutdown=pb.Shutdown())
+    assert reply.WhichOneof("body") == "ack" and harness.worker.stopping
+    [(err, _)] = harness.link.take("error")
+    assert err.error.code == "UNAVAILABLE"
+    header = FakePipeline.codec.read_header(data_dir.npc_memory_path("guard"))
+    assert header["blocks_generated"] == 2
+
+
+def test_loop_step_runs_due_blocks_only(harness, clock: FakeClock):
+    harness.open(character_id="villager")
+    harness.worker.step()
+    harness.worker.step()
+    assert len(harness.link.take("frame_block")) == 2   # idle: block 0 and 1 at once
+    harness.worker.step()
+    assert harness.link.take("frame_block") == []      # 2.65 s ahead: wait for the clock
+    clock.advance(1.1)
+    harness.worker.step()
+    assert len(harness.link.take("frame_block")) == 1
