@@ -548,6 +548,11 @@ class ConverseSession:
             self._fail(RpcFailure(grpc.StatusCode.INTERNAL, "the generator worker sent a malformed frame block"))
             return
         self._note_block(block)
+        if block.padded_samples:
+            gap_ms = block.padded_samples * 1000 // MODEL_SAMPLE_RATE
+            self._send(_event(converse_pb2.EVENT_CODE_AUDIO_GAP,
+                              f"voice came slower than real time: {gap_ms} ms of silence inserted in block "
+                              f"{block.block_index}", samples=str(block.padded_samples * self._clock_ratio)))
         if self._settings.echo_audio and len(payloads) > 1:
             pcm16 = _pcm16_bytes(np.frombuffer(payloads[1], dtype=np.float32))
             echo = converse_pb2.AudioEcho(start=block.audio_start * self._clock_ratio,

@@ -435,8 +435,12 @@ class WanModel(nn.Module):
         self.rope = RotaryEmbedding3D(config.head_dim, config.rope_max_positions)
         self.init_weights()
 
-    def init_weights(self) -> None:
-        """Initialisation for training from scratch; loading a checkpoint overwrites all of it."""
+    def init_weights(self, zero_head: bool = True) -> None:
+        """Initialisation for training from scratch; loading a checkpoint overwrites all of it.
+
+        A zero head makes the untrained model predict zero velocity (training starts from "no change"); an
+        untrained model that is run, not trained, keeps a small random head so its output follows its inputs.
+        """
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -446,7 +450,10 @@ class WanModel(nn.Module):
             for layer in sequential:
                 if isinstance(layer, nn.Linear):
                     nn.init.normal_(layer.weight, std=0.02)
-        nn.init.zeros_(self.head.head.weight)
+        if zero_head:
+            nn.init.zeros_(self.head.head.weight)
+        else:
+            nn.init.normal_(self.head.head.weight, std=0.02)
         for block in self.blocks:
             # Mean pooling: a compressed slot starts as the average of its five tokens.
             nn.init.constant_(block.self_attn.memory_proj_k.weight, 1.0 / self.config.memory_kernel)

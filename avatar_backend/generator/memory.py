@@ -56,6 +56,11 @@ class NpcMemory:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
+    def to(self, device: str | torch.device) -> "NpcMemory":
+        """Move every state tensor (e.g. park on the host, resume on the GPU); returns self."""
+        self.tensors = {name: t.to(device) for name, t in self.tensors.items()}
+        return self
+
     def resume_token(self) -> str:
         """Changes whenever the memory changes: a fresh memory gets a new lineage, every block a new count."""
         return f"{self.lineage}-{self.blocks_generated}"

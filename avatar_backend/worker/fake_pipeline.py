@@ -54,6 +54,9 @@ class FakeMemory:
     def resume_token(self) -> str:
         return f"{self.lineage}-{self.blocks_generated}"
 
+    def to(self, device: str) -> "FakeMemory":
+        return self  # numpy state lives on the host already
+
     def header(self) -> dict[str, Any]:
         return {
             "npc_id": self.npc_id, "character_id": self.character_id, "model_name": self.model_name,
@@ -131,7 +134,8 @@ class FakePipeline:
         per_frame = 16_000 // memory.fps
         return self.config.frames_per_block(memory.blocks_generated) * per_frame, LOOKAHEAD_FRAMES * per_frame
 
-    def generate_block(self, memory: FakeMemory, conditioning: Any, audio: np.ndarray, prompt: str | None) -> np.ndarray:
+    def generate_block(self, memory: FakeMemory, conditioning: Any, audio: np.ndarray, prompt: str | None,
+                       intensity: float = 1.0) -> np.ndarray:
         consume, lookahead = self.block_audio_samples(memory)
         if audio.dtype != np.float32 or audio.shape != (consume + lookahead,):
             raise ValueError(f"audio must be float32 [{consume + lookahead}], got {audio.dtype} {audio.shape}")

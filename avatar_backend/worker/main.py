@@ -362,7 +362,8 @@ class Worker:
         first_frame = int(memory.frames_generated)
         started = time.perf_counter()
         try:
-            frames = self.pipeline.generate_block(memory, state.conditioning, plan.audio, plan.prompt)
+            frames = self.pipeline.generate_block(memory, state.conditioning, plan.audio, plan.prompt,
+                                                  intensity=plan.intensity)
             frames = self._check_frames(frames, memory)
         except Exception as err:
             log.exception("session %s: block %d of NPC %s failed", state.session_id, block_index, state.npc_id)
@@ -402,6 +403,7 @@ class Worker:
             num_frames=frames.shape[0], width=frames.shape[2], height=frames.shape[1],
             audio_start=plan.audio_start, audio_end=plan.audio_end, speaking=plan.speaking,
             compute_ms=compute_s * 1000.0, audio_queued_samples=state.queued_samples,
+            padded_samples=plan.padded_samples,
             devices=self.telemetry.to_proto(),
         )
         pcm = np.ascontiguousarray(plan.consumed_audio)

@@ -266,7 +266,7 @@ class MemoryPool:
                             f"resume_token does not match the memory of NPC {npc_id!r} (it changed since)")
         entry = self._resident.pop(npc_id, None)
         if entry is not None:
-            return entry.memory
+            return entry.memory.to(self.pipeline.device)
         path = self.data_dir.npc_memory_path(npc_id)
         try:
             return self.codec.load(path, self.pipeline.device)
@@ -297,6 +297,8 @@ class MemoryPool:
         return True
 
     def _park(self, npc_id: str, entry: _Entry) -> None:
+        # Parked memories wait in host memory so the accelerator holds only live NPCs.
+        entry.memory.to("cpu")
         self._resident[npc_id] = entry
         self._resident.move_to_end(npc_id)
         self._evict()

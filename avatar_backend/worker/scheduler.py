@@ -14,13 +14,16 @@ When a session's next block may run (``consume`` samples plus ``lookahead`` samp
     run ahead of the wall clock and the engine buffers them by pts.
 (b) the utterance has ended (end of utterance received, no newer voice): now, with what is queued, padded with
     silence. UtteranceDone is reported once the block holding the utterance's last voice sample is made.
-(c) idle or listening (nothing queued, no utterance in progress): silence, paced by the wall clock; a block
-    starts only when the video already made is less than ``idle_lead_blocks`` blocks ahead of the wall clock,
-    so an idle NPC never stalls and never races ahead. (Listening changes the prompt's meaning for the
-    session, not its pacing.)
+(c) idle or listening (nothing queued, no utterance in progress): silence, paced by the wall clock, just in
+    time: a block starts when the video already made would run out within the expected compute time plus
+    ``idle_margin_s``, so an idle NPC never stalls, and voice that arrives meanwhile waits for at most one
+    idle block. A session's first block waits ``start_grace_s`` for voice, because TTS audio usually follows
+    the session config by milliseconds. (Listening changes the prompt, not the pacing.)
 (d) utterance in progress but its voice arrives slower than real time: wait for more voice until the video
     would underrun (video end minus the expected compute time minus a margin), then pad the missing part with
-    silence. The block is still ``speaking`` when any voice is in it.
+    silence. The block is still ``speaking`` when any voice is in it. A session's first block waits at least
+    ``start_grace_s`` here too (there is no video yet to run out), so voice streamed in small packets right
+    after the session config fills block 0 instead of being cut off by a padded block.
 
 Among sessions that may run, the one whose video is furthest behind its wall clock goes first (the earliest
 video end); ties go to the session served least recently (round robin).
@@ -59,8 +62,10 @@ class BlockAudioSource(Protocol):
 @dataclass(frozen=True)
 class SchedulerConfig:
     sample_rate: int = SAMPLE_RATE
-    # Rule (c): idle video may be at most this many blocks ahead of the wall clock when a block starts.
-    idle_lead_blocks: float = 1.0
+    # Rule (c): an idle block starts this long (plus the expected compute time) before the video runs out.
+    idle_margin_s: float = 0.5
+    # Rule (c): a session's first block waits this long for voice before it starts from silence.
+    start_grace_s: float = 0.3
     # Rule (d): start a padded block this long before the video would run out, on top of the expected compute
     # time (covers scheduling jitter and other sessions' blocks).
     underrun_margin_s: float = 0.2
@@ -160,6 +165,7 @@ class BlockPlan:
     voice_samples: int       # voice within the consumed part; the rest of it is silence
     audio_start: int         # session timeline position of audio[0]
     prompt: str | None
+    intensity: float         # how strongly ``prompt`` replaces the base prompt (0-1]
     reason: str              # "voice", "end_of_utterance", "underrun" or "idle"
 
     @property
@@ -169,6 +175,11 @@ class BlockPlan:
     @property
     def speaking(self) -> bool:
         return self.voice_samples > 0
+
+    @property
+    def padded_samples(self) -> int:
+        """Silence inserted inside an utterance because its voice came slower than real time."""
+        return self.consume - self.voice_samples if self.reason == "underrun" else 0
 
     @property
     def consumed_audio(self) -> np.ndarray:
@@ -302,6 +313,7 @@ class Scheduler:
         return BlockPlan(
             session=state, audio=audio, consume=consume, lookahead=lookahead,
             voice_samples=min(voice.size, consume), audio_start=state.timeline_pos, prompt=state.prompt,
+            intensity=state.intensity,
             reason=reason,
         )
 
@@ -336,8 +348,15 @@ class Scheduler:
             return -np.inf, "voice"                                     # (a)
         video_end = state.video_end(self.config.sample_rate)
         if state.utterance_open:                                        # (d) wait for voice, pad late
-            return video_end - self._compute_estimate_s - self.config.underrun_margin_s, "underrun"
+            ready_at = video_end - self._compute_estimate_s - self.config.underrun_margin_s
+            if state.blocks == 0:
+                # No video yet, so it is "running out" from the start: without this the first TTS packet
+                # of a session would start block 0 at once, padded with almost a block of silence.
+                ready_at = max(ready_at, state.opened_at + self.config.start_grace_s)
+            return ready_at, "underrun"
         if queued:                                                      # (b) flush the ended utterance
             return -np.inf, "end_of_utterance"
-        lead_s = self.config.idle_lead_blocks * consume / self.config.sample_rate
-        return video_end - lead_s, "idle"                               # (c)
+        ready_at = video_end - self._compute_estimate_s - self.config.idle_margin_s
+        if state.blocks == 0:
+            ready_at = max(ready_at, state.opened_at + self.config.start_grace_s)
+        return ready_at, "idle"                                         # (c)

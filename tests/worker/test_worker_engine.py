@@ -132,18 +132,19 @@ def test_one_way_errors_go_to_the_session(harness):
     assert harness.link.take("error")[0][0].error.code == "INVALID_ARGUMENT"
 
 
-def test_a_failing_block_ends_only_its_session(harness, pipeline, monkeypatch):
+def test_a_failing_block_ends_only_its_session(harness, pipeline, clock, monkeypatch):
     harness.open("s1", "guard", character_id="villager")
     harness.open("s2", "smith-npc", character_id="smith")
     real = pipeline.generate_block
 
-    def flaky(memory, cond, audio, prompt):
+    def flaky(memory, cond, audio, prompt, *, intensity):
         if memory.npc_id == "guard":
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(memory, cond, audio, prompt)
+        return real(memory, cond, audio, prompt, intensity=intensity)
 
     monkeypatch.setattr(pipeline, "generate_block", flaky)
-    harness.blocks(4)
+    clock.advance(harness.worker.config.scheduler.start_grace_s)   # both first blocks are due
+    assert harness.blocks(4) == 2                     # s1 fails, s2 makes block 0; block 1 is not due yet
     errors = harness.link.take("error")
     assert [(m.error.session_id, m.error.code) for m, _ in errors] == [("s1", "INTERNAL")]
     assert "out of memory" in errors[0][0].error.message
@@ -198,7 +199,8 @@ def test_queries_info_and_character_cache(harness, pipeline, data_dir):
 
 def test_shutdown_saves_live_memories(harness, data_dir):
     harness.open(character_id="villager")
-    harness.blocks(2)
+    harness.push("s1", np.full(BLOCK0 + BLOCK + LOOKAHEAD, 0.3, np.float32))
+    assert harness.blocks(3) == 2
     reply = harness.request(shutdown=pb.Shutdown())
     assert reply.WhichOneof("body") == "ack" and harness.worker.stopping
     [(err, _)] = harness.link.take("error")
@@ -209,11 +211,53 @@ def test_shutdown_saves_live_memories(harness, data_dir):
 
 def test_loop_step_runs_due_blocks_only(harness, clock: FakeClock):
     harness.open(character_id="villager")
+    sched = harness.worker.scheduler
+    config = harness.worker.config.scheduler
     harness.worker.step()
+    assert harness.link.take("frame_block") == []      # block 0 waits the start grace for voice
+    assert sched.seconds_until_ready() == pytest.approx(config.start_grace_s)
+    clock.advance(config.start_grace_s)
     harness.worker.step()
-    assert len(harness.link.take("frame_block")) == 2   # idle: block 0 and 1 at once
+    [(first, _)] = harness.link.take("frame_block")
+    assert first.frame_block.block_index == 0 and not first.frame_block.speaking
     harness.worker.step()
-    assert harness.link.take("frame_block") == []      # 2.65 s ahead: wait for the clock
-    clock.advance(1.1)
+    assert harness.link.take("frame_block") == []      # 1.05 s of video: wait until it is about to run out
+    # Just in time: video end - compute estimate - idle margin.
+    due = BLOCK0 / 16_000 - sched.compute_estimate_s - config.idle_margin_s
+    assert sched.compute_estimate_s > 0
+    clock.t = due - 0.01
     harness.worker.step()
-    assert len(harness.link.take("frame_block")) == 1
+    assert harness.link.take("frame_block") == []
+    clock.t = due
+    harness.worker.step()
+    [(second, _)] = harness.link.take("frame_block")
+    assert second.frame_block.block_index == 1 and second.frame_block.audio_start == BLOCK0
+
+
+def test_padding_is_reported_and_intensity_reaches_the_pipeline(harness, pipeline, clock, monkeypatch):
+    real = pipeline.generate_block
+    seen: list[tuple[str | None, float]] = []
+
+    def spy(memory, cond, audio, prompt, *, intensity):
+        seen.append((prompt, intensity))
+        return real(memory, cond, audio, prompt, intensity=intensity)
+
+    monkeypatch.setattr(pipeline, "generate_block", spy)
+    harness.open(character_id="villager")
+    sched = harness.worker.scheduler
+    config = harness.worker.config.scheduler
+    clock.advance(config.start_grace_s)
+    assert harness.blocks() == 1                      # idle block 0
+    harness.send(control=pb.Control(session_id="s1", emotion_prompt="a happy villager", intensity=0.7))
+    harness.push("s1", np.full(5000, 0.3, np.float32))   # voice slower than real time: wait, then pad
+    assert harness.blocks() == 0
+    clock.t = sched.get("s1").video_end(16_000) - sched.compute_estimate_s - config.underrun_margin_s
+    assert harness.blocks() == 1
+    harness.push("s1", np.full(BLOCK + LOOKAHEAD, 0.3, np.float32))
+    harness.send(control=pb.Control(session_id="s1", action_prompt="waves"))   # no intensity: full
+    assert harness.blocks() == 1
+    blocks = [m.frame_block for m, _ in harness.link.take("frame_block")]
+    assert [(b.block_index, b.speaking, b.padded_samples) for b in blocks] == [
+        (0, False, 0), (1, True, BLOCK - 5000), (2, True, 0)]
+    assert blocks[1].audio_end - blocks[1].audio_start == BLOCK
+    assert seen == [(None, 1.0), ("a happy villager", pytest.approx(0.7)), ("waves", 1.0)]

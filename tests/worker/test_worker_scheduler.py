@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from worker_helpers import BLOCK, BLOCK0, LOOKAHEAD, FakeClock
@@ -10,6 +12,8 @@ from avatar_backend.worker.fake_pipeline import FakePipeline
 from avatar_backend.worker.scheduler import PcmQueue, Scheduler, SchedulerConfig
 
 RATE = 16_000
+GRACE = SchedulerConfig().start_grace_s      # 0.3 s
+MARGIN = SchedulerConfig().idle_margin_s     # 0.5 s
 
 
 def voice(samples: int, value: float = 0.5) -> np.ndarray:
@@ -26,7 +30,7 @@ def run_one(sched: Scheduler, pipe: FakePipeline, clock: FakeClock, compute_s: f
     plan = sched.next_block()
     if plan is None:
         return None, []
-    pipe.generate_block(plan.session.memory, None, plan.audio, plan.prompt)
+    pipe.generate_block(plan.session.memory, None, plan.audio, plan.prompt, intensity=plan.intensity)
     clock.advance(compute_s)
     return plan, sched.complete_block(plan, compute_s)
 
@@ -64,26 +68,102 @@ def test_tts_faster_than_real_time_generates_back_to_back(pipeline, clock):
     assert s.queued_samples == 5 * RATE - BLOCK0 - 2 * BLOCK
 
 
-def test_idle_paces_at_wall_clock_and_never_stalls(pipeline, clock):
+@pytest.mark.parametrize("margin, computes", [(0.5, (0.05,)), (0.5, (0.05, 0.3, 0.12)), (0.2, (0.1, 0.25))])
+def test_idle_paces_just_in_time_and_never_stalls(pipeline, clock, margin, computes):
+    config = SchedulerConfig(idle_margin_s=margin)
+    sched = Scheduler(pipeline, config, clock=clock)
+    s = open_session(sched, pipeline)
+    step = 0.01
+    compute_times = itertools.cycle(computes)
+    starts = []
+    while clock.t < 20.0:
+        estimate = sched.compute_estimate_s
+        ahead_before = ahead_s(s, clock)
+        plan = sched.next_block()
+        if plan is None:
+            if s.blocks:
+                assert ahead_before > 0, "the idle video ran out"
+                assert ahead_before > estimate + margin, "an idle block was due but did not run"
+            clock.advance(step)
+            continue
+        starts.append(clock.t)
+        assert plan.reason == "idle" and not plan.speaking and plan.padded_samples == 0
+        assert not plan.audio.any()
+        if s.blocks:
+            # Just in time: at most the expected compute time plus the margin ahead, and not a step earlier.
+            assert estimate + margin - step - 1e-9 < ahead_before <= estimate + margin + 1e-9
+        compute = next(compute_times)
+        pipeline.generate_block(plan.session.memory, None, plan.audio, plan.prompt, intensity=plan.intensity)
+        clock.advance(compute)
+        sched.complete_block(plan, compute)
+        if len(starts) > 1:
+            # The new block was made before the wall clock passed the old video end: no stall.
+            assert ahead_before - compute > 0, "the block came too late: the video stalled"
+        assert ahead_s(s, clock) <= plan.consume / RATE + estimate + margin + 1e-9
+    # The first block waited the start grace (no voice came), from silence at timeline 0.
+    assert GRACE - 1e-9 <= starts[0] < GRACE + step
+    assert s.blocks == len(starts) == 1 + (s.timeline_pos - BLOCK0) // BLOCK
+    # Over 20 s the video stayed just ahead of the clock, never a block more.
+    assert 0 < ahead_s(s, clock) <= BLOCK / RATE + sched.compute_estimate_s + margin
+
+
+def test_first_block_waits_the_start_grace_for_voice(pipeline, clock):
+    clock.t = 100.0                                    # any clock: the grace counts from the session's opening
     sched = Scheduler(pipeline, clock=clock)
     s = open_session(sched, pipeline)
-    blocks = 0
-    while clock.t < 20.0:
-        ahead_before = ahead_s(s, clock)
-        plan, _ = run_one(sched, pipeline, clock, compute_s=0.05)
+    assert sched.seconds_until_ready() == pytest.approx(GRACE)
+    clock.t = 100.0 + GRACE - 0.001
+    assert sched.next_block() is None
+    clock.t = 100.0 + GRACE
+    assert sched.seconds_until_ready() == 0.0
+    plan, _ = run_one(sched, pipeline, clock)
+    assert plan.reason == "idle" and not plan.speaking and plan.audio_start == 0 and s.blocks == 1
+
+
+def test_voice_inside_the_start_grace_makes_block_0_speaking(pipeline, clock):
+    sched = Scheduler(pipeline, clock=clock)
+    s = open_session(sched, pipeline)
+    clock.advance(0.05)
+    assert sched.next_block() is None                  # in the grace, nothing queued
+    sched.push_voice("s1", voice(BLOCK0 + LOOKAHEAD))
+    assert sched.seconds_until_ready() == 0.0          # rule (a): at once, not at the end of the grace
+    plan, _ = run_one(sched, pipeline, clock)
+    assert plan.reason == "voice" and plan.speaking and plan.padded_samples == 0
+    assert plan.audio_start == 0 and plan.voice_samples == BLOCK0 and plan.audio.all()
+    assert clock.t == 0.05 and s.queued_samples == LOOKAHEAD
+
+
+def test_voice_streamed_in_small_packets_inside_the_grace_fills_block_0(pipeline, clock):
+    # TTS 8x faster than real time in 20 ms packets: the first packet alone must not start a padded block 0.
+    sched = Scheduler(pipeline, clock=clock)
+    open_session(sched, pipeline)
+    packet = 320
+    pushed = 0
+    plan = None
+    while plan is None:
+        assert clock.t < GRACE, "block 0 did not run when its voice was complete"
+        sched.push_voice("s1", voice(packet))
+        pushed += packet
+        plan, _ = run_one(sched, pipeline, clock)
         if plan is None:
-            assert ahead_s(s, clock) >= 0, "the idle video ran out"
-            clock.advance(0.01)
-            continue
-        blocks += 1
-        lead = plan.consume / RATE
-        assert plan.reason == "idle" and not plan.speaking
-        assert not plan.audio.any()
-        assert ahead_before < lead + 1e-9, "a block started while the video was already a block ahead"
-        assert ahead_s(s, clock) <= 2 * lead
-    generated_s = s.timeline_pos / RATE
-    assert 20.0 <= generated_s <= 20.0 + 2 * BLOCK / RATE
-    assert blocks == 1 + (s.timeline_pos - BLOCK0) // BLOCK
+            assert pushed < BLOCK0 + LOOKAHEAD
+            clock.advance(packet / RATE / 8)
+    assert plan.reason == "voice" and plan.voice_samples == BLOCK0 and plan.padded_samples == 0
+    assert pushed >= BLOCK0 + LOOKAHEAD > pushed - packet
+
+
+def test_voice_slower_than_the_grace_pads_block_0_at_the_end_of_the_grace(pipeline, clock):
+    sched = Scheduler(pipeline, clock=clock)
+    open_session(sched, pipeline)
+    sched.push_voice("s1", voice(4000))                # an utterance starts, too slowly for block 0
+    assert sched.next_block() is None
+    assert sched.seconds_until_ready() == pytest.approx(GRACE)
+    clock.t = GRACE - 0.001
+    assert sched.next_block() is None
+    clock.t = GRACE
+    plan, _ = run_one(sched, pipeline, clock)
+    assert plan.reason == "underrun" and plan.speaking
+    assert plan.voice_samples == 4000 and plan.padded_samples == BLOCK0 - 4000
 
 
 def test_end_of_utterance_pads_with_silence_and_reports_the_end(pipeline, clock):
@@ -130,15 +210,19 @@ def test_interrupt_drops_queued_voice_with_the_right_numbers(pipeline, clock):
     sched = Scheduler(pipeline, clock=clock)
     s = open_session(sched, pipeline)
     sched.push_voice("s1", voice(5 * RATE))
-    run_one(sched, pipeline, clock)
-    run_one(sched, pipeline, clock)
+    run_one(sched, pipeline, clock, compute_s=0.1)
+    run_one(sched, pipeline, clock, compute_s=0.1)    # t = 0.2, 2.65 s of video
     result = sched.interrupt("s1")
     assert result.generated_until == BLOCK0 + BLOCK
     assert result.dropped_samples == 5 * RATE - BLOCK0 - BLOCK
     assert result.next_frame_index == 21 + 32
     assert s.queued_samples == 0
-    # The next block starts from silence, when the idle pacing wants it.
-    clock.advance(s.video_end(RATE) - BLOCK / RATE)
+    # The next block starts from silence, just in time: video end - compute estimate - idle margin.
+    due = (BLOCK0 + BLOCK) / RATE - 0.1 - MARGIN
+    assert sched.seconds_until_ready() == pytest.approx(due - clock.t)
+    clock.t = due - 0.001
+    assert sched.next_block() is None
+    clock.t = due + 1e-9
     plan, _ = run_one(sched, pipeline, clock)
     assert plan.reason == "idle" and not plan.speaking and plan.audio_start == result.generated_until
 
@@ -147,11 +231,11 @@ def test_slow_voice_is_padded_only_when_the_video_would_underrun(pipeline, clock
     config = SchedulerConfig(underrun_margin_s=0.2)
     sched = Scheduler(pipeline, config, clock=clock)
     s = open_session(sched, pipeline)
-    run_one(sched, pipeline, clock)
-    run_one(sched, pipeline, clock)                   # idle: 2.65 s of video made at t=0
-    assert s.timeline_pos == BLOCK0 + BLOCK
+    clock.t = GRACE
+    run_one(sched, pipeline, clock, compute_s=0.1)    # idle block 0: 1.05 s of video at t = 0.4
+    assert s.timeline_pos == BLOCK0 and sched.compute_estimate_s == pytest.approx(0.1)
+    deadline = BLOCK0 / RATE - 0.1 - 0.2              # video end - compute estimate - underrun margin
     pushed = 0
-    clock.t = 0.5
     padded = None
     while clock.t < 6.0:
         # Voice at half real time, in 50 ms packets.
@@ -162,28 +246,50 @@ def test_slow_voice_is_padded_only_when_the_video_would_underrun(pipeline, clock
         if plan is not None:
             padded = plan
             break
+        assert clock.t < deadline, "the block waited past the underrun deadline"
         assert ahead_s(s, clock) > 0, "the video ran out while waiting for voice"
         clock.advance(0.05)
     assert padded is not None and padded.reason == "underrun"
     # It waited until the video was about to run out, not earlier.
-    deadline = (BLOCK0 + BLOCK) / RATE - 0.2
-    assert deadline - 0.06 <= clock.t <= deadline
+    assert deadline - 1e-9 <= clock.t < deadline + 0.05
     assert padded.speaking and padded.voice_samples == pushed
-    assert not padded.audio[pushed:].any()
+    assert padded.padded_samples == BLOCK - pushed
+    assert padded.audio[:pushed].all() and not padded.audio[pushed:].any()
 
 
 def test_voice_that_arrives_in_time_is_not_padded(pipeline, clock):
     sched = Scheduler(pipeline, clock=clock)
     s = open_session(sched, pipeline)
-    run_one(sched, pipeline, clock)
-    run_one(sched, pipeline, clock)
+    clock.t = GRACE
+    run_one(sched, pipeline, clock)                   # idle block 0: video until 1.05 s
     sched.push_voice("s1", voice(1000))                # an utterance starts: wait for more
-    clock.t = 1.0
+    deadline = BLOCK0 / RATE - 0.0 - SchedulerConfig().underrun_margin_s
+    clock.t = deadline - 0.01
     assert sched.next_block() is None
+    assert sched.seconds_until_ready() == pytest.approx(0.01)
     sched.push_voice("s1", voice(BLOCK + LOOKAHEAD - 1000))
     plan, _ = run_one(sched, pipeline, clock)
-    assert plan.reason == "voice" and plan.voice_samples == BLOCK
+    assert plan.reason == "voice" and plan.voice_samples == BLOCK and plan.padded_samples == 0
     assert s.queued_samples == LOOKAHEAD
+
+
+def test_padded_samples_only_for_underrun_blocks(pipeline, clock):
+    sched = Scheduler(pipeline, clock=clock)
+    open_session(sched, pipeline)
+    clock.t = GRACE
+    plan, _ = run_one(sched, pipeline, clock)
+    assert (plan.reason, plan.voice_samples, plan.padded_samples) == ("idle", 0, 0)
+    sched.push_voice("s1", voice(5000))
+    clock.t = sched.get("s1").video_end(RATE) - SchedulerConfig().underrun_margin_s
+    plan, _ = run_one(sched, pipeline, clock)
+    assert (plan.reason, plan.voice_samples, plan.padded_samples) == ("underrun", 5000, BLOCK - 5000)
+    sched.push_voice("s1", voice(BLOCK + LOOKAHEAD))
+    plan, _ = run_one(sched, pipeline, clock)
+    assert (plan.reason, plan.voice_samples, plan.padded_samples) == ("voice", BLOCK, 0)
+    sched.end_of_utterance("s1")                       # LOOKAHEAD samples left: flushed with trailing silence
+    plan, _ = run_one(sched, pipeline, clock)
+    assert (plan.reason, plan.voice_samples, plan.padded_samples) == ("end_of_utterance", LOOKAHEAD, 0)
+    assert not plan.audio[LOOKAHEAD:].any()
 
 
 def test_idle_sessions_take_turns(pipeline, clock):
@@ -233,10 +339,18 @@ def test_prompt_and_listening_state(pipeline, clock):
     open_session(sched, pipeline)
     sched.set_prompt("s1", "smiling", 0.5)
     sched.set_listening("s1", True)
+    # Listening changes the prompt, not the pacing: block 0 still waits the start grace.
+    assert sched.seconds_until_ready() == pytest.approx(GRACE)
+    clock.t = GRACE
     plan = sched.next_block()
-    assert plan.prompt == "smiling" and plan.session.listening and plan.session.intensity == 0.5
+    assert plan.reason == "idle" and plan.session.listening
+    assert plan.prompt == "smiling" and plan.intensity == 0.5
     sched.set_prompt("s1", None)
-    assert sched.next_block().prompt is None
+    plan = sched.next_block()
+    assert plan.prompt is None and plan.intensity == 1.0
+    sched.set_prompt("s1", "", 0.0)                    # empty: the base prompt; no intensity: full
+    plan = sched.next_block()
+    assert plan.prompt is None and plan.intensity == 1.0
     with pytest.raises(KeyError):
         sched.push_voice("nope", voice(10))
 
@@ -245,7 +359,19 @@ def test_seconds_until_ready(pipeline, clock):
     sched = Scheduler(pipeline, clock=clock)
     assert sched.seconds_until_ready() is None
     open_session(sched, pipeline)
+    assert sched.seconds_until_ready() == pytest.approx(GRACE)
+    clock.t = 0.1
+    assert sched.seconds_until_ready() == pytest.approx(GRACE - 0.1)
+    clock.t = GRACE
     assert sched.seconds_until_ready() == 0.0
-    run_one(sched, pipeline, clock)
-    run_one(sched, pipeline, clock)
-    assert sched.seconds_until_ready() == pytest.approx((BLOCK0 + BLOCK) / RATE - BLOCK / RATE)
+    run_one(sched, pipeline, clock, compute_s=0.1)    # t = 0.4, video until 1.05 s, estimate 0.1 s
+    due = BLOCK0 / RATE - 0.1 - MARGIN                # 0.45
+    assert sched.seconds_until_ready() == pytest.approx(due - 0.4)
+    open_session(sched, pipeline, "s2")                # its first block: at 0.4 + the grace, later than s1's
+    assert sched.seconds_until_ready() == pytest.approx(due - 0.4)
+    clock.t = 0.5
+    assert sched.seconds_until_ready() == 0.0          # past due: never negative
+    sched.push_voice("s2", voice(BLOCK0 + LOOKAHEAD))
+    assert sched.seconds_until_ready() == 0.0
+    # Both may run; s2 (video end 0.4) is further behind its wall clock than s1 (1.05), so it goes first.
+    assert sched.next_block().session.session_id == "s2"

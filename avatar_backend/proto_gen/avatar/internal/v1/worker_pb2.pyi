@@ -141,7 +141,7 @@ class NpcClosed(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., npc: _Optional[_Union[NpcState, _Mapping]] = ...) -> None: ...
 
 class FrameBlock(_message.Message):
-    __slots__ = ("session_id", "block_index", "first_frame_index", "num_frames", "width", "height", "audio_start", "audio_end", "speaking", "compute_ms", "audio_queued_samples", "devices")
+    __slots__ = ("session_id", "block_index", "first_frame_index", "num_frames", "width", "height", "audio_start", "audio_end", "speaking", "compute_ms", "audio_queued_samples", "devices", "padded_samples")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     BLOCK_INDEX_FIELD_NUMBER: _ClassVar[int]
     FIRST_FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +154,7 @@ class FrameBlock(_message.Message):
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
     AUDIO_QUEUED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
+    PADDED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     block_index: int
     first_frame_index: int
@@ -166,7 +167,8 @@ class FrameBlock(_message.Message):
     compute_ms: float
     audio_queued_samples: int
     devices: _containers.RepeatedCompositeFieldContainer[DeviceTelemetry]
-    def __init__(self, session_id: _Optional[str] = ..., block_index: _Optional[int] = ..., first_frame_index: _Optional[int] = ..., num_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., audio_start: _Optional[int] = ..., audio_end: _Optional[int] = ..., speaking: _Optional[bool] = ..., compute_ms: _Optional[float] = ..., audio_queued_samples: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[DeviceTelemetry, _Mapping]]] = ...) -> None: ...
+    padded_samples: int
+    def __init__(self, session_id: _Optional[str] = ..., block_index: _Optional[int] = ..., first_frame_index: _Optional[int] = ..., num_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., audio_start: _Optional[int] = ..., audio_end: _Optional[int] = ..., speaking: _Optional[bool] = ..., compute_ms: _Optional[float] = ..., audio_queued_samples: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[DeviceTelemetry, _Mapping]]] = ..., padded_samples: _Optional[int] = ...) -> None: ...
 
 class InterruptDone(_message.Message):
     __slots__ = ("session_id", "generated_until", "dropped_samples", "next_frame_index")

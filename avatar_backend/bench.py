@@ -1,0 +1,186 @@
+"""The benchmark behind ``avatar-backend bench``: prints its numbers and writes them to a JSON file.
+
+1. Generator: seconds per block and frames per second of a model config (default ``tiny`` at its default
+   size) on this machine, median over blocks after a warm-up, with the torch thread count stated.
+2. Gateway CPU per video frame at 512x512: Opus decode of the frame's audio + JPEG encode (the media path)
+   + sending the VideoFrame over a real gRPC stream on loopback (this process's CPU time per frame; the
+   reading client runs in another process so its CPU is not counted).
+3. Memory per NPC: the tiny config at its default size and the published 18B config at 512x512 (analytic,
+   from the configs alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+
+def bench_generator(config: str, blocks: int, threads: int, width: int = 0, height: int = 0) -> dict:
+    import torch
+    from PIL import Image
+
+    from avatar_backend.generator.pipeline import LiveActPipeline
+    from avatar_backend.store import CharacterRecord
+
+    torch.set_num_threads(threads)
+    pipeline = LiveActPipeline.from_config(config)
+    width, height = width or pipeline.config.width, height or pipeline.config.height
+    fps = pipeline.config.fps
+    image = Image.open(Path(__file__).parent / "assets" / "default_character.png")
+    png = io.BytesIO()
+    image.save(png, "PNG")
+
+    started = time.perf_counter()
+    conditioning = pipeline.prepare_character(CharacterRecord("bench", "a person talking"), png.getvalue(),
+                                              width, height)
+    prepare_s = time.perf_counter() - started
+    memory = pipeline.new_memory("bench", "bench", width, height, fps, seed=0)
+    rng = np.random.default_rng(0)
+    block_s, frames = [], []
+    for _ in range(blocks):
+        consume, lookahead = pipeline.block_audio_samples(memory)
+        audio = (0.1 * rng.standard_normal(consume + lookahead)).astype(np.float32)
+        started = time.perf_counter()
+        out = pipeline.generate_block(memory, conditioning, audio)
+        block_s.append(time.perf_counter() - started)
+        frames.append(out.shape[0])
+    later = block_s[2:] if blocks > 3 else block_s[1:]
+    later_frames = frames[-1]
+    median_s = statistics.median(later)
+    return {
+        "config": config, "width": width, "height": height, "fps": fps, "torch_threads": threads,
+        "random_weights": pipeline.random_weights, "parameters": pipeline.parameters,
+        "prepare_character_s": round(prepare_s, 4),
+        "first_block_s": round(block_s[0], 4), "first_block_frames": frames[0],
+        "block_s_median": round(median_s, 4), "block_s_all": [round(s, 4) for s in block_s],
+        "block_frames": later_frames,
+        "generated_fps": round(later_frames / median_s, 2),
+        "realtime_factor": round(later_frames / fps / median_s, 3),
+        "npc_memory_bytes": memory.nbytes(),
+    }
+
+
+def bench_gateway(width: int, height: int, fps: int, frames: int) -> dict:
+    from avatar_backend.media.bench import gateway_cpu_per_frame, synthetic_face_frame
+    from avatar_backend.media.encoders import JpegEncoder
+
+    media = gateway_cpu_per_frame(width, height, fps)
+    jpeg = JpegEncoder().encode(synthetic_face_frame(width, height)).data
+    send_ms = _grpc_send_cpu_ms(jpeg, width, height, frames)
+    return {**media, "grpc_send_ms": round(send_ms, 4), "total_with_send_ms": round(media["total_ms"] + send_ms, 4)}
+
+
+def _grpc_send_cpu_ms(jpeg: bytes, width: int, height: int, frames: int) -> float:
+    """CPU ms of this process per VideoFrame message sent on a server stream to a client in another process."""
+    import grpc
+
+    from avatar_backend.proto_gen import converse_pb2
+
+    cpu = {}
+
+    def stream(request, context):
+        start = time.process_time()
+        for index in range(frames):
+            yield converse_pb2.ServerMessage(frame=converse_pb2.VideoFrame(
+                index=index, pts=index * 800, codec=converse_pb2.VIDEO_CODEC_JPEG, width=width, height=height,
+                keyframe=True, data=jpeg))
+        cpu["s"] = time.process_time() - start
+
+    handler = grpc.method_handlers_generic_handler("bench.Frames", {
+        "Stream": grpc.unary_stream_rpc_method_handler(
+            stream, request_deserializer=lambda b: b,
+            response_serializer=converse_pb2.ServerMessage.SerializeToString)})
+    from concurrent import futures
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        client = (
+            "import grpc,sys\n"
+            "ch = grpc.insecure_channel(sys.argv[1])\n"
+            "call = ch.unary_stream('/bench.Frames/Stream', request_serializer=lambda b: b)\n"
+            "print(sum(1 for _ in call(b'')))\n")
+        out = subprocess.run([sys.executable, "-c", client, f"127.0.0.1:{port}"], capture_output=True,
+                             text=True, timeout=300, check=True)
+        if int(out.stdout.strip()) != frames:
+            raise RuntimeError(f"the bench client received {out.stdout.strip()} of {frames} frames")
+    finally:
+        server.stop(None)
+    return cpu["s"] * 1000 / frames
+
+
+def npc_memory_sizes() -> dict:
+    import torch
+
+    from avatar_backend.generator.config import LIVEACT_18B, TINY
+    from avatar_backend.generator.convkv import cache_bytes
+    from avatar_backend.generator.pipeline import LiveActPipeline
+    from avatar_backend.generator.vae import decoder_state_bytes
+
+    tiny = LiveActPipeline.from_config(TINY)
+    big_cache = cache_bytes(LIVEACT_18B, 512, 512, torch.bfloat16)
+    big_decoder = decoder_state_bytes(LIVEACT_18B.vae, 512, 512, torch.bfloat16)
+    return {
+        "tiny": {"width": TINY.width, "height": TINY.height,
+                 "bytes": tiny.memory_bytes(TINY.width, TINY.height)},
+        "liveact-18b_512x512": {
+            "convkv_cache_bytes_bf16": big_cache, "vae_decoder_state_bytes_bf16": big_decoder,
+            "bytes": big_cache + big_decoder,
+            "note": "ConvKV caches (3 steps x 40 layers x 14 slots x 1024 tokens x K,V) plus the streaming VAE "
+                    "decoder's causal cache; the spec's figure for the caches alone is 35.2 GB",
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="avatar-backend bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, help="write the results to this file")
+    parser.add_argument("--config", default="tiny", help="model config of the generator benchmark")
+    parser.add_argument("--blocks", type=int, default=6, help="blocks to generate (the first two are warm-up)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--frames", type=int, default=2000, help="frames sent in the gRPC send benchmark")
+    parser.add_argument("--skip-generator", action="store_true")
+    args = parser.parse_args(argv)
+
+    results: dict = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "python": platform.python_version()},
+        "command": "avatar-backend bench " + " ".join(argv or []),
+    }
+    if not args.skip_generator:
+        results["generator"] = gen = bench_generator(args.config, args.blocks, args.threads)
+        print(f"generator {gen['config']} {gen['width']}x{gen['height']} on {gen['torch_threads']} threads: "
+              f"{gen['block_s_median']:.3f} s per block of {gen['block_frames']} frames -> "
+              f"{gen['generated_fps']:.1f} fps ({gen['realtime_factor']:.2f}x real time at {gen['fps']} fps); "
+              f"first block {gen['first_block_s']:.3f} s")
+    results["gateway"] = gw = bench_gateway(512, 512, 20, args.frames)
+    print(f"gateway CPU per 512x512 frame: {gw['total_with_send_ms']:.3f} ms (Opus decode {gw['opus_decode_ms']:.3f}"
+          f" + JPEG encode {gw['jpeg_encode_ms']:.3f} + gRPC send {gw['grpc_send_ms']:.3f}); "
+          f"JPEG {gw['jpeg_bytes']} bytes")
+    results["npc_memory"] = mem = npc_memory_sizes()
+    print(f"NPC memory: tiny {mem['tiny']['width']}x{mem['tiny']['height']} {mem['tiny']['bytes'] / 2**20:.1f} MiB; "
+          f"liveact-18b 512x512 {mem['liveact-18b_512x512']['bytes'] / 1e9:.1f} GB "
+          f"(ConvKV {mem['liveact-18b_512x512']['convkv_cache_bytes_bf16'] / 1e9:.1f} GB bf16)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

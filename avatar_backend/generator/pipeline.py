@@ -1,0 +1,320 @@
+"""The LiveAct generator as the worker uses it: characters in, NPC memories kept, one block of frames per call.
+
+Per block: audio features from the NPC's rolling PCM (its memory keeps the tail the audio window reaches back
+into) -> the DiT's 3 denoising steps against the NPC's ConvKV memory -> the streaming VAE decoder, which keeps
+its causal cache in the memory too -> uint8 RGB frames. Everything per character (image features, the VAE code
+of the reference image, text contexts and their cross-attention keys/values) is computed once and cached.
+
+Weights: one safetensors file whose keys are prefixed by module (``dit.``, ``vae.``, ``audio_encoder.``,
+``image_encoder.``, ``text_encoder.``). Without one, every module is initialised from a fixed seed and the
+pipeline reports ``random_weights``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from avatar_backend.store import CharacterRecord, now_ms
+
+from .audio_encoder import build_audio_encoder
+from .config import ModelConfig, get_config
+from .convkv import ConvKVMemory, SlotLayout, cache_bytes
+from .dit import CrossAttentionContext, WanModel
+from .image_encoder import build_image_encoder
+from .memory import NpcMemory
+from .sampler import GeneratorNoise, denoise_block
+from .schedule import StreamSchedule
+from .text_encoder import build_text_encoder
+from .vae import CausalCache, WanVAE, decoder_state_bytes, frames_to_uint8
+
+MODULE_PREFIXES = ("dit", "vae", "audio_encoder", "image_encoder", "text_encoder")
+RANDOM_WEIGHTS_SEED = 0
+PROMPT_CACHE_SIZE = 32
+
+# Names of the NPC memory's tensors (the ConvKV and decoder states keep their own names under these prefixes).
+CONVKV_PREFIX = "convkv."
+DECODER_PREFIX = "vae_decoder."
+AUDIO_TAIL = "audio_tail"
+NOISE_STATE = "noise_state"
+
+
+class GeneratorError(ValueError):
+    """A request the generator cannot serve (unsupported size or fps, bad reference image)."""
+
+
+@dataclass
+class CharacterConditioning:
+    """Everything about one character at one frame size that is computed once and reused for every block."""
+
+    character_id: str
+    revision: int
+    width: int
+    height: int
+    base_prompt: str
+    clip_fea: torch.Tensor                  # [1, tokens, clip_dim]
+    y: torch.Tensor                         # [1, 4 + z, 14, h, w]: frame mask + VAE code of the reference image
+    # (prompt or None for the base prompt, intensity) -> context
+    contexts: OrderedDict[tuple[str | None, float], CrossAttentionContext] = field(default_factory=OrderedDict)
+
+
+def load_model_config(name_or_path: str | Path) -> ModelConfig:
+    """A named config (``tiny``, ``liveact-18b``) or a JSON file holding a ModelConfig."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" and path.is_file():
+        return ModelConfig.from_json(path.read_text())
+    return get_config(str(name_or_path))
+
+
+def center_crop_resize(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale to cover width x height (bicubic), then centre-crop, as the reference prepares its image."""
+    scale = max(width / image.width, height / image.height)
+    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+                           Image.BICUBIC)
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+class LiveActPipeline:
+    def __init__(self, config: ModelConfig, modules: dict[str, torch.nn.Module], *, device: str,
+                 random_weights: bool, weights_sha256: str = ""):
+        self.config = config
+        self.device = device
+        self.random_weights = random_weights
+        self.weights_sha256 = weights_sha256
+        self.dit: WanModel = modules["dit"]
+        self.vae: WanVAE = modules["vae"]
+        self.audio_encoder = modules["audio_encoder"]
+        self.image_encoder = modules["image_encoder"]
+        self.text_encoder = modules["text_encoder"]
+        self.parameters = sum(p.numel() for m in modules.values() for p in m.parameters())
+        self.sample_rate = self.audio_encoder.sample_rate
+        self.layout = SlotLayout.from_config(config.sampler, config.dit)
+        self._schedules: dict[tuple[int, int], StreamSchedule] = {}
+
+    # -- construction ---------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: ModelConfig | str | Path, weights: str | Path | None = None,
+                    device: str = "cpu") -> "LiveActPipeline":
+        if not isinstance(config, ModelConfig):
+            config = load_model_config(config)
+        dtype = getattr(torch, config.dtype)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            modules: dict[str, torch.nn.Module] = {
+                "dit": WanModel(config.dit),
+                "vae": WanVAE(config.vae),
+                "audio_encoder": build_audio_encoder(config.audio_encoder),
+                "image_encoder": build_image_encoder(config.image_encoder),
+                "text_encoder": build_text_encoder(config.text_encoder),
+            }
+            if weights is None:
+                modules["dit"].init_weights(zero_head=False)
+        sha = ""
+        if weights is not None:
+            sha = _load_weights(modules, Path(weights))
+        for name, module in modules.items():
+            module.to(device=device, dtype=dtype if name == "dit" else torch.float32).eval().requires_grad_(False)
+        return cls(config, modules, device=device, random_weights=weights is None, weights_sha256=sha)
+
+    # -- sizes ----------------------------------------------------------------------------------------------
+
+    def check_format(self, width: int, height: int, fps: int) -> None:
+        if (width, height) not in self.config.sizes:
+            sizes = ", ".join(f"{w}x{h}" for w, h in self.config.sizes)
+            raise GeneratorError(f"size {width}x{height} is not supported by model {self.config.name}; supported: {sizes}")
+        if fps <= 0 or self.sample_rate % fps:
+            raise GeneratorError(f"fps {fps} does not divide the {self.sample_rate} Hz audio clock")
+
+    def samples_per_frame(self, fps: int) -> int:
+        return self.sample_rate // fps
+
+    def schedule(self, width: int, height: int) -> StreamSchedule:
+        key = (width, height)
+        if key not in self._schedules:
+            self._schedules[key] = StreamSchedule.from_model_config(self.config, width, height)
+        return self._schedules[key]
+
+    def audio_tail_frames(self, fps: int) -> int:
+        """Video frames of past audio a block's features reach back to before its first new frame.
+
+        A later block's window starts ``first_block_frames + radius`` frames before its first output frame
+        (block b >= 2: window start 32(b-1), outputs from 21 + 32(b-1), and frame n reads n - 2), and the audio
+        front end needs its own history before that.
+        """
+        schedule = self.schedule(self.config.width, self.config.height)
+        return schedule.first_video_frames + schedule.audio_radius + self.audio_encoder.context_frames(fps)
+
+    def memory_bytes(self, width: int, height: int, fps: int | None = None) -> int:
+        """One NPC's memory, from the config alone (nothing is allocated)."""
+        fps = fps or self.config.fps
+        tail = self.audio_tail_frames(fps) * self.samples_per_frame(fps) * 4
+        noise_state = GeneratorNoise(0).get_state().numel()
+        dtype = getattr(torch, self.config.dtype)
+        return (cache_bytes(self.config, width, height, dtype) + decoder_state_bytes(self.config.vae, width, height)
+                + tail + noise_state)
+
+    # -- characters -----------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prepare_character(self, record: CharacterRecord, reference_png: bytes, width: int,
+                          height: int) -> CharacterConditioning:
+        try:
+            image = Image.open(io.BytesIO(reference_png)).convert("RGB")
+        except Exception as err:  # Pillow raises many types for bad files
+            raise GeneratorError(f"character {record.character_id!r}: reference image cannot be decoded: {err}") from None
+        image = center_crop_resize(image, width, height)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1).to(self.device)
+        pixels = pixels / 127.5 - 1.0
+        latent_frames = sum(self.config.sampler.block_sizes)
+        conditioning = CharacterConditioning(
+            character_id=record.character_id, revision=record.revision, width=width, height=height,
+            base_prompt=record.base_prompt,
+            clip_fea=self.image_encoder(pixels),
+            y=self.vae.encode_reference_image(pixels, latent_frames).to(self.dit.dtype),
+        )
+        self.context_for(conditioning, None)
+        return conditioning
+
+    @torch.inference_mode()
+    def context_for(self, conditioning: CharacterConditioning, prompt: str | None,
+                    intensity: float = 1.0) -> CrossAttentionContext:
+        """The cross-attention context of a prompt (None: the base prompt), cached per character.
+
+        ``intensity`` < 1 blends the prompt's text embedding with the base prompt's (both zero-padded to the
+        model's text length, as the model pads them anyway), in steps of 0.05 so the cache stays small.
+        """
+        intensity = round(min(max(intensity, 0.0), 1.0) * 20) / 20
+        if prompt is None or prompt == conditioning.base_prompt or intensity == 0.0:
+            prompt, intensity = None, 1.0
+        key = (prompt, intensity)
+        cached = conditioning.contexts.get(key)
+        if cached is not None:
+            conditioning.contexts.move_to_end(key)
+            return cached
+        embedding = self._text_embedding(conditioning.base_prompt if prompt is None else prompt)
+        if intensity < 1.0:
+            base = self._text_embedding(conditioning.base_prompt)
+            embedding = torch.lerp(base, embedding, intensity)
+        context = self.dit.encode_context(embedding, conditioning.clip_fea.to(self.dit.dtype))
+        conditioning.contexts[key] = context
+        while len(conditioning.contexts) > PROMPT_CACHE_SIZE:
+            conditioning.contexts.popitem(last=False)
+        return context
+
+    def _text_embedding(self, text: str) -> torch.Tensor:
+        """[text_len, text_dim]: the encoder's output zero-padded to the model's text length."""
+        embedding = self.text_encoder.encode(text).to(self.device, self.dit.dtype)
+        padded = embedding.new_zeros(self.config.dit.text_len, embedding.shape[-1])
+        rows = min(embedding.shape[0], self.config.dit.text_len)
+        padded[:rows] = embedding[:rows]
+        return padded
+
+    # -- NPC memories ---------------------------------------------------------------------------------------
+
+    def new_memory(self, npc_id: str, character_id: str, width: int, height: int, fps: int,
+                   seed: int) -> NpcMemory:
+        self.check_format(width, height, fps)
+        dtype = getattr(torch, self.config.dtype)
+        convkv = ConvKVMemory.allocate(self.config, width, height, device=self.device, dtype=dtype)
+        decoder = self.vae.init_decoder_state(width, height, device=self.device)
+        tensors = {CONVKV_PREFIX + k: v for k, v in convkv.state_tensors().items()}
+        tensors |= {DECODER_PREFIX + k: v for k, v in decoder.to_tensors().items()}
+        tensors[AUDIO_TAIL] = torch.zeros(self.audio_tail_frames(fps) * self.samples_per_frame(fps))
+        tensors[NOISE_STATE] = GeneratorNoise(seed).get_state()
+        return NpcMemory(npc_id=npc_id, character_id=character_id, model_name=self.config.name, width=width,
+                         height=height, fps=fps, seed=seed, tensors=tensors)
+
+    def block_audio_samples(self, memory: NpcMemory) -> tuple[int, int]:
+        """(16 kHz samples the next block covers, samples of look-ahead after them it reads)."""
+        schedule = self.schedule(memory.width, memory.height)
+        plan = schedule.block(memory.blocks_generated)
+        spf = self.samples_per_frame(memory.fps)
+        return plan.video_frames * spf, (plan.audio_required - plan.video_end) * spf
+
+    @torch.inference_mode()
+    def generate_block(self, memory: NpcMemory, conditioning: CharacterConditioning, audio: np.ndarray,
+                       prompt: str | None = None, intensity: float = 1.0) -> np.ndarray:
+        """Generate the NPC's next block from ``audio`` (its samples plus look-ahead, float32 16 kHz) under
+        ``prompt`` (None: the character's base prompt) at ``intensity``.
+
+        Returns uint8 RGB frames [T, H, W, 3] and advances the memory.
+        """
+        if (conditioning.width, conditioning.height) != (memory.width, memory.height):
+            raise GeneratorError("character conditioning and NPC memory are for different frame sizes")
+        schedule = self.schedule(memory.width, memory.height)
+        plan = schedule.block(memory.blocks_generated)
+        consume, lookahead = self.block_audio_samples(memory)
+        if audio.shape[0] != consume + lookahead:
+            raise GeneratorError(f"block {plan.index} needs {consume + lookahead} audio samples, got {audio.shape[0]}")
+        spf = self.samples_per_frame(memory.fps)
+
+        # Audio: features of [tail | the block's audio | look-ahead], indexed from the tail's first frame.
+        tail = memory.tensors[AUDIO_TAIL]
+        pcm = torch.cat([tail, torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(tail.device)])
+        features = self.audio_encoder.features(pcm, memory.fps)
+        first_frame = plan.video_start - tail.shape[0] // spf     # absolute video frame of features[0]
+        # The reference clamps frame indices at 0 (the stream's start), so features begin no earlier than that.
+        features = features[max(0, -first_frame):]
+        window_base = max(0, first_frame)
+        window = self._audio_window(schedule, plan, features, window_base)
+
+        convkv = ConvKVMemory.from_state_tensors(_strip(memory.tensors, CONVKV_PREFIX), self.layout)
+        noise = GeneratorNoise(memory.seed, device=self.device)
+        noise.set_state(memory.tensors[NOISE_STATE])
+        result = denoise_block(
+            self.dit, convkv, plan, y=conditioning.y, context=self.context_for(conditioning, prompt, intensity),
+            audio_window=window.to(self.dit.dtype), noise=noise, sampler=self.config.sampler, functional=False,
+        )
+
+        decoder = CausalCache.from_tensors(_strip(memory.tensors, DECODER_PREFIX))
+        video = self.vae.decode_stream(result.x0.float(), decoder)
+        frames = frames_to_uint8(video).cpu().numpy()
+
+        # Advance the memory: the same tensors, new contents (its size never changes).
+        memory.tensors.update({DECODER_PREFIX + k: v for k, v in decoder.to_tensors().items()})
+        memory.tensors[AUDIO_TAIL] = pcm[: pcm.shape[0] - lookahead][-tail.shape[0]:].clone()
+        memory.tensors[NOISE_STATE] = noise.get_state()
+        memory.blocks_generated += 1
+        memory.frames_generated += frames.shape[0]
+        memory.timeline_samples += consume
+        memory.updated_unix_ms = now_ms()
+        return frames
+
+    @staticmethod
+    def _audio_window(schedule: StreamSchedule, plan, features: torch.Tensor, base: int) -> torch.Tensor:
+        """The block's [1, 53, 5, layers, ch] window from features that start at absolute video frame ``base``."""
+        from .schedule import audio_window
+
+        return audio_window(features, plan.audio_start - base, plan.audio_frames, schedule.audio_radius)
+
+
+def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _load_weights(modules: dict[str, torch.nn.Module], path: Path) -> str:
+    """Load a prefixed safetensors file strictly into the modules; returns its SHA-256."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    state = load_file(str(path))
+    for name, module in modules.items():
+        prefix = f"{name}."
+        module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+    unknown = [k for k in state if k.split(".", 1)[0] not in MODULE_PREFIXES]
+    if unknown:
+        raise ValueError(f"{path}: unknown weight names {unknown[:5]}")
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

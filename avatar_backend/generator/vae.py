@@ -1,0 +1,468 @@
+"""The Wan2.1 causal 3D VAE, with a decoder that streams across blocks.
+
+The VAE maps video [B, 3, T, H, W] in [-1, 1] to latents [B, z_dim, 1 + (T - 1) / 4, H / 8, W / 8] and back
+(at the default temporal downsampling; see :class:`VAEConfig`). Every convolution over time is causal: it pads
+on the left only, so frame t never sees a later frame. That makes the model runnable in chunks: the encoder
+takes frames in chunks of 1, 4, 4, ... and the decoder one latent at a time (1 frame for the first latent,
+4 for each later one), each causal convolution carrying its last two input frames from chunk to chunk in a
+:class:`CausalCache`.
+
+LiveAct restarts the decoder on every block and re-decodes 3 latents of the previous block as a warm-up.
+Here the cache is instead kept from block to block, so decoding block 0's 6 latents, then each later block's
+8, gives exactly the frames of one continuous decode of all latents, for 8 latents of work per block. The cache
+is then part of an NPC's memory: :meth:`CausalCache.to_tensors` / :meth:`CausalCache.from_tensors` snapshot and
+restore it bit-exactly, and :func:`decoder_state_bytes` gives its size before anything is allocated.
+
+Module and parameter names follow the published ``Wan2.1_VAE.pth`` so its state dict loads with
+``strict=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import VAEConfig
+
+# A causal 3-tap time kernel needs the two frames before a chunk.
+CACHE_FRAMES = 2
+
+# PyTorch's CPU convolution uses oneDNN only above this N*C*D*H (for batch 1 and 3x3-or-smaller kernels).
+_CPU_NATIVE_CONV3D_LIMIT = 20480
+
+_FLAG_KEY = "first_chunk"
+_FRAMES_PREFIX = "frames."
+
+
+@dataclass
+class CausalCache:
+    """The state that lets a causal encoder or decoder continue a clip chunk by chunk.
+
+    ``frames`` maps each causal convolution (by module name) to the last input frames it saw. A missing entry
+    means "nothing seen yet" and acts as zeros, exactly like the zero padding before frame 0, so a cache can be
+    filled lazily or pre-allocated with zeros (:meth:`WanVAE.init_decoder_state`) with identical results.
+    ``first_chunk`` is true until the first chunk has run: on that chunk the temporal resamplers only store
+    their input (the first latent decodes to a single frame, the first frame encodes to a single latent).
+
+    Chunks replace the tensors in ``frames`` instead of writing into them, so the tensors returned by
+    :meth:`to_tensors` stay a valid snapshot while the stream goes on.
+    """
+
+    frames: dict[str, Tensor] = field(default_factory=dict)
+    first_chunk: bool = True
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        """A flat dict of tensors (for safetensors) holding the whole state."""
+        tensors = {f"{_FRAMES_PREFIX}{name}": frames for name, frames in self.frames.items()}
+        tensors[_FLAG_KEY] = torch.tensor(int(self.first_chunk), dtype=torch.uint8)
+        return tensors
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> "CausalCache":
+        """The inverse of :meth:`to_tensors`."""
+        unknown = [k for k in tensors if k != _FLAG_KEY and not k.startswith(_FRAMES_PREFIX)]
+        if unknown or _FLAG_KEY not in tensors:
+            raise ValueError(f"not a causal cache snapshot: missing {_FLAG_KEY!r} or unknown keys {unknown}")
+        frames = {k[len(_FRAMES_PREFIX):]: v for k, v in tensors.items() if k.startswith(_FRAMES_PREFIX)}
+        return cls(frames=frames, first_chunk=bool(tensors[_FLAG_KEY].item()))
+
+    def nbytes(self) -> int:
+        """Bytes of :meth:`to_tensors` (the cached frames plus one byte for the flag)."""
+        return sum(t.numel() * t.element_size() for t in self.frames.values()) + 1
+
+
+def decoder_state_bytes(
+    config: VAEConfig, width: int, height: int, dtype: torch.dtype = torch.float32, batch_size: int = 1
+) -> int:
+    """Size in bytes of a streaming decoder's :class:`CausalCache` for frames of ``width`` x ``height``.
+
+    Computed from the architecture alone: every 3-tap causal conv of the decoder keeps 2 frames of its input at
+    its level's resolution. The size does not depend on how many latents have been decoded.
+    """
+    _check_frame_size(config, width, height)
+    latent_h, latent_w = height // config.spatial_stride, width // config.spatial_stride
+    dims = _decoder_dims(config)
+    upsample_in_time = tuple(reversed(config.temporal_downsample))
+
+    levels = len(config.dim_mult)
+    channel_frames = [0] * levels  # cached channels at each level's resolution
+    channel_frames[0] += config.z_dim + 4 * dims[0]  # conv1, then the two residual blocks of the middle
+    for level, (in_dim, out_dim) in enumerate(_decoder_stages(dims)):
+        channel_frames[level] += in_dim + out_dim + 2 * config.num_res_blocks * out_dim
+        if level < levels - 1 and upsample_in_time[level]:
+            channel_frames[level] += out_dim  # the temporal upsampler's time conv
+    channel_frames[-1] += dims[-1]  # head conv
+
+    elements = sum(c * (latent_h << i) * (latent_w << i) for i, c in enumerate(channel_frames))
+    element_size = torch.empty((), dtype=dtype).element_size()
+    return batch_size * CACHE_FRAMES * elements * element_size + 1
+
+
+# ------------------------------------------------------------------------------------------------ building blocks
+
+
+class CausalConv3d(nn.Conv3d):
+    """A Conv3d padded in time on the left only, so output frame t depends on input frames <= t.
+
+    Given a :class:`CausalCache`, the frames cached from the previous chunk take the place of the zero padding,
+    which makes a run over chunks equal to a run over the whole clip.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride)
+        pad_t, pad_h, pad_w = (padding,) * 3 if isinstance(padding, int) else padding
+        self.time_padding = 2 * pad_t
+        self.spatial_padding = (pad_w, pad_w, pad_h, pad_h)
+        self.cache_key = ""  # set by WanVAE to the module's name
+
+    def forward(self, x: Tensor, cache: CausalCache | None = None) -> Tensor:
+        if self.time_padding and cache is not None:
+            previous = cache.frames.get(self.cache_key)
+            if previous is None:
+                x = F.pad(x, (0, 0, 0, 0, self.time_padding, 0))
+            else:
+                x = torch.cat([previous, x], dim=2)
+            cache.frames[self.cache_key] = x[:, :, -self.time_padding:].clone()
+        elif self.time_padding:
+            x = F.pad(x, (0, 0, 0, 0, self.time_padding, 0))
+        x = F.pad(x, self.spatial_padding)
+        n, c, _, h, w = x.shape
+        if x.device.type == "cpu" and n * c * x.shape[2] * h <= _CPU_NATIVE_CONV3D_LIMIT < n * c * w * h:
+            # PyTorch sends a CPU conv whose N*C*T*H is this small to a native kernel up to 7x slower than oneDNN.
+            # The same convolution with time and width swapped (input, kernel and stride alike) goes to oneDNN.
+            out = F.conv3d(x.transpose(2, 4), self.weight.transpose(2, 4), self.bias, stride=self.stride[::-1])
+            return out.transpose(2, 4).contiguous()
+        return super().forward(x)
+
+
+class RMSNorm(nn.Module):
+    """RMS norm over channels (dim 1): an L2 normalisation scaled by sqrt(dim), times a learned gain."""
+
+    def __init__(self, dim: int, images: bool = False):
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones(dim, *((1, 1) if images else (1, 1, 1))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # The same as F.normalize(x, dim=1), whose norm over a non-innermost dim is ~40x slower on CPU.
+        norm = x.square().sum(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
+        return x / norm * self.scale * self.gamma
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0):
+        super().__init__()
+        # Indices matter: they are the checkpoint's parameter names (residual.0.gamma, residual.2.weight, ...).
+        self.residual = nn.Sequential(
+            RMSNorm(in_dim),
+            nn.SiLU(),
+            CausalConv3d(in_dim, out_dim, 3, padding=1),
+            RMSNorm(out_dim),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            CausalConv3d(out_dim, out_dim, 3, padding=1),
+        )
+        self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+
+    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        shortcut = self.shortcut(x)
+        for layer in self.residual:
+            x = layer(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
+        return x + shortcut
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over the pixels of each frame (frames do not attend to each other)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = RMSNorm(dim, images=True)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+        qkv = self.to_qkv(self.norm(frames)).reshape(b * t, 3 * c, h * w).transpose(1, 2)
+        q, k, v = qkv.unsqueeze(1).chunk(3, dim=-1)  # each [b*t, 1 head, h*w, c]
+        out = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2).reshape(b * t, c, h, w)
+        out = self.proj(out).reshape(b, t, c, h, w).transpose(1, 2)
+        return x + out
+
+
+class Resample(nn.Module):
+    """Spatial 2x up/down sampling, optionally with 2x in time.
+
+    Upsampling in time doubles the frames with a causal time conv that outputs two frames' channels per input
+    frame. Downsampling in time is a stride-2 time conv over the previous chunk's last frame plus this chunk.
+    Neither runs on the first chunk, which is why a clip of 1 + 4k frames maps to 1 + k latents and back.
+    """
+
+    MODES = ("upsample2d", "upsample3d", "downsample2d", "downsample3d")
+
+    def __init__(self, dim: int, mode: str):
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        self.mode = mode
+        if mode.startswith("upsample"):
+            self.resample = nn.Sequential(
+                nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"), nn.Conv2d(dim, dim // 2, 3, padding=1)
+            )
+        else:
+            # Pad right and bottom only, so a stride-2 3x3 conv halves even sizes exactly.
+            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=(2, 2)))
+        if mode == "upsample3d":
+            self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
+        elif mode == "downsample3d":
+            self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
+
+    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        if self.mode == "upsample3d" and not cache.first_chunk:
+            b, c, t, h, w = x.shape
+            x = self.time_conv(x, cache).reshape(b, 2, c, t, h, w)
+            x = x.permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)  # frame 2i, 2i+1 from input frame i
+
+        b, c, t, h, w = x.shape
+        x = self.resample(x.transpose(1, 2).reshape(b * t, c, h, w))
+        x = x.reshape(b, t, *x.shape[1:]).transpose(1, 2)
+
+        if self.mode == "downsample3d":
+            key = self.time_conv.cache_key
+            previous = cache.frames.get(key)
+            cache.frames[key] = x[:, :, -1:].clone()
+            if not cache.first_chunk:
+                x = self.time_conv(torch.cat([previous, x], dim=2))
+        return x
+
+
+# ------------------------------------------------------------------------------------------------ encoder, decoder
+
+
+def _decoder_dims(config: VAEConfig) -> list[int]:
+    mult = config.dim_mult
+    return [config.base_dim * m for m in (mult[-1], *reversed(mult))]
+
+
+def _decoder_stages(dims: list[int]) -> list[tuple[int, int]]:
+    """(in, out) channels of each decoder level; an upsampler halves the channels it hands to the next level."""
+    return [(d_in if i == 0 else d_in // 2, d_out) for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:]))]
+
+
+class Encoder3d(nn.Module):
+    def __init__(self, config: VAEConfig, out_channels: int, dropout: float = 0.0):
+        super().__init__()
+        dims = [config.base_dim * m for m in (1, *config.dim_mult)]
+        self.conv1 = CausalConv3d(3, dims[0], 3, padding=1)
+
+        downsamples: list[nn.Module] = []
+        levels = len(config.dim_mult)
+        for level, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            for _ in range(config.num_res_blocks):
+                downsamples.append(ResidualBlock(in_dim, out_dim, dropout))
+                in_dim = out_dim
+            if level < levels - 1:
+                mode = "downsample3d" if config.temporal_downsample[level] else "downsample2d"
+                downsamples.append(Resample(out_dim, mode))
+        self.downsamples = nn.ModuleList(downsamples)
+
+        dim = dims[-1]
+        self.middle = nn.ModuleList([ResidualBlock(dim, dim, dropout), AttentionBlock(dim), ResidualBlock(dim, dim, dropout)])
+        self.head = nn.Sequential(RMSNorm(dim), nn.SiLU(), CausalConv3d(dim, out_channels, 3, padding=1))
+
+    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        x = self.conv1(x, cache)
+        for layer in (*self.downsamples, *self.middle):
+            x = layer(x) if isinstance(layer, AttentionBlock) else layer(x, cache)
+        return _run_head(self.head, x, cache)
+
+
+class Decoder3d(nn.Module):
+    def __init__(self, config: VAEConfig, dropout: float = 0.0):
+        super().__init__()
+        dims = _decoder_dims(config)
+        upsample_in_time = tuple(reversed(config.temporal_downsample))
+        self.conv1 = CausalConv3d(config.z_dim, dims[0], 3, padding=1)
+        self.middle = nn.ModuleList(
+            [ResidualBlock(dims[0], dims[0], dropout), AttentionBlock(dims[0]), ResidualBlock(dims[0], dims[0], dropout)]
+        )
+
+        upsamples: list[nn.Module] = []
+        levels = len(config.dim_mult)
+        for level, (in_dim, out_dim) in enumerate(_decoder_stages(dims)):
+            for _ in range(config.num_res_blocks + 1):
+                upsamples.append(ResidualBlock(in_dim, out_dim, dropout))
+                in_dim = out_dim
+            if level < levels - 1:
+                upsamples.append(Resample(out_dim, "upsample3d" if upsample_in_time[level] else "upsample2d"))
+        self.upsamples = nn.ModuleList(upsamples)
+        self.head = nn.Sequential(RMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], 3, 3, padding=1))
+
+    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        x = self.conv1(x, cache)
+        for layer in (*self.middle, *self.upsamples):
+            x = layer(x) if isinstance(layer, AttentionBlock) else layer(x, cache)
+        return _run_head(self.head, x, cache)
+
+
+def _run_head(head: nn.Sequential, x: Tensor, cache: CausalCache) -> Tensor:
+    for layer in head:
+        x = layer(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
+    return x
+
+
+# ------------------------------------------------------------------------------------------------ the VAE
+
+
+class WanVAE(nn.Module):
+    """The Wan2.1 video VAE: causal chunked encoding to normalised latents and streaming decoding back to pixels."""
+
+    def __init__(self, config: VAEConfig = VAEConfig()):
+        super().__init__()
+        if len(config.temporal_downsample) != len(config.dim_mult) - 1:
+            raise ValueError("temporal_downsample needs one entry per downsampling level (len(dim_mult) - 1)")
+        self.config = config
+        self.encoder = Encoder3d(config, out_channels=2 * config.z_dim)  # mean and log-variance
+        self.conv1 = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1)
+        self.conv2 = CausalConv3d(config.z_dim, config.z_dim, 1)
+        self.decoder = Decoder3d(config)
+
+        stats_shape = (1, config.z_dim, 1, 1, 1)
+        # Not in the checkpoint: the statistics come from the config.
+        self.register_buffer("latent_mean", torch.tensor(config.latent_mean).view(stats_shape), persistent=False)
+        self.register_buffer(
+            "latent_inv_std", (1.0 / torch.tensor(config.latent_std)).view(stats_shape), persistent=False
+        )
+        for name, module in self.named_modules():
+            if isinstance(module, CausalConv3d):
+                module.cache_key = name
+
+    # ---------------------------------------------------------------------------------------------- encoding
+
+    def encode(self, video: Tensor) -> Tensor:
+        """Video [B, 3, 1 + 4k, H, W] in [-1, 1] -> normalised latent mean (mu - mean) / std [B, z, 1 + k, h, w].
+
+        Frames go through in causal chunks of 1, 4, 4, ... (at the default temporal stride). No sample is drawn.
+        """
+        stride = self.config.temporal_stride
+        frames = video.shape[2]
+        if (frames - 1) % stride:
+            raise ValueError(f"encode needs 1 + {stride}k frames, got {frames}")
+        _check_frame_size(self.config, video.shape[-1], video.shape[-2])
+        video = video.to(self.latent_mean.dtype)
+
+        cache = CausalCache()
+        chunks = [self.encoder(video[:, :, :1], cache)]
+        cache.first_chunk = False
+        for start in range(1, frames, stride):
+            chunks.append(self.encoder(video[:, :, start : start + stride], cache))
+        mu, _log_var = self.conv1(torch.cat(chunks, dim=2)).chunk(2, dim=1)
+        return (mu - self.latent_mean) * self.latent_inv_std
+
+    def encode_reference_image(self, image: Tensor, latent_frames: int = 14) -> Tensor:
+        """The image conditioning ``y`` [1, stride + z, latent_frames, h, w] for one RGB image [3, H, W] in [-1, 1].
+
+        Channels are the frame mask (``temporal_stride`` channels: ones on latent frame 0, zeros after), then the
+        VAE code of the image followed by 4 * (latent_frames - 1) black frames, as LiveAct builds it once per
+        character for its 14-latent attention window.
+        """
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected one RGB image [3, H, W], got {tuple(image.shape)}")
+        _, height, width = image.shape
+        stride = self.config.temporal_stride
+        video = image.new_zeros(1, 3, 1 + stride * (latent_frames - 1), height, width)
+        video[:, :, 0] = image
+        code = self.encode(video)
+        mask = reference_mask(latent_frames, *code.shape[-2:], channels=stride).to(code)
+        return torch.cat([mask, code], dim=1)
+
+    # ---------------------------------------------------------------------------------------------- decoding
+
+    def init_decoder_state(
+        self, width: int, height: int, batch_size: int = 1, dtype: torch.dtype | None = None, device=None
+    ) -> CausalCache:
+        """A fresh streaming-decoder state with every cache pre-allocated as zeros.
+
+        Zeros are what the causal padding feeds a conv before frame 0, so this decodes exactly like an empty
+        cache, and the state has its final size (:func:`decoder_state_bytes`) from the first block on.
+        """
+        _check_frame_size(self.config, width, height)
+        dtype = dtype or self.latent_mean.dtype
+        device = device if device is not None else self.latent_mean.device
+        shapes = _decoder_cache_shapes(self.config, width, height, batch_size)
+        return CausalCache(frames={name: torch.zeros(shape, dtype=dtype, device=device) for name, shape in shapes.items()})
+
+    def decode_stream(self, latents: Tensor, state: CausalCache, latents_per_call: int = 1) -> Tensor:
+        """Decode the next latents [B, z, n, h, w] of a stream, continuing ``state`` (updated in place).
+
+        Returns unclamped frames [B, 3, F, H, W]: F = 1 + 4(n - 1) on the stream's first call, 4n after (at the
+        default temporal stride). Concatenating the outputs of successive calls equals :meth:`decode` of all
+        latents at once. ``latents_per_call`` > 1 decodes several latents per decoder pass: the same function
+        (every layer is causal or per-frame), usually faster, not bit-identical to one at a time.
+        """
+        conv_cache = state.frames.get(self.decoder.conv1.cache_key)
+        if conv_cache is not None and conv_cache.shape[-2:] != latents.shape[-2:]:
+            raise ValueError(
+                f"latents of {tuple(latents.shape[-2:])} do not match a decoder state for {tuple(conv_cache.shape[-2:])}"
+            )
+        z = latents.to(self.latent_mean.dtype) / self.latent_inv_std + self.latent_mean
+        z = self.conv2(z)
+
+        frames = []
+        start = 0
+        while start < z.shape[2]:
+            # The first latent runs alone: the temporal upsamplers treat the first chunk differently.
+            stop = start + (1 if state.first_chunk else latents_per_call)
+            frames.append(self.decoder(z[:, :, start:stop], state))
+            state.first_chunk = False
+            start = stop
+        return torch.cat(frames, dim=2)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Decode a whole clip of normalised latents [B, z, n, h, w] -> frames [B, 3, 1 + 4(n - 1), H, W], unclamped."""
+        return self.decode_stream(latents, CausalCache())
+
+
+def reference_mask(latent_frames: int, height: int, width: int, channels: int = 4) -> Tensor:
+    """[1, channels, latent_frames, h, w]: ones on latent frame 0 (the reference image), zeros elsewhere."""
+    mask = torch.zeros(1, channels, latent_frames, height, width)
+    mask[:, :, 0] = 1.0
+    return mask
+
+
+def frames_to_uint8(video: Tensor) -> Tensor:
+    """Decoded frames [B=1, 3, T, H, W] or [3, T, H, W] -> uint8 [T, H, W, 3].
+
+    Clamps to [-1, 1], then maps with (x + 1) * 127.5 and truncates, as the reference does before encoding video.
+    """
+    if video.dim() == 5:
+        if video.shape[0] != 1:
+            raise ValueError(f"expected a single clip, got a batch of {video.shape[0]}")
+        video = video[0]
+    pixels = ((video.float().clamp(-1.0, 1.0) + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
+    return pixels.permute(1, 2, 3, 0).contiguous()
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _check_frame_size(config: VAEConfig, width: int, height: int) -> None:
+    stride = config.spatial_stride
+    if width % stride or height % stride:
+        raise ValueError(f"frame size {width}x{height} is not a multiple of the VAE stride {stride}")
+
+
+def _decoder_cache_shapes(config: VAEConfig, width: int, height: int, batch_size: int) -> dict[str, torch.Size]:
+    """Shape of every decoder cache, found by running two latents through a VAE on the meta device (no memory)."""
+    with torch.device("meta"):
+        vae = WanVAE(config)
+        latents = torch.zeros(
+            batch_size, config.z_dim, 2, height // config.spatial_stride, width // config.spatial_stride
+        )
+    state = CausalCache()
+    with torch.no_grad():
+        vae.decode_stream(latents, state)
+    return {name: frames.shape for name, frames in state.frames.items()}

@@ -1,0 +1,118 @@
+"""The generator as the worker drives it: frames out, memory constant in size, resume bit-exact."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from avatar_backend.generator.memory import NpcMemory, read_memory_header
+from avatar_backend.generator.pipeline import GeneratorError, LiveActPipeline
+from avatar_backend.store import CharacterRecord
+
+SIZE = 64
+FPS = 20
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> LiveActPipeline:
+    torch.set_num_threads(2)
+    return LiveActPipeline.from_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def character(pipeline):
+    image = Image.new("RGB", (96, 120), (150, 110, 90))
+    image.paste((40, 30, 20), (30, 30, 66, 60))
+    png = io.BytesIO()
+    image.save(png, "PNG")
+    record = CharacterRecord("villager", "a villager talking", emotion_prompts={"angry": "an angry villager"})
+    return pipeline.prepare_character(record, png.getvalue(), SIZE, SIZE)
+
+
+def speech_like(samples: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / 16000
+    return (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
+            + 0.02 * rng.standard_normal(samples)).astype(np.float32)
+
+
+def run_blocks(pipeline, memory, character, voice: np.ndarray, blocks: int) -> list[np.ndarray]:
+    """Generate ``blocks`` blocks, feeding the voice on the memory's timeline (silence after it ends)."""
+    out = []
+    for _ in range(blocks):
+        consume, lookahead = pipeline.block_audio_samples(memory)
+        start = memory.timeline_samples
+        audio = np.zeros(consume + lookahead, np.float32)
+        piece = voice[start:start + consume + lookahead]
+        audio[:piece.size] = piece
+        out.append(pipeline.generate_block(memory, character, audio))
+    return out
+
+
+def test_blocks_have_the_reference_frame_counts_and_memory_stays_constant(pipeline, character):
+    memory = pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=3)
+    expected = pipeline.memory_bytes(SIZE, SIZE)
+    assert memory.nbytes() == expected
+    shapes_before = {name: tuple(t.shape) for name, t in memory.tensors.items()}
+    frames = run_blocks(pipeline, memory, character, speech_like(16000 * 8, 0), 5)
+    assert [f.shape for f in frames] == [(21, SIZE, SIZE, 3)] + [(32, SIZE, SIZE, 3)] * 4
+    assert all(f.dtype == np.uint8 for f in frames)
+    assert memory.nbytes() == expected
+    assert {name: tuple(t.shape) for name, t in memory.tensors.items()} == shapes_before
+    assert memory.blocks_generated == 5 and memory.frames_generated == 21 + 4 * 32
+    assert memory.timeline_samples == (21 + 4 * 32) * 16000 // FPS
+
+
+def test_resume_from_a_snapshot_equals_the_uninterrupted_stream(pipeline, character, tmp_path):
+    voice = speech_like(16000 * 10, 1)
+    whole = pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=11)
+    uninterrupted = run_blocks(pipeline, whole, character, voice, 5)
+
+    first = pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=11)
+    part1 = run_blocks(pipeline, first, character, voice, 3)
+    path = tmp_path / "npc.npcmem"
+    first.save(path)
+    header = read_memory_header(path)
+    assert header["blocks_generated"] == 3 and header["memory_bytes"] == first.nbytes()
+    resumed = NpcMemory.load(path)
+    part2 = run_blocks(pipeline, resumed, character, voice, 2)
+
+    for a, b in zip(uninterrupted, part1 + part2):
+        np.testing.assert_array_equal(a, b)
+    assert resumed.resume_token() == whole.resume_token().replace(whole.lineage, resumed.lineage)
+
+
+def test_audio_changes_the_video_and_seed_changes_the_noise(pipeline, character):
+    def first_blocks(voice, seed):
+        memory = pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=seed)
+        return np.concatenate(run_blocks(pipeline, memory, character, voice, 2))
+
+    speech, silence = speech_like(16000 * 4, 2), np.zeros(16000 * 4, np.float32)
+    base = first_blocks(speech, 5)
+    np.testing.assert_array_equal(base, first_blocks(speech, 5))
+    assert not np.array_equal(base, first_blocks(silence, 5))
+    assert not np.array_equal(base, first_blocks(speech, 6))
+
+
+def test_prompt_intensity_blends_between_base_and_prompt(pipeline, character):
+    def text_tokens(prompt, intensity):
+        return pipeline.context_for(character, prompt, intensity).text
+
+    base = text_tokens(None, 1.0)
+    assert torch.equal(text_tokens("an angry villager", 0.0), base)
+    distances = [(text_tokens("an angry villager", i) - base).norm().item() for i in (0.25, 0.5, 1.0)]
+    assert 0 < distances[0] < distances[1] < distances[2]
+
+
+def test_unsupported_format_and_wrong_audio_length_are_named(pipeline, character):
+    with pytest.raises(GeneratorError, match="size 100x100"):
+        pipeline.new_memory("npc", "villager", 100, 100, FPS, seed=0)
+    with pytest.raises(GeneratorError, match="fps 24"):
+        pipeline.new_memory("npc", "villager", SIZE, SIZE, 24, seed=0)
+    memory = pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=0)
+    with pytest.raises(GeneratorError, match="audio samples"):
+        pipeline.generate_block(memory, character, np.zeros(10, np.float32))
