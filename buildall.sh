@@ -73,6 +73,13 @@ case "${1:-setup}" in
     ;;
   test)
     setup
+    # The stubs are committed; in CI, regenerating them must not change them.
+    if [ "${CI:-}" = true ] && git rev-parse --git-dir >/dev/null 2>&1 \
+        && [ -n "$(git status --porcelain -- avatar_backend/proto_gen)" ]; then
+      git status --short -- avatar_backend/proto_gen >&2
+      log "the committed stubs are out of date with proto/: run ./buildall.sh stubs and commit the result"
+      exit 1
+    fi
     exec "$VENV/bin/python" -m pytest -ra "${@:2}"
     ;;
   bench)

@@ -110,12 +110,14 @@ class LiveActPipeline:
         dtype = getattr(torch, config.dtype)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            # The encoders first: they are small, and the ones not built yet fail here before the DiT
+            # (18.9 B parameters for the published config) is allocated.
             modules: dict[str, torch.nn.Module] = {
-                "dit": WanModel(config.dit),
-                "vae": WanVAE(config.vae),
                 "audio_encoder": build_audio_encoder(config.audio_encoder),
                 "image_encoder": build_image_encoder(config.image_encoder),
                 "text_encoder": build_text_encoder(config.text_encoder),
+                "vae": WanVAE(config.vae),
+                "dit": WanModel(config.dit),
             }
             if weights is None:
                 modules["dit"].init_weights(zero_head=False)
