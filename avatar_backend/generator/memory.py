@@ -50,6 +50,7 @@ class NpcMemory:
     frames_generated: int = 0
     timeline_samples: int = 0            # 16 kHz samples of the timeline the generated video covers
     prompt: str | None = None            # the active prompt; None means the character's base prompt
+    intensity: float = 1.0               # how strongly the active prompt replaces the base prompt
     lineage: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # new for every fresh memory
     updated_unix_ms: int = field(default_factory=now_ms)
 
@@ -71,7 +72,8 @@ class NpcMemory:
             "npc_id": self.npc_id, "character_id": self.character_id, "model_name": self.model_name,
             "width": self.width, "height": self.height, "fps": self.fps, "seed": self.seed,
             "blocks_generated": self.blocks_generated, "frames_generated": self.frames_generated,
-            "timeline_samples": self.timeline_samples, "prompt": self.prompt, "lineage": self.lineage,
+            "timeline_samples": self.timeline_samples, "prompt": self.prompt, "intensity": self.intensity,
+            "lineage": self.lineage,
             "updated_unix_ms": self.updated_unix_ms, "memory_bytes": self.nbytes(),
             "resume_token": self.resume_token(),
         }
@@ -98,7 +100,8 @@ class NpcMemory:
             width=header["width"], height=header["height"], fps=header["fps"], seed=header["seed"],
             tensors={name: t.to(device) for name, t in tensors.items()},
             blocks_generated=header["blocks_generated"], frames_generated=header["frames_generated"],
-            timeline_samples=header["timeline_samples"], prompt=header["prompt"], lineage=header["lineage"],
+            timeline_samples=header["timeline_samples"], prompt=header["prompt"], intensity=header["intensity"],
+            lineage=header["lineage"],
             updated_unix_ms=header["updated_unix_ms"],
         )
 

@@ -286,6 +286,7 @@ class LiveActPipeline:
         memory.tensors.update({DECODER_PREFIX + k: v for k, v in decoder.to_tensors().items()})
         memory.tensors[AUDIO_TAIL] = pcm[: pcm.shape[0] - lookahead][-tail.shape[0]:].clone()
         memory.tensors[NOISE_STATE] = noise.get_state()
+        memory.prompt, memory.intensity = prompt, intensity
         memory.blocks_generated += 1
         memory.frames_generated += frames.shape[0]
         memory.timeline_samples += consume

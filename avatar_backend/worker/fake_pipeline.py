@@ -45,6 +45,8 @@ class FakeMemory:
     blocks_generated: int = 0
     frames_generated: int = 0
     timeline_samples: int = 0
+    prompt: str | None = None
+    intensity: float = 1.0
     lineage: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     updated_unix_ms: int = field(default_factory=now_ms)
 
@@ -62,7 +64,8 @@ class FakeMemory:
             "npc_id": self.npc_id, "character_id": self.character_id, "model_name": self.model_name,
             "width": self.width, "height": self.height, "fps": self.fps, "seed": self.seed,
             "blocks_generated": self.blocks_generated, "frames_generated": self.frames_generated,
-            "timeline_samples": self.timeline_samples, "lineage": self.lineage,
+            "timeline_samples": self.timeline_samples, "prompt": self.prompt, "intensity": self.intensity,
+            "lineage": self.lineage,
             "updated_unix_ms": self.updated_unix_ms, "memory_bytes": self.nbytes(),
             "resume_token": self.resume_token(),
         }
@@ -81,7 +84,8 @@ class FakeMemory:
         return cls(npc_id=h["npc_id"], character_id=h["character_id"], model_name=h["model_name"],
                    width=h["width"], height=h["height"], fps=h["fps"], seed=h["seed"], state=state,
                    blocks_generated=h["blocks_generated"], frames_generated=h["frames_generated"],
-                   timeline_samples=h["timeline_samples"], lineage=h["lineage"],
+                   timeline_samples=h["timeline_samples"], prompt=h["prompt"], intensity=h["intensity"],
+                   lineage=h["lineage"],
                    updated_unix_ms=h["updated_unix_ms"])
 
 
@@ -149,6 +153,7 @@ class FakePipeline:
             frames[i] = (index % 256, (index // 256) % 256, 255 if loud else 0)
         self.prompts.append(prompt)
         memory.state[memory.blocks_generated % memory.state.size] ^= 1
+        memory.prompt, memory.intensity = prompt, intensity
         memory.blocks_generated += 1
         memory.frames_generated += frames_n
         memory.timeline_samples += consume

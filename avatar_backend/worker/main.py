@@ -87,7 +87,9 @@ class CharacterCache:
                 cond = self.pipeline.prepare_character(record, png, width, height)
             except ValueError as err:  # the generator's GeneratorError: this character cannot be used
                 raise RequestError("INVALID_ARGUMENT", str(err)) from None
-            self.drop(character_id)  # older revisions of this character are never used again
+            # Older revisions of this character are never used again; other sizes of this one still are.
+            for stale in [k for k in self._cache if k[0] == character_id and k[1] != record.revision]:
+                del self._cache[stale]
             self._cache[key] = cond
             while len(self._cache) > self.capacity:
                 self._cache.popitem(last=False)

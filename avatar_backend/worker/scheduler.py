@@ -230,8 +230,9 @@ class Scheduler:
     def open_session(self, session_id: str, npc_id: str, memory: Any, conditioning: Any) -> SessionState:
         if session_id in self._sessions:
             raise ValueError(f"session {session_id!r} is already open")
+        # A resumed NPC keeps the emotion or action it had when its last session ended.
         state = SessionState(session_id=session_id, npc_id=npc_id, memory=memory, conditioning=conditioning,
-                             opened_at=self.clock())
+                             opened_at=self.clock(), prompt=memory.prompt, intensity=memory.intensity)
         self._sessions[session_id] = state
         return state
 

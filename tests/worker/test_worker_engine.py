@@ -261,3 +261,24 @@ def test_padding_is_reported_and_intensity_reaches_the_pipeline(harness, pipelin
         (0, False, 0), (1, True, BLOCK - 5000), (2, True, 0)]
     assert blocks[1].audio_end - blocks[1].audio_start == BLOCK
     assert seen == [(None, 1.0), ("a happy villager", pytest.approx(0.7)), ("waves", 1.0)]
+
+
+def test_a_resumed_npc_keeps_its_emotion(harness, pipeline, clock, monkeypatch):
+    real = pipeline.generate_block
+    seen: list[tuple[str, str | None, float]] = []
+
+    def spy(memory, cond, audio, prompt, *, intensity):
+        seen.append((memory.npc_id, prompt, intensity))
+        return real(memory, cond, audio, prompt, intensity=intensity)
+
+    monkeypatch.setattr(pipeline, "generate_block", spy)
+    harness.open("s1", "guard", character_id="villager")
+    harness.send(control=pb.Control(session_id="s1", emotion_prompt="a happy villager", intensity=0.6))
+    clock.advance(1.0)
+    assert harness.blocks(1) == 1
+    harness.request(close_npc=pb.CloseNpc(session_id="s1"))
+    harness.open("s2", "guard")
+    clock.advance(1.0)
+    assert harness.blocks(1) == 1
+    assert [(npc, prompt) for npc, prompt, _ in seen] == [("guard", "a happy villager")] * 2
+    assert [intensity for *_, intensity in seen] == [pytest.approx(0.6)] * 2
