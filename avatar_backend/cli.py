@@ -188,7 +188,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="cpu", metavar="DEVICE", help="where the generator runs: cpu, cuda, cuda:N (default cpu)"
     )
     parser.add_argument(
-        "--weights", type=Path, metavar="FILE", help="model weights file (default: the shipped weights, if any)"
+        "--weights", type=Path, metavar="FILE", help="model weights file (safetensors; default: random weights, and the server says so)"
     )
 
 

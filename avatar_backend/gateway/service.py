@@ -220,7 +220,8 @@ class AvatarService(avatar_service_pb2_grpc.AvatarServiceServicer):
 
     @_rpc
     async def ResetNpc(self, request: pb.ResetNpcRequest, context) -> pb.Npc:
-        await self._require_npc(request.npc_id)
+        # No lookup first: the worker answers NOT_FOUND, or DATA_LOSS for a snapshot it cannot read.
+        _check_id("npc_id", request.npc_id)
         self._refuse_if_live(request.npc_id, "resetting")
         reply = await self._ask_worker(worker_pb2.ToWorker(reset_npc=worker_pb2.ResetNpc(npc_id=request.npc_id)))
         if reply.WhichOneof("body") == "npc_list" and reply.npc_list.npcs:
@@ -229,7 +230,8 @@ class AvatarService(avatar_service_pb2_grpc.AvatarServiceServicer):
 
     @_rpc
     async def DeleteNpc(self, request: pb.DeleteNpcRequest, context) -> pb.DeleteNpcResponse:
-        await self._require_npc(request.npc_id)
+        # No lookup first: an NPC whose snapshot is unreadable must still be deletable.
+        _check_id("npc_id", request.npc_id)
         self._refuse_if_live(request.npc_id, "deleting")
         await self._ask_worker(worker_pb2.ToWorker(delete_npc=worker_pb2.DeleteNpc(npc_id=request.npc_id)))
         return pb.DeleteNpcResponse()

@@ -34,7 +34,7 @@ from avatar_backend.media.encoders import EncodedFrame, EncoderSettings, FrameEn
 from avatar_backend.media.resample import MODEL_SAMPLE_RATE
 from avatar_backend.proto_gen import converse_pb2, worker_pb2
 from avatar_backend.store import CharacterRecord
-from avatar_backend.worker.link import WorkerLost, WorkerRequestError, WorkerUnavailableError
+from avatar_backend.worker.link import WorkerBusyError, WorkerLost, WorkerRequestError, WorkerUnavailableError
 
 from .audio_input import AudioInput
 from .capabilities import public_devices
@@ -142,6 +142,10 @@ class ConverseSession:
             converse_pb2.EVENT_CODE_AUDIO_GARBAGE,
             lambda n, total: f"{n} audio packet(s) could not be decoded and were treated as lost ({total} in total)")
         self._garbage_seen = 0
+        self._gap_events = _RateLimitedEvent(
+            converse_pb2.EVENT_CODE_AUDIO_GAP,
+            lambda ms, total: f"voice came slower than real time: {ms} ms of silence inserted inside utterances "
+                              f"({total} ms in total)")
 
     # -- the call ------------------------------------------------------------------------------------------
 
@@ -287,10 +291,10 @@ class ConverseSession:
                 if self._frames_sent == 1:
                     self._first_frame_latency_ms = (time.monotonic() - self._config_received_at) * 1000
 
-    def _send(self, message: converse_pb2.ServerMessage, size: int = 0) -> None:
-        """Queue a message that is never dropped."""
+    def _send(self, message: converse_pb2.ServerMessage) -> None:
+        """Queue a message that is never dropped (its size counts towards the client's unread bytes)."""
         try:
-            self._out.put(message, size)
+            self._out.put(message, message.ByteSize())
         except OutboundOverflow as err:
             self._fail(RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the client stopped reading: {err}"))
 
@@ -374,6 +378,9 @@ class ConverseSession:
                 return
             try:
                 self._handle_client_message(message)
+            except WorkerBusyError as err:
+                self._fail(RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err), retry_after_ms=1000))
+                return
             except WorkerUnavailableError as err:
                 self._fail(RpcFailure(grpc.StatusCode.UNAVAILABLE, worker_stopped_message(str(err)),
                                       retry_after_ms=1000))
@@ -549,15 +556,13 @@ class ConverseSession:
             return
         self._note_block(block)
         if block.padded_samples:
-            gap_ms = block.padded_samples * 1000 // MODEL_SAMPLE_RATE
-            self._send(_event(converse_pb2.EVENT_CODE_AUDIO_GAP,
-                              f"voice came slower than real time: {gap_ms} ms of silence inserted in block "
-                              f"{block.block_index}", samples=str(block.padded_samples * self._clock_ratio)))
+            self._gap_events.note(block.padded_samples * 1000 // MODEL_SAMPLE_RATE)
+            self._send_rate_limited(self._gap_events)
         if self._settings.echo_audio and len(payloads) > 1:
             pcm16 = _pcm16_bytes(np.frombuffer(payloads[1], dtype=np.float32))
             echo = converse_pb2.AudioEcho(start=block.audio_start * self._clock_ratio,
                                           sample_rate=MODEL_SAMPLE_RATE, pcm16=pcm16)
-            self._send(converse_pb2.ServerMessage(audio_echo=echo), len(pcm16))
+            self._send(converse_pb2.ServerMessage(audio_echo=echo))
         frames = np.frombuffer(payloads[0], dtype=np.uint8).reshape(n, height, width, 3)
         loop = asyncio.get_running_loop()
         encoding = [loop.run_in_executor(self._runtime.encode_pool, self._encoder.encode, frames[k])

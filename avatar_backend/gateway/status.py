@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from avatar_backend.worker.link import WorkerRequestError, WorkerUnavailableError
+from avatar_backend.worker.link import WorkerBusyError, WorkerRequestError, WorkerUnavailableError
 
 __all__ = ["RpcFailure", "abort", "failure_from_worker", "worker_stopped_message"]
 
@@ -32,6 +32,8 @@ def worker_stopped_message(reason: str) -> str:
 
 def failure_from_worker(error: WorkerRequestError | WorkerUnavailableError) -> RpcFailure:
     """The status a client sees for a worker error: the worker's own code, or UNAVAILABLE when it is gone."""
+    if isinstance(error, WorkerBusyError):
+        return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), retry_after_ms=1000)
     if isinstance(error, WorkerUnavailableError):
         return RpcFailure(grpc.StatusCode.UNAVAILABLE, worker_stopped_message(str(error)), retry_after_ms=1000)
     code = getattr(grpc.StatusCode, error.code, None)

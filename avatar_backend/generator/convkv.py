@@ -267,7 +267,7 @@ class ConvKVMemory:
 
     @classmethod
     def from_state_tensors(cls, tensors: Mapping[str, Tensor], layout: SlotLayout) -> "ConvKVMemory":
-        """Inverse of :meth:`state_tensors`. The layout is not stored in the tensors: the snapshot header has it."""
+        """Inverse of :meth:`state_tensors`. The layout is not stored in the tensors: NpcMemory.memory_layout records it."""
         steps: dict[int, StepCache] = {}
         null_audio: dict[int, StepCache] = {}
         for name in tensors:

@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
+from safetensors.torch import load_file, save_file
 
-from avatar_backend.store import atomic_write, now_ms
+from avatar_backend.store import atomic_write_with, now_ms
 
 FORMAT = "avatar-npc-memory"
 FORMAT_VERSION = 1
@@ -51,6 +50,7 @@ class NpcMemory:
     timeline_samples: int = 0            # 16 kHz samples of the timeline the generated video covers
     prompt: str | None = None            # the active prompt; None means the character's base prompt
     intensity: float = 1.0               # how strongly the active prompt replaces the base prompt
+    memory_layout: str = ""              # ConvKV grouping and V compression the caches were made with
     lineage: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # new for every fresh memory
     updated_unix_ms: int = field(default_factory=now_ms)
 
@@ -73,26 +73,30 @@ class NpcMemory:
             "width": self.width, "height": self.height, "fps": self.fps, "seed": self.seed,
             "blocks_generated": self.blocks_generated, "frames_generated": self.frames_generated,
             "timeline_samples": self.timeline_samples, "prompt": self.prompt, "intensity": self.intensity,
-            "lineage": self.lineage,
+            "memory_layout": self.memory_layout, "lineage": self.lineage,
             "updated_unix_ms": self.updated_unix_ms, "memory_bytes": self.nbytes(),
             "resume_token": self.resume_token(),
         }
 
     # -- snapshots ----------------------------------------------------------------------------------------
 
-    def to_bytes(self) -> bytes:
+    def _snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        # No copy for a memory already on the host (park it first: NpcMemory.to("cpu")).
         tensors = {name: t.detach().contiguous().cpu() for name, t in self.tensors.items()}
         header = self.header()
         header["sha256"] = _checksum(tensors)
-        return save_tensors(tensors, metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
+        return tensors, {HEADER_KEY: json.dumps(header, sort_keys=True)}
 
     def save(self, path: Path | str) -> None:
-        atomic_write(Path(path), self.to_bytes())
+        """Write the snapshot atomically, streaming the tensors to the file (no whole-file copy in memory)."""
+        tensors, metadata = self._snapshot()
+        atomic_write_with(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     @classmethod
-    def from_bytes(cls, data: bytes, device: str | torch.device = "cpu") -> "NpcMemory":
-        header = _parse_header_bytes(data)
-        tensors = load_tensors(data)
+    def load(cls, path: Path | str, device: str | torch.device = "cpu") -> "NpcMemory":
+        """Read and verify a snapshot; MemorySnapshotError when it is not a valid, intact NPC memory."""
+        header = read_memory_header(path)
+        tensors = load_file(str(path))
         if _checksum(tensors) != header.get("sha256"):
             raise MemorySnapshotError(f"NPC memory {header.get('npc_id')!r}: checksum mismatch (file corrupted)")
         return cls(
@@ -100,39 +104,32 @@ class NpcMemory:
             width=header["width"], height=header["height"], fps=header["fps"], seed=header["seed"],
             tensors={name: t.to(device) for name, t in tensors.items()},
             blocks_generated=header["blocks_generated"], frames_generated=header["frames_generated"],
-            timeline_samples=header["timeline_samples"], prompt=header["prompt"], intensity=header["intensity"],
+            timeline_samples=header["timeline_samples"], prompt=header.get("prompt"),
+            intensity=header.get("intensity", 1.0), memory_layout=header.get("memory_layout", ""),
             lineage=header["lineage"],
             updated_unix_ms=header["updated_unix_ms"],
         )
 
-    @classmethod
-    def load(cls, path: Path | str, device: str | torch.device = "cpu") -> "NpcMemory":
-        return cls.from_bytes(Path(path).read_bytes(), device)
-
 
 def read_memory_header(path: Path | str) -> dict[str, Any]:
     """A snapshot's header without loading its tensors (for listing parked NPCs)."""
-    with safe_open(str(path), framework="pt") as f:
-        header = _validate_header((f.metadata() or {}).get(HEADER_KEY))
-    return header
-
-
-def _parse_header_bytes(data: bytes) -> dict[str, Any]:
-    # safetensors layout: 8-byte little-endian header length, then the JSON header with "__metadata__".
-    if len(data) < 8:
-        raise MemorySnapshotError("not an NPC memory snapshot: file too short")
-    length = int.from_bytes(data[:8], "little")
     try:
-        raw = json.loads(data[8:8 + length])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get(HEADER_KEY)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for foreign or truncated files
         raise MemorySnapshotError(f"not an NPC memory snapshot: {err}") from None
-    return _validate_header((raw.get("__metadata__") or {}).get(HEADER_KEY))
+    return _validate_header(text)
 
 
 def _validate_header(text: str | None) -> dict[str, Any]:
     if not text:
         raise MemorySnapshotError("not an NPC memory snapshot: no header")
-    header = json.loads(text)
+    try:
+        header = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise MemorySnapshotError(f"not an NPC memory snapshot: header is not JSON ({err})") from None
     if header.get("format") != FORMAT:
         raise MemorySnapshotError(f"not an NPC memory snapshot: format {header.get('format')!r}")
     if header.get("version") != FORMAT_VERSION:
@@ -148,6 +145,7 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(str(t.dtype).encode())
         digest.update(str(tuple(t.shape)).encode())
-        # A byte view of any dtype (bf16 and float8 have no numpy equivalent).
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # A byte view of any dtype (bf16 and float8 have no numpy equivalent); hashed in place, not copied.
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()

@@ -32,13 +32,15 @@ from .dit import CrossAttentionContext, WanModel
 from .image_encoder import build_image_encoder
 from .memory import NpcMemory
 from .sampler import GeneratorNoise, denoise_block
-from .schedule import StreamSchedule
+from .schedule import StreamSchedule, audio_window
 from .text_encoder import build_text_encoder
 from .vae import CausalCache, WanVAE, decoder_state_bytes, frames_to_uint8
 
 MODULE_PREFIXES = ("dit", "vae", "audio_encoder", "image_encoder", "text_encoder")
 RANDOM_WEIGHTS_SEED = 0
-PROMPT_CACHE_SIZE = 32
+# Cross-attention contexts kept per character. Each holds every layer's text/image K/V: small for tiny,
+# about 0.6 GB for liveact-18b, so keep few.
+PROMPT_CACHE_SIZE = 8
 
 # Names of the NPC memory's tensors (the ConvKV and decoder states keep their own names under these prefixes).
 CONVKV_PREFIX = "convkv."
@@ -62,6 +64,7 @@ class CharacterConditioning:
     base_prompt: str
     clip_fea: torch.Tensor                  # [1, tokens, clip_dim]
     y: torch.Tensor                         # [1, 4 + z, 14, h, w]: frame mask + VAE code of the reference image
+    base_text: torch.Tensor                 # [text_len, text_dim]: the base prompt's padded text embedding
     # (prompt or None for the base prompt, intensity) -> context
     contexts: OrderedDict[tuple[str | None, float], CrossAttentionContext] = field(default_factory=OrderedDict)
 
@@ -98,6 +101,8 @@ class LiveActPipeline:
         self.parameters = sum(p.numel() for m in modules.values() for p in m.parameters())
         self.sample_rate = self.audio_encoder.sample_rate
         self.layout = SlotLayout.from_config(config.sampler, config.dit)
+        # Recorded in every NPC memory: caches made under another grouping must not be continued under this one.
+        self.memory_layout = f"{self.layout.grouping}/{self.layout.v_compression}"
         self._schedules: dict[tuple[int, int], StreamSchedule] = {}
 
     # -- construction ---------------------------------------------------------------------------------------
@@ -183,6 +188,7 @@ class LiveActPipeline:
             base_prompt=record.base_prompt,
             clip_fea=self.image_encoder(pixels),
             y=self.vae.encode_reference_image(pixels, latent_frames).to(self.dit.dtype),
+            base_text=self._text_embedding(record.base_prompt),
         )
         self.context_for(conditioning, None)
         return conditioning
@@ -203,10 +209,12 @@ class LiveActPipeline:
         if cached is not None:
             conditioning.contexts.move_to_end(key)
             return cached
-        embedding = self._text_embedding(conditioning.base_prompt if prompt is None else prompt)
-        if intensity < 1.0:
-            base = self._text_embedding(conditioning.base_prompt)
-            embedding = torch.lerp(base, embedding, intensity)
+        if prompt is None:
+            embedding = conditioning.base_text
+        else:
+            embedding = self._text_embedding(prompt)
+            if intensity < 1.0:
+                embedding = torch.lerp(conditioning.base_text, embedding, intensity)
         context = self.dit.encode_context(embedding, conditioning.clip_fea.to(self.dit.dtype))
         conditioning.contexts[key] = context
         while len(conditioning.contexts) > PROMPT_CACHE_SIZE:
@@ -234,7 +242,7 @@ class LiveActPipeline:
         tensors[AUDIO_TAIL] = torch.zeros(self.audio_tail_frames(fps) * self.samples_per_frame(fps))
         tensors[NOISE_STATE] = GeneratorNoise(seed).get_state()
         return NpcMemory(npc_id=npc_id, character_id=character_id, model_name=self.config.name, width=width,
-                         height=height, fps=fps, seed=seed, tensors=tensors)
+                         height=height, fps=fps, seed=seed, tensors=tensors, memory_layout=self.memory_layout)
 
     def block_audio_samples(self, memory: NpcMemory) -> tuple[int, int]:
         """(16 kHz samples the next block covers, samples of look-ahead after them it reads)."""
@@ -268,7 +276,7 @@ class LiveActPipeline:
         # The reference clamps frame indices at 0 (the stream's start), so features begin no earlier than that.
         features = features[max(0, -first_frame):]
         window_base = max(0, first_frame)
-        window = self._audio_window(schedule, plan, features, window_base)
+        window = audio_window(features, plan.audio_start - window_base, plan.audio_frames, schedule.audio_radius)
 
         convkv = ConvKVMemory.from_state_tensors(_strip(memory.tensors, CONVKV_PREFIX), self.layout)
         noise = GeneratorNoise(memory.seed, device=self.device)
@@ -282,23 +290,16 @@ class LiveActPipeline:
         video = self.vae.decode_stream(result.x0.float(), decoder)
         frames = frames_to_uint8(video).cpu().numpy()
 
-        # Advance the memory: the same tensors, new contents (its size never changes).
+        # Advance the memory. The ConvKV caches were updated in place; the decoder cache, audio tail and noise
+        # state are replaced by tensors of the same shapes, so the memory's size never changes.
         memory.tensors.update({DECODER_PREFIX + k: v for k, v in decoder.to_tensors().items()})
         memory.tensors[AUDIO_TAIL] = pcm[: pcm.shape[0] - lookahead][-tail.shape[0]:].clone()
         memory.tensors[NOISE_STATE] = noise.get_state()
-        memory.prompt, memory.intensity = prompt, intensity
         memory.blocks_generated += 1
         memory.frames_generated += frames.shape[0]
         memory.timeline_samples += consume
         memory.updated_unix_ms = now_ms()
         return frames
-
-    @staticmethod
-    def _audio_window(schedule: StreamSchedule, plan, features: torch.Tensor, base: int) -> torch.Tensor:
-        """The block's [1, 53, 5, layers, ch] window from features that start at absolute video frame ``base``."""
-        from .schedule import audio_window
-
-        return audio_window(features, plan.audio_start - base, plan.audio_frames, schedule.audio_radius)
 
 
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

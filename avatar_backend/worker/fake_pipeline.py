@@ -47,6 +47,7 @@ class FakeMemory:
     timeline_samples: int = 0
     prompt: str | None = None
     intensity: float = 1.0
+    memory_layout: str = "fake"
     lineage: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     updated_unix_ms: int = field(default_factory=now_ms)
 
@@ -84,7 +85,7 @@ class FakeMemory:
         return cls(npc_id=h["npc_id"], character_id=h["character_id"], model_name=h["model_name"],
                    width=h["width"], height=h["height"], fps=h["fps"], seed=h["seed"], state=state,
                    blocks_generated=h["blocks_generated"], frames_generated=h["frames_generated"],
-                   timeline_samples=h["timeline_samples"], prompt=h["prompt"], intensity=h["intensity"],
+                   timeline_samples=h["timeline_samples"], prompt=h.get("prompt"), intensity=h.get("intensity", 1.0),
                    lineage=h["lineage"],
                    updated_unix_ms=h["updated_unix_ms"])
 
@@ -105,6 +106,7 @@ class FakePipeline:
         self.config = config
         self.device = device
         self.random_weights = True
+        self.memory_layout = "fake"
         self.weights_sha256 = ""
         self.parameters = 0
         self.block_delay_s = block_delay_s
@@ -153,7 +155,6 @@ class FakePipeline:
             frames[i] = (index % 256, (index // 256) % 256, 255 if loud else 0)
         self.prompts.append(prompt)
         memory.state[memory.blocks_generated % memory.state.size] ^= 1
-        memory.prompt, memory.intensity = prompt, intensity
         memory.blocks_generated += 1
         memory.frames_generated += frames_n
         memory.timeline_samples += consume

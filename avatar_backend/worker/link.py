@@ -68,6 +68,10 @@ class WorkerUnavailableError(WorkerLinkError):
     """The worker is not connected, died, or did not answer in time. Sessions end with UNAVAILABLE."""
 
 
+class WorkerBusyError(WorkerUnavailableError):
+    """The worker is alive but its input queue is full: back off, it is not being restarted."""
+
+
 class WorkerRequestError(WorkerLinkError):
     """The worker answered a request with a WorkerError. ``code`` is a grpc.StatusCode name."""
 
@@ -262,7 +266,7 @@ class GatewayLink:
         if future.done() and future.exception() is not None:
             err = future.exception()
             if isinstance(err, zmq.Again):
-                raise WorkerUnavailableError("the worker is not reading its input (queue full)") from err
+                raise WorkerBusyError("the generator worker is not keeping up (its input queue is full)") from err
             if isinstance(err, zmq.ZMQError) and err.errno == zmq.EHOSTUNREACH:
                 raise WorkerUnavailableError("the worker is not connected") from err
             raise WorkerUnavailableError(f"sending to the worker failed: {err}") from err

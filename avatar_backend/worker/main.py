@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from avatar_backend.proto_gen import worker_pb2
-from avatar_backend.store import DataDir, default_data_dir
+from avatar_backend.store import CharacterRecord, DataDir, default_data_dir
 
 from .link import WorkerLink
 from .memory_pool import MemoryCodec, MemoryPool, PoolError
-from .scheduler import BlockPlan, Scheduler, SchedulerConfig, SessionState
+from .scheduler import BlockPlan, Scheduler, SchedulerConfig, SessionState, VoiceQueueFull
 from .telemetry import DeviceTelemetry
 
 __all__ = ["CharacterCache", "RequestError", "Worker", "WorkerConfig", "build_pipeline", "main"]
@@ -40,6 +40,8 @@ __all__ = ["CharacterCache", "RequestError", "Worker", "WorkerConfig", "build_pi
 log = logging.getLogger("avatar_backend.worker")
 
 FAKE_PIPELINE_ENV = "AVATAR_FAKE_PIPELINE"
+# A character prompt of this name (action or emotion) is what the NPC shows while listening.
+LISTENING_PROMPT_NAME = "listening"
 
 
 class RequestError(Exception):
@@ -64,6 +66,12 @@ class WorkerConfig:
     character_cache_size: int = 64             # prepared (character, size) conditionings kept
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     idle_poll_ms: int = 50                     # longest wait for messages when no block is due
+
+
+def listening_prompt(record: CharacterRecord) -> str:
+    """What a listening NPC is conditioned on: the character's "listening" prompt if it has one."""
+    return (record.action_prompts.get(LISTENING_PROMPT_NAME) or record.emotion_prompts.get(LISTENING_PROMPT_NAME)
+            or f"{record.base_prompt}, listening attentively")
 
 
 class CharacterCache:
@@ -240,7 +248,9 @@ class Worker:
             fps=req.fps, seed=req.seed, reset=req.reset_memory, resume_token=req.resume_token)
         try:
             conditioning = self.characters.get(memory.character_id, memory.width, memory.height)
-            self.scheduler.open_session(req.session_id, req.npc_id, memory, conditioning)
+            record = self.characters.data_dir.read_character(memory.character_id)
+            self.scheduler.open_session(req.session_id, req.npc_id, memory, conditioning,
+                                        listening_prompt=listening_prompt(record))
         except BaseException:
             self.pool.abandon(req.npc_id)
             raise
@@ -264,7 +274,10 @@ class Worker:
         if not np.isfinite(pcm).all():
             # NaN would poison the NPC's memory for good; treat bad samples as silence.
             pcm = np.nan_to_num(pcm, nan=0.0, posinf=0.0, neginf=0.0)
-        self.scheduler.push_voice(req.session_id, pcm)
+        try:
+            self.scheduler.push_voice(req.session_id, pcm)
+        except VoiceQueueFull as err:
+            raise RequestError("RESOURCE_EXHAUSTED", str(err)) from None
         self._answer(msg)
 
     def _control(self, msg: worker_pb2.ToWorker, payloads: list[memoryview]) -> None:
@@ -362,6 +375,9 @@ class Worker:
         memory = state.memory
         block_index = int(memory.blocks_generated)
         first_frame = int(memory.frames_generated)
+        # Dirty before the block runs: it updates the caches in place, so a block that fails half-way leaves
+        # a memory that must never be parked or saved (the NPC goes back to its last snapshot).
+        self.pool.mark_updated(state.npc_id)
         started = time.perf_counter()
         try:
             frames = self.pipeline.generate_block(memory, state.conditioning, plan.audio, plan.prompt,
@@ -373,7 +389,6 @@ class Worker:
             return True
         compute_s = time.perf_counter() - started
         ended = self.scheduler.complete_block(plan, compute_s)
-        self.pool.mark_updated(state.npc_id)
         self._emit_block(plan, frames, block_index, first_frame, compute_s)
         for utterance in ended:
             self.link.emit(worker_pb2.FromWorker(utterance_done=worker_pb2.UtteranceDone(
@@ -438,7 +453,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
     parser.add_argument("--config", default="tiny", help="model config name or JSON file (default: tiny)")
     parser.add_argument("--data-dir", default=None, help="data directory (characters, NPC memories)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    parser.add_argument("--weights", default=None, help="weights file (default: the config's shipped weights)")
+    parser.add_argument("--weights", default=None, help="weights file (default: random weights from a fixed seed)")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process (the gateway) is gone")
     parser.add_argument("--resident-budget-mb", type=int, default=2048,
                         help="parked NPC memories kept in memory, in MiB (default: 2048)")

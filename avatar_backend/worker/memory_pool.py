@@ -133,13 +133,14 @@ class MemoryPool:
             memory = self._resume(npc_id, existing, character_id, width, height, fps, resume_token)
             resumed = True
         else:
-            if existing is not None and not character_id:
-                character_id = existing["character_id"]
+            if resume_token and (existing is None or resume_token != existing["resume_token"]):
+                raise PoolError("FAILED_PRECONDITION",
+                                f"resume_token does not match the memory of NPC {npc_id!r} (it changed or is gone)")
+            if existing is not None:
+                character_id = character_id or existing["character_id"]
+                seed = seed or existing["seed"]   # a reset NPC keeps its noise seed unless given a new one
             if not character_id:
                 raise PoolError("INVALID_ARGUMENT", f"character_id is required for the new NPC {npc_id!r}")
-            if existing is not None and resume_token and resume_token != existing["resume_token"]:
-                raise PoolError("FAILED_PRECONDITION",
-                                f"resume_token does not match the memory of NPC {npc_id!r}")
             memory = self._new(npc_id, character_id, width, height, fps, seed)
             self._resident.pop(npc_id, None)
             resumed = False
@@ -156,6 +157,7 @@ class MemoryPool:
         """The session ended: snapshot the memory to disk and keep it resident (within the budget)."""
         entry = self._live.pop(npc_id)
         entry.session_id = ""
+        entry.memory.to("cpu")  # to the host first, so the snapshot is written from there without another copy
         self._save(npc_id, entry)
         self._park(npc_id, entry)
         return self._state(npc_id, entry.memory, live=False, updated_ms=entry.updated_ms)
@@ -197,7 +199,7 @@ class MemoryPool:
         """A fresh memory for the NPC (same character, size and fps), written to disk at once."""
         existing = self._require_parked(npc_id)
         memory = self._new(npc_id, existing["character_id"], existing["width"], existing["height"],
-                           existing["fps"], 0)
+                           existing["fps"], existing["seed"])
         entry = _Entry(memory, dirty=True, updated_ms=now_ms())
         self._resident.pop(npc_id, None)
         if not self._save(npc_id, entry):
@@ -234,7 +236,8 @@ class MemoryPool:
         if entry is not None:
             m = entry.memory
             return {"character_id": m.character_id, "width": m.width, "height": m.height, "fps": m.fps,
-                    "resume_token": m.resume_token(), "model_name": getattr(m, "model_name", None)}
+                    "seed": m.seed, "resume_token": m.resume_token(), "model_name": m.model_name,
+                    "memory_layout": m.memory_layout}
         path = self.data_dir.npc_memory_path(npc_id)
         if not path.is_file():
             return None
@@ -261,6 +264,11 @@ class MemoryPool:
             raise PoolError("FAILED_PRECONDITION",
                             f"NPC {npc_id!r}'s memory was made by model {model_name!r}, this worker runs "
                             f"{self.pipeline.config.name!r} (reset the NPC to continue)")
+        layout = existing.get("memory_layout")
+        if layout and layout != self.pipeline.memory_layout:
+            raise PoolError("FAILED_PRECONDITION",
+                            f"NPC {npc_id!r}'s memory uses the ConvKV layout {layout!r}, this worker runs "
+                            f"{self.pipeline.memory_layout!r} (reset the NPC to continue)")
         if resume_token and resume_token != existing["resume_token"]:
             raise PoolError("FAILED_PRECONDITION",
                             f"resume_token does not match the memory of NPC {npc_id!r} (it changed since)")

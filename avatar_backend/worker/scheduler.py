@@ -48,6 +48,7 @@ __all__ = [
     "SchedulerConfig",
     "SessionState",
     "UtteranceEnd",
+    "VoiceQueueFull",
 ]
 
 SAMPLE_RATE = 16_000
@@ -69,6 +70,8 @@ class SchedulerConfig:
     # Rule (d): start a padded block this long before the video would run out, on top of the expected compute
     # time (covers scheduling jitter and other sessions' blocks).
     underrun_margin_s: float = 0.2
+    # Voice queued ahead of the video beyond this is refused (a client sending far faster than real time).
+    max_queued_voice_s: float = 120.0
     # Weight of the newest block in the running estimate of a block's compute time.
     compute_estimate_alpha: float = 0.3
 
@@ -123,6 +126,10 @@ class PcmQueue:
         return size
 
 
+class VoiceQueueFull(Exception):
+    """A session queued more voice than the scheduler holds for it."""
+
+
 @dataclass
 class SessionState:
     """One live session: the NPC it drives, its voice queue, its clock and its prompt."""
@@ -140,6 +147,7 @@ class SessionState:
     utterance_ends: collections.deque[int] = field(default_factory=collections.deque)
     last_voice_end: int = 0               # timeline position just after the last voice sample generated
     listening: bool = False
+    listening_prompt: str | None = None   # the prompt of silent blocks while listening
     prompt: str | None = None             # None: the character's base prompt
     intensity: float = 1.0
     blocks: int = 0                       # blocks generated in this session
@@ -178,8 +186,12 @@ class BlockPlan:
 
     @property
     def padded_samples(self) -> int:
-        """Silence inserted inside an utterance because its voice came slower than real time."""
-        return self.consume - self.voice_samples if self.reason == "underrun" else 0
+        """Silence inserted after voice inside an utterance because the rest came slower than real time.
+
+        A silent block of an utterance that never ended (a client that forgot EndOfUtterance) is not a gap."""
+        if self.reason != "underrun" or not self.voice_samples:
+            return 0
+        return self.consume - self.voice_samples
 
     @property
     def consumed_audio(self) -> np.ndarray:
@@ -227,12 +239,14 @@ class Scheduler:
         """The session; KeyError when it is not open."""
         return self._sessions[session_id]
 
-    def open_session(self, session_id: str, npc_id: str, memory: Any, conditioning: Any) -> SessionState:
+    def open_session(self, session_id: str, npc_id: str, memory: Any, conditioning: Any,
+                     listening_prompt: str | None = None) -> SessionState:
         if session_id in self._sessions:
             raise ValueError(f"session {session_id!r} is already open")
         # A resumed NPC keeps the emotion or action it had when its last session ended.
         state = SessionState(session_id=session_id, npc_id=npc_id, memory=memory, conditioning=conditioning,
-                             opened_at=self.clock(), prompt=memory.prompt, intensity=memory.intensity)
+                             opened_at=self.clock(), prompt=memory.prompt, intensity=memory.intensity,
+                             listening_prompt=listening_prompt)
         self._sessions[session_id] = state
         return state
 
@@ -242,7 +256,12 @@ class Scheduler:
     # -- input ------------------------------------------------------------------------------------------------
 
     def push_voice(self, session_id: str, pcm: np.ndarray) -> None:
+        """Queue the NPC's voice; VoiceQueueFull when more than ``max_queued_voice_s`` would wait."""
         state = self.get(session_id)
+        limit = int(self.config.max_queued_voice_s * self.config.sample_rate)
+        if len(state.voice) + len(pcm) > limit:
+            raise VoiceQueueFull(f"more than {self.config.max_queued_voice_s:.0f} s of voice queued ahead of the "
+                                 "video; send audio at most that far ahead")
         if len(pcm):
             state.voice.push(pcm)
             state.utterance_open = True
@@ -253,7 +272,9 @@ class Scheduler:
         state.utterance_open = False
         queued_end = state.voice_consumed + len(state.voice)
         already_marked = bool(state.utterance_ends) and state.utterance_ends[-1] >= queued_end
-        if len(state.voice) and not already_marked:
+        if already_marked:
+            return []  # a repeated end of utterance: the first one is still pending
+        if len(state.voice):
             state.utterance_ends.append(queued_end)
             return []
         # Everything this utterance said is already on video (or it said nothing).
@@ -311,10 +332,14 @@ class Scheduler:
         voice = state.voice.peek(consume + lookahead)
         audio = np.zeros(consume + lookahead, dtype=np.float32)
         audio[: voice.size] = voice
+        voice_samples = min(voice.size, consume)
+        prompt, intensity = state.prompt, state.intensity
+        if state.listening and not voice_samples and state.listening_prompt:
+            prompt, intensity = state.listening_prompt, 1.0
         return BlockPlan(
             session=state, audio=audio, consume=consume, lookahead=lookahead,
-            voice_samples=min(voice.size, consume), audio_start=state.timeline_pos, prompt=state.prompt,
-            intensity=state.intensity,
+            voice_samples=voice_samples, audio_start=state.timeline_pos, prompt=prompt,
+            intensity=intensity,
             reason=reason,
         )
 
@@ -335,6 +360,8 @@ class Scheduler:
             state.last_voice_end = plan.audio_start + plan.voice_samples
         state.timeline_pos += plan.consume
         state.blocks += 1
+        # The NPC's mood as the session set it (not a listening block's prompt) is what a resumed NPC continues.
+        state.memory.prompt, state.memory.intensity = state.prompt, state.intensity
         ended = []
         while state.utterance_ends and state.utterance_ends[0] <= state.voice_consumed:
             mark = state.utterance_ends.popleft()

@@ -66,9 +66,12 @@ class FakeWorkerLink:
     def __init__(self, *, block_interval_s: float = 0.05, random_weights: bool = True):
         self.config = TINY
         self.block_interval_s = block_interval_s
+        self.padded_samples_per_block = 0   # silence the fake "inserts" into an utterance, per block
         self.random_weights = random_weights
         self.connected = True
         self.npcs: dict[str, FakeNpc] = {}
+        # NPCs whose snapshot the worker cannot read: not listed, refused on reset, deletable.
+        self.unreadable: set[str] = set()
         self.sessions: dict[str, FakeSession] = {}
         self.queues: dict[str, asyncio.Queue] = {}
         self.requests: list[worker_pb2.ToWorker] = []
@@ -201,11 +204,16 @@ class FakeWorkerLink:
         return worker_pb2.FromWorker(npc_list=worker_pb2.NpcList(npcs=npcs))
 
     def _on_reset_npc(self, reset: worker_pb2.ResetNpc) -> worker_pb2.FromWorker:
+        if reset.npc_id in self.unreadable:
+            raise WorkerRequestError("DATA_LOSS", f"the memory snapshot of NPC {reset.npc_id} is unreadable")
         npc = self._existing_idle(reset.npc_id)
         self._reset(npc)
         return worker_pb2.FromWorker(npc_list=worker_pb2.NpcList(npcs=[npc.state]))
 
     def _on_delete_npc(self, delete: worker_pb2.DeleteNpc) -> worker_pb2.FromWorker:
+        if delete.npc_id in self.unreadable:
+            self.unreadable.discard(delete.npc_id)
+            return worker_pb2.FromWorker(ack=worker_pb2.Ack())
         self._existing_idle(delete.npc_id)
         del self.npcs[delete.npc_id]
         return worker_pb2.FromWorker(ack=worker_pb2.Ack())
@@ -252,6 +260,7 @@ class FakeWorkerLink:
                 audio_start=session.timeline, audio_end=session.timeline + span, speaking=speaking,
                 compute_ms=(time.perf_counter() - started) * 1000, audio_queued_samples=session.queued_samples(),
                 devices=[worker_pb2.DeviceTelemetry(index=0, name="Fake GPU", memory_total_bytes=1 << 30)],
+                padded_samples=self.padded_samples_per_block,
             )
             session.timeline += span
             state.blocks_generated += 1

@@ -127,6 +127,15 @@ async def test_npc_calls(tmp_path):
 
 
 @async_test
+async def test_an_npc_with_an_unreadable_snapshot_can_be_deleted_not_reset(tmp_path):
+    async with running_gateway(tmp_path) as h:
+        h.worker.unreadable.add("broken")
+        await expect_rpc_error(h.stub.ResetNpc(pb.ResetNpcRequest(npc_id="broken")), grpc.StatusCode.DATA_LOSS)
+        await h.stub.DeleteNpc(pb.DeleteNpcRequest(npc_id="broken"))
+        await expect_rpc_error(h.stub.DeleteNpc(pb.DeleteNpcRequest(npc_id="broken")), grpc.StatusCode.NOT_FOUND)
+
+
+@async_test
 async def test_npc_calls_while_the_worker_is_down_are_unavailable(tmp_path):
     async with running_gateway(tmp_path) as h:
         h.worker.kill("worker pid 7 exited with code 1")

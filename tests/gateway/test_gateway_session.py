@@ -253,6 +253,26 @@ async def test_garbage_audio_is_counted_and_the_stream_goes_on(tmp_path):
 
 
 @async_test
+async def test_audio_gaps_are_reported_at_most_once_a_second(tmp_path):
+    async with running_gateway(tmp_path) as h:
+        h.worker.padded_samples_per_block = 1600          # 100 ms of silence in every 50 ms block
+        await register_character(h.stub)
+        call, _ = await open_session(h.stub, session_config(video=cv.VideoFormat(width=64, height=64)))
+        started = time.monotonic()
+        events = []
+        while time.monotonic() - started < 2.5:
+            message = await call.read()
+            if message.WhichOneof("message") == "event" and message.event.code == cv.EVENT_CODE_AUDIO_GAP:
+                events.append(message.event)
+        call.cancel()
+        # Blocks arrive 20 times a second, events at most once a second, and none of the silence goes unreported
+        # in the totals.
+        assert 2 <= len(events) <= 3
+        assert [int(e.details["count"]) % 100 for e in events] == [0] * len(events)
+        assert int(events[-1].details["total"]) >= 100 * 20
+
+
+@async_test
 async def test_oversized_message_ends_only_its_own_stream(tmp_path):
     async with running_gateway(tmp_path) as h:
         await register_character(h.stub)

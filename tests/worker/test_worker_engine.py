@@ -9,7 +9,7 @@ from worker_helpers import BLOCK, BLOCK0, LOOKAHEAD, FakeClock
 from avatar_backend.proto_gen import worker_pb2 as pb
 from avatar_backend.store import CharacterRecord
 from avatar_backend.worker.fake_pipeline import FakePipeline
-from avatar_backend.worker.main import Worker, WorkerConfig
+from avatar_backend.worker.main import Worker, WorkerConfig, listening_prompt
 from avatar_backend.worker.telemetry import DeviceTelemetry
 
 
@@ -282,3 +282,136 @@ def test_a_resumed_npc_keeps_its_emotion(harness, pipeline, clock, monkeypatch):
     assert harness.blocks(1) == 1
     assert [(npc, prompt) for npc, prompt, _ in seen] == [("guard", "a happy villager")] * 2
     assert [intensity for *_, intensity in seen] == [pytest.approx(0.6)] * 2
+
+
+def test_a_resumed_npc_whose_block_fails_goes_back_to_its_snapshot(harness, pipeline, data_dir, clock, monkeypatch):
+    # Guards: run_next_block marks the memory updated BEFORE generate_block, so a block of a resumed NPC that
+    # fails half-way (caches already changed in place) is not parked in RAM by pool.abandon; the next session
+    # gets the snapshot on disk from the last good session, not the half-updated memory.
+    harness.open("s1", "guard", character_id="villager")
+    clock.advance(1.0)
+    assert harness.blocks(1) == 1
+    closed = harness.request(close_npc=pb.CloseNpc(session_id="s1")).npc_closed
+    snapshot = FakePipeline.codec.load(data_dir.npc_memory_path("guard"), "cpu")
+    assert snapshot.blocks_generated == 1 and snapshot.state.any()
+
+    real = pipeline.generate_block
+    mutated = []
+
+    def fails_half_way(memory, cond, audio, prompt, *, intensity):
+        real(memory, cond, audio, prompt, intensity=intensity)   # the caches change in place...
+        mutated.append(memory)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")  # ...then it fails
+
+    monkeypatch.setattr(pipeline, "generate_block", fails_half_way)
+    assert harness.open("s2", "guard").npc_opened.resumed
+    clock.advance(2.0)
+    assert harness.blocks(1) == 1
+    assert [m.error.code for m, _ in harness.link.take("error")] == ["INTERNAL"]
+    assert mutated and mutated[0].blocks_generated == 2       # the failed block did change the memory
+
+    monkeypatch.setattr(pipeline, "generate_block", real)
+    again = harness.open("s3", "guard").npc_opened
+    assert again.resumed and again.start_frame_index == 21
+    assert again.npc.resume_token == closed.npc.resume_token
+    memory = harness.worker.scheduler.get("s3").memory
+    assert memory is not mutated[0]
+    assert memory.blocks_generated == snapshot.blocks_generated == 1
+    assert memory.state.tobytes() == snapshot.state.tobytes()
+    assert memory.state.tobytes() != mutated[0].state.tobytes()
+
+
+def test_repeated_end_of_utterance_reports_one_utterance_done(harness):
+    # Guards: a second EndOfUtterance while the voice is still queued emits nothing (it used to emit an
+    # UtteranceDone with timeline_end 0 at once); the one UtteranceDone comes with the block that ends it.
+    harness.open(character_id="villager")
+    harness.push("s1", np.full(10_000, 0.5, np.float32))
+    harness.send(control=pb.Control(session_id="s1", end_of_utterance=True))
+    harness.send(control=pb.Control(session_id="s1", end_of_utterance=True))
+    assert harness.link.take("utterance_done") == []
+    assert harness.blocks(1) == 1
+    [(done, _)] = harness.link.take("utterance_done")
+    assert done.utterance_done.session_id == "s1" and done.utterance_done.timeline_end == 10_000
+
+
+def test_listening_prompt_of_a_character():
+    # Guards: the listening prompt is the character's "listening" action prompt, else its "listening"
+    # emotion prompt, else the base prompt with ", listening attentively".
+    def record(**prompts):
+        return CharacterRecord(character_id="c", base_prompt="a guard", **prompts)
+
+    assert listening_prompt(record()) == "a guard, listening attentively"
+    assert listening_prompt(record(emotion_prompts={"listening": "a guard, all ears"})) == "a guard, all ears"
+    assert listening_prompt(record(action_prompts={"listening": "a guard, nodding"},
+                                   emotion_prompts={"listening": "a guard, all ears"})) == "a guard, nodding"
+    assert listening_prompt(record(action_prompts={"waves": "waving"})) == "a guard, listening attentively"
+
+
+def test_listening_control_changes_the_prompt_of_silent_blocks(harness, pipeline, data_dir, clock):
+    # Guards: Control(listening=True) makes the next silent blocks use the character's listening prompt at full
+    # intensity; blocks with voice and blocks after Control(listening=False) keep the session's prompt.
+    harness.open(character_id="villager")
+    harness.send(control=pb.Control(session_id="s1", listening=True))
+    assert harness.link.take("error") == []
+    clock.advance(harness.worker.config.scheduler.start_grace_s)
+    assert harness.blocks(1) == 1
+    assert pipeline.prompts == ["a villager, listening attentively"]
+    harness.push("s1", np.full(BLOCK + LOOKAHEAD, 0.5, np.float32))
+    assert harness.blocks(1) == 1
+    assert pipeline.prompts[-1] is None                # speaking: the base prompt
+    harness.send(control=pb.Control(session_id="s1", interrupt=True))
+    harness.send(control=pb.Control(session_id="s1", listening=False))
+    clock.t = harness.worker.scheduler.get("s1").video_end(16_000)
+    assert harness.blocks(1) == 1
+    assert pipeline.prompts[-1] is None
+    # A character with its own listening prompt.
+    data_dir.write_character(CharacterRecord(character_id="owl", base_prompt="an owl",
+                                             action_prompts={"listening": "an owl tilting its head"}), b"png")
+    harness.open("s2", "owl-npc", character_id="owl")
+    harness.send(control=pb.Control(session_id="s2", listening=True))
+    clock.advance(harness.worker.config.scheduler.start_grace_s)
+    while harness.worker.run_next_block():
+        pass
+    [(block, _)] = [(m, p) for m, p in harness.link.take("frame_block") if m.frame_block.session_id == "s2"]
+    assert block.frame_block.block_index == 0
+    assert pipeline.prompts[-1] == "an owl tilting its head"
+
+
+def test_a_listening_block_is_not_remembered_as_the_npc_mood(harness, pipeline, clock):
+    # Guards: the NPC memory keeps the session's prompt (its mood), never the listening prompt of a silent block,
+    # so a resumed NPC does not come back "listening attentively" with listening off.
+    harness.open("s1", "guard", character_id="villager")
+    harness.send(control=pb.Control(session_id="s1", emotion_prompt="a happy villager", intensity=1.0))
+    harness.send(control=pb.Control(session_id="s1", listening=True))
+    clock.advance(1.0)
+    assert harness.blocks(1) == 1
+    assert pipeline.prompts[-1] == "a villager, listening attentively"
+    harness.request(close_npc=pb.CloseNpc(session_id="s1"))
+    harness.open("s2", "guard")
+    clock.advance(1.0)
+    assert harness.blocks(1) == 1
+    assert pipeline.prompts[-1] == "a happy villager"
+
+
+def test_voice_beyond_the_queue_cap_is_resource_exhausted(harness):
+    # Guards: PushAudio beyond SchedulerConfig.max_queued_voice_s (120 s) of queued voice is refused with
+    # RESOURCE_EXHAUSTED: emitted to the session for a one-way message, replied for a request; the session and
+    # its queue stay as they were.
+    harness.open(character_id="villager")
+    cap = int(harness.worker.config.scheduler.max_queued_voice_s * 16_000)
+    assert cap == 120 * 16_000
+    harness.push("s1", np.full(cap - 5, 0.1, np.float32))
+    assert harness.link.take("error") == []
+    harness.push("s1", np.full(6, 0.1, np.float32))
+    [(err, _)] = harness.link.take("error")
+    assert err.request_id == 0 and err.error.session_id == "s1" and err.error.code == "RESOURCE_EXHAUSTED"
+    state = harness.worker.scheduler.get("s1")
+    assert state.queued_samples == cap - 5
+    pcm = np.full(6, 0.1, np.float32)
+    harness.worker.handle(pb.ToWorker(request_id=99, push_audio=pb.PushAudio(session_id="s1", num_samples=6)),
+                          [memoryview(pcm).cast("B")])
+    reply = harness.link.replies.pop(99)[0]
+    assert reply.WhichOneof("body") == "error" and reply.error.code == "RESOURCE_EXHAUSTED"
+    harness.push("s1", np.full(5, 0.1, np.float32))    # up to the cap is accepted
+    assert harness.link.take("error") == [] and state.queued_samples == cap
+    assert list(harness.worker.scheduler.sessions) == ["s1"]

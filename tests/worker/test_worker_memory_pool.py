@@ -190,3 +190,53 @@ def test_unreadable_snapshot(pipeline, data_dir):
     pool.abandon("broken")
     pool.delete("broken")
     assert not data_dir.npc_memory_path("broken").exists()
+
+
+def test_resume_token_of_an_npc_that_does_not_exist(pipeline, data_dir):
+    # Guards: a resume_token for an NPC with no memory (never made, or deleted) is FAILED_PRECONDITION; it used
+    # to create a fresh NPC silently, as if the memory had been resumed.
+    pool = make_pool(pipeline, data_dir)
+    with pytest.raises(PoolError) as err:
+        pool.acquire("ghost", "s1", character_id="villager", resume_token="abc-3")
+    assert code_of(err) == "FAILED_PRECONDITION"
+    assert pool.live_ids == [] and pool.query() == [] and not data_dir.npc_memory_path("ghost").exists()
+
+    memory, _ = pool.acquire("guard", "s1", character_id="villager")
+    talk(pipeline, memory)
+    pool.mark_updated("guard")
+    token = pool.release("guard").resume_token
+    pool.delete("guard")
+    with pytest.raises(PoolError) as err:
+        pool.acquire("guard", "s2", character_id="villager", resume_token=token)
+    assert code_of(err) == "FAILED_PRECONDITION"
+    # A resume names only the NPC and its token: still the token's error, not "character_id is required".
+    with pytest.raises(PoolError) as err:
+        pool.acquire("guard", "s2", resume_token=token)
+    assert code_of(err) == "FAILED_PRECONDITION"
+    assert pool.live_ids == [] and pool.query() == []
+    memory, resumed = pool.acquire("guard", "s2", character_id="villager")   # without a token: a new NPC
+    assert not resumed and memory.blocks_generated == 0
+
+
+def test_reset_keeps_the_npc_seed(pipeline, data_dir):
+    # Guards: reset makes a fresh memory with the NPC's own seed (it used to derive one from the npc_id),
+    # from a resident memory and from a snapshot on disk alike.
+    pool = make_pool(pipeline, data_dir)
+    memory, _ = pool.acquire("guard", "s1", character_id="villager", seed=12345)
+    assert memory.seed == 12345 != derive_seed("guard")
+    talk(pipeline, memory, 2)
+    pool.mark_updated("guard")
+    pool.release("guard")
+    assert pool.resident_ids == ["guard"]
+    pool.reset("guard")
+    fresh, resumed = pool.acquire("guard", "s2")
+    assert resumed and fresh.blocks_generated == 0 and fresh.seed == 12345
+    talk(pipeline, fresh)
+    pool.mark_updated("guard")
+    pool.release("guard")
+    # A restarted worker: the NPC is on disk only.
+    restarted = make_pool(pipeline, data_dir)
+    restarted.reset("guard")
+    assert FakePipeline.codec.read_header(data_dir.npc_memory_path("guard"))["seed"] == 12345
+    fresh, _ = restarted.acquire("guard", "s3")
+    assert fresh.blocks_generated == 0 and fresh.seed == 12345

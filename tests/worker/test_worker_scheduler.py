@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from worker_helpers import BLOCK, BLOCK0, LOOKAHEAD, FakeClock
 
 from avatar_backend.worker.fake_pipeline import FakePipeline
-from avatar_backend.worker.scheduler import PcmQueue, Scheduler, SchedulerConfig
+from avatar_backend.worker.scheduler import PcmQueue, Scheduler, SchedulerConfig, VoiceQueueFull
 
 RATE = 16_000
 GRACE = SchedulerConfig().start_grace_s      # 0.3 s
@@ -375,3 +376,91 @@ def test_seconds_until_ready(pipeline, clock):
     assert sched.seconds_until_ready() == 0.0
     # Both may run; s2 (video end 0.4) is further behind its wall clock than s1 (1.05), so it goes first.
     assert sched.next_block().session.session_id == "s2"
+
+
+def test_repeated_end_of_utterance_waits_for_the_queued_voice(pipeline, clock):
+    # Guards: a second EndOfUtterance while the first utterance's voice is still queued returns [] (it used to
+    # report a premature UtteranceDone at timeline_end 0); the one UtteranceDone comes when the voice is made.
+    sched = Scheduler(pipeline, clock=clock)
+    open_session(sched, pipeline)
+    sched.push_voice("s1", voice(10_000))
+    assert sched.end_of_utterance("s1") == []
+    assert sched.end_of_utterance("s1") == []         # repeated: the first one is still pending
+    assert sched.end_of_utterance("s1") == []
+    plan, ended = run_one(sched, pipeline, clock)
+    assert plan.reason == "end_of_utterance" and plan.voice_samples == 10_000
+    assert [e.timeline_end for e in ended] == [10_000]
+    assert sched.get("s1").utterance_ends == collections.deque()
+
+
+def test_padded_samples_of_an_utterance_that_never_ended(pipeline, clock):
+    # Guards: an underrun block with voice pads consume - voice_samples; a silent underrun block (the client
+    # forgot EndOfUtterance, the utterance stays open with nothing queued) is not a gap: padded_samples 0.
+    sched = Scheduler(pipeline, clock=clock)
+    s = open_session(sched, pipeline)
+    sched.push_voice("s1", voice(BLOCK0 + LOOKAHEAD))   # no end of utterance ever comes
+    plan, _ = run_one(sched, pipeline, clock)
+    assert (plan.reason, plan.voice_samples, plan.padded_samples) == ("voice", BLOCK0, 0)
+    assert s.utterance_open and s.queued_samples == LOOKAHEAD
+    clock.t = s.video_end(RATE) - SchedulerConfig().underrun_margin_s
+    plan, _ = run_one(sched, pipeline, clock)
+    assert (plan.reason, plan.voice_samples, plan.padded_samples) == ("underrun", LOOKAHEAD, BLOCK - LOOKAHEAD)
+    assert s.utterance_open and s.queued_samples == 0
+    clock.t = s.video_end(RATE) - SchedulerConfig().underrun_margin_s
+    plan, _ = run_one(sched, pipeline, clock)
+    assert (plan.reason, plan.voice_samples, plan.speaking) == ("underrun", 0, False)
+    assert plan.padded_samples == 0
+
+
+def test_listening_prompt_for_silent_blocks_only(pipeline, clock):
+    # Guards: while listening, silent blocks use the session's listening prompt at full intensity; blocks
+    # with voice keep the session's prompt; set_listening(False) goes back to it.
+    sched = Scheduler(pipeline, clock=clock)
+    memory = pipeline.new_memory("npc-s1", "villager", 64, 64, 20, seed=1)
+    s = sched.open_session("s1", "npc-s1", memory, conditioning=None, listening_prompt="a villager, listening")
+    assert s.listening_prompt == "a villager, listening" and not s.listening
+    sched.set_prompt("s1", "smiling", 0.5)
+    clock.t = GRACE
+    plan = sched.next_block()
+    assert (plan.reason, plan.prompt, plan.intensity) == ("idle", "smiling", 0.5)   # not listening yet
+    sched.set_listening("s1", True)
+    plan, _ = run_one(sched, pipeline, clock)
+    assert plan.reason == "idle" and not plan.speaking
+    assert (plan.prompt, plan.intensity) == ("a villager, listening", 1.0)
+    sched.push_voice("s1", voice(BLOCK + LOOKAHEAD))   # the NPC talks while still marked listening
+    plan, _ = run_one(sched, pipeline, clock)
+    assert plan.reason == "voice" and plan.speaking
+    assert (plan.prompt, plan.intensity) == ("smiling", 0.5)
+    sched.end_of_utterance("s1")
+    sched.interrupt("s1")
+    clock.t = s.video_end(RATE)
+    plan = sched.next_block()
+    assert not plan.speaking and (plan.prompt, plan.intensity) == ("a villager, listening", 1.0)
+    sched.set_listening("s1", False)
+    plan = sched.next_block()
+    assert not plan.speaking and (plan.prompt, plan.intensity) == ("smiling", 0.5)
+
+
+def test_voice_queue_is_capped(pipeline, clock):
+    # Guards: SchedulerConfig.max_queued_voice_s (default 120 s) caps the voice waiting in a session's queue;
+    # a push beyond it raises VoiceQueueFull and queues none of its samples.
+    assert SchedulerConfig().max_queued_voice_s == 120.0
+    sched = Scheduler(pipeline, SchedulerConfig(max_queued_voice_s=2.0), clock=clock)
+    s = open_session(sched, pipeline)
+    sched.push_voice("s1", voice(2 * RATE - 10))
+    with pytest.raises(VoiceQueueFull):
+        sched.push_voice("s1", voice(11))
+    assert s.queued_samples == 2 * RATE - 10
+    sched.push_voice("s1", voice(10))                  # exactly at the cap is fine
+    assert s.queued_samples == 2 * RATE
+    with pytest.raises(VoiceQueueFull):
+        sched.push_voice("s1", voice(1))
+    plan, _ = run_one(sched, pipeline, clock)          # generating frees room in the queue
+    sched.push_voice("s1", voice(plan.voice_samples))
+    assert s.queued_samples == 2 * RATE
+    # The default cap holds two minutes of voice, not a sample more.
+    sched = Scheduler(pipeline, clock=clock)
+    open_session(sched, pipeline)
+    sched.push_voice("s1", voice(120 * RATE))
+    with pytest.raises(VoiceQueueFull):
+        sched.push_voice("s1", voice(1))
