@@ -131,7 +131,10 @@ class LiveActPipeline:
             sha = _load_weights(modules, Path(weights))
         for name, module in modules.items():
             module.to(device=device, dtype=dtype if name == "dit" else torch.float32).eval().requires_grad_(False)
-        return cls(config, modules, device=device, random_weights=weights is None, weights_sha256=sha)
+        pipeline = cls(config, modules, device=device, random_weights=weights is None, weights_sha256=sha)
+        # One-time costs (decoder cache shapes, lazy torch imports) here rather than in the first session.
+        pipeline.vae.init_decoder_state(config.width, config.height, device="meta")
+        return pipeline
 
     # -- sizes ----------------------------------------------------------------------------------------------
 
