@@ -98,12 +98,6 @@ class StreamSchedule:
             audio_required=video_end + self.audio_radius,
         )
 
-    def blocks_for_video_frames(self, frames: int) -> int:
-        """Blocks whose output covers ``frames`` video frames (the last block may run past the end)."""
-        if frames <= self.first_video_frames:
-            return 1
-        return 1 + -(-(frames - self.first_video_frames) // self.block_video_frames)
-
     def audio_window(self, features: Tensor, plan: BlockPlan) -> Tensor:
         """The block's audio window [1, 53, 5, layers, ch] from per-video-frame features [S, layers, ch]."""
         return audio_window(features, plan.audio_start, plan.audio_frames, self.audio_radius)

@@ -14,19 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["FrameClock", "rescale_samples", "samples_to_us"]
+__all__ = ["FrameClock"]
 
 _US_PER_SECOND: Final = 1_000_000
-
-
-def samples_to_us(samples: int, sample_rate: int) -> int:
-    """Microseconds at ``samples`` on a ``sample_rate`` clock, rounded down."""
-    return samples * _US_PER_SECOND // sample_rate
-
-
-def rescale_samples(samples: int, from_rate: int, to_rate: int) -> int:
-    """The same instant on a ``to_rate`` clock, rounded down (exact when the rates divide evenly)."""
-    return samples * to_rate // from_rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +41,3 @@ class FrameClock:
     def audio_slice(self, frame_index: int) -> tuple[int, int]:
         """The samples ``[start, end)`` the frame was generated from: from its pts to the next frame's."""
         return self.pts(frame_index), self.pts(frame_index + 1)
-
-    def frame_at(self, sample: int) -> int:
-        """The frame on screen when the audio reaches ``sample``: the last frame with ``pts <= sample``."""
-        # pts(n) <= s  <=>  n * rate // fps <= s  <=>  n * rate < (s + 1) * fps.
-        return ((sample + 1) * self.fps - 1) // self.sample_rate
-
-    def frames_before(self, sample: int) -> int:
-        """How many frames start before ``sample`` (the frames that audio ``[0, sample)`` covers)."""
-        # pts(n) < s  <=>  n * rate / fps < s  <=>  n * rate < s * fps.
-        return (sample * self.fps + self.sample_rate - 1) // self.sample_rate
