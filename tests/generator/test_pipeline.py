@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -116,3 +117,31 @@ def test_unsupported_format_and_wrong_audio_length_are_named(pipeline, character
     memory = pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=0)
     with pytest.raises(GeneratorError, match="audio samples"):
         pipeline.generate_block(memory, character, np.zeros(10, np.float32))
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_a_long_stream_runs_in_flat_memory(pipeline, character):
+    """150 blocks (about 4 minutes of video): the NPC memory keeps its size and its ConvKV tensors, and the
+    process does not grow after warm-up."""
+    memory = pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=5)
+    caches = {name: t.data_ptr() for name, t in memory.tensors.items() if name.startswith("convkv.")}
+    voice = speech_like(16000 * 4, 9)
+    rss = []
+    for block in range(150):
+        consume, lookahead = pipeline.block_audio_samples(memory)
+        start = (block * consume) % (voice.size - consume - lookahead)
+        pipeline.generate_block(memory, character, voice[start:start + consume + lookahead])
+        rss.append(_rss_bytes())
+    assert memory.nbytes() == pipeline.memory_bytes(SIZE, SIZE)
+    assert {name: memory.tensors[name].data_ptr() for name in caches} == caches, "ConvKV caches are updated in place"
+    growth = max(rss[30:]) - rss[30]
+    assert growth < 16 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB between block 30 and block 150"
