@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,13 +244,13 @@ async def serve(options: ServerOptions, ready_callback: Callable[[int], object] 
         print(f"avatar-backend listening on {gateway.address}; starting the generator worker "
               f"({options.model_config} on {options.device})", flush=True)
         try:
-            await _start_worker_or_stop(worker, stop_requested)
+            await _until_stopped(worker.start(), stop_requested)
         except WorkerStartError as err:
             log.error("the generator worker did not start: %s", err)
             print(f"avatar-backend: the generator worker did not start: {err}", flush=True)
             return 1
         if not stop_requested.is_set():
-            await _wait_first_ready(gateway, stop_requested)
+            await _until_stopped(gateway.wait_ready(), stop_requested)
         if not stop_requested.is_set():
             print(f"avatar-backend serving on {gateway.address}", flush=True)
             if ready_callback is not None:
@@ -270,28 +270,19 @@ async def serve(options: ServerOptions, ready_callback: Callable[[int], object] 
         await link.close()
 
 
-async def _start_worker_or_stop(worker: WorkerProcess, stop_requested: asyncio.Event) -> None:
-    starting = asyncio.ensure_future(worker.start())
+async def _until_stopped(work: Awaitable, stop_requested: asyncio.Event) -> None:
+    """Await ``work`` unless a stop is requested first (then ``work`` is cancelled); re-raise its error."""
+    task = asyncio.ensure_future(work)
     stopping = asyncio.ensure_future(stop_requested.wait())
     try:
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
-        if not starting.done():
-            starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
-    if starting.done() and not starting.cancelled():
-        starting.result()
-
-
-async def _wait_first_ready(gateway: Gateway, stop_requested: asyncio.Event) -> None:
-    ready = asyncio.ensure_future(gateway.wait_ready())
-    stopping = asyncio.ensure_future(stop_requested.wait())
-    try:
-        await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        ready.cancel()
-        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.done() and not task.cancelled():
+        task.result()
 
 
 def run_server(options: ServerOptions, ready_callback: Callable[[int], object] | None = None) -> int:

@@ -441,26 +441,25 @@ class ConverseSession:
         if not emotion.name:
             self._control(reset_prompt=True)  # back to the base prompt
             return
-        prompts = self._character.emotion_prompts if self._character else {}
-        prompt = prompts.get(emotion.name)
+        prompt = self._character_prompt("emotion", emotion.name, converse_pb2.EVENT_CODE_UNKNOWN_EMOTION)
+        if prompt is not None:
+            self._control(emotion_prompt=prompt, intensity=intensity)
+
+    def _character_prompt(self, kind: str, name: str, unknown_code: int) -> str | None:
+        """The character's ``kind`` ("emotion" or "action") prompt of that name; an event when it has none."""
+        prompts = getattr(self._character, f"{kind}_prompts") if self._character else {}
+        prompt = prompts.get(name)
         if prompt is None:
-            self._send(_event(converse_pb2.EVENT_CODE_UNKNOWN_EMOTION,
-                              f"emotion {emotion.name!r} is not one of the character's emotions",
-                              name=emotion.name, known=",".join(sorted(prompts))))
-            return
-        self._control(emotion_prompt=prompt, intensity=intensity)
+            self._send(_event(unknown_code, f"{kind} {name!r} is not one of the character's {kind}s",
+                              name=name, known=",".join(sorted(prompts))))
+        return prompt
 
     def _on_action(self, action: converse_pb2.ActionEvent) -> None:
         kind = action.WhichOneof("action")
         if kind == "preset":
-            prompts = self._character.action_prompts if self._character else {}
-            prompt = prompts.get(action.preset)
-            if prompt is None:
-                self._send(_event(converse_pb2.EVENT_CODE_UNKNOWN_ACTION,
-                                  f"action {action.preset!r} is not one of the character's actions",
-                                  name=action.preset, known=",".join(sorted(prompts))))
-                return
-            self._control(action_prompt=prompt)
+            prompt = self._character_prompt("action", action.preset, converse_pb2.EVENT_CODE_UNKNOWN_ACTION)
+            if prompt is not None:
+                self._control(action_prompt=prompt)
         elif kind == "free_text":
             limit = self._runtime.limits.max_prompt_chars
             if not action.free_text.strip():
