@@ -63,17 +63,19 @@ class VideoFormat(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[int] = ..., codec: _Optional[_Union[VideoCodec, str]] = ..., jpeg_quality: _Optional[int] = ...) -> None: ...
 
 class AudioFormat(_message.Message):
-    __slots__ = ("codec", "sample_rate", "channels")
+    __slots__ = ("codec", "sample_rate", "channels", "opus_pre_skip")
     CODEC_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    OPUS_PRE_SKIP_FIELD_NUMBER: _ClassVar[int]
     codec: AudioCodec
     sample_rate: int
     channels: int
-    def __init__(self, codec: _Optional[_Union[AudioCodec, str]] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ...) -> None: ...
+    opus_pre_skip: int
+    def __init__(self, codec: _Optional[_Union[AudioCodec, str]] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., opus_pre_skip: _Optional[int] = ...) -> None: ...
 
 class ClientMessage(_message.Message):
-    __slots__ = ("config", "audio", "end_of_utterance", "emotion", "action", "listening", "interrupt")
+    __slots__ = ("config", "audio", "end_of_utterance", "emotion", "action", "listening", "interrupt", "playback")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     END_OF_UTTERANCE_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +83,7 @@ class ClientMessage(_message.Message):
     ACTION_FIELD_NUMBER: _ClassVar[int]
     LISTENING_FIELD_NUMBER: _ClassVar[int]
     INTERRUPT_FIELD_NUMBER: _ClassVar[int]
+    PLAYBACK_FIELD_NUMBER: _ClassVar[int]
     config: SessionConfig
     audio: AudioPacket
     end_of_utterance: EndOfUtterance
@@ -88,7 +91,8 @@ class ClientMessage(_message.Message):
     action: ActionEvent
     listening: ListeningEvent
     interrupt: InterruptRequest
-    def __init__(self, config: _Optional[_Union[SessionConfig, _Mapping]] = ..., audio: _Optional[_Union[AudioPacket, _Mapping]] = ..., end_of_utterance: _Optional[_Union[EndOfUtterance, _Mapping]] = ..., emotion: _Optional[_Union[EmotionEvent, _Mapping]] = ..., action: _Optional[_Union[ActionEvent, _Mapping]] = ..., listening: _Optional[_Union[ListeningEvent, _Mapping]] = ..., interrupt: _Optional[_Union[InterruptRequest, _Mapping]] = ...) -> None: ...
+    playback: PlaybackProgress
+    def __init__(self, config: _Optional[_Union[SessionConfig, _Mapping]] = ..., audio: _Optional[_Union[AudioPacket, _Mapping]] = ..., end_of_utterance: _Optional[_Union[EndOfUtterance, _Mapping]] = ..., emotion: _Optional[_Union[EmotionEvent, _Mapping]] = ..., action: _Optional[_Union[ActionEvent, _Mapping]] = ..., listening: _Optional[_Union[ListeningEvent, _Mapping]] = ..., interrupt: _Optional[_Union[InterruptRequest, _Mapping]] = ..., playback: _Optional[_Union[PlaybackProgress, _Mapping]] = ...) -> None: ...
 
 class SessionConfig(_message.Message):
     __slots__ = ("npc_id", "character_id", "video", "audio", "reset_memory", "resume_token", "seed", "stats_interval_ms", "echo_audio")
@@ -113,12 +117,14 @@ class SessionConfig(_message.Message):
     def __init__(self, npc_id: _Optional[str] = ..., character_id: _Optional[str] = ..., video: _Optional[_Union[VideoFormat, _Mapping]] = ..., audio: _Optional[_Union[AudioFormat, _Mapping]] = ..., reset_memory: _Optional[bool] = ..., resume_token: _Optional[str] = ..., seed: _Optional[int] = ..., stats_interval_ms: _Optional[int] = ..., echo_audio: _Optional[bool] = ...) -> None: ...
 
 class AudioPacket(_message.Message):
-    __slots__ = ("sequence_number", "payload")
+    __slots__ = ("sequence_number", "payload", "restart_sequence")
     SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    RESTART_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     sequence_number: int
     payload: bytes
-    def __init__(self, sequence_number: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    restart_sequence: bool
+    def __init__(self, sequence_number: _Optional[int] = ..., payload: _Optional[bytes] = ..., restart_sequence: _Optional[bool] = ...) -> None: ...
 
 class EndOfUtterance(_message.Message):
     __slots__ = ()
@@ -147,24 +153,34 @@ class ListeningEvent(_message.Message):
     def __init__(self, listening: _Optional[bool] = ...) -> None: ...
 
 class InterruptRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("played_until",)
+    PLAYED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    played_until: int
+    def __init__(self, played_until: _Optional[int] = ...) -> None: ...
+
+class PlaybackProgress(_message.Message):
+    __slots__ = ("played_until",)
+    PLAYED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    played_until: int
+    def __init__(self, played_until: _Optional[int] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("accepted", "frame", "audio_echo", "stats", "event", "interrupt_ack")
+    __slots__ = ("accepted", "frame", "audio_echo", "stats", "event", "interrupt_ack", "ended")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
     AUDIO_ECHO_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
     INTERRUPT_ACK_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
     accepted: SessionAccepted
     frame: VideoFrame
     audio_echo: AudioEcho
     stats: SessionStats
     event: SessionEvent
     interrupt_ack: InterruptAck
-    def __init__(self, accepted: _Optional[_Union[SessionAccepted, _Mapping]] = ..., frame: _Optional[_Union[VideoFrame, _Mapping]] = ..., audio_echo: _Optional[_Union[AudioEcho, _Mapping]] = ..., stats: _Optional[_Union[SessionStats, _Mapping]] = ..., event: _Optional[_Union[SessionEvent, _Mapping]] = ..., interrupt_ack: _Optional[_Union[InterruptAck, _Mapping]] = ...) -> None: ...
+    ended: SessionEnded
+    def __init__(self, accepted: _Optional[_Union[SessionAccepted, _Mapping]] = ..., frame: _Optional[_Union[VideoFrame, _Mapping]] = ..., audio_echo: _Optional[_Union[AudioEcho, _Mapping]] = ..., stats: _Optional[_Union[SessionStats, _Mapping]] = ..., event: _Optional[_Union[SessionEvent, _Mapping]] = ..., interrupt_ack: _Optional[_Union[InterruptAck, _Mapping]] = ..., ended: _Optional[_Union[SessionEnded, _Mapping]] = ...) -> None: ...
 
 class SessionAccepted(_message.Message):
     __slots__ = ("session_id", "npc_id", "character_id", "video", "audio", "resumed", "blocks_generated", "resume_token", "memory_bytes", "first_block_frames", "block_frames", "model", "start_frame_index")
@@ -294,14 +310,30 @@ class SessionEvent(_message.Message):
     def __init__(self, code: _Optional[_Union[EventCode, str]] = ..., message: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class InterruptAck(_message.Message):
-    __slots__ = ("generated_until", "dropped_samples", "next_frame_index")
+    __slots__ = ("generated_until", "dropped_samples", "next_frame_index", "replace_from_pts", "played_until", "unheard_samples")
     GENERATED_UNTIL_FIELD_NUMBER: _ClassVar[int]
     DROPPED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     NEXT_FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FROM_PTS_FIELD_NUMBER: _ClassVar[int]
+    PLAYED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    UNHEARD_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     generated_until: int
     dropped_samples: int
     next_frame_index: int
-    def __init__(self, generated_until: _Optional[int] = ..., dropped_samples: _Optional[int] = ..., next_frame_index: _Optional[int] = ...) -> None: ...
+    replace_from_pts: int
+    played_until: int
+    unheard_samples: int
+    def __init__(self, generated_until: _Optional[int] = ..., dropped_samples: _Optional[int] = ..., next_frame_index: _Optional[int] = ..., replace_from_pts: _Optional[int] = ..., played_until: _Optional[int] = ..., unheard_samples: _Optional[int] = ...) -> None: ...
+
+class SessionEnded(_message.Message):
+    __slots__ = ("resume_token", "blocks_generated", "frames_generated")
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    resume_token: str
+    blocks_generated: int
+    frames_generated: int
+    def __init__(self, resume_token: _Optional[str] = ..., blocks_generated: _Optional[int] = ..., frames_generated: _Optional[int] = ...) -> None: ...
 
 class DeviceTelemetry(_message.Message):
     __slots__ = ("index", "name", "memory_used_bytes", "memory_total_bytes", "utilization_percent", "temperature_celsius")

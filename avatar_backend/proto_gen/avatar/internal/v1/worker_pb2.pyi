@@ -107,7 +107,7 @@ class PushAudio(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., num_samples: _Optional[int] = ...) -> None: ...
 
 class Control(_message.Message):
-    __slots__ = ("session_id", "emotion_prompt", "action_prompt", "listening", "end_of_utterance", "interrupt", "reset_prompt", "intensity")
+    __slots__ = ("session_id", "emotion_prompt", "action_prompt", "listening", "end_of_utterance", "interrupt", "reset_prompt", "intensity", "played_until")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     EMOTION_PROMPT_FIELD_NUMBER: _ClassVar[int]
     ACTION_PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class Control(_message.Message):
     INTERRUPT_FIELD_NUMBER: _ClassVar[int]
     RESET_PROMPT_FIELD_NUMBER: _ClassVar[int]
     INTENSITY_FIELD_NUMBER: _ClassVar[int]
+    PLAYED_UNTIL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     emotion_prompt: str
     action_prompt: str
@@ -124,7 +125,8 @@ class Control(_message.Message):
     interrupt: bool
     reset_prompt: bool
     intensity: float
-    def __init__(self, session_id: _Optional[str] = ..., emotion_prompt: _Optional[str] = ..., action_prompt: _Optional[str] = ..., listening: _Optional[bool] = ..., end_of_utterance: _Optional[bool] = ..., interrupt: _Optional[bool] = ..., reset_prompt: _Optional[bool] = ..., intensity: _Optional[float] = ...) -> None: ...
+    played_until: int
+    def __init__(self, session_id: _Optional[str] = ..., emotion_prompt: _Optional[str] = ..., action_prompt: _Optional[str] = ..., listening: _Optional[bool] = ..., end_of_utterance: _Optional[bool] = ..., interrupt: _Optional[bool] = ..., reset_prompt: _Optional[bool] = ..., intensity: _Optional[float] = ..., played_until: _Optional[int] = ...) -> None: ...
 
 class CloseNpc(_message.Message):
     __slots__ = ("session_id",)
@@ -141,7 +143,7 @@ class NpcClosed(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., npc: _Optional[_Union[NpcState, _Mapping]] = ...) -> None: ...
 
 class FrameBlock(_message.Message):
-    __slots__ = ("session_id", "block_index", "first_frame_index", "num_frames", "width", "height", "audio_start", "audio_end", "speaking", "compute_ms", "audio_queued_samples", "devices", "padded_samples")
+    __slots__ = ("session_id", "block_index", "first_frame_index", "num_frames", "width", "height", "audio_start", "audio_end", "speaking", "voice_samples", "compute_ms", "audio_queued_samples", "devices", "gap_samples")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     BLOCK_INDEX_FIELD_NUMBER: _ClassVar[int]
     FIRST_FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -151,10 +153,11 @@ class FrameBlock(_message.Message):
     AUDIO_START_FIELD_NUMBER: _ClassVar[int]
     AUDIO_END_FIELD_NUMBER: _ClassVar[int]
     SPEAKING_FIELD_NUMBER: _ClassVar[int]
+    VOICE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
     AUDIO_QUEUED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
-    PADDED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    GAP_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     block_index: int
     first_frame_index: int
@@ -164,23 +167,28 @@ class FrameBlock(_message.Message):
     audio_start: int
     audio_end: int
     speaking: bool
+    voice_samples: int
     compute_ms: float
     audio_queued_samples: int
     devices: _containers.RepeatedCompositeFieldContainer[DeviceTelemetry]
-    padded_samples: int
-    def __init__(self, session_id: _Optional[str] = ..., block_index: _Optional[int] = ..., first_frame_index: _Optional[int] = ..., num_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., audio_start: _Optional[int] = ..., audio_end: _Optional[int] = ..., speaking: _Optional[bool] = ..., compute_ms: _Optional[float] = ..., audio_queued_samples: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[DeviceTelemetry, _Mapping]]] = ..., padded_samples: _Optional[int] = ...) -> None: ...
+    gap_samples: int
+    def __init__(self, session_id: _Optional[str] = ..., block_index: _Optional[int] = ..., first_frame_index: _Optional[int] = ..., num_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., audio_start: _Optional[int] = ..., audio_end: _Optional[int] = ..., speaking: _Optional[bool] = ..., voice_samples: _Optional[int] = ..., compute_ms: _Optional[float] = ..., audio_queued_samples: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[DeviceTelemetry, _Mapping]]] = ..., gap_samples: _Optional[int] = ...) -> None: ...
 
 class InterruptDone(_message.Message):
-    __slots__ = ("session_id", "generated_until", "dropped_samples", "next_frame_index")
+    __slots__ = ("session_id", "generated_until", "dropped_samples", "next_frame_index", "replace_from", "played_until")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATED_UNTIL_FIELD_NUMBER: _ClassVar[int]
     DROPPED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     NEXT_FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FROM_FIELD_NUMBER: _ClassVar[int]
+    PLAYED_UNTIL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     generated_until: int
     dropped_samples: int
     next_frame_index: int
-    def __init__(self, session_id: _Optional[str] = ..., generated_until: _Optional[int] = ..., dropped_samples: _Optional[int] = ..., next_frame_index: _Optional[int] = ...) -> None: ...
+    replace_from: int
+    played_until: int
+    def __init__(self, session_id: _Optional[str] = ..., generated_until: _Optional[int] = ..., dropped_samples: _Optional[int] = ..., next_frame_index: _Optional[int] = ..., replace_from: _Optional[int] = ..., played_until: _Optional[int] = ...) -> None: ...
 
 class UtteranceDone(_message.Message):
     __slots__ = ("session_id", "timeline_end")
