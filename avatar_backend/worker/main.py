@@ -298,10 +298,12 @@ class Worker:
                 self.link.emit(worker_pb2.FromWorker(utterance_done=worker_pb2.UtteranceDone(
                     session_id=sid, timeline_end=ended.timeline_end)))
         elif event == "interrupt":
-            result = self.scheduler.interrupt(sid)
+            played_until = req.played_until if req.HasField("played_until") else None
+            result = self.scheduler.interrupt(sid, played_until)
             done = worker_pb2.FromWorker(interrupt_done=worker_pb2.InterruptDone(
                 session_id=sid, generated_until=result.generated_until, dropped_samples=result.dropped_samples,
-                next_frame_index=result.next_frame_index))
+                next_frame_index=result.next_frame_index, replace_from=result.replace_from,
+                played_until=result.played_until))
             log.info("session %s: interrupted at sample %d, %d samples dropped", sid, result.generated_until,
                      result.dropped_samples)
             if msg.request_id:
@@ -420,7 +422,7 @@ class Worker:
             num_frames=frames.shape[0], width=frames.shape[2], height=frames.shape[1],
             audio_start=plan.audio_start, audio_end=plan.audio_end, speaking=plan.speaking,
             compute_ms=compute_s * 1000.0, audio_queued_samples=state.queued_samples,
-            padded_samples=plan.padded_samples,
+            voice_samples=plan.voice_samples, gap_samples=plan.gap_samples,
             devices=self.telemetry.to_proto(),
         )
         pcm = np.ascontiguousarray(plan.consumed_audio)

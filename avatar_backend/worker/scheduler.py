@@ -8,22 +8,30 @@ the silence generated between (or inside) utterances. ``timeline_pos`` is how fa
 the wall-clock anchor ``opened_at`` maps the timeline onto the clock, so ``opened_at + timeline_pos / rate``
 is the wall time at which the session's generated video runs out ("video end").
 
+Voice is never chopped. An utterance is either *waiting* (its voice is queued but none of it is on video
+yet) or *speaking* (its voice is being turned into video). A waiting utterance starts only when a whole
+block of its voice is queued plus enough more that the voice can stall for ``voice_jitter_budget_s`` before
+the video would run out; meanwhile the NPC keeps idling or listening. So voice that arrives at real-time pace
+(a microphone, a streaming TTS) pays its delay before the utterance, never inside it. A speaking utterance
+whose voice stalls beyond that budget gets silence inside it (the block is padded, "underrun") and goes back
+to waiting; the silence is reported once, on the block whose voice resumes it (``gap_samples``).
+
 When a session's next block may run (``consume`` samples plus ``lookahead`` samples the block peeks at):
 
-(a) voice queued for the whole block (consume + lookahead): now. TTS arrives faster than real time, so frames
-    run ahead of the wall clock and the engine buffers them by pts.
+(a) voice for the whole block is queued (a waiting utterance: plus its jitter reserve): now. TTS arrives
+    faster than real time, so frames run ahead of the wall clock and the engine buffers them by pts.
 (b) the utterance has ended (end of utterance received, no newer voice): now, with what is queued, padded with
     silence. UtteranceDone is reported once the block holding the utterance's last voice sample is made.
-(c) idle or listening (nothing queued, no utterance in progress): silence, paced by the wall clock, just in
-    time: a block starts when the video already made would run out within the expected compute time plus
-    ``idle_margin_s``, so an idle NPC never stalls, and voice that arrives meanwhile waits for at most one
-    idle block. A session's first block waits ``start_grace_s`` for voice, because TTS audio usually follows
-    the session config by milliseconds. (Listening changes the prompt, not the pacing.)
-(d) utterance in progress but its voice arrives slower than real time: wait for more voice until the video
-    would underrun (video end minus the expected compute time minus a margin), then pad the missing part with
-    silence. The block is still ``speaking`` when any voice is in it. A session's first block waits at least
-    ``start_grace_s`` here too (there is no video yet to run out), so voice streamed in small packets right
-    after the session config fills block 0 instead of being cut off by a padded block.
+(c) idle, listening, or an utterance still waiting: silence, paced by the wall clock, just in time: a block
+    starts when the video already made would run out within the expected compute time plus
+    ``idle_margin_s``, so an idle NPC never stalls. A session's first block waits ``start_grace_s`` for
+    voice, because TTS audio usually follows the session config by milliseconds. (Listening changes the
+    prompt, not the pacing.)
+(d) a speaking utterance whose voice is behind: wait for more voice until the video would underrun (video
+    end minus the expected compute time minus a margin), then pad the missing part with silence.
+
+Interrupts rewind the timeline to the client's playback position: video made beyond what the player heard is
+discarded by the client, and the next block continues the timeline from there.
 
 Among sessions that may run, the one whose video is furthest behind its wall clock goes first (the earliest
 video end); ties go to the session served least recently (round robin).
@@ -52,6 +60,9 @@ __all__ = [
 ]
 
 SAMPLE_RATE = 16_000
+# A waiting utterance whose voice has arrived at least this much faster than real time (TTS) keeps ahead of
+# the video by itself: it starts without a jitter reserve.
+FASTER_THAN_REAL_TIME = 1.5
 
 
 class BlockAudioSource(Protocol):
@@ -70,6 +81,9 @@ class SchedulerConfig:
     # Rule (d): start a padded block this long before the video would run out, on top of the expected compute
     # time (covers scheduling jitter and other sessions' blocks).
     underrun_margin_s: float = 0.2
+    # How long a speaking utterance's voice may stall before silence goes inside it; a waiting utterance holds
+    # this much voice beyond a block (less when the video made already covers it) before it starts.
+    voice_jitter_budget_s: float = 0.5
     # Voice queued ahead of the video beyond this is refused (a client sending far faster than real time).
     max_queued_voice_s: float = 120.0
     # Weight of the newest block in the running estimate of a block's compute time.
@@ -143,6 +157,11 @@ class SessionState:
     voice: PcmQueue = field(default_factory=PcmQueue)
     voice_consumed: int = 0               # voice samples already turned into video in this session
     utterance_open: bool = False          # voice arrived since the last end of utterance / interrupt
+    speaking: bool = False                # queued voice is being turned into video (see the module doc)
+    gap_from: int | None = None           # timeline position where a speaking utterance's voice stalled
+    replace_floor: int = 0                # an interrupt never rewinds the timeline before this
+    waiting_since: float | None = None    # scheduler clock when a waiting utterance's voice began arriving
+    waiting_voice: int = 0                # samples of it that arrived since then
     # Positions in the voice stream (voice_consumed counts) where announced utterances end.
     utterance_ends: collections.deque[int] = field(default_factory=collections.deque)
     last_voice_end: int = 0               # timeline position just after the last voice sample generated
@@ -175,6 +194,8 @@ class BlockPlan:
     prompt: str | None
     intensity: float         # how strongly ``prompt`` replaces the base prompt (0-1]
     reason: str              # "voice", "end_of_utterance", "underrun" or "idle"
+    # Silence that went inside the utterance this block resumes (its voice stalled beyond the budget).
+    gap_samples: int = 0
 
     @property
     def audio_end(self) -> int:
@@ -183,15 +204,6 @@ class BlockPlan:
     @property
     def speaking(self) -> bool:
         return self.voice_samples > 0
-
-    @property
-    def padded_samples(self) -> int:
-        """Silence inserted after voice inside an utterance because the rest came slower than real time.
-
-        A silent block of an utterance that never ended (a client that forgot EndOfUtterance) is not a gap."""
-        if self.reason != "underrun" or not self.voice_samples:
-            return 0
-        return self.consume - self.voice_samples
 
     @property
     def consumed_audio(self) -> np.ndarray:
@@ -208,9 +220,11 @@ class UtteranceEnd:
 @dataclass(frozen=True)
 class InterruptResult:
     session_id: str
-    generated_until: int     # session timeline sample up to which video exists
+    generated_until: int     # session timeline sample up to which video existed
     dropped_samples: int     # queued voice that will never be generated
-    next_frame_index: int    # NPC-life index of the first frame made from silence
+    next_frame_index: int    # NPC-life index of the first frame of the new video
+    replace_from: int        # timeline sample where the new video starts (the timeline continues here)
+    played_until: int        # the playback position used, after clamping
 
 
 class Scheduler:
@@ -263,7 +277,10 @@ class Scheduler:
             raise VoiceQueueFull(f"more than {self.config.max_queued_voice_s:.0f} s of voice queued ahead of the "
                                  "video; send audio at most that far ahead")
         if len(pcm):
+            if not state.speaking and state.waiting_since is None:
+                state.waiting_since, state.waiting_voice = self.clock(), len(state.voice)
             state.voice.push(pcm)
+            state.waiting_voice += len(pcm)
             state.utterance_open = True
 
     def end_of_utterance(self, session_id: str) -> list[UtteranceEnd]:
@@ -280,13 +297,20 @@ class Scheduler:
         # Everything this utterance said is already on video (or it said nothing).
         return [UtteranceEnd(session_id, state.last_voice_end)]
 
-    def interrupt(self, session_id: str) -> InterruptResult:
-        """Drop queued voice; the next block starts from silence."""
+    def interrupt(self, session_id: str, played_until: int | None = None) -> InterruptResult:
+        """Drop queued voice and continue the timeline from the playback position (on a frame boundary;
+        None: the end of the video made so far), clamped to [the previous interrupt's point, video end]."""
         state = self.get(session_id)
         dropped = state.voice.clear()
         state.utterance_ends.clear()
         state.utterance_open = False
-        return InterruptResult(session_id, state.timeline_pos, dropped, int(state.memory.frames_generated))
+        state.speaking, state.gap_from, state.waiting_since = False, None, None
+        generated_until = state.timeline_pos
+        position = generated_until if played_until is None else min(max(played_until, state.replace_floor),
+                                                                     generated_until)
+        state.timeline_pos = state.replace_floor = position
+        return InterruptResult(session_id, generated_until, dropped, int(state.memory.frames_generated),
+                               replace_from=position, played_until=position)
 
     def set_prompt(self, session_id: str, prompt: str | None, intensity: float = 1.0) -> None:
         """The prompt of the session's next blocks (None or empty: the character's base prompt)."""
@@ -329,18 +353,22 @@ class Scheduler:
             return None
         _, state, reason = best
         consume, lookahead = self.pipeline.block_audio_samples(state.memory)
-        voice = state.voice.peek(consume + lookahead)
         audio = np.zeros(consume + lookahead, dtype=np.float32)
-        audio[: voice.size] = voice
-        voice_samples = min(voice.size, consume)
+        voice_samples = 0
+        if reason != "idle":  # an idle block leaves a waiting utterance's voice queued
+            voice = state.voice.peek(consume + lookahead)
+            audio[: voice.size] = voice
+            voice_samples = min(voice.size, consume)
         prompt, intensity = state.prompt, state.intensity
         if state.listening and not voice_samples and state.listening_prompt:
             prompt, intensity = state.listening_prompt, 1.0
+        gap = 0
+        if voice_samples and not state.speaking and state.gap_from is not None:
+            gap = state.timeline_pos - state.gap_from
         return BlockPlan(
             session=state, audio=audio, consume=consume, lookahead=lookahead,
             voice_samples=voice_samples, audio_start=state.timeline_pos, prompt=prompt,
-            intensity=intensity,
-            reason=reason,
+            intensity=intensity, reason=reason, gap_samples=gap,
         )
 
     def complete_block(self, plan: BlockPlan, compute_s: float = 0.0) -> list[UtteranceEnd]:
@@ -358,6 +386,14 @@ class Scheduler:
         state.voice_consumed += plan.voice_samples
         if plan.voice_samples:
             state.last_voice_end = plan.audio_start + plan.voice_samples
+            state.speaking, state.gap_from, state.waiting_since = True, None, None
+        if plan.reason == "underrun" and state.utterance_open:
+            # The voice stalled beyond the budget: silence goes in once, then the rest waits to start again.
+            state.speaking = False
+            state.gap_from = plan.audio_start + plan.voice_samples
+        if not state.utterance_open and not len(state.voice):
+            state.speaking, state.gap_from = False, None  # the utterance is over
+            state.waiting_since = None
         state.timeline_pos += plan.consume
         state.blocks += 1
         # The NPC's mood as the session set it (not a listening block's prompt) is what a resumed NPC continues.
@@ -368,23 +404,32 @@ class Scheduler:
             ended.append(UtteranceEnd(state.session_id, plan.audio_start + (mark - consumed_before)))
         return ended
 
+    def _faster_than_real_time(self, state: SessionState, now: float) -> bool:
+        if state.waiting_since is None:
+            return False
+        arrived_s = state.waiting_voice / self.config.sample_rate
+        return arrived_s >= FASTER_THAN_REAL_TIME * (now - state.waiting_since)
+
     def _ready_at(self, state: SessionState, now: float) -> tuple[float, str]:
         """When the session's next block may start, and under which rule."""
         consume, lookahead = self.pipeline.block_audio_samples(state.memory)
         queued = len(state.voice)
-        if queued >= consume + lookahead:
+        config = self.config
+        video_end = state.video_end(config.sample_rate)
+        # The latest start of a block that keeps the video from running out.
+        deadline = video_end - self._compute_estimate_s - config.underrun_margin_s
+        needed = consume + lookahead
+        if not state.speaking and state.utterance_open and not self._faster_than_real_time(state, now):
+            # A waiting utterance also holds what the jitter budget needs beyond the video already made.
+            reserve_s = max(0.0, config.voice_jitter_budget_s - (deadline - now))
+            needed += int(reserve_s * config.sample_rate)
+        if queued >= needed:
             return -np.inf, "voice"                                     # (a)
-        video_end = state.video_end(self.config.sample_rate)
-        if state.utterance_open:                                        # (d) wait for voice, pad late
-            ready_at = video_end - self._compute_estimate_s - self.config.underrun_margin_s
-            if state.blocks == 0:
-                # No video yet, so it is "running out" from the start: without this the first TTS packet
-                # of a session would start block 0 at once, padded with almost a block of silence.
-                ready_at = max(ready_at, state.opened_at + self.config.start_grace_s)
-            return ready_at, "underrun"
-        if queued:                                                      # (b) flush the ended utterance
+        if queued and not state.utterance_open:                        # (b) flush the ended utterance
             return -np.inf, "end_of_utterance"
-        ready_at = video_end - self._compute_estimate_s - self.config.idle_margin_s
+        if state.speaking and state.utterance_open:                     # (d) wait for voice, pad late
+            return deadline, "underrun"
+        ready_at = video_end - self._compute_estimate_s - config.idle_margin_s
         if state.blocks == 0:
             ready_at = max(ready_at, state.opened_at + self.config.start_grace_s)
         return ready_at, "idle"                                         # (c)
