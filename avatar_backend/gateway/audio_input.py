@@ -1,4 +1,8 @@
-"""The NPC's voice of one session: numbered packets in, contiguous float32 PCM at the model's 16 kHz out."""
+"""The NPC's voice of one session: numbered packets in, contiguous float32 PCM at the model's 16 kHz out.
+
+Opus voice comes out of the decoder late by the encoder's look-ahead; those first samples (the "pre-skip")
+are dropped once, at the start of the stream, so the voice lines up with what the client sent.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,17 @@ from avatar_backend.proto_gen import converse_pb2
 __all__ = ["AudioInput"]
 
 _EMPTY = np.zeros(0, dtype=np.float32)
+OPUS_PRE_SKIP_RATE = 48_000  # the rate a pre-skip is counted at (RFC 7845)
 
 
 class AudioInput:
-    def __init__(self, codec: int, sample_rate: int):
+    def __init__(self, codec: int, sample_rate: int, opus_pre_skip: int = 0):
+        self._skip = 0
         if codec == converse_pb2.AUDIO_CODEC_OPUS:
             # Opus decodes to any rate directly, so it goes straight to the model's rate with no resampler.
             self._jitter = JitterBuffer("opus", MODEL_SAMPLE_RATE)
             self._resampler = None
+            self._skip = opus_pre_skip * MODEL_SAMPLE_RATE // OPUS_PRE_SKIP_RATE
         else:
             self._jitter = JitterBuffer("pcm16", sample_rate)
             self._resampler = None if sample_rate == MODEL_SAMPLE_RATE else Resampler(sample_rate)
@@ -36,9 +43,9 @@ class AudioInput:
     def reorder_timeout_s(self) -> float:
         return self._jitter.reorder_timeout_s or 0.0
 
-    def push(self, sequence_number: int, payload: bytes) -> np.ndarray:
+    def push(self, sequence_number: int, payload: bytes, restart_sequence: bool = False) -> np.ndarray:
         """Add one packet; returns the audio that became ready (often the packet's own)."""
-        self._jitter.push(sequence_number, payload)
+        self._jitter.push(sequence_number, payload, restart_sequence=restart_sequence)
         return self.pull()
 
     def pull(self) -> np.ndarray:
@@ -63,6 +70,9 @@ class AudioInput:
         return dropped
 
     def _convert(self, audio: np.ndarray) -> np.ndarray:
+        if self._skip and audio.size:
+            skipped = min(self._skip, audio.size)
+            audio, self._skip = audio[skipped:], self._skip - skipped
         if self._resampler is None or audio.size == 0:
             return audio if audio.size else _EMPTY
         return self._resampler.process(audio)

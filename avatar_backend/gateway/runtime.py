@@ -17,7 +17,7 @@ from avatar_backend.store import DataDir
 
 from .capabilities import ModelCapabilities
 from .limits import Limits
-from .status import RpcFailure
+from .status import NPC_RESOURCE, RpcFailure
 
 __all__ = ["GatewayRuntime", "LiveSession", "SessionRegistry", "WorkerLinkLike", "WorkerStatus"]
 
@@ -90,10 +90,11 @@ class SessionRegistry:
 
     def admit(self, session: LiveSession) -> None:
         if self.draining:
-            raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "server is draining")
+            raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "server is draining", retry_after_ms=1000)
         if session.npc_id in self._by_npc:
             raise RpcFailure(grpc.StatusCode.ABORTED,
-                             f"npc_id: NPC {session.npc_id!r} is already in a live session (one session per NPC)")
+                             f"npc_id: NPC {session.npc_id!r} is already in a live session (one session per NPC)",
+                             resource=(NPC_RESOURCE, session.npc_id))
         if len(self._by_npc) >= self.max_sessions:
             raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
                              f"all {self.max_sessions} session slots are in use; retry later",

@@ -16,7 +16,8 @@ from .capabilities import AUDIO_CODECS, AUDIO_SAMPLE_RATES, public_devices, serv
 from .characters import character_to_proto, check_character_request, prepare_reference_image
 from .runtime import GatewayRuntime
 from .session import ConverseSession
-from .status import RpcFailure, abort, failure_from_worker
+from .status import CHARACTER_RESOURCE, NPC_RESOURCE, RpcFailure, abort, failure_from_worker
+from .wire import MalformedRequest, malformed_request_failure
 
 __all__ = ["AvatarService"]
 
@@ -31,8 +32,8 @@ def _check_id(field: str, value: str) -> None:
         raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {value!r} is not a valid id ({ID_RULE})")
 
 
-def _not_found(what: str) -> RpcFailure:
-    return RpcFailure(grpc.StatusCode.NOT_FOUND, what)
+def _not_found(what: str, resource: tuple[str, str]) -> RpcFailure:
+    return RpcFailure(grpc.StatusCode.NOT_FOUND, what, resource=resource)
 
 
 def _npc_to_proto(state: worker_pb2.NpcState) -> pb.Npc:
@@ -45,10 +46,13 @@ def _npc_to_proto(state: worker_pb2.NpcState) -> pb.Npc:
 
 
 def _rpc(method):
-    """Turns an RpcFailure raised by ``method`` into the call's status (INTERNAL for anything unexpected)."""
+    """Turns an RpcFailure raised by ``method`` into the call's status (INTERNAL for anything unexpected);
+    a request that is not a valid protobuf message is INVALID_ARGUMENT."""
 
     async def handler(self, request, context):
         try:
+            if isinstance(request, MalformedRequest):
+                raise malformed_request_failure(request)
             return await method(self, request, context)
         except RpcFailure as failure:
             await abort(context, failure)
@@ -74,11 +78,12 @@ class AvatarService(avatar_service_pb2_grpc.AvatarServiceServicer):
 
     # -- worker requests -----------------------------------------------------------------------------------
 
-    async def _ask_worker(self, msg: worker_pb2.ToWorker, timeout: float | None = None) -> worker_pb2.FromWorker:
+    async def _ask_worker(self, msg: worker_pb2.ToWorker, timeout: float | None = None, *,
+                          npc_id: str = "") -> worker_pb2.FromWorker:
         try:
             reply, _ = await self._runtime.link.request(msg, timeout=timeout or self._runtime.request_timeout_s)
         except (WorkerRequestError, WorkerUnavailableError) as err:
-            raise failure_from_worker(err) from None
+            raise failure_from_worker(err, resource=(NPC_RESOURCE, npc_id) if npc_id else None) from None
         return reply
 
     async def _query_npcs(self, npc_id: str = "", character_id: str = "") -> list[worker_pb2.NpcState]:
@@ -117,14 +122,15 @@ class AvatarService(avatar_service_pb2_grpc.AvatarServiceServicer):
     @_rpc
     async def RegisterCharacter(self, request: pb.RegisterCharacterRequest, context) -> pb.Character:
         check_character_request(request, self._runtime.limits)
-        png, width, height = await asyncio.to_thread(prepare_reference_image, request.reference_image)
+        png, width, height = await asyncio.to_thread(prepare_reference_image, request.reference_image,
+                                                     self._runtime.limits.max_reference_image_pixels)
         data_dir = self._runtime.data_dir
         async with self._character_lock:
             previous = self._read_character(request.character_id)
             if previous is not None and not request.replace:
                 raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS,
                                  f"character_id: character {request.character_id!r} already exists; set replace "
-                                 "to overwrite it")
+                                 "to overwrite it", resource=(CHARACTER_RESOURCE, request.character_id))
             record = CharacterRecord(
                 character_id=request.character_id, base_prompt=request.base_prompt,
                 emotion_prompts=dict(request.emotion_prompts), action_prompts=dict(request.action_prompts),
@@ -153,7 +159,8 @@ class AvatarService(avatar_service_pb2_grpc.AvatarServiceServicer):
         _check_id("character_id", character_id)
         record = self._read_character(character_id)
         if record is None:
-            raise _not_found(f"character_id: no character {character_id!r} is registered")
+            raise _not_found(f"character_id: no character {character_id!r} is registered",
+                             (CHARACTER_RESOURCE, character_id))
         return record
 
     @_rpc
@@ -185,7 +192,7 @@ class AvatarService(avatar_service_pb2_grpc.AvatarServiceServicer):
             if live:
                 raise RpcFailure(grpc.StatusCode.ABORTED,
                                  f"NPC(s) {', '.join(live)} of character {record.character_id!r} are in a live "
-                                 "session; end them first")
+                                 "session; end them first", resource=(NPC_RESOURCE, live[0]))
             for npc in npcs:
                 await self._ask_worker(worker_pb2.ToWorker(delete_npc=worker_pb2.DeleteNpc(npc_id=npc.npc_id)))
             await asyncio.to_thread(self._runtime.data_dir.delete_character, record.character_id)
@@ -199,13 +206,15 @@ class AvatarService(avatar_service_pb2_grpc.AvatarServiceServicer):
         _check_id("npc_id", npc_id)
         npcs = await self._query_npcs(npc_id=npc_id)
         if not npcs:
-            raise _not_found(f"npc_id: no NPC {npc_id!r} exists (an NPC is created by its first Converse)")
+            raise _not_found(f"npc_id: no NPC {npc_id!r} exists (an NPC is created by its first Converse)",
+                             (NPC_RESOURCE, npc_id))
         return npcs[0]
 
     def _refuse_if_live(self, npc_id: str, action: str) -> None:
         if self._runtime.sessions.is_live(npc_id):
             raise RpcFailure(grpc.StatusCode.ABORTED,
-                             f"npc_id: NPC {npc_id!r} is in a live session; end it before {action} it")
+                             f"npc_id: NPC {npc_id!r} is in a live session; end it before {action} it",
+                             resource=(NPC_RESOURCE, npc_id))
 
     @_rpc
     async def GetNpc(self, request: pb.GetNpcRequest, context) -> pb.Npc:
@@ -223,7 +232,8 @@ class AvatarService(avatar_service_pb2_grpc.AvatarServiceServicer):
         # No lookup first: the worker answers NOT_FOUND, or DATA_LOSS for a snapshot it cannot read.
         _check_id("npc_id", request.npc_id)
         self._refuse_if_live(request.npc_id, "resetting")
-        reply = await self._ask_worker(worker_pb2.ToWorker(reset_npc=worker_pb2.ResetNpc(npc_id=request.npc_id)))
+        reply = await self._ask_worker(worker_pb2.ToWorker(reset_npc=worker_pb2.ResetNpc(npc_id=request.npc_id)),
+                                       npc_id=request.npc_id)
         if reply.WhichOneof("body") == "npc_list" and reply.npc_list.npcs:
             return _npc_to_proto(reply.npc_list.npcs[0])
         return _npc_to_proto(await self._require_npc(request.npc_id))
@@ -233,7 +243,8 @@ class AvatarService(avatar_service_pb2_grpc.AvatarServiceServicer):
         # No lookup first: an NPC whose snapshot is unreadable must still be deletable.
         _check_id("npc_id", request.npc_id)
         self._refuse_if_live(request.npc_id, "deleting")
-        await self._ask_worker(worker_pb2.ToWorker(delete_npc=worker_pb2.DeleteNpc(npc_id=request.npc_id)))
+        await self._ask_worker(worker_pb2.ToWorker(delete_npc=worker_pb2.DeleteNpc(npc_id=request.npc_id)),
+                               npc_id=request.npc_id)
         return pb.DeleteNpcResponse()
 
     # -- server info ---------------------------------------------------------------------------------------

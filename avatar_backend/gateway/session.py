@@ -13,8 +13,12 @@ While LIVE four things run side by side, and none of them ever waits for another
   frames when the client reads slowly, so the worker and other sessions never wait for this client.
 
 Endings: the client half-closes -> CloseNpc (the worker saves the memory), frames already made are flushed,
-status OK. The client cancels -> CloseNpc all the same. The worker dies, the server drains, or a fatal
-error -> pending frames are discarded, queued events still go out, then the status.
+then SessionEnded with the NPC's resume token, status OK. The client cancels -> CloseNpc all the same. The
+worker dies, the server drains, or a fatal error -> pending frames are discarded, queued events still go
+out, then the status. Whenever the NPC's memory was saved, the resume token also rides in the trailers.
+
+Times: the worker counts the session's timeline in 16 kHz samples; every frame's place on it is a whole
+frame, so the gateway converts frame numbers, never rounded sample counts, to the session's clock.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ from .capabilities import public_devices
 from .outbound import OutboundOverflow, OutboundQueue
 from .runtime import GatewayRuntime
 from .session_config import SessionSettings, resolve_session_config
-from .status import RpcFailure, abort, failure_from_worker, worker_stopped_message
+from .status import NPC_RESOURCE, RESUME_TOKEN_METADATA_KEY, RpcFailure, abort, failure_from_worker, \
+    worker_stopped_message
+from .wire import MalformedRequest, malformed_request_failure
 
 __all__ = ["ConverseSession", "SessionState"]
 
@@ -121,10 +127,12 @@ class ConverseSession:
         self._encoder: FrameEncoder | None = None
         self._audio_timer: asyncio.TimerHandle | None = None
         self._pending_interrupt_drops: list[int] = []
+        self._played_until: int | None = None   # the client's latest PlaybackProgress (session clock)
+        self._closed_npc: worker_pb2.NpcState | None = None  # the NPC as the worker saved it at the end
         # Clock and numbering.
         self._clock: FrameClock | None = None
         self._clock_ratio = 1          # session samples per 16 kHz timeline sample (1 or 3)
-        self._start_frame_index = 0
+        self._timeline_samples_per_frame = 1
         # Counters for SessionStats.
         self._config_received_at = 0.0
         self._first_frame_latency_ms = 0.0
@@ -142,10 +150,7 @@ class ConverseSession:
             converse_pb2.EVENT_CODE_AUDIO_GARBAGE,
             lambda n, total: f"{n} audio packet(s) could not be decoded and were treated as lost ({total} in total)")
         self._garbage_seen = 0
-        self._gap_events = _RateLimitedEvent(
-            converse_pb2.EVENT_CODE_AUDIO_GAP,
-            lambda ms, total: f"voice came slower than real time: {ms} ms of silence inserted inside utterances "
-                              f"({total} ms in total)")
+        self._gap_ms_total = 0
 
     # -- the call ------------------------------------------------------------------------------------------
 
@@ -164,8 +169,11 @@ class ConverseSession:
             cleanup = self._runtime.spawn(self._cleanup(), name=f"session-cleanup-{self.session_id}")
             await asyncio.shield(cleanup)
         failure = failure or self._failure
+        token = self._closed_npc.resume_token if self._closed_npc is not None else ""
         if failure is not None:
-            await abort(self._context, failure)
+            await abort(self._context, failure, token)
+        elif token:
+            self._context.set_trailing_metadata(((RESUME_TOKEN_METADATA_KEY, token),))
 
     def drain(self) -> None:
         """The server is shutting down: tell the client, then end with UNAVAILABLE."""
@@ -198,6 +206,8 @@ class ConverseSession:
         if message is grpc.aio.EOF:
             raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
                              "the stream ended before its first message; the first message must be a SessionConfig")
+        if isinstance(message, MalformedRequest):
+            raise malformed_request_failure(message)
         kind = message.WhichOneof("message")
         if kind != "config":
             raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
@@ -220,7 +230,7 @@ class ConverseSession:
             reply, _ = await link.request(request, timeout=self._runtime.open_timeout_s)
         except WorkerRequestError as err:
             self._npc_open_requested = False  # refused: nothing was opened
-            raise failure_from_worker(err) from None
+            raise failure_from_worker(err, resource=(NPC_RESOURCE, settings.npc_id)) from None
         except WorkerUnavailableError as err:
             raise failure_from_worker(err) from None
         opened = reply.npc_opened
@@ -235,9 +245,9 @@ class ConverseSession:
         fps = settings.fps or model.default_fps  # the model runs at one frame rate
         self._clock = FrameClock(settings.sample_rate, fps)
         self._clock_ratio = settings.sample_rate // MODEL_SAMPLE_RATE
-        self._start_frame_index = opened.start_frame_index
+        self._timeline_samples_per_frame = MODEL_SAMPLE_RATE // fps
         self._blocks_generated = npc.blocks_generated
-        self._audio = AudioInput(settings.audio_codec, settings.sample_rate)
+        self._audio = AudioInput(settings.audio_codec, settings.sample_rate, settings.opus_pre_skip)
         self._encoder = create_encoder(settings.codec_name, EncoderSettings(
             width=width, height=height, fps=fps, jpeg_quality=settings.jpeg_quality))
         return converse_pb2.SessionAccepted(
@@ -340,7 +350,9 @@ class ConverseSession:
         self._npc_closed = True
         request = worker_pb2.ToWorker(close_npc=worker_pb2.CloseNpc(session_id=self.session_id))
         try:
-            await self._runtime.link.request(request, timeout=CLOSE_NPC_TIMEOUT_S)
+            reply, _ = await self._runtime.link.request(request, timeout=CLOSE_NPC_TIMEOUT_S)
+            if reply.WhichOneof("body") == "npc_closed":
+                self._closed_npc = reply.npc_closed.npc
         except WorkerUnavailableError as err:
             log.warning("session %s: NPC %s not closed, the worker is unavailable: %s", self.session_id,
                         self.npc_id, err)
@@ -376,6 +388,9 @@ class ConverseSession:
             if message is grpc.aio.EOF:
                 self._begin_graceful_close()
                 return
+            if isinstance(message, MalformedRequest):
+                self._fail(malformed_request_failure(message))
+                return
             try:
                 self._handle_client_message(message)
             except WorkerBusyError as err:
@@ -404,7 +419,10 @@ class ConverseSession:
         elif kind == "listening":
             self._control(listening=message.listening.listening)
         elif kind == "interrupt":
-            self._on_interrupt()
+            request = message.interrupt
+            self._on_interrupt(request.played_until if request.HasField("played_until") else self._played_until)
+        elif kind == "playback":
+            self._played_until = message.playback.played_until
         elif kind == "config":
             self._invalid_event("config", "SessionConfig was already received; this one is ignored")
         else:
@@ -417,7 +435,7 @@ class ConverseSession:
                                   f"audio.payload: {len(packet.payload)} bytes is over the limit of {limit} bytes "
                                   "(ServerInfo.limits.max_audio_packet_bytes)"))
             return
-        self._push_audio(self._audio.push(packet.sequence_number, packet.payload))
+        self._push_audio(self._audio.push(packet.sequence_number, packet.payload, packet.restart_sequence))
         self._report_garbage()
         if self._audio.waiting_for_missing_packet:
             self._arm_audio_timer()
@@ -428,10 +446,16 @@ class ConverseSession:
         self._report_garbage()
         self._control(end_of_utterance=True)
 
-    def _on_interrupt(self) -> None:
+    def _on_interrupt(self, played_until: int | None) -> None:
         self._cancel_audio_timer()
         self._pending_interrupt_drops.append(self._audio.interrupt())
-        self._control(interrupt=True)
+        if played_until is None:
+            self._control(interrupt=True)
+            return
+        # The first whole frame the player has not seen yet, as a place on the worker's timeline.
+        clock = self._clock
+        frame = -(-played_until * clock.fps // clock.sample_rate)
+        self._control(interrupt=True, played_until=frame * self._timeline_samples_per_frame)
 
     def _on_emotion(self, emotion: converse_pb2.EmotionEvent) -> None:
         intensity = emotion.intensity or 1.0
@@ -523,6 +547,11 @@ class ConverseSession:
             item = await queue.get()
             if item is _END_OF_OUTPUT:
                 self._send_stats()
+                if self._closed_npc is not None:
+                    npc = self._closed_npc
+                    self._send(converse_pb2.ServerMessage(ended=converse_pb2.SessionEnded(
+                        resume_token=npc.resume_token, blocks_generated=npc.blocks_generated,
+                        frames_generated=npc.frames_generated)))
                 self._out.close()
                 return
             if isinstance(item, WorkerLost):
@@ -554,12 +583,11 @@ class ConverseSession:
             self._fail(RpcFailure(grpc.StatusCode.INTERNAL, "the generator worker sent a malformed frame block"))
             return
         self._note_block(block)
-        if block.padded_samples:
-            self._gap_events.note(block.padded_samples * 1000 // MODEL_SAMPLE_RATE)
-            self._send_rate_limited(self._gap_events)
+        if block.gap_samples:
+            self._report_gap(block.gap_samples)
         if self._settings.echo_audio and len(payloads) > 1:
             pcm16 = _pcm16_bytes(np.frombuffer(payloads[1], dtype=np.float32))
-            echo = converse_pb2.AudioEcho(start=block.audio_start * self._clock_ratio,
+            echo = converse_pb2.AudioEcho(start=self._timeline_pts(block.audio_start),
                                           sample_rate=MODEL_SAMPLE_RATE, pcm16=pcm16)
             self._send(converse_pb2.ServerMessage(audio_echo=echo))
         frames = np.frombuffer(payloads[0], dtype=np.uint8).reshape(n, height, width, 3)
@@ -569,20 +597,36 @@ class ConverseSession:
         # In order, each as soon as it and the ones before it are encoded.
         for k, pending in enumerate(encoding):
             encoded = await pending
-            self._send_frame(self._frame_message(block, block.first_frame_index + k, encoded))
+            self._send_frame(self._frame_message(block, k, encoded))
 
-    def _frame_message(self, block: worker_pb2.FrameBlock, index: int,
+    def _timeline_frame(self, timeline_sample: int) -> int:
+        """The frame number on the session clock of a (frame-aligned) place on the worker's timeline."""
+        return timeline_sample // self._timeline_samples_per_frame
+
+    def _timeline_pts(self, timeline_sample: int) -> int:
+        return self._clock.pts(self._timeline_frame(timeline_sample))
+
+    def _frame_message(self, block: worker_pb2.FrameBlock, k: int,
                        encoded: EncodedFrame) -> converse_pb2.ServerMessage:
         settings, clock = self._settings, self._clock
-        # The session clock starts at the session's first frame; earlier frames cannot come, but never
-        # let a worker bug turn into a negative (unencodable) time.
-        local = max(0, index - self._start_frame_index)
+        local = self._timeline_frame(block.audio_start) + k
         start, end = clock.audio_slice(local)
+        # The block's voice comes first and silence after it, so a frame speaks when its slice starts in it.
+        speaking = k * self._timeline_samples_per_frame < block.voice_samples
         return converse_pb2.ServerMessage(frame=converse_pb2.VideoFrame(
-            index=index, pts=start, pts_us=clock.pts_us(local), codec=settings.video_codec,
+            index=block.first_frame_index + k, pts=start, pts_us=clock.pts_us(local), codec=settings.video_codec,
             width=block.width, height=block.height, keyframe=encoded.keyframe, data=encoded.data,
-            audio_start=start, audio_end=end, block_index=block.block_index, speaking=block.speaking,
+            audio_start=start, audio_end=end, block_index=block.block_index, speaking=speaking,
         ))
+
+    def _report_gap(self, gap_samples: int) -> None:
+        # One event per stall (at most one per block), so no rate limit is needed.
+        gap_ms = gap_samples * 1000 // MODEL_SAMPLE_RATE
+        self._gap_ms_total += gap_ms
+        self._send(_event(converse_pb2.EVENT_CODE_AUDIO_GAP,
+                          f"the voice stalled beyond the jitter budget: {gap_ms} ms of silence went inside the "
+                          f"utterance ({self._gap_ms_total} ms in this session)",
+                          gap_ms=gap_ms, total_ms=self._gap_ms_total))
 
     def _note_block(self, block: worker_pb2.FrameBlock) -> None:
         self._frames_made_since_stats += block.num_frames
@@ -594,10 +638,13 @@ class ConverseSession:
 
     def _deliver_interrupt_ack(self, done: worker_pb2.InterruptDone) -> None:
         dropped_here = self._pending_interrupt_drops.pop(0) if self._pending_interrupt_drops else 0
+        generated_until = self._timeline_pts(done.generated_until)
+        replace_from = self._timeline_pts(done.replace_from)
         ack = converse_pb2.InterruptAck(
-            generated_until=done.generated_until * self._clock_ratio,
+            generated_until=generated_until,
             dropped_samples=(done.dropped_samples + dropped_here) * self._clock_ratio,
-            next_frame_index=done.next_frame_index,
+            next_frame_index=done.next_frame_index, replace_from_pts=replace_from,
+            played_until=self._timeline_pts(done.played_until), unheard_samples=generated_until - replace_from,
         )
         self._send(converse_pb2.ServerMessage(interrupt_ack=ack))
 

@@ -26,6 +26,9 @@ DEFAULT_STATS_INTERVAL_MS = 1000
 MIN_STATS_INTERVAL_MS = 100
 MAX_STATS_INTERVAL_MS = 3_600_000
 ID_RULE = "1-128 characters of [A-Za-z0-9_.-]"
+# libopus's look-ahead (OPUS_GET_LOOKAHEAD) for the voip and audio applications, in samples at 48 kHz.
+DEFAULT_OPUS_PRE_SKIP = 312
+MAX_OPUS_PRE_SKIP = 3840  # 80 ms: far beyond any Opus encoder's look-ahead
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class SessionSettings:
     jpeg_quality: int          # 0 unless JPEG
     audio_codec: int           # converse_pb2.AudioCodec
     sample_rate: int
+    opus_pre_skip: int         # samples at 48 kHz trimmed from the start of the decoded voice (0 for PCM16)
     seed: int
     reset_memory: bool
     resume_token: str
@@ -54,7 +58,10 @@ class SessionSettings:
                                         jpeg_quality=self.jpeg_quality)
 
     def audio_format(self) -> converse_pb2.AudioFormat:
-        return converse_pb2.AudioFormat(codec=self.audio_codec, sample_rate=self.sample_rate, channels=1)
+        audio = converse_pb2.AudioFormat(codec=self.audio_codec, sample_rate=self.sample_rate, channels=1)
+        if self.audio_codec == converse_pb2.AUDIO_CODEC_OPUS:
+            audio.opus_pre_skip = self.opus_pre_skip
+        return audio
 
 
 def _invalid(message: str) -> RpcFailure:
@@ -75,7 +82,7 @@ def resolve_session_config(config: converse_pb2.SessionConfig, model: ModelCapab
     width, height = _resolve_size(config.video, model)
     fps = _resolve_fps(config.video.fps, model)
     video_codec, jpeg_quality = _resolve_video_codec(config.video)
-    audio_codec, sample_rate = _resolve_audio(config.audio)
+    audio_codec, sample_rate, opus_pre_skip = _resolve_audio(config.audio)
     return SessionSettings(
         npc_id=config.npc_id,
         character_id=config.character_id,
@@ -87,6 +94,7 @@ def resolve_session_config(config: converse_pb2.SessionConfig, model: ModelCapab
         jpeg_quality=jpeg_quality,
         audio_codec=audio_codec,
         sample_rate=sample_rate,
+        opus_pre_skip=opus_pre_skip,
         seed=config.seed,
         reset_memory=config.reset_memory,
         resume_token=config.resume_token,
@@ -144,7 +152,7 @@ def _resolve_video_codec(video: converse_pb2.VideoFormat) -> tuple[int, int]:
     return codec, video.jpeg_quality or DEFAULT_JPEG_QUALITY
 
 
-def _resolve_audio(audio: converse_pb2.AudioFormat) -> tuple[int, int]:
+def _resolve_audio(audio: converse_pb2.AudioFormat) -> tuple[int, int, int]:
     codec = audio.codec or converse_pb2.AUDIO_CODEC_OPUS
     if codec not in AUDIO_CODECS:
         names = ", ".join(converse_pb2.AudioCodec.Name(c) for c in AUDIO_CODECS)
@@ -156,7 +164,16 @@ def _resolve_audio(audio: converse_pb2.AudioFormat) -> tuple[int, int]:
                        f"supported: {', '.join(map(str, AUDIO_SAMPLE_RATES))}")
     if audio.channels not in (0, 1):
         raise _invalid(f"audio.channels: {audio.channels} is not supported; the NPC's voice must be mono (1)")
-    return codec, sample_rate
+    if codec != converse_pb2.AUDIO_CODEC_OPUS:
+        if audio.HasField("opus_pre_skip") and audio.opus_pre_skip:
+            raise _invalid("audio.opus_pre_skip: only Opus voice has a pre-skip; leave it unset for "
+                           f"{converse_pb2.AudioCodec.Name(codec)}")
+        return codec, sample_rate, 0
+    pre_skip = audio.opus_pre_skip if audio.HasField("opus_pre_skip") else DEFAULT_OPUS_PRE_SKIP
+    if pre_skip > MAX_OPUS_PRE_SKIP:
+        raise _invalid(f"audio.opus_pre_skip: {pre_skip} samples is over the limit of {MAX_OPUS_PRE_SKIP} "
+                       f"(unset = {DEFAULT_OPUS_PRE_SKIP}, libopus's look-ahead)")
+    return codec, sample_rate, pre_skip
 
 
 def _resolve_stats_interval(interval_ms: int) -> int:

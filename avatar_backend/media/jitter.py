@@ -15,10 +15,13 @@ may recover it, under the same rules as a missing packet. Late and duplicate pac
 here raises because of what a client sent.
 
 The first packet received starts the stream: one with a lower sequence number arriving after it is late.
-Sequence numbers are uint32 and wrap around; they are unwrapped against the play-out position. A jump of
-more than ``max_gap_packets`` either way is a discontinuity (a restarted count or a hostile client): what is
-buffered is played out, the gap is skipped without audio, and the stream continues from the new packet.
-That bounds both the packets held and the concealed audio one push can produce.
+Sequence numbers are uint32 and wrap around; they are unwrapped against the play-out position. A packet
+behind the play-out position is late or a duplicate whatever the distance (a packet re-sent long after is
+never played twice). A jump of more than ``max_gap_packets`` forward is a discontinuity (a client that
+skipped ahead, or a hostile one): what is buffered is played out, the gap is skipped without audio, and the
+stream continues from the new packet. That bounds both the packets held and the concealed audio one push
+can produce. A count that really starts again is told apart only by the sender (``restart_sequence``): then
+the new packet's number becomes the play-out position, whatever it is.
 """
 
 from __future__ import annotations
@@ -133,8 +136,10 @@ class JitterBuffer:
 
     # -- input -------------------------------------------------------------------------------------------
 
-    def push(self, sequence_number: int, payload: bytes) -> None:
-        """Add one packet; audio that became contiguous is decoded and made ready for :meth:`pull`."""
+    def push(self, sequence_number: int, payload: bytes, *, restart_sequence: bool = False) -> None:
+        """Add one packet; audio that became contiguous is decoded and made ready for :meth:`pull`.
+
+        ``restart_sequence``: the sender started a new count with this packet."""
         self.stats.received += 1
         sequence_number &= _SEQUENCE_MODULUS - 1
         now = self._clock()
@@ -143,7 +148,7 @@ class JitterBuffer:
         delta = (sequence_number - self._next) % _SEQUENCE_MODULUS
         if delta >= _HALF_SEQUENCE:
             delta -= _SEQUENCE_MODULUS
-        if abs(delta) > self.max_gap_packets:
+        if delta > self.max_gap_packets or (restart_sequence and delta != 0):
             self._restart_at(self._next + delta)
             delta = 0
         extended = self._next + delta

@@ -167,23 +167,40 @@ def test_a_huge_forward_gap_is_a_discontinuity_not_an_allocation() -> None:
     for sequence in (0, 1, 2):
         buffer.push(sequence, ramp_packet(sequence))
     buffer.push(4, ramp_packet(4))  # buffered behind the missing 3
-    buffer.push(3_000_000_000, ramp_packet(7))
-    buffer.push(3_000_000_001, ramp_packet(8))
+    buffer.push(2_000_000_000, ramp_packet(7))
+    buffer.push(2_000_000_001, ramp_packet(8))
     # What was buffered is played out (3 concealed), the gap is skipped without audio.
     np.testing.assert_array_equal(buffer.pull(), expected_ramp([0, 1, 2, None, 4, 7, 8]))
     assert buffer.stats.discontinuities == 1
     assert buffer.stats.lost == 1
-    assert buffer.next_sequence_number == 3_000_000_002
+    assert buffer.next_sequence_number == 2_000_000_002
 
 
-def test_a_huge_backward_jump_restarts_the_stream() -> None:
+@pytest.mark.parametrize("distance", [60, 450, 5_000, 1_500_000_000])
+def test_a_packet_resent_long_after_is_dropped_as_late_whatever_the_distance(distance: int) -> None:
+    buffer = pcm_buffer(max_gap_packets=50)
+    # A stream that has moved on by ``distance`` packets (contiguously where that is cheap to send).
+    sent = range(distance + 1) if distance < 1000 else (0, distance)
+    for sequence in sent:
+        buffer.push(sequence, ramp_packet(sequence % 100))
+    assert buffer.pull().size > 0
+    buffer.push(0, ramp_packet(0))  # re-sent
+    buffer.push(distance + 1, ramp_packet(1))
+    assert buffer.pull().size == PCM_PACKET  # only the new packet; the old one is not played again
+    assert buffer.stats.late + buffer.stats.duplicates == 1
+
+
+def test_a_restarted_count_is_declared_by_the_sender() -> None:
     buffer = pcm_buffer(max_gap_packets=50)
     for sequence in (1000, 1001):
         buffer.push(sequence, ramp_packet(sequence - 1000))
-    for sequence in (0, 1):  # the client restarted its count
-        buffer.push(sequence, ramp_packet(sequence + 2))
+    buffer.push(0, ramp_packet(2), restart_sequence=True)  # the client restarted its count
+    buffer.push(1, ramp_packet(3))
     np.testing.assert_array_equal(buffer.pull(), expected_ramp([0, 1, 2, 3]))
     assert buffer.stats.discontinuities == 1 and buffer.stats.late == 0
+    # Without the flag the same jump back is late: the packet is not played.
+    buffer.push(0, ramp_packet(9))
+    assert buffer.pull().size == 0 and buffer.stats.late + buffer.stats.duplicates == 1
 
 
 def test_a_gap_within_the_limit_is_concealed_slot_by_slot() -> None:
