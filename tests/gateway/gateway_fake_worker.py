@@ -66,7 +66,7 @@ class FakeWorkerLink:
     def __init__(self, *, block_interval_s: float = 0.05, random_weights: bool = True):
         self.config = TINY
         self.block_interval_s = block_interval_s
-        self.padded_samples_per_block = 0   # silence the fake "inserts" into an utterance, per block
+        self.gap_samples_per_block = 0      # silence the fake reports inside an utterance, per block
         self.random_weights = random_weights
         self.connected = True
         self.npcs: dict[str, FakeNpc] = {}
@@ -104,7 +104,8 @@ class FakeWorkerLink:
             if session is not None:
                 session.controls.append(msg.control)
                 if msg.control.WhichOneof("event") == "interrupt":
-                    self._interrupt(session)
+                    played_until = msg.control.played_until if msg.control.HasField("played_until") else None
+                    self._interrupt(session, played_until)
 
     async def request(self, msg: worker_pb2.ToWorker, payloads=(), timeout: float | None = 10.0):
         if not self.connected:
@@ -252,15 +253,16 @@ class FakeWorkerLink:
             frames = np.broadcast_to(values[:, None, None, None],
                                      (num_frames, session.height, session.width, 3)).copy()
             span = num_frames * TIMELINE_RATE // session.fps
-            speaking = session.queued_samples() > 0
+            voice_samples = min(session.queued_samples(), span)
             pcm = session.take_audio(span)
             block = worker_pb2.FrameBlock(
                 session_id=session.session_id, block_index=block_index, first_frame_index=first,
                 num_frames=num_frames, width=session.width, height=session.height,
-                audio_start=session.timeline, audio_end=session.timeline + span, speaking=speaking,
+                audio_start=session.timeline, audio_end=session.timeline + span, speaking=voice_samples > 0,
+                voice_samples=voice_samples,
                 compute_ms=(time.perf_counter() - started) * 1000, audio_queued_samples=session.queued_samples(),
                 devices=[worker_pb2.DeviceTelemetry(index=0, name="Fake GPU", memory_total_bytes=1 << 30)],
-                padded_samples=self.padded_samples_per_block,
+                gap_samples=self.gap_samples_per_block,
             )
             session.timeline += span
             state.blocks_generated += 1
@@ -279,12 +281,16 @@ class FakeWorkerLink:
                 queue.put_nowait((worker_pb2.FromWorker(utterance_done=worker_pb2.UtteranceDone(
                     session_id=session.session_id, timeline_end=session.timeline)), []))
 
-    def _interrupt(self, session: FakeSession) -> None:
+    def _interrupt(self, session: FakeSession, played_until: int | None) -> None:
         dropped = session.queued_samples()
         session.audio.clear()
+        generated_until = session.timeline
+        if played_until is not None:
+            session.timeline = min(played_until, generated_until)  # the real scheduler also keeps a floor
         queue = self.queues.get(session.session_id)
         if queue is not None:
             state = self.npcs[session.npc_id].state
             queue.put_nowait((worker_pb2.FromWorker(interrupt_done=worker_pb2.InterruptDone(
-                session_id=session.session_id, generated_until=session.timeline, dropped_samples=dropped,
-                next_frame_index=state.frames_generated)), []))
+                session_id=session.session_id, generated_until=generated_until, dropped_samples=dropped,
+                next_frame_index=state.frames_generated, replace_from=session.timeline,
+                played_until=session.timeline)), []))

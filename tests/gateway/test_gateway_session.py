@@ -253,23 +253,24 @@ async def test_garbage_audio_is_counted_and_the_stream_goes_on(tmp_path):
 
 
 @async_test
-async def test_audio_gaps_are_reported_at_most_once_a_second(tmp_path):
+async def test_each_reported_gap_is_one_event_with_its_length(tmp_path):
     async with running_gateway(tmp_path) as h:
-        h.worker.padded_samples_per_block = 1600          # 100 ms of silence in every 50 ms block
+        h.worker.gap_samples_per_block = 1600          # the worker reports 100 ms of inserted silence per block
         await register_character(h.stub)
         call, _ = await open_session(h.stub, session_config(video=cv.VideoFormat(width=64, height=64)))
-        started = time.monotonic()
-        events = []
-        while time.monotonic() - started < 2.5:
+        blocks, events = set(), []
+        while len(blocks) < 5:
             message = await call.read()
-            if message.WhichOneof("message") == "event" and message.event.code == cv.EVENT_CODE_AUDIO_GAP:
+            kind = message.WhichOneof("message")
+            if kind == "frame":
+                blocks.add(message.frame.block_index)
+            elif kind == "event" and message.event.code == cv.EVENT_CODE_AUDIO_GAP:
                 events.append(message.event)
         call.cancel()
-        # Blocks arrive 20 times a second, events at most once a second, and none of the silence goes unreported
-        # in the totals.
-        assert 2 <= len(events) <= 3
-        assert [int(e.details["count"]) % 100 for e in events] == [0] * len(events)
-        assert int(events[-1].details["total"]) >= 100 * 20
+        # One event per gap the worker reports (never merged away), each with its length and the running total.
+        assert len(events) >= 4
+        assert all(e.details["gap_ms"] == "100" for e in events)
+        assert [int(e.details["total_ms"]) for e in events] == [100 * (k + 1) for k in range(len(events))]
 
 
 @async_test

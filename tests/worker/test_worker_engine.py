@@ -249,16 +249,16 @@ def test_padding_is_reported_and_intensity_reaches_the_pipeline(harness, pipelin
     clock.advance(config.start_grace_s)
     assert harness.blocks() == 1                      # idle block 0
     harness.send(control=pb.Control(session_id="s1", emotion_prompt="a happy villager", intensity=0.7))
-    harness.push("s1", np.full(5000, 0.3, np.float32))   # voice slower than real time: wait, then pad
+    harness.push("s1", np.full(5000, 0.3, np.float32))   # an utterance starts: it waits, the NPC idles
     assert harness.blocks() == 0
-    clock.t = sched.get("s1").video_end(16_000) - sched.compute_estimate_s - config.underrun_margin_s
+    clock.t = sched.get("s1").video_end(16_000) - sched.compute_estimate_s - config.idle_margin_s
     assert harness.blocks() == 1
     harness.push("s1", np.full(BLOCK + LOOKAHEAD, 0.3, np.float32))
     harness.send(control=pb.Control(session_id="s1", action_prompt="waves"))   # no intensity: full
     assert harness.blocks() == 1
     blocks = [m.frame_block for m, _ in harness.link.take("frame_block")]
-    assert [(b.block_index, b.speaking, b.padded_samples) for b in blocks] == [
-        (0, False, 0), (1, True, BLOCK - 5000), (2, True, 0)]
+    assert [(b.block_index, b.speaking, b.voice_samples, b.gap_samples) for b in blocks] == [
+        (0, False, 0, 0), (1, False, 0, 0), (2, True, BLOCK, 0)]
     assert blocks[1].audio_end - blocks[1].audio_start == BLOCK
     assert seen == [(None, 1.0), ("a happy villager", pytest.approx(0.7)), ("waves", 1.0)]
 

@@ -88,7 +88,7 @@ def test_idle_paces_just_in_time_and_never_stalls(pipeline, clock, margin, compu
             clock.advance(step)
             continue
         starts.append(clock.t)
-        assert plan.reason == "idle" and not plan.speaking and plan.padded_samples == 0
+        assert plan.reason == "idle" and not plan.speaking and plan.gap_samples == 0
         assert not plan.audio.any()
         if s.blocks:
             # Just in time: at most the expected compute time plus the margin ahead, and not a step earlier.
@@ -129,7 +129,7 @@ def test_voice_inside_the_start_grace_makes_block_0_speaking(pipeline, clock):
     sched.push_voice("s1", voice(BLOCK0 + LOOKAHEAD))
     assert sched.seconds_until_ready() == 0.0          # rule (a): at once, not at the end of the grace
     plan, _ = run_one(sched, pipeline, clock)
-    assert plan.reason == "voice" and plan.speaking and plan.padded_samples == 0
+    assert plan.reason == "voice" and plan.speaking and plan.gap_samples == 0
     assert plan.audio_start == 0 and plan.voice_samples == BLOCK0 and plan.audio.all()
     assert clock.t == 0.05 and s.queued_samples == LOOKAHEAD
 
@@ -149,13 +149,13 @@ def test_voice_streamed_in_small_packets_inside_the_grace_fills_block_0(pipeline
         if plan is None:
             assert pushed < BLOCK0 + LOOKAHEAD
             clock.advance(packet / RATE / 8)
-    assert plan.reason == "voice" and plan.voice_samples == BLOCK0 and plan.padded_samples == 0
+    assert plan.reason == "voice" and plan.voice_samples == BLOCK0 and plan.gap_samples == 0
     assert pushed >= BLOCK0 + LOOKAHEAD > pushed - packet
 
 
-def test_voice_slower_than_the_grace_pads_block_0_at_the_end_of_the_grace(pipeline, clock):
+def test_voice_slower_than_the_grace_waits_while_block_0_idles(pipeline, clock):
     sched = Scheduler(pipeline, clock=clock)
-    open_session(sched, pipeline)
+    s = open_session(sched, pipeline)
     sched.push_voice("s1", voice(4000))                # an utterance starts, too slowly for block 0
     assert sched.next_block() is None
     assert sched.seconds_until_ready() == pytest.approx(GRACE)
@@ -163,8 +163,85 @@ def test_voice_slower_than_the_grace_pads_block_0_at_the_end_of_the_grace(pipeli
     assert sched.next_block() is None
     clock.t = GRACE
     plan, _ = run_one(sched, pipeline, clock)
-    assert plan.reason == "underrun" and plan.speaking
-    assert plan.voice_samples == 4000 and plan.padded_samples == BLOCK0 - 4000
+    # The delay goes before the utterance: block 0 is silent and the voice stays queued, whole.
+    assert plan.reason == "idle" and not plan.speaking and plan.voice_samples == 0
+    assert s.queued_samples == 4000 and not plan.audio.any()
+
+
+def index_of(plans, plan) -> int:
+    return next(i for i, p in enumerate(plans) if p is plan)
+
+
+def real_time_voice(sched, pipeline, clock, *, seconds: float, stall_at: float | None = None,
+                    stall_s: float = 0.0, compute_s: float = 0.1, end_of_utterance: bool = True):
+    """Voice at exactly real-time pace in 20 ms packets from t = 0 (with an optional stall), blocks run as
+    the scheduler says; returns every plan until the voice is generated and the video is 6 s past it."""
+    packet, step = 320, 0.02
+    total = int(seconds * RATE)
+    pushed, plans, t_voice = 0, [], 0.0
+    s = sched.get("s1")
+    while clock.t < seconds + stall_s + 6.0:
+        while pushed < total and t_voice <= clock.t + 1e-9:
+            in_stall = stall_at is not None and stall_at <= t_voice < stall_at + stall_s
+            if not in_stall:
+                sched.push_voice("s1", voice(min(packet, total - pushed)))
+                pushed += min(packet, total - pushed)
+                if pushed == total and end_of_utterance:
+                    sched.end_of_utterance("s1")
+            t_voice += step
+        plan, _ = run_one(sched, pipeline, clock, compute_s)
+        if plan is not None:
+            plans.append(plan)
+            continue
+        if s.blocks:
+            assert ahead_s(s, clock) > 0, "the video ran out"
+        clock.advance(0.01)
+    assert pushed == total
+    return plans
+
+
+def test_real_time_voice_starts_after_a_block_and_is_never_chopped(pipeline, clock):
+    sched = Scheduler(pipeline, clock=clock)
+    s = open_session(sched, pipeline)
+    plans = real_time_voice(sched, pipeline, clock, seconds=8.0)
+    speaking = [p for p in plans if p.speaking]
+    assert sum(p.voice_samples for p in speaking) == 8 * RATE      # all of it, once
+    assert all(p.reason != "underrun" and p.gap_samples == 0 for p in plans)
+    # The speaking blocks are back to back and full but the last: no silence inside the utterance.
+    first = index_of(plans, speaking[0])
+    assert [id(p) for p in plans[first:first + len(speaking)]] == [id(p) for p in speaking]
+    assert all(p.voice_samples == p.consume for p in speaking[:-1])
+    # The NPC idled first: the wait went before the utterance.
+    assert first >= 1 and speaking[0].audio_start >= BLOCK0
+    assert s.queued_samples == 0
+
+
+def test_a_voice_stall_beyond_the_budget_inserts_silence_once_and_reports_it_on_resume(pipeline, clock):
+    budget = SchedulerConfig().voice_jitter_budget_s
+    sched = Scheduler(pipeline, clock=clock)
+    open_session(sched, pipeline)
+    plans = real_time_voice(sched, pipeline, clock, seconds=8.0, stall_at=4.0, stall_s=2.0)
+    assert sum(p.voice_samples for p in plans) == 8 * RATE          # nothing lost
+    underruns = [p for p in plans if p.reason == "underrun"]
+    gaps = [p for p in plans if p.gap_samples]
+    assert len(underruns) == 1 and len(gaps) == 1
+    resumed = gaps[0]
+    assert resumed.speaking and index_of(plans, resumed) > index_of(plans, underruns[0])
+    # The reported gap is exactly the silence between the stalled voice and the resumed voice.
+    stalled_end = underruns[0].audio_start + underruns[0].voice_samples
+    assert resumed.gap_samples == resumed.audio_start - stalled_end
+    assert resumed.gap_samples >= (2.0 - budget) * RATE
+    # After the resume the voice runs back to back again.
+    after = [p for p in plans[index_of(plans, resumed):] if p.speaking]
+    assert all(p.voice_samples == p.consume for p in after[:-1])
+
+
+def test_a_short_stall_within_the_budget_inserts_nothing(pipeline, clock):
+    sched = Scheduler(pipeline, clock=clock)
+    open_session(sched, pipeline)
+    plans = real_time_voice(sched, pipeline, clock, seconds=8.0, stall_at=4.0, stall_s=0.3)
+    assert sum(p.voice_samples for p in plans) == 8 * RATE
+    assert all(p.reason != "underrun" and p.gap_samples == 0 for p in plans)
 
 
 def test_end_of_utterance_pads_with_silence_and_reports_the_end(pipeline, clock):
@@ -214,7 +291,7 @@ def test_interrupt_drops_queued_voice_with_the_right_numbers(pipeline, clock):
     run_one(sched, pipeline, clock, compute_s=0.1)
     run_one(sched, pipeline, clock, compute_s=0.1)    # t = 0.2, 2.65 s of video
     result = sched.interrupt("s1")
-    assert result.generated_until == BLOCK0 + BLOCK
+    assert result.generated_until == result.replace_from == BLOCK0 + BLOCK
     assert result.dropped_samples == 5 * RATE - BLOCK0 - BLOCK
     assert result.next_frame_index == 21 + 32
     assert s.queued_samples == 0
@@ -228,69 +305,41 @@ def test_interrupt_drops_queued_voice_with_the_right_numbers(pipeline, clock):
     assert plan.reason == "idle" and not plan.speaking and plan.audio_start == result.generated_until
 
 
-def test_slow_voice_is_padded_only_when_the_video_would_underrun(pipeline, clock):
-    config = SchedulerConfig(underrun_margin_s=0.2)
-    sched = Scheduler(pipeline, config, clock=clock)
+def test_interrupt_continues_the_timeline_from_the_playback_position(pipeline, clock):
+    sched = Scheduler(pipeline, clock=clock)
     s = open_session(sched, pipeline)
-    clock.t = GRACE
-    run_one(sched, pipeline, clock, compute_s=0.1)    # idle block 0: 1.05 s of video at t = 0.4
-    assert s.timeline_pos == BLOCK0 and sched.compute_estimate_s == pytest.approx(0.1)
-    deadline = BLOCK0 / RATE - 0.1 - 0.2              # video end - compute estimate - underrun margin
-    pushed = 0
-    padded = None
-    while clock.t < 6.0:
-        # Voice at half real time, in 50 ms packets.
-        chunk = int(0.05 * RATE / 2)
-        sched.push_voice("s1", voice(chunk))
-        pushed += chunk
-        plan, _ = run_one(sched, pipeline, clock)
-        if plan is not None:
-            padded = plan
-            break
-        assert clock.t < deadline, "the block waited past the underrun deadline"
-        assert ahead_s(s, clock) > 0, "the video ran out while waiting for voice"
-        clock.advance(0.05)
-    assert padded is not None and padded.reason == "underrun"
-    # It waited until the video was about to run out, not earlier.
-    assert deadline - 1e-9 <= clock.t < deadline + 0.05
-    assert padded.speaking and padded.voice_samples == pushed
-    assert padded.padded_samples == BLOCK - pushed
-    assert padded.audio[:pushed].all() and not padded.audio[pushed:].any()
+    sched.push_voice("s1", voice(5 * RATE))
+    run_one(sched, pipeline, clock, compute_s=0.1)
+    run_one(sched, pipeline, clock, compute_s=0.1)    # 2.65 s of video; the player heard 0.5 s of it
+    heard = 10 * 800                                    # frame 10
+    result = sched.interrupt("s1", played_until=heard)
+    assert (result.generated_until, result.replace_from, result.played_until) == (BLOCK0 + BLOCK, heard, heard)
+    assert s.timeline_pos == heard and result.next_frame_index == 21 + 32
+    # The video now runs out where the player is, so the new (silent) block is due at once.
+    assert sched.seconds_until_ready() == 0.0
+    plan, _ = run_one(sched, pipeline, clock)
+    assert plan.reason == "idle" and plan.audio_start == heard and not plan.speaking
+    # A position beyond the video made is clamped to its end; one before the last replace point to that point.
+    end = s.timeline_pos
+    assert sched.interrupt("s1", played_until=10**9).replace_from == end
+    assert sched.interrupt("s1", played_until=0).replace_from == end
+    assert sched.interrupt("s1").replace_from == end
 
 
-def test_voice_that_arrives_in_time_is_not_padded(pipeline, clock):
+def test_a_waiting_utterance_starts_as_soon_as_its_block_is_queued(pipeline, clock):
     sched = Scheduler(pipeline, clock=clock)
     s = open_session(sched, pipeline)
     clock.t = GRACE
     run_one(sched, pipeline, clock)                   # idle block 0: video until 1.05 s
-    sched.push_voice("s1", voice(1000))                # an utterance starts: wait for more
-    deadline = BLOCK0 / RATE - 0.0 - SchedulerConfig().underrun_margin_s
-    clock.t = deadline - 0.01
+    sched.push_voice("s1", voice(1000))                # an utterance starts: it waits, nothing is padded
+    idle_due = BLOCK0 / RATE - 0.0 - MARGIN
+    clock.t = idle_due - 0.01
     assert sched.next_block() is None
     assert sched.seconds_until_ready() == pytest.approx(0.01)
-    sched.push_voice("s1", voice(BLOCK + LOOKAHEAD - 1000))
+    sched.push_voice("s1", voice(BLOCK + LOOKAHEAD - 1000))   # the rest, faster than real time
     plan, _ = run_one(sched, pipeline, clock)
-    assert plan.reason == "voice" and plan.voice_samples == BLOCK and plan.padded_samples == 0
+    assert plan.reason == "voice" and plan.voice_samples == BLOCK and plan.gap_samples == 0
     assert s.queued_samples == LOOKAHEAD
-
-
-def test_padded_samples_only_for_underrun_blocks(pipeline, clock):
-    sched = Scheduler(pipeline, clock=clock)
-    open_session(sched, pipeline)
-    clock.t = GRACE
-    plan, _ = run_one(sched, pipeline, clock)
-    assert (plan.reason, plan.voice_samples, plan.padded_samples) == ("idle", 0, 0)
-    sched.push_voice("s1", voice(5000))
-    clock.t = sched.get("s1").video_end(RATE) - SchedulerConfig().underrun_margin_s
-    plan, _ = run_one(sched, pipeline, clock)
-    assert (plan.reason, plan.voice_samples, plan.padded_samples) == ("underrun", 5000, BLOCK - 5000)
-    sched.push_voice("s1", voice(BLOCK + LOOKAHEAD))
-    plan, _ = run_one(sched, pipeline, clock)
-    assert (plan.reason, plan.voice_samples, plan.padded_samples) == ("voice", BLOCK, 0)
-    sched.end_of_utterance("s1")                       # LOOKAHEAD samples left: flushed with trailing silence
-    plan, _ = run_one(sched, pipeline, clock)
-    assert (plan.reason, plan.voice_samples, plan.padded_samples) == ("end_of_utterance", LOOKAHEAD, 0)
-    assert not plan.audio[LOOKAHEAD:].any()
 
 
 def test_idle_sessions_take_turns(pipeline, clock):
@@ -393,23 +442,22 @@ def test_repeated_end_of_utterance_waits_for_the_queued_voice(pipeline, clock):
     assert sched.get("s1").utterance_ends == collections.deque()
 
 
-def test_padded_samples_of_an_utterance_that_never_ended(pipeline, clock):
-    # Guards: an underrun block with voice pads consume - voice_samples; a silent underrun block (the client
-    # forgot EndOfUtterance, the utterance stays open with nothing queued) is not a gap: padded_samples 0.
+def test_an_utterance_that_never_ended_is_not_a_gap(pipeline, clock):
+    # Guards: a client that forgot EndOfUtterance leaves the utterance open with nothing queued: one block
+    # pads the rest of its voice, then the NPC idles; no gap is ever reported, since no voice resumes.
     sched = Scheduler(pipeline, clock=clock)
     s = open_session(sched, pipeline)
     sched.push_voice("s1", voice(BLOCK0 + LOOKAHEAD))   # no end of utterance ever comes
     plan, _ = run_one(sched, pipeline, clock)
-    assert (plan.reason, plan.voice_samples, plan.padded_samples) == ("voice", BLOCK0, 0)
+    assert (plan.reason, plan.voice_samples) == ("voice", BLOCK0)
     assert s.utterance_open and s.queued_samples == LOOKAHEAD
     clock.t = s.video_end(RATE) - SchedulerConfig().underrun_margin_s
     plan, _ = run_one(sched, pipeline, clock)
-    assert (plan.reason, plan.voice_samples, plan.padded_samples) == ("underrun", LOOKAHEAD, BLOCK - LOOKAHEAD)
-    assert s.utterance_open and s.queued_samples == 0
-    clock.t = s.video_end(RATE) - SchedulerConfig().underrun_margin_s
-    plan, _ = run_one(sched, pipeline, clock)
-    assert (plan.reason, plan.voice_samples, plan.speaking) == ("underrun", 0, False)
-    assert plan.padded_samples == 0
+    assert (plan.reason, plan.voice_samples, plan.gap_samples) == ("underrun", LOOKAHEAD, 0)
+    for _ in range(3):
+        clock.t = s.video_end(RATE)
+        plan, _ = run_one(sched, pipeline, clock)
+        assert (plan.reason, plan.speaking, plan.gap_samples) == ("idle", False, 0)
 
 
 def test_listening_prompt_for_silent_blocks_only(pipeline, clock):
