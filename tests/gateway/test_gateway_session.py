@@ -211,8 +211,9 @@ async def test_audio_controls_and_interrupt_reach_the_worker(tmp_path):
         assert events[cv.EVENT_CODE_INVALID_EVENT].details["field"] == "action.free_text"
 
         session = h.worker.session_of("npc-1")
-        # One second of voice arrives at 16 kHz (Opus decodes straight to the model's rate).
-        assert session.audio_samples_received == 16000
+        # One second of voice arrives at 16 kHz (Opus decodes straight to the model's rate), less the
+        # encoder's look-ahead (6.5 ms, 104 samples) that the gateway trims so the voice lines up.
+        assert session.audio_samples_received == 16000 - 104
         controls = [(c.WhichOneof("event"), getattr(c, c.WhichOneof("event"))) for c in session.controls]
         assert controls == [
             ("end_of_utterance", True), ("emotion_prompt", EMOTIONS["happy"]), ("action_prompt", ACTIONS["wave"]),
@@ -221,7 +222,7 @@ async def test_audio_controls_and_interrupt_reach_the_worker(tmp_path):
         assert session.controls[1].intensity == pytest.approx(0.5)
         # No block was made yet, so the whole second was dropped; on the session clock (48 kHz, the Opus
         # default).
-        assert (ack.generated_until, ack.dropped_samples, ack.next_frame_index) == (0, 48000, 0)
+        assert (ack.generated_until, ack.dropped_samples, ack.next_frame_index) == (0, (16000 - 104) * 3, 0)
         call.cancel()
 
 
