@@ -29,6 +29,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from avatar_backend.client.channels import Pem, channel_target_and_credentials, warn_if_key_in_plaintext
 from avatar_backend.client.errors import AvatarError
 from avatar_backend.proto_gen import avatar_service_pb2, avatar_service_pb2_grpc, converse_pb2
 
@@ -49,6 +50,7 @@ ServerItem: TypeAlias = (
     | converse_pb2.SessionStats
     | converse_pb2.SessionEvent
     | converse_pb2.InterruptAck
+    | converse_pb2.SessionEnded
 )
 
 #: Codec names accepted by :meth:`AvatarClient.converse`, as in the VideoCodec enum without its prefix.
@@ -134,6 +136,8 @@ class Conversation:
         self.packets_sent = 0
         #: Voice sent so far, in samples at the session rate (including the padding of utterance ends).
         self.samples_sent = 0
+        #: The server's SessionEnded (the NPC's resume token) once the stream ended normally.
+        self.ended: converse_pb2.SessionEnded | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -276,16 +280,20 @@ class Conversation:
         return sequence_number
 
     async def end_utterance(self) -> None:
-        """The NPC finished saying something: send the held remainder (padded with silence), then
-        EndOfUtterance. The NPC then listens or idles until the next audio."""
+        """The NPC finished saying something: send the held remainder padded with silence, long enough that
+        the encoder's look-ahead lets the last real sample out, then EndOfUtterance. The NPC then listens or
+        idles until the next audio."""
         self._require_open()
-        if self._pcm_tail.size:
+        if self._encoder is not None or self._pcm_tail.size:
             encoder = self._opus_encoder()
-            padded = np.zeros(encoder.frame_samples, dtype=np.int16)
+            frame = encoder.frame_samples
+            needed = self._pcm_tail.size + encoder.lookahead_samples
+            padded = np.zeros(-(-needed // frame) * frame, dtype=np.int16)
             padded[: self._pcm_tail.size] = self._pcm_tail
             self._pcm_tail = np.zeros(0, dtype=np.int16)
-            await self.send_opus_packet(encoder.encode(padded))
-            self.samples_sent += encoder.frame_samples
+            for start in range(0, padded.size, frame):
+                await self.send_opus_packet(encoder.encode(padded[start : start + frame]))
+                self.samples_sent += frame
         await self._write(converse_pb2.ClientMessage(end_of_utterance=converse_pb2.EndOfUtterance()))
         self._pacing_origin = None
 
@@ -310,12 +318,21 @@ class Conversation:
             converse_pb2.ClientMessage(listening=converse_pb2.ListeningEvent(listening=listening))
         )
 
-    async def interrupt(self, timeout: float | None = 10.0) -> converse_pb2.InterruptAck:
+    async def playback_progress(self, played_until: int) -> None:
+        """Tell the server how far the player has heard, in samples on the session clock (send it every
+        few hundred milliseconds); an :meth:`interrupt` without a position uses the latest one."""
+        await self._write(converse_pb2.ClientMessage(
+            playback=converse_pb2.PlaybackProgress(played_until=played_until)))
+
+    async def interrupt(self, played_until: int | None = None,
+                        timeout: float | None = 10.0) -> converse_pb2.InterruptAck:
         """Stop the NPC talking now and return the server's InterruptAck.
 
-        Queued audio not yet generated is dropped, and so is a remainder held by :meth:`send_audio_pcm`.
-        The ack says up to which sample video exists (``generated_until``). It is also yielded by the
-        iterator, in stream order.
+        ``played_until``: how far the player has heard, in samples on the session clock (None: the latest
+        :meth:`playback_progress`, else the end of the video made). Queued audio not yet generated is
+        dropped, and so is a remainder held by :meth:`send_audio_pcm`. Discard the buffered frames with
+        ``index < ack.next_frame_index`` and ``pts >= ack.replace_from_pts``, and the echoed audio from
+        ``ack.replace_from_pts`` on. The ack is also yielded by the iterator, in stream order.
         """
         self._require_open()
         self._pcm_tail = np.zeros(0, dtype=np.int16)
@@ -323,7 +340,10 @@ class Conversation:
         ack: asyncio.Future[converse_pb2.InterruptAck] = asyncio.get_running_loop().create_future()
         self._pending_acks.append(ack)
         try:
-            await self._write(converse_pb2.ClientMessage(interrupt=converse_pb2.InterruptRequest()))
+            request = converse_pb2.InterruptRequest()
+            if played_until is not None:
+                request.played_until = played_until
+            await self._write(converse_pb2.ClientMessage(interrupt=request))
             return await asyncio.wait_for(asyncio.shield(ack), timeout)
         except asyncio.TimeoutError:
             raise AvatarError(
@@ -385,6 +405,8 @@ class Conversation:
                 item = getattr(message, kind)
                 if kind == "interrupt_ack":
                     self._resolve_ack(item)
+                elif kind == "ended":
+                    self.ended = item
                 self._items.put_nowait(item)
         except asyncio.CancelledError:
             pass
@@ -416,13 +438,15 @@ class Conversation:
             return None
         if code == grpc.StatusCode.CANCELLED and self._call.cancelled():
             return None
-        return AvatarError(code, await self._call.details() or "")
+        return AvatarError.from_status(code, await self._call.details() or "",
+                                       await self._call.trailing_metadata())
 
     async def _status_error(self, fallback: str) -> AvatarError:
         code = await self._call.code()
         if code in (grpc.StatusCode.OK, None):
             return AvatarError(grpc.StatusCode.INTERNAL, fallback)
-        return AvatarError(code, await self._call.details() or fallback)
+        return AvatarError.from_status(code, await self._call.details() or fallback,
+                                       await self._call.trailing_metadata())
 
     # -- helpers --------------------------------------------------------------------------------------
 
@@ -485,9 +509,15 @@ class Conversation:
 class AvatarClient:
     """Asyncio client of AvatarService. Create it inside a running event loop; close it when done.
 
-    ``target`` is ``"host:port"``. ``api_key`` is sent as ``authorization: Bearer <key>`` on every call.
-    ``credentials`` makes a TLS channel (``grpc.ssl_channel_credentials()``); without them the channel is
-    plaintext. Every method raises :class:`AvatarError` when the server answers with an error status.
+    ``target`` is ``"host:port"``, or ``"grpcs://host:port"`` for TLS. ``api_key`` is sent as
+    ``authorization: Bearer <key>`` on every call (a warning is logged once when that goes in plain text to
+    a host other than loopback).
+
+    TLS: ``tls=True`` checks the server against the system's trusted roots, ``root_certificates`` against
+    that CA instead (PEM bytes or a file path); ``client_certificate`` and ``client_key`` (PEM) answer a
+    server that requires client certificates; ``credentials`` takes ready-made
+    ``grpc.ssl_channel_credentials(...)``. Without any of these the channel is plaintext.
+    Every method raises :class:`AvatarError` when the server answers with an error status.
     """
 
     def __init__(
@@ -495,6 +525,10 @@ class AvatarClient:
         target: str,
         *,
         api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: Pem | None = None,
+        client_certificate: Pem | None = None,
+        client_key: Pem | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
         max_send_message_bytes: int = DEFAULT_MAX_SEND_MESSAGE_BYTES,
@@ -506,10 +540,16 @@ class AvatarClient:
             ("grpc.max_send_message_length", max_send_message_bytes),
             *options,
         ]
+        channel_target, credentials = channel_target_and_credentials(
+            target, tls=tls, root_certificates=root_certificates, client_certificate=client_certificate,
+            client_key=client_key, credentials=credentials,
+        )
         if credentials is not None:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=channel_options)
+            self._channel = grpc.aio.secure_channel(channel_target, credentials, options=channel_options)
         else:
-            self._channel = grpc.aio.insecure_channel(target, options=channel_options)
+            if api_key:
+                warn_if_key_in_plaintext(channel_target)
+            self._channel = grpc.aio.insecure_channel(channel_target, options=channel_options)
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {api_key}"),) if api_key else ()
         )

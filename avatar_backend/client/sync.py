@@ -75,6 +75,10 @@ class SyncConversation:
         return self._conversation.accepted
 
     @property
+    def ended(self) -> converse_pb2.SessionEnded | None:
+        return self._conversation.ended
+
+    @property
     def samples_sent(self) -> int:
         return self._conversation.samples_sent
 
@@ -103,8 +107,12 @@ class SyncConversation:
     def listening(self, listening: bool) -> None:
         self._runner.run(self._conversation.listening(listening))
 
-    def interrupt(self, timeout: float | None = 10.0) -> converse_pb2.InterruptAck:
-        return self._runner.run(self._conversation.interrupt(timeout))
+    def interrupt(self, played_until: int | None = None,
+                  timeout: float | None = 10.0) -> converse_pb2.InterruptAck:
+        return self._runner.run(self._conversation.interrupt(played_until, timeout))
+
+    def playback_progress(self, played_until: int) -> None:
+        self._runner.run(self._conversation.playback_progress(played_until))
 
     def next_item(self, timeout: float | None = None) -> ServerItem | None:
         return self._runner.run(self._conversation.next_item(timeout))
@@ -120,7 +128,11 @@ class SyncConversation:
 
 
 class SyncAvatarClient:
-    """Blocking client of AvatarService; same arguments as :class:`AvatarClient`. Close it when done."""
+    """Blocking client of AvatarService; same arguments as :class:`AvatarClient`. Close it when done.
+
+    TLS as there: ``SyncAvatarClient("grpcs://host:50051", root_certificates="ca.pem", api_key=key)``, and
+    ``client_certificate=..., client_key=...`` for a server that requires client certificates.
+    """
 
     def __init__(self, target: str, **client_options: Any) -> None:
         self._runner = _LoopThread()

@@ -37,7 +37,8 @@ def test_converse_sends_numbered_opus_packets_that_decode_back(registered):
                 await conv.send_audio_pcm(pcm[:1000])
                 await conv.send_audio_pcm(pcm[1000:].tobytes())
                 await conv.end_utterance()
-                assert conv.samples_sent == pcm.size
+                # End of utterance flushes the encoder: one more packet lets its 6.5 ms look-ahead out.
+                assert conv.samples_sent == pcm.size + PACKET
                 items = []
                 async for item in conv:
                     items.append(item)
@@ -47,14 +48,18 @@ def test_converse_sends_numbered_opus_packets_that_decode_back(registered):
 
     items = run(talk())
     session = registered.service.sessions[0]
-    assert session.sequence_numbers == list(range(25))
+    assert session.sequence_numbers == list(range(26))
     assert session.half_closed
     # The packets are real Opus: decoding them independently gives back the tone (after the codec delay).
     decoder = opuslib.Decoder(RATE, 1)
     decoded = np.concatenate(
         [np.frombuffer(decoder.decode(p, PACKET), dtype=np.int16) for p in session.payloads]
     ).astype(np.float64)
-    assert decoded.size == pcm.size
+    assert decoded.size == pcm.size + PACKET
+    # Past the look-ahead the decoded stream holds the whole tone and then the flush's silence.
+    lookahead = RATE * 13 // 2000
+    tail = decoded[lookahead + pcm.size - RATE // 100: lookahead + pcm.size]
+    assert np.sqrt(np.mean(tail ** 2)) > 0.5 * 0.3 * 32767 / np.sqrt(2)
     spectrum = np.abs(np.fft.rfft(decoded[RATE // 10 :]))
     peak_hz = np.argmax(spectrum) * RATE / (decoded.size - RATE // 10)
     assert abs(peak_hz - 440) < 5
@@ -158,10 +163,11 @@ def test_unary_calls_and_their_errors(fake_server, tmp_path):
             conv.end_utterance()
             conv.half_close()
             items = list(conv)
-        assert sum(isinstance(i, converse_pb2.VideoFrame) for i in items) == 4
+        # 0.2 s of voice plus the encoder flush is just over one 4-frame block of the stand-in service.
+        assert sum(isinstance(i, converse_pb2.VideoFrame) for i in items) == 8
         assert [n.npc_id for n in client.list_npcs()] == ["smith-1"]
         assert client.list_npcs("nobody") == []
-        assert client.get_npc("smith-1").frames_generated == 4
+        assert client.get_npc("smith-1").frames_generated == 8
         with pytest.raises(AvatarError) as caught:
             client.delete_character("smith")
         assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
