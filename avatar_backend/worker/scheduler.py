@@ -12,9 +12,14 @@ Voice is never chopped. An utterance is either *waiting* (its voice is queued bu
 yet) or *speaking* (its voice is being turned into video). A waiting utterance starts only when a whole
 block of its voice is queued plus enough more that the voice can stall for ``voice_jitter_budget_s`` before
 the video would run out; meanwhile the NPC keeps idling or listening. So voice that arrives at real-time pace
-(a microphone, a streaming TTS) pays its delay before the utterance, never inside it. A speaking utterance
-whose voice stalls beyond that budget gets silence inside it (the block is padded, "underrun") and goes back
-to waiting; the silence is reported once, on the block whose voice resumes it (``gap_samples``).
+(a microphone, a streaming TTS) pays its delay before the utterance, never inside it. Voice that arrives at
+least ``FASTER_THAN_REAL_TIME`` times faster than real time (TTS) keeps ahead by itself and needs no reserve.
+
+The voice of a speaking utterance is expected at real-time pace from the latest it has been so far (its
+arrival "origin"). When the next sample is later than that by more than the budget, or the video would run
+out first, the block is padded with silence ("underrun") and the utterance goes back to waiting. So a stall
+within the budget costs nothing, a longer one puts silence inside the utterance exactly once, and that
+silence is reported once, on the block whose voice resumes it (``gap_samples``).
 
 When a session's next block may run (``consume`` samples plus ``lookahead`` samples the block peeks at):
 
@@ -27,8 +32,9 @@ When a session's next block may run (``consume`` samples plus ``lookahead`` samp
     ``idle_margin_s``, so an idle NPC never stalls. A session's first block waits ``start_grace_s`` for
     voice, because TTS audio usually follows the session config by milliseconds. (Listening changes the
     prompt, not the pacing.)
-(d) a speaking utterance whose voice is behind: wait for more voice until the video would underrun (video
-    end minus the expected compute time minus a margin), then pad the missing part with silence.
+(d) a speaking utterance whose voice is behind: wait for more voice until it is later than the jitter budget
+    allows, or until the video would underrun (video end minus the expected compute time minus a margin),
+    whichever comes first; then pad the missing part with silence.
 
 Interrupts rewind the timeline to the client's playback position: video made beyond what the player heard is
 discarded by the client, and the next block continues the timeline from there.
@@ -162,6 +168,9 @@ class SessionState:
     replace_floor: int = 0                # an interrupt never rewinds the timeline before this
     waiting_since: float | None = None    # scheduler clock when a waiting utterance's voice began arriving
     waiting_voice: int = 0                # samples of it that arrived since then
+    # The utterance's voice at real-time pace: sample n is due at voice_origin + n / rate (the latest so far).
+    voice_origin: float | None = None
+    utterance_voice: int = 0              # samples of the utterance that arrived
     # Positions in the voice stream (voice_consumed counts) where announced utterances end.
     utterance_ends: collections.deque[int] = field(default_factory=collections.deque)
     last_voice_end: int = 0               # timeline position just after the last voice sample generated
@@ -277,16 +286,24 @@ class Scheduler:
             raise VoiceQueueFull(f"more than {self.config.max_queued_voice_s:.0f} s of voice queued ahead of the "
                                  "video; send audio at most that far ahead")
         if len(pcm):
+            now = self.clock()
             if not state.speaking and state.waiting_since is None:
-                state.waiting_since, state.waiting_voice = self.clock(), len(state.voice)
+                state.waiting_since, state.waiting_voice = now, len(state.voice)
+            if state.voice_origin is None:
+                state.voice_origin, state.utterance_voice = now, 0
+            else:
+                late_origin = now - state.utterance_voice / self.config.sample_rate
+                state.voice_origin = max(state.voice_origin, late_origin)
             state.voice.push(pcm)
             state.waiting_voice += len(pcm)
+            state.utterance_voice += len(pcm)
             state.utterance_open = True
 
     def end_of_utterance(self, session_id: str) -> list[UtteranceEnd]:
         """Mark the end of the current utterance; returns it at once when none of its voice is still queued."""
         state = self.get(session_id)
         state.utterance_open = False
+        state.voice_origin = None
         queued_end = state.voice_consumed + len(state.voice)
         already_marked = bool(state.utterance_ends) and state.utterance_ends[-1] >= queued_end
         if already_marked:
@@ -304,7 +321,7 @@ class Scheduler:
         dropped = state.voice.clear()
         state.utterance_ends.clear()
         state.utterance_open = False
-        state.speaking, state.gap_from, state.waiting_since = False, None, None
+        state.speaking, state.gap_from, state.waiting_since, state.voice_origin = False, None, None, None
         generated_until = state.timeline_pos
         position = generated_until if played_until is None else min(max(played_until, state.replace_floor),
                                                                      generated_until)
@@ -428,7 +445,9 @@ class Scheduler:
         if queued and not state.utterance_open:                        # (b) flush the ended utterance
             return -np.inf, "end_of_utterance"
         if state.speaking and state.utterance_open:                     # (d) wait for voice, pad late
-            return deadline, "underrun"
+            stalled_at = (state.voice_origin + state.utterance_voice / config.sample_rate
+                          + config.voice_jitter_budget_s)
+            return min(deadline, stalled_at), "underrun"
         ready_at = video_end - self._compute_estimate_s - config.idle_margin_s
         if state.blocks == 0:
             ready_at = max(ready_at, state.opened_at + self.config.start_grace_s)

@@ -230,7 +230,8 @@ def test_a_voice_stall_beyond_the_budget_inserts_silence_once_and_reports_it_on_
     # The reported gap is exactly the silence between the stalled voice and the resumed voice.
     stalled_end = underruns[0].audio_start + underruns[0].voice_samples
     assert resumed.gap_samples == resumed.audio_start - stalled_end
-    assert resumed.gap_samples >= (2.0 - budget) * RATE
+    # Silence went in once the voice was later than the budget allows; the video made already absorbs the rest.
+    assert 0 < resumed.gap_samples <= (2.0 - budget) * RATE + BLOCK
     # After the resume the voice runs back to back again.
     after = [p for p in plans[index_of(plans, resumed):] if p.speaking]
     assert all(p.voice_samples == p.consume for p in after[:-1])
