@@ -10,6 +10,11 @@
 
 Every client command talks gRPC to ``--server`` (default 127.0.0.1:50051) and exits with status 1 and the
 gRPC status name and message when the server refuses.
+
+On a network: ``serve`` refuses a non-loopback ``--host`` unless clients must authenticate (an API key from
+``--api-key-file`` or $AVATAR_API_KEY, or client certificates with ``--tls-client-ca``) or
+``--insecure-no-auth-on-network`` is given; ``--tls-cert``/``--tls-key`` serve TLS. Client commands take the
+same key options and ``--tls``, ``--tls-ca``, ``--tls-cert``/``--tls-key`` (or a ``grpcs://HOST:PORT`` server).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import collections
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -41,6 +47,8 @@ from PIL import Image
 
 from avatar_backend import __version__
 from avatar_backend.client import AvatarClient, AvatarError, Conversation, Mp4Recorder, ServerItem, SyncAvatarClient
+from avatar_backend.client.channels import channel_target_and_credentials
+from avatar_backend.gateway.limits import Limits, parse_byte_size
 from avatar_backend.proto_gen import converse_pb2
 from avatar_backend.store import CharacterRecord, DataDir, default_data_dir, now_ms
 
@@ -57,6 +65,8 @@ DEMO_SENTENCE = (
 API_KEY_ENV = "AVATAR_API_KEY"
 #: How long `demo` waits for its server to load the model and start the worker.
 SERVER_START_TIMEOUT_S = 300.0
+
+log = logging.getLogger("avatar_backend.cli")
 
 
 class CliError(Exception):
@@ -142,16 +152,36 @@ def parse_named_prompt(text: str) -> tuple[str, str]:
     return name.strip(), prompt.strip()
 
 
+def add_api_key_arguments(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """``--api-key-file`` / ``--api-key`` (and $AVATAR_API_KEY): read by :func:`resolve_api_key`."""
+    parser.add_argument(
+        "--api-key-file", type=Path, metavar="FILE",
+        help=f"{purpose}, read from the first line of FILE (default: ${API_KEY_ENV})",
+    )
+    parser.add_argument(
+        "--api-key", metavar="KEY",
+        help="the key itself; every user of this machine can read it in the process list, prefer --api-key-file",
+    )
+
+
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--server", default=DEFAULT_SERVER, metavar="HOST:PORT", help=f"the server (default {DEFAULT_SERVER})"
+        "--server", default=DEFAULT_SERVER, metavar="HOST:PORT",
+        help=f"the server (default {DEFAULT_SERVER}); grpcs://HOST:PORT for TLS",
+    )
+    add_api_key_arguments(parser, "the API key of a server that requires one")
+    parser.add_argument(
+        "--tls", action="store_true",
+        help="connect with TLS, checking the server against the system's trusted CAs (or --tls-ca)",
     )
     parser.add_argument(
-        "--api-key",
-        default=os.environ.get(API_KEY_ENV),
-        metavar="KEY",
-        help=f"API key for a server that requires one (default: ${API_KEY_ENV})",
+        "--tls-ca", type=Path, metavar="FILE", help="TLS: trust this CA certificate (PEM); implies --tls"
     )
+    parser.add_argument(
+        "--tls-cert", type=Path, metavar="FILE",
+        help="TLS: this client certificate (PEM), for a server that requires one; needs --tls-key",
+    )
+    parser.add_argument("--tls-key", type=Path, metavar="FILE", help="TLS: the private key of --tls-cert (PEM)")
 
 
 def add_say_arguments(parser: argparse.ArgumentParser) -> None:
@@ -192,6 +222,37 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """How many NPCs `serve` keeps, where, and how often it saves them (published in ServerInfo.limits)."""
+
+    def byte_size(text: str) -> int:
+        try:
+            return parse_byte_size(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parser.add_argument(
+        "--max-stored-npcs", type=int, default=Limits.max_stored_npcs, metavar="N",
+        help=f"NPCs kept on disk; creating one more is refused until NPCs are deleted "
+             f"(default {Limits.max_stored_npcs}; 0: no limit)",
+    )
+    parser.add_argument(
+        "--max-stored-npc-bytes", type=byte_size, default=Limits.max_stored_npc_bytes, metavar="SIZE",
+        help=f"disk space for NPC memories, e.g. 64G; creating an NPC beyond it is refused "
+             f"(default {Limits.max_stored_npc_bytes >> 30}G; 0: no limit)",
+    )
+    parser.add_argument(
+        "--max-parked-memory-bytes", type=byte_size, default=Limits.max_parked_memory_bytes, metavar="SIZE",
+        help=f"host memory for the memories of NPCs not in a session; beyond it the least recently used are "
+             f"read back from disk when needed (default {Limits.max_parked_memory_bytes >> 30}G)",
+    )
+    parser.add_argument(
+        "--npc-snapshot-interval-s", type=float, default=Limits.npc_snapshot_interval_s, metavar="SECONDS",
+        help=f"save the memories of NPCs in a session this often, so a worker crash loses at most that much "
+             f"(default {Limits.npc_snapshot_interval_s}; 0: only when a session ends)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avatar-backend",
@@ -211,11 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, metavar="DIR", help="characters and NPC memories (default: the user data dir)"
     )
     add_model_arguments(serve)
+    add_storage_arguments(serve)
+    add_api_key_arguments(serve, "the API key clients must send")
+    serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve TLS with this certificate chain (PEM)")
+    serve.add_argument("--tls-key", type=Path, metavar="FILE", help="the private key of --tls-cert (PEM)")
     serve.add_argument(
-        "--api-key",
-        default=os.environ.get(API_KEY_ENV),
-        metavar="KEY",
-        help=f"require this key from clients (default: ${API_KEY_ENV}; unset: no key needed)",
+        "--tls-client-ca", type=Path, metavar="FILE",
+        help="require client certificates signed by this CA (PEM; mutual TLS, which counts as authentication)",
+    )
+    serve.add_argument(
+        "--insecure-no-auth-on-network", action="store_true",
+        help="allow a non-loopback --host with neither an API key nor client certificates (anyone who can "
+             "reach the port can use and change everything)",
     )
     serve.set_defaults(handler=command_serve)
 
@@ -345,10 +413,62 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def connect(args: argparse.Namespace) -> SyncAvatarClient:
-    client = SyncAvatarClient(args.server, api_key=args.api_key)
+def read_api_key_file(path: Path) -> str:
+    """The key on the first line of ``path``, stripped; CliError when it cannot be read or is empty."""
     try:
-        client.wait_ready(timeout=10.0)
+        text = path.expanduser().read_text()
+    except (OSError, UnicodeError) as error:
+        raise CliError(f"cannot read the API key file {path}: {getattr(error, 'strerror', None) or error}") from None
+    key = text.splitlines()[0].strip() if text.strip() else ""
+    if not key:
+        raise CliError(f"the API key file {path} is empty (its first line must be the key)")
+    if os.name == "posix" and path.expanduser().stat().st_mode & 0o077:
+        log.warning("the API key file %s can be read by other users of this machine: chmod 600 %s", path, path)
+    return key
+
+
+def resolve_api_key(args: argparse.Namespace) -> str | None:
+    """The API key from --api-key-file, --api-key or $AVATAR_API_KEY (in that order); None for none."""
+    key_file, given = getattr(args, "api_key_file", None), getattr(args, "api_key", None)
+    if key_file is not None and given is not None:
+        raise CliError("give the API key with --api-key-file or with --api-key, not both")
+    if key_file is not None:
+        return read_api_key_file(key_file)
+    if given is not None:
+        log.warning(
+            "--api-key puts the key on the command line, where every user of this machine can read it in the "
+            "process list; use --api-key-file FILE or $%s instead", API_KEY_ENV,
+        )
+        return given or None
+    return os.environ.get(API_KEY_ENV) or None
+
+
+def client_tls_options(args: argparse.Namespace) -> dict[str, object]:
+    """The TLS keyword arguments of AvatarClient from --tls, --tls-ca, --tls-cert and --tls-key."""
+    options: dict[str, object] = {}
+    if getattr(args, "tls", False):
+        options["tls"] = True
+    for flag, name in (("tls_ca", "root_certificates"), ("tls_cert", "client_certificate"),
+                       ("tls_key", "client_key")):
+        if getattr(args, flag, None) is not None:
+            options[name] = getattr(args, flag)
+    try:
+        # Checked here so that a missing file or a lone --tls-cert is a one-line error, not a traceback.
+        channel_target_and_credentials(getattr(args, "server", DEFAULT_SERVER), **options)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    return options
+
+
+def connect(args: argparse.Namespace) -> SyncAvatarClient:
+    client = SyncAvatarClient(args.server, api_key=resolve_api_key(args), **client_tls_options(args))
+    try:
+        try:
+            client.wait_ready(timeout=10.0)
+        except AvatarError:
+            # "No server reachable" also covers a refused TLS handshake: one call raises grpc's own reason
+            # (and answers if the server came up meanwhile).
+            client.health(timeout=5.0)
     except BaseException:
         client.close()
         raise
@@ -538,6 +658,7 @@ class SayOptions:
     seed: int = 0
     api_key: str | None = None
     timeout_s: float = 600.0
+    tls: Mapping[str, object] = field(default_factory=dict)  # TLS keyword arguments of AvatarClient
 
 
 @dataclass
@@ -707,7 +828,7 @@ async def say(pcm: np.ndarray, options: SayOptions, log: Callable[[str], object]
     of the utterance, half-closes and receives what is still coming until the server ends the stream.
     """
     report = SayReport(audio_seconds=pcm.size / SESSION_SAMPLE_RATE, packets_sent=0, realtime=not options.fast)
-    async with AvatarClient(options.server, api_key=options.api_key) as client:
+    async with AvatarClient(options.server, api_key=options.api_key, **options.tls) as client:
         await client.wait_ready(timeout=10.0)
         info = await client.server_info()
         report.model = f"{info.model.name}{' (random weights)' if info.model.random_weights else ''}"
@@ -837,7 +958,8 @@ def say_options_from_args(args: argparse.Namespace, server: str) -> SayOptions:
         fps=args.fps,
         reset_memory=args.reset,
         seed=args.seed,
-        api_key=getattr(args, "api_key", None),
+        api_key=resolve_api_key(args),
+        tls=client_tls_options(args),
         timeout_s=args.timeout,
     )
 
@@ -850,9 +972,10 @@ def speech_for(args: argparse.Namespace, folder: Path) -> np.ndarray:
 
 
 def command_say(args: argparse.Namespace) -> int:
+    options = say_options_from_args(args, args.server)  # a bad key or TLS option fails before any work
     with tempfile.TemporaryDirectory(prefix="avatar-say-") as folder:
         pcm = speech_for(args, Path(folder))
-    report = asyncio.run(say(pcm, say_options_from_args(args, args.server)))
+    report = asyncio.run(say(pcm, options))
     print_say_report(report, args.out)
     return 0 if report.frames_received else 1
 
@@ -895,14 +1018,13 @@ def ensure_default_character(data_dir: Path) -> bool:
 
 def command_serve(args: argparse.Namespace) -> int:
     try:
-        from avatar_backend.gateway.server import ServerOptions, run_server
+        from avatar_backend.gateway.server import ServerOptions, StartupRefused, check_startup, run_server
     except ImportError as error:
         raise CliError(f"the server is not available in this installation ({error})") from None
     data_dir = (args.data_dir or default_data_dir()).expanduser()
     if args.weights is not None and not args.weights.is_file():
         raise CliError(f"weights file not found: {args.weights}")
-    if ensure_default_character(data_dir):
-        print(f"avatar-backend registered the default character in {display_path(data_dir)}", flush=True)
+    api_key = resolve_api_key(args)
     options = ServerOptions(
         host=args.host,
         port=args.port,
@@ -910,13 +1032,30 @@ def command_serve(args: argparse.Namespace) -> int:
         model_config=args.config,
         device=args.device,
         weights=args.weights,
-        api_key=args.api_key or None,
+        api_key=api_key,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        insecure_no_auth_on_network=args.insecure_no_auth_on_network,
+        max_stored_npcs=args.max_stored_npcs,
+        max_stored_npc_bytes=args.max_stored_npc_bytes,
+        max_parked_memory_bytes=args.max_parked_memory_bytes,
+        npc_snapshot_interval_s=args.npc_snapshot_interval_s,
     )
+    try:
+        check_startup(options)  # refuse before the data dir is touched or anything is bound
+    except StartupRefused as error:
+        raise CliError(str(error)) from None
+    if ensure_default_character(data_dir):
+        print(f"avatar-backend registered the default character in {display_path(data_dir)}", flush=True)
 
     def on_ready(port: int) -> None:
         # Called on the server's event loop: ask the server itself what it loaded, without blocking it.
-        target = local_target(args.host, port)
-        asyncio.get_running_loop().create_task(print_served_model(target, data_dir, args.api_key))
+        # Not over TLS: the server's certificate may not name the loopback address, nor can this process
+        # present a client certificate.
+        if options.tls_cert is None:
+            target = local_target(args.host, port)
+            asyncio.get_running_loop().create_task(print_served_model(target, data_dir, api_key))
 
     return run_server(options, ready_callback=on_ready) or 0
 
@@ -1004,7 +1143,8 @@ class ServerProcess:
 async def wait_for_server(target: str, server: ServerProcess, timeout: float) -> None:
     """Until the server answers and its worker is ready; CliError when the process exits first."""
     deadline = time.monotonic() + timeout
-    async with AvatarClient(target) as client:
+    # The child server inherits $AVATAR_API_KEY and then requires it.
+    async with AvatarClient(target, api_key=os.environ.get(API_KEY_ENV) or None) as client:
         while True:
             if server.process.poll() is not None:
                 raise CliError(

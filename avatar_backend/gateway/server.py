@@ -2,10 +2,14 @@
 
     run_server(ServerOptions(port=50051, data_dir=...))     # blocks until SIGINT/SIGTERM; returns 0
 
-Start-up: check libopus, bind the port (health NOT_SERVING), start the worker and wait for it, then
-health SERVING and a "serving on HOST:PORT" line on stdout. Shutdown on SIGINT/SIGTERM: health NOT_SERVING,
-every live session gets EVENT_CODE_DRAINING and ends with UNAVAILABLE, the worker saves every NPC memory
-and exits, and so does the gateway (a second signal skips the waiting).
+Start-up: refuse an unsafe configuration before anything is bound (a server on the network must
+authenticate its clients, see :func:`~avatar_backend.gateway.auth.check_exposure`; unreadable TLS files),
+check libopus, bind the port (TLS when a certificate is given; health NOT_SERVING), start the worker and wait
+for it, then health SERVING and a "serving on HOST:PORT (security)" line on stdout.
+
+Shutdown on SIGINT/SIGTERM: health NOT_SERVING, every live session gets EVENT_CODE_DRAINING and ends with
+UNAVAILABLE, the worker saves every NPC memory and exits, and so does the gateway (a second signal skips the
+waiting).
 """
 
 from __future__ import annotations
@@ -25,18 +29,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from avatar_backend import __version__
+from avatar_backend.addresses import bind_address
 from avatar_backend.media.opus import OpusUnavailableError, check_opus_available
-from avatar_backend.proto_gen import avatar_service_pb2, avatar_service_pb2_grpc, worker_pb2
+from avatar_backend.proto_gen import avatar_service_pb2, worker_pb2
 from avatar_backend.store import DataDir, default_data_dir
 from avatar_backend.worker.link import GatewayLink, WorkerRequestError, WorkerUnavailableError
 from avatar_backend.worker.process import WorkerProcess, WorkerProcessConfig, WorkerStartError
 
-from .auth import ApiKeyInterceptor
+from .auth import (ApiKeyInterceptor, ServerTls, TlsConfigError, UnsafeExposureError, check_exposure,
+                   load_server_tls)
 from .limits import Limits
 from .runtime import GatewayRuntime, SessionRegistry, WorkerLinkLike, WorkerStatus
 from .service import AvatarService
+from .wire import add_avatar_service
 
-__all__ = ["Gateway", "ServerOptions", "run_server", "serve"]
+__all__ = ["Gateway", "ServerOptions", "StartupRefused", "check_startup", "run_server", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +66,17 @@ class ServerOptions:
     max_prompt_chars: int = Limits.max_prompt_chars
     max_reference_image_bytes: int = Limits.max_reference_image_bytes
     outbound_queue_frames: int = Limits.outbound_queue_frames
+    max_reference_image_pixels: int = Limits.max_reference_image_pixels
+    max_stored_npcs: int = Limits.max_stored_npcs                  # 0: no cap (enforced by the worker)
+    max_stored_npc_bytes: int = Limits.max_stored_npc_bytes        # 0: no cap (enforced by the worker)
+    max_parked_memory_bytes: int = Limits.max_parked_memory_bytes  # host RAM for idle NPC memories
+    npc_snapshot_interval_s: float = Limits.npc_snapshot_interval_s  # 0: live memories saved at session end only
     api_key: str | None = None             # when set, AvatarService calls need "authorization: Bearer <key>"
+    tls_cert: Path | str | None = None     # PEM certificate chain; with tls_key the port speaks TLS only
+    tls_key: Path | str | None = None      # PEM private key of tls_cert
+    tls_client_ca: Path | str | None = None  # PEM CA: clients must present a certificate it signed (mTLS)
+    # Listen beyond loopback with neither an API key nor client certificates (refused otherwise).
+    insecure_no_auth_on_network: bool = False
     worker_endpoint: str | None = None     # ZeroMQ endpoint for the worker (None: ipc:// in a temp dir)
     encode_threads: int = 0                # 0: one per core, at most 8
     drain_timeout_s: float = 10.0          # how long sessions get to end after DRAINING
@@ -70,17 +87,49 @@ class ServerOptions:
             max_sessions=self.max_sessions, max_prompt_chars=self.max_prompt_chars,
             max_reference_image_bytes=self.max_reference_image_bytes,
             outbound_queue_frames=self.outbound_queue_frames,
+            max_reference_image_pixels=self.max_reference_image_pixels, max_stored_npcs=self.max_stored_npcs,
+            max_stored_npc_bytes=self.max_stored_npc_bytes, max_parked_memory_bytes=self.max_parked_memory_bytes,
+            npc_snapshot_interval_s=self.npc_snapshot_interval_s,
         )
+
+    def tls(self) -> ServerTls | None:
+        """The TLS material from the configured files; None for plaintext. Raises TlsConfigError."""
+        return load_server_tls(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     def resolved_data_dir(self) -> DataDir:
         return DataDir(self.data_dir if self.data_dir is not None else default_data_dir())
 
 
+StartupRefused = (UnsafeExposureError, TlsConfigError)
+"""What :func:`check_startup` and :class:`Gateway` raise for a configuration that must not start."""
+
+
+def check_startup(options: ServerOptions) -> tuple[ServerTls | None, list[str]]:
+    """Refuse a configuration that must not start (see StartupRefused), before anything is bound.
+
+    Returns the TLS material (None: plaintext) and the warnings to log for what starts but is risky.
+    """
+    tls = options.tls()
+    warnings = check_exposure(
+        options.host, api_key=bool(options.api_key), tls=tls is not None,
+        client_certificates=tls is not None and tls.requires_client_certificates,
+        insecure_no_auth_on_network=options.insecure_no_auth_on_network,
+    )
+    return tls, warnings
+
+
 class Gateway:
-    """The gRPC server and everything it serves, over any worker link (the real one, or a test fake)."""
+    """The gRPC server and everything it serves, over any worker link (the real one, or a test fake).
+
+    Raises UnsafeExposureError or TlsConfigError (see :func:`check_startup`) before binding anything.
+    """
 
     def __init__(self, options: ServerOptions, link: WorkerLinkLike, *, data_dir: DataDir | None = None):
+        tls, warnings = check_startup(options)
+        for warning in warnings:
+            log.warning("%s", warning)
         self.options = options
+        self.tls = tls
         limits = options.limits()
         threads = options.encode_threads or min(8, os.cpu_count() or 1)
         self.runtime = GatewayRuntime(
@@ -100,14 +149,23 @@ class Gateway:
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ])
-        avatar_service_pb2_grpc.add_AvatarServiceServicer_to_server(AvatarService(self.runtime), self.server)
+        add_avatar_service(AvatarService(self.runtime), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server)
-        self.port = self.server.add_insecure_port(f"{options.host}:{options.port}")
+        address = bind_address(options.host, options.port)
+        try:
+            if tls is not None:
+                self.port = self.server.add_secure_port(address, tls.credentials())
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises where older versions returned 0
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {options.host}:{options.port} (in use, or not an address of this host)")
+            # grpc refuses a key that does not match its certificate only here, in the same words as a bind error.
+            maybe_tls = "; or the TLS key does not match the certificate" if tls is not None else ""
+            raise OSError(f"cannot listen on {address} (in use, or not an address of this host{maybe_tls})")
         self._watch: asyncio.Task | None = None
         self._worker_changed = asyncio.Event()
         self._first_ready = asyncio.Event()
@@ -116,12 +174,25 @@ class Gateway:
 
     @property
     def address(self) -> str:
-        return f"{self.options.host}:{self.port}"
+        return bind_address(self.options.host, self.port)
+
+    @property
+    def security(self) -> str:
+        """How clients are checked, for the start-up lines: "TLS, client certificates, API key"."""
+        parts = []
+        if self.tls is not None:
+            parts.append("TLS")
+            if self.tls.requires_client_certificates:
+                parts.append("client certificates")
+        else:
+            parts.append("plaintext")
+        parts.append("API key" if self.options.api_key else "no API key")
+        return ", ".join(parts)
 
     async def start(self) -> None:
         await self._set_serving(False)
         await self.server.start()
-        log.info("gateway listening on %s (waiting for the generator worker)", self.address)
+        log.info("gateway listening on %s (%s; waiting for the generator worker)", self.address, self.security)
         self._watch = asyncio.get_running_loop().create_task(self._watch_worker(), name="worker-watch")
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
@@ -209,19 +280,34 @@ async def serve(options: ServerOptions, ready_callback: Callable[[int], object] 
     ``ready_callback(port)`` is called once the worker is ready and the server is SERVING.
     """
     try:
+        check_startup(options)
+    except StartupRefused as err:
+        log.error("%s", err)
+        print(f"avatar-backend: {err}", flush=True)
+        return 1
+    try:
         opus_version = check_opus_available()
     except OpusUnavailableError as err:
         log.error("%s", err)
         print(f"avatar-backend: {err}", flush=True)
         return 1
     log.info("Opus decoder: %s", opus_version)
-    data_dir = options.resolved_data_dir().ensure()
+    data_dir = options.resolved_data_dir().prepare()  # private again, stale temporary files removed
     link = GatewayLink(options.worker_endpoint)
     await link.start()
-    gateway = Gateway(options, link, data_dir=data_dir)
+    try:
+        gateway = Gateway(options, link, data_dir=data_dir)
+    except (OSError, *StartupRefused) as err:
+        log.error("%s", err)
+        print(f"avatar-backend: {err}", flush=True)
+        await link.close()
+        return 1
     worker = WorkerProcess(link, WorkerProcessConfig(
         data_dir=data_dir.root, model_config=options.model_config, device=options.device,
         weights=str(options.weights) if options.weights else None,
+        max_stored_npcs=options.max_stored_npcs, max_stored_npc_bytes=options.max_stored_npc_bytes,
+        max_parked_memory_bytes=options.max_parked_memory_bytes,
+        npc_snapshot_interval_s=options.npc_snapshot_interval_s,
     ), on_lost=gateway.worker_lost)
     stop_requested = asyncio.Event()
     main_task = asyncio.current_task()
@@ -252,7 +338,7 @@ async def serve(options: ServerOptions, ready_callback: Callable[[int], object] 
         if not stop_requested.is_set():
             await _until_stopped(gateway.wait_ready(), stop_requested)
         if not stop_requested.is_set():
-            print(f"avatar-backend serving on {gateway.address}", flush=True)
+            print(f"avatar-backend serving on {gateway.address} ({gateway.security})", flush=True)
             if ready_callback is not None:
                 ready_callback(gateway.port)
             await stop_requested.wait()
