@@ -3,7 +3,11 @@
 #
 #   ./buildall.sh            set up: system packages, .venv, the package, generated stubs
 #   ./buildall.sh demo       set up, start the embedded server, make a talking-NPC video (out/npc.mp4)
-#   ./buildall.sh test       set up and run the test suite
+#   ./buildall.sh test       set up, check proto/ with buf (lint, breaking) and run the test suite
+#   ./buildall.sh lint       only the buf checks: lint proto/, and breaking changes against the baseline
+#   ./buildall.sh breaking-baseline [REF]
+#                            rebuild proto/breaking-baseline.binpb from the contract at REF (default HEAD);
+#                            run it after a contract release, on the release commit, and commit the result
 #   ./buildall.sh bench      set up and run the benchmark (writes out/bench.json)
 #   ./buildall.sh stubs      regenerate the stubs from proto/ (done by every target)
 #
@@ -15,6 +19,12 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=${VENV:-.venv}
 SYSTEM_PACKAGES=(libopus0 espeak-ng)
+# For tests/contract: protoc's C# generator and mono's C# compiler.
+SYSTEM_PACKAGES+=(protobuf-compiler mono-mcs)
+# buf (protobuf lint and breaking-change checks) from npm, installed into a git-ignored folder.
+BUF_VERSION=1.75.0
+BUF=.tools/node_modules/.bin/buf
+BUF_BASELINE=proto/breaking-baseline.binpb
 
 log() { printf '\033[1m[buildall]\033[0m %s\n' "$*" >&2; }
 
@@ -23,6 +33,8 @@ system_packages() {
   for pkg in "${SYSTEM_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
+  # Any node install will do for buf; Debian's npm only where there is none.
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
   [ ${#missing[@]} -eq 0 ] && return 0
   if ! command -v apt-get >/dev/null 2>&1; then
     log "install these system packages with your package manager: ${missing[*]} (macOS: brew install opus espeak-ng)"
@@ -64,9 +76,48 @@ stubs() {
 
 setup() { system_packages; venv; stubs; }
 
+buf_tool() {
+  [ "$("$BUF" --version 2>/dev/null)" = "$BUF_VERSION" ] && return 0
+  if ! command -v npm >/dev/null 2>&1; then
+    log "buf needs npm: install Node.js (Debian: apt-get install npm)"
+    exit 1
+  fi
+  log "installing buf $BUF_VERSION into .tools/"
+  npm install --prefix .tools --save-exact --no-audit --no-fund --silent "@bufbuild/buf@$BUF_VERSION"
+}
+
+# Lint proto/ and check the public contract for breaking changes against the last released one
+# (rules and exceptions: buf.yaml).
+proto_checks() {
+  buf_tool
+  log "buf lint"
+  "$BUF" lint
+  log "buf breaking against $BUF_BASELINE (the contract of commit $(cat "${BUF_BASELINE%.binpb}.commit"))"
+  "$BUF" breaking --against "$BUF_BASELINE"
+}
+
+# The baseline is committed because CI's fresh clone has no release branch or tag to compare with.
+breaking_baseline() {
+  local commit tmp buf
+  commit=$(git rev-parse --verify "${1:-HEAD}^{commit}")
+  buf_tool
+  buf=$(pwd)/$BUF
+  tmp=$(mktemp -d)
+  git archive "$commit" proto | tar -x -C "$tmp"
+  cp buf.yaml "$tmp/"
+  log "building $BUF_BASELINE from the public contract at $commit"
+  (cd "$tmp" && "$buf" build --path proto/avatar/v1 --exclude-source-info -o image.binpb)
+  cp "$tmp/image.binpb" "$BUF_BASELINE"
+  echo "$commit" > "${BUF_BASELINE%.binpb}.commit"
+  rm -rf "$tmp"
+  log "review and commit $BUF_BASELINE and ${BUF_BASELINE%.binpb}.commit"
+}
+
 case "${1:-setup}" in
   setup) setup ;;
   stubs) stubs ;;
+  lint) proto_checks ;;
+  breaking-baseline) breaking_baseline "${@:2}" ;;
   demo)
     setup
     exec "$VENV/bin/avatar-backend" demo --out out/npc.mp4
@@ -80,6 +131,7 @@ case "${1:-setup}" in
       log "the committed stubs are out of date with proto/: run ./buildall.sh stubs and commit the result"
       exit 1
     fi
+    proto_checks
     exec "$VENV/bin/python" -m pytest -ra "${@:2}"
     ;;
   bench)
@@ -87,5 +139,5 @@ case "${1:-setup}" in
     mkdir -p out
     exec "$VENV/bin/avatar-backend" bench --json out/bench.json
     ;;
-  *) echo "usage: $0 [setup|demo|test|bench|stubs]" >&2; exit 2 ;;
+  *) echo "usage: $0 [setup|demo|test|bench|stubs|lint|breaking-baseline [REF]]" >&2; exit 2 ;;
 esac
