@@ -47,7 +47,10 @@ _FIELD_PREFIX = re.compile(r"([A-Za-z_][A-Za-z0-9_.\[\]]*): ")
 
 def bounded(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
     """``text`` cut to ``limit`` characters, marked when it was cut."""
-    return text if len(text) <= limit else f"{text[:limit - 15]}... ({len(text)} chars)"
+    if len(text) <= limit:
+        return text
+    suffix = f"... ({len(text)} chars)"
+    return text[:limit - len(suffix)] + suffix
 
 
 class RpcFailure(Exception):

@@ -22,6 +22,7 @@ from gateway_harness import (
 )
 
 from avatar_backend.media.opus import OpusEncoder
+from avatar_backend.client.errors import AvatarError
 from avatar_backend.proto_gen import converse_pb2 as cv
 
 
@@ -130,11 +131,31 @@ async def test_session_limit_is_resource_exhausted_with_retry_hint(tmp_path):
         first, _ = await open_session(h.stub)
         second = h.stub.Converse()
         await second.write(session_config(npc_id="npc-2"))
-        code, _, _ = await final_status(second)
+        code, details, _ = await final_status(second)
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-        trailers = dict(await second.trailing_metadata())
-        assert int(trailers["retry-after-ms"]) > 0
+        trailers = await second.trailing_metadata()
+        assert int(dict(trailers)["retry-after-ms"]) > 0
+        # The same hint as a google.rpc.RetryInfo detail, for clients that read the rich error model.
+        error = AvatarError.from_status(code, details, trailers)
+        assert error.retry_after_ms == int(dict(trailers)["retry-after-ms"])
         first.cancel()
+
+
+@async_test
+async def test_an_over_long_id_is_invalid_argument_with_a_bounded_message(tmp_path):
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        call = h.stub.Converse()
+        await call.write(session_config(npc_id="n" * 200_000))
+        code, details, _ = await final_status(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        error = AvatarError.from_status(code, details, await call.trailing_metadata())
+        assert error.field == "npc_id" and len(details) <= 1024
+        for bad in ("npc\n", "npc\r", " npc", "npc/../x"):
+            call = h.stub.Converse()
+            await call.write(session_config(npc_id=bad))
+            code, _, _ = await final_status(call)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, repr(bad)
 
 
 # -- live ---------------------------------------------------------------------------------------------------
