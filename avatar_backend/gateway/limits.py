@@ -1,12 +1,20 @@
-"""The limits the gateway enforces (and publishes in ServerInfo.limits)."""
+"""The limits the gateway enforces, and those its worker enforces, as published in ServerInfo.limits."""
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 from avatar_backend.proto_gen import avatar_service_pb2
+from avatar_backend.store import (
+    DEFAULT_MAX_PARKED_MEMORY_BYTES,
+    DEFAULT_MAX_STORED_NPC_BYTES,
+    DEFAULT_MAX_STORED_NPCS,
+    DEFAULT_NPC_SNAPSHOT_INTERVAL_S,
+)
 
-__all__ = ["Limits"]
+__all__ = ["Limits", "parse_byte_size"]
 
 MIB = 1 << 20
 
@@ -27,12 +35,24 @@ class Limits:
     # Messages that are never dropped (audio echo, events, acks) buffered for a client that stopped
     # reading; beyond this the session ends with RESOURCE_EXHAUSTED rather than growing without bound.
     max_undroppable_bytes: int = 64 * MIB
+    # Decoded pixels (width * height) of a reference image, checked from its header before it is decoded:
+    # 4096x4096 is 64 MiB as RGBA, and the model uses far fewer (the image is reduced on decode).
+    max_reference_image_pixels: int = 4096 * 4096
+    # Enforced by the worker (see worker/memory_pool.py); 0 means no cap for the two stored-NPC limits.
+    max_stored_npcs: int = DEFAULT_MAX_STORED_NPCS
+    max_stored_npc_bytes: int = DEFAULT_MAX_STORED_NPC_BYTES
+    max_parked_memory_bytes: int = DEFAULT_MAX_PARKED_MEMORY_BYTES
+    npc_snapshot_interval_s: float = DEFAULT_NPC_SNAPSHOT_INTERVAL_S   # 0: live memories saved at session end only
 
     def __post_init__(self) -> None:
         for name in ("max_message_bytes", "max_audio_packet_bytes", "max_sessions", "max_prompt_chars",
-                     "max_reference_image_bytes", "outbound_queue_frames", "max_undroppable_bytes"):
+                     "max_reference_image_bytes", "outbound_queue_frames", "max_undroppable_bytes",
+                     "max_reference_image_pixels"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("max_stored_npcs", "max_stored_npc_bytes", "max_parked_memory_bytes", "npc_snapshot_interval_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.max_reference_image_bytes >= self.max_message_bytes:
             raise ValueError("max_reference_image_bytes must be smaller than max_message_bytes")
 
@@ -44,4 +64,23 @@ class Limits:
             max_prompt_chars=self.max_prompt_chars,
             max_reference_image_bytes=self.max_reference_image_bytes,
             outbound_queue_frames=self.outbound_queue_frames,
+            max_stored_npcs=self.max_stored_npcs,
+            max_stored_npc_bytes=self.max_stored_npc_bytes,
+            max_parked_memory_bytes=self.max_parked_memory_bytes,
+            max_reference_image_pixels=self.max_reference_image_pixels,
+            # Whole seconds on the wire; a sub-second interval (tests) must not read as 0, which means "off".
+            npc_snapshot_interval_s=math.ceil(self.npc_snapshot_interval_s),
         )
+
+
+_BYTE_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)\s*", re.IGNORECASE)
+
+
+def parse_byte_size(text: str) -> int:
+    """A byte count written as 1073741824, 1024M, 1G, 1GiB or 1.5GB (K/M/G/T are powers of 1024 either way,
+    like the limits this server prints). ValueError for anything else."""
+    match = _BYTE_SIZE.fullmatch(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a byte size (e.g. 512M, 8G, 1073741824)")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    return int(number * (1 << (10 * "_KMGT".index(unit or "_"))))

@@ -12,6 +12,7 @@ written atomically and verified on load; restoring is bit-exact.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -61,6 +62,12 @@ class NpcMemory:
         """Move every state tensor (e.g. park on the host, resume on the GPU); returns self."""
         self.tensors = {name: t.to(device) for name, t in self.tensors.items()}
         return self
+
+    def host_copy(self) -> "NpcMemory":
+        """A copy on the host that later blocks do not change (a periodic snapshot is written from it in the
+        background while the NPC goes on talking)."""
+        return dataclasses.replace(
+            self, tensors={name: t.detach().to("cpu", copy=True) for name, t in self.tensors.items()})
 
     def resume_token(self) -> str:
         """Changes whenever the memory changes: a fresh memory gets a new lineage, every block a new count."""

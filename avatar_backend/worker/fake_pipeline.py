@@ -10,6 +10,7 @@ block had voice; memories are small JSON-plus-bytes files in the ``.npcmem`` pla
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -59,6 +60,9 @@ class FakeMemory:
 
     def to(self, device: str) -> "FakeMemory":
         return self  # numpy state lives on the host already
+
+    def host_copy(self) -> "FakeMemory":
+        return dataclasses.replace(self, state=self.state.copy())
 
     def header(self) -> dict[str, Any]:
         return {

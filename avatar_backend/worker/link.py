@@ -11,6 +11,10 @@ routes everything to the most recent worker that said hello. A restarted worker 
 hello on the same endpoint: the gateway fails whatever belonged to the previous one and carries on without
 rebinding. ROUTER_MANDATORY turns "no worker connected" into an immediate error instead of a silent drop.
 
+The default endpoint is ``ipc://<tmp>/avatar-backend-ipc-<gateway pid>-<random>/worker.sock``, in a private
+folder the gateway removes when its link closes. A gateway killed with SIGKILL cannot; the next gateway that
+starts removes such folders whose owner pid is no longer running (never a live gateway's).
+
 No torch here: the gateway imports this module.
 """
 
@@ -20,8 +24,11 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 import secrets
 import shutil
+import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -33,6 +40,7 @@ import zmq
 import zmq.asyncio
 
 from avatar_backend.proto_gen import worker_pb2
+from avatar_backend.store import process_alive
 
 __all__ = [
     "GatewayLink",
@@ -58,6 +66,12 @@ _SESSION_BODIES = frozenset({"frame_block", "interrupt_done", "utterance_done", 
 _GATEWAY_SNDHWM = 20_000
 # The worker's frame blocks can be tens of MB each; a small bound keeps a stalled gateway from eating RAM.
 _WORKER_SNDHWM = 64
+
+IPC_DIR_PREFIX = "avatar-backend-ipc-"
+IPC_SOCKET_NAME = "worker.sock"
+_IPC_DIR_NAME = re.compile(re.escape(IPC_DIR_PREFIX) + r"(\d+)-[A-Za-z0-9_]+")
+# What builds before the pid was in the name created: tempfile.mkdtemp(prefix="avatar-").
+_LEGACY_IPC_DIR_NAME = re.compile(r"avatar-[A-Za-z0-9_]{8}")
 
 
 class WorkerLinkError(Exception):
@@ -95,8 +109,66 @@ SessionItem = tuple[worker_pb2.FromWorker, list[memoryview]] | WorkerLost
 
 def default_ipc_endpoint() -> str:
     """A fresh ipc:// endpoint in a private temporary directory (short, since ipc paths max out near 100)."""
-    folder = tempfile.mkdtemp(prefix="avatar-")
-    return f"ipc://{folder}/worker.sock"
+    folder = tempfile.mkdtemp(prefix=f"{IPC_DIR_PREFIX}{os.getpid()}-")
+    return f"ipc://{folder}/{IPC_SOCKET_NAME}"
+
+
+def remove_stale_ipc_dirs(parent: str | None = None) -> list[str]:
+    """Remove the ipc endpoint folders that killed gateways left in ``parent`` (default: the temp dir).
+
+    A folder goes only when it is this user's, the pid in its name no longer runs and nothing listens on its
+    socket (the second check covers a gateway whose pid this process cannot see, e.g. in another container
+    sharing the temp dir). A folder of an older build (no pid in the name) goes when it holds only its socket
+    and nothing listens on it. Returns the removed paths.
+    """
+    parent = parent or tempfile.gettempdir()
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            owned = _IPC_DIR_NAME.fullmatch(entry.name)
+            if owned:
+                stale = not process_alive(int(owned.group(1))) and not _listening(entry.path)
+            elif _LEGACY_IPC_DIR_NAME.fullmatch(entry.name):
+                # Not ours, or not only ours, unless it holds just the socket.
+                stale = os.listdir(entry.path) == [IPC_SOCKET_NAME] and not _listening(entry.path)
+            else:
+                continue
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            if not os.path.exists(entry.path):
+                removed.append(entry.path)
+    if removed:
+        log.info("removed %d ipc folder(s) of gateways that are no longer running", len(removed))
+    return removed
+
+
+def _listening(folder: str) -> bool:
+    """Whether something accepts connections on the folder's socket (anything unclear counts as yes)."""
+    sock_path = os.path.join(folder, IPC_SOCKET_NAME)
+    try:
+        if not stat.S_ISSOCK(os.lstat(sock_path).st_mode):
+            return True  # not a socket: not what a gateway leaves, so not ours to judge
+    except FileNotFoundError:
+        return False     # killed before it bound
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.5)
+        probe.connect(sock_path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()
+    return True
 
 
 def connectable_endpoint(bound: str) -> str:
@@ -142,6 +214,8 @@ class GatewayLink:
     """
 
     def __init__(self, endpoint: str | None = None, *, context: zmq.asyncio.Context | None = None):
+        if not endpoint:
+            remove_stale_ipc_dirs()
         self._requested_endpoint = endpoint or default_ipc_endpoint()
         self._owned_ipc_dir = None if endpoint else os.path.dirname(self._requested_endpoint[len("ipc://"):])
         self._context = context or zmq.asyncio.Context.instance()

@@ -28,9 +28,18 @@ from typing import Any
 import numpy as np
 
 from avatar_backend.proto_gen import worker_pb2
-from avatar_backend.store import CharacterRecord, DataDir, default_data_dir
+from avatar_backend.store import (
+    DEFAULT_MAX_PARKED_MEMORY_BYTES,
+    DEFAULT_MAX_STORED_NPC_BYTES,
+    DEFAULT_MAX_STORED_NPCS,
+    DEFAULT_NPC_SNAPSHOT_INTERVAL_S,
+    CharacterRecord,
+    DataDir,
+    default_data_dir,
+)
 
 from .link import WorkerLink
+from .log_limit import RateLimitedLog
 from .memory_pool import MemoryCodec, MemoryPool, PoolError
 from .scheduler import BlockPlan, Scheduler, SchedulerConfig, SessionState, VoiceQueueFull
 from .telemetry import DeviceTelemetry
@@ -42,6 +51,8 @@ log = logging.getLogger("avatar_backend.worker")
 FAKE_PIPELINE_ENV = "AVATAR_FAKE_PIPELINE"
 # A character prompt of this name (action or emotion) is what the NPC shows while listening.
 LISTENING_PROMPT_NAME = "listening"
+# A client can interrupt as often as it likes: at most one log line per session this often.
+INTERRUPT_LOG_INTERVAL_S = 5.0
 
 
 class RequestError(Exception):
@@ -61,7 +72,10 @@ class WorkerConfig:
     device: str = "cpu"
     weights: str | None = None
     parent_pid: int = 0                        # exit (saving memories) when this process is gone; 0: never
-    resident_budget_bytes: int = 2 << 30       # parked NPC memories kept in memory
+    resident_budget_bytes: int = DEFAULT_MAX_PARKED_MEMORY_BYTES  # parked NPC memories kept in host memory
+    max_stored_npcs: int = DEFAULT_MAX_STORED_NPCS             # NPCs on disk; a new one beyond is refused (0: no cap)
+    max_stored_npc_bytes: int = DEFAULT_MAX_STORED_NPC_BYTES   # their bytes on disk, likewise (0: no cap)
+    npc_snapshot_interval_s: float = DEFAULT_NPC_SNAPSHOT_INTERVAL_S  # live memories saved this often (0: off)
     max_live_sessions: int = 0                 # 0: no limit (the gateway does admission)
     character_cache_size: int = 64             # prepared (character, size) conditionings kept
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -129,7 +143,10 @@ class Worker:
         self.link = link
         self.telemetry = telemetry or DeviceTelemetry()
         data_dir = DataDir(config.data_dir).ensure()
-        self.pool = MemoryPool(pipeline, data_dir, codec, config.resident_budget_bytes, config.max_live_sessions)
+        self.pool = MemoryPool(pipeline, data_dir, codec, config.resident_budget_bytes, config.max_live_sessions,
+                               max_stored_npcs=config.max_stored_npcs, max_stored_bytes=config.max_stored_npc_bytes,
+                               snapshot_interval_s=config.npc_snapshot_interval_s, clock=clock)
+        self._interrupt_log = RateLimitedLog(log, INTERRUPT_LOG_INTERVAL_S, clock=clock)
         self.characters = CharacterCache(pipeline, data_dir, config.character_cache_size)
         self.scheduler = Scheduler(pipeline, config.scheduler, clock)
         self._stopping = False
@@ -188,6 +205,7 @@ class Worker:
             if self._stopping:
                 return
         self.run_next_block()
+        self.pool.snapshot_due()  # between blocks; the file is written in the background
 
     def save_everything(self) -> None:
         """Park every live session's memory and write every changed memory (shutdown, lost gateway)."""
@@ -304,8 +322,8 @@ class Worker:
                 session_id=sid, generated_until=result.generated_until, dropped_samples=result.dropped_samples,
                 next_frame_index=result.next_frame_index, replace_from=result.replace_from,
                 played_until=result.played_until))
-            log.info("session %s: interrupted at sample %d, %d samples dropped", sid, result.generated_until,
-                     result.dropped_samples)
+            self._interrupt_log.log(sid, logging.INFO, "session %s: interrupted at sample %d, %d samples dropped",
+                                    sid, result.generated_until, result.dropped_samples)
             if msg.request_id:
                 self.link.reply(msg.request_id, done)
             else:
@@ -457,8 +475,14 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     parser.add_argument("--weights", default=None, help="weights file (default: random weights from a fixed seed)")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process (the gateway) is gone")
-    parser.add_argument("--resident-budget-mb", type=int, default=2048,
-                        help="parked NPC memories kept in memory, in MiB (default: 2048)")
+    parser.add_argument("--max-parked-memory-bytes", type=int, default=DEFAULT_MAX_PARKED_MEMORY_BYTES,
+                        help="host memory for parked NPC memories; beyond it they stay on disk only")
+    parser.add_argument("--max-stored-npcs", type=int, default=DEFAULT_MAX_STORED_NPCS,
+                        help="NPCs kept on disk; a new NPC beyond this is refused (0: no limit)")
+    parser.add_argument("--max-stored-npc-bytes", type=int, default=DEFAULT_MAX_STORED_NPC_BYTES,
+                        help="bytes of NPC memories on disk; a new NPC beyond this is refused (0: no limit)")
+    parser.add_argument("--npc-snapshot-interval-s", type=float, default=DEFAULT_NPC_SNAPSHOT_INTERVAL_S,
+                        help="save live NPC memories this often, in seconds (0: only when sessions end)")
     parser.add_argument("--max-live", type=int, default=0, help="live sessions at most (default: no limit)")
     parser.add_argument("--log-level", default=os.environ.get("AVATAR_WORKER_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
@@ -468,7 +492,9 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         endpoint=args.endpoint, model_config=args.config,
         data_dir=Path(args.data_dir).expanduser() if args.data_dir else default_data_dir(),
         device=args.device, weights=args.weights, parent_pid=args.parent_pid,
-        resident_budget_bytes=args.resident_budget_mb << 20, max_live_sessions=args.max_live,
+        resident_budget_bytes=args.max_parked_memory_bytes, max_live_sessions=args.max_live,
+        max_stored_npcs=args.max_stored_npcs, max_stored_npc_bytes=args.max_stored_npc_bytes,
+        npc_snapshot_interval_s=args.npc_snapshot_interval_s,
     )
 
 

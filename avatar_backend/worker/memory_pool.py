@@ -1,13 +1,24 @@
 """Where every NPC memory of a worker lives: live, parked resident, or parked on disk.
 
 - live: in a session right now; exactly one session per NPC, because a memory has one writer.
-- resident: closed recently and kept in memory, least recently used first out, bounded by a byte budget;
-  reopening one costs nothing.
+- resident ("parked"): closed recently and kept in host memory, least recently used first out, bounded by a
+  byte budget (``--max-parked-memory-bytes``); reopening one costs nothing. Beyond the budget a memory goes to
+  disk only: a session is never refused for it.
 - on disk: ``<data>/npcs/<id>.npcmem``, written atomically when a session closes and on shutdown; listed by
   reading snapshot headers only.
 
 A resident memory is always on disk too (it is saved when its session closes), so evicting one only drops the
 reference; a failed save keeps it marked dirty and is retried on eviction and at shutdown.
+
+Periodic snapshots (``snapshot_interval_s``): a live memory that changed is written every interval, so a
+worker crash loses at most that much of an NPC, and an NPC created in the crashed session still exists. The
+worker loop calls :meth:`MemoryPool.snapshot_due` between blocks; it copies one memory to the host (a quick
+copy, the only part on the loop) and a background thread writes the file. At most one write is in flight;
+a session never waits for it, and any other file operation on that NPC waits for it first, so an older
+snapshot can never land over a newer one.
+
+Stored NPCs are capped in number and bytes on disk (``max_stored_npcs``, ``max_stored_bytes``; 0: no cap):
+a new NPC beyond either is refused with RESOURCE_EXHAUSTED; existing NPCs keep working.
 
 Errors are :class:`PoolError` with a grpc status code name, which the worker passes to the gateway as is.
 """
@@ -17,7 +28,9 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +71,19 @@ class _Entry:
     session_id: str = ""         # non-empty while live
     dirty: bool = False          # changed since it was last written to disk
     updated_ms: int = 0
+    version: int = 0             # counts changes, so a background snapshot knows whether it is still current
+    snapshot_due_at: float = 0.0  # clock time of the next periodic snapshot while live
+
+
+@dataclass
+class _SnapshotWrite:
+    """The one periodic snapshot being written in the background."""
+
+    npc_id: str
+    entry: _Entry
+    version: int                 # the entry's version the copy was taken at
+    blocks: int                  # blocks the copied memory had generated
+    future: Future
 
 
 class MemoryPool:
@@ -68,16 +94,30 @@ class MemoryPool:
         pipeline: Any,
         data_dir: DataDir,
         codec: MemoryCodec,
-        resident_budget_bytes: int = 2 << 30,
+        resident_budget_bytes: int = 1 << 30,
         max_live: int = 0,
+        *,
+        max_stored_npcs: int = 0,
+        max_stored_bytes: int = 0,
+        snapshot_interval_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.pipeline = pipeline
-        self.data_dir = data_dir.ensure()
+        self.data_dir = data_dir.prepare()
         self.codec = codec
         self.resident_budget_bytes = resident_budget_bytes
         self.max_live = max_live
+        self.max_stored_npcs = max_stored_npcs
+        self.max_stored_bytes = max_stored_bytes
+        self.snapshot_interval_s = snapshot_interval_s
+        self._clock = clock
         self._live: dict[str, _Entry] = {}
         self._resident: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
+        # Bytes on disk per stored NPC: this worker is the only writer of the NPC directory, so one scan at
+        # start-up and the pool's own writes and deletes keep it exact without listing the directory again.
+        self._stored_bytes: dict[str, int] = self.data_dir.npc_memory_sizes()
+        self._snapshot_writer: ThreadPoolExecutor | None = None
+        self._writing: _SnapshotWrite | None = None
 
     # -- state ----------------------------------------------------------------------------------------------
 
@@ -96,6 +136,17 @@ class MemoryPool:
     @property
     def resident_bytes(self) -> int:
         return sum(e.memory.nbytes() for e in self._resident.values())
+
+    @property
+    def stored_npcs(self) -> int:
+        """NPCs this worker stores: on disk, plus live ones not written yet."""
+        return len(self._stored_bytes.keys() | self._live.keys() | self._resident.keys())
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of stored NPC memories: the snapshot files, plus the size of live ones not written yet."""
+        unsaved = sum(e.memory.nbytes() for nid, e in self._live.items() if nid not in self._stored_bytes)
+        return sum(self._stored_bytes.values()) + unsaved
 
     # -- sessions -------------------------------------------------------------------------------------------
 
@@ -123,6 +174,7 @@ class MemoryPool:
         if self.max_live and len(self._live) >= self.max_live:
             raise PoolError("RESOURCE_EXHAUSTED", f"this worker already runs {len(self._live)} live NPCs")
 
+        self._settle_snapshot(npc_id)
         try:
             existing = self._describe(npc_id)
         except PoolError:
@@ -141,20 +193,59 @@ class MemoryPool:
                 seed = seed or existing["seed"]   # a reset NPC keeps its noise seed unless given a new one
             if not character_id:
                 raise PoolError("INVALID_ARGUMENT", f"character_id is required for the new NPC {npc_id!r}")
+            if npc_id not in self._stored_bytes and npc_id not in self._resident:
+                self._check_room_for_new_npc(npc_id, *self._video_size(width, height))
             memory = self._new(npc_id, character_id, width, height, fps, seed)
             self._resident.pop(npc_id, None)
             resumed = False
-        self._live[npc_id] = _Entry(memory, session_id=session_id, dirty=not resumed, updated_ms=now_ms())
+        self._live[npc_id] = _Entry(memory, session_id=session_id, dirty=not resumed, updated_ms=now_ms(),
+                                    snapshot_due_at=self._clock() + self.snapshot_interval_s)
         return memory, resumed
 
     def mark_updated(self, npc_id: str) -> None:
         """The live memory generated a block (it now differs from its snapshot)."""
         entry = self._live[npc_id]
         entry.dirty = True
+        entry.version += 1
         entry.updated_ms = now_ms()
+
+    def snapshot_due(self) -> bool:
+        """Between blocks: start writing the live memory whose periodic snapshot is most overdue, unless a
+        write is still in flight. Never waits for a file; True when a write was started."""
+        if self.snapshot_interval_s <= 0:
+            return False
+        if self._writing is not None:
+            if not self._writing.future.done():
+                return False
+            self._finish_snapshot()
+        now = self._clock()
+        due = [(e.snapshot_due_at, nid) for nid, e in self._live.items() if e.dirty and e.snapshot_due_at <= now]
+        if not due:
+            return False
+        npc_id = min(due)[1]
+        entry = self._live[npc_id]
+        entry.snapshot_due_at = now + self.snapshot_interval_s
+        # The copy is what the loop pays for: the next block changes the memory in place, the file is written
+        # from the copy while it runs.
+        try:
+            frozen = entry.memory.host_copy()
+        except Exception:
+            log.exception("could not copy the memory of NPC %r for its periodic snapshot (retried later)", npc_id)
+            return False
+        if self._snapshot_writer is None:
+            self._snapshot_writer = ThreadPoolExecutor(1, thread_name_prefix="npc-snapshot")
+        future = self._snapshot_writer.submit(frozen.save, self.data_dir.npc_memory_path(npc_id))
+        self._writing = _SnapshotWrite(npc_id, entry, entry.version, int(frozen.blocks_generated), future)
+        return True
+
+    @property
+    def snapshot_in_flight(self) -> str:
+        """The NPC whose periodic snapshot is being written ("" when none)."""
+        return self._writing.npc_id if self._writing is not None and not self._writing.future.done() else ""
 
     def release(self, npc_id: str) -> worker_pb2.NpcState:
         """The session ended: snapshot the memory to disk and keep it resident (within the budget)."""
+        self._settle_snapshot(npc_id)
         entry = self._live.pop(npc_id)
         entry.session_id = ""
         entry.memory.to("cpu")  # to the host first, so the snapshot is written from there without another copy
@@ -172,6 +263,8 @@ class MemoryPool:
 
     def save_all(self) -> int:
         """Write every memory that changed since its last snapshot (shutdown). Returns how many were written."""
+        if self._writing is not None:
+            self._settle_snapshot(self._writing.npc_id)
         written = 0
         for npc_id, entry in [*self._live.items(), *self._resident.items()]:
             if entry.dirty and self._save(npc_id, entry):
@@ -212,11 +305,13 @@ class MemoryPool:
             raise PoolError("INVALID_ARGUMENT", f"npc_id {npc_id!r} is not valid")
         if npc_id in self._live:
             raise PoolError("ABORTED", f"NPC {npc_id!r} is live in a session")
+        self._settle_snapshot(npc_id)
         path = self.data_dir.npc_memory_path(npc_id)
         # No header read: deleting must work for an unreadable snapshot too.
         if self._resident.pop(npc_id, None) is None and not path.is_file():
             raise PoolError("NOT_FOUND", f"no NPC {npc_id!r}")
         path.unlink(missing_ok=True)
+        self._stored_bytes.pop(npc_id, None)
 
     # -- internals --------------------------------------------------------------------------------------------
 
@@ -283,9 +378,35 @@ class MemoryPool:
         except Exception as err:
             raise PoolError("DATA_LOSS", f"the memory snapshot of NPC {npc_id!r} cannot be loaded: {err}") from None
 
+    def _video_size(self, width: int, height: int) -> tuple[int, int]:
+        """The requested size, or the model's default for 0x0."""
+        config = self.pipeline.config
+        return (width, height) if (width or height) else (config.width, config.height)
+
+    def _check_room_for_new_npc(self, npc_id: str, width: int, height: int) -> None:
+        """RESOURCE_EXHAUSTED when one more NPC would exceed a storage cap (the message says which and how to
+        make room)."""
+        room = ("delete NPCs that are no longer needed (DeleteNpc; `avatar-backend npc rm ID`) or raise the "
+                "limit with `avatar-backend serve {flag} N`")
+        count = self.stored_npcs
+        if self.max_stored_npcs and count >= self.max_stored_npcs:
+            raise PoolError("RESOURCE_EXHAUSTED",
+                            f"cannot create NPC {npc_id!r}: the server already stores {count} NPCs, its limit "
+                            f"max_stored_npcs ({self.max_stored_npcs}); "
+                            + room.format(flag="--max-stored-npcs"))
+        if self.max_stored_bytes:
+            needed = int(self.pipeline.memory_bytes(width, height))
+            used = self.stored_bytes
+            if used + needed > self.max_stored_bytes:
+                raise PoolError("RESOURCE_EXHAUSTED",
+                                f"cannot create NPC {npc_id!r}: its {width}x{height} memory ({needed} bytes) would "
+                                f"take the stored NPC memories from {used} to {used + needed} bytes, over the limit "
+                                f"max_stored_npc_bytes ({self.max_stored_bytes}); "
+                                + room.format(flag="--max-stored-npc-bytes"))
+
     def _new(self, npc_id: str, character_id: str, width: int, height: int, fps: int, seed: int) -> Any:
         config = self.pipeline.config
-        width, height = (width, height) if (width or height) else (config.width, config.height)
+        width, height = self._video_size(width, height)
         if (width, height) not in {tuple(s) for s in config.sizes}:
             sizes = ", ".join(f"{w}x{h}" for w, h in config.sizes)
             raise PoolError("INVALID_ARGUMENT", f"video size {width}x{height} is not supported (one of: {sizes})")
@@ -296,13 +417,41 @@ class MemoryPool:
             raise PoolError("INVALID_ARGUMENT", str(err)) from None
 
     def _save(self, npc_id: str, entry: _Entry) -> bool:
+        self._settle_snapshot(npc_id)
+        path = self.data_dir.npc_memory_path(npc_id)
         try:
-            entry.memory.save(self.data_dir.npc_memory_path(npc_id))
+            entry.memory.save(path)
         except Exception:
             log.exception("could not save the memory of NPC %r (kept in memory, retried later)", npc_id)
             return False
         entry.dirty = False
+        self._note_stored(npc_id, path)
         return True
+
+    def _note_stored(self, npc_id: str, path: Path) -> None:
+        try:
+            self._stored_bytes[npc_id] = path.stat().st_size
+        except FileNotFoundError:
+            self._stored_bytes.pop(npc_id, None)
+
+    def _settle_snapshot(self, npc_id: str) -> None:
+        """Wait for the background snapshot of ``npc_id`` if one is in flight (at most one file write), so
+        the caller's own read, write or delete of that NPC's file comes after it."""
+        if self._writing is not None and self._writing.npc_id == npc_id:
+            self._finish_snapshot()
+
+    def _finish_snapshot(self) -> None:
+        writing, self._writing = self._writing, None
+        assert writing is not None
+        try:
+            writing.future.result()
+        except Exception:
+            log.exception("periodic snapshot of NPC %r failed (retried at the next interval)", writing.npc_id)
+            return
+        if writing.entry.version == writing.version:
+            writing.entry.dirty = False  # no block ran since the copy: the file holds the memory as it is
+        self._note_stored(writing.npc_id, self.data_dir.npc_memory_path(writing.npc_id))
+        log.debug("NPC %r snapshotted after %d block(s)", writing.npc_id, writing.blocks)
 
     def _park(self, npc_id: str, entry: _Entry) -> None:
         # Parked memories wait in host memory so the accelerator holds only live NPCs.

@@ -29,6 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from avatar_backend.proto_gen import worker_pb2
+from avatar_backend.store import (
+    DEFAULT_MAX_PARKED_MEMORY_BYTES,
+    DEFAULT_MAX_STORED_NPC_BYTES,
+    DEFAULT_MAX_STORED_NPCS,
+    DEFAULT_NPC_SNAPSHOT_INTERVAL_S,
+)
 
 from .link import GatewayLink, WorkerLinkError, WorkerUnavailableError
 
@@ -50,7 +56,11 @@ class WorkerProcessConfig:
     device: str = "cpu"
     weights: str | None = None
     python: str = sys.executable
-    extra_args: Sequence[str] = ()              # more worker flags, e.g. ("--resident-budget-mb", "512")
+    max_stored_npcs: int = DEFAULT_MAX_STORED_NPCS            # 0: no cap; a new NPC beyond it is refused
+    max_stored_npc_bytes: int = DEFAULT_MAX_STORED_NPC_BYTES  # 0: no cap; likewise, in bytes on disk
+    max_parked_memory_bytes: int = DEFAULT_MAX_PARKED_MEMORY_BYTES  # host RAM for idle memories; beyond: disk
+    npc_snapshot_interval_s: float = DEFAULT_NPC_SNAPSHOT_INTERVAL_S  # live memories saved this often (0: off)
+    extra_args: Sequence[str] = ()              # more worker flags, e.g. ("--max-live", "4")
     env: Mapping[str, str] = field(default_factory=dict)   # added to this process's environment
     ready_timeout_s: float = 600.0              # spawn -> answers Ping (the 18B model loads for minutes)
     heartbeat_interval_s: float = 5.0           # Ping a running worker this often ...
@@ -109,6 +119,9 @@ class WorkerProcess:
                "--config", str(c.model_config), "--data-dir", str(c.data_dir), "--device", c.device]
         if c.weights:
             cmd += ["--weights", str(c.weights)]
+        cmd += ["--max-stored-npcs", str(c.max_stored_npcs), "--max-stored-npc-bytes", str(c.max_stored_npc_bytes),
+                "--max-parked-memory-bytes", str(c.max_parked_memory_bytes),
+                "--npc-snapshot-interval-s", repr(float(c.npc_snapshot_interval_s))]
         cmd += ["--parent-pid", str(os.getpid()), *c.extra_args]
         return cmd
 
