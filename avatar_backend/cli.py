@@ -247,6 +247,12 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
              f"read back from disk when needed (default {Limits.max_parked_memory_bytes >> 30}G)",
     )
     parser.add_argument(
+        "--voice-jitter-budget-ms", type=int, default=Limits.voice_jitter_budget_ms, metavar="MS",
+        help=f"how long an utterance's voice may stall (arrive later than real time) before silence goes "
+             f"inside it; real-time voice waits this much beyond a block before it starts "
+             f"(default {Limits.voice_jitter_budget_ms})",
+    )
+    parser.add_argument(
         "--npc-snapshot-interval-s", type=float, default=Limits.npc_snapshot_interval_s, metavar="SECONDS",
         help=f"save the memories of NPCs in a session this often, so a worker crash loses at most that much "
              f"(default {Limits.npc_snapshot_interval_s}; 0: only when a session ends)",
@@ -1041,6 +1047,7 @@ def command_serve(args: argparse.Namespace) -> int:
         max_stored_npc_bytes=args.max_stored_npc_bytes,
         max_parked_memory_bytes=args.max_parked_memory_bytes,
         npc_snapshot_interval_s=args.npc_snapshot_interval_s,
+        voice_jitter_budget_ms=args.voice_jitter_budget_ms,
     )
     try:
         check_startup(options)  # refuse before the data dir is touched or anything is bound

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from avatar_backend.proto_gen import avatar_service_pb2
+from avatar_backend.worker.scheduler import DEFAULT_VOICE_JITTER_BUDGET_MS
 from avatar_backend.store import (
     DEFAULT_MAX_PARKED_MEMORY_BYTES,
     DEFAULT_MAX_STORED_NPC_BYTES,
@@ -43,6 +44,9 @@ class Limits:
     max_stored_npc_bytes: int = DEFAULT_MAX_STORED_NPC_BYTES
     max_parked_memory_bytes: int = DEFAULT_MAX_PARKED_MEMORY_BYTES
     npc_snapshot_interval_s: float = DEFAULT_NPC_SNAPSHOT_INTERVAL_S   # 0: live memories saved at session end only
+    # How long an utterance's voice may stall before silence goes inside it (enforced by the worker's
+    # scheduler, see worker/scheduler.py).
+    voice_jitter_budget_ms: int = DEFAULT_VOICE_JITTER_BUDGET_MS
 
     def __post_init__(self) -> None:
         for name in ("max_message_bytes", "max_audio_packet_bytes", "max_sessions", "max_prompt_chars",
@@ -50,7 +54,8 @@ class Limits:
                      "max_reference_image_pixels"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("max_stored_npcs", "max_stored_npc_bytes", "max_parked_memory_bytes", "npc_snapshot_interval_s"):
+        for name in ("max_stored_npcs", "max_stored_npc_bytes", "max_parked_memory_bytes", "npc_snapshot_interval_s",
+                     "voice_jitter_budget_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.max_reference_image_bytes >= self.max_message_bytes:
@@ -70,6 +75,7 @@ class Limits:
             max_reference_image_pixels=self.max_reference_image_pixels,
             # Whole seconds on the wire; a sub-second interval (tests) must not read as 0, which means "off".
             npc_snapshot_interval_s=math.ceil(self.npc_snapshot_interval_s),
+            voice_jitter_budget_ms=self.voice_jitter_budget_ms,
         )
 
 

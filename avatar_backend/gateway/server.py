@@ -71,6 +71,7 @@ class ServerOptions:
     max_stored_npc_bytes: int = Limits.max_stored_npc_bytes        # 0: no cap (enforced by the worker)
     max_parked_memory_bytes: int = Limits.max_parked_memory_bytes  # host RAM for idle NPC memories
     npc_snapshot_interval_s: float = Limits.npc_snapshot_interval_s  # 0: live memories saved at session end only
+    voice_jitter_budget_ms: int = Limits.voice_jitter_budget_ms    # an utterance's voice may stall this long
     api_key: str | None = None             # when set, AvatarService calls need "authorization: Bearer <key>"
     tls_cert: Path | str | None = None     # PEM certificate chain; with tls_key the port speaks TLS only
     tls_key: Path | str | None = None      # PEM private key of tls_cert
@@ -89,7 +90,7 @@ class ServerOptions:
             outbound_queue_frames=self.outbound_queue_frames,
             max_reference_image_pixels=self.max_reference_image_pixels, max_stored_npcs=self.max_stored_npcs,
             max_stored_npc_bytes=self.max_stored_npc_bytes, max_parked_memory_bytes=self.max_parked_memory_bytes,
-            npc_snapshot_interval_s=self.npc_snapshot_interval_s,
+            npc_snapshot_interval_s=self.npc_snapshot_interval_s, voice_jitter_budget_ms=self.voice_jitter_budget_ms,
         )
 
     def tls(self) -> ServerTls | None:
@@ -308,6 +309,7 @@ async def serve(options: ServerOptions, ready_callback: Callable[[int], object] 
         max_stored_npcs=options.max_stored_npcs, max_stored_npc_bytes=options.max_stored_npc_bytes,
         max_parked_memory_bytes=options.max_parked_memory_bytes,
         npc_snapshot_interval_s=options.npc_snapshot_interval_s,
+        voice_jitter_budget_ms=options.voice_jitter_budget_ms,
     ), on_lost=gateway.worker_lost)
     stop_requested = asyncio.Event()
     main_task = asyncio.current_task()

@@ -41,7 +41,14 @@ from avatar_backend.store import (
 from .link import WorkerLink
 from .log_limit import RateLimitedLog
 from .memory_pool import MemoryCodec, MemoryPool, PoolError
-from .scheduler import BlockPlan, Scheduler, SchedulerConfig, SessionState, VoiceQueueFull
+from .scheduler import (
+    DEFAULT_VOICE_JITTER_BUDGET_MS,
+    BlockPlan,
+    Scheduler,
+    SchedulerConfig,
+    SessionState,
+    VoiceQueueFull,
+)
 from .telemetry import DeviceTelemetry
 
 __all__ = ["CharacterCache", "RequestError", "Worker", "WorkerConfig", "build_pipeline", "main"]
@@ -483,6 +490,8 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
                         help="bytes of NPC memories on disk; a new NPC beyond this is refused (0: no limit)")
     parser.add_argument("--npc-snapshot-interval-s", type=float, default=DEFAULT_NPC_SNAPSHOT_INTERVAL_S,
                         help="save live NPC memories this often, in seconds (0: only when sessions end)")
+    parser.add_argument("--voice-jitter-budget-ms", type=int, default=DEFAULT_VOICE_JITTER_BUDGET_MS,
+                        help="how long an utterance's voice may stall before silence goes inside it")
     parser.add_argument("--max-live", type=int, default=0, help="live sessions at most (default: no limit)")
     parser.add_argument("--log-level", default=os.environ.get("AVATAR_WORKER_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
@@ -495,6 +504,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         resident_budget_bytes=args.max_parked_memory_bytes, max_live_sessions=args.max_live,
         max_stored_npcs=args.max_stored_npcs, max_stored_npc_bytes=args.max_stored_npc_bytes,
         npc_snapshot_interval_s=args.npc_snapshot_interval_s,
+        scheduler=SchedulerConfig(voice_jitter_budget_s=args.voice_jitter_budget_ms / 1000),
     )
 
 

@@ -54,6 +54,7 @@ from typing import Any, Protocol
 import numpy as np
 
 __all__ = [
+    "DEFAULT_VOICE_JITTER_BUDGET_MS",
     "BlockAudioSource",
     "BlockPlan",
     "InterruptResult",
@@ -69,6 +70,7 @@ SAMPLE_RATE = 16_000
 # A waiting utterance whose voice has arrived at least this much faster than real time (TTS) keeps ahead of
 # the video by itself: it starts without a jitter reserve.
 FASTER_THAN_REAL_TIME = 1.5
+DEFAULT_VOICE_JITTER_BUDGET_MS = 500
 
 
 class BlockAudioSource(Protocol):
@@ -89,7 +91,7 @@ class SchedulerConfig:
     underrun_margin_s: float = 0.2
     # How long a speaking utterance's voice may stall before silence goes inside it; a waiting utterance holds
     # this much voice beyond a block (less when the video made already covers it) before it starts.
-    voice_jitter_budget_s: float = 0.5
+    voice_jitter_budget_s: float = DEFAULT_VOICE_JITTER_BUDGET_MS / 1000
     # Voice queued ahead of the video beyond this is refused (a client sending far faster than real time).
     max_queued_voice_s: float = 120.0
     # Weight of the newest block in the running estimate of a block's compute time.

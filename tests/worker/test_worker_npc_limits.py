@@ -128,12 +128,13 @@ def test_the_caps_reach_a_worker_process_through_its_config(data_dir):
         async with GatewayLink() as link:
             config = WorkerProcessConfig(data_dir=data_dir.root, env={"AVATAR_FAKE_PIPELINE": "1"},
                                          ready_timeout_s=30, max_stored_npcs=1, max_stored_npc_bytes=1 << 40,
-                                         max_parked_memory_bytes=12345)
+                                         max_parked_memory_bytes=12345, voice_jitter_budget_ms=250)
             worker = WorkerProcess(link, config)
             cmd = worker.command()
             parsed = parse_args(cmd[cmd.index("avatar_backend.worker") + 1:])
             assert (parsed.max_stored_npcs, parsed.max_stored_npc_bytes, parsed.resident_budget_bytes) == (
                 1, 1 << 40, 12345)
+            assert parsed.scheduler.voice_jitter_budget_s == 0.25
             await worker.start()
             try:
                 await link.request(pb.ToWorker(open_npc=pb.OpenNpc(session_id="s1", npc_id="first",
@@ -153,9 +154,10 @@ def test_limits_publish_the_caps_and_the_serve_flags_set_them():
     from avatar_backend.cli import build_parser
 
     args = build_parser().parse_args(["serve", "--max-stored-npcs", "10", "--max-stored-npc-bytes", "2G",
-                                      "--max-parked-memory-bytes", "512M", "--npc-snapshot-interval-s", "15"])
+                                      "--max-parked-memory-bytes", "512M", "--npc-snapshot-interval-s", "15",
+                                      "--voice-jitter-budget-ms", "300"])
     assert (args.max_stored_npcs, args.max_stored_npc_bytes, args.max_parked_memory_bytes,
-            args.npc_snapshot_interval_s) == (10, 2 << 30, 512 << 20, 15.0)
+            args.npc_snapshot_interval_s, args.voice_jitter_budget_ms) == (10, 2 << 30, 512 << 20, 15.0, 300)
     defaults = build_parser().parse_args(["serve"])
     assert defaults.max_stored_npcs == Limits.max_stored_npcs > 0
     assert defaults.npc_snapshot_interval_s == Limits.npc_snapshot_interval_s > 0
@@ -165,6 +167,8 @@ def test_limits_publish_the_caps_and_the_serve_flags_set_them():
     assert (proto.max_stored_npcs, proto.max_stored_npc_bytes, proto.max_parked_memory_bytes,
             proto.max_reference_image_pixels, proto.npc_snapshot_interval_s) == (10, 2 << 30, 512 << 20, 1000, 1)
     assert Limits(npc_snapshot_interval_s=0).to_proto().npc_snapshot_interval_s == 0
+    assert Limits().to_proto().voice_jitter_budget_ms == 500
+    assert Limits(voice_jitter_budget_ms=120).to_proto().voice_jitter_budget_ms == 120
 
 
 @pytest.mark.parametrize("text,value", [("1073741824", 1 << 30), ("512M", 512 << 20), ("64G", 64 << 30),
