@@ -8,21 +8,17 @@ Everything here is grpcio's own TLS (``grpc.ssl_channel_credentials``); nothing 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from pathlib import Path
-from typing import TypeAlias
 
 import grpc
 
 from avatar_backend.addresses import is_loopback_host, target_host
+from avatar_backend.pem import Pem, read_pem
 
 __all__ = ["Pem", "TLS_SCHEME", "PLAINTEXT_SCHEME", "channel_target_and_credentials", "warn_if_key_in_plaintext"]
 
 log = logging.getLogger("avatar_backend.client")
 
-#: PEM content as bytes, or the path of a PEM file.
-Pem: TypeAlias = bytes | str | os.PathLike[str]
 #: ``grpcs://host:port``: TLS with the given (or the system's) root certificates.
 TLS_SCHEME = "grpcs://"
 #: ``grpc://host:port``: plaintext, said explicitly.
@@ -33,20 +29,7 @@ _warned_lock = threading.Lock()
 
 
 def _pem_bytes(value: Pem | None, what: str) -> bytes | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        data, source = value, "bytes given"
-    else:
-        source = str(value)
-        try:
-            data = Path(value).expanduser().read_bytes()
-        except OSError as err:
-            raise ValueError(f"cannot read the {what} {source}: {err.strerror or err}") from None
-    if b"-----BEGIN " not in data:
-        # grpc would only fail at the handshake, with an error that does not name the file.
-        raise ValueError(f"the {what} ({source}) is not PEM (expected a '-----BEGIN ...' block)")
-    return data
+    return None if value is None else read_pem(value, what)
 
 
 def channel_target_and_credentials(

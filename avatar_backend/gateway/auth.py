@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 
 from avatar_backend.addresses import is_loopback_host
+from avatar_backend.pem import read_pem
 
 __all__ = [
     "ApiKeyInterceptor",
@@ -64,13 +65,9 @@ class ServerTls:
 
 def _read_pem(path: Path | str, what: str) -> bytes:
     try:
-        data = Path(path).expanduser().read_bytes()
-    except OSError as err:
-        raise TlsConfigError(f"cannot read the {what} {path}: {err.strerror or err}") from None
-    # grpc reports a non-PEM file only at the first handshake, as an opaque failure; say it at start-up.
-    if b"-----BEGIN " not in data:
-        raise TlsConfigError(f"the {what} {path} is not PEM (expected a '-----BEGIN ...' block)")
-    return data
+        return read_pem(path, what)
+    except ValueError as err:
+        raise TlsConfigError(str(err)) from None
 
 
 def load_server_tls(cert_file: Path | str | None, key_file: Path | str | None,

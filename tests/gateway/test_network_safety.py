@@ -225,7 +225,7 @@ async def test_tls_works_with_the_right_ca_and_fails_with_an_untrusted_one(tmp_p
             info = await client.server_info()
             assert info.worker_ready
         untrusted = await expect_error(
-            list_characters(f"localhost:{gateway.port}", root_certificates=certs.other_ca_cert),
+            list_characters(f"127.0.0.1:{gateway.port}", root_certificates=certs.other_ca_cert),
             grpc.StatusCode.UNAVAILABLE)
         assert "handshake" in untrusted.details.lower()
         # Without TLS the port does not answer at all.
@@ -393,7 +393,9 @@ async def test_cli_over_mutual_tls_with_a_key_file(tmp_path, certs, monkeypatch,
 async def test_cli_names_a_refused_tls_handshake(tmp_path, certs, capsys):
     """Not "no server reachable": the server is there, it is the certificate that is not trusted."""
     async with serving(tmp_path, **tls_options(certs)) as gateway:
-        assert await run_cli("info", "--server", f"localhost:{gateway.port}", "--tls-ca", str(certs.other_ca_cert)) == 1
+        # 127.0.0.1, not localhost: grpc would also try ::1, where nothing listens, and report that instead.
+        target = f"127.0.0.1:{gateway.port}"
+        assert await run_cli("info", "--server", target, "--tls-ca", str(certs.other_ca_cert)) == 1
     err = capsys.readouterr().err
     assert "UNAVAILABLE" in err and "handshake" in err.lower(), err
 
