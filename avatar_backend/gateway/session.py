@@ -58,6 +58,7 @@ EVENT_MIN_INTERVAL_S = 1.0
 FINAL_FLUSH_TIMEOUT_S = 2.0
 CLOSE_NPC_TIMEOUT_S = 30.0
 _END_OF_OUTPUT = object()  # put on the worker queue after NpcClosed: nothing more will come
+MAX_TIMELINE_FRAME = 1 << 40  # about 1,700 years of frames at 20 fps
 
 
 class SessionState(enum.Enum):
@@ -452,9 +453,10 @@ class ConverseSession:
         if played_until is None:
             self._control(interrupt=True)
             return
-        # The first whole frame the player has not seen yet, as a place on the worker's timeline.
+        # The first whole frame the player has not seen yet, as a place on the worker's timeline (the worker
+        # clamps it to the video made; capped here so that no client value overflows the message's uint64).
         clock = self._clock
-        frame = -(-played_until * clock.fps // clock.sample_rate)
+        frame = min(-(-played_until * clock.fps // clock.sample_rate), MAX_TIMELINE_FRAME)
         self._control(interrupt=True, played_until=frame * self._timeline_samples_per_frame)
 
     def _on_emotion(self, emotion: converse_pb2.EmotionEvent) -> None:

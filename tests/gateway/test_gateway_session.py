@@ -244,6 +244,12 @@ async def test_audio_controls_and_interrupt_reach_the_worker(tmp_path):
         # No block was made yet, so the whole second was dropped; on the session clock (48 kHz, the Opus
         # default).
         assert (ack.generated_until, ack.dropped_samples, ack.next_frame_index) == (0, (16000 - 104) * 3, 0)
+        # A playback position far beyond anything made (here the largest a client can send) is clamped, and the
+        # interrupt that uses it is still answered.
+        await call.write(cv.ClientMessage(playback=cv.PlaybackProgress(played_until=(1 << 64) - 1)))
+        await call.write(cv.ClientMessage(interrupt=cv.InterruptRequest()))
+        ack = (await next_of(call, "interrupt_ack")).interrupt_ack
+        assert ack.replace_from_pts == ack.played_until == ack.generated_until and ack.unheard_samples == 0
         call.cancel()
 
 
