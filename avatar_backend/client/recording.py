@@ -15,12 +15,13 @@ import av
 import numpy as np
 import simplejpeg
 
+from avatar_backend.media.resample import MODEL_SAMPLE_RATE
 from avatar_backend.proto_gen import converse_pb2
 
 __all__ = ["Mp4Recorder", "RecordingSummary", "decode_frame", "preferred_video_encoder"]
 
 #: AudioEcho carries 16 kHz PCM (converse.proto); the sound track keeps that rate.
-ECHO_SAMPLE_RATE = 16000
+ECHO_SAMPLE_RATE = MODEL_SAMPLE_RATE
 
 
 def preferred_video_encoder() -> str:

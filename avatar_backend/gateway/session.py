@@ -45,11 +45,17 @@ from .capabilities import public_devices
 from .outbound import OutboundOverflow, OutboundQueue
 from .runtime import GatewayRuntime
 from .session_config import SessionSettings, resolve_session_config
-from .status import NPC_RESOURCE, RESUME_TOKEN_METADATA_KEY, RpcFailure, abort, failure_from_worker, \
-    worker_stopped_message
+from .status import (
+    NPC_RESOURCE,
+    RESUME_TOKEN_METADATA_KEY,
+    RpcFailure,
+    abort,
+    failure_from_worker,
+    worker_stopped_message,
+)
 from .wire import MalformedRequest, malformed_request_failure
 
-__all__ = ["ConverseSession", "SessionState"]
+__all__ = ["ConverseSession", "SessionPhase"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +67,7 @@ _END_OF_OUTPUT = object()  # put on the worker queue after NpcClosed: nothing mo
 MAX_TIMELINE_FRAME = 1 << 40  # about 1,700 years of frames at 20 fps
 
 
-class SessionState(enum.Enum):
+class SessionPhase(enum.Enum):
     AWAIT_CONFIG = "await_config"
     OPENING = "opening"
     LIVE = "live"
@@ -110,7 +116,7 @@ class ConverseSession:
         self._runtime = runtime
         self._context = context
         self.session_id = uuid.uuid4().hex
-        self.state = SessionState.AWAIT_CONFIG
+        self.phase = SessionPhase.AWAIT_CONFIG
         self.npc_id = ""
         self._settings: SessionSettings | None = None
         self._character: CharacterRecord | None = None
@@ -194,12 +200,12 @@ class ConverseSession:
         self.npc_id = settings.npc_id
         self._runtime.sessions.admit(self)
         self._admitted = True
-        self.state = SessionState.OPENING
+        self.phase = SessionPhase.OPENING
         accepted = await self._open_npc(settings)
         if self._failure is not None:
             raise self._failure
         await self._context.write(converse_pb2.ServerMessage(accepted=accepted))
-        self.state = SessionState.LIVE
+        self.phase = SessionPhase.LIVE
         await self._serve_live()
 
     async def _read_config(self) -> converse_pb2.SessionConfig:
@@ -332,9 +338,9 @@ class ConverseSession:
 
     def _begin_graceful_close(self) -> None:
         """The client half-closed: stop generating, save the memory, flush what was made, end with OK."""
-        if self.state is not SessionState.LIVE:
+        if self.phase is not SessionPhase.LIVE:
             return
-        self.state = SessionState.CLOSING
+        self.phase = SessionPhase.CLOSING
         self._cancel_audio_timer()
         self._tasks.append(asyncio.get_running_loop().create_task(
             self._close_then_finish_output(), name=f"session-close-{self.session_id}"))
@@ -361,7 +367,7 @@ class ConverseSession:
             log.warning("session %s: closing NPC %s failed: %s", self.session_id, self.npc_id, err)
 
     async def _cleanup(self) -> None:
-        self.state = SessionState.ENDED
+        self.phase = SessionPhase.ENDED
         self._cancel_audio_timer()
         self._out.close(discard_frames=True)
         for task in self._tasks:
@@ -527,7 +533,7 @@ class ConverseSession:
 
     def _on_audio_timer(self) -> None:
         self._audio_timer = None
-        if self.state is not SessionState.LIVE:
+        if self.phase is not SessionPhase.LIVE:
             return
         try:
             self._push_audio(self._audio.pull())

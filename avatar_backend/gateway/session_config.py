@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import grpc
 
 from avatar_backend.media.encoders import DEFAULT_JPEG_QUALITY
+from avatar_backend.media.resample import MODEL_SAMPLE_RATE
 from avatar_backend.proto_gen import converse_pb2
 from avatar_backend.store import DataDir, valid_id
 
@@ -158,7 +159,7 @@ def _resolve_audio(audio: converse_pb2.AudioFormat) -> tuple[int, int, int]:
         names = ", ".join(converse_pb2.AudioCodec.Name(c) for c in AUDIO_CODECS)
         raise _invalid(f"audio.codec: {_enum_name(converse_pb2.AudioCodec, codec)} is not supported; "
                        f"supported: {names}")
-    sample_rate = audio.sample_rate or (48000 if codec == converse_pb2.AUDIO_CODEC_OPUS else 16000)
+    sample_rate = audio.sample_rate or (48000 if codec == converse_pb2.AUDIO_CODEC_OPUS else MODEL_SAMPLE_RATE)
     if sample_rate not in AUDIO_SAMPLE_RATES:
         raise _invalid(f"audio.sample_rate: {sample_rate} Hz is not supported; "
                        f"supported: {', '.join(map(str, AUDIO_SAMPLE_RATES))}")

@@ -22,7 +22,7 @@ from torch import Tensor
 from .config import SamplerConfig
 from .convkv import ConvKVMemory
 from .dit import CrossAttentionContext, WanModel
-from .schedule import BlockPlan
+from .schedule import BlockLayout
 
 
 class NoiseSource(Protocol):
@@ -87,7 +87,7 @@ class BlockResult:
 def denoise_block(
     model: WanModel,
     memory: ConvKVMemory,
-    plan: BlockPlan,
+    plan: BlockLayout,
     *,
     y: Tensor,
     context: CrossAttentionContext,

@@ -19,7 +19,7 @@ from .config import DiTConfig, ModelConfig, SamplerConfig
 
 
 @dataclass(frozen=True)
-class BlockPlan:
+class BlockLayout:
     """Everything that differs between blocks of the stream."""
 
     index: int
@@ -74,7 +74,7 @@ class StreamSchedule:
     def from_model_config(cls, config: ModelConfig, width: int, height: int) -> "StreamSchedule":
         return cls(config.sampler, config.dit, config.frame_tokens(width, height))
 
-    def block(self, index: int) -> BlockPlan:
+    def block(self, index: int) -> BlockLayout:
         if index < 0:
             raise ValueError(f"block index must be >= 0, got {index}")
         if index == 0:
@@ -84,7 +84,7 @@ class StreamSchedule:
             video_start = self.first_video_frames + (index - 1) * self.block_video_frames
             video_end = video_start + self.block_video_frames
         audio_start = max(index - 1, 0) * self.block_video_frames
-        return BlockPlan(
+        return BlockLayout(
             index=index,
             latent_frames=latent_frames,
             window_start=window_start,
@@ -98,7 +98,7 @@ class StreamSchedule:
             audio_required=video_end + self.audio_radius,
         )
 
-    def audio_window(self, features: Tensor, plan: BlockPlan) -> Tensor:
+    def audio_window(self, features: Tensor, plan: BlockLayout) -> Tensor:
         """The block's audio window [1, 53, 5, layers, ch] from per-video-frame features [S, layers, ch]."""
         return audio_window(features, plan.audio_start, plan.audio_frames, self.audio_radius)
 

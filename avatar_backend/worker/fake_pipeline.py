@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from avatar_backend.generator.config import ModelConfig, get_config
+from avatar_backend.media.resample import MODEL_SAMPLE_RATE
 from avatar_backend.store import atomic_write, now_ms
 
 from .memory_pool import MemoryCodec
@@ -141,7 +142,7 @@ class FakePipeline:
                           state=np.zeros(self.memory_bytes(width, height), dtype=np.uint8))
 
     def block_audio_samples(self, memory: FakeMemory) -> tuple[int, int]:
-        per_frame = 16_000 // memory.fps
+        per_frame = MODEL_SAMPLE_RATE // memory.fps
         return self.config.frames_per_block(memory.blocks_generated) * per_frame, LOOKAHEAD_FRAMES * per_frame
 
     def generate_block(self, memory: FakeMemory, conditioning: Any, audio: np.ndarray, prompt: str | None,

@@ -53,6 +53,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from avatar_backend.media.resample import MODEL_SAMPLE_RATE
+
 __all__ = [
     "DEFAULT_VOICE_JITTER_BUDGET_MS",
     "BlockAudioSource",
@@ -66,7 +68,7 @@ __all__ = [
     "VoiceQueueFull",
 ]
 
-SAMPLE_RATE = 16_000
+SAMPLE_RATE = MODEL_SAMPLE_RATE
 # A waiting utterance whose voice has arrived at least this much faster than real time (TTS) keeps ahead of
 # the video by itself: it starts without a jitter reserve.
 FASTER_THAN_REAL_TIME = 1.5
