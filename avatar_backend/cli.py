@@ -693,6 +693,7 @@ class SayReport:
     video_encoder: str = ""
     video_seconds: float = 0.0
     events: list[str] = field(default_factory=list)    # SessionEvents, as "CODE: message"
+    voice_gaps_ms: list[int] = field(default_factory=list)   # silence the server put inside utterances
 
     @property
     def received_fps(self) -> float:
@@ -816,6 +817,8 @@ class SayMeter:
             if item.code == converse_pb2.EVENT_CODE_UTTERANCE_COMPLETE:
                 report.utterance_complete = True
                 self.watch.utterance_complete(item.details)
+            elif item.code == converse_pb2.EVENT_CODE_AUDIO_GAP:
+                report.voice_gaps_ms.append(int(item.details.get("gap_ms", "0")))
             elif item.code == converse_pb2.EVENT_CODE_FRAMES_DROPPED:
                 self.log(f"warning: {item.message or 'frames dropped: this client read too slowly'}")
 
@@ -935,6 +938,11 @@ def print_say_report(report: SayReport, out: Path) -> None:
     rows.append((
         "dropped frames",
         f"{report.frames_dropped} (server), {report.missing_frame_indices} missing frame indices",
+    ))
+    rows.append((
+        "voice gaps",
+        f"{len(report.voice_gaps_ms)} ({sum(report.voice_gaps_ms)} ms of silence inside the utterance: the voice "
+        "stalled beyond the server's jitter budget)" if report.voice_gaps_ms else "none (no silence inside the utterance)",
     ))
     unusual = [e for e in report.events if not e.startswith("UTTERANCE_COMPLETE")]
     if unusual:

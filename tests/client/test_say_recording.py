@@ -79,6 +79,10 @@ def test_print_say_report(registered, tmp_path, capsys):
     for label in ("frames received:", "first frame:", "A/V offset:", "dropped frames:", "video:"):
         assert label in text
     assert "faster than real time, as TTS" in text
+    assert "voice gaps:       none" in text
+    report.voice_gaps_ms = [400, 250]
+    cli.print_say_report(report, out)
+    assert "voice gaps:       2 (650 ms of silence inside the utterance" in capsys.readouterr().out
 
 
 def frame(index: int, pts: int, value: int) -> converse_pb2.VideoFrame:
