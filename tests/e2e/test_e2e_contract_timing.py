@@ -16,6 +16,7 @@ import pytest
 from e2e_helpers import FPS, RATE, SENTENCE, SIZE, collect, espeak, events_of, frames_of, run
 
 from avatar_backend.client import AvatarClient, AvatarError
+from avatar_backend.media.opus import OpusDecoder, OpusEncoder
 from avatar_backend.proto_gen import converse_pb2
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -76,30 +77,51 @@ async def until_utterance_done(conv) -> list:
     return items + await collect(conv, lambda it: any(f.audio_end >= end for f in frames_of(items + it)))
 
 
-def test_real_time_voice_is_never_chopped_and_echoes_to_the_sample(server, speech, speech_16k):
+def opus_packets(pcm: np.ndarray) -> list[bytes]:
+    """``pcm`` as 20 ms Opus packets from one encoder, plus one packet of silence that lets the encoder's
+    look-ahead out (what the client library does at the end of an utterance)."""
+    encoder = OpusEncoder(RATE, frame_ms=20)
+    packets = encoder.encode_all(pcm)
+    return packets + [encoder.encode(np.zeros(encoder.frame_samples, dtype=np.int16))]
+
+
+def decoded_voice(packets: list[bytes]) -> np.ndarray:
+    """What the server's decoder makes of ``packets`` at 16 kHz, less the look-ahead it trims, as echoed pcm16."""
+    decoder = OpusDecoder(MODEL_RATE)
+    pcm = np.concatenate([decoder.decode(p) for p in packets])[OPUS_LOOKAHEAD_16K:]
+    return (np.clip(pcm, -1.0, 1.0) * 32767.0).round()
+
+
+def test_real_time_voice_is_never_chopped_and_echoes_sample_for_sample(server, speech, speech_16k):
+    packets = opus_packets(speech)
+
     async def scenario():
         async with AvatarClient(server.address) as client:
             async with client.converse("paced", "default", width=SIZE, height=SIZE, fps=FPS) as conv:
-                await speak_in_real_time(conv, speech)
-                items = await until_utterance_done(conv)
-                return items, conv.samples_sent
+                started = asyncio.get_running_loop().time()
+                for k, packet in enumerate(packets):                 # 20 ms each, on time
+                    await asyncio.sleep(max(0.0, started + k * 0.02 - asyncio.get_running_loop().time()))
+                    await conv.send_opus_packet(packet)
+                await conv.end_utterance()
+                return await until_utterance_done(conv)
 
-    items, samples_sent = run(scenario())
+    items = run(scenario())
     assert not events_of(items, converse_pb2.EVENT_CODE_AUDIO_GAP), "silence went inside the utterance"
+    voice = decoded_voice(packets)
     frames = frames_of(items)
     speaking = [f for f in frames if f.speaking]
-    # Per frame, and contiguous: the voice (what the server decoded) covers exactly these frames.
-    voice_16k = samples_sent // 3 - OPUS_LOOKAHEAD_16K
-    assert len(speaking) == -(-voice_16k // (MODEL_RATE // FPS))
+    # Per frame, and contiguous: the voice covers exactly these frames.
+    assert len(speaking) == -(-voice.size // (MODEL_RATE // FPS))
     assert [f.index for f in speaking] == list(range(speaking[0].index, speaking[0].index + len(speaking)))
-    assert abs(len(speaking) - speech.size / RATE * FPS) <= 2
-    # The echo is the voice that was sent, at lag 0, with nothing inserted: one alignment fits all of it.
+    # The echo holds the decoded voice sample for sample from the first speaking frame on: nothing inserted,
+    # nothing lost, nothing shifted.
     track = echo_track(items)
     start = speaking[0].pts // 3
+    np.testing.assert_array_equal(track[start: start + voice.size], voice)
+    assert not track[start + voice.size: start + voice.size + MODEL_RATE // FPS].any()
+    # And that voice is the speech that was sent, at lag 0 (the decoder's look-ahead is trimmed).
     lag, corr = best_lag(track, start, speech_16k)
     assert lag == 0 and corr > 0.9, (lag, corr)
-    halves = np.array_split(speech_16k, 2)
-    assert best_lag(track, start + halves[0].size, halves[1])[0] == 0
 
 
 def test_a_voice_stall_is_one_gap_and_nothing_else_is_lost(server, speech, speech_16k):
