@@ -425,6 +425,11 @@ async def test_draining_sends_the_event_then_unavailable(tmp_path):
         events = [m.event.code for m in messages if _kind(m) == "event"]
         assert cv.EVENT_CODE_DRAINING in events
         assert len(h.worker.closed_sessions) == 1  # the NPC was closed, so its memory is saved
+        # The failed end still says how to resume the NPC, and when to come back.
+        error = AvatarError.from_status(code, details, await call.trailing_metadata())
+        npc = h.worker.npcs["npc-1"].state
+        assert error.resume_token and error.resume_token == npc.resume_token
+        assert error.retry_after_ms == 1000
 
 
 @async_test
