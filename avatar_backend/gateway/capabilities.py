@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from avatar_backend.generator.config import ModelConfig  # plain dataclasses; no torch
 from avatar_backend.media.encoders import supported_codecs
 from avatar_backend.proto_gen import avatar_service_pb2, converse_pb2, worker_pb2
 
@@ -43,22 +42,17 @@ class ModelCapabilities:
 
     @classmethod
     def from_worker_info(cls, info: worker_pb2.WorkerInfo) -> "ModelCapabilities":
-        config = ModelConfig.from_json(info.config_json)
-        sizes = tuple((s.width, s.height, s.npc_memory_bytes) for s in info.sizes)
-        if not sizes:
-            sizes = tuple((w, h, 0) for w, h in config.sizes)
         return cls(
-            model_name=info.model_name or config.name,
+            model_name=info.model_name,
             config_json=info.config_json,
-            sizes=sizes,
-            # The model is trained at one frame rate: its audio features are aligned to it.
-            fps=(config.fps,),
-            default_width=config.width,
-            default_height=config.height,
-            default_fps=config.fps,
-            first_block_frames=config.frames_per_block(0),
-            block_frames=config.frames_per_block(1),
-            denoising_steps=config.sampler.num_steps,
+            sizes=tuple((s.width, s.height, s.npc_memory_bytes) for s in info.sizes),
+            fps=tuple(info.fps),
+            default_width=info.default_width,
+            default_height=info.default_height,
+            default_fps=info.default_fps,
+            first_block_frames=info.first_block_frames,
+            block_frames=info.block_frames,
+            denoising_steps=info.denoising_steps,
         )
 
     def supports_size(self, width: int, height: int) -> bool:

@@ -373,6 +373,10 @@ class Worker:
             devices=self.telemetry.to_proto(), pid=os.getpid(),
             sizes=[worker_pb2.SizeMemory(width=w, height=h, npc_memory_bytes=int(p.memory_bytes(w, h)))
                    for w, h in config.sizes],
+            # The model is trained at one frame rate: its audio features are aligned to it.
+            fps=[config.fps], default_width=config.width, default_height=config.height, default_fps=config.fps,
+            first_block_frames=config.frames_per_block(0), block_frames=config.frames_per_block(1),
+            denoising_steps=config.sampler.num_steps,
         )
 
     def _drop_character(self, msg: worker_pb2.ToWorker, payloads: list[memoryview]) -> None:

@@ -146,7 +146,10 @@ class FakeWorkerLink:
         sizes = [worker_pb2.SizeMemory(width=w, height=h, npc_memory_bytes=w * h * 100) for w, h in self.config.sizes]
         return worker_pb2.FromWorker(worker_info=worker_pb2.WorkerInfo(
             model_name=self.config.name, config_json=self.config.to_json(), random_weights=self.random_weights,
-            parameters=12345, device="cpu", sizes=sizes, pid=4242,
+            parameters=12345, device="cpu", sizes=sizes, pid=4242, fps=[self.config.fps],
+            default_width=self.config.width, default_height=self.config.height, default_fps=self.config.fps,
+            first_block_frames=self.config.frames_per_block(0), block_frames=self.config.frames_per_block(1),
+            denoising_steps=self.config.sampler.num_steps,
         ))
 
     def _on_ping(self, _ping) -> worker_pb2.FromWorker:

@@ -259,7 +259,7 @@ class WorkerInfoQuery(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("model_name", "config_json", "random_weights", "weights_sha256", "parameters", "device", "devices", "sizes", "pid")
+    __slots__ = ("model_name", "config_json", "random_weights", "weights_sha256", "parameters", "device", "devices", "sizes", "pid", "fps", "default_width", "default_height", "default_fps", "first_block_frames", "block_frames", "denoising_steps")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -269,6 +269,13 @@ class WorkerInfo(_message.Message):
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     SIZES_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FPS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_BLOCK_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    DENOISING_STEPS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     config_json: str
     random_weights: bool
@@ -278,7 +285,14 @@ class WorkerInfo(_message.Message):
     devices: _containers.RepeatedCompositeFieldContainer[DeviceTelemetry]
     sizes: _containers.RepeatedCompositeFieldContainer[SizeMemory]
     pid: int
-    def __init__(self, model_name: _Optional[str] = ..., config_json: _Optional[str] = ..., random_weights: _Optional[bool] = ..., weights_sha256: _Optional[str] = ..., parameters: _Optional[int] = ..., device: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceTelemetry, _Mapping]]] = ..., sizes: _Optional[_Iterable[_Union[SizeMemory, _Mapping]]] = ..., pid: _Optional[int] = ...) -> None: ...
+    fps: _containers.RepeatedScalarFieldContainer[int]
+    default_width: int
+    default_height: int
+    default_fps: int
+    first_block_frames: int
+    block_frames: int
+    denoising_steps: int
+    def __init__(self, model_name: _Optional[str] = ..., config_json: _Optional[str] = ..., random_weights: _Optional[bool] = ..., weights_sha256: _Optional[str] = ..., parameters: _Optional[int] = ..., device: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceTelemetry, _Mapping]]] = ..., sizes: _Optional[_Iterable[_Union[SizeMemory, _Mapping]]] = ..., pid: _Optional[int] = ..., fps: _Optional[_Iterable[int]] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., default_fps: _Optional[int] = ..., first_block_frames: _Optional[int] = ..., block_frames: _Optional[int] = ..., denoising_steps: _Optional[int] = ...) -> None: ...
 
 class SizeMemory(_message.Message):
     __slots__ = ("width", "height", "npc_memory_bytes")
