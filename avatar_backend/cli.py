@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import io
-import json
 import logging
 import os
 import shutil
@@ -38,23 +36,20 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
 
-from avatar_backend import __version__
+from avatar_backend import DEFAULT_CHARACTER_ID, __version__
 from avatar_backend.client import AvatarClient, AvatarError, Conversation, Mp4Recorder, ServerItem, SyncAvatarClient
 from avatar_backend.client.channels import channel_target_and_credentials
 from avatar_backend.gateway.limits import Limits, parse_byte_size
 from avatar_backend.proto_gen import converse_pb2
-from avatar_backend.store import CharacterRecord, DataDir, default_data_dir, now_ms
+from avatar_backend.store import default_data_dir
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 DEFAULT_PORT = 50051
-DEFAULT_CHARACTER_ID = "default"
 DEFAULT_NPC_ID = "cli-npc"
 DEFAULT_OUT = "out/npc.mp4"
 SESSION_SAMPLE_RATE = 48000
@@ -999,37 +994,6 @@ def command_say(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def default_character_files() -> tuple[dict, bytes]:
-    """The embedded default character: its prompts (JSON) and its reference image (PNG bytes)."""
-    assets = resources.files("avatar_backend") / "assets"
-    spec = json.loads((assets / "default_character.json").read_text())
-    return spec, (assets / spec.get("image", "default_character.png")).read_bytes()
-
-
-def ensure_default_character(data_dir: Path) -> bool:
-    """Write the default character into ``data_dir`` unless one of that id exists; True when written.
-
-    Done before the server starts, so the data dir has no other writer at that moment.
-    """
-    store = DataDir(data_dir).ensure()
-    if store.has_character(DEFAULT_CHARACTER_ID):
-        return False
-    spec, png = default_character_files()
-    with Image.open(io.BytesIO(png)) as image:
-        width, height = image.size
-    record = CharacterRecord(
-        character_id=DEFAULT_CHARACTER_ID,
-        base_prompt=spec["base_prompt"],
-        emotion_prompts=dict(spec.get("emotion_prompts", {})),
-        action_prompts=dict(spec.get("action_prompts", {})),
-        reference_width=width,
-        reference_height=height,
-        created_unix_ms=now_ms(),
-    )
-    store.write_character(record, png)
-    return True
-
-
 def command_serve(args: argparse.Namespace) -> int:
     try:
         from avatar_backend.gateway.server import ServerOptions, StartupRefused, check_startup, run_server
@@ -1061,8 +1025,6 @@ def command_serve(args: argparse.Namespace) -> int:
         check_startup(options)  # refuse before the data dir is touched or anything is bound
     except StartupRefused as error:
         raise CliError(str(error)) from None
-    if ensure_default_character(data_dir):
-        print(f"avatar-backend registered the default character in {display_path(data_dir)}", flush=True)
 
     def on_ready(port: int) -> None:
         # Called on the server's event loop: ask the server itself what it loaded, without blocking it.

@@ -10,19 +10,30 @@ at once. Whatever PNG or JPEG mode it comes in, it is stored as an 8-bit RGB PNG
 from __future__ import annotations
 
 import io
+import json
 import threading
+from importlib import resources
 
 import grpc
 import numpy as np
 from PIL import Image, ImageOps
 
+from avatar_backend import DEFAULT_CHARACTER_ID
 from avatar_backend.proto_gen import avatar_service_pb2
-from avatar_backend.store import CharacterRecord, valid_id
+from avatar_backend.store import CharacterRecord, DataDir, now_ms, valid_id
 
 from .limits import Limits
 from .status import RpcFailure
 
-__all__ = ["character_to_proto", "check_character_request", "prepare_reference_image", "to_rgb"]
+__all__ = [
+    "character_to_proto",
+    "check_character_request",
+    "default_character_files",
+    "ensure_default_character",
+    "prepare_reference_image",
+    "to_rgb",
+]
+
 
 # MPO is what many cameras write: a JPEG with extra pictures appended (the first one is used).
 ACCEPTED_IMAGE_FORMATS = ("PNG", "JPEG", "MPO")
@@ -173,3 +184,32 @@ def character_to_proto(record: CharacterRecord, npc_count: int) -> avatar_servic
         reference_width=record.reference_width, reference_height=record.reference_height,
         created_unix_ms=record.created_unix_ms, npc_count=npc_count,
     )
+
+
+def default_character_files() -> tuple[dict, bytes]:
+    """The embedded default character: its prompts (JSON) and its reference image (PNG bytes)."""
+    assets = resources.files("avatar_backend") / "assets"
+    spec = json.loads((assets / "default_character.json").read_text())
+    return spec, (assets / spec.get("image", "default_character.png")).read_bytes()
+
+
+def ensure_default_character(data_dir: DataDir) -> bool:
+    """Write the default character into ``data_dir`` unless one of that id exists; True when written.
+
+    The server does this at start-up, before it serves, so the data dir has no other writer at that moment.
+    """
+    if data_dir.has_character(DEFAULT_CHARACTER_ID):
+        return False
+    spec, png = default_character_files()
+    with Image.open(io.BytesIO(png)) as image:
+        width, height = image.size
+    data_dir.write_character(CharacterRecord(
+        character_id=DEFAULT_CHARACTER_ID,
+        base_prompt=spec["base_prompt"],
+        emotion_prompts=dict(spec.get("emotion_prompts", {})),
+        action_prompts=dict(spec.get("action_prompts", {})),
+        reference_width=width,
+        reference_height=height,
+        created_unix_ms=now_ms(),
+    ), png)
+    return True

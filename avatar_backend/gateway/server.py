@@ -38,6 +38,7 @@ from avatar_backend.worker.process import WorkerProcess, WorkerProcessConfig, Wo
 
 from .auth import (ApiKeyInterceptor, ServerTls, TlsConfigError, UnsafeExposureError, check_exposure,
                    load_server_tls)
+from .characters import ensure_default_character
 from .limits import Limits
 from .runtime import GatewayRuntime, SessionRegistry, WorkerLinkLike, WorkerStatus
 from .service import AvatarService
@@ -294,6 +295,8 @@ async def serve(options: ServerOptions, ready_callback: Callable[[int], object] 
         return 1
     log.info("Opus decoder: %s", opus_version)
     data_dir = options.resolved_data_dir().prepare()  # private again, stale temporary files removed
+    if ensure_default_character(data_dir):
+        log.info("registered the default character in %s", data_dir.root)
     link = GatewayLink(options.worker_endpoint)
     await link.start()
     try:

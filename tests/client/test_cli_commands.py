@@ -11,6 +11,7 @@ from PIL import Image
 
 from avatar_backend import cli
 from avatar_backend.client import AvatarError
+from avatar_backend.gateway.characters import default_character_files, ensure_default_character
 from avatar_backend.store import DataDir
 
 SUBCOMMANDS = [
@@ -131,17 +132,17 @@ def test_format_table_aligns_columns():
 
 
 def test_default_character_is_written_once(tmp_path):
-    assert cli.ensure_default_character(tmp_path)
-    store = DataDir(tmp_path)
+    store = DataDir(tmp_path).ensure()
+    assert ensure_default_character(store)
     record = store.read_character("default")
     assert record.reference_width == 256 and record.reference_height == 256
     assert "happy" in record.emotion_prompts and record.action_prompts
     assert store.read_reference_image("default")[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not cli.ensure_default_character(tmp_path)
+    assert not ensure_default_character(store)
 
 
 def test_default_character_asset_matches_its_json():
-    spec, png = cli.default_character_files()
+    spec, png = default_character_files()
     assert spec["character_id"] == "default" and spec["base_prompt"]
     assert json.dumps(spec)  # plain JSON types only
     assert png[:4] == b"\x89PNG"
