@@ -6,6 +6,7 @@
   received VideoFrame, AudioEcho, SessionStats, SessionEvent and InterruptAck messages.
 - :class:`AvatarError`: every failure, with its gRPC status code.
 - :class:`Mp4Recorder`: write a conversation's frames and echoed audio to an MP4 file.
+- :mod:`.meters`: when an utterance's frames have all arrived, and the A/V offset of each frame.
 
 The messages are those of ``proto/avatar/v1``; import them from ``avatar_backend.proto_gen``.
 """

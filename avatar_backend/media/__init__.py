@@ -5,6 +5,7 @@
 - :mod:`.resample`: streaming resampling to the model's 16 kHz
 - :mod:`.encoders`: video frame encoders (JPEG, raw RGB) and the codec registry
 - :mod:`.clock`: frame times on the session's audio clock
+- :mod:`.audio_file`: audio files (any format FFmpeg reads) to mono int16 PCM
 - :mod:`.bench`: CPU cost of the gateway's media work per video frame
 
 Import the submodules directly: each pulls in only the native libraries it needs.

@@ -10,8 +10,13 @@ import pytest
 from PIL import Image
 
 from avatar_backend import cli
+from avatar_backend.cli import common
+from avatar_backend.cli import say as say_command
 from avatar_backend.client import AvatarError
-from avatar_backend.gateway.characters import default_character_files, ensure_default_character
+from avatar_backend.gateway.characters import (
+    default_character_files,
+    ensure_default_character,
+)
 from avatar_backend.store import DataDir
 
 SUBCOMMANDS = [
@@ -36,11 +41,11 @@ def test_parsing_of_serve_say_and_character_add():
     )
     say = parser.parse_args(["say", "--audio", "a.wav", "--out", "x.mp4", "--fast", "--size", "320x240", "--fps", "25"])
     assert say.size == (320, 240) and say.fps == 25 and say.fast and say.server == "127.0.0.1:50051"
-    options = cli.say_options_from_args(say, say.server)
+    options = say_command.say_options_from_args(say, say.server)
     assert (options.width, options.height, options.fast, options.npc_id) == (320, 240, True, "cli-npc")
     demo = parser.parse_args(["demo"])
-    assert cli.say_options_from_args(demo, "h:1").fast  # the demo sends like TTS unless --realtime
-    assert not cli.say_options_from_args(parser.parse_args(["demo", "--realtime"]), "h:1").fast
+    assert say_command.say_options_from_args(demo, "h:1").fast  # the demo sends like TTS unless --realtime
+    assert not say_command.say_options_from_args(parser.parse_args(["demo", "--realtime"]), "h:1").fast
     add = parser.parse_args([
         "character", "add", "smith", "--image", "s.png", "--prompt", "a smith",
         "--emotion", "angry=shouting, red face", "--emotion", "sad=crying", "--action", "wave=waves",
@@ -80,7 +85,7 @@ def test_grpc_errors_print_the_status_name_and_message(registered, capsys):
     assert cli.main(["npc", "rm", "ghost", "--server", registered.target]) == 1
     assert capsys.readouterr().err.strip() == "error: NOT_FOUND: NPC 'ghost' does not exist"
     error = AvatarError(grpc.StatusCode.UNAVAILABLE, "draining", retry_after_ms=1000)
-    assert cli.format_error(error) == "error: UNAVAILABLE: draining (retry after 1000 ms)"
+    assert common.format_error(error) == "error: UNAVAILABLE: draining (retry after 1000 ms)"
 
 
 def test_character_and_npc_commands(registered, tmp_path, capsys):
@@ -127,7 +132,7 @@ def cli_npc(npc_id: str, character_id: str):
 
 
 def test_format_table_aligns_columns():
-    text = cli.format_table(("ID", "N"), [("a", 1), ("longer", 22)])
+    text = common.format_table(("ID", "N"), [("a", 1), ("longer", 22)])
     assert text.splitlines() == ["ID      N", "a       1", "longer  22"]
 
 
@@ -164,7 +169,7 @@ def test_bench_without_the_module_is_a_clear_error(monkeypatch, capsys):
 
 
 def test_named_prompt_and_size_parsers():
-    assert cli.parse_named_prompt(" happy = big smile ") == ("happy", "big smile")
-    assert cli.parse_size("640X360") == (640, 360)
+    assert common.parse_named_prompt(" happy = big smile ") == ("happy", "big smile")
+    assert common.parse_size("640X360") == (640, 360)
     with pytest.raises(argparse.ArgumentTypeError):
-        cli.parse_named_prompt("=x")
+        common.parse_named_prompt("=x")

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from avatar_backend import cli
+from avatar_backend.cli import say as say_command
 from avatar_backend.client import AvatarError, Mp4Recorder
+from avatar_backend.client.meters import UtteranceWatch
+from avatar_backend.media.audio_file import AudioFileError, load_audio
 from avatar_backend.proto_gen import converse_pb2
 
 RATE = 48000
@@ -34,8 +36,8 @@ def open_mp4(path) -> tuple[int, av.audio.stream.AudioStream | None, float]:
 def test_say_records_the_whole_utterance(registered, tmp_path, fast):
     out = tmp_path / "npc.mp4"
     pcm = speech_like(0.75)  # 3.75 blocks of the fake: the last block holds the utterance's end
-    options = cli.SayOptions(server=registered.target, out=out, fast=fast, timeout_s=20)
-    report = asyncio.run(cli.say(pcm, options))
+    options = say_command.SayOptions(server=registered.target, out=out, fast=fast, timeout_s=20)
+    report = asyncio.run(say_command.say(pcm, options))
 
     assert report.frames_received == 16 and report.frames_written == 16
     assert report.utterance_complete and not report.timed_out
@@ -56,32 +58,32 @@ def test_say_records_the_whole_utterance(registered, tmp_path, fast):
 
 def test_say_stops_at_its_timeout(registered, tmp_path, capsys):
     out = tmp_path / "npc.mp4"
-    options = cli.SayOptions(server=registered.target, out=out, npc_id="mute", fast=True, timeout_s=0.5)
-    report = asyncio.run(cli.say(speech_like(0.2), options, log=lambda _: None))
+    options = say_command.SayOptions(server=registered.target, out=out, npc_id="mute", fast=True, timeout_s=0.5)
+    report = asyncio.run(say_command.say(speech_like(0.2), options, log=lambda _: None))
     assert report.timed_out and report.frames_received == 0 and report.frames_written == 0
-    cli.print_say_report(report, out)
+    say_command.print_say_report(report, out)
     text = capsys.readouterr().out
     assert "stopped waiting at the timeout" in text and "none written" in text
 
 
 def test_say_reports_a_stream_error(registered, tmp_path):
-    options = cli.SayOptions(server=registered.target, out=tmp_path / "npc.mp4", npc_id="crash", fast=True)
+    options = say_command.SayOptions(server=registered.target, out=tmp_path / "npc.mp4", npc_id="crash", fast=True)
     with pytest.raises(AvatarError) as caught:
-        asyncio.run(cli.say(speech_like(0.2), options))
+        asyncio.run(say_command.say(speech_like(0.2), options))
     assert caught.value.code_name == "UNAVAILABLE"
 
 
 def test_print_say_report(registered, tmp_path, capsys):
     out = tmp_path / "npc.mp4"
-    report = asyncio.run(cli.say(speech_like(0.3), cli.SayOptions(server=registered.target, out=out, fast=True)))
-    cli.print_say_report(report, out)
+    report = asyncio.run(say_command.say(speech_like(0.3), say_command.SayOptions(server=registered.target, out=out, fast=True)))
+    say_command.print_say_report(report, out)
     text = capsys.readouterr().out
     for label in ("frames received:", "first frame:", "A/V offset:", "dropped frames:", "video:"):
         assert label in text
     assert "faster than real time, as TTS" in text
     assert "voice gaps:       none" in text
     report.voice_gaps_ms = [400, 250]
-    cli.print_say_report(report, out)
+    say_command.print_say_report(report, out)
     assert "voice gaps:       2 (650 ms of silence inside the utterance" in capsys.readouterr().out
 
 
@@ -126,7 +128,7 @@ def test_recorder_rejects_odd_sizes(tmp_path):
 
 
 def test_utterance_watch_prefers_the_reported_end():
-    watch = cli.UtteranceWatch(samples_per_frame=2400)
+    watch = UtteranceWatch(samples_per_frame=2400)
     speaking = converse_pb2.VideoFrame(pts=4800, speaking=True)
     watch.frame(converse_pb2.VideoFrame(pts=0))
     watch.frame(converse_pb2.VideoFrame(pts=2400))
@@ -150,8 +152,8 @@ def test_load_audio_resamples_any_file_to_48k_mono(tmp_path):
             container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
-    pcm = cli.load_audio(path)
+    pcm = load_audio(path, 48000)
     assert pcm.dtype == np.int16 and pcm.ndim == 1
     assert abs(pcm.size - RATE) < 100
-    with pytest.raises(cli.CliError, match="not found"):
-        cli.load_audio(tmp_path / "missing.wav")
+    with pytest.raises(AudioFileError, match="not found"):
+        load_audio(tmp_path / "missing.wav", 48000)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatar_backend.cli import load_audio
+from avatar_backend.media.audio_file import load_audio
 from avatar_backend.proto_gen import converse_pb2
 
 SIZE = 64            # the smallest size the tiny model serves: keeps CI's CPU time down

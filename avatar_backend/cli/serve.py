@@ -1,0 +1,130 @@
+"""``avatar-backend serve``: the gateway and its worker, configured from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from avatar_backend.client import AvatarClient, AvatarError
+from avatar_backend.gateway.limits import Limits, parse_byte_size
+from avatar_backend.store import default_data_dir
+
+from .common import CliError, display_path, resolve_api_key
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the server's worker runs (`serve` and `demo`)."""
+    parser.add_argument(
+        "--config", default="tiny", metavar="NAME", help="model config name or JSON file (default tiny)"
+    )
+    parser.add_argument(
+        "--device", default="cpu", metavar="DEVICE", help="where the generator runs: cpu, cuda, cuda:N (default cpu)"
+    )
+    parser.add_argument(
+        "--weights", type=Path, metavar="FILE", help="model weights file (safetensors; default: random weights, and the server says so)"
+    )
+
+
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """How many NPCs `serve` keeps, where, and how often it saves them (published in ServerInfo.limits)."""
+
+    def byte_size(text: str) -> int:
+        try:
+            return parse_byte_size(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parser.add_argument(
+        "--max-stored-npcs", type=int, default=Limits.max_stored_npcs, metavar="N",
+        help=f"NPCs kept on disk; creating one more is refused until NPCs are deleted "
+             f"(default {Limits.max_stored_npcs}; 0: no limit)",
+    )
+    parser.add_argument(
+        "--max-stored-npc-bytes", type=byte_size, default=Limits.max_stored_npc_bytes, metavar="SIZE",
+        help=f"disk space for NPC memories, e.g. 64G; creating an NPC beyond it is refused "
+             f"(default {Limits.max_stored_npc_bytes >> 30}G; 0: no limit)",
+    )
+    parser.add_argument(
+        "--max-parked-memory-bytes", type=byte_size, default=Limits.max_parked_memory_bytes, metavar="SIZE",
+        help=f"host memory for the memories of NPCs not in a session; beyond it the least recently used are "
+             f"read back from disk when needed (default {Limits.max_parked_memory_bytes >> 30}G)",
+    )
+    parser.add_argument(
+        "--voice-jitter-budget-ms", type=int, default=Limits.voice_jitter_budget_ms, metavar="MS",
+        help=f"how long an utterance's voice may stall (arrive later than real time) before silence goes "
+             f"inside it; real-time voice waits this much beyond a block before it starts "
+             f"(default {Limits.voice_jitter_budget_ms})",
+    )
+    parser.add_argument(
+        "--npc-snapshot-interval-s", type=float, default=Limits.npc_snapshot_interval_s, metavar="SECONDS",
+        help=f"save the memories of NPCs in a session this often, so a worker crash loses at most that much "
+             f"(default {Limits.npc_snapshot_interval_s}; 0: only when a session ends)",
+    )
+
+
+def command_serve(args: argparse.Namespace) -> int:
+    try:
+        from avatar_backend.gateway.server import ServerOptions, StartupRefused, check_startup, run_server
+    except ImportError as error:
+        raise CliError(f"the server is not available in this installation ({error})") from None
+    data_dir = (args.data_dir or default_data_dir()).expanduser()
+    if args.weights is not None and not args.weights.is_file():
+        raise CliError(f"weights file not found: {args.weights}")
+    api_key = resolve_api_key(args)
+    options = ServerOptions(
+        host=args.host,
+        port=args.port,
+        data_dir=data_dir,
+        model_config=args.config,
+        device=args.device,
+        weights=args.weights,
+        api_key=api_key,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        insecure_no_auth_on_network=args.insecure_no_auth_on_network,
+        max_stored_npcs=args.max_stored_npcs,
+        max_stored_npc_bytes=args.max_stored_npc_bytes,
+        max_parked_memory_bytes=args.max_parked_memory_bytes,
+        npc_snapshot_interval_s=args.npc_snapshot_interval_s,
+        voice_jitter_budget_ms=args.voice_jitter_budget_ms,
+    )
+    try:
+        check_startup(options)  # refuse before the data dir is touched or anything is bound
+    except StartupRefused as error:
+        raise CliError(str(error)) from None
+
+    def on_ready(port: int) -> None:
+        # Called on the server's event loop: ask the server itself what it loaded, without blocking it.
+        # Not over TLS: the server's certificate may not name the loopback address, nor can this process
+        # present a client certificate.
+        if options.tls_cert is None:
+            target = local_target(args.host, port)
+            asyncio.get_running_loop().create_task(print_served_model(target, data_dir, api_key))
+
+    return run_server(options, ready_callback=on_ready) or 0
+
+
+def local_target(host: str, port: int) -> str:
+    """Where a client on this machine reaches a server listening on ``host``."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        return f"127.0.0.1:{port}"
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+async def print_served_model(target: str, data_dir: Path, api_key: str | None) -> None:
+    try:
+        async with AvatarClient(target, api_key=api_key) as client:
+            info = await client.server_info()
+    except AvatarError as error:
+        print(f"avatar-backend could not read its own server info: {error}", flush=True)
+        return
+    weights = "random weights" if info.model.random_weights else f"weights {info.model.weights_sha256[:12]}"
+    print(
+        f"avatar-backend model {info.model.name} ({weights}) on {info.worker_device}, "
+        f"data {display_path(data_dir)}",
+        flush=True,
+    )
