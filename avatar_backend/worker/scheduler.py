@@ -441,8 +441,9 @@ class Scheduler:
         deadline = video_end - self._compute_estimate_s - config.underrun_margin_s
         needed = consume + lookahead
         if not state.speaking and state.utterance_open and not self._faster_than_real_time(state, now):
-            # A waiting utterance also holds what the jitter budget needs beyond the video already made.
-            reserve_s = max(0.0, config.voice_jitter_budget_s - (deadline - now))
+            # A waiting utterance also holds what the jitter budget needs beyond the video already made; never
+            # more than the budget itself, or a generator slower than real time would never let it start.
+            reserve_s = min(max(0.0, config.voice_jitter_budget_s - (deadline - now)), config.voice_jitter_budget_s)
             needed += int(reserve_s * config.sample_rate)
         if queued >= needed:
             return -np.inf, "voice"                                     # (a)
