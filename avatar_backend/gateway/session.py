@@ -34,6 +34,7 @@ from avatar_backend.media.clock import FrameClock
 from avatar_backend.media.encoders import EncoderSettings, create_encoder
 from avatar_backend.proto_gen import converse_pb2, worker_pb2
 from avatar_backend.store import CharacterRecord
+from avatar_backend.worker.character_spec import spec_from_record
 from avatar_backend.worker.link import WorkerBusyError, WorkerLost, WorkerRequestError, WorkerUnavailableError
 
 from .audio_input import AudioInput
@@ -164,17 +165,19 @@ class ConverseSession:
 
     async def _open_npc(self, settings: SessionSettings) -> converse_pb2.SessionAccepted:
         link = self._runtime.link
+        character, reference_png = await self._npc_character(settings)
         # Subscribe first, so that no frame made right after NpcOpened is missed.
         self._worker_queue = link.subscribe(self.session_id)
         request = worker_pb2.ToWorker(open_npc=worker_pb2.OpenNpc(
             session_id=self.session_id, npc_id=settings.npc_id, character_id=settings.character_id,
             width=settings.width, height=settings.height, fps=settings.fps, seed=settings.seed,
             reset_memory=settings.reset_memory, resume_token=settings.resume_token,
+            character=spec_from_record(character),
         ))
         # From here until the worker answers, the NPC may be open (a timeout, a cancelled call): close it then.
         self._npc_open_requested = True
         try:
-            reply, _ = await link.request(request, timeout=self._runtime.open_timeout_s)
+            reply, _ = await link.request(request, [reference_png], timeout=self._runtime.open_timeout_s)
         except WorkerRequestError as err:
             self._npc_open_requested = False  # refused: nothing was opened
             raise failure_from_worker(err, resource=(NPC_RESOURCE, settings.npc_id)) from None
@@ -197,8 +200,7 @@ class ConverseSession:
         self._input = ClientInput(
             self.session_id, self._runtime,
             AudioInput(settings.audio_codec, settings.sample_rate, settings.opus_pre_skip),
-            self._load_character(npc.character_id), self._media, self._send, self._fail,
-            is_live=lambda: self.phase is SessionPhase.LIVE)
+            character, self._media, self._send, self._fail, is_live=lambda: self.phase is SessionPhase.LIVE)
         return converse_pb2.SessionAccepted(
             session_id=self.session_id, npc_id=npc.npc_id or settings.npc_id, character_id=npc.character_id,
             video=settings.video_format(width, height, fps), audio=settings.audio_format(), resumed=opened.resumed,
@@ -208,13 +210,31 @@ class ConverseSession:
             start_frame_index=opened.start_frame_index,
         )
 
-    def _load_character(self, character_id: str) -> CharacterRecord | None:
+    async def _npc_character(self, settings: SessionSettings) -> tuple[CharacterRecord, bytes]:
+        """The character the NPC looks like and its reference image, sent to the worker with OpenNpc (the
+        worker never reads this data directory): the one asked for, or an existing NPC's own."""
+        character_id = settings.character_id
+        if not character_id:
+            try:
+                reply, _ = await self._runtime.link.request(worker_pb2.ToWorker(npc_query=worker_pb2.NpcQuery(
+                    npc_id=settings.npc_id)), timeout=self._runtime.request_timeout_s)
+            except WorkerRequestError:
+                reply = None  # no such NPC: the worker says so below
+            except WorkerUnavailableError as err:
+                raise failure_from_worker(err) from None
+            npcs = [n for n in reply.npc_list.npcs if n.npc_id == settings.npc_id] if reply else []
+            character_id = npcs[0].character_id if npcs else ""
+        if not character_id:
+            raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"character_id: required for the new NPC {settings.npc_id!r} (see ListCharacters)")
+        data_dir = self._runtime.data_dir
         try:
-            return self._runtime.data_dir.read_character(character_id)
+            return (await asyncio.to_thread(data_dir.read_character, character_id),
+                    await asyncio.to_thread(data_dir.read_reference_image, character_id))
         except (FileNotFoundError, ValueError):
-            log.warning("session %s: character %r has no record; emotion and action names are unknown",
-                        self.session_id, character_id)
-            return None
+            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"character_id: NPC {settings.npc_id!r} looks like {character_id!r}, which is no "
+                             "longer registered; register it again or reset the NPC with a character") from None
 
     async def _serve_live(self) -> None:
         loop = asyncio.get_running_loop()

@@ -38,6 +38,7 @@ from avatar_backend.store import (
     default_data_dir,
 )
 
+from .character_spec import record_from_spec
 from .link import WorkerLink
 from .log_limit import RateLimitedLog
 from .memory_pool import MemoryCodec, MemoryPool, PoolError
@@ -98,20 +99,17 @@ def listening_prompt(record: CharacterRecord) -> str:
 class CharacterCache:
     """Character conditioning per (character_id, revision, width, height), prepared once, LRU-bounded."""
 
-    def __init__(self, pipeline: Any, data_dir: DataDir, capacity: int = 64):
+    def __init__(self, pipeline: Any, capacity: int = 64):
         self.pipeline = pipeline
-        self.data_dir = data_dir
         self.capacity = capacity
         self._cache: collections.OrderedDict[tuple[str, int, int, int], Any] = collections.OrderedDict()
 
-    def get(self, character_id: str, width: int, height: int) -> Any:
-        if not self.data_dir.has_character(character_id):
-            raise RequestError("INVALID_ARGUMENT", f"character_id {character_id!r} is not a registered character")
-        record = self.data_dir.read_character(character_id)
+    def get(self, record: CharacterRecord, png: bytes, width: int, height: int) -> Any:
+        """The conditioning of ``record`` (its reference image ``png``) at a size; prepared on first use."""
+        character_id = record.character_id
         key = (character_id, record.revision, width, height)
         cond = self._cache.get(key)
         if cond is None:
-            png = self.data_dir.read_reference_image(character_id)
             try:
                 cond = self.pipeline.prepare_character(record, png, width, height)
             except ValueError as err:  # the generator's GeneratorError: this character cannot be used
@@ -154,7 +152,7 @@ class Worker:
                                max_stored_npcs=config.max_stored_npcs, max_stored_bytes=config.max_stored_npc_bytes,
                                snapshot_interval_s=config.npc_snapshot_interval_s, clock=clock)
         self._interrupt_log = RateLimitedLog(log, INTERRUPT_LOG_INTERVAL_S, clock=clock)
-        self.characters = CharacterCache(pipeline, data_dir, config.character_cache_size)
+        self.characters = CharacterCache(pipeline, config.character_cache_size)
         self.scheduler = Scheduler(pipeline, config.scheduler, clock)
         self._stopping = False
         self.gateway_gone = False
@@ -268,12 +266,17 @@ class Worker:
             raise RequestError("INVALID_ARGUMENT", "open_npc.session_id is empty")
         if req.session_id in self.scheduler.sessions:
             raise RequestError("ALREADY_EXISTS", f"session {req.session_id!r} is already open")
+        if not req.HasField("character") or len(payloads) != 1:
+            raise RequestError("INVALID_ARGUMENT", "open_npc needs the NPC's character and its reference image")
+        record = record_from_spec(req.character)
         memory, resumed = self.pool.acquire(
             req.npc_id, req.session_id, character_id=req.character_id, width=req.width, height=req.height,
             fps=req.fps, seed=req.seed, reset=req.reset_memory, resume_token=req.resume_token)
         try:
-            conditioning = self.characters.get(memory.character_id, memory.width, memory.height)
-            record = self.characters.data_dir.read_character(memory.character_id)
+            if record.character_id != memory.character_id:
+                raise RequestError("INVALID_ARGUMENT", f"character_id: NPC {req.npc_id!r} looks like "
+                                                       f"{memory.character_id!r}, not {record.character_id!r}")
+            conditioning = self.characters.get(record, bytes(payloads[0]), memory.width, memory.height)
             self.scheduler.open_session(req.session_id, req.npc_id, memory, conditioning,
                                         listening_prompt=listening_prompt(record))
         except BaseException:

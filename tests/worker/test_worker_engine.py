@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from worker_helpers import BLOCK, BLOCK0, LOOKAHEAD, FakeClock
+from worker_helpers import BLOCK, BLOCK0, LOOKAHEAD, FakeClock, open_npc
 
 from avatar_backend.proto_gen import worker_pb2 as pb
 from avatar_backend.store import CharacterRecord
@@ -42,6 +42,7 @@ class Harness:
     def __init__(self, pipeline, data_dir, clock):
         self.link = RecordingLink()
         self.pipeline = pipeline
+        self.data_dir = data_dir
         config = WorkerConfig(endpoint="inproc://unused", data_dir=data_dir.root)
         telemetry = DeviceTelemetry(nvml_loader=_no_nvml)
         self.worker = Worker(config, pipeline, FakePipeline.codec, self.link, telemetry=telemetry, clock=clock)
@@ -57,7 +58,17 @@ class Harness:
         self.worker.handle(pb.ToWorker(**body), [memoryview(np.ascontiguousarray(p)).cast("B") for p in payloads])
 
     def open(self, session_id="s1", npc_id="guard", **kw) -> pb.FromWorker:
-        return self.request(open_npc=pb.OpenNpc(session_id=session_id, npc_id=npc_id, **kw))
+        """OpenNpc as the gateway sends it: with the character asked for, or the NPC's own."""
+        character = kw.get("character_id") or next(
+            (n.character_id for n in self.worker.pool.query(npc_id)), "") if "/" not in npc_id else ""
+        if not (character and self.data_dir.has_character(character)):
+            return self.request(open_npc=pb.OpenNpc(session_id=session_id, npc_id=npc_id, **kw))
+        rid = self.next_id
+        self.next_id += 1
+        message, payloads = open_npc(self.data_dir, character, request_id=rid, session_id=session_id, npc_id=npc_id,
+                                     **kw)
+        self.worker.handle(message, [memoryview(p) for p in payloads])
+        return self.link.replies.pop(rid)[0]
 
     def push(self, session_id, pcm):
         self.send([pcm], push_audio=pb.PushAudio(session_id=session_id, num_samples=pcm.size))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from worker_helpers import FakeClock
+from worker_helpers import FakeClock, open_npc
 
 from avatar_backend.proto_gen import worker_pb2 as pb
 from avatar_backend.worker.fake_pipeline import FakePipeline
@@ -39,8 +39,8 @@ def test_a_flood_of_interrupts_logs_one_line_per_session_per_interval(pipeline, 
     worker = Worker(WorkerConfig(endpoint="inproc://unused", data_dir=data_dir.root), pipeline, FakePipeline.codec,
                     link, telemetry=DeviceTelemetry(nvml_loader=_no_nvml), clock=clock)
     for rid, session in ((1, "s1"), (2, "s2")):
-        worker.handle(pb.ToWorker(request_id=rid, open_npc=pb.OpenNpc(
-            session_id=session, npc_id=f"npc-{session}", character_id="villager")), [])
+        worker.handle(*open_npc(data_dir, "villager", request_id=rid, session_id=session, npc_id=f"npc-{session}",
+                                character_id="villager"))
 
     with caplog.at_level(logging.INFO, logger="avatar_backend.worker"):
         for _ in range(1000):

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from avatar_backend.worker.fake_pipeline import FakePipeline
-from avatar_backend.worker.memory_pool import MemoryCodec, MemoryPool, PoolError, derive_seed
+from avatar_backend.worker.memory_pool import (
+    MemoryCodec,
+    MemoryPool,
+    PoolError,
+    derive_seed,
+)
 
 
 def make_pool(pipeline: FakePipeline, data_dir, budget: int = 1 << 30, codec: MemoryCodec | None = None) -> MemoryPool:

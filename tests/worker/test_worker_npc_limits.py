@@ -9,10 +9,10 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
+from worker_helpers import open_npc
 
 from avatar_backend.gateway.limits import Limits, parse_byte_size
 from avatar_backend.gateway.status import failure_from_worker
-from avatar_backend.proto_gen import worker_pb2 as pb
 from avatar_backend.worker.fake_pipeline import FakePipeline
 from avatar_backend.worker.link import GatewayLink, WorkerRequestError
 from avatar_backend.worker.main import Worker, WorkerConfig, parse_args
@@ -114,8 +114,8 @@ def test_the_worker_refuses_open_npc_with_resource_exhausted_and_the_gateway_map
     worker = Worker(WorkerConfig(endpoint="inproc://unused", data_dir=data_dir.root, max_stored_npcs=1), pipeline,
                     FakePipeline.codec, link)
     for rid, npc in ((1, "a"), (2, "b")):
-        worker.handle(pb.ToWorker(request_id=rid, open_npc=pb.OpenNpc(session_id=f"s-{npc}", npc_id=npc,
-                                                                       character_id="villager")), [])
+        worker.handle(*open_npc(data_dir, "villager", request_id=rid, session_id=f"s-{npc}", npc_id=npc,
+                                character_id="villager"))
     assert link.replies[1].WhichOneof("body") == "npc_opened"
     error = link.replies[2].error
     assert error.code == "RESOURCE_EXHAUSTED" and "--max-stored-npcs" in error.message
@@ -137,11 +137,11 @@ def test_the_caps_reach_a_worker_process_through_its_config(data_dir):
             assert parsed.scheduler.voice_jitter_budget_s == 0.25
             await worker.start()
             try:
-                await link.request(pb.ToWorker(open_npc=pb.OpenNpc(session_id="s1", npc_id="first",
-                                                                    character_id="villager")), timeout=10)
+                await link.request(*open_npc(data_dir, "villager", session_id="s1", npc_id="first",
+                                             character_id="villager"), timeout=10)
                 with pytest.raises(WorkerRequestError) as err:
-                    await link.request(pb.ToWorker(open_npc=pb.OpenNpc(session_id="s2", npc_id="second",
-                                                                        character_id="villager")), timeout=10)
+                    await link.request(*open_npc(data_dir, "villager", session_id="s2", npc_id="second",
+                                                 character_id="villager"), timeout=10)
                 assert err.value.code == "RESOURCE_EXHAUSTED" and "max_stored_npcs (1)" in err.value.message
             finally:
                 await worker.stop(timeout=10)

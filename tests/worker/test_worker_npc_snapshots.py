@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from worker_helpers import FakeClock
+from worker_helpers import FakeClock, open_npc
 
 from avatar_backend.proto_gen import worker_pb2 as pb
 from avatar_backend.worker.fake_pipeline import FakeMemory, FakePipeline
@@ -161,8 +161,8 @@ def test_a_worker_killed_after_the_interval_keeps_its_new_npc_and_its_blocks(dat
             await worker.start()
             first_pid = worker.pid
             queue = link.subscribe("s1")
-            reply, _ = await link.request(pb.ToWorker(open_npc=pb.OpenNpc(
-                session_id="s1", npc_id="newcomer", character_id="villager")), timeout=10)
+            reply, _ = await link.request(*open_npc(data_dir, "villager", session_id="s1", npc_id="newcomer",
+                                                    character_id="villager"), timeout=10)
             assert not reply.npc_opened.resumed
             blocks = 0
             while blocks < 2:
@@ -181,8 +181,8 @@ def test_a_worker_killed_after_the_interval_keeps_its_new_npc_and_its_blocks(dat
             reply, _ = await link.request(pb.ToWorker(npc_query=pb.NpcQuery(npc_id="newcomer")), timeout=10)
             [npc] = reply.npc_list.npcs
             assert npc.character_id == "villager" and npc.blocks_generated >= 2
-            reply, _ = await link.request(pb.ToWorker(open_npc=pb.OpenNpc(
-                session_id="s2", npc_id="newcomer")), timeout=10)
+            reply, _ = await link.request(*open_npc(data_dir, "villager", session_id="s2", npc_id="newcomer"),
+                                          timeout=10)
             assert reply.npc_opened.resumed and reply.npc_opened.npc.blocks_generated == npc.blocks_generated
             await worker.stop(timeout=10)
 

@@ -8,11 +8,16 @@ import signal
 
 import numpy as np
 import pytest
+from worker_helpers import open_npc
 
 from avatar_backend.proto_gen import worker_pb2 as pb
 from avatar_backend.worker.fake_pipeline import FakePipeline
 from avatar_backend.worker.link import GatewayLink, WorkerLost
-from avatar_backend.worker.process import WorkerProcess, WorkerProcessConfig, WorkerStartError
+from avatar_backend.worker.process import (
+    WorkerProcess,
+    WorkerProcessConfig,
+    WorkerStartError,
+)
 
 FAKE_ENV = {"AVATAR_FAKE_PIPELINE": "1"}
 
@@ -41,8 +46,8 @@ def test_supervisor_restarts_a_killed_worker_and_stops_it_cleanly(data_dir):
             assert worker.ready and first_pid > 0 and link.worker_pid == first_pid
 
             queue = link.subscribe("s1")
-            reply, _ = await link.request(pb.ToWorker(open_npc=pb.OpenNpc(
-                session_id="s1", npc_id="guard", character_id="villager")), timeout=10)
+            reply, _ = await link.request(*open_npc(data_dir, "villager", session_id="s1", npc_id="guard",
+                                                    character_id="villager"), timeout=10)
             assert reply.npc_opened.npc.width == 128
             msg, payloads = await next_frame_block(queue)
             frames = np.frombuffer(payloads[0], np.uint8).reshape(msg.frame_block.num_frames, 128, 128, 3)
@@ -63,8 +68,8 @@ def test_supervisor_restarts_a_killed_worker_and_stops_it_cleanly(data_dir):
 
             # The new worker serves sessions; the killed one never saved "guard", so it starts fresh.
             queue = link.subscribe("s2")
-            reply, _ = await link.request(pb.ToWorker(open_npc=pb.OpenNpc(
-                session_id="s2", npc_id="guard", character_id="villager")), timeout=10)
+            reply, _ = await link.request(*open_npc(data_dir, "villager", session_id="s2", npc_id="guard",
+                                                    character_id="villager"), timeout=10)
             assert not reply.npc_opened.resumed
             await next_frame_block(queue)
 
@@ -118,7 +123,7 @@ def test_a_hung_worker_is_killed_and_restarted(data_dir):
             await worker.start()
             first_pid = worker.pid
             queue = link.subscribe("s1")
-            await link.request(pb.ToWorker(open_npc=pb.OpenNpc(session_id="s1", npc_id="n", character_id="villager")))
+            await link.request(*open_npc(data_dir, "villager", session_id="s1", npc_id="n", character_id="villager"))
             item = await asyncio.wait_for(queue.get(), 10)
             assert isinstance(item, WorkerLost) and "did not answer" in item.reason
             for _ in range(200):

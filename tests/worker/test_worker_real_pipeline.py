@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from worker_helpers import open_npc
 
 import avatar_backend.generator
 from avatar_backend.proto_gen import worker_pb2 as pb
@@ -63,8 +64,10 @@ def test_blocks_snapshots_and_resume_with_the_real_generator(real_pipeline, data
         worker.handle(pb.ToWorker(request_id=rid, **body), [])
         return link.replies.pop(rid)
 
-    opened = request(1, open_npc=pb.OpenNpc(session_id="s1", npc_id="guard", character_id="villager",
-                                            width=size[0], height=size[1]))
+    message, payloads = open_npc(data_dir, "villager", request_id=1, session_id="s1", npc_id="guard",
+                                 character_id="villager", width=size[0], height=size[1])
+    worker.handle(message, [memoryview(p) for p in payloads])
+    opened = link.replies.pop(1)
     assert opened.WhichOneof("body") == "npc_opened", opened
     consume, lookahead = pipeline.block_audio_samples(worker.scheduler.get("s1").memory)
     pcm = (0.1 * np.sin(np.arange(consume + lookahead) / 10)).astype(np.float32)
@@ -88,7 +91,7 @@ def test_blocks_snapshots_and_resume_with_the_real_generator(real_pipeline, data
     fresh = Worker(WorkerConfig(endpoint="inproc://unused", data_dir=data_dir.root), pipeline, codec, link,
                    telemetry=worker.telemetry)
     fresh.characters = worker.characters               # the conditioning is not what this checks
-    fresh.handle(pb.ToWorker(request_id=3, open_npc=pb.OpenNpc(session_id="s2", npc_id="guard",
-                                                               resume_token=closed.npc.resume_token)), [])
+    fresh.handle(*open_npc(data_dir, "villager", request_id=3, session_id="s2", npc_id="guard",
+                           resume_token=closed.npc.resume_token))
     reopened = link.replies.pop(3)
     assert reopened.npc_opened.resumed and reopened.npc_opened.start_frame_index == closed.npc.frames_generated

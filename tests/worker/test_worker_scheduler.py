@@ -10,7 +10,12 @@ import pytest
 from worker_helpers import BLOCK, BLOCK0, LOOKAHEAD, FakeClock
 
 from avatar_backend.worker.fake_pipeline import FakePipeline
-from avatar_backend.worker.scheduler import PcmQueue, Scheduler, SchedulerConfig, VoiceQueueFull
+from avatar_backend.worker.scheduler import (
+    PcmQueue,
+    Scheduler,
+    SchedulerConfig,
+    VoiceQueueFull,
+)
 
 RATE = 16_000
 GRACE = SchedulerConfig().start_grace_s      # 0.3 s

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 from avatar_backend.generator.config import ModelConfig, get_config
+from avatar_backend.proto_gen import worker_pb2
+from avatar_backend.store import DataDir
+from avatar_backend.worker.character_spec import spec_from_record
 
 SAMPLES_PER_FRAME = 800          # 16 kHz / 20 fps
 BLOCK0 = 21 * SAMPLES_PER_FRAME  # 16800
@@ -26,3 +29,12 @@ class FakeClock:
 def small_config() -> ModelConfig:
     """The tiny config with small sizes first, so fake frames stay cheap."""
     return dataclasses.replace(get_config("tiny"), width=64, height=64)
+
+
+def open_npc(data_dir: DataDir, character: str, request_id: int = 0,
+             **fields: object) -> tuple[worker_pb2.ToWorker, list[bytes]]:
+    """OpenNpc as the gateway sends it: the NPC's character (``character``, registered in ``data_dir``) with
+    its reference image as the payload."""
+    spec = spec_from_record(data_dir.read_character(character))
+    message = worker_pb2.ToWorker(request_id=request_id, open_npc=worker_pb2.OpenNpc(character=spec, **fields))
+    return message, [data_dir.read_reference_image(character)]

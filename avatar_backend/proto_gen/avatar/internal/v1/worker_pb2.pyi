@@ -61,7 +61,7 @@ class FromWorker(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., npc_opened: _Optional[_Union[NpcOpened, _Mapping]] = ..., frame_block: _Optional[_Union[FrameBlock, _Mapping]] = ..., interrupt_done: _Optional[_Union[InterruptDone, _Mapping]] = ..., npc_closed: _Optional[_Union[NpcClosed, _Mapping]] = ..., npc_list: _Optional[_Union[NpcList, _Mapping]] = ..., worker_info: _Optional[_Union[WorkerInfo, _Mapping]] = ..., error: _Optional[_Union[WorkerError, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., utterance_done: _Optional[_Union[UtteranceDone, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ...) -> None: ...
 
 class OpenNpc(_message.Message):
-    __slots__ = ("session_id", "npc_id", "character_id", "width", "height", "fps", "seed", "reset_memory", "resume_token")
+    __slots__ = ("session_id", "npc_id", "character_id", "width", "height", "fps", "seed", "reset_memory", "resume_token", "character")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NPC_ID_FIELD_NUMBER: _ClassVar[int]
     CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class OpenNpc(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     RESET_MEMORY_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CHARACTER_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     npc_id: str
     character_id: str
@@ -80,7 +81,36 @@ class OpenNpc(_message.Message):
     seed: int
     reset_memory: bool
     resume_token: str
-    def __init__(self, session_id: _Optional[str] = ..., npc_id: _Optional[str] = ..., character_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[int] = ..., seed: _Optional[int] = ..., reset_memory: _Optional[bool] = ..., resume_token: _Optional[str] = ...) -> None: ...
+    character: CharacterSpec
+    def __init__(self, session_id: _Optional[str] = ..., npc_id: _Optional[str] = ..., character_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[int] = ..., seed: _Optional[int] = ..., reset_memory: _Optional[bool] = ..., resume_token: _Optional[str] = ..., character: _Optional[_Union[CharacterSpec, _Mapping]] = ...) -> None: ...
+
+class CharacterSpec(_message.Message):
+    __slots__ = ("character_id", "revision", "base_prompt", "emotion_prompts", "action_prompts")
+    class EmotionPromptsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ActionPromptsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    BASE_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    EMOTION_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    character_id: str
+    revision: int
+    base_prompt: str
+    emotion_prompts: _containers.ScalarMap[str, str]
+    action_prompts: _containers.ScalarMap[str, str]
+    def __init__(self, character_id: _Optional[str] = ..., revision: _Optional[int] = ..., base_prompt: _Optional[str] = ..., emotion_prompts: _Optional[_Mapping[str, str]] = ..., action_prompts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class NpcOpened(_message.Message):
     __slots__ = ("session_id", "npc", "resumed", "first_block_frames", "block_frames", "start_frame_index")
