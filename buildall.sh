@@ -10,6 +10,7 @@
 #                            run it after a contract release, on the release commit, and commit the result
 #   ./buildall.sh bench      set up and run the benchmark (writes out/bench.json)
 #   ./buildall.sh stubs      regenerate the stubs from proto/ (done by every target)
+#   ./buildall.sh cpp        build the engine plugins' native client core (engine_plugins/cpp) and its sample
 #
 # Environment: PYTHON (default python3.11 or python3), VENV (default .venv),
 # AVATAR_TORCH_INDEX (pip index for a CUDA torch build, see README "GPU").
@@ -20,7 +21,12 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=${VENV:-.venv}
 SYSTEM_PACKAGES=(libopus0 espeak-ng)
 # For tests/contract: protoc's C# generator and mono's C# compiler.
-SYSTEM_PACKAGES+=(protobuf-compiler mono-mcs)
+SYSTEM_PACKAGES+=(protobuf-compiler mono-mcs mono-runtime gcc)
+# The engine plugins' native client core (engine_plugins/cpp): grpc++ and its protoc plugin, libopus,
+# TurboJPEG, GoogleTest.
+SYSTEM_PACKAGES+=(protobuf-compiler-grpc libgrpc++-dev libprotobuf-dev libopus-dev libturbojpeg0-dev libgtest-dev pkg-config)
+CPP_DIR=engine_plugins/cpp
+CPP_BUILD=${CPP_BUILD:-$CPP_DIR/build}
 # buf (protobuf lint and breaking-change checks) from npm, installed into a git-ignored folder.
 BUF_VERSION=1.75.0
 BUF=.tools/node_modules/.bin/buf
@@ -74,6 +80,39 @@ stubs() {
   done
 }
 
+# The C++ stubs are committed (engine_plugins/cpp/generated) and must be byte-for-byte what this protoc makes;
+# the version that made them is recorded beside them.
+cpp_stubs() {
+  local out=$CPP_DIR/generated
+  if ! command -v grpc_cpp_plugin >/dev/null 2>&1; then
+    log "grpc_cpp_plugin not found (Debian: apt-get install protobuf-compiler-grpc); C++ stubs not regenerated"
+    return 0
+  fi
+  log "generating C++ stubs from proto/ into $out"
+  local tmp
+  tmp=$(mktemp -d)
+  protoc -I proto --cpp_out="$tmp" --grpc_out="$tmp" --plugin=protoc-gen-grpc="$(command -v grpc_cpp_plugin)" \
+    $(find proto/avatar/v1 -name '*.proto' | sort)
+  printf '# Made by: ./buildall.sh stubs\nprotoc %s\ngrpc_cpp_plugin from %s\n' "$(protoc --version | sed 's/^libprotoc //')" \
+    "$(dpkg-query -W -f='protobuf-compiler-grpc ${Version}' protobuf-compiler-grpc 2>/dev/null || echo unknown)" \
+    > "$tmp/PROTOC_VERSION"
+  # Replace only what changed, so that an unchanged contract does not rebuild the core.
+  (cd "$tmp" && find . -type f) | while read -r f; do
+    cmp -s "$tmp/$f" "$out/$f" || { mkdir -p "$(dirname "$out/$f")"; cp "$tmp/$f" "$out/$f"; }
+  done
+  [ ! -d "$out/avatar" ] || (cd "$out" && find avatar -type f) | while read -r f; do
+    [ -f "$tmp/$f" ] || rm "$out/$f"  # made from a .proto that is gone
+  done
+  rm -rf "$tmp"
+}
+
+# Release build of the core, its unit tests and the avatar_say sample (outputs in the git-ignored $CPP_BUILD).
+cpp_build() {
+  log "building $CPP_DIR (Release) into $CPP_BUILD"
+  cmake -S "$CPP_DIR" -B "$CPP_BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$CPP_BUILD" -j2
+}
+
 setup() { system_packages; venv; stubs; }
 
 buf_tool() {
@@ -115,7 +154,8 @@ breaking_baseline() {
 
 case "${1:-setup}" in
   setup) setup ;;
-  stubs) stubs ;;
+  stubs) stubs; cpp_stubs ;;
+  cpp) system_packages; cpp_stubs; cpp_build ;;
   lint) proto_checks ;;
   breaking-baseline) breaking_baseline "${@:2}" ;;
   demo)
@@ -124,14 +164,18 @@ case "${1:-setup}" in
     ;;
   test)
     setup
+    cpp_stubs
     # The stubs are committed; in CI, regenerating them must not change them.
     if [ "${CI:-}" = true ] && git rev-parse --git-dir >/dev/null 2>&1 \
-        && [ -n "$(git status --porcelain -- avatar_backend/proto_gen)" ]; then
-      git status --short -- avatar_backend/proto_gen >&2
+        && [ -n "$(git status --porcelain -- avatar_backend/proto_gen "$CPP_DIR/generated")" ]; then
+      git status --short -- avatar_backend/proto_gen "$CPP_DIR/generated" >&2
       log "the committed stubs are out of date with proto/: run ./buildall.sh stubs and commit the result"
       exit 1
     fi
     proto_checks
+    cpp_build
+    log "ctest (the native core's unit tests and its exported-symbols check)"
+    ctest --test-dir "$CPP_BUILD" --output-on-failure
     exec "$VENV/bin/python" -m pytest -ra "${@:2}"
     ;;
   bench)
@@ -139,5 +183,5 @@ case "${1:-setup}" in
     mkdir -p out
     exec "$VENV/bin/avatar-backend" bench --json out/bench.json
     ;;
-  *) echo "usage: $0 [setup|demo|test|bench|stubs|lint|breaking-baseline [REF]]" >&2; exit 2 ;;
+  *) echo "usage: $0 [setup|demo|test|bench|stubs|cpp|lint|breaking-baseline [REF]]" >&2; exit 2 ;;
 esac

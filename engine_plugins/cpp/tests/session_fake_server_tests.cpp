@@ -1,0 +1,242 @@
+// session_fake_server_tests.cpp: the session's stream logic against a scripted in-process AvatarService (no
+// generator): the resume token and restart_sequence of a reopened stream, the clock that continues across it,
+// an interrupt's position converted to the server's clock and the frames its ack replaces, the end's token.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <turbojpeg.h>
+
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "avatar/v1/avatar_service.grpc.pb.h"
+#include "client_core.h"
+
+namespace avb {
+namespace {
+
+namespace v1 = avatar::v1;
+using Clock = std::chrono::steady_clock;
+
+std::string tiny_jpeg() {
+  std::vector<unsigned char> rgb(8 * 8 * 3, 128);
+  tjhandle handle = tjInitCompress();
+  unsigned char* jpeg = nullptr;
+  unsigned long size = 0;
+  tjCompress2(handle, rgb.data(), 8, 0, 8, TJPF_RGB, &jpeg, &size, TJSAMP_420, 90, 0);
+  std::string bytes(reinterpret_cast<char*>(jpeg), size);
+  tjFree(jpeg);
+  tjDestroy(handle);
+  return bytes;
+}
+
+// Stream 1: accepted, 1440 samples of echo and frames 0-4, then, once a voice packet arrives, UNAVAILABLE with a
+// resume-token trailer (a draining server). Stream 2: the NPC resumed at frame 10, the same echo and frames on
+// a clock that starts again at 0; an interrupt is acknowledged from pts 2400 (frame 11) on; the half-close ends
+// it with SessionEnded.
+class ScriptedService final : public v1::AvatarService::Service {
+ public:
+  grpc::Status Converse(grpc::ServerContext* context,
+                        grpc::ServerReaderWriter<v1::ServerMessage, v1::ClientMessage>* stream) override {
+    v1::ClientMessage in;
+    if (!stream->Read(&in) || !in.has_config()) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no config");
+    int number;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      configs.push_back(in.config());
+      number = static_cast<int>(configs.size());
+    }
+    const uint64_t first_index = number == 1 ? 0 : 10;
+    v1::ServerMessage out;
+    out.mutable_accepted()->set_resume_token(number == 1 ? "token-accepted-1" : "token-accepted-2");
+    out.mutable_accepted()->set_start_frame_index(first_index);
+    stream->Write(out);
+    out.Clear();
+    out.mutable_audio_echo()->set_start(0);
+    out.mutable_audio_echo()->set_sample_rate(16000);
+    // Stream 1: [0, 1440); stream 2: [0, 4800) on its clock, past the interrupt's replace point.
+    out.mutable_audio_echo()->set_pcm16(std::string((number == 1 ? 480 : 1600) * 2, '\0'));
+    stream->Write(out);
+    for (uint64_t k = 0; k < 5; ++k) {
+      out.Clear();
+      v1::VideoFrame* frame = out.mutable_frame();
+      frame->set_index(first_index + k);
+      frame->set_pts(k * 2400);
+      frame->set_audio_start(k * 2400);
+      frame->set_audio_end((k + 1) * 2400);
+      frame->set_codec(v1::VIDEO_CODEC_JPEG);
+      frame->set_width(8);
+      frame->set_height(8);
+      frame->set_data(jpeg);
+      stream->Write(out);
+    }
+    while (stream->Read(&in)) {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (in.has_audio()) {
+        audio.push_back({number, in.audio()});
+        if (number == 1) {
+          context->AddTrailingMetadata("resume-token", "token-saved-1");
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is draining");
+        }
+      }
+      if (in.has_interrupt()) {
+        interrupt_played_until = in.interrupt().played_until();
+        out.Clear();
+        out.mutable_interrupt_ack()->set_next_frame_index(first_index + 5);
+        out.mutable_interrupt_ack()->set_replace_from_pts(2400);
+        out.mutable_interrupt_ack()->set_dropped_samples(7);
+        out.mutable_interrupt_ack()->set_unheard_samples(9600);
+        stream->Write(out);
+      }
+    }
+    out.Clear();
+    out.mutable_ended()->set_resume_token("token-ended-2");
+    stream->Write(out);
+    return grpc::Status::OK;
+  }
+
+  std::mutex mutex;
+  std::vector<v1::SessionConfig> configs;
+  std::vector<std::pair<int, v1::AudioPacket>> audio;  // (stream number, packet)
+  uint64_t interrupt_played_until = 0;
+  const std::string jpeg = tiny_jpeg();
+};
+
+bool next_event(Session& session, avb_event* event, double timeout_s = 10) {
+  const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
+  while (Clock::now() < deadline) {
+    if (session.poll_event(event) == AVB_OK) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
+bool wait_for(Session& session, int32_t type, int32_t code, avb_event* event) {
+  while (next_event(session, event)) {
+    if (event->type == type && (code < 0 || event->code == code)) return true;
+  }
+  return false;
+}
+
+std::vector<avb_frame_info> drain_frames(Session& session) {
+  std::vector<avb_frame_info> frames;
+  std::vector<uint8_t> pixels(8 * 8 * 4);
+  avb_frame_info info;
+  while (session.poll_frame(PixelFormat::kRgba, pixels.data(), pixels.size(), &info) == AVB_OK) {
+    frames.push_back(info);
+  }
+  return frames;
+}
+
+TEST(SessionAgainstAScriptedServer, ReconnectsResumesContinuesTheClockAndReplacesOnInterrupt) {
+  ScriptedService service;
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_GT(port, 0);
+
+  ClientOptions client_options;
+  client_options.target = "127.0.0.1:" + std::to_string(port);
+  Client client(client_options);
+  SessionOptions options;
+  options.npc_id = "npc";
+  options.reset_memory = true;
+  options.reconnect = true;
+  std::unique_ptr<Session> session = client.open_session_owned(options);
+
+  avb_event event;
+  ASSERT_TRUE(wait_for(*session, AVB_EVENT_STATE, AVB_STATE_LIVE, &event));
+  EXPECT_STREQ(event.detail, "token-accepted-1");
+  // Stream 1's frames arrive (5 of them, pts 0-9600).
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  avb_stats stats{};
+  while (Clock::now() < deadline) {
+    session->stats(&stats);
+    if (stats.frames_received == 5) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(stats.frames_received, 5u);
+  auto first = drain_frames(*session);
+  ASSERT_EQ(first.size(), 5u);
+  EXPECT_EQ(first.back().pts, 9600u);
+
+  // A voice packet; the server then drains: the session reopens by itself with the saved token.
+  std::vector<int16_t> voice(960, 100);
+  ASSERT_EQ(session->push_pcm(voice.data(), voice.size()), AVB_OK);
+  ASSERT_TRUE(next_event(*session, &event));
+  EXPECT_EQ(event.type, AVB_EVENT_STATE);
+  EXPECT_EQ(event.code, AVB_STATE_RECONNECTING);
+  ASSERT_TRUE(wait_for(*session, AVB_EVENT_STATE, AVB_STATE_LIVE, &event));
+  EXPECT_EQ(event.values[0], 10u);
+  {
+    std::lock_guard<std::mutex> lock(service.mutex);
+    ASSERT_EQ(service.configs.size(), 2u);
+    EXPECT_TRUE(service.configs[0].reset_memory());
+    EXPECT_EQ(service.configs[0].resume_token(), "");
+    EXPECT_FALSE(service.configs[1].reset_memory()) << "a reconnect must never reset the NPC";
+    EXPECT_EQ(service.configs[1].resume_token(), "token-saved-1");
+    EXPECT_EQ(service.configs[1].audio().opus_pre_skip(), 312u);
+  }
+
+  // Stream 2's frames: the server's clock started again at 0; the session's continues after stream 1 (12000).
+  while (Clock::now() < deadline) {
+    session->stats(&stats);
+    if (stats.frames_received == 10) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(stats.frames_received, 10u);
+  EXPECT_EQ(stats.reconnects, 1u);
+
+  // The voice continues the count and declares the new stream's restart.
+  ASSERT_EQ(session->push_pcm(voice.data(), voice.size()), AVB_OK);
+  // Interrupt at 13000 on the session's clock: 1000 on the server's. The ack replaces from server pts 2400
+  // (session 14400): frames 11-14 go, frame 10 stays.
+  ASSERT_EQ(session->set_playback_position(13000), AVB_OK);
+  ASSERT_EQ(session->interrupt(), AVB_OK);
+  ASSERT_TRUE(wait_for(*session, AVB_EVENT_INTERRUPT_ACK, -1, &event));
+  EXPECT_EQ(event.values[0], 15u);
+  EXPECT_EQ(event.values[1], 14400u);
+  EXPECT_EQ(event.values[2], 7u);
+  EXPECT_EQ(event.values[3], 9600u);
+  auto second = drain_frames(*session);
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(second[0].index, 10u);
+  EXPECT_EQ(second[0].pts, 12000u);
+  // The echo: stream 1's [0, 1440), then stream 2's from 12000, cut at the replace point (nothing past 14400).
+  std::vector<int16_t> echo(100000);
+  size_t count = 0;
+  uint64_t start = 0;
+  ASSERT_EQ(session->poll_audio(echo.data(), echo.size(), &count, &start), AVB_OK);
+  EXPECT_EQ(start, 0u);
+  EXPECT_EQ(count, 1440u);  // with its last slice, held until the next echo, released as a hold
+  ASSERT_EQ(session->poll_audio(echo.data(), echo.size(), &count, &start), AVB_OK);
+  EXPECT_EQ(start, 12000u);
+  EXPECT_EQ(count, 2400u);  // [12000, 16800) cut at the replace point, 14400
+  EXPECT_EQ(session->poll_audio(echo.data(), echo.size(), &count, &start), AVB_NOT_READY);
+
+  ASSERT_EQ(session->close(), AVB_OK);
+  ASSERT_TRUE(wait_for(*session, AVB_EVENT_ENDED, -1, &event));
+  EXPECT_EQ(event.code, 0);
+  EXPECT_STREQ(event.detail, "token-ended-2");
+  {
+    std::lock_guard<std::mutex> lock(service.mutex);
+    EXPECT_EQ(service.interrupt_played_until, 1000u);
+    ASSERT_GE(service.audio.size(), 2u);
+    EXPECT_EQ(service.audio[0].first, 1);
+    EXPECT_EQ(service.audio[0].second.sequence_number(), 0u);
+    EXPECT_FALSE(service.audio[0].second.restart_sequence());
+    const auto& resumed = service.audio[1];
+    EXPECT_EQ(resumed.first, 2);
+    EXPECT_EQ(resumed.second.sequence_number(), 1u);
+    EXPECT_TRUE(resumed.second.restart_sequence());
+  }
+  session.reset();
+  server->Shutdown();
+}
+
+}  // namespace
+}  // namespace avb
