@@ -96,7 +96,8 @@ class MediaOutput:
         return session_event(converse_pb2.EVENT_CODE_AUDIO_GAP,
                              f"the voice stalled beyond the jitter budget: {gap_ms} ms of silence went inside the "
                              f"utterance ({self._gap_ms_total} ms in this session)",
-                             gap_ms=gap_ms, total_ms=self._gap_ms_total)
+                             gap_ms=gap_ms, gap_samples=self.session_samples(gap_samples),
+                             total_ms=self._gap_ms_total)
 
     def utterance_event(self, done: worker_pb2.UtteranceDone) -> converse_pb2.ServerMessage:
         return session_event(converse_pb2.EVENT_CODE_UTTERANCE_COMPLETE, "all audio of the utterance has been generated",
