@@ -5,6 +5,7 @@ video will use the same mouth measure on frames the model made (with the truth's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Mapping
 
 import numpy as np
@@ -51,6 +52,21 @@ def measure_mouth_openness(frames: np.ndarray, truth_or_layout: Mapping[str, Any
     also grows with the mouth's width ("ee" vs "oo"), while the height does not. A closed mouth still shows
     its thin lip line, so the value is small but not 0.
     """
+    def tallest_columns(darkness: np.ndarray) -> float:
+        return float(np.sort(darkness.sum(axis=0))[-3:].mean() / darkness.shape[0])
+
+    return _per_frame_mouth(frames, truth_or_layout, tallest_columns)
+
+
+def measure_mouth_dark_area(frames: np.ndarray, truth_or_layout: Mapping[str, Any] | np.ndarray | Box) -> np.ndarray:
+    """Per-frame dark area of the mouth region (same darkness as :func:`measure_mouth_openness`), as a
+    fraction of the region: grows with both opening and width."""
+    return _per_frame_mouth(frames, truth_or_layout, lambda darkness: float(darkness.mean()))
+
+
+def _per_frame_mouth(frames: np.ndarray, truth_or_layout: Mapping[str, Any] | np.ndarray | Box,
+                     reduce: Callable[[np.ndarray], float]) -> np.ndarray:
+    """``reduce`` of each frame's mouth darkness (0 where the mouth region is empty)."""
     frames = np.asarray(frames)
     if frames.ndim == 3:
         frames = frames[None]
@@ -59,22 +75,7 @@ def measure_mouth_openness(frames: np.ndarray, truth_or_layout: Mapping[str, Any
     for i, (frame, box) in enumerate(zip(frames, boxes)):
         darkness = _mouth_darkness(frame, box)
         if darkness.size:
-            columns = np.sort(darkness.sum(axis=0))[-3:]
-            out[i] = columns.mean() / darkness.shape[0]
-    return out
-
-
-def measure_mouth_dark_area(frames: np.ndarray, truth_or_layout: Mapping[str, Any] | np.ndarray | Box) -> np.ndarray:
-    """Per-frame dark area of the mouth region (same darkness as :func:`measure_mouth_openness`), as a
-    fraction of the region: grows with both opening and width."""
-    frames = np.asarray(frames)
-    if frames.ndim == 3:
-        frames = frames[None]
-    boxes = _boxes(truth_or_layout, "mouth_box", len(frames))
-    out = np.zeros(len(frames), np.float32)
-    for i, (frame, box) in enumerate(zip(frames, boxes)):
-        darkness = _mouth_darkness(frame, box)
-        out[i] = darkness.mean() if darkness.size else 0.0
+            out[i] = reduce(darkness)
     return out
 
 
