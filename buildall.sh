@@ -25,6 +25,12 @@ SYSTEM_PACKAGES+=(protobuf-compiler mono-mcs mono-runtime gcc)
 # The engine plugins' native client core (engine_plugins/cpp): grpc++ and its protoc plugin, libopus,
 # TurboJPEG, GoogleTest.
 SYSTEM_PACKAGES+=(protobuf-compiler-grpc libgrpc++-dev libprotobuf-dev libopus-dev libturbojpeg0-dev libgtest-dev pkg-config)
+# The C# stubs of the Unity package: protoc's C# generator and grpc's C# plugin, which Debian does not ship;
+# it is built from the grpc sources in the grpcio-tools source distribution, against Debian's libprotoc.
+SYSTEM_PACKAGES+=(libprotoc-dev)
+GRPC_TOOLS_VERSION=1.85.1
+CSHARP_PLUGIN=.tools/grpc_csharp_plugin-$GRPC_TOOLS_VERSION
+CSHARP_OUT=engine_plugins/unity/Runtime/Contract/Generated
 CPP_DIR=engine_plugins/cpp
 CPP_BUILD=${CPP_BUILD:-$CPP_DIR/build}
 # buf (protobuf lint and breaking-change checks) from npm, installed into a git-ignored folder.
@@ -97,12 +103,62 @@ cpp_stubs() {
     "$(dpkg-query -W -f='protobuf-compiler-grpc ${Version}' protobuf-compiler-grpc 2>/dev/null || echo unknown)" \
     > "$tmp/PROTOC_VERSION"
   # Replace only what changed, so that an unchanged contract does not rebuild the core.
-  (cd "$tmp" && find . -type f) | while read -r f; do
-    cmp -s "$tmp/$f" "$out/$f" || { mkdir -p "$(dirname "$out/$f")"; cp "$tmp/$f" "$out/$f"; }
+  sync_generated "$tmp" "$out"
+  rm -rf "$tmp"
+}
+
+# Copy what changed from a freshly generated folder into a committed one (and remove what is gone), so
+# unchanged stubs keep their timestamps and generated files are compared byte for byte.
+sync_generated() {
+  local fresh=$1 out=$2
+  (cd "$fresh" && find . -type f) | while read -r f; do
+    cmp -s "$fresh/$f" "$out/$f" || { mkdir -p "$(dirname "$out/$f")"; cp "$fresh/$f" "$out/$f"; }
   done
-  [ ! -d "$out/avatar" ] || (cd "$out" && find avatar -type f) | while read -r f; do
-    [ -f "$tmp/$f" ] || rm "$out/$f"  # made from a .proto that is gone
+  [ ! -d "$out" ] || (cd "$out" && find . -type f) | while read -r f; do
+    [ -f "$fresh/$f" ] || rm "$out/$f"
   done
+}
+
+csharp_plugin() {
+  [ -x "$CSHARP_PLUGIN" ] && return 0
+  log "building grpc_csharp_plugin from the grpcio-tools $GRPC_TOOLS_VERSION sources"
+  local tmp src
+  tmp=$(mktemp -d)
+  "$VENV/bin/pip" download -q --no-deps --no-binary :all: "grpcio-tools==$GRPC_TOOLS_VERSION" -d "$tmp"
+  tar -xzf "$tmp"/grpcio_tools-*.tar.gz -C "$tmp"
+  src=$tmp/grpcio_tools-$GRPC_TOOLS_VERSION/grpc_root
+  # grpc's sources name protobuf's C# naming helpers by their newer header; Debian's libprotoc has them in
+  # csharp_names.h. The plugin's own hook for that (GRPC_CUSTOM_CSHARP_*) points it there.
+  cat > "$tmp/csharp_names.h" <<'NAMES'
+#include <google/protobuf/compiler/csharp/csharp_names.h>
+#define GRPC_CUSTOM_CSHARP_GETCLASSNAME ::google::protobuf::compiler::csharp::GetClassName
+#define GRPC_CUSTOM_CSHARP_GETFILENAMESPACE ::google::protobuf::compiler::csharp::GetFileNamespace
+#define GRPC_CUSTOM_CSHARP_GETOUTPUTFILE ::google::protobuf::compiler::csharp::GetOutputFile
+#define GRPC_CUSTOM_CSHARP_GETREFLECTIONCLASSNAME ::google::protobuf::compiler::csharp::GetReflectionClassName
+NAMES
+  mkdir -p .tools
+  g++ -std=c++17 -O2 -I"$src" -include "$tmp/csharp_names.h" -o "$CSHARP_PLUGIN" \
+    "$src/src/compiler/csharp_generator.cc" "$src/src/compiler/csharp_plugin.cc" \
+    "$src/src/compiler/proto_parser_helper.cc" -lprotoc -lprotobuf -lpthread
+  rm -rf "$tmp"
+}
+
+# The C# messages and service client of the public contract, for Unity users who prefer a managed transport
+# (grpc-dotnet); committed into the Unity package like the other stubs.
+csharp_stubs() {
+  if ! command -v g++ >/dev/null 2>&1 || ! dpkg -s libprotoc-dev >/dev/null 2>&1; then
+    log "g++ or libprotoc-dev missing (Debian: apt-get install g++ libprotoc-dev); C# stubs not regenerated"
+    return 0
+  fi
+  csharp_plugin
+  log "generating C# stubs from proto/ into $CSHARP_OUT"
+  local tmp
+  tmp=$(mktemp -d)
+  protoc -I proto --csharp_out="$tmp" --grpc_out="$tmp" --plugin=protoc-gen-grpc="$CSHARP_PLUGIN" \
+    $(find proto/avatar/v1 -name '*.proto' | sort)
+  printf '# Made by: ./buildall.sh stubs\nprotoc %s\ngrpc_csharp_plugin from grpcio-tools %s\n' \
+    "$(protoc --version | sed 's/^libprotoc //')" "$GRPC_TOOLS_VERSION" > "$tmp/PROTOC_VERSION"
+  sync_generated "$tmp" "$CSHARP_OUT"
   rm -rf "$tmp"
 }
 
@@ -154,7 +210,7 @@ breaking_baseline() {
 
 case "${1:-setup}" in
   setup) setup ;;
-  stubs) stubs; cpp_stubs ;;
+  stubs) stubs; cpp_stubs; csharp_stubs ;;
   cpp) system_packages; cpp_stubs; cpp_build ;;
   lint) proto_checks ;;
   breaking-baseline) breaking_baseline "${@:2}" ;;
@@ -165,10 +221,11 @@ case "${1:-setup}" in
   test)
     setup
     cpp_stubs
+    csharp_stubs
     # The stubs are committed; in CI, regenerating them must not change them.
     if [ "${CI:-}" = true ] && git rev-parse --git-dir >/dev/null 2>&1 \
-        && [ -n "$(git status --porcelain -- avatar_backend/proto_gen "$CPP_DIR/generated")" ]; then
-      git status --short -- avatar_backend/proto_gen "$CPP_DIR/generated" >&2
+        && [ -n "$(git status --porcelain -- avatar_backend/proto_gen "$CPP_DIR/generated" "$CSHARP_OUT")" ]; then
+      git status --short -- avatar_backend/proto_gen "$CPP_DIR/generated" "$CSHARP_OUT" >&2
       log "the committed stubs are out of date with proto/: run ./buildall.sh stubs and commit the result"
       exit 1
     fi

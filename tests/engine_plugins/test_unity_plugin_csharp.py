@@ -60,9 +60,16 @@ def test_assembly_definitions_keep_core_engine_free_and_editor_code_out_of_playe
     editor = read_asmdef(PACKAGE_DIR / "Editor")
     assert editor["includePlatforms"] == ["Editor"]
     assert {"AvatarBackend.Client.Core", "AvatarBackend.Client"} <= set(editor["references"])
-    # Every script belongs to one of the assemblies compiled above (Unity would put a stray one elsewhere).
+    # The generated contract compiles only where a project asks for it and brings Google.Protobuf and
+    # Grpc.Core.Api (CI has neither): never by default, so importing the package cannot fail for them.
+    contract = read_asmdef(PACKAGE_DIR / "Runtime" / "Contract")
+    assert contract["name"] == "AvatarBackend.Contract" and contract["defineConstraints"] == [
+        "AVATAR_BACKEND_MANAGED_GRPC"]
+    assert set(contract["precompiledReferences"]) == {"Google.Protobuf.dll", "Grpc.Core.Api.dll"}
+    # Every script belongs to one of the assemblies compiled above or to the contract's (Unity would put a
+    # stray one elsewhere).
     owned = [PACKAGE_DIR / "Runtime" / "Core", PACKAGE_DIR / "Runtime" / "Unity", PACKAGE_DIR / "Editor",
-             PACKAGE_DIR / "Samples~"]
+             PACKAGE_DIR / "Samples~", PACKAGE_DIR / "Runtime" / "Contract"]
     strays = [p for p in PACKAGE_DIR.rglob("*.cs") if not any(folder in p.parents for folder in owned)]
     assert not strays
 
