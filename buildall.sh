@@ -124,7 +124,8 @@ csharp_plugin() {
   log "building grpc_csharp_plugin from the grpcio-tools $GRPC_TOOLS_VERSION sources"
   local tmp src
   tmp=$(mktemp -d)
-  "$VENV/bin/pip" download -q --no-deps --no-binary :all: "grpcio-tools==$GRPC_TOOLS_VERSION" -d "$tmp"
+  # The source distribution only: its build requirements may come as wheels.
+  "$VENV/bin/pip" download -q --no-deps --no-binary grpcio-tools "grpcio-tools==$GRPC_TOOLS_VERSION" -d "$tmp"
   tar -xzf "$tmp"/grpcio_tools-*.tar.gz -C "$tmp"
   src=$tmp/grpcio_tools-$GRPC_TOOLS_VERSION/grpc_root
   # grpc's sources name protobuf's C# naming helpers by their newer header; Debian's libprotoc has them in
