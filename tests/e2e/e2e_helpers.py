@@ -29,15 +29,16 @@ SENTENCE = "Welcome, traveller. The forge is hot and the iron is ready."
 class Server:
     """`avatar-backend serve` in a subprocess; the port is read from its "serving on" line."""
 
-    def __init__(self, data_dir: Path, *extra_args: str):
+    def __init__(self, data_dir: Path, *extra_args: str, port: int = 0):
         self.data_dir = data_dir
         self.extra_args = list(extra_args)
+        self.port = port      # 0: any free port; a fixed one lets a restarted server come back where it was
         self.process: subprocess.Popen | None = None
         self.address = ""
         self.output: list[str] = []
 
     def start(self, timeout: float = 300) -> "Server":
-        command = [sys.executable, "-m", "avatar_backend.cli", "serve", "--port", "0", "--data-dir", str(self.data_dir),
+        command = [sys.executable, "-m", "avatar_backend.cli", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
                    *self.extra_args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

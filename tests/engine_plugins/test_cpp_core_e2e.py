@@ -12,8 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+from e2e_helpers import Server  # noqa: E402
+
+from avatar_backend.cli.demo import free_port  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -70,55 +73,9 @@ def speech_wav(tmp_path_factory) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`avatar-backend serve` on a fixed port, so that a restart comes back where the client reconnects."""
-
-    def __init__(self, data_dir: Path, port: int):
-        self.data_dir, self.port = data_dir, port
-        self.process: subprocess.Popen | None = None
-        self.output: list[str] = []
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 300) -> "Server":
-        command = [sys.executable, "-m", "avatar_backend.cli", "serve", "--port", str(self.port),
-                   "--data-dir", str(self.data_dir)]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            self.output.append(line)
-            if "serving on" in line:
-                threading.Thread(target=lambda: self.output.extend(self.process.stdout), daemon=True).start()
-                return self
-        self.stop()
-        raise RuntimeError("server did not start:\n" + "".join(self.output[-40:]))
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("data"), free_port()).start()
+    srv = Server(tmp_path_factory.mktemp("data"), port=free_port()).start()
     yield srv
     srv.stop()
 
@@ -174,7 +131,7 @@ def best_alignment(track: np.ndarray, reference: np.ndarray) -> tuple[int, float
 def test_speech_streams_through_the_c_abi_and_frames_follow_the_echoed_voice(avatar_say, server, speech_wav,
                                                                             tmp_path):
     out = tmp_path / "say"
-    run = subprocess.run(say_command(avatar_say, server.target, speech_wav, out, "cpp-say"),
+    run = subprocess.run(say_command(avatar_say, server.address, speech_wav, out, "cpp-say"),
                          capture_output=True, text=True, timeout=240)
     summary = summary_of(run.stdout)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -215,7 +172,7 @@ def test_speech_streams_through_the_c_abi_and_frames_follow_the_echoed_voice(ava
 
 def test_interrupt_replaces_the_unheard_frames_with_the_acknowledged_video(avatar_say, server, speech_wav, tmp_path):
     out = tmp_path / "interrupt"
-    run = subprocess.run(say_command(avatar_say, server.target, speech_wav, out, "cpp-interrupt",
+    run = subprocess.run(say_command(avatar_say, server.address, speech_wav, out, "cpp-interrupt",
                                      "--interrupt-after-s", "6"),
                          capture_output=True, text=True, timeout=240)
     summary = summary_of(run.stdout)
@@ -248,9 +205,9 @@ def test_interrupt_replaces_the_unheard_frames_with_the_acknowledged_video(avata
 
 
 def test_the_session_resumes_the_npc_after_the_server_restarts(avatar_say, speech_wav, tmp_path):
-    srv = Server(tmp_path / "data", free_port()).start()
+    srv = Server(tmp_path / "data", port=free_port()).start()
     out = tmp_path / "resume"
-    sample = subprocess.Popen(say_command(avatar_say, srv.target, speech_wav, out, "cpp-resume", "--wait-reconnect"),
+    sample = subprocess.Popen(say_command(avatar_say, srv.address, speech_wav, out, "cpp-resume", "--wait-reconnect"),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(sample.stdout), daemon=True)
@@ -264,7 +221,7 @@ def test_the_session_resumes_the_npc_after_the_server_restarts(avatar_say, speec
             assert time.monotonic() < deadline and sample.poll() is None, "".join(lines)
             time.sleep(0.2)
         assert srv.stop() == 0, "".join(srv.output[-40:])
-        restarted = Server(srv.data_dir, srv.port).start()
+        restarted = Server(srv.data_dir, port=srv.port).start()
         sample.wait(240)
         reader.join(10)
     finally:
@@ -289,7 +246,7 @@ def test_the_session_resumes_the_npc_after_the_server_restarts(avatar_say, speec
 
 
 def test_a_refused_session_reports_the_status_code_and_the_servers_message(avatar_say, server, speech_wav, tmp_path):
-    command = say_command(avatar_say, server.target, speech_wav, tmp_path / "refused", "cpp-refused")
+    command = say_command(avatar_say, server.address, speech_wav, tmp_path / "refused", "cpp-refused")
     command[command.index("--size") + 1] = "63"  # not one of the served sizes
     run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     summary = summary_of(run.stdout)
