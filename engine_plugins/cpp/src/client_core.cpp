@@ -226,31 +226,18 @@ avb_result Session::end_utterance() {
 }
 
 avb_result Session::set_emotion(const std::string& name, float intensity) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (avb_result closed = accepting_input(); closed != AVB_OK) return closed;
-  v1::ClientMessage message;
-  message.mutable_emotion()->set_name(name);
-  message.mutable_emotion()->set_intensity(intensity);
-  enqueue(std::move(message));
-  return AVB_OK;
+  return send([&](v1::ClientMessage& message) {
+    message.mutable_emotion()->set_name(name);
+    message.mutable_emotion()->set_intensity(intensity);
+  });
 }
 
 avb_result Session::play_action(const std::string& preset) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (avb_result closed = accepting_input(); closed != AVB_OK) return closed;
-  v1::ClientMessage message;
-  message.mutable_action()->set_preset(preset);
-  enqueue(std::move(message));
-  return AVB_OK;
+  return send([&](v1::ClientMessage& message) { message.mutable_action()->set_preset(preset); });
 }
 
 avb_result Session::set_listening(bool listening) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (avb_result closed = accepting_input(); closed != AVB_OK) return closed;
-  v1::ClientMessage message;
-  message.mutable_listening()->set_listening(listening);
-  enqueue(std::move(message));
-  return AVB_OK;
+  return send([&](v1::ClientMessage& message) { message.mutable_listening()->set_listening(listening); });
 }
 
 avb_result Session::set_playback_position(uint64_t played_until) {

@@ -106,6 +106,16 @@ class Session {
   void push_event(const avb_event& event);
   void enqueue(avatar::v1::ClientMessage message);
   avb_result accepting_input() const;  // AVB_OK while messages can still be sent
+  // Queues the message ``fill`` writes, once the session still accepts input (a control event of the client).
+  template <typename Fill>
+  avb_result send(Fill&& fill) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (avb_result closed = accepting_input(); closed != AVB_OK) return closed;
+    avatar::v1::ClientMessage message;
+    fill(message);
+    enqueue(std::move(message));
+    return AVB_OK;
+  }
   avb_result poll_decoded(std::optional<EncodedFrame> frame, PixelFormat format, uint8_t* pixels,
                           size_t capacity, avb_frame_info* info);
   uint64_t to_server_clock(uint64_t engine_position) const {
