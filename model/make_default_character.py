@@ -15,6 +15,7 @@ ready prompt), which ``avatar-backend character add NAME --image FILE --prompt T
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -27,7 +28,8 @@ if __package__ in (None, ""):
 from model.data.identity import (  # noqa: E402
     DEFAULT_IDENTITY, CharacterIdentity, describe_identity, identity_from_seed,
 )
-from model.data.render import render_still  # noqa: E402
+from model.data.prompts import ACTION_PROMPTS, BASE_PROMPT, EMOTION_PROMPTS  # noqa: E402
+from model.data.render import CharacterPainter, neutral_state, render_still  # noqa: E402
 
 SIZE = 256
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "avatar_backend" / "assets" / "default_character.png"
@@ -36,6 +38,26 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "avatar_backend" / "assets" 
 def make_image(size: int = SIZE, identity: CharacterIdentity = DEFAULT_IDENTITY) -> Image.Image:
     """A character's neutral still (the default character unless told), ``size`` x ``size``."""
     return Image.fromarray(render_still(identity, size), "RGB")
+
+
+def mouth_region(identity: CharacterIdentity = DEFAULT_IDENTITY, size: int = SIZE) -> list[float]:
+    """The neutral still's mouth box (x0, y0, x1, y1) as fractions of the image side: where `demo` and the
+    end-to-end tests read the mouth opening on the frames the server sends."""
+    _, layout = CharacterPainter(identity, size).draw(neutral_state())
+    return [round(v / size, 4) for v in layout.mouth_box]
+
+
+def character_spec(image_name: str) -> dict:
+    """default_character.json: the tiny model's prompts (model/data/prompts.py) and the mouth region."""
+    return {
+        "character_id": "default",
+        "image": image_name,
+        "description": describe_identity(DEFAULT_IDENTITY),
+        "base_prompt": BASE_PROMPT,
+        "emotion_prompts": dict(EMOTION_PROMPTS),
+        "action_prompts": dict(ACTION_PROMPTS),
+        "mouth_region": mouth_region(),
+    }
 
 
 def main() -> None:
@@ -50,6 +72,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     make_image(args.size, identity).save(args.out, format="PNG", optimize=True)
     print(f"wrote {args.out}")
+    if args.out == DEFAULT_OUT:
+        spec_path = DEFAULT_OUT.with_suffix(".json")
+        spec_path.write_text(json.dumps(character_spec(DEFAULT_OUT.name), indent=2) + "\n")
+        print(f"wrote {spec_path}")
     print(f"prompt: {describe_identity(identity)}")
 
 

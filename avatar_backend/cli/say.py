@@ -17,7 +17,8 @@ import numpy as np
 
 from avatar_backend import DEFAULT_CHARACTER_ID
 from avatar_backend.client import AvatarClient, Conversation, Mp4Recorder, ServerItem
-from avatar_backend.client.meters import AvSyncCheck, UtteranceWatch
+from avatar_backend.client.meters import AvSyncCheck, LipSync, LipSyncMeter, UtteranceWatch
+from avatar_backend.client.recording import decode_frame
 from avatar_backend.media.audio_file import AudioFileError, load_audio
 from avatar_backend.proto_gen import converse_pb2
 
@@ -89,6 +90,8 @@ class SayOptions:
     api_key: str | None = None
     timeout_s: float = 600.0
     tls: Mapping[str, object] = field(default_factory=dict)  # TLS keyword arguments of AvatarClient
+    # The character's mouth box (fractions of the frame) when known: `say` then scores lip sync.
+    mouth_region: tuple[float, float, float, float] | None = None
 
 
 @dataclass
@@ -118,6 +121,7 @@ class SayReport:
     video_seconds: float = 0.0
     events: list[str] = field(default_factory=list)    # SessionEvents, as "CODE: message"
     voice_gaps_ms: list[int] = field(default_factory=list)   # silence the server put inside utterances
+    lip_sync: LipSync | None = None                    # mouth opening on the frames vs the voice
 
     @property
     def received_fps(self) -> float:
@@ -133,6 +137,7 @@ class SayMeter:
         accepted: converse_pb2.SessionAccepted,
         session_start: float,
         log: Callable[[str], object],
+        mouth_region: tuple[float, float, float, float] | None = None,
     ) -> None:
         self.report = report
         self.log = log
@@ -146,6 +151,9 @@ class SayMeter:
         self.frame_indices: set[int] = set()
         self.generated_fps: list[float] = []
         report.width, report.height, report.fps = accepted.video.width, accepted.video.height, accepted.video.fps
+        self.lip_sync = None
+        if mouth_region is not None and accepted.video.codec != converse_pb2.VIDEO_CODEC_H264:
+            self.lip_sync = LipSyncMeter(mouth_region, report.width, report.height, report.fps, self.rate)
 
     def add(self, item: object) -> None:
         report, now = self.report, time.monotonic()
@@ -159,8 +167,12 @@ class SayMeter:
                 report.first_speaking_frame_s = now - self.first_audio_at
             report.av_offsets_ms.append(self.sync.offset_samples(item) * 1000.0 / self.rate)
             self.watch.frame(item)
+            if self.lip_sync is not None:
+                self.lip_sync.frame(item, decode_frame(item))
         elif isinstance(item, converse_pb2.AudioEcho):
             self.sync.echo(item)
+            if self.lip_sync is not None:
+                self.lip_sync.echo(item)
         elif isinstance(item, converse_pb2.SessionStats):
             # Every interval counts, idle ones too: the mean is then frames made per second of session.
             self.generated_fps.append(item.generated_fps)
@@ -180,6 +192,8 @@ class SayMeter:
 
     def finish(self) -> None:
         report = self.report
+        if self.lip_sync is not None:
+            report.lip_sync = self.lip_sync.score()
         report.generated_fps = sum(self.generated_fps) / len(self.generated_fps) if self.generated_fps else None
         if self.frame_indices:
             span = max(self.frame_indices) - min(self.frame_indices) + 1
@@ -209,7 +223,7 @@ async def say(pcm: np.ndarray, options: SayOptions, log: Callable[[str], object]
             seed=options.seed,
         )
         async with conversation as conv:
-            meter = SayMeter(report, conv.accepted, session_start, log)
+            meter = SayMeter(report, conv.accepted, session_start, log, options.mouth_region)
             recorder = Mp4Recorder.for_session(options.out, conv.accepted)
             report.video_encoder = recorder.video_encoder
 
@@ -300,6 +314,14 @@ def print_say_report(report: SayReport, out: Path) -> None:
         f"{len(report.voice_gaps_ms)} ({sum(report.voice_gaps_ms)} ms of silence inside the utterance: the voice "
         "stalled beyond the server's jitter budget)" if report.voice_gaps_ms else "none (no silence inside the utterance)",
     ))
+    if report.lip_sync is not None:
+        sync = report.lip_sync
+        rows.append((
+            "lip sync",
+            f"r = {sync.r:.2f} between the mouth opening measured on {sync.frames} frames and the opening the "
+            f"voice implies (mouth {sync.opening_speaking:.3f} open while speaking, {sync.opening_silent:.3f} in "
+            "silence)",
+        ))
     unusual = [e for e in report.events if not e.startswith("UTTERANCE_COMPLETE")]
     if unusual:
         rows.append(("events", "; ".join(unusual)))
@@ -331,7 +353,16 @@ def say_options_from_args(args: argparse.Namespace, server: str) -> SayOptions:
         api_key=resolve_api_key(args),
         tls=client_tls_options(args),
         timeout_s=args.timeout,
+        mouth_region=default_mouth_region() if args.character == DEFAULT_CHARACTER_ID else None,
     )
+
+
+def default_mouth_region() -> tuple[float, float, float, float] | None:
+    """Where the embedded default character's mouth is (its asset says), for the lip-sync score."""
+    from avatar_backend.gateway.characters import default_character_files
+
+    region = default_character_files()[0].get("mouth_region")
+    return tuple(region) if region else None
 
 
 def speech_for(args: argparse.Namespace, folder: Path) -> np.ndarray:

@@ -9,6 +9,7 @@ from pathlib import Path
 from avatar_backend.client import AvatarClient, AvatarError
 from avatar_backend.gateway.limits import Limits, parse_byte_size
 from avatar_backend.store import default_data_dir
+from avatar_backend.worker.process import RANDOM_WEIGHTS
 
 from .common import CliError, display_path, resolve_api_key
 
@@ -22,7 +23,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="cpu", metavar="DEVICE", help="where the generator runs: cpu, cuda, cuda:N (default cpu)"
     )
     parser.add_argument(
-        "--weights", type=Path, metavar="FILE", help="model weights file (safetensors; default: random weights, and the server says so)"
+        "--weights", metavar="FILE", help="model weights file (safetensors), or 'random' for untrained weights "
+        "from a fixed seed (default: the weights shipped for the config, random when it has none)"
     )
 
 
@@ -69,7 +71,7 @@ def command_serve(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise CliError(f"the server is not available in this installation ({error})") from None
     data_dir = (args.data_dir or default_data_dir()).expanduser()
-    if args.weights is not None and not args.weights.is_file():
+    if args.weights not in (None, RANDOM_WEIGHTS) and not Path(args.weights).is_file():
         raise CliError(f"weights file not found: {args.weights}")
     api_key = resolve_api_key(args)
     options = ServerOptions(

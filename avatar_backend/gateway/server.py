@@ -60,7 +60,7 @@ class ServerOptions:
     data_dir: Path | str | None = None     # None: the user's data directory
     model_config: str = "tiny"             # model config name or JSON file, passed to the worker
     device: str = "cpu"                    # cpu, cuda, cuda:N
-    weights: Path | str | None = None      # None: random weights (reported in ServerInfo)
+    weights: Path | str | None = None      # a file, "random", or None: the config's shipped weights
     max_sessions: int = Limits.max_sessions
     max_message_bytes: int = Limits.max_message_bytes
     max_audio_packet_bytes: int = Limits.max_audio_packet_bytes

@@ -26,6 +26,7 @@ WAN_LATENT_STD = (
 )
 
 MEMORY_GROUPINGS = ("single-device", "two-device")
+VAE_PARTS = ("wan", "light")
 V_COMPRESSIONS = ("k_conv", "v_conv")
 
 
@@ -94,7 +95,12 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """Wan2.1 causal 3D VAE. Defaults are the published Wan2.1_VAE.pth."""
+    """Wan2.1 causal 3D VAE. Defaults are the published Wan2.1_VAE.pth.
+
+    ``encoder`` and ``decoder`` pick each half: ``wan`` (the published architecture) or ``light`` (small causal
+    convnets for CPUs: per-frame 2D convs through ``light_dims`` channels at full to latent resolution, time
+    handled by causal 3D convs at latent resolution; see vae.py). The latent layout is the same either way.
+    """
 
     base_dim: int = 96
     z_dim: int = 16
@@ -103,6 +109,16 @@ class VAEConfig:
     temporal_downsample: tuple[bool, ...] = (False, True, True)
     latent_mean: tuple[float, ...] = WAN_LATENT_MEAN
     latent_std: tuple[float, ...] = WAN_LATENT_STD
+    encoder: str = "wan"
+    decoder: str = "wan"
+    light_dims: tuple[int, ...] = (64, 32, 16, 8)   # latent resolution first, full resolution last
+
+    def __post_init__(self) -> None:
+        for part in ("encoder", "decoder"):
+            if getattr(self, part) not in VAE_PARTS:
+                raise ValueError(f"{part} must be one of {VAE_PARTS}, got {getattr(self, part)!r}")
+        if "light" in (self.encoder, self.decoder) and len(self.light_dims) != len(self.dim_mult):
+            raise ValueError("light_dims needs one width per resolution level (len(dim_mult))")
 
     @property
     def spatial_stride(self) -> int:
@@ -223,6 +239,17 @@ def _tuplify(value: Any) -> Any:
     return value
 
 
+# Latent statistics of the tiny model's trained VAE (``python -m model.train`` computes them; its manifest in
+# model/weights records them too, and the shipped weights are refused under any other values).
+TINY_LATENT_MEAN = (
+    0.228, -0.1021, 0.0419, 0.0724, 0.0451, -0.1757, 0.2046, -0.2365,
+    -0.1774, 0.2475, -0.342, -0.0034, 0.3547, 0.0503, 0.0217, -0.1999,
+)
+TINY_LATENT_STD = (
+    0.7057, 0.4817, 0.8212, 1.3231, 1.2056, 1.1947, 0.9649, 0.8463,
+    1.0846, 1.7367, 1.3442, 1.1446, 0.705, 1.3868, 0.6141, 0.9763,
+)
+
 TINY = ModelConfig(
     name="tiny",
     dit=DiTConfig(
@@ -230,7 +257,8 @@ TINY = ModelConfig(
         clip_dim=64, clip_tokens=17, audio_layers=3, audio_channels=32, intermediate_dim=64, output_dim=64,
         context_tokens=4,
     ),
-    vae=VAEConfig(base_dim=8),
+    vae=VAEConfig(base_dim=8, encoder="light", decoder="light", light_dims=(64, 48, 24, 12),
+                  latent_mean=TINY_LATENT_MEAN, latent_std=TINY_LATENT_STD),
     audio_encoder=AudioEncoderConfig(kind="learned", layers=3, channels=32, hidden=64),
     image_encoder=ImageEncoderConfig(kind="learned", image_size=64, patch_size=16, tokens=17, dim=64),
     text_encoder=TextEncoderConfig(kind="learned", max_len=16, dim=64, layers=1),

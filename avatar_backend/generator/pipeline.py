@@ -21,21 +21,25 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from avatar_backend.store import CharacterRecord, now_ms
 
 from .audio_encoder import build_audio_encoder
+from .conditioning import block_audio_window, blended_text, padded_text, quantized_intensity, reference_pixels
 from .config import ModelConfig, get_config
 from .convkv import ConvKVMemory, SlotLayout, cache_bytes
 from .dit import CrossAttentionContext, WanModel
 from .image_encoder import build_image_encoder
 from .memory import NpcMemory
 from .sampler import GeneratorNoise, denoise_block
-from .schedule import StreamSchedule, audio_window
+from .schedule import StreamSchedule
 from .text_encoder import build_text_encoder
 from .vae import CausalCache, WanVAE, decoder_state_bytes, frames_to_uint8
 
+# Weights trained in this repository (model/train), by config name: ``<name>.safetensors`` beside its manifest.
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "model" / "weights"
 MODULE_PREFIXES = ("dit", "vae", "audio_encoder", "image_encoder", "text_encoder")
 RANDOM_WEIGHTS_SEED = 0
 # Cross-attention contexts kept per character. Each holds every layer's text/image K/V: small for tiny,
@@ -75,15 +79,6 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     if path.suffix == ".json" and path.is_file():
         return ModelConfig.from_json(path.read_text())
     return get_config(str(name_or_path))
-
-
-def center_crop_resize(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Scale to cover width x height (bicubic), then centre-crop, as the reference prepares its image."""
-    scale = max(width / image.width, height / image.height)
-    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
-                           Image.BICUBIC)
-    left, top = (resized.width - width) // 2, (resized.height - height) // 2
-    return resized.crop((left, top, left + width, top + height))
 
 
 class LiveActPipeline:
@@ -128,7 +123,7 @@ class LiveActPipeline:
                 modules["dit"].init_weights(zero_head=False)
         sha = ""
         if weights is not None:
-            sha = _load_weights(modules, Path(weights))
+            sha = _load_weights(modules, Path(weights), config)
         for name, module in modules.items():
             module.to(device=device, dtype=dtype if name == "dit" else torch.float32).eval().requires_grad_(False)
         pipeline = cls(config, modules, device=device, random_weights=weights is None, weights_sha256=sha)
@@ -182,9 +177,7 @@ class LiveActPipeline:
             image = Image.open(io.BytesIO(reference_png)).convert("RGB")
         except Exception as err:  # Pillow raises many types for bad files
             raise GeneratorError(f"character {record.character_id!r}: reference image cannot be decoded: {err}") from None
-        image = center_crop_resize(image, width, height)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1).to(self.device)
-        pixels = pixels / 127.5 - 1.0
+        pixels = reference_pixels(image, width, height).to(self.device)
         latent_frames = sum(self.config.sampler.block_sizes)
         conditioning = CharacterConditioning(
             character_id=record.character_id, revision=record.revision, width=width, height=height,
@@ -204,7 +197,7 @@ class LiveActPipeline:
         ``intensity`` < 1 blends the prompt's text embedding with the base prompt's (both zero-padded to the
         model's text length, as the model pads them anyway), in steps of 0.05 so the cache stays small.
         """
-        intensity = round(min(max(intensity, 0.0), 1.0) * 20) / 20
+        intensity = quantized_intensity(intensity)
         if prompt is None or prompt == conditioning.base_prompt or intensity == 0.0:
             prompt, intensity = None, 1.0
         key = (prompt, intensity)
@@ -215,9 +208,7 @@ class LiveActPipeline:
         if prompt is None:
             embedding = conditioning.base_text
         else:
-            embedding = self._text_embedding(prompt)
-            if intensity < 1.0:
-                embedding = torch.lerp(conditioning.base_text, embedding, intensity)
+            embedding = blended_text(conditioning.base_text, self._text_embedding(prompt), intensity)
         context = self.dit.encode_context(embedding, conditioning.clip_fea.to(self.dit.dtype))
         conditioning.contexts[key] = context
         while len(conditioning.contexts) > PROMPT_CACHE_SIZE:
@@ -226,11 +217,7 @@ class LiveActPipeline:
 
     def _text_embedding(self, text: str) -> torch.Tensor:
         """[text_len, text_dim]: the encoder's output zero-padded to the model's text length."""
-        embedding = self.text_encoder.encode(text).to(self.device, self.dit.dtype)
-        padded = embedding.new_zeros(self.config.dit.text_len, embedding.shape[-1])
-        rows = min(embedding.shape[0], self.config.dit.text_len)
-        padded[:rows] = embedding[:rows]
-        return padded
+        return padded_text(self.text_encoder.encode(text).to(self.device, self.dit.dtype), self.config.dit.text_len)
 
     # -- NPC memories ---------------------------------------------------------------------------------------
 
@@ -276,10 +263,7 @@ class LiveActPipeline:
         pcm = torch.cat([tail, torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(tail.device)])
         features = self.audio_encoder.features(pcm, memory.fps)
         first_frame = plan.video_start - tail.shape[0] // spf     # absolute video frame of features[0]
-        # The reference clamps frame indices at 0 (the stream's start), so features begin no earlier than that.
-        features = features[max(0, -first_frame):]
-        window_base = max(0, first_frame)
-        window = audio_window(features, plan.audio_start - window_base, plan.audio_frames, schedule.audio_radius)
+        window = block_audio_window(features, first_frame, plan, schedule.audio_radius)
 
         convkv = ConvKVMemory.from_state_tensors(_strip(memory.tensors, CONVKV_PREFIX), self.layout)
         noise = GeneratorNoise(memory.seed, device=self.device)
@@ -305,15 +289,28 @@ class LiveActPipeline:
         return frames
 
 
+def shipped_weights(config_name: str | Path) -> Path | None:
+    """The shipped weights of a named config, or None when there are none."""
+    path = SHIPPED_WEIGHTS_DIR / f"{Path(config_name).name}.safetensors"
+    return path if path.is_file() and str(config_name) == path.stem else None
+
+
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def _load_weights(modules: dict[str, torch.nn.Module], path: Path) -> str:
+def _load_weights(modules: dict[str, torch.nn.Module], path: Path, expected_config: ModelConfig | None = None) -> str:
     """Load a prefixed safetensors file strictly into the modules; returns its SHA-256."""
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     state = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        trained_for = (f.metadata() or {}).get("config")
+    if trained_for is not None and expected_config is not None:
+        trained = ModelConfig.from_json(trained_for)
+        if trained != expected_config:
+            raise ValueError(f"{path} was trained for config {trained.name!r} with other settings than "
+                             f"{expected_config.name!r}; use the config it was trained with")
     for name, module in modules.items():
         prefix = f"{name}."
         module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)

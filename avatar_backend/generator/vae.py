@@ -85,6 +85,10 @@ def decoder_state_bytes(
     its level's resolution. The size does not depend on how many latents have been decoded.
     """
     _check_frame_size(config, width, height)
+    element_size = torch.empty((), dtype=dtype).element_size()
+    if config.decoder == "light":
+        shapes = _decoder_cache_shapes(config, width, height, batch_size)  # traced on the meta device
+        return sum(shape.numel() for shape in shapes.values()) * element_size + 1
     latent_h, latent_w = height // config.spatial_stride, width // config.spatial_stride
     dims = _decoder_dims(config)
     upsample_in_time = tuple(reversed(config.temporal_downsample))
@@ -99,7 +103,6 @@ def decoder_state_bytes(
     channel_frames[-1] += dims[-1]  # head conv
 
     elements = sum(c * (latent_h << i) * (latent_w << i) for i, c in enumerate(channel_frames))
-    element_size = torch.empty((), dtype=dtype).element_size()
     return batch_size * CACHE_FRAMES * elements * element_size + 1
 
 
@@ -310,6 +313,89 @@ class Decoder3d(nn.Module):
         return _run_head(self.head, x, cache)
 
 
+class LightEncoder3d(nn.Module):
+    """A small causal encoder (``VAEConfig.encoder = "light"``), the light decoder's mirror, for CPUs.
+
+    Every frame is downsampled on its own (stride-2 3x3 convs, each followed by a residual 3x3 conv, through
+    ``light_dims`` in reverse); each group of ``temporal_stride`` frames is then stacked along channels into one
+    latent (the clip's first frame alone, repeated, into the first latent), and a causal 3D conv over latents
+    adds the past. Encodes a whole clip at once (causal in time, so a clip's prefix encodes the same).
+    """
+
+    def __init__(self, config: VAEConfig, out_channels: int):
+        super().__init__()
+        dims = tuple(reversed(config.light_dims))
+        self.frames_per_latent = config.temporal_stride
+        self.stem = nn.Conv2d(3, dims[0], 3, padding=1)
+        self.downsamples = nn.ModuleList(
+            nn.ModuleDict({"down": nn.Conv2d(d_in, d_out, 3, stride=2, padding=1),
+                           "refine": nn.Conv2d(d_out, d_out, 3, padding=1)})
+            for d_in, d_out in zip(dims[:-1], dims[1:])
+        )
+        self.merge = nn.Conv2d(dims[-1] * self.frames_per_latent, dims[-1], 1)
+        self.temporal = CausalConv3d(dims[-1], dims[-1], 3, padding=1)
+        self.norm = RMSNorm(dims[-1])
+        self.head = CausalConv3d(dims[-1], out_channels, 3, padding=1)
+
+    def forward(self, video: Tensor) -> Tensor:
+        b, _, t, height, width = video.shape
+        x = self.stem(video.transpose(1, 2).reshape(b * t, 3, height, width))
+        for stage in self.downsamples:
+            x = stage["down"](F.silu(x))
+            x = x + stage["refine"](F.silu(x))
+        c, h, w = x.shape[1:]
+        x = x.reshape(b, t, c, h, w)
+        first = x[:, :1].expand(-1, self.frames_per_latent, -1, -1, -1)
+        groups = torch.cat([first, x[:, 1:]], dim=1).reshape(b, -1, self.frames_per_latent * c, h, w)
+        latents = groups.shape[1]
+        x = self.merge(groups.reshape(b * latents, -1, h, w)).reshape(b, latents, c, h, w).transpose(1, 2)
+        x = x + self.temporal(F.silu(x))
+        return self.head(F.silu(self.norm(x)))
+
+
+class LightDecoder3d(nn.Module):
+    """A small streaming decoder (``VAEConfig.decoder = "light"``), about 6x cheaper than the Wan decoder.
+
+    Time is handled only at latent resolution: a causal 3D conv and a causal residual block see the current
+    and two previous latents, and a causal time conv turns each latent into ``temporal_stride`` frames (the
+    stream's first latent into one frame, as the Wan decoder does). Every frame is then upsampled on its own
+    by pixel-shuffle stages (a 3x3 conv to 4x the channels, a 2x shuffle, a residual 3x3 conv), so the costly
+    full-resolution layers are a few narrow 2D convs. Its state is the same :class:`CausalCache`.
+    """
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        dims = config.light_dims
+        self.frames_per_latent = config.temporal_stride
+        self.conv1 = CausalConv3d(config.z_dim, dims[0], 3, padding=1)
+        self.middle = ResidualBlock(dims[0], dims[0])
+        self.time_conv = CausalConv3d(dims[0], dims[0] * self.frames_per_latent, (3, 1, 1), padding=(1, 0, 0))
+        self.upsamples = nn.ModuleList(
+            nn.ModuleDict({
+                "expand": nn.Conv2d(d_in, 4 * d_out, 3, padding=1),
+                "shuffle": nn.PixelShuffle(2),
+                "refine": nn.Conv2d(d_out, d_out, 3, padding=1),
+            })
+            for d_in, d_out in zip(dims[:-1], dims[1:])
+        )
+        self.head = nn.Conv2d(dims[-1], 3, 3, padding=1)
+
+    def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
+        x = self.middle(F.silu(self.conv1(x, cache)), cache)
+        b, c, t, h, w = x.shape
+        x = self.time_conv(F.silu(x), cache).reshape(b, self.frames_per_latent, c, t, h, w)
+        x = x.permute(0, 3, 1, 2, 4, 5)  # [b, t, frames per latent, c, h, w]: latent i -> its frames in order
+        if cache.first_chunk:
+            x = x[:, :, -1:]
+        frames = x.shape[1] * x.shape[2]
+        x = x.reshape(b * frames, c, h, w)
+        for stage in self.upsamples:
+            x = stage["shuffle"](stage["expand"](F.silu(x)))
+            x = x + stage["refine"](F.silu(x))
+        x = self.head(F.silu(x))
+        return x.reshape(b, frames, 3, *x.shape[-2:]).transpose(1, 2)
+
+
 def _run_head(head: nn.Sequential, x: Tensor, cache: CausalCache) -> Tensor:
     for layer in head:
         x = layer(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
@@ -327,10 +413,12 @@ class WanVAE(nn.Module):
         if len(config.temporal_downsample) != len(config.dim_mult) - 1:
             raise ValueError("temporal_downsample needs one entry per downsampling level (len(dim_mult) - 1)")
         self.config = config
-        self.encoder = Encoder3d(config, out_channels=2 * config.z_dim)  # mean and log-variance
+        # Both encoders output the posterior's mean and log-variance.
+        encoder = Encoder3d if config.encoder == "wan" else LightEncoder3d
+        self.encoder = encoder(config, out_channels=2 * config.z_dim)
         self.conv1 = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1)
         self.conv2 = CausalConv3d(config.z_dim, config.z_dim, 1)
-        self.decoder = Decoder3d(config)
+        self.decoder = Decoder3d(config) if config.decoder == "wan" else LightDecoder3d(config)
 
         stats_shape = (1, config.z_dim, 1, 1, 1)
         # Not in the checkpoint: the statistics come from the config.
@@ -349,6 +437,12 @@ class WanVAE(nn.Module):
 
         Frames go through in causal chunks of 1, 4, 4, ... (at the default temporal stride). No sample is drawn.
         """
+        mu, _log_var = self.posterior(video)
+        return (mu - self.latent_mean) * self.latent_inv_std
+
+    def posterior(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """The encoder's diagonal Gaussian posterior (mean, log-variance) of video [B, 3, 1 + 4k, H, W], both
+        [B, z, 1 + k, h, w] and not normalised (training samples from it; :meth:`encode` keeps the mean)."""
         stride = self.config.temporal_stride
         frames = video.shape[2]
         if (frames - 1) % stride:
@@ -356,13 +450,17 @@ class WanVAE(nn.Module):
         _check_frame_size(self.config, video.shape[-1], video.shape[-2])
         video = video.to(self.latent_mean.dtype)
 
-        cache = CausalCache()
-        chunks = [self.encoder(video[:, :, :1], cache)]
-        cache.first_chunk = False
-        for start in range(1, frames, stride):
-            chunks.append(self.encoder(video[:, :, start : start + stride], cache))
-        mu, _log_var = self.conv1(torch.cat(chunks, dim=2)).chunk(2, dim=1)
-        return (mu - self.latent_mean) * self.latent_inv_std
+        if isinstance(self.encoder, LightEncoder3d):
+            hidden = self.encoder(video)
+        else:
+            cache = CausalCache()
+            chunks = [self.encoder(video[:, :, :1], cache)]
+            cache.first_chunk = False
+            for start in range(1, frames, stride):
+                chunks.append(self.encoder(video[:, :, start : start + stride], cache))
+            hidden = torch.cat(chunks, dim=2)
+        mu, log_var = self.conv1(hidden).chunk(2, dim=1)
+        return mu, log_var
 
     def encode_reference_image(self, image: Tensor, latent_frames: int = 14) -> Tensor:
         """The image conditioning ``y`` [1, stride + z, latent_frames, h, w] for one RGB image [3, H, W] in [-1, 1].
@@ -423,9 +521,9 @@ class WanVAE(nn.Module):
             start = stop
         return torch.cat(frames, dim=2)
 
-    def decode(self, latents: Tensor) -> Tensor:
+    def decode(self, latents: Tensor, latents_per_call: int = 1) -> Tensor:
         """Decode a whole clip of normalised latents [B, z, n, h, w] -> frames [B, 3, 1 + 4(n - 1), H, W], unclamped."""
-        return self.decode_stream(latents, CausalCache())
+        return self.decode_stream(latents, CausalCache(), latents_per_call)
 
 
 def reference_mask(latent_frames: int, height: int, width: int, channels: int = 4) -> Tensor:

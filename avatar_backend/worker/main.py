@@ -42,6 +42,7 @@ from .character_spec import record_from_spec
 from .link import WorkerLink
 from .log_limit import RateLimitedLog
 from .memory_pool import MemoryCodec, MemoryPool, PoolError
+from .process import RANDOM_WEIGHTS
 from .scheduler import (
     DEFAULT_VOICE_JITTER_BUDGET_MS,
     BlockPlan,
@@ -316,7 +317,7 @@ class Worker:
         if event == "emotion_prompt":
             self.scheduler.set_prompt(sid, req.emotion_prompt, req.intensity)
         elif event == "action_prompt":
-            self.scheduler.set_prompt(sid, req.action_prompt, req.intensity)
+            self.scheduler.start_action(sid, req.action_prompt)
         elif event == "reset_prompt":
             self.scheduler.set_prompt(sid, None)
         elif event == "listening":
@@ -474,8 +475,12 @@ def build_pipeline(model_config: str, weights: str | None, device: str) -> tuple
         log.warning("%s=1: running the TEST-ONLY fake pipeline, not the generator", FAKE_PIPELINE_ENV)
         return FakePipeline.from_config(model_config, weights, device), FakePipeline.codec
     from avatar_backend.generator.memory import NpcMemory, read_memory_header
-    from avatar_backend.generator.pipeline import LiveActPipeline
+    from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights
 
+    if weights is None:
+        weights = shipped_weights(model_config)
+    elif weights == RANDOM_WEIGHTS:
+        weights = None
     pipeline = LiveActPipeline.from_config(model_config, weights=weights, device=device)
     return pipeline, MemoryCodec(load=NpcMemory.load, read_header=read_memory_header)
 
@@ -487,7 +492,8 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
     parser.add_argument("--config", default="tiny", help="model config name or JSON file (default: tiny)")
     parser.add_argument("--data-dir", default=None, help="data directory (characters, NPC memories)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    parser.add_argument("--weights", default=None, help="weights file (default: random weights from a fixed seed)")
+    parser.add_argument("--weights", default=None,
+                        help="weights file, or 'random' (default: the config's shipped weights, random without them)")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process (the gateway) is gone")
     parser.add_argument("--max-parked-memory-bytes", type=int, default=DEFAULT_MAX_PARKED_MEMORY_BYTES,
                         help="host memory for parked NPC memories; beyond it they stay on disk only")

@@ -39,6 +39,9 @@ from avatar_backend.store import (
 from .link import GatewayLink, WorkerLinkError, WorkerUnavailableError
 from .scheduler import DEFAULT_VOICE_JITTER_BUDGET_MS
 
+# ``--weights`` value: untrained weights from a fixed seed, even for a config that has shipped weights.
+RANDOM_WEIGHTS = "random"
+
 __all__ = ["WorkerProcess", "WorkerProcessConfig", "WorkerStartError"]
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ class WorkerProcessConfig:
     data_dir: Path | str
     model_config: str = "tiny"                  # named config or JSON file
     device: str = "cpu"
-    weights: str | None = None
+    weights: str | None = None                 # a file, RANDOM_WEIGHTS, or None: the config's shipped weights
     python: str = sys.executable
     max_stored_npcs: int = DEFAULT_MAX_STORED_NPCS            # 0: no cap; a new NPC beyond it is refused
     max_stored_npc_bytes: int = DEFAULT_MAX_STORED_NPC_BYTES  # 0: no cap; likewise, in bytes on disk

@@ -181,6 +181,7 @@ class SessionState:
     listening: bool = False
     listening_prompt: str | None = None   # the prompt of silent blocks while listening
     prompt: str | None = None             # None: the character's base prompt
+    action_prompt: str | None = None      # an action's prompt, for the next block only
     intensity: float = 1.0
     blocks: int = 0                       # blocks generated in this session
     last_served: int = -1                 # scheduler's serve counter when this session last ran
@@ -339,6 +340,11 @@ class Scheduler:
         state.prompt = prompt or None
         state.intensity = intensity if intensity > 0 else 1.0
 
+    def start_action(self, session_id: str, prompt: str) -> None:
+        """An action: its prompt conditions the next block only (the motion itself takes about a block), then
+        the session's emotion prompt is back."""
+        self.get(session_id).action_prompt = prompt or None
+
     def set_listening(self, session_id: str, listening: bool) -> None:
         self.get(session_id).listening = listening
 
@@ -381,7 +387,9 @@ class Scheduler:
             audio[: voice.size] = voice
             voice_samples = min(voice.size, consume)
         prompt, intensity = state.prompt, state.intensity
-        if state.listening and not voice_samples and state.listening_prompt:
+        if state.action_prompt:
+            prompt, intensity = state.action_prompt, 1.0
+        elif state.listening and not voice_samples and state.listening_prompt:
             prompt, intensity = state.listening_prompt, 1.0
         gap = 0
         if voice_samples and not state.speaking and state.gap_from is not None:
@@ -417,6 +425,8 @@ class Scheduler:
             state.waiting_since = None
         state.timeline_pos += plan.consume
         state.blocks += 1
+        if state.action_prompt is not None and plan.prompt == state.action_prompt:
+            state.action_prompt = None  # the action was shown
         # The NPC's mood as the session set it (not a listening block's prompt) is what a resumed NPC continues.
         state.memory.prompt, state.memory.intensity = state.prompt, state.intensity
         ended = []

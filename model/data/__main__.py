@@ -28,6 +28,10 @@ def _progress_printer(total: int):
     return (lambda done, _total: bar.update(done - bar.n)), bar.close
 
 
+def _names(text: str) -> tuple[str, ...] | None:
+    return tuple(n.strip() for n in text.split(",") if n.strip()) or None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.data", description=__doc__.split(": ", 1)[-1])
     parser.add_argument("--out", required=True, help="dataset folder (created)")
@@ -36,11 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="clip length (default 6)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering in parallel (default 1)")
+    parser.add_argument("--languages", default="", help="comma-separated languages to voice (default: all)")
+    parser.add_argument("--speakers", default="", help="comma-separated espeak-ng variants (default: all)")
     args = parser.parse_args(argv)
     report, close = _progress_printer(args.clips)
     try:
         manifest = write_dataset(args.out, args.clips, size=args.size, seconds=args.seconds, seed=args.seed,
-                                 workers=args.workers, progress=report)
+                                 workers=args.workers, languages=_names(args.languages),
+                                 speakers=_names(args.speakers), progress=report)
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

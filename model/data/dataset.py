@@ -60,10 +60,12 @@ def clip_seed(dataset_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(dataset_seed), int(index)]).generate_state(1)[0])
 
 
-def make_clip(seed: int, *, size: int, seconds: float, fps: int = 20) -> tuple[Clip, dict[str, Any]]:
-    """One random clip (character, speech, timeline) from ``seed``, and its manifest entry."""
+def make_clip(seed: int, *, size: int, seconds: float, fps: int = 20, languages: tuple[str, ...] | None = None,
+              speakers: tuple[str, ...] | None = None) -> tuple[Clip, dict[str, Any]]:
+    """One random clip (character, speech, timeline) from ``seed``, and its manifest entry. ``languages`` and
+    ``speakers`` restrict the voices (None: all), so a language or a speaker can be held out of training."""
     rng = np.random.default_rng([seed, 0x5E])
-    utterance = random_utterance(rng, seconds)
+    utterance = random_utterance(rng, seconds, languages=languages, speakers=speakers)
     events = random_events(rng, seconds, utterance.spans)
     clip = render_clip(seed, utterance.audio, events, size=size, fps=fps, seconds=seconds)
     entry = {
@@ -104,10 +106,11 @@ def iter_clips(folder: str | Path) -> Iterator[tuple[dict[str, Any], np.ndarray,
         yield (entry, *load_clip(folder / entry["file"]))
 
 
-def _write_one(job: tuple[Path, int, int, int, float, int]) -> dict[str, Any]:
+def _write_one(job: tuple) -> dict[str, Any]:
     """Render and save clip ``index`` of a dataset; its manifest entry (a worker process runs this)."""
-    out, index, seed, size, seconds, fps = job
-    clip, entry = make_clip(clip_seed(seed, index), size=size, seconds=seconds, fps=fps)
+    out, index, seed, size, seconds, fps, languages, speakers = job
+    clip, entry = make_clip(clip_seed(seed, index), size=size, seconds=seconds, fps=fps, languages=languages,
+                            speakers=speakers)
     entry = {"file": f"clip_{index:05d}.npz", "index": index, **entry}
     save_clip(out / entry["file"], clip)
     return entry
@@ -122,6 +125,8 @@ def write_dataset(
     seed: int = 0,
     fps: int = 20,
     workers: int = 1,
+    languages: tuple[str, ...] | None = None,
+    speakers: tuple[str, ...] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Render ``clips`` random clips into ``out`` and write the manifest; returns it (with timing).
@@ -134,10 +139,12 @@ def write_dataset(
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {
         "format": FORMAT, "version": FORMAT_VERSION, "size": size, "fps": fps, "sample_rate": 16000,
-        "seconds": seconds, "seed": seed, "emotions": list(EMOTIONS), "actions": list(ACTIONS),
+        "seconds": seconds, "seed": seed,
+        "languages": list(languages) if languages else None, "speakers": list(speakers) if speakers else None,
+        "emotions": list(EMOTIONS), "actions": list(ACTIONS),
         "truth": TRUTH_DESCRIPTION, "clips": [],
     }
-    jobs = [(out, index, seed, size, seconds, fps) for index in range(clips)]
+    jobs = [(out, index, seed, size, seconds, fps, languages, speakers) for index in range(clips)]
     started = time.perf_counter()
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .mouth import mouth_from_audio
+from avatar_backend.media.mouth import mouth_from_audio
 
 EMOTIONS = ("neutral", "happy", "sad", "angry", "surprised")
 ACTIONS = ("none", "nod", "shake_head", "look_around", "think", "wave")

@@ -172,3 +172,38 @@ def test_a_long_stream_runs_in_flat_memory():
     rss = report["rss"]
     growth = float(np.median(rss[-30:]) - np.median(rss[30:60]))
     assert growth < 16 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB from blocks 30-60 to blocks 120-150"
+
+
+def test_weights_trained_for_other_settings_are_refused_by_name(tmp_path):
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    from avatar_backend.generator.config import TINY
+
+    source = LiveActPipeline.from_config("tiny")
+    tensors = {f"{name}.{key}": value.contiguous() for name, module in (
+        ("dit", source.dit), ("vae", source.vae), ("audio_encoder", source.audio_encoder),
+        ("image_encoder", source.image_encoder), ("text_encoder", source.text_encoder))
+        for key, value in module.state_dict().items()}
+    other = dataclasses.replace(TINY, vae=dataclasses.replace(TINY.vae, latent_std=(2.0,) * 16))
+    path = tmp_path / "other.safetensors"
+    save_file(tensors, str(path), metadata={"config": other.to_json()})
+    with pytest.raises(ValueError, match="trained for config 'tiny' with other settings"):
+        LiveActPipeline.from_config("tiny", weights=path)
+    loaded = LiveActPipeline.from_config(other, weights=path)
+    assert not loaded.random_weights and len(loaded.weights_sha256) == 64
+
+
+def test_the_worker_serves_the_shipped_weights_unless_told_random():
+    from avatar_backend.generator.pipeline import shipped_weights
+    from avatar_backend.worker.main import build_pipeline
+
+    shipped = shipped_weights("tiny")
+    if shipped is None:
+        pytest.skip("no shipped tiny weights in this checkout")
+    served, _ = build_pipeline("tiny", None, "cpu")
+    assert not served.random_weights
+    assert served.weights_sha256 == json.loads(shipped.with_suffix(".json").read_text())["sha256"]
+    random, _ = build_pipeline("tiny", "random", "cpu")
+    assert random.random_weights

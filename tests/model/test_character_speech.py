@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.data.mouth import mouth_from_audio
+from avatar_backend.media.mouth import mouth_from_audio
 from model.data.speech import (
     PHRASES,
     SAMPLE_RATE,

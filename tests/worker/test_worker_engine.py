@@ -272,6 +272,10 @@ def test_padding_is_reported_and_intensity_reaches_the_pipeline(harness, pipelin
         (0, False, 0, 0), (1, False, 0, 0), (2, True, BLOCK, 0)]
     assert blocks[1].audio_end - blocks[1].audio_start == BLOCK
     assert seen == [(None, 1.0), ("a happy villager", pytest.approx(0.7)), ("waves", 1.0)]
+    # An action is shown once: the block after it is back to the session's emotion.
+    harness.push("s1", np.full(BLOCK, 0.3, np.float32))
+    assert harness.blocks() == 1
+    assert seen[-1] == ("a happy villager", pytest.approx(0.7))
 
 
 def test_a_resumed_npc_keeps_its_emotion(harness, pipeline, clock, monkeypatch):

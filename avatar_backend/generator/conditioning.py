@@ -1,0 +1,67 @@
+"""What a block is conditioned on, as functions that serving and training share.
+
+The pipeline calls these once per character or once per block; the trainer (``model/train``) calls the very
+same functions on whole clips, so the model learns from exactly the inputs it is served:
+
+- :func:`reference_pixels`: a reference image, cropped and scaled the reference's way, as [3, H, W] in [-1, 1];
+- :func:`padded_text`: a prompt's embedding zero-padded to the DiT's text length;
+- :func:`blended_text`: an emotion's text at an intensity (the base prompt's embedding blended towards it);
+- :func:`block_audio_window`: a block's audio window from per-video-frame features that start at any frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .schedule import BlockLayout, audio_window
+
+
+def center_crop_resize(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale to cover width x height (bicubic), then centre-crop, as the reference prepares its image."""
+    scale = max(width / image.width, height / image.height)
+    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+                           Image.BICUBIC)
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+def reference_pixels(image: Image.Image | np.ndarray, width: int, height: int) -> Tensor:
+    """An RGB image (PIL, or uint8 [H, W, 3]) -> float32 [3, height, width] in [-1, 1], cropped to cover."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image, "RGB")
+    image = center_crop_resize(image.convert("RGB"), width, height)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
+    return pixels / 127.5 - 1.0
+
+
+def padded_text(embedding: Tensor, text_len: int) -> Tensor:
+    """[L, dim] -> [text_len, dim]: rows past the prompt are zeros (the model attends them; there is no mask)."""
+    padded = embedding.new_zeros(text_len, embedding.shape[-1])
+    rows = min(embedding.shape[0], text_len)
+    return torch.cat([embedding[:rows], padded[rows:]]) if rows < text_len else embedding[:text_len]
+
+
+def quantized_intensity(intensity: float) -> float:
+    """Intensity clamped to [0, 1] in steps of 0.05 (so a character's prompt cache stays small)."""
+    return round(min(max(float(intensity), 0.0), 1.0) * 20) / 20
+
+
+def blended_text(base: Tensor, prompt: Tensor, intensity: float) -> Tensor:
+    """A prompt at ``intensity``: the base prompt's padded embedding moved towards the prompt's (1: the prompt)."""
+    intensity = quantized_intensity(intensity)
+    return prompt if intensity == 1.0 else torch.lerp(base, prompt, intensity)
+
+
+def block_audio_window(features: Tensor, first_frame: int, plan: BlockLayout, radius: int) -> Tensor:
+    """The block's audio window [1, audio_frames, 2 * radius + 1, layers, ch].
+
+    ``features`` [S, layers, ch] are per-video-frame features whose first row is absolute video frame
+    ``first_frame`` of the stream (negative when the audio before the stream's start is zeros). The stream starts
+    at frame 0, and the window's indices are clamped there as the reference clamps them.
+    """
+    features = features[max(0, -first_frame):]
+    base = max(0, first_frame)
+    return audio_window(features, plan.audio_start - base, plan.audio_frames, radius)

@@ -1,0 +1,31 @@
+"""``python -m model.train``: train the tiny model from a seed and write its weights and manifest."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from .recipe import SMOKE_RECIPE, TINY_RECIPE
+from .run import STAGES, main_run
+
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "weights"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split(": ", 1)[-1])
+    parser.add_argument("--work", type=Path, default=Path("runs/tiny"),
+                        help="folder for data, checkpoints and the log (a stopped run continues from it)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the weights and manifest go")
+    parser.add_argument("--seed", type=int, default=TINY_RECIPE.seed)
+    parser.add_argument("--smoke", action="store_true", help="a few steps of every stage on a few clips")
+    parser.add_argument("--stop-after", choices=STAGES, help="stop after this stage (continue later)")
+    args = parser.parse_args(argv)
+    recipe = dataclasses.replace(SMOKE_RECIPE if args.smoke else TINY_RECIPE, seed=args.seed)
+    main_run(args.work, args.out, recipe, stop_after=args.stop_after)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

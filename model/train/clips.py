@@ -1,0 +1,91 @@
+"""Training clips in memory, and what each block of a clip is conditioned on and weighted by."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avatar_backend.generator.schedule import BlockLayout
+from model.data.dataset import iter_clips, read_manifest
+from model.data.identity import CharacterIdentity
+from model.data.prompts import BlockPrompt, block_prompt
+from model.data.render import render_still
+from model.data.timeline import ACTIONS, EMOTIONS
+
+LATENT_STRIDE = 8          # pixels per latent cell (the VAE's spatial stride)
+
+
+@dataclass
+class TrainingClip:
+    frames: np.ndarray             # uint8 [T, H, W, 3]
+    audio: np.ndarray              # float32 16 kHz
+    truth: dict[str, np.ndarray]
+    entry: dict                    # the manifest entry (identity, speech, events)
+
+    @property
+    def reference(self) -> np.ndarray:
+        """The character's neutral still at the clip's size: what a server would be given as its image."""
+        identity = CharacterIdentity.from_dict(self.entry["identity"])
+        return render_still(identity, self.frames.shape[1])
+
+
+def load_clips(folder: str | Path) -> list[TrainingClip]:
+    return [TrainingClip(frames, audio, truth, entry) for entry, frames, audio, truth in iter_clips(folder)]
+
+
+def dataset_fps(folder: str | Path) -> int:
+    return int(read_manifest(folder)["fps"])
+
+
+def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float32 [1, 3, T, H, W] in [-1, 1] (the VAE's input)."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+
+
+def mouth_mask(truth: dict[str, np.ndarray], frames: slice, height: int, width: int, stride: int = 1,
+               margin: int = 2) -> np.ndarray:
+    """[T, height // stride, width // stride] 1.0 inside each frame's mouth box (grown by ``margin`` pixels)."""
+    boxes = truth["mouth_box"][frames]
+    mask = np.zeros((len(boxes), height // stride, width // stride), np.float32)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        mask[i, max(0, (y0 - margin) // stride): (y1 + margin + stride - 1) // stride,
+             max(0, (x0 - margin) // stride): (x1 + margin + stride - 1) // stride] = 1.0
+    return mask
+
+
+def latent_mouth_weight(truth: dict[str, np.ndarray], latent_frames: int, height: int, width: int,
+                        mouth_weight: float, vae_scale: int = 4) -> torch.Tensor:
+    """[1, 1, latent_frames, h, w] loss weights: 1, plus ``mouth_weight`` on latent cells a mouth box touches.
+
+    Latent frame 0 is video frame 0; latent j >= 1 covers video frames 4j - 3 .. 4j.
+    """
+    video = mouth_mask(truth, slice(0, 1 + vae_scale * (latent_frames - 1)), height, width, LATENT_STRIDE)
+    per_latent = [video[0]] + [video[vae_scale * j - vae_scale + 1: vae_scale * j + 1].max(axis=0)
+                               for j in range(1, latent_frames)]
+    return torch.from_numpy(1.0 + mouth_weight * np.stack(per_latent))[None, None]
+
+
+def prompts_for_blocks(clip: TrainingClip, plans: list[BlockLayout], fps: int) -> list[BlockPrompt]:
+    """Per block, the prompt serving would use if the clip's events had been sent as they happened."""
+    truth = clip.truth
+    speech = clip.entry["speech"]["spans"]
+    prompts = []
+    for plan in plans:
+        start_s, end_s = plan.video_start / fps, plan.video_end / fps
+        started = [e for e in clip.entry["events"] if e["kind"] == "action" and start_s <= e["time"] < end_s]
+        listening = truth["listening"][plan.video_start:plan.video_end]
+        silent = not any(s < end_s and e > start_s for s, e in speech)
+        emotion = EMOTIONS[int(truth["emotion"][plan.video_start])]
+        prompts.append(block_prompt(
+            emotion=emotion, intensity=float(truth["emotion_intensity"][plan.video_start]),
+            action_started=started[0]["name"] if started else None,
+            listening_silent=bool(listening.mean() > 0.5) and silent,
+        ))
+    return prompts
+
+
+__all__ = ["ACTIONS", "TrainingClip", "latent_mouth_weight", "load_clips", "mouth_mask", "prompts_for_blocks",
+           "video_to_tensor"]

@@ -1,0 +1,108 @@
+"""Stage 4: the DiT and the learned encoders, with Neighbor Forcing.
+
+One step takes one clip of ``dit_blocks`` blocks (6 + 8 + 8 + 8 latents, so from block 2 on the ConvKV memory
+is compressed, recursively) and one of the sampler's timesteps t_i. Every block is noised to t_i with its own
+noise and run in order through one functional step cache, exactly as step i of inference runs block after
+block against the cache of step i: block b attends to block b - 1 seen at the same noise level. Audio is left
+out at step 0 as in inference. The loss is the flow-matching velocity (noise - x0), with the mouth's latent
+cells weighted up. Conditioning (reference image, prompt per block, audio window) is built by the functions
+serving uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from avatar_backend.generator.conditioning import block_audio_window, blended_text, padded_text, reference_pixels
+from avatar_backend.generator.config import ModelConfig
+from avatar_backend.generator.convkv import ConvKVMemory
+from avatar_backend.generator.dit import WanModel
+from avatar_backend.generator.schedule import BlockLayout, StreamSchedule
+from avatar_backend.generator.vae import WanVAE
+from model.data.prompts import BASE_PROMPT, BlockPrompt
+
+from .clips import TrainingClip, latent_mouth_weight, prompts_for_blocks, video_to_tensor
+from .recipe import TrainRecipe
+
+
+@dataclass
+class DiTExample:
+    """One clip, encoded once: everything a DiT step reads."""
+
+    latents: torch.Tensor          # [1, z, latent frames, h, w], DiT-space (normalised)
+    y: torch.Tensor                # [1, 4 + z, 14, h, w]: mask and VAE code of the reference still
+    reference: torch.Tensor        # [3, H, W] in [-1, 1]: the still, for the image encoder
+    audio: torch.Tensor            # float32 16 kHz PCM of the whole clip
+    prompts: list[BlockPrompt]     # per block
+    weight: torch.Tensor           # [1, 1, latent frames, h, w] loss weights
+
+
+def stream_plans(config: ModelConfig, blocks: int) -> list[BlockLayout]:
+    schedule = StreamSchedule.from_model_config(config, config.width, config.height)
+    return [schedule.block(b) for b in range(blocks)]
+
+
+def latent_slice(plan: BlockLayout, config: ModelConfig) -> slice:
+    """The stream latents a block generates (block 0: 0..5; block b >= 1: 6 + 8(b - 1) onwards)."""
+    first, later = config.sampler.block_sizes
+    start = 0 if plan.index == 0 else first + later * (plan.index - 1)
+    return slice(start, start + plan.latent_frames)
+
+
+@torch.no_grad()
+def encode_example(vae: WanVAE, clip: TrainingClip, config: ModelConfig, recipe: TrainRecipe, fps: int) -> DiTExample:
+    plans = stream_plans(config, recipe.dit_blocks)
+    latent_frames = latent_slice(plans[-1], config).stop
+    video_frames = 1 + config.vae.temporal_stride * (latent_frames - 1)
+    if len(clip.frames) < video_frames:
+        raise ValueError(f"a clip of {len(clip.frames)} frames is shorter than {recipe.dit_blocks} blocks ({video_frames})")
+    reference = reference_pixels(clip.reference, config.width, config.height)
+    latents = vae.encode(video_to_tensor(clip.frames[:video_frames]))
+    y = vae.encode_reference_image(reference, sum(config.sampler.block_sizes))
+    weight = latent_mouth_weight(clip.truth, latent_frames, config.height, config.width, recipe.mouth_weight,
+                                 config.vae.temporal_stride)
+    return DiTExample(latents=latents, y=y, reference=reference, audio=torch.from_numpy(clip.audio.copy()),
+                      prompts=prompts_for_blocks(clip, plans, fps), weight=weight)
+
+
+def dit_step(modules: dict[str, torch.nn.Module], example: DiTExample, config: ModelConfig, recipe: TrainRecipe,
+             fps: int, rng: np.random.Generator, generator: torch.Generator) -> dict[str, float]:
+    """One clip's Neighbor-Forcing loss at one random sampler step (backward included)."""
+    dit: WanModel = modules["dit"]
+    sampler = config.sampler
+    step = int(rng.integers(sampler.num_steps))
+    t = sampler.timesteps[step]
+    timestep = torch.tensor([t], dtype=torch.float32)
+    use_audio = not (step == 0 and sampler.skip_audio_at_first_step)
+
+    features = modules["audio_encoder"].features(example.audio, fps)
+    clip_fea = modules["image_encoder"](example.reference)
+    text_len = config.dit.text_len
+    encode_text = modules["text_encoder"].encode
+    base = padded_text(encode_text(BASE_PROMPT), text_len)
+    frame_tokens = config.frame_tokens(config.width, config.height)
+    cache = ConvKVMemory.allocate_for(config.dit, sampler, frame_tokens).steps[0]
+    radius = config.dit.audio_window // 2
+
+    losses = []
+    for plan in stream_plans(config, recipe.dit_blocks):
+        prompt = example.prompts[plan.index]
+        text = base if prompt.prompt is None else blended_text(base, padded_text(encode_text(prompt.prompt), text_len),
+                                                             prompt.intensity)
+        context = dit.encode_context(text, clip_fea, precompute_kv=False)
+        frames = latent_slice(plan, config)
+        x0 = example.latents[:, :, frames]
+        noise = torch.randn(x0.shape, generator=generator)
+        noisy = (1.0 - t / 1000.0) * x0 + (t / 1000.0) * noise
+        tokens = dit.audio_tokens(block_audio_window(features, 0, plan, radius)) if use_audio else None
+        out = dit(noisy, timestep, example.y[:, :, plan.y_slice], cache=cache, start_frame=plan.window_start,
+                  compress=plan.update_cache, context=context, audio_tokens=tokens, functional=True)
+        cache = out.cache
+        weight = example.weight[:, :, frames]
+        losses.append(((out.velocity - (noise - x0)).square() * weight).mean() / weight.mean())
+    loss = torch.stack(losses).mean()
+    loss.backward()
+    return {"loss": loss.item(), f"loss_t{step}": loss.item()}

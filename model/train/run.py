@@ -1,0 +1,182 @@
+"""Running the stages in order, each resumed where it stopped, and exporting the weights with their manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from tqdm import tqdm
+
+from avatar_backend.generator.audio_encoder import build_audio_encoder
+from avatar_backend.generator.config import ModelConfig, get_config
+from avatar_backend.generator.dit import WanModel
+from avatar_backend.generator.image_encoder import build_image_encoder
+from avatar_backend.generator.text_encoder import build_text_encoder
+from avatar_backend.generator.vae import WanVAE
+from model.data.dataset import write_dataset
+
+from .clips import dataset_fps, load_clips
+from .dit_stage import DiTExample, dit_step, encode_example
+from .loop import ResumableStage, setup_logging
+from .recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER, TRAIN_LANGUAGES, TRAIN_SPEAKERS, TrainRecipe
+from .vae_stage import latent_statistics, vae_step
+
+log = logging.getLogger("model.train")
+
+STAGES = ("data", "vae", "latents", "dit", "export")
+
+
+def tiny_training_config(recipe: TrainRecipe) -> ModelConfig:
+    """The config being trained: the named one (its VAE statistics are replaced by the trained VAE's)."""
+    return get_config(recipe.config)
+
+
+def ensure_data(work: Path, recipe: TrainRecipe) -> Path:
+    folder = work / "data"
+    if not (folder / "manifest.json").exists():
+        log.info("data: rendering %d clips", recipe.clips)
+        write_dataset(folder, recipe.clips, size=get_config(recipe.config).width, seconds=recipe.clip_seconds,
+                      seed=recipe.data_seed, languages=TRAIN_LANGUAGES, speakers=TRAIN_SPEAKERS)
+    return folder
+
+
+def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
+    config = tiny_training_config(recipe)
+    torch.manual_seed(recipe.seed)
+    vae = WanVAE(config.vae)
+    with torch.no_grad():
+        # The posterior's log-variance starts at -8 (std 0.02): started at 0, the decoder first sees mostly
+        # noise and learns slowly; the KL term then sets the variance it needs.
+        vae.conv1.bias[config.vae.z_dim:] = -8.0
+    optimizer = torch.optim.Adam(vae.parameters(), lr=recipe.vae_lr)
+    stage = ResumableStage("vae", work, {"vae": vae}, optimizer, total=recipe.vae_steps, seed=recipe.seed,
+                           peak_lr=recipe.vae_lr, warmup=50, checkpoint_every_s=recipe.checkpoint_every_s,
+                           grad_clip=recipe.grad_clip)
+    stage.resume()
+    if not stage.done:
+        vae.train()
+        stage.run(lambda step, rng, gen: vae_step(vae, clips, recipe, rng, gen))
+    vae.eval().requires_grad_(False)
+    stats_path = work / "vae_latent_stats.json"
+    if not stats_path.exists():
+        mean, std = latent_statistics(vae, clips)
+        stats_path.write_text(json.dumps({"latent_mean": mean, "latent_std": std}))
+    stats = json.loads(stats_path.read_text())
+    return vae, {"steps": stage.step, "seconds": round(stage.seconds, 1), "history": stage.history[-1:], **stats}
+
+
+def main_run(work: Path, out: Path, recipe: TrainRecipe, stop_after: str | None = None) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    setup_logging(work / "train.log")
+    torch.set_flush_denormal(True)
+    log.info("recipe %s", json.dumps(recipe.to_dict()))
+    started = time.perf_counter()
+    data = ensure_data(work, recipe)
+    if stop_after == "data":
+        return {}
+    clips = load_clips(data)
+    vae, vae_report = train_vae(work, recipe, clips)
+    if stop_after == "vae":
+        return vae_report
+    config = trained_config(recipe, vae_report)
+    fps = dataset_fps(data)
+    examples = encode_examples(work, vae, clips[: recipe.dit_clips], config, recipe, fps)
+    del clips
+    if stop_after == "latents":
+        return vae_report
+    modules, dit_report = train_dit(work, recipe, config, examples, fps)
+    if stop_after == "dit":
+        return dit_report
+    modules["vae"] = vae
+    return export(out, config, recipe, modules, vae_report, dit_report, time.perf_counter() - started)
+
+
+def trained_config(recipe: TrainRecipe, vae_report: dict) -> ModelConfig:
+    """The config with the trained VAE's latent statistics (what the shipped config must say)."""
+    config = get_config(recipe.config)
+    vae = dataclasses.replace(config.vae, latent_mean=tuple(vae_report["latent_mean"]),
+                              latent_std=tuple(vae_report["latent_std"]))
+    return dataclasses.replace(config, vae=vae)
+
+
+def encode_examples(work: Path, vae: WanVAE, clips, config: ModelConfig, recipe: TrainRecipe, fps: int) -> list[DiTExample]:
+    """Every DiT clip encoded once (latents, reference conditioning, prompts, weights), kept in the work folder."""
+    path = work / "latents.pt"
+    examples: list[DiTExample] = torch.load(path, weights_only=False) if path.exists() else []
+    vae.latent_mean.copy_(torch.tensor(config.vae.latent_mean).view_as(vae.latent_mean))
+    vae.latent_inv_std.copy_((1.0 / torch.tensor(config.vae.latent_std)).view_as(vae.latent_inv_std))
+    if len(examples) < len(clips):
+        log.info("latents: encoding %d clips", len(clips) - len(examples))
+        for clip in tqdm(clips[len(examples):], desc="latents", unit="clip", dynamic_ncols=True):
+            examples.append(encode_example(vae, clip, config, recipe, fps))
+            if len(examples) % 40 == 0:
+                torch.save(examples, path)
+        torch.save(examples, path)
+    return examples
+
+
+def train_dit(work: Path, recipe: TrainRecipe, config: ModelConfig, examples: list[DiTExample], fps: int):
+    torch.manual_seed(recipe.seed + 1)
+    modules = {
+        "dit": WanModel(config.dit),
+        "audio_encoder": build_audio_encoder(config.audio_encoder),
+        "image_encoder": build_image_encoder(config.image_encoder),
+        "text_encoder": build_text_encoder(config.text_encoder),
+    }
+    parameters = [p for m in modules.values() for p in m.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=recipe.dit_lr, weight_decay=0.01)
+    stage = ResumableStage("dit", work, modules, optimizer, total=recipe.dit_steps, seed=recipe.seed,
+                           peak_lr=recipe.dit_lr, warmup=recipe.dit_warmup,
+                           checkpoint_every_s=recipe.checkpoint_every_s, grad_clip=recipe.grad_clip)
+    stage.resume()
+    if not stage.done:
+        for module in modules.values():
+            module.train()
+
+        def step(index, rng, generator):
+            example = examples[int(rng.integers(len(examples)))]
+            return dit_step(modules, example, config, recipe, fps, rng, generator)
+
+        stage.run(step)
+    for module in modules.values():
+        module.eval().requires_grad_(False)
+    return modules, {"steps": stage.step, "seconds": round(stage.seconds, 1), "history": stage.history}
+
+
+def export(out: Path, config: ModelConfig, recipe: TrainRecipe, modules: dict[str, torch.nn.Module],
+           vae_report: dict, dit_report: dict, wall_s: float) -> dict:
+    """``{config}.safetensors`` (keys prefixed by module) and ``{config}.json`` (the manifest) into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{name}.{key}": value.detach().contiguous()
+               for name, module in modules.items() for key, value in module.state_dict().items()}
+    weights = out / f"{recipe.config}.safetensors"
+    save_file(tensors, str(weights), metadata={"config": config.to_json()})
+    manifest = {
+        "file": weights.name,
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "parameters": sum(v.numel() for v in tensors.values()),
+        "config": config.to_dict(),
+        "recipe": recipe.to_dict(),
+        "data": {"clips": recipe.clips, "seconds": recipe.clip_seconds, "seed": recipe.data_seed,
+                 "languages": list(TRAIN_LANGUAGES), "speakers": list(TRAIN_SPEAKERS),
+                 "held_out": {"language": HELD_OUT_LANGUAGE, "speaker": HELD_OUT_SPEAKER}},
+        "training": {
+            "vae": {k: v for k, v in vae_report.items() if k in ("steps", "seconds", "history")},
+            "dit": {"steps": dit_report["steps"], "seconds": dit_report["seconds"],
+                    "final": dit_report["history"][-1:]},
+            "wall_seconds_this_run": round(wall_s, 1),
+        },
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+    }
+    (out / f"{recipe.config}.json").write_text(json.dumps(manifest, indent=1))
+    log.info("export: %s (%s)", weights, manifest["sha256"])
+    return manifest

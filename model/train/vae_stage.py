@@ -1,0 +1,68 @@
+"""Stage 2: the VAE, trained as the Wan VAE is: decode a sample of the encoder's posterior, reconstruct the
+clip (L1 and squared error, the mouth weighted up so lip shapes survive the 8x compression), plus a small KL
+term."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from avatar_backend.generator.vae import WanVAE
+
+from .clips import TrainingClip, mouth_mask, video_to_tensor
+from .recipe import TrainRecipe
+
+
+def vae_step(vae: WanVAE, clips: list[TrainingClip], recipe: TrainRecipe, rng: np.random.Generator,
+             generator: torch.Generator) -> dict[str, float]:
+    """One optimiser step's loss on ``vae_batch`` random windows of ``vae_frames`` frames (backward included).
+
+    Every convolution is local, so the VAE trains on ``vae_crop``-pixel crops (about 4x faster than whole
+    128-pixel frames); half of the crops are placed over the mouth.
+    """
+    videos, weights = [], []
+    for _ in range(recipe.vae_batch):
+        clip = clips[int(rng.integers(len(clips)))]
+        start = int(rng.integers(0, len(clip.frames) - recipe.vae_frames + 1))
+        window = slice(start, start + recipe.vae_frames)
+        _, height, width, _ = clip.frames.shape
+        crop = min(recipe.vae_crop, height, width)
+        if rng.random() < 0.5:
+            x0, y0, x1, y1 = clip.truth["mouth_box"][start]
+            top = int(np.clip((y0 + y1) // 2 - crop // 2 + rng.integers(-crop // 4, crop // 4 + 1), 0, height - crop))
+            left = int(np.clip((x0 + x1) // 2 - crop // 2 + rng.integers(-crop // 4, crop // 4 + 1), 0, width - crop))
+        else:
+            top, left = int(rng.integers(0, height - crop + 1)), int(rng.integers(0, width - crop + 1))
+        top, left = top // 8 * 8, left // 8 * 8
+        rows, cols = slice(top, top + crop), slice(left, left + crop)
+        videos.append(video_to_tensor(clip.frames[window, rows, cols]))
+        mask = mouth_mask(clip.truth, window, height, width)[:, rows, cols]
+        weights.append(torch.from_numpy(1.0 + recipe.mouth_weight * mask))
+    video = torch.cat(videos)
+    weight = torch.stack(weights)[:, None]                                   # [B, 1, T, H, W]
+
+    mu, log_var = vae.posterior(video)
+    log_var = log_var.clamp(-30.0, 20.0)
+    sample = mu + torch.exp(0.5 * log_var) * torch.randn(mu.shape, generator=generator)
+    normalised = (sample - vae.latent_mean) * vae.latent_inv_std
+    recon = vae.decode(normalised, latents_per_call=mu.shape[2])
+    error = recon - video
+    l1 = (error.abs() * weight).mean() / weight.mean()
+    # L1 alone settles on per-pixel medians and leaves flat areas off-colour for long; the squared term
+    # pulls large errors (a wrong background or clothes colour) in first.
+    mse = (error.square() * weight).mean() / weight.mean()
+    kl = 0.5 * (mu.square() + log_var.exp() - 1.0 - log_var).mean()
+    loss = l1 + recipe.vae_mse_weight * mse + recipe.vae_kl_weight * kl
+    loss.backward()
+    return {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+
+
+@torch.no_grad()
+def latent_statistics(vae: WanVAE, clips: list[TrainingClip], frames: int = 33, max_clips: int = 64) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the posterior means over the first ``frames`` frames of some clips: the
+    DiT-space normalisation of this VAE (as WAN_LATENT_MEAN / WAN_LATENT_STD are for the published one)."""
+    mus = [vae.posterior(video_to_tensor(c.frames[:frames]))[0] for c in clips[:max_clips]]
+    stacked = torch.cat(mus, dim=2)                                          # [1, z, n, h, w]
+    mean = stacked.mean(dim=(0, 2, 3, 4))
+    std = stacked.std(dim=(0, 2, 3, 4))
+    return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std]

@@ -1,0 +1,154 @@
+"""What a player sees, end to end over real gRPC with the shipped tiny weights at the default 128x128.
+
+The server runs the weights it ships by default; frames are the JPEGs it sends. The mouth is read with the
+same measure that validates the training data, in the default character's mouth region (its asset says where):
+speech opens it in step with the voice, silence, listening and an interrupt close it, an emotion or an action
+changes the picture within a block, and a resumed NPC is still the same character.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import simplejpeg
+from e2e_helpers import ASSETS, FPS, RATE, SENTENCE, Server, collect, espeak, events_of, frames_of, run
+
+from avatar_backend.client import AvatarClient
+from avatar_backend.client.meters import LipSyncMeter
+from avatar_backend.media.mouth import measure_mouth_openness
+from avatar_backend.proto_gen import converse_pb2
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SIZE = 128                      # the size the tiny model is trained at
+BLOCK_FRAMES = 32
+MOUTH_REGION = tuple(json.loads((ASSETS / "default_character.json").read_text())["mouth_region"])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("data")).start()
+    yield srv
+    assert srv.stop() == 0, "".join(srv.output[-40:])
+
+
+@pytest.fixture(scope="module")
+def long_speech(tmp_path_factory) -> np.ndarray:
+    return espeak(f"{SENTENCE} {SENTENCE}", RATE, tmp_path_factory.mktemp("speech"))
+
+
+def pictures(frames) -> np.ndarray:
+    return np.stack([simplejpeg.decode_jpeg(f.data, colorspace="RGB") for f in frames])
+
+
+def mouth_opening(images: np.ndarray) -> np.ndarray:
+    meter = LipSyncMeter(MOUTH_REGION, SIZE, SIZE, FPS, RATE)
+    x0, y0, x1, y1 = meter.box
+    return measure_mouth_openness(images[:, y0:y1, x0:x1], (0, 0, x1 - x0, y1 - y0))
+
+
+def lip_sync(items):
+    meter = LipSyncMeter(MOUTH_REGION, SIZE, SIZE, FPS, RATE)
+    for item in items:
+        if isinstance(item, converse_pb2.VideoFrame):
+            meter.frame(item, simplejpeg.decode_jpeg(item.data, colorspace="RGB"))
+        elif isinstance(item, converse_pb2.AudioEcho):
+            meter.echo(item)
+    return meter.score()
+
+
+async def utterance(conv, pcm, *, after_frames: int = 2 * BLOCK_FRAMES) -> list:
+    """Send ``pcm`` as one utterance; the items until ``after_frames`` frames past its end."""
+    await conv.send_audio_pcm(pcm)
+    await conv.end_utterance()
+    items = await collect(conv, lambda it: bool(events_of(it, converse_pb2.EVENT_CODE_UTTERANCE_COMPLETE)))
+    end = int(events_of(items, converse_pb2.EVENT_CODE_UTTERANCE_COMPLETE)[0].details["timeline_end"])
+    last = end // (RATE // FPS) + after_frames
+    return items + await collect(conv, lambda it: any(f.index >= last for f in frames_of(items + it)))
+
+
+def test_speech_moves_the_mouth_in_sync_and_silence_closes_it(server, long_speech):
+    async def scenario():
+        async with AvatarClient(server.address) as client:
+            info = await client.server_info()
+            assert not info.model.random_weights
+            async with client.converse("talker", "default", width=SIZE, height=SIZE, fps=FPS, sample_rate=RATE) as conv:
+                return await utterance(conv, long_speech)
+
+    items = run(scenario())
+    score = lip_sync(items)
+    assert score is not None and score.speaking_frames > 40
+    assert score.r >= 0.6, score
+    frames = frames_of(items)
+    opening = mouth_opening(pictures(frames))
+    speaking = np.array([f.speaking for f in frames])
+    last_speaking = int(np.nonzero(speaking)[0][-1])
+    silent_after = opening[last_speaking + 10:]            # 0.5 s for the mouth to close
+    assert len(silent_after) >= BLOCK_FRAMES
+    assert silent_after.mean() < 0.5 * opening[speaking].mean(), (silent_after.mean(), opening[speaking].mean())
+
+
+def face_change(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference (0-255) of two frame stacks' mean pictures in the upper body's box."""
+    top, bottom, left, right = SIZE // 8, SIZE, SIZE // 8, SIZE - SIZE // 8
+    return float(np.abs(a.mean(0)[top:bottom, left:right] - b.mean(0)[top:bottom, left:right]).mean())
+
+
+def test_listening_keeps_the_mouth_closed_and_controls_change_the_picture_within_a_block(server, long_speech):
+    async def frames_until(conv, index):
+        return frames_of(await collect(conv, lambda it: any(f.index >= index for f in frames_of(it))))
+
+    async def scenario():
+        async with AvatarClient(server.address) as client:
+            async with client.converse("listener", "default", width=SIZE, height=SIZE, fps=FPS, sample_rate=RATE) as conv:
+                idle = await frames_until(conv, 3 * BLOCK_FRAMES)
+                await conv.listening(True)
+                listening = await frames_until(conv, idle[-1].index + 3 * BLOCK_FRAMES)
+                await conv.listening(False)
+                await conv.emotion("surprised", 1.0)
+                surprised = await frames_until(conv, listening[-1].index + 3 * BLOCK_FRAMES)
+                await conv.emotion("", 1.0)
+                calm = await frames_until(conv, surprised[-1].index + 3 * BLOCK_FRAMES)
+                await conv.action(preset="wave")
+                wave = await frames_until(conv, calm[-1].index + 3 * BLOCK_FRAMES)
+                speech_items = await utterance(conv, long_speech, after_frames=0)
+                return idle, listening, surprised, calm, wave, frames_of(speech_items)
+
+    idle, listening, surprised, calm, wave, speaking = run(scenario())
+    speaking_opening = mouth_opening(pictures([f for f in speaking if f.speaking])).mean()
+    # Listening: the mouth stays as closed as when idle, well below speech.
+    listening_opening = mouth_opening(pictures(listening[BLOCK_FRAMES:])).mean()
+    assert listening_opening < 0.5 * speaking_opening, (listening_opening, speaking_opening)
+
+    # An emotion shows within a block (the next block is made with it): its frames differ from the idle ones
+    # more than two stretches of idle differ from each other.
+    idle_pictures = pictures(idle[BLOCK_FRAMES:])
+    baseline = face_change(idle_pictures[:BLOCK_FRAMES], idle_pictures[BLOCK_FRAMES:2 * BLOCK_FRAMES])
+    assert face_change(pictures(surprised[BLOCK_FRAMES: 2 * BLOCK_FRAMES]), idle_pictures) > 2 * baseline + 1.0
+    assert face_change(pictures(wave[:2 * BLOCK_FRAMES]), pictures(calm[BLOCK_FRAMES:])) > 2 * baseline + 1.0
+
+
+def test_an_interrupt_closes_the_mouth_within_a_block_and_a_resumed_npc_is_the_same_character(server, long_speech):
+    async def scenario():
+        async with AvatarClient(server.address) as client:
+            async with client.converse("speaker", "default", width=SIZE, height=SIZE, fps=FPS, sample_rate=RATE) as conv:
+                await conv.send_audio_pcm(np.concatenate([long_speech] * 3))
+                talking = await collect(conv, lambda it: sum(f.speaking for f in frames_of(it)) >= 2 * BLOCK_FRAMES)
+                ack = await conv.interrupt()
+                after = await collect(conv, lambda it: any(
+                    f.index >= ack.next_frame_index + 3 * BLOCK_FRAMES for f in frames_of(it)))
+            async with client.converse("speaker", width=SIZE, height=SIZE, fps=FPS, sample_rate=RATE) as conv:
+                assert conv.accepted.resumed
+                resumed = frames_of(await collect(conv, lambda it: len(frames_of(it)) >= 2 * BLOCK_FRAMES))
+            return frames_of(talking), ack, frames_of(after), resumed
+
+    talking, ack, after, resumed = run(scenario())
+    speaking_opening = mouth_opening(pictures([f for f in talking if f.speaking])).mean()
+    replaced = [f for f in after if f.index >= ack.next_frame_index]
+    closed = mouth_opening(pictures(replaced[BLOCK_FRAMES:]))          # one block after the interrupt
+    assert closed.mean() < 0.5 * speaking_opening, (closed.mean(), speaking_opening)
+    # The resumed NPC: same colours (hair, skin, clothes, background) as before it was parked.
+    before, again = pictures(after[-BLOCK_FRAMES:]), pictures(resumed[:BLOCK_FRAMES])
+    assert face_change(again, before) < 12.0

@@ -1,0 +1,28 @@
+"""The evaluation command on a short run with the shipped weights: every section of its report is there and
+the shipped model talks (lip sync well above the swapped-audio control)."""
+
+import json
+
+import pytest
+
+from avatar_backend.generator.pipeline import shipped_weights
+from model.data.speech import espeak_available
+from model.evaluate.__main__ import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+@pytest.mark.skipif(shipped_weights("tiny") is None, reason="no shipped tiny weights")
+def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--clips", "2", "--clip-seconds", "8", "--long-minutes", "1",
+                 "--long-identities", "1", "--classifier-clips", "10", "--classifier-steps", "60"]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    summary = report["lip_sync"]["summary"]
+    assert summary["measure_on_truth_r"] >= 0.95
+    assert summary["lip_sync_r"] >= 0.5 and summary["lip_sync_r"] > summary["swapped_audio_r"] + 0.3
+    stream = report["long_streams"][0]
+    assert stream["minutes"] == 1 and stream["memory_bytes"]["block_2"] == stream["memory_bytes"]["last_block"]
+    assert report["speed"]["real_time_factor"] > 1.0
+    assert (tmp_path / "strip.png").stat().st_size > 0 and (tmp_path / "long_stream.png").stat().st_size > 0
+    assert "lip-sync r" in capsys.readouterr().out

@@ -1,0 +1,103 @@
+"""Training: every stage runs and exports weights the serving pipeline loads, a stopped run continues exactly
+where it stopped, and the Neighbor-Forcing step lowers its loss."""
+
+import json
+
+import pytest
+import torch
+
+from avatar_backend.generator.config import ModelConfig
+from avatar_backend.generator.pipeline import LiveActPipeline
+from model.data.speech import espeak_available
+from model.train.loop import ResumableStage, step_rngs
+from model.train.recipe import SMOKE_RECIPE
+from model.train.run import main_run
+
+needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    manifest = main_run(root / "work", root / "weights", SMOKE_RECIPE)
+    return root, manifest
+
+
+@needs_espeak
+@pytest.mark.slow
+def test_a_smoke_run_exports_weights_that_the_pipeline_serves(smoke_run):
+    root, manifest = smoke_run
+    weights = root / "weights" / "tiny.safetensors"
+    assert json.loads((root / "weights" / "tiny.json").read_text())["sha256"] == manifest["sha256"]
+    pipeline = LiveActPipeline.from_config(ModelConfig.from_dict(manifest["config"]), weights=weights)
+    assert not pipeline.random_weights
+    assert pipeline.weights_sha256 == manifest["sha256"]
+    assert manifest["training"]["dit"]["steps"] == SMOKE_RECIPE.dit_steps
+    assert manifest["data"]["held_out"] == {"language": "pl", "speaker": "f5"}
+
+    # Every stage is done: running again loads the checkpoints and exports the same weights.
+    again = main_run(root / "work", root / "weights2", SMOKE_RECIPE)
+    assert again["sha256"] == manifest["sha256"]
+
+
+@needs_espeak
+@pytest.mark.slow
+def test_the_neighbor_forcing_step_lowers_its_loss(smoke_run):
+    from avatar_backend.generator.audio_encoder import build_audio_encoder
+    from avatar_backend.generator.dit import WanModel
+    from avatar_backend.generator.image_encoder import build_image_encoder
+    from avatar_backend.generator.text_encoder import build_text_encoder
+    from model.train.dit_stage import dit_step
+
+    root, manifest = smoke_run
+    config = ModelConfig.from_dict(manifest["config"])
+    example = torch.load(root / "work" / "latents.pt", weights_only=False)[0]
+    torch.manual_seed(0)
+    modules = {"dit": WanModel(config.dit), "audio_encoder": build_audio_encoder(config.audio_encoder),
+               "image_encoder": build_image_encoder(config.image_encoder),
+               "text_encoder": build_text_encoder(config.text_encoder)}
+    optimizer = torch.optim.Adam([p for m in modules.values() for p in m.parameters()], lr=1e-3)
+
+    def loss_at(step):  # the same noise and timestep each time it is asked
+        optimizer.zero_grad()
+        return dit_step(modules, example, config, SMOKE_RECIPE, 20, *step_rngs(0, "dit", step))["loss"]
+
+    before = [loss_at(s) for s in range(3)]
+    for step in range(3, 15):
+        loss_at(step)
+        optimizer.step()
+    after = [loss_at(s) for s in range(3)]
+    assert sum(after) < 0.8 * sum(before)
+
+
+def test_a_stopped_run_continues_with_exactly_the_steps_it_would_have_taken(tmp_path):
+    def run(work, stop_at=None):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        stage = ResumableStage("vae", work, {"m": model}, optimizer, total=8, seed=3, peak_lr=0.01, warmup=2,
+                               checkpoint_every_s=0.0)
+        resumed_from = stage.step if stage.resume() else None
+
+        def step(index, rng, generator):
+            if stop_at is not None and index == stop_at:
+                raise KeyboardInterrupt
+            x = torch.randn(5, 4, generator=generator)
+            loss = (model(x) - float(rng.normal())).square().mean()
+            loss.backward()
+            return {"loss": loss.item()}
+
+        try:
+            stage.run(step)
+        except KeyboardInterrupt:
+            pass
+        return model.weight.detach().clone(), stage.step, resumed_from
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight, steps, _ = run(tmp_path / "a")
+    stopped, stopped_at, _ = run(tmp_path / "b", stop_at=5)
+    resumed, steps_b, resumed_from = run(tmp_path / "b")
+    assert (steps, stopped_at, resumed_from, steps_b) == (8, 5, 5, 8)
+    assert not torch.equal(stopped, straight)
+    assert torch.equal(resumed, straight)
