@@ -30,11 +30,11 @@ def bench_generator(config: str, blocks: int, threads: int, width: int = 0, heig
     import torch
     from PIL import Image
 
-    from avatar_backend.generator.pipeline import LiveActPipeline
+    from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights
     from avatar_backend.store import CharacterRecord
 
     torch.set_num_threads(threads)
-    pipeline = LiveActPipeline.from_config(config)
+    pipeline = LiveActPipeline.from_config(config, weights=shipped_weights(config))
     width, height = width or pipeline.config.width, height or pipeline.config.height
     fps = pipeline.config.fps
     image = Image.open(Path(__file__).parent / "assets" / "default_character.png")

@@ -134,9 +134,11 @@ class LipSyncMeter:
         indices = sorted(self._crops)
         first_pts = self._crops[indices[0]][0]
         offset = round(first_pts * rate / self.session_rate)
-        # Frames are consecutive on the session clock; the voice under frame i starts at its pts.
+        # Frame i shows the voice from its pts on; frames a slow reader lost leave gaps in the indices.
+        span = indices[-1] - indices[0] + 1
+        implied_all, _ = mouth_from_audio(voice[offset:], span, sample_rate=rate, fps=self.fps)
+        implied = implied_all[np.asarray(indices) - indices[0]]
         count = len(indices)
-        implied, _ = mouth_from_audio(voice[offset:], count, sample_rate=rate, fps=self.fps)
         crops = np.stack([self._crops[i][1] for i in indices])
         measured = measure_mouth_openness(crops, (0, 0, crops.shape[2], crops.shape[1]))
         speaking = implied > 0.1

@@ -25,7 +25,7 @@ WAN_LATENT_STD = (
     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
 )
 
-MEMORY_GROUPINGS = ("single-device", "two-device")
+MEMORY_GROUPINGS = ("single-device", "two-device", "sliding-window")  # the last: an ablation, see convkv.py
 VAE_PARTS = ("wan", "light")
 V_COMPRESSIONS = ("k_conv", "v_conv")
 

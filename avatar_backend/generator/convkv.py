@@ -38,11 +38,18 @@ from .config import DiTConfig, ModelConfig, SamplerConfig
 # Slot indices are RoPE temporal positions. The two-device plan is the 2-rank reference emulated on one device:
 # rank 0 holds positions (0, 1, 2, 6, 7, 8, 9) and compresses its local slots 2..6 into position 2; rank 1 holds
 # (3, 4, 5, 10, 11, 12, 13), compresses its local slots 0..4 into position 3 and shifts 12, 13 down to 4, 5.
+# ``sliding-window`` is not LiveAct: it is the evaluation's ablation with the same 14 slots, the sink and the
+# last 4 frames of the previous block kept exactly, nothing compressed (older frames are simply forgotten).
 _COMPRESSIONS: dict[str, tuple[tuple[int, tuple[int, ...]], ...]] = {
     "single-device": ((2, (2, 3, 4, 5, 6)), (3, (7, 8, 9, 10, 11))),
     "two-device": ((2, (2, 6, 7, 8, 9)), (3, (3, 4, 5, 10, 11))),
+    "sliding-window": (),
 }
-_COPIES: tuple[tuple[int, int], ...] = ((4, 12), (5, 13))
+_COPIES: dict[str, tuple[tuple[int, int], ...]] = {
+    "single-device": ((4, 12), (5, 13)),
+    "two-device": ((4, 12), (5, 13)),
+    "sliding-window": ((2, 10), (3, 11), (4, 12), (5, 13)),
+}
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,7 @@ class SlotLayout:
 
     @property
     def copies(self) -> tuple[tuple[int, int], ...]:
-        return _COPIES
+        return _COPIES[self.grouping]
 
 
 def compress(frames: Tensor, weight: Tensor) -> Tensor:

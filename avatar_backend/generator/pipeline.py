@@ -289,6 +289,13 @@ class LiveActPipeline:
         return frames
 
 
+def weights_config(path: str | Path) -> ModelConfig | None:
+    """The config a weights file was trained with (recorded in its metadata), or None when it does not say."""
+    with safe_open(str(path), framework="pt") as f:
+        text = (f.metadata() or {}).get("config")
+    return ModelConfig.from_json(text) if text else None
+
+
 def shipped_weights(config_name: str | Path) -> Path | None:
     """The shipped weights of a named config, or None when there are none."""
     path = SHIPPED_WEIGHTS_DIR / f"{Path(config_name).name}.safetensors"
@@ -304,10 +311,8 @@ def _load_weights(modules: dict[str, torch.nn.Module], path: Path, expected_conf
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     state = load_file(str(path))
-    with safe_open(str(path), framework="pt") as f:
-        trained_for = (f.metadata() or {}).get("config")
-    if trained_for is not None and expected_config is not None:
-        trained = ModelConfig.from_json(trained_for)
+    trained = weights_config(path)
+    if trained is not None and expected_config is not None:
         if trained != expected_config:
             raise ValueError(f"{path} was trained for config {trained.name!r} with other settings than "
                              f"{expected_config.name!r}; use the config it was trained with")

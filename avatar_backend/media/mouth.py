@@ -17,6 +17,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .resample import MODEL_SAMPLE_RATE
+
 SILENCE_RMS = 10 ** (-50 / 20)      # below -50 dBFS a frame counts as silence
 LEVEL_FLOOR_DB = -30.0              # relative to the clip's loud speech: at or below this the mouth is closed
 LEVEL_RANGE_DB = 30.0               # dB above the floor for a fully open mouth
@@ -47,7 +49,7 @@ def _smooth(target: np.ndarray, attack: float, release: float, start: float) -> 
 
 
 def mouth_from_audio(
-    audio: np.ndarray, n_frames: int, *, sample_rate: int = 16000, fps: int = 20
+    audio: np.ndarray, n_frames: int, *, sample_rate: int = MODEL_SAMPLE_RATE, fps: int = 20
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame (openness 0-1, width 0-1) for ``audio`` (float PCM)."""
     windows = frame_windows(np.asarray(audio, np.float32), n_frames, sample_rate, fps)

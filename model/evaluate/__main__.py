@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -11,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights
+from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights, weights_config
 from avatar_backend.generator.schedule import StreamSchedule
 from model.data.dataset import clip_seed, make_clip
 from model.data.identity import identity_from_seed
+from model.data.prompts import ACTION_PROMPTS, BlockPrompt
 from model.data.render import render_clip, render_still
 from model.data.speech import random_utterance
 from model.train.clips import TrainingClip, prompts_for_blocks
@@ -58,7 +60,10 @@ def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Pa
         prompts = block_prompts(pipeline, clip)
         frames, starts = generate(pipeline, still, clip.audio, prompts)
         other = clips[(index + 1) % len(clips)]
-        swapped, _ = generate(pipeline, still, other.audio[: len(clip.audio)], prompts)
+        # The clip's listening prompts sit in its own silences, which would tell the swapped run where the
+        # clip's speech is: the swapped run keeps its emotions and actions but not its listening.
+        swapped_prompts = [BlockPrompt(None) if p.prompt == ACTION_PROMPTS["listening"] else p for p in prompts]
+        swapped, _ = generate(pipeline, still, other.audio[: len(clip.audio)], swapped_prompts)
         own = lip_sync(frames, clip.truth, clip.frames)
         truth_check = lip_sync(clip.frames[: len(frames)], clip.truth)
         rows.append({
@@ -132,6 +137,29 @@ def long_stream(pipeline: LiveActPipeline, identity_seed: int, minutes: int, out
             "delta_last_minus_first": {k: last[k] - first[k] for k in ("lip_sync_r", "psnr_db", "ssim", "colour_similarity")}}
 
 
+def ablation(pipeline: LiveActPipeline, identity_seed: int, minutes: int, out: Path) -> dict:
+    """The same stream with the ConvKV memory and with the sink + sliding-window memory of the same size (the
+    same trained model; only the memory's slot plan differs)."""
+    modules = {"dit": pipeline.dit, "vae": pipeline.vae, "audio_encoder": pipeline.audio_encoder,
+               "image_encoder": pipeline.image_encoder, "text_encoder": pipeline.text_encoder}
+    results = {}
+    for name, grouping in (("convkv", pipeline.config.sampler.memory_grouping), ("sink_sliding_window", "sliding-window")):
+        sampler = dataclasses.replace(pipeline.config.sampler, memory_grouping=grouping)
+        variant = LiveActPipeline(dataclasses.replace(pipeline.config, sampler=sampler), modules,
+                                  device=pipeline.device, random_weights=False, weights_sha256=pipeline.weights_sha256)
+        stream = long_stream(variant, identity_seed, minutes, out)
+        per_minute = stream["per_minute"]
+        results[name] = {
+            "memory_bytes": stream["memory_bytes"]["last_block"],
+            "lip_sync_r_mean": float(np.mean([m["lip_sync_r"] for m in per_minute])),
+            "lip_sync_r_last_minute": per_minute[-1]["lip_sync_r"],
+            "psnr_db_mean": float(np.mean([m["psnr_db"] for m in per_minute])),
+            "colour_similarity_last_minute": per_minute[-1]["colour_similarity"],
+        }
+    results["full_history"] = "not run: the DiT attends to a fixed 14-slot cache; an unbounded one is not built"
+    return results
+
+
 def speed(pipeline: LiveActPipeline, blocks: int = 6) -> dict:
     """Real-time factor at the default size: the whole block, and the streaming decode alone."""
     size = pipeline.config.width
@@ -165,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip-seconds", type=float, default=12.0)
     parser.add_argument("--long-minutes", type=int, default=60, help="length of each long stream (default 60)")
     parser.add_argument("--long-identities", type=int, default=2, help="long streams, one per identity (default 2)")
+    parser.add_argument("--ablation-minutes", type=int, default=5, help="stream length of the memory ablation")
     parser.add_argument("--classifier-clips", type=int, default=80, help="ground-truth clips for the control classifier")
     parser.add_argument("--classifier-steps", type=int, default=800)
     args = parser.parse_args(argv)
@@ -173,10 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     if weights is None:
         print("error: no weights (train with python -m model.train, or pass --weights)", file=sys.stderr)
         return 1
-    pipeline = LiveActPipeline.from_config("tiny", weights=weights)
+    # Weights from another training run carry their own config (their VAE's latent statistics differ).
+    pipeline = LiveActPipeline.from_config(weights_config(weights) or "tiny", weights=weights)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    report: dict = {"weights": str(weights), "weights_sha256": pipeline.weights_sha256}
+    report: dict = {"weights": Path(weights).name, "weights_sha256": pipeline.weights_sha256}
     report["speed"] = speed(pipeline)
     clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width)
     classifier, truth_accuracy = train_classifier(pipeline.config.width, args.classifier_clips, args.classifier_steps)
@@ -190,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         curves({k: [m[k] for m in first] for k in ("lip_sync_r", "psnr_db", "ssim", "colour_similarity")},
                args.out / "long_stream.png", f"{args.long_minutes}-minute stream, held-out identity and voice")
         report["long_stream_plot"] = str(args.out / "long_stream.png")
-    report["ablation"] = "not run: the DiT has no sliding-window or full-history attention mode yet"
+    if args.ablation_minutes > 0:
+        report["ablation"] = ablation(pipeline, clip_seed(EVAL_DATA_SEED, 2000), args.ablation_minutes, args.out)
     report["seconds"] = round(time.perf_counter() - started, 1)
     (args.out / "eval.json").write_text(json.dumps(report, indent=1, default=float))
     print_table(report)
@@ -225,6 +256,10 @@ def print_table(report: dict) -> None:
         rows += [(f"long stream {stream['minutes']} min: r delta (last - first)", d["lip_sync_r"], "|d| <= 0.02"),
                  ("  PSNR delta dB", d["psnr_db"], "|d| <= 0.5"),
                  ("  memory bytes block 2 / last", f"{stream['memory_bytes']['block_2']} / {stream['memory_bytes']['last_block']}", "equal")]
+    for name, row in (report.get("ablation") or {}).items():
+        if isinstance(row, dict):
+            rows.append((f"ablation {name}: lip-sync r mean / last minute", f"{row['lip_sync_r_mean']:.3f} / "
+                         f"{row['lip_sync_r_last_minute']:.3f}", f"{row['memory_bytes']} bytes"))
     width = max(len(r[0]) for r in rows)
     for name, value, target in rows:
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)

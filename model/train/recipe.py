@@ -31,7 +31,7 @@ class TrainRecipe:
     mouth_weight: float = 4.0
     # DiT: one 4-block clip per step (6 + 8 + 8 + 8 latents), every block at the same step's noise level
     dit_clips: int = 480           # clips encoded once for the DiT
-    dit_steps: int = 12000
+    dit_steps: int = 7200
     dit_blocks: int = 4
     dit_lr: float = 5e-4
     dit_warmup: int = 200

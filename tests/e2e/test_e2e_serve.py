@@ -40,7 +40,7 @@ def test_health_reflection_and_server_info(server):
             return await client.server_info()
 
     info = run(info())
-    assert info.model.name == "tiny" and info.model.random_weights
+    assert info.model.name == "tiny" and not info.model.random_weights  # the shipped weights
     assert info.worker_ready and info.worker_device == "cpu"
     assert any(s.width == SIZE and s.height == SIZE and s.npc_memory_bytes > 0 for s in info.video_sizes)
 

@@ -231,6 +231,18 @@ def test_layout_rejects_other_block_sizes():
         SlotLayout(grouping="three-device")
 
 
+@pytest.mark.parametrize("inplace", [True, False])
+def test_the_sliding_window_ablation_keeps_the_sink_and_the_last_frames_exactly(inplace):
+    layout = SlotLayout(grouping="sliding-window")
+    blocks = [torch.cat([frame_slot(global_frame(b, f)) for f in range(6 if b == 0 else 8)])[:, None, None]
+              .expand(-1, HEADS, HEAD_DIM).contiguous() for b in range(4)]
+    conv = torch.full((HEADS * HEAD_DIM, 1, 5), 1 / 5)
+    history = run_writes(layout, blocks, blocks, conv, conv, FS, inplace=inplace)
+    slots = history[-1][0][:, 0, 0].reshape(layout.slots, FS)[:, 0]
+    # Block 3 holds stream frames 22..29; before it, block 2's last four (18..21) and the sink (0, 1).
+    assert slots.tolist() == [float(i + 1) for i in (0, 1, 18, 19, 20, 21, *range(22, 30))]
+
+
 # -- autograd: the functional update equals the in-place one and carries gradients ------------------------------
 
 

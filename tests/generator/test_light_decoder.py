@@ -28,7 +28,8 @@ def test_block_by_block_decoding_equals_one_decode_of_the_whole_stream(vae):
     assert whole.shape == (1, 3, 1 + 4 * 21, 32, 48)
     torch.testing.assert_close(streamed, whole, rtol=0, atol=1e-5)
     # Several latents per decoder pass compute the same function.
-    batched = torch.cat([vae.decode_stream(b, s) for s in [vae.init_decoder_state(48, 32)] for b in blocks], dim=2)
+    state = vae.init_decoder_state(48, 32)
+    batched = torch.cat([vae.decode_stream(b, state, latents_per_call=8) for b in blocks], dim=2)
     torch.testing.assert_close(batched, whole, rtol=1e-4, atol=1e-4)
 
 

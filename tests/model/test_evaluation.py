@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.skipif(shipped_weights("tiny") is None, reason="no shipped tiny weights")
 def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--clips", "2", "--clip-seconds", "8", "--long-minutes", "1",
-                 "--long-identities", "1", "--classifier-clips", "10", "--classifier-steps", "60"]) == 0
+                 "--long-identities", "1", "--ablation-minutes", "1", "--classifier-clips", "10", "--classifier-steps", "60"]) == 0
     report = json.loads((tmp_path / "eval.json").read_text())
     summary = report["lip_sync"]["summary"]
     assert summary["measure_on_truth_r"] >= 0.95
@@ -24,5 +24,8 @@ def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
     stream = report["long_streams"][0]
     assert stream["minutes"] == 1 and stream["memory_bytes"]["block_2"] == stream["memory_bytes"]["last_block"]
     assert report["speed"]["real_time_factor"] > 1.0
+    ablation = report["ablation"]
+    assert ablation["convkv"]["memory_bytes"] == ablation["sink_sliding_window"]["memory_bytes"]
+    assert ablation["convkv"]["psnr_db_mean"] != ablation["sink_sliding_window"]["psnr_db_mean"]  # other memory
     assert (tmp_path / "strip.png").stat().st_size > 0 and (tmp_path / "long_stream.png").stat().st_size > 0
     assert "lip-sync r" in capsys.readouterr().out
