@@ -18,7 +18,6 @@ import numpy as np
 from avatar_backend import DEFAULT_CHARACTER_ID
 from avatar_backend.client import AvatarClient, Conversation, Mp4Recorder, ServerItem
 from avatar_backend.client.meters import AvSyncCheck, LipSync, LipSyncMeter, UtteranceWatch
-from avatar_backend.client.recording import decode_frame
 from avatar_backend.media.audio_file import AudioFileError, load_audio
 from avatar_backend.proto_gen import converse_pb2
 
@@ -152,10 +151,11 @@ class SayMeter:
         self.generated_fps: list[float] = []
         report.width, report.height, report.fps = accepted.video.width, accepted.video.height, accepted.video.fps
         self.lip_sync = None
-        if mouth_region is not None and accepted.video.codec != converse_pb2.VIDEO_CODEC_H264:
+        if mouth_region is not None:
             self.lip_sync = LipSyncMeter(mouth_region, report.width, report.height, report.fps, self.rate)
 
-    def add(self, item: object) -> None:
+    def add(self, item: object, pixels: np.ndarray | None = None) -> None:
+        """Count one received item; ``pixels``: a frame's decoded RGB, when the caller has decoded it."""
         report, now = self.report, time.monotonic()
         if isinstance(item, converse_pb2.VideoFrame):
             report.frames_received += 1
@@ -167,8 +167,8 @@ class SayMeter:
                 report.first_speaking_frame_s = now - self.first_audio_at
             report.av_offsets_ms.append(self.sync.offset_samples(item) * 1000.0 / self.rate)
             self.watch.frame(item)
-            if self.lip_sync is not None:
-                self.lip_sync.frame(item, decode_frame(item))
+            if self.lip_sync is not None and pixels is not None:
+                self.lip_sync.frame(item, pixels)
         elif isinstance(item, converse_pb2.AudioEcho):
             self.sync.echo(item)
             if self.lip_sync is not None:
@@ -240,8 +240,7 @@ async def say(pcm: np.ndarray, options: SayOptions, log: Callable[[str], object]
                 while (item := await next_before(conv, deadline)) is not None:
                     if sender.done() and sender.exception() is not None:
                         raise sender.exception()  # type: ignore[misc]
-                    recorder.add(item)
-                    meter.add(item)
+                    meter.add(item, recorder.add(item))
                     if meter.watch.done and not conv.half_closed:
                         await conv.half_close()
             except TimeoutError:

@@ -123,18 +123,21 @@ class Mp4Recorder:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def add(self, item: object) -> None:
+    def add(self, item: object) -> np.ndarray | None:
+        """Record a frame or an echo; for a frame written, its decoded RGB pixels (for other meters to reuse)."""
         if isinstance(item, converse_pb2.VideoFrame):
-            self.add_frame(item)
-        elif isinstance(item, converse_pb2.AudioEcho):
+            return self.add_frame(item)
+        if isinstance(item, converse_pb2.AudioEcho):
             self.add_audio(item)
+        return None
 
-    def add_frame(self, frame: converse_pb2.VideoFrame) -> None:
-        """Place the frame at its pts, rounded to the fps grid; a frame not after the last is skipped."""
+    def add_frame(self, frame: converse_pb2.VideoFrame) -> np.ndarray | None:
+        """Place the frame at its pts, rounded to the fps grid; a frame not after the last is skipped (None).
+        Returns the decoded RGB pixels."""
         pts = round(frame.pts * self.fps / self.session_sample_rate)
         if pts <= self._last_video_pts:
             self._frames_skipped += 1
-            return
+            return None
         if frame.codec == converse_pb2.VIDEO_CODEC_H264 and self._h264_decoder is None:
             self._h264_decoder = av.CodecContext.create("h264", "r")
         rgb = decode_frame(frame, self._h264_decoder)
@@ -146,6 +149,7 @@ class Mp4Recorder:
         self._mux(self._video.encode(picture))
         self._last_video_pts = pts
         self._frames_written += 1
+        return rgb
 
     def add_audio(self, echo: converse_pb2.AudioEcho) -> None:
         """Append the echoed samples at their place; gaps become silence, overlaps are trimmed."""

@@ -13,7 +13,7 @@ from model.data.dataset import iter_clips, read_manifest
 from model.data.identity import CharacterIdentity
 from model.data.prompts import BlockPrompt, block_prompt
 from model.data.render import render_still
-from model.data.timeline import ACTIONS, EMOTIONS
+from model.data.timeline import EMOTIONS
 
 LATENT_STRIDE = 8          # pixels per latent cell (the VAE's spatial stride)
 
@@ -87,5 +87,5 @@ def prompts_for_blocks(clip: TrainingClip, plans: list[BlockLayout], fps: int) -
     return prompts
 
 
-__all__ = ["ACTIONS", "TrainingClip", "latent_mouth_weight", "load_clips", "mouth_mask", "prompts_for_blocks",
+__all__ = ["TrainingClip", "latent_mouth_weight", "load_clips", "mouth_mask", "prompts_for_blocks",
            "video_to_tensor"]

@@ -34,11 +34,6 @@ log = logging.getLogger("model.train")
 STAGES = ("data", "vae", "latents", "dit", "export")
 
 
-def tiny_training_config(recipe: TrainRecipe) -> ModelConfig:
-    """The config being trained: the named one (its VAE statistics are replaced by the trained VAE's)."""
-    return get_config(recipe.config)
-
-
 def ensure_data(work: Path, recipe: TrainRecipe) -> Path:
     folder = work / "data"
     if not (folder / "manifest.json").exists():
@@ -49,7 +44,7 @@ def ensure_data(work: Path, recipe: TrainRecipe) -> Path:
 
 
 def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
-    config = tiny_training_config(recipe)
+    config = get_config(recipe.config)
     torch.manual_seed(recipe.seed)
     vae = WanVAE(config.vae)
     with torch.no_grad():
