@@ -79,12 +79,11 @@ def test_a_new_data_dir_is_private_and_so_is_every_file_written_into_it(tmp_path
 
 
 def test_a_real_snapshot_file_is_private(tmp_path, usual_umask):
-    torch = pytest.importorskip("torch")
-    from avatar_backend.generator.memory import NpcMemory
+    pytest.importorskip("torch")
+    from avatar_backend.generator.pipeline import LiveActPipeline
 
     data = DataDir(tmp_path / "data").ensure()
-    memory = NpcMemory(npc_id="guard", character_id="hero", model_name="tiny", width=64, height=64, fps=20, seed=1,
-                       tensors={"state": torch.zeros(16)})
+    memory = LiveActPipeline.from_config("tiny").new_memory("guard", "hero", 64, 64, 20, seed=1)
     memory.save(data.npc_memory_path("guard"))
     assert mode_of(data.npc_memory_path("guard")) == 0o600
 

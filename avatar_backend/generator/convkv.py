@@ -22,6 +22,10 @@ noise level; audio CFG adds a second set for the audio-free branch.
 
 Two update paths compute the same thing: a functional one that builds new tensors (for training through the
 rollout with autograd) and an in-place one that writes into preallocated tensors (for inference, no copies).
+
+Caches carry a batch dimension, one row per NPC: a batch of NPCs at the same block kind runs through the DiT
+in one call (``ConvKVMemory.stack`` gathers their caches, ``scatter_into`` writes them back). One NPC's memory
+is a batch of one, and its snapshot tensors are that row without the batch dimension.
 """
 
 from __future__ import annotations
@@ -97,19 +101,20 @@ class SlotLayout:
 
 
 def compress(frames: Tensor, weight: Tensor) -> Tensor:
-    """The ConvKV compressor C: ``kernel`` slots [kernel * fs, heads, head_dim] -> one slot [fs, heads, head_dim].
+    """The ConvKV compressor C: ``kernel`` slots [..., kernel * fs, heads, head_dim] -> one slot [..., fs, heads,
+    head_dim] (leading dimensions, such as the batch, are kept).
 
     Output token j of channel c is sum_m weight[c, 0, m] * input token (kernel * j + m) of channel c, with
     c = head * head_dim + d: a depthwise Conv1d with kernel = stride over the flattened token sequence.
     Accumulates in fp32 so a bf16 cache loses nothing beyond its own rounding.
     """
     channels, _, kernel = weight.shape
-    tokens, heads, head_dim = frames.shape
+    *lead, tokens, heads, head_dim = frames.shape
     if heads * head_dim != channels or tokens % kernel:
         raise ValueError(f"cannot compress {tuple(frames.shape)} with a conv of weight {tuple(weight.shape)}")
-    groups = frames.reshape(tokens // kernel, kernel, channels).float()
-    merged = (groups * weight.reshape(channels, kernel).t().float()).sum(dim=1)
-    return merged.reshape(tokens // kernel, heads, head_dim).to(frames.dtype)
+    groups = frames.reshape(*lead, tokens // kernel, kernel, channels).float()
+    merged = (groups * weight.reshape(channels, kernel).t().float()).sum(dim=-2)
+    return merged.reshape(*lead, tokens // kernel, heads, head_dim).to(frames.dtype)
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,8 @@ class CacheWrite:
     def apply(
         self, k_cache: Tensor, v_cache: Tensor, k_new: Tensor, v_new: Tensor, k_conv: Tensor, v_conv: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Update one layer's caches [slots * fs, heads, head_dim] with the block's keys/values [frames * fs, ...].
+        """Update one layer's caches [B, slots * fs, heads, head_dim] with the block's keys/values
+        [B, frames * fs, heads, head_dim].
 
         Returns the caches to attend to: the same tensors, written in place, or new ones (functional path).
         """
@@ -140,18 +146,19 @@ class CacheWrite:
 
     def _apply_one(self, cache: Tensor, new: Tensor, conv: Tensor) -> Tensor:
         fs = self.frame_tokens
-        if new.shape[0] != self.frames * fs or cache.shape[0] != self.layout.slots * fs:
+        if (new.shape[1] != self.frames * fs or cache.shape[1] != self.layout.slots * fs
+                or new.shape[0] != cache.shape[0]):
             raise ValueError(f"cache {tuple(cache.shape)} / block {tuple(new.shape)} do not match {self}")
-        slots = list(cache.split(fs))
+        slots = list(cache.split(fs, dim=1))
         updates: dict[int, Tensor] = {}
         if self.compress:
             # Compressed slots are computed from the old memory before any write, and the copies are applied
             # before the current block overwrites their sources (12, 13): both paths see the memory as it was.
             for target, sources in self.layout.compressions:
-                updates[target] = compress(torch.cat([slots[s] for s in sources]), conv)
+                updates[target] = compress(torch.cat([slots[s] for s in sources], dim=1), conv)
             for target, source in self.layout.copies:
                 updates[target] = slots[source]
-        for offset, frame in enumerate(new.split(fs)):
+        for offset, frame in enumerate(new.split(fs, dim=1)):
             updates[self.start_frame + offset] = frame
 
         if self.inplace:
@@ -160,14 +167,15 @@ class CacheWrite:
             return cache
         for slot, value in updates.items():
             slots[slot] = value.to(cache.dtype)
-        return torch.cat(slots)
+        return torch.cat(slots, dim=1)
 
 
 @dataclass
 class StepCache:
     """The keys and values of every layer for one denoising step (and one CFG branch).
 
-    k holds post-RMSNorm, pre-RoPE keys and v raw values, both [layers, slots * frame_tokens, heads, head_dim].
+    k holds post-RMSNorm, pre-RoPE keys and v raw values, both [layers, batch, slots * frame_tokens, heads,
+    head_dim].
     """
 
     k: Tensor
@@ -176,7 +184,11 @@ class StepCache:
 
     @property
     def frame_tokens(self) -> int:
-        return self.k.shape[1] // self.layout.slots
+        return self.k.shape[2] // self.layout.slots
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
 
     @property
     def nbytes(self) -> int:
@@ -226,21 +238,22 @@ class ConvKVMemory:
         *,
         device: torch.device | str = "cpu",
         dtype: torch.dtype | str | None = None,
+        batch_size: int = 1,
     ) -> "ConvKVMemory":
         dit, sampler = model_config.dit, model_config.sampler
         return cls.allocate_for(
             dit, sampler, model_config.frame_tokens(width, height), device=device,
-            dtype=_dtype(dtype or model_config.dtype),
+            dtype=_dtype(dtype or model_config.dtype), batch_size=batch_size,
         )
 
     @classmethod
     def allocate_for(
         cls, dit: DiTConfig, sampler: SamplerConfig, frame_tokens: int, *,
-        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, batch_size: int = 1,
     ) -> "ConvKVMemory":
         """Zero-filled caches; blocks 0 and 1 overwrite every slot before it is read."""
         layout = SlotLayout.from_config(sampler, dit)
-        shape = (dit.num_layers, layout.slots * frame_tokens, dit.num_heads, dit.head_dim)
+        shape = (dit.num_layers, batch_size, layout.slots * frame_tokens, dit.num_heads, dit.head_dim)
 
         def step() -> StepCache:
             zeros = torch.zeros(shape, device=device, dtype=dtype)
@@ -263,18 +276,55 @@ class ConvKVMemory:
     def nbytes(self) -> int:
         return sum(c.nbytes for c in self.steps) + sum(c.nbytes for c in self.null_audio.values())
 
+    @property
+    def batch_size(self) -> int:
+        return self.steps[0].batch_size
+
+    def _caches(self) -> list[StepCache]:
+        return [*self.steps, *(self.null_audio[i] for i in sorted(self.null_audio))]
+
+    @classmethod
+    def stack(cls, memories: list["ConvKVMemory"]) -> "ConvKVMemory":
+        """One batch holding a copy of each memory's caches, in order (see :meth:`scatter_into`)."""
+        first = memories[0]
+        if any(m.layout != first.layout or sorted(m.null_audio) != sorted(first.null_audio) for m in memories):
+            raise ValueError("memories of different layouts cannot run in one batch")
+
+        def cat(caches: list[StepCache]) -> StepCache:
+            return StepCache(torch.cat([c.k for c in caches], dim=1), torch.cat([c.v for c in caches], dim=1),
+                             first.layout)
+
+        return cls(steps=[cat([m.steps[i] for m in memories]) for i in range(len(first.steps))],
+                   null_audio={i: cat([m.null_audio[i] for m in memories]) for i in first.null_audio})
+
+    def scatter_into(self, memories: list["ConvKVMemory"]) -> None:
+        """Write each batch row back into the memory it was stacked from (the inverse of :meth:`stack`)."""
+        if sum(m.batch_size for m in memories) != self.batch_size:
+            raise ValueError(f"a batch of {self.batch_size} cannot be written back into {len(memories)} memories")
+        row = 0
+        for memory in memories:
+            rows = slice(row, row + memory.batch_size)
+            for batched, own in zip(self._caches(), memory._caches()):
+                own.k.copy_(batched.k[:, rows])
+                own.v.copy_(batched.v[:, rows])
+            row = rows.stop
+
     def state_tensors(self) -> dict[str, Tensor]:
-        """Flat name -> tensor map for a snapshot (``step{i}.k``, ``null_audio.step{i}.v`` ...)."""
+        """Flat name -> tensor map for a snapshot (``step{i}.k``, ``null_audio.step{i}.v`` ...) of a memory of
+        one NPC: views [layers, slots * frame_tokens, heads, head_dim] of its caches, without the batch row."""
+        if self.batch_size != 1:
+            raise ValueError(f"a snapshot holds one NPC's memory, not a batch of {self.batch_size}")
         tensors: dict[str, Tensor] = {}
         for prefix, caches in (("", dict(enumerate(self.steps))), ("null_audio.", self.null_audio)):
             for i, cache in caches.items():
-                tensors[f"{prefix}step{i}.k"] = cache.k
-                tensors[f"{prefix}step{i}.v"] = cache.v
+                tensors[f"{prefix}step{i}.k"] = cache.k[:, 0]
+                tensors[f"{prefix}step{i}.v"] = cache.v[:, 0]
         return tensors
 
     @classmethod
     def from_state_tensors(cls, tensors: Mapping[str, Tensor], layout: SlotLayout) -> "ConvKVMemory":
-        """Inverse of :meth:`state_tensors`. The layout is not stored in the tensors: NpcMemory.memory_layout records it."""
+        """Inverse of :meth:`state_tensors` (a batch of one; the caches are views of ``tensors``, so writes reach
+        them). The layout is not stored in the tensors: NpcMemory.memory_layout records it."""
         steps: dict[int, StepCache] = {}
         null_audio: dict[int, StepCache] = {}
         for name in tensors:
@@ -285,11 +335,12 @@ class ConvKVMemory:
             target = {"": steps, "null_audio.": null_audio}.get(branch)
             if target is None:
                 raise ValueError(f"unexpected memory tensor {name!r}")
-            target[int(index)] = StepCache(tensors[name], tensors[f"{branch}step{index}.v"], layout)
+            target[int(index)] = StepCache(tensors[name].unsqueeze(1), tensors[f"{branch}step{index}.v"].unsqueeze(1),
+                                           layout)
         if sorted(steps) != list(range(len(steps))) or not steps:
             raise ValueError(f"memory snapshot has step caches {sorted(steps)}, expected 0..n-1")
         shapes = {tuple(c.k.shape) for c in [*steps.values(), *null_audio.values()]}
         shapes |= {tuple(c.v.shape) for c in [*steps.values(), *null_audio.values()]}
-        if len(shapes) != 1 or next(iter(shapes))[1] % layout.slots:
+        if len(shapes) != 1 or next(iter(shapes))[2] % layout.slots:
             raise ValueError(f"inconsistent memory tensor shapes {sorted(shapes)}")
         return cls(steps=[steps[i] for i in range(len(steps))], null_audio=null_audio)

@@ -177,20 +177,18 @@ class WanSelfAttention(nn.Module):
         rope_k: tuple[Tensor, Tensor],
     ) -> tuple[Tensor, Tensor, Tensor]:
         batch, tokens, dim = x.shape
-        if batch != 1:
-            raise ValueError("the ConvKV cache holds one stream; call the model with batch size 1")
+        if k_cache.shape[0] != batch:
+            raise ValueError(f"a batch of {batch} streams needs a cache of {batch} rows, got {k_cache.shape[0]}")
         split = (batch, tokens, self.num_heads, self.head_dim)
         q = self.norm_q(self.q(x)).view(split)
         k = self.norm_k(self.k(x)).view(split)
         v = self.v(x).view(split)
 
         # The cache keeps post-norm, pre-RoPE keys: compression and RoPE both run on the stored values.
-        k_cache, v_cache = write.apply(
-            k_cache, v_cache, k[0], v[0], self.memory_proj_k.weight, self.memory_proj_v.weight
-        )
+        k_cache, v_cache = write.apply(k_cache, v_cache, k, v, self.memory_proj_k.weight, self.memory_proj_v.weight)
         visible = write.end_frame * write.frame_tokens
-        keys = apply_rope(k_cache[None, :visible].to(q.dtype), *rope_k)
-        values = v_cache[None, :visible].to(q.dtype)
+        keys = apply_rope(k_cache[:, :visible].to(q.dtype), *rope_k)
+        values = v_cache[:, :visible].to(q.dtype)
 
         out = attention(apply_rope(q, *rope_q), keys, values)
         return self.o(out.reshape(batch, tokens, dim)), k_cache, v_cache
@@ -411,6 +409,18 @@ class CrossAttentionContext:
     text: Tensor
     layer_kv: list[CrossKV] | None = None
 
+    @classmethod
+    def batch(cls, contexts: list["CrossAttentionContext"]) -> "CrossAttentionContext":
+        """The contexts of several streams (one per NPC, each of batch 1) as one batch, in order."""
+        if len(contexts) == 1:
+            return contexts[0]
+        layer_kv = None
+        if all(c.layer_kv for c in contexts):
+            layer_kv = [CrossKV(*(torch.cat(parts) for parts in zip(*layers)))
+                        for layers in zip(*(c.layer_kv for c in contexts))]
+        return cls(image=torch.cat([c.image for c in contexts]), text=torch.cat([c.text for c in contexts]),
+                   layer_kv=layer_kv)
+
 
 class DiTOutput(NamedTuple):
     velocity: Tensor       # [B, out_dim, T, h, w], flow-matching velocity (noise - x0)
@@ -502,8 +512,9 @@ class WanModel(nn.Module):
     ) -> DiTOutput:
         """Velocity for one block at one timestep, reading and updating one step cache.
 
-        latent [1, out_dim, T, h, w]; timestep [1] (float32, 0..1000); y [1, in_dim - out_dim, T, h, w] (mask and
-        reference code of these window frames). ``start_frame`` is the block's first latent frame within the
+        latent [B, out_dim, T, h, w]; timestep [B] or [1] (float32, 0..1000); y [B, in_dim - out_dim, T, h, w] (mask
+        and reference code of these window frames). B streams (NPCs) at the same block position run together, each
+        with its own row of the cache and of the context. ``start_frame`` is the block's first latent frame within the
         conditioning window (0 for block 0, 6 after): it picks the cache slots written, the queries' temporal RoPE
         positions and the audio tokens used. ``compress`` runs the ConvKV update first (blocks >= 2).
         Conditioning: a ``context`` from :meth:`encode_context`, or raw ``text`` and ``clip_fea``.

@@ -1,9 +1,11 @@
-"""The NPC memory: everything needed to continue one NPC's stream, as one object.
+"""The NPC memory: everything needed to continue one NPC's stream, as one typed object.
 
 It holds the ConvKV step caches (Neighbor Forcing: one per denoising step), the streaming VAE decoder's causal
-cache, the audio tail the next block's audio window reaches back into, the noise generator's state and the
-stream counters. Its size is known from the config before allocation (``LiveActPipeline.memory_bytes``) and
-does not change once allocated, so an NPC can talk for hours in constant memory.
+cache, the audio tail the next block's audio window reaches back into, the noise generator's state (always a
+CPU generator's) and the stream counters. Blocks read and update these objects directly; the memory becomes a
+flat dict of named tensors only to be saved, parked or snapshotted (:meth:`NpcMemory.state_tensors`). Its size
+is known from the config before allocation (``LiveActPipeline.memory_bytes``) and does not change once
+allocated, so an NPC can talk for hours in constant memory.
 
 Snapshot format (``.npcmem``): a safetensors file whose metadata entry ``avatar_npc_memory`` is a JSON header
 with the format version, the stream state and a SHA-256 over every tensor's bytes in name order. Files are
@@ -26,13 +28,36 @@ from safetensors.torch import load_file, save_file
 
 from avatar_backend.store import atomic_write_with, now_ms
 
+from .convkv import ConvKVMemory, SlotLayout
+from .vae import CausalCache
+
 FORMAT = "avatar-npc-memory"
 FORMAT_VERSION = 1
 HEADER_KEY = "avatar_npc_memory"
 
+# Names of the memory's tensors in a snapshot (the ConvKV and decoder states keep their own names under these
+# prefixes).
+CONVKV_PREFIX = "convkv."
+DECODER_PREFIX = "vae_decoder."
+AUDIO_TAIL = "audio_tail"
+NOISE_STATE = "noise_state"
+
 
 class MemorySnapshotError(RuntimeError):
     """A snapshot file is not a valid NPC memory (wrong format, version, or a checksum mismatch)."""
+
+
+def memory_layout_name(layout: SlotLayout) -> str:
+    """How a memory records the ConvKV layout its caches were made with."""
+    return f"{layout.grouping}/{layout.v_compression}"
+
+
+def slot_layout(memory_layout: str) -> SlotLayout:
+    """The inverse of :func:`memory_layout_name` ("" for the default layout)."""
+    if not memory_layout:
+        return SlotLayout()
+    grouping, _, v_compression = memory_layout.partition("/")
+    return SlotLayout(grouping=grouping, v_compression=v_compression or "k_conv")
 
 
 @dataclass
@@ -44,8 +69,10 @@ class NpcMemory:
     height: int
     fps: int
     seed: int
-    # Named state tensors; their set and shapes are fixed at allocation (see LiveActPipeline.new_memory).
-    tensors: dict[str, torch.Tensor] = field(repr=False)
+    convkv: ConvKVMemory = field(repr=False)      # a batch of one: this NPC's step caches
+    decoder: CausalCache = field(repr=False)      # the streaming VAE decoder's state
+    audio_tail: torch.Tensor = field(repr=False)  # float32 PCM the next block's audio features reach back into
+    noise_state: torch.Tensor = field(repr=False)  # a CPU torch.Generator state (uint8)
     blocks_generated: int = 0
     frames_generated: int = 0
     timeline_samples: int = 0            # 16 kHz samples of the timeline the generated video covers
@@ -55,19 +82,37 @@ class NpcMemory:
     lineage: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # new for every fresh memory
     updated_unix_ms: int = field(default_factory=now_ms)
 
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The whole state as named tensors (views, not copies): what a snapshot stores."""
+        tensors = {CONVKV_PREFIX + k: v for k, v in self.convkv.state_tensors().items()}
+        tensors |= {DECODER_PREFIX + k: v for k, v in self.decoder.to_tensors().items()}
+        tensors[AUDIO_TAIL] = self.audio_tail
+        tensors[NOISE_STATE] = self.noise_state
+        return tensors
+
+    def with_state_tensors(self, tensors: dict[str, torch.Tensor]) -> "NpcMemory":
+        """A memory of the same stream over ``tensors`` (the inverse of :meth:`state_tensors`)."""
+        return dataclasses.replace(
+            self, convkv=ConvKVMemory.from_state_tensors(_strip(tensors, CONVKV_PREFIX), slot_layout(self.memory_layout)),
+            decoder=CausalCache.from_tensors(_strip(tensors, DECODER_PREFIX)), audio_tail=tensors[AUDIO_TAIL],
+            noise_state=tensors[NOISE_STATE])
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        return sum(t.numel() * t.element_size() for t in self.state_tensors().values())
 
     def to(self, device: str | torch.device) -> "NpcMemory":
-        """Move every state tensor (e.g. park on the host, resume on the GPU); returns self."""
-        self.tensors = {name: t.to(device) for name, t in self.tensors.items()}
+        """Move the model-side state (e.g. park on the host, resume on the GPU); the noise state stays on the
+        CPU, where its generator runs. Returns self."""
+        tensors = {name: t if name == NOISE_STATE else t.to(device) for name, t in self.state_tensors().items()}
+        moved = self.with_state_tensors(tensors)
+        self.convkv, self.decoder, self.audio_tail = moved.convkv, moved.decoder, moved.audio_tail
         return self
 
     def host_copy(self) -> "NpcMemory":
         """A copy on the host that later blocks do not change (a periodic snapshot is written from it in the
         background while the NPC goes on talking)."""
-        return dataclasses.replace(
-            self, tensors={name: t.detach().to("cpu", copy=True) for name, t in self.tensors.items()})
+        return self.with_state_tensors(
+            {name: t.detach().to("cpu", copy=True) for name, t in self.state_tensors().items()})
 
     def resume_token(self) -> str:
         """Changes whenever the memory changes: a fresh memory gets a new lineage, every block a new count."""
@@ -89,7 +134,7 @@ class NpcMemory:
 
     def _snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         # No copy for a memory already on the host (park it first: NpcMemory.to("cpu")).
-        tensors = {name: t.detach().contiguous().cpu() for name, t in self.tensors.items()}
+        tensors = {name: t.detach().contiguous().cpu() for name, t in self.state_tensors().items()}
         header = self.header()
         header["sha256"] = _checksum(tensors)
         return tensors, {HEADER_KEY: json.dumps(header, sort_keys=True)}
@@ -106,13 +151,21 @@ class NpcMemory:
         tensors = load_file(str(path))
         if _checksum(tensors) != header.get("sha256"):
             raise MemorySnapshotError(f"NPC memory {header.get('npc_id')!r}: checksum mismatch (file corrupted)")
+        tensors = {name: t if name == NOISE_STATE else t.to(device) for name, t in tensors.items()}
+        layout = header.get("memory_layout", "")
+        try:
+            convkv = ConvKVMemory.from_state_tensors(_strip(tensors, CONVKV_PREFIX), slot_layout(layout))
+            decoder = CausalCache.from_tensors(_strip(tensors, DECODER_PREFIX))
+            audio_tail, noise_state = tensors[AUDIO_TAIL], tensors[NOISE_STATE]
+        except (KeyError, ValueError) as err:
+            raise MemorySnapshotError(f"NPC memory {header.get('npc_id')!r}: incomplete state ({err})") from None
         return cls(
             npc_id=header["npc_id"], character_id=header["character_id"], model_name=header["model_name"],
             width=header["width"], height=header["height"], fps=header["fps"], seed=header["seed"],
-            tensors={name: t.to(device) for name, t in tensors.items()},
+            convkv=convkv, decoder=decoder, audio_tail=audio_tail, noise_state=noise_state,
             blocks_generated=header["blocks_generated"], frames_generated=header["frames_generated"],
             timeline_samples=header["timeline_samples"], prompt=header.get("prompt"),
-            intensity=header.get("intensity", 1.0), memory_layout=header.get("memory_layout", ""),
+            intensity=header.get("intensity", 1.0), memory_layout=layout,
             lineage=header["lineage"],
             updated_unix_ms=header["updated_unix_ms"],
         )
@@ -156,3 +209,7 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
         if t.numel():
             digest.update(t.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

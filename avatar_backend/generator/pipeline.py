@@ -1,9 +1,14 @@
-"""The LiveAct generator as the worker uses it: characters in, NPC memories kept, one block of frames per call.
+"""The LiveAct generator as the worker uses it: characters in, NPC memories kept, one block of frames per NPC
+per call, for one NPC or a batch of them.
 
 Per block: audio features from the NPC's rolling PCM (its memory keeps the tail the audio window reaches back
 into) -> the DiT's 3 denoising steps against the NPC's ConvKV memory -> the streaming VAE decoder, which keeps
 its causal cache in the memory too -> uint8 RGB frames. Everything per character (image features, the VAE code
 of the reference image, text contexts and their cross-attention keys/values) is computed once and cached.
+
+Batches: NPCs whose next blocks have the same size and kind (first, second, or a later, compressing block) run
+through the DiT and the decoder together, each with its own caches, conditioning and noise; each NPC gets the
+frames it would get alone (to float rounding: batched matrix products sum in another order).
 
 Weights: one safetensors file whose keys are prefixed by module (``dit.``, ``vae.``, ``audio_encoder.``,
 ``image_encoder.``, ``text_encoder.``). Without one, every module is initialised from a fixed seed and the
@@ -15,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,11 +38,15 @@ from .config import ModelConfig, get_config
 from .convkv import ConvKVMemory, SlotLayout, cache_bytes
 from .dit import CrossAttentionContext, WanModel
 from .image_encoder import build_image_encoder
-from .memory import NpcMemory
-from .sampler import GeneratorNoise, denoise_block
+from .memory import NpcMemory, memory_layout_name
+from .runner import BlockInput
+from .sampler import BatchNoise, GeneratorNoise, denoise_block
 from .schedule import StreamSchedule
 from .text_encoder import build_text_encoder
 from .vae import CausalCache, WanVAE, decoder_state_bytes, frames_to_uint8
+
+__all__ = ["BlockInput", "CharacterConditioning", "GeneratorError", "LiveActPipeline", "shipped_weights",
+           "weights_config"]
 
 # Weights trained in this repository (model/train), by config name: ``<name>.safetensors`` beside its manifest.
 SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "model" / "weights"
@@ -46,11 +56,6 @@ RANDOM_WEIGHTS_SEED = 0
 # about 0.6 GB for liveact-18b, so keep few.
 PROMPT_CACHE_SIZE = 8
 
-# Names of the NPC memory's tensors (the ConvKV and decoder states keep their own names under these prefixes).
-CONVKV_PREFIX = "convkv."
-DECODER_PREFIX = "vae_decoder."
-AUDIO_TAIL = "audio_tail"
-NOISE_STATE = "noise_state"
 
 
 class GeneratorError(ValueError):
@@ -97,7 +102,7 @@ class LiveActPipeline:
         self.sample_rate = self.audio_encoder.sample_rate
         self.layout = SlotLayout.from_config(config.sampler, config.dit)
         # Recorded in every NPC memory: caches made under another grouping must not be continued under this one.
-        self.memory_layout = f"{self.layout.grouping}/{self.layout.v_compression}"
+        self.memory_layout = memory_layout_name(self.layout)
         self._schedules: dict[tuple[int, int], StreamSchedule] = {}
 
     # -- construction ---------------------------------------------------------------------------------------
@@ -225,14 +230,13 @@ class LiveActPipeline:
                    seed: int) -> NpcMemory:
         self.check_format(width, height, fps)
         dtype = getattr(torch, self.config.dtype)
-        convkv = ConvKVMemory.allocate(self.config, width, height, device=self.device, dtype=dtype)
-        decoder = self.vae.init_decoder_state(width, height, device=self.device)
-        tensors = {CONVKV_PREFIX + k: v for k, v in convkv.state_tensors().items()}
-        tensors |= {DECODER_PREFIX + k: v for k, v in decoder.to_tensors().items()}
-        tensors[AUDIO_TAIL] = torch.zeros(self.audio_tail_frames(fps) * self.samples_per_frame(fps))
-        tensors[NOISE_STATE] = GeneratorNoise(seed).get_state()
-        return NpcMemory(npc_id=npc_id, character_id=character_id, model_name=self.config.name, width=width,
-                         height=height, fps=fps, seed=seed, tensors=tensors, memory_layout=self.memory_layout)
+        return NpcMemory(
+            npc_id=npc_id, character_id=character_id, model_name=self.config.name, width=width, height=height,
+            fps=fps, seed=seed, memory_layout=self.memory_layout,
+            convkv=ConvKVMemory.allocate(self.config, width, height, device=self.device, dtype=dtype),
+            decoder=self.vae.init_decoder_state(width, height, device=self.device),
+            audio_tail=torch.zeros(self.audio_tail_frames(fps) * self.samples_per_frame(fps), device=self.device),
+            noise_state=GeneratorNoise(seed).get_state())
 
     def block_audio_samples(self, memory: NpcMemory) -> tuple[int, int]:
         """(16 kHz samples the next block covers, samples of look-ahead after them it reads)."""
@@ -241,52 +245,91 @@ class LiveActPipeline:
         spf = self.samples_per_frame(memory.fps)
         return plan.video_frames * spf, (plan.audio_required - plan.video_end) * spf
 
-    @torch.inference_mode()
+    def batch_key(self, memory: NpcMemory) -> tuple:
+        """NPCs whose next blocks have equal keys can run in one :meth:`generate_blocks` call."""
+        plan = self.schedule(memory.width, memory.height).block(memory.blocks_generated)
+        return (memory.width, memory.height, memory.fps, plan.window_start, plan.latent_frames, plan.update_cache,
+                memory.decoder.first_chunk)
+
     def generate_block(self, memory: NpcMemory, conditioning: CharacterConditioning, audio: np.ndarray,
                        prompt: str | None = None, intensity: float = 1.0) -> np.ndarray:
-        """Generate the NPC's next block from ``audio`` (its samples plus look-ahead, float32 16 kHz) under
-        ``prompt`` (None: the character's base prompt) at ``intensity``.
+        """One NPC's next block: uint8 RGB frames [T, H, W, 3]; advances the memory (see :meth:`generate_blocks`)."""
+        return self.generate_blocks([BlockInput(memory, conditioning, audio, prompt, intensity)])[0]
 
-        Returns uint8 RGB frames [T, H, W, 3] and advances the memory.
+    @torch.inference_mode()
+    def generate_blocks(self, inputs: Sequence[BlockInput]) -> list[np.ndarray]:
+        """The next block of each NPC in ``inputs`` (equal :meth:`batch_key`), generated together.
+
+        Each input's audio is its block's samples plus look-ahead (float32, 16 kHz), its prompt None for the
+        character's base prompt. Returns each NPC's uint8 RGB frames [T, H, W, 3] and advances every memory.
+        A batch works on copies of its NPCs' caches and writes them back only when the whole batch has run, so
+        a batch that fails leaves its memories as they were; a single NPC is updated in place (no copies).
         """
-        if (conditioning.width, conditioning.height) != (memory.width, memory.height):
-            raise GeneratorError("character conditioning and NPC memory are for different frame sizes")
-        schedule = self.schedule(memory.width, memory.height)
-        plan = schedule.block(memory.blocks_generated)
-        consume, lookahead = self.block_audio_samples(memory)
-        if audio.shape[0] != consume + lookahead:
-            raise GeneratorError(f"block {plan.index} needs {consume + lookahead} audio samples, got {audio.shape[0]}")
-        spf = self.samples_per_frame(memory.fps)
+        if not inputs:
+            return []
+        memories = [item.memory for item in inputs]
+        key = self.batch_key(memories[0])
+        for item in inputs:
+            memory, conditioning = item.memory, item.conditioning
+            if (conditioning.width, conditioning.height) != (memory.width, memory.height):
+                raise GeneratorError(f"NPC {memory.npc_id!r}: character conditioning and memory are for different "
+                                     "frame sizes")
+            if self.batch_key(memory) != key:
+                raise GeneratorError(f"NPC {memory.npc_id!r} is at another block kind or size than its batch")
+            consume, lookahead = self.block_audio_samples(memory)
+            if item.audio.shape != (consume + lookahead,):
+                raise GeneratorError(f"NPC {memory.npc_id!r}: block {memory.blocks_generated} needs "
+                                     f"{consume + lookahead} audio samples, got {item.audio.shape}")
+        if len({id(m) for m in memories}) != len(memories):
+            raise GeneratorError("an NPC can have only one block in a batch")
+        first = memories[0]
+        schedule = self.schedule(first.width, first.height)
+        plan = schedule.block(first.blocks_generated)   # the layout every NPC of the batch shares
+        spf = self.samples_per_frame(first.fps)
 
-        # Audio: features of [tail | the block's audio | look-ahead], indexed from the tail's first frame.
-        tail = memory.tensors[AUDIO_TAIL]
-        pcm = torch.cat([tail, torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(tail.device)])
-        features = self.audio_encoder.features(pcm, memory.fps)
-        first_frame = plan.video_start - tail.shape[0] // spf     # absolute video frame of features[0]
-        window = block_audio_window(features, first_frame, plan, schedule.audio_radius)
+        # Audio: per NPC, features of [tail | the block's audio | look-ahead], indexed from the tail's first frame.
+        windows, pcms = [], []
+        for item in inputs:
+            tail = item.memory.audio_tail
+            pcm = torch.cat([tail, torch.from_numpy(np.ascontiguousarray(item.audio, dtype=np.float32)).to(tail.device)])
+            features = self.audio_encoder.features(pcm, item.memory.fps)
+            own_plan = schedule.block(item.memory.blocks_generated)
+            first_frame = own_plan.video_start - tail.shape[0] // spf     # absolute video frame of features[0]
+            windows.append(block_audio_window(features, first_frame, own_plan, schedule.audio_radius))
+            pcms.append(pcm)
 
-        convkv = ConvKVMemory.from_state_tensors(_strip(memory.tensors, CONVKV_PREFIX), self.layout)
-        noise = GeneratorNoise(memory.seed, device=self.device)
-        noise.set_state(memory.tensors[NOISE_STATE])
+        single = len(inputs) == 1
+        convkv = first.convkv if single else ConvKVMemory.stack([m.convkv for m in memories])
+        noises = [GeneratorNoise(m.seed) for m in memories]
+        for noise, memory in zip(noises, memories):
+            noise.set_state(memory.noise_state)
+        contexts = [self.context_for(item.conditioning, item.prompt, item.intensity) for item in inputs]
         result = denoise_block(
-            self.dit, convkv, plan, y=conditioning.y, context=self.context_for(conditioning, prompt, intensity),
-            audio_window=window.to(self.dit.dtype), noise=noise, sampler=self.config.sampler, functional=False,
+            self.dit, convkv, plan, y=torch.cat([item.conditioning.y for item in inputs]),
+            context=CrossAttentionContext.batch(contexts), audio_window=torch.cat(windows).to(self.dit.dtype),
+            noise=noises[0] if single else BatchNoise(noises), sampler=self.config.sampler, functional=False,
         )
-
-        decoder = CausalCache.from_tensors(_strip(memory.tensors, DECODER_PREFIX))
+        decoder = first.decoder if single else CausalCache.stack([m.decoder for m in memories])
         video = self.vae.decode_stream(result.x0.float(), decoder)
-        frames = frames_to_uint8(video).cpu().numpy()
+        frames = frames_to_uint8(video).cpu().numpy()     # [B, T, H, W, 3]
 
-        # Advance the memory. The ConvKV caches were updated in place; the decoder cache, audio tail and noise
-        # state are replaced by tensors of the same shapes, so the memory's size never changes.
-        memory.tensors.update({DECODER_PREFIX + k: v for k, v in decoder.to_tensors().items()})
-        memory.tensors[AUDIO_TAIL] = pcm[: pcm.shape[0] - lookahead][-tail.shape[0]:].clone()
-        memory.tensors[NOISE_STATE] = noise.get_state()
-        memory.blocks_generated += 1
-        memory.frames_generated += frames.shape[0]
-        memory.timeline_samples += consume
-        memory.updated_unix_ms = now_ms()
-        return frames
+        # Advance the memories. A single NPC's caches were updated in place; a batch's are written back now. The
+        # decoder state, audio tail and noise state are replaced by tensors of the same shapes, so a memory's
+        # size never changes.
+        if not single:
+            convkv.scatter_into([m.convkv for m in memories])
+        decoders = [decoder] if single else decoder.unstack()
+        for item, pcm, noise, own_decoder, own_frames in zip(inputs, pcms, noises, decoders, frames):
+            memory = item.memory
+            consume, lookahead = self.block_audio_samples(memory)
+            memory.decoder = own_decoder
+            memory.audio_tail = pcm[: pcm.shape[0] - lookahead][-memory.audio_tail.shape[0]:].clone()
+            memory.noise_state = noise.get_state()
+            memory.blocks_generated += 1
+            memory.frames_generated += own_frames.shape[0]
+            memory.timeline_samples += consume
+            memory.updated_unix_ms = now_ms()
+        return list(frames)
 
 
 def weights_config(path: str | Path) -> ModelConfig | None:
@@ -300,10 +343,6 @@ def shipped_weights(config_name: str | Path) -> Path | None:
     """The shipped weights of a named config, or None when there are none."""
     path = SHIPPED_WEIGHTS_DIR / f"{Path(config_name).name}.safetensors"
     return path if path.is_file() and str(config_name) == path.stem else None
-
-
-def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _load_weights(modules: dict[str, torch.nn.Module], path: Path, expected_config: ModelConfig | None = None) -> str:

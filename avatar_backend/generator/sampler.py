@@ -32,18 +32,19 @@ class NoiseSource(Protocol):
 
 
 class GeneratorNoise:
-    """Noise from a seeded ``torch.Generator``, drawn in float32 on the generator's device.
+    """Noise from a seeded CPU ``torch.Generator``, drawn in float32 and then moved to the model's device.
 
-    Drawing in float32 on a fixed device keeps the stream independent of the model's dtype and of where it runs.
+    Drawing in float32 on the CPU keeps the stream independent of the model's dtype and of where it runs (a GPU
+    generator draws other numbers), and the NPC's saved state is a CPU generator state that resumes anywhere.
     ``get_state``/``set_state`` save and restore the position in the stream for bit-exact resume.
     """
 
-    def __init__(self, seed: int, device: torch.device | str = "cpu"):
-        self.generator = torch.Generator(device=device)
+    def __init__(self, seed: int):
+        self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed)
 
     def __call__(self, shape: Sequence[int], like: Tensor) -> Tensor:
-        noise = torch.randn(tuple(shape), generator=self.generator, device=self.generator.device, dtype=torch.float32)
+        noise = torch.randn(tuple(shape), generator=self.generator, dtype=torch.float32)
         return noise.to(device=like.device, dtype=like.dtype)
 
     def get_state(self) -> Tensor:
@@ -54,6 +55,20 @@ class GeneratorNoise:
         if isinstance(state, (bytes, bytearray)):
             state = torch.frombuffer(bytearray(state), dtype=torch.uint8)
         self.generator.set_state(state.cpu())
+
+
+class BatchNoise:
+    """The noise of a batch of streams: row i comes from ``sources[i]``, drawn exactly as that stream alone would
+    draw it, so a stream's noise does not depend on the batch it runs in."""
+
+    def __init__(self, sources: Sequence[NoiseSource]):
+        self.sources = list(sources)
+
+    def __call__(self, shape: Sequence[int], like: Tensor) -> Tensor:
+        batch, *rest = shape
+        if batch != len(self.sources):
+            raise ValueError(f"noise for a batch of {batch} from {len(self.sources)} sources")
+        return torch.cat([source((1, *rest), like) for source in self.sources])
 
 
 class ReplayNoise:
@@ -79,7 +94,7 @@ class ReplayNoise:
 
 @dataclass
 class BlockResult:
-    x0: Tensor                 # [1, out_dim, T, h, w] the block's clean latent
+    x0: Tensor                 # [B, out_dim, T, h, w] the block's clean latent
     memory: ConvKVMemory       # the memory after the block (the same object unless functional)
     velocities: list[Tensor]   # the guided velocity of each step
 
@@ -98,8 +113,9 @@ def denoise_block(
 ) -> BlockResult:
     """Generate one block: draw its initial noise, run the denoising steps, return x0 and the updated memory.
 
-    y [1, in_dim - out_dim, window_latents, h, w] is the whole conditioning window (sliced here by the plan).
-    ``audio_window`` [1, 53, 5, layers, ch] is the block's audio; None turns audio attention off altogether,
+    y [B, in_dim - out_dim, window_latents, h, w] is the whole conditioning window (sliced here by the plan), one
+    row per stream of the batch (``memory`` has as many rows). ``audio_window`` [B, 53, 5, layers, ch] is the
+    block's audio; None turns audio attention off altogether,
     which is not the same as silence (silent audio still has non-zero features and tokens).
     ``functional`` as in :meth:`WanModel.forward`.
     """

@@ -71,6 +71,21 @@ class CausalCache:
         frames = {k[len(_FRAMES_PREFIX):]: v for k, v in tensors.items() if k.startswith(_FRAMES_PREFIX)}
         return cls(frames=frames, first_chunk=bool(tensors[_FLAG_KEY].item()))
 
+    @classmethod
+    def stack(cls, caches: list["CausalCache"]) -> "CausalCache":
+        """One state for a batch of streams: their cached frames concatenated along the batch, in order."""
+        first = caches[0]
+        if any(c.first_chunk != first.first_chunk or c.frames.keys() != first.frames.keys() for c in caches):
+            raise ValueError("decoder states at different points of their streams cannot decode in one batch")
+        return cls(frames={name: torch.cat([c.frames[name] for c in caches]) for name in first.frames},
+                   first_chunk=first.first_chunk)
+
+    def unstack(self) -> list["CausalCache"]:
+        """One state per batch row (copies: a row must not keep the whole batch's tensors alive)."""
+        rows = next(iter(self.frames.values())).shape[0] if self.frames else 1
+        return [CausalCache(frames={name: t[row:row + 1].clone() for name, t in self.frames.items()},
+                            first_chunk=self.first_chunk) for row in range(rows)]
+
     def nbytes(self) -> int:
         """Bytes of :meth:`to_tensors` (the cached frames plus one byte for the flag)."""
         return sum(t.numel() * t.element_size() for t in self.frames.values()) + 1
@@ -535,16 +550,12 @@ def reference_mask(latent_frames: int, height: int, width: int, channels: int = 
 
 
 def frames_to_uint8(video: Tensor) -> Tensor:
-    """Decoded frames [B=1, 3, T, H, W] or [3, T, H, W] -> uint8 [T, H, W, 3].
+    """Decoded frames [3, T, H, W] -> uint8 [T, H, W, 3], or a batch [B, 3, T, H, W] -> [B, T, H, W, 3].
 
     Clamps to [-1, 1], then maps with (x + 1) * 127.5 and truncates, as the reference does before encoding video.
     """
-    if video.dim() == 5:
-        if video.shape[0] != 1:
-            raise ValueError(f"expected a single clip, got a batch of {video.shape[0]}")
-        video = video[0]
     pixels = ((video.float().clamp(-1.0, 1.0) + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
-    return pixels.permute(1, 2, 3, 0).contiguous()
+    return pixels.movedim(-4, -1).contiguous()
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -2,9 +2,13 @@
 
 - ``link``: the ZeroMQ link, both ends (the gateway imports it; no torch).
 - ``process``: the gateway's supervisor of the worker process (no torch).
-- ``main`` / ``__main__``: the worker process: loop, request handling, block generation.
-- ``scheduler``: per-session state and the policy of which block runs next.
+- ``main`` / ``__main__``: the worker process's entry point: flags, generator, executor, engine.
+- ``engine``: the core loop: requests in; schedule -> execute -> update; FrameBlocks out.
+- ``requests``: one handler per link message (sessions, voice, controls, NPC management).
+- ``executor``: where a batch of blocks runs (this process, one device).
+- ``scheduler``: per-session state and the policy of which blocks run next, and together.
 - ``memory_pool``: live, resident and on-disk NPC memories.
+- ``characters``: character conditionings prepared once per size.
 - ``telemetry``: NVML device readings.
 - ``fake_pipeline``: a numpy stand-in for the generator, for tests only.
 """

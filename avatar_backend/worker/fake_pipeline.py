@@ -16,6 +16,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from avatar_backend.generator.config import ModelConfig, get_config
+from avatar_backend.generator.runner import BlockInput
 from avatar_backend.media.resample import MODEL_SAMPLE_RATE
 from avatar_backend.store import atomic_write, now_ms
 
@@ -117,6 +119,7 @@ class FakePipeline:
         self.block_delay_s = block_delay_s
         self.prepared: list[tuple[str, int, int, int]] = []   # (character_id, revision, width, height) calls
         self.prompts: list[str | None] = []                   # prompt of every generated block
+        self.batch_sizes: list[int] = []                      # NPCs of every generate_blocks call
 
     @classmethod
     def from_config(cls, config_name_or_path: str, weights: str | None = None, device: str = "cpu") -> "FakePipeline":
@@ -145,13 +148,30 @@ class FakePipeline:
         per_frame = MODEL_SAMPLE_RATE // memory.fps
         return self.config.frames_per_block(memory.blocks_generated) * per_frame, LOOKAHEAD_FRAMES * per_frame
 
+    def batch_key(self, memory: FakeMemory) -> Hashable:
+        return (memory.width, memory.height, memory.fps, min(memory.blocks_generated, 2))
+
+    def generate_blocks(self, inputs: Sequence[BlockInput]) -> list[np.ndarray]:
+        if len({self.batch_key(item.memory) for item in inputs}) > 1:
+            raise ValueError("NPCs at different block kinds or sizes in one batch")
+        self.batch_sizes.append(len(inputs))
+        if self.block_delay_s:
+            time.sleep(self.block_delay_s)
+        before = [dataclasses.replace(item.memory, state=item.memory.state.copy()) for item in inputs]
+        try:
+            return [self.generate_block(item.memory, item.conditioning, item.audio, item.prompt,
+                                        intensity=item.intensity) for item in inputs]
+        except Exception:
+            if len(inputs) > 1:  # as the generator does: a failed batch leaves its memories as they were
+                for item, saved in zip(inputs, before):
+                    item.memory.__dict__.update(saved.__dict__)
+            raise
+
     def generate_block(self, memory: FakeMemory, conditioning: Any, audio: np.ndarray, prompt: str | None,
                        intensity: float = 1.0) -> np.ndarray:
         consume, lookahead = self.block_audio_samples(memory)
         if audio.dtype != np.float32 or audio.shape != (consume + lookahead,):
             raise ValueError(f"audio must be float32 [{consume + lookahead}], got {audio.dtype} {audio.shape}")
-        if self.block_delay_s:
-            time.sleep(self.block_delay_s)
         frames_n = self.config.frames_per_block(memory.blocks_generated)
         frames = np.empty((frames_n, memory.height, memory.width, 3), dtype=np.uint8)
         loud = bool(np.any(audio[:consume] != 0))

@@ -41,13 +41,21 @@ discarded by the client, and the next block continues the timeline from there.
 
 Among sessions that may run, the one whose video is furthest behind its wall clock goes first (the earliest
 video end); ties go to the session served least recently (round robin).
+
+Batches. The generator runs the next blocks of several NPCs in one call when they have the same size and block
+kind (``batch_key``). The first session picked as above heads the batch; other sessions that may run and share
+its key join in the same order, up to ``max_batch``, as long as the batch, at its expected compute time, still
+delivers every member's frames before that member's video runs out (less ``underrun_margin_s``). A session that
+would be late even alone does not hold its batch-mates back: the batch is what keeps the worker from falling
+further behind. Expected compute times are kept per batch size; an unmeasured size is extrapolated linearly
+from the nearest measured smaller one.
 """
 
 from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -76,9 +84,12 @@ DEFAULT_VOICE_JITTER_BUDGET_MS = 500
 
 
 class BlockAudioSource(Protocol):
-    """What the scheduler needs from the pipeline: the audio span of a memory's next block."""
+    """What the scheduler needs from the pipeline: the audio span of a memory's next block, and which memories'
+    next blocks can run in one batch (equal keys)."""
 
     def block_audio_samples(self, memory: Any) -> tuple[int, int]: ...
+
+    def batch_key(self, memory: Any) -> Hashable: ...
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,8 @@ class SchedulerConfig:
     max_queued_voice_s: float = 120.0
     # Weight of the newest block in the running estimate of a block's compute time.
     compute_estimate_alpha: float = 0.3
+    # NPCs whose blocks run in one generator call at most (1: no batching).
+    max_batch: int = 8
 
 
 class PcmQueue:
@@ -253,9 +266,12 @@ class Scheduler:
         self.pipeline = pipeline
         self.config = config or SchedulerConfig()
         self.clock = clock
+        if self.config.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {self.config.max_batch}")
         self._sessions: dict[str, SessionState] = {}
         self._serve_counter = 0
-        self._compute_estimate_s = 0.0
+        self._compute_estimate_s = 0.0                 # a generator call, whatever its batch
+        self._batch_estimate_s: dict[int, float] = {}  # a generator call by batch size
 
     # -- sessions -------------------------------------------------------------------------------------------
 
@@ -352,8 +368,18 @@ class Scheduler:
 
     @property
     def compute_estimate_s(self) -> float:
-        """Running estimate of one block's generator time (0 before the first block)."""
+        """Running estimate of one generator call's time, whatever its batch (0 before the first block)."""
         return self._compute_estimate_s
+
+    def batch_estimate_s(self, size: int) -> float:
+        """Expected time of a generator call for ``size`` NPCs (0 while nothing has been measured)."""
+        if size in self._batch_estimate_s:
+            return self._batch_estimate_s[size]
+        smaller = [n for n in self._batch_estimate_s if n < size]
+        if not smaller:
+            return 0.0
+        nearest = max(smaller)
+        return self._batch_estimate_s[nearest] * size / nearest
 
     def seconds_until_ready(self, now: float | None = None) -> float | None:
         """0 when some block may run now; the wait until the first one may; None without sessions."""
@@ -363,22 +389,48 @@ class Scheduler:
         return max(0.0, min(self._ready_at(s, now)[0] for s in self._sessions.values()) - now)
 
     def next_block(self, now: float | None = None) -> BlockPlan | None:
-        """The block to generate now, or None when every session should wait. Does not change any state:
-        call :meth:`complete_block` once the block has been generated."""
+        """The most urgent block to generate now, alone, or None when every session should wait."""
+        plans = self.next_blocks(now, max_batch=1)
+        return plans[0] if plans else None
+
+    def next_blocks(self, now: float | None = None, max_batch: int | None = None) -> list[BlockPlan]:
+        """The blocks to generate now in one generator call (see the module doc), most urgent first; empty when
+        every session should wait. Does not change any state: call :meth:`complete_blocks` once they are made."""
         now = self.clock() if now is None else now
-        best: tuple[tuple[float, int], SessionState, str] | None = None
+        max_batch = min(max_batch or self.config.max_batch, self.config.max_batch)
         rate = self.config.sample_rate
+        ready: list[tuple[tuple[float, int], SessionState, str]] = []
         for state in self._sessions.values():
             ready_at, reason = self._ready_at(state, now)
-            if ready_at > now:
-                continue
-            # Furthest behind its wall clock first; the least recently served on a tie.
-            key = (round(state.video_end(rate), 9), state.last_served)
-            if best is None or key < best[0]:
-                best = (key, state, reason)
-        if best is None:
-            return None
-        _, state, reason = best
+            if ready_at <= now:
+                # Furthest behind its wall clock first; the least recently served on a tie.
+                ready.append(((round(state.video_end(rate), 9), state.last_served), state, reason))
+        if not ready:
+            return []
+        ready.sort(key=lambda item: item[0])
+        _, head, head_reason = ready[0]
+        batch = [(head, head_reason)]
+        key = self.pipeline.batch_key(head.memory)
+        for _, state, reason in ready[1:]:
+            if len(batch) >= max_batch:
+                break
+            if self.pipeline.batch_key(state.memory) == key and self._in_time(
+                    [s for s, _ in batch] + [state], now):
+                batch.append((state, reason))
+        return [self._plan(state, reason) for state, reason in batch]
+
+    def _in_time(self, members: list[SessionState], now: float) -> bool:
+        """Whether a batch of ``members`` delivers each one's frames before its video runs out (a member late
+        even alone does not count: batching is what keeps the worker from falling further behind)."""
+        together = now + self.batch_estimate_s(len(members))
+        alone = now + self.batch_estimate_s(1)
+        for state in members:
+            deadline = state.video_end(self.config.sample_rate) - self.config.underrun_margin_s
+            if alone <= deadline < together:
+                return False
+        return True
+
+    def _plan(self, state: SessionState, reason: str) -> BlockPlan:
         consume, lookahead = self.pipeline.block_audio_samples(state.memory)
         audio = np.zeros(consume + lookahead, dtype=np.float32)
         voice_samples = 0
@@ -400,12 +452,27 @@ class Scheduler:
             intensity=intensity, reason=reason, gap_samples=gap,
         )
 
-    def complete_block(self, plan: BlockPlan, compute_s: float = 0.0) -> list[UtteranceEnd]:
-        """Account for a generated block: consume its voice, advance the timeline; returns utterances that ended."""
-        state = plan.session
+    def complete_blocks(self, plans: list[BlockPlan], compute_s: float = 0.0) -> list[UtteranceEnd]:
+        """Account for a batch generated in one call of ``compute_s``; returns utterances that ended."""
         alpha = self.config.compute_estimate_alpha
-        self._compute_estimate_s = compute_s if self._compute_estimate_s == 0 else (
-            alpha * compute_s + (1 - alpha) * self._compute_estimate_s)
+
+        def smooth(old: float | None, new: float) -> float:
+            return new if not old else alpha * new + (1 - alpha) * old
+
+        self._compute_estimate_s = smooth(self._compute_estimate_s, compute_s)
+        self._batch_estimate_s[len(plans)] = smooth(self._batch_estimate_s.get(len(plans)), compute_s)
+        ended: list[UtteranceEnd] = []
+        for plan in plans:
+            ended += self._advance(plan)
+        return ended
+
+    def complete_block(self, plan: BlockPlan, compute_s: float = 0.0) -> list[UtteranceEnd]:
+        """Account for one block generated alone (see :meth:`complete_blocks`)."""
+        return self.complete_blocks([plan], compute_s)
+
+    def _advance(self, plan: BlockPlan) -> list[UtteranceEnd]:
+        """Consume a generated block's voice and advance its session's timeline."""
+        state = plan.session
         self._serve_counter += 1
         state.last_served = self._serve_counter
         if self._sessions.get(state.session_id) is not state:

@@ -24,15 +24,16 @@ def global_frame(block: int, frame: int) -> int:
 
 
 def run_writes(layout: SlotLayout, k_blocks, v_blocks, k_conv, v_conv, frame_tokens: int, *, inplace: bool):
-    """Feed blocks of keys/values [frames * fs, heads, head_dim] through one layer's cache; caches after each block."""
-    shape = (layout.slots * frame_tokens, *k_blocks[0].shape[1:])
+    """Feed blocks of keys/values [frames * fs, heads, head_dim] through one layer's cache (a batch of one);
+    the caches after each block, without the batch row."""
+    shape = (1, layout.slots * frame_tokens, *k_blocks[0].shape[1:])
     k_cache, v_cache = torch.zeros(shape, dtype=k_blocks[0].dtype), torch.zeros(shape, dtype=k_blocks[0].dtype)
     history = []
     for b, (k_new, v_new) in enumerate(zip(k_blocks, v_blocks)):
         plan = SCHEDULE.block(b)
         write = CacheWrite(layout, frame_tokens, plan.window_start, plan.latent_frames, plan.update_cache, inplace)
-        k_cache, v_cache = write.apply(k_cache, v_cache, k_new, v_new, k_conv, v_conv)
-        history.append((k_cache.clone(), v_cache.clone()))
+        k_cache, v_cache = write.apply(k_cache, v_cache, k_new[None], v_new[None], k_conv, v_conv)
+        history.append((k_cache[0].clone(), v_cache[0].clone()))
     return history
 
 
@@ -197,7 +198,7 @@ def test_memory_size_is_constant_over_200_blocks(audio_cfg):
     for b in range(201):
         plan = schedule.block(b)
         write = CacheWrite(memory.layout, fs, plan.window_start, plan.latent_frames, plan.update_cache, inplace=True)
-        new = torch.randn(plan.latent_frames * fs, dit.num_heads, dit.head_dim)
+        new = torch.randn(1, plan.latent_frames * fs, dit.num_heads, dit.head_dim)
         for cache in [*memory.steps, *memory.null_audio.values()]:
             for layer in range(dit.num_layers):
                 write.apply(cache.k[layer], cache.v[layer], new, new, conv, conv)

@@ -92,7 +92,7 @@ def test_stream_matches_reference(golden):
             for i, cache in enumerate(memory.steps):
                 for kind in ("k", "v"):
                     expected = tensors[f"block{b}.cache.step{i}.layer0.{kind}"]
-                    layer0 = getattr(cache, kind)[0][None]
+                    layer0 = getattr(cache, kind)[0]  # layer 0, a batch of one
                     errors[f"block{b}.cache.step{i}.layer0.{kind}"] = max_rel_error(layer0, expected)
             worst = max(errors, key=errors.get)
             assert errors[worst] <= 1e-4, f"{worst}: max abs error {errors[worst]:.2e} of max |reference|"

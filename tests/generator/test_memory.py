@@ -5,18 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
+from avatar_backend.generator.convkv import ConvKVMemory, SlotLayout, StepCache
 from avatar_backend.generator.memory import MemorySnapshotError, NpcMemory, read_memory_header
+from avatar_backend.generator.vae import CausalCache
 
 
 def memory() -> NpcMemory:
     generator = torch.Generator().manual_seed(0)
+    step = StepCache(torch.randn(2, 1, 28, 4, 8, generator=generator), torch.randn(2, 1, 28, 4, 8, generator=generator),
+                     SlotLayout())
+    decoder = CausalCache(frames={"conv": torch.randn(1, 8, 2, 8, 8, generator=generator).to(torch.bfloat16)},
+                          first_chunk=False)
     return NpcMemory(
         npc_id="guard", character_id="villager", model_name="tiny", width=64, height=64, fps=20, seed=7,
-        tensors={
-            "convkv.step0.k": torch.randn(2, 32, 4, 8, generator=generator),
-            "vae_decoder.frames.conv": torch.randn(1, 8, 2, 8, 8, generator=generator).to(torch.bfloat16),
-            "noise_state": generator.get_state(),
-        },
+        convkv=ConvKVMemory(steps=[step]), decoder=decoder, audio_tail=torch.randn(320, generator=generator),
+        noise_state=generator.get_state(), memory_layout="single-device/k_conv",
         blocks_generated=3, frames_generated=85, timeline_samples=68000, prompt="an angry villager", intensity=0.5,
     )
 
@@ -29,10 +32,12 @@ def test_round_trip_is_bit_exact_and_the_header_reads_without_the_tensors(tmp_pa
     assert header["blocks_generated"] == 3 and header["memory_bytes"] == original.nbytes()
     assert header["resume_token"] == original.resume_token()
     restored = NpcMemory.load(path)
-    assert restored.tensors.keys() == original.tensors.keys()
-    for name, tensor in original.tensors.items():
-        assert restored.tensors[name].dtype == tensor.dtype
-        assert torch.equal(restored.tensors[name].view(torch.uint8), tensor.view(torch.uint8))
+    restored_tensors = restored.state_tensors()
+    assert restored_tensors.keys() == original.state_tensors().keys()
+    for name, tensor in original.state_tensors().items():
+        assert restored_tensors[name].dtype == tensor.dtype
+        assert torch.equal(restored_tensors[name].view(torch.uint8), tensor.view(torch.uint8))
+    assert restored.convkv.steps[0].k.shape == (2, 1, 28, 4, 8) and not restored.decoder.first_chunk
     assert (restored.prompt, restored.intensity, restored.lineage) == ("an angry villager", 0.5, original.lineage)
     assert list(tmp_path.iterdir()) == [path], "no temporary files are left behind"
 

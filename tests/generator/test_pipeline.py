@@ -70,12 +70,12 @@ def test_blocks_have_the_reference_frame_counts_and_memory_stays_constant(pipeli
     memory = pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=3)
     expected = pipeline.memory_bytes(SIZE, SIZE)
     assert memory.nbytes() == expected
-    shapes_before = {name: tuple(t.shape) for name, t in memory.tensors.items()}
+    shapes_before = {name: tuple(t.shape) for name, t in memory.state_tensors().items()}
     frames = run_blocks(pipeline, memory, character, speech_like(16000 * 8, 0), 5)
     assert [f.shape for f in frames] == [(21, SIZE, SIZE, 3)] + [(32, SIZE, SIZE, 3)] * 4
     assert all(f.dtype == np.uint8 for f in frames)
     assert memory.nbytes() == expected
-    assert {name: tuple(t.shape) for name, t in memory.tensors.items()} == shapes_before
+    assert {name: tuple(t.shape) for name, t in memory.state_tensors().items()} == shapes_before
     assert memory.blocks_generated == 5 and memory.frames_generated == 21 + 4 * 32
     assert memory.timeline_samples == (21 + 4 * 32) * 16000 // FPS
 
@@ -144,7 +144,7 @@ def long_stream_report(blocks: int = 150) -> dict:
     pipeline = make_pipeline()
     character = make_character(pipeline)
     memory = pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=5)
-    caches = {name: t.data_ptr() for name, t in memory.tensors.items() if name.startswith("convkv.")}
+    caches = {name: t.data_ptr() for name, t in memory.state_tensors().items() if name.startswith("convkv.")}
     voice = speech_like(16000 * 4, 9)
     rss = []
     for block in range(blocks):
@@ -153,7 +153,7 @@ def long_stream_report(blocks: int = 150) -> dict:
         pipeline.generate_block(memory, character, voice[start:start + consume + lookahead])
         rss.append(_rss_bytes())
     return {"memory_bytes": memory.nbytes(), "expected_bytes": pipeline.memory_bytes(SIZE, SIZE),
-            "caches_in_place": {name: memory.tensors[name].data_ptr() for name in caches} == caches, "rss": rss}
+            "caches_in_place": {name: memory.state_tensors()[name].data_ptr() for name in caches} == caches, "rss": rss}
 
 
 @pytest.mark.slow
@@ -197,13 +197,66 @@ def test_weights_trained_for_other_settings_are_refused_by_name(tmp_path):
 
 def test_the_worker_serves_the_shipped_weights_unless_told_random():
     from avatar_backend.generator.pipeline import shipped_weights
-    from avatar_backend.worker.main import build_pipeline
+    from avatar_backend.worker.main import build_runner
 
     shipped = shipped_weights("tiny")
     if shipped is None:
         pytest.skip("no shipped tiny weights in this checkout")
-    served, _ = build_pipeline("tiny", None, "cpu")
+    served, _ = build_runner("tiny", None, "cpu")
     assert not served.random_weights
     assert served.weights_sha256 == json.loads(shipped.with_suffix(".json").read_text())["sha256"]
-    random, _ = build_pipeline("tiny", "random", "cpu")
+    random, _ = build_runner("tiny", "random", "cpu")
     assert random.random_weights
+
+
+def test_a_batch_of_npcs_gets_the_frames_each_would_get_alone(pipeline, character):
+    """Three NPCs (own seeds, voices and prompts) batched over 5 blocks (compression from block 2) against each
+    run alone: frames within 1 of 255 and caches within 1e-4, and a batched NPC's snapshot resumes bit-exactly."""
+    from avatar_backend.generator.pipeline import BlockInput
+
+    voices = [speech_like(16000 * 12, seed) for seed in (21, 22, 23)]
+    prompts = [(None, 1.0), ("an angry villager", 0.6), (None, 1.0)]
+
+    def inputs(memories):
+        items = []
+        for memory, voice, (prompt, intensity) in zip(memories, voices, prompts):
+            consume, lookahead = pipeline.block_audio_samples(memory)
+            start = memory.timeline_samples
+            items.append(BlockInput(memory, character, voice[start:start + consume + lookahead], prompt, intensity))
+        return items
+
+    alone = [pipeline.new_memory(f"npc{i}", "villager", SIZE, SIZE, FPS, seed=40 + i) for i in range(3)]
+    batched = [pipeline.new_memory(f"npc{i}", "villager", SIZE, SIZE, FPS, seed=40 + i) for i in range(3)]
+    for _ in range(5):
+        expected = [pipeline.generate_blocks([item])[0] for item in inputs(alone)]
+        frames = pipeline.generate_blocks(inputs(batched))
+        for want, got in zip(expected, frames):
+            assert got.shape == want.shape
+            assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert len({f.tobytes() for f in frames}) == 3, "each NPC of the batch has its own video"
+    for want, got in zip(alone, batched):
+        assert (got.blocks_generated, got.frames_generated, got.timeline_samples) == (
+            want.blocks_generated, want.frames_generated, want.timeline_samples)
+        for name, tensor in want.state_tensors().items():
+            torch.testing.assert_close(got.state_tensors()[name], tensor, rtol=1e-4, atol=1e-4, msg=name)
+    # Per NPC, a snapshot taken after batched blocks continues exactly like the memory itself.
+    snapshot = batched[1].host_copy()
+    item = inputs(batched)[1]
+    continued = pipeline.generate_blocks([item])[0]
+    resumed = pipeline.generate_blocks([BlockInput(snapshot, character, item.audio, item.prompt, item.intensity)])[0]
+    np.testing.assert_array_equal(continued, resumed)
+
+
+def test_npcs_at_different_block_kinds_are_refused_as_one_batch(pipeline, character):
+    from avatar_backend.generator.pipeline import BlockInput
+
+    fresh = pipeline.new_memory("a", "villager", SIZE, SIZE, FPS, seed=1)
+    ahead = pipeline.new_memory("b", "villager", SIZE, SIZE, FPS, seed=2)
+    run_blocks(pipeline, ahead, character, speech_like(16000 * 2, 0), 1)
+    items = []
+    for memory in (fresh, ahead):
+        consume, lookahead = pipeline.block_audio_samples(memory)
+        items.append(BlockInput(memory, character, np.zeros(consume + lookahead, np.float32)))
+    with pytest.raises(GeneratorError, match="another block kind"):
+        pipeline.generate_blocks(items)
+    assert fresh.blocks_generated == 0 and ahead.blocks_generated == 1

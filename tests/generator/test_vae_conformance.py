@@ -150,8 +150,9 @@ def test_reference_image_conditioning(golden):
 def test_frames_to_uint8_clamps_and_truncates():
     video = torch.tensor([-2.0, -1.0, 0.0, 0.999, 1.0, 3.0]).view(1, 1, 6, 1, 1).expand(1, 3, 6, 1, 1)
     frames = frames_to_uint8(video)
-    assert frames.shape == (6, 1, 1, 3) and frames.dtype == torch.uint8
-    assert frames[:, 0, 0, 0].tolist() == [0, 0, 127, 254, 255, 255]
+    assert frames.shape == (1, 6, 1, 1, 3) and frames.dtype == torch.uint8
+    assert frames[0, :, 0, 0, 0].tolist() == [0, 0, 127, 254, 255, 255]
+    assert torch.equal(frames_to_uint8(video[0]), frames[0])
 
 
 @torch.inference_mode()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from avatar_backend.store import CharacterRecord
-from avatar_backend.worker.main import CharacterCache
+from avatar_backend.worker.characters import CharacterCache
 
 
 class CountingPipeline:

@@ -9,7 +9,10 @@ from worker_helpers import BLOCK, BLOCK0, LOOKAHEAD, FakeClock, open_npc
 from avatar_backend.proto_gen import worker_pb2 as pb
 from avatar_backend.store import CharacterRecord
 from avatar_backend.worker.fake_pipeline import FakePipeline
-from avatar_backend.worker.main import Worker, WorkerConfig, listening_prompt
+from avatar_backend.worker.characters import listening_prompt
+from avatar_backend.worker.config import WorkerConfig
+from avatar_backend.worker.engine import Engine
+from avatar_backend.worker.executor import InProcessExecutor
 from avatar_backend.worker.telemetry import DeviceTelemetry
 
 
@@ -45,7 +48,8 @@ class Harness:
         self.data_dir = data_dir
         config = WorkerConfig(endpoint="inproc://unused", data_dir=data_dir.root)
         telemetry = DeviceTelemetry(nvml_loader=_no_nvml)
-        self.worker = Worker(config, pipeline, FakePipeline.codec, self.link, telemetry=telemetry, clock=clock)
+        self.worker = Engine(config, InProcessExecutor(pipeline), FakePipeline.codec, self.link, telemetry=telemetry,
+                             clock=clock)
         self.next_id = 1
 
     def request(self, **body) -> pb.FromWorker:
@@ -74,9 +78,13 @@ class Harness:
         self.send([pcm], push_audio=pb.PushAudio(session_id=session_id, num_samples=pcm.size))
 
     def blocks(self, count_max=100) -> int:
+        """Run the batches that are due, up to ``count_max`` NPC blocks; how many NPC blocks ran."""
         ran = 0
-        while ran < count_max and self.worker.run_next_block():
-            ran += 1
+        while ran < count_max:
+            batch = self.worker.run_next_batch()
+            if not batch:
+                break
+            ran += batch
         return ran
 
 
@@ -156,6 +164,7 @@ def test_a_failing_block_ends_only_its_session(harness, pipeline, clock, monkeyp
     monkeypatch.setattr(pipeline, "generate_block", flaky)
     clock.advance(harness.worker.config.scheduler.start_grace_s)   # both first blocks are due
     assert harness.blocks(4) == 2                     # s1 fails, s2 makes block 0; block 1 is not due yet
+    assert pipeline.batch_sizes == [2, 1, 1]          # the batch failed: each NPC again alone
     errors = harness.link.take("error")
     assert [(m.error.session_id, m.error.code) for m, _ in errors] == [("s1", "INTERNAL")]
     assert "out of memory" in errors[0][0].error.message
@@ -300,7 +309,7 @@ def test_a_resumed_npc_keeps_its_emotion(harness, pipeline, clock, monkeypatch):
 
 
 def test_a_resumed_npc_whose_block_fails_goes_back_to_its_snapshot(harness, pipeline, data_dir, clock, monkeypatch):
-    # Guards: run_next_block marks the memory updated BEFORE generate_block, so a block of a resumed NPC that
+    # Guards: the engine marks the memory updated BEFORE generating, so a block of a resumed NPC that
     # fails half-way (caches already changed in place) is not parked in RAM by pool.abandon; the next session
     # gets the snapshot on disk from the last good session, not the half-updated memory.
     harness.open("s1", "guard", character_id="villager")
@@ -385,7 +394,7 @@ def test_listening_control_changes_the_prompt_of_silent_blocks(harness, pipeline
     harness.open("s2", "owl-npc", character_id="owl")
     harness.send(control=pb.Control(session_id="s2", listening=True))
     clock.advance(harness.worker.config.scheduler.start_grace_s)
-    while harness.worker.run_next_block():
+    while harness.worker.run_next_batch():
         pass
     [(block, _)] = [(m, p) for m, p in harness.link.take("frame_block") if m.frame_block.session_id == "s2"]
     assert block.frame_block.block_index == 0
@@ -430,3 +439,16 @@ def test_voice_beyond_the_queue_cap_is_resource_exhausted(harness):
     harness.push("s1", np.full(5, 0.1, np.float32))    # up to the cap is accepted
     assert harness.link.take("error") == [] and state.queued_samples == cap
     assert list(harness.worker.scheduler.sessions) == ["s1"]
+
+
+def test_npcs_due_together_are_generated_in_one_call(harness, pipeline, clock):
+    harness.open("s1", "guard", character_id="villager")
+    harness.open("s2", "smith-npc", character_id="smith")
+    for session in ("s1", "s2"):
+        harness.push(session, np.full(BLOCK0 + LOOKAHEAD, 0.3, np.float32))
+    assert harness.blocks(2) == 2
+    assert pipeline.batch_sizes == [2]
+    blocks = {m.frame_block.session_id: m.frame_block for m, _ in harness.link.take("frame_block")}
+    assert sorted(blocks) == ["s1", "s2"]
+    assert all(b.batch_size == 2 and b.num_frames == 21 and b.speaking for b in blocks.values())
+    assert blocks["s1"].compute_ms == blocks["s2"].compute_ms   # one call made both

@@ -15,7 +15,10 @@ from avatar_backend.gateway.limits import Limits, parse_byte_size
 from avatar_backend.gateway.status import failure_from_worker
 from avatar_backend.worker.fake_pipeline import FakePipeline
 from avatar_backend.worker.link import GatewayLink, WorkerRequestError
-from avatar_backend.worker.main import Worker, WorkerConfig, parse_args
+from avatar_backend.worker.config import WorkerConfig
+from avatar_backend.worker.engine import Engine
+from avatar_backend.worker.executor import InProcessExecutor
+from avatar_backend.worker.main import parse_args
 from avatar_backend.worker.memory_pool import MemoryPool, PoolError
 from avatar_backend.worker.process import WorkerProcess, WorkerProcessConfig
 
@@ -111,8 +114,8 @@ def test_the_worker_refuses_open_npc_with_resource_exhausted_and_the_gateway_map
             pass
 
     link = Link()
-    worker = Worker(WorkerConfig(endpoint="inproc://unused", data_dir=data_dir.root, max_stored_npcs=1), pipeline,
-                    FakePipeline.codec, link)
+    config = WorkerConfig(endpoint="inproc://unused", data_dir=data_dir.root, max_stored_npcs=1)
+    worker = Engine(config, InProcessExecutor(pipeline), FakePipeline.codec, link)
     for rid, npc in ((1, "a"), (2, "b")):
         worker.handle(*open_npc(data_dir, "villager", request_id=rid, session_id=f"s-{npc}", npc_id=npc,
                                 character_id="villager"))

@@ -205,15 +205,18 @@ def test_the_interval_reaches_the_worker_through_its_process_config(interval, da
 
 def test_a_generator_memory_copy_is_frozen_while_the_original_talks_on(tmp_path):
     torch = pytest.importorskip("torch")
+    from avatar_backend.generator.convkv import ConvKVMemory, SlotLayout, StepCache
     from avatar_backend.generator.memory import NpcMemory
+    from avatar_backend.generator.vae import CausalCache
 
+    step = StepCache(torch.zeros(2, 1, 14, 1, 4), torch.zeros(2, 1, 14, 1, 4), SlotLayout())
     memory = NpcMemory(npc_id="guard", character_id="villager", model_name="tiny", width=64, height=64, fps=20,
-                       seed=7, blocks_generated=3,
-                       tensors={"convkv.k": torch.zeros(4, 8), "noise_state": torch.arange(6, dtype=torch.uint8)})
+                       seed=7, blocks_generated=3, convkv=ConvKVMemory(steps=[step]), decoder=CausalCache(),
+                       audio_tail=torch.zeros(8), noise_state=torch.arange(6, dtype=torch.uint8))
     frozen = memory.host_copy()
-    memory.tensors["convkv.k"].add_(1.0)          # the next block updates the caches in place
+    memory.convkv.steps[0].k.add_(1.0)          # the next block updates the caches in place
     memory.blocks_generated = 4
     frozen.save(tmp_path / "guard.npcmem")
     restored = NpcMemory.load(tmp_path / "guard.npcmem")
-    assert restored.blocks_generated == 3 and torch.equal(restored.tensors["convkv.k"], torch.zeros(4, 8))
+    assert restored.blocks_generated == 3 and torch.equal(restored.convkv.steps[0].k, torch.zeros(2, 1, 14, 1, 4))
     assert restored.resume_token() == f"{memory.lineage}-3" and restored.nbytes() == memory.nbytes()

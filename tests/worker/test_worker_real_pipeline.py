@@ -13,7 +13,10 @@ from worker_helpers import open_npc
 import avatar_backend.generator
 from avatar_backend.proto_gen import worker_pb2 as pb
 from avatar_backend.store import CharacterRecord
-from avatar_backend.worker.main import Worker, WorkerConfig, build_pipeline
+from avatar_backend.worker.config import WorkerConfig
+from avatar_backend.worker.engine import Engine
+from avatar_backend.worker.executor import InProcessExecutor
+from avatar_backend.worker.main import build_runner
 from avatar_backend.worker.telemetry import DeviceTelemetry
 
 # Only a missing module skips; one that exists must import and keep the contract.
@@ -40,7 +43,7 @@ class RecordingLink:
 
 @pytest.fixture(scope="module")
 def real_pipeline():
-    return build_pipeline("tiny", None, "cpu")
+    return build_runner("tiny", None, "cpu")
 
 
 def write_real_character(data_dir) -> None:
@@ -56,7 +59,8 @@ def test_blocks_snapshots_and_resume_with_the_real_generator(real_pipeline, data
     write_real_character(data_dir)
     pipeline, codec = real_pipeline
     link = RecordingLink()
-    worker = Worker(WorkerConfig(endpoint="inproc://unused", data_dir=data_dir.root), pipeline, codec, link,
+    config = WorkerConfig(endpoint="inproc://unused", data_dir=data_dir.root)
+    worker = Engine(config, InProcessExecutor(pipeline), codec, link,
                     telemetry=DeviceTelemetry(nvml_loader=lambda: (_ for _ in ()).throw(ImportError())))
     size = min(pipeline.config.sizes, key=lambda s: s[0] * s[1])   # the cheapest: CPU time matters here
 
@@ -73,7 +77,7 @@ def test_blocks_snapshots_and_resume_with_the_real_generator(real_pipeline, data
     pcm = (0.1 * np.sin(np.arange(consume + lookahead) / 10)).astype(np.float32)
     worker.handle(pb.ToWorker(push_audio=pb.PushAudio(session_id="s1", num_samples=pcm.size)),
                   [memoryview(pcm).cast("B")])
-    assert worker.run_next_block()                     # one block: CPU time is precious in this suite
+    assert worker.run_next_batch()                     # one block: CPU time is precious in this suite
     blocks = [(m.frame_block, p) for m, p in link.emitted if m.WhichOneof("body") == "frame_block"]
     assert [b.num_frames for b, _ in blocks] == [pipeline.config.frames_per_block(0)]
     assert blocks[0][0].speaking and blocks[0][0].audio_queued_samples == lookahead
@@ -88,8 +92,7 @@ def test_blocks_snapshots_and_resume_with_the_real_generator(real_pipeline, data
     assert header["memory_bytes"] == pipeline.memory_bytes(*size)
 
     # A restarted worker resumes from the snapshot on disk.
-    fresh = Worker(WorkerConfig(endpoint="inproc://unused", data_dir=data_dir.root), pipeline, codec, link,
-                   telemetry=worker.telemetry)
+    fresh = Engine(config, InProcessExecutor(pipeline), codec, link, telemetry=worker.telemetry)
     fresh.characters = worker.characters               # the conditioning is not what this checks
     fresh.handle(*open_npc(data_dir, "villager", request_id=3, session_id="s2", npc_id="guard",
                            resume_token=closed.npc.resume_token))

@@ -518,3 +518,62 @@ def test_voice_queue_is_capped(pipeline, clock):
     sched.push_voice("s1", voice(120 * RATE))
     with pytest.raises(VoiceQueueFull):
         sched.push_voice("s1", voice(1))
+
+
+# -- batches -------------------------------------------------------------------------------------------------------
+
+
+def run_batch(sched: Scheduler, pipe: FakePipeline, clock: FakeClock, compute_s: float = 0.0):
+    plans = sched.next_blocks()
+    for plan in plans:
+        pipe.generate_block(plan.session.memory, None, plan.audio, plan.prompt, intensity=plan.intensity)
+    clock.advance(compute_s)
+    sched.complete_blocks(plans, compute_s)
+    return plans
+
+
+def test_sessions_due_together_at_the_same_block_kind_share_a_batch_most_urgent_first(pipeline, clock):
+    sched = Scheduler(pipeline, SchedulerConfig(max_batch=3), clock=clock)
+    for name in ("a", "b", "c", "d"):
+        open_session(sched, pipeline, name)
+        clock.advance(0.01)                           # a opened first: its video runs out first
+    for name in ("a", "b", "c", "d"):
+        sched.push_voice(name, voice(3 * RATE))
+    plans = run_batch(sched, pipeline, clock)
+    assert [p.session.session_id for p in plans] == ["a", "b", "c"]   # max_batch, by video end
+    assert [p.session.session_id for p in sched.next_blocks()] == ["d"]  # block 0 is due for d alone now
+    assert sched.next_block().session.session_id == "d"
+    run_batch(sched, pipeline, clock)
+    # a, b and c are at block 1, d too now: one batch of the same kind again.
+    assert sorted(p.session.session_id for p in sched.next_blocks()) == ["a", "b", "c"]
+
+
+def test_different_block_kinds_do_not_share_a_batch(pipeline, clock):
+    sched = Scheduler(pipeline, clock=clock)
+    a = open_session(sched, pipeline, "a")
+    sched.push_voice("a", voice(3 * RATE))
+    run_batch(sched, pipeline, clock)                 # a: block 0 made; next is block 1
+    open_session(sched, pipeline, "b")
+    sched.push_voice("b", voice(3 * RATE))           # b: block 0 due, a: block 1 due
+    plans = sched.next_blocks()
+    assert len(plans) == 1 and a.blocks == 1
+
+
+def test_batch_mates_never_make_a_session_late_unless_it_is_late_anyway(pipeline, clock):
+    config = SchedulerConfig(max_batch=4, underrun_margin_s=0.2)
+    sched = Scheduler(pipeline, config, clock=clock)
+    a, b = open_session(sched, pipeline, "a"), open_session(sched, pipeline, "b")
+    for name in ("a", "b"):
+        sched.push_voice(name, voice(8 * RATE))
+    assert len(run_batch(sched, pipeline, clock, compute_s=0.9)) == 2   # measured: two NPCs take 0.9 s
+    for state in (a, b):                              # each alone to block 2: one NPC takes 0.3 s
+        plan = sched.next_blocks(max_batch=1)[0]
+        pipeline.generate_block(plan.session.memory, None, plan.audio, plan.prompt)
+        sched.complete_blocks([plan], 0.3)
+    assert (a.blocks, b.blocks) == (2, 2) and sched.batch_estimate_s(1) == pytest.approx(0.3)
+    a.opened_at = clock.t - a.timeline_pos / RATE + 0.8   # a's video runs out in 0.8 s: deadline 0.6 s away
+    b.opened_at = clock.t - b.timeline_pos / RATE + 2.0   # b's in 2 s
+    assert [p.session.session_id for p in sched.next_blocks()] == ["a"]   # 0.9 s together would make a late
+    a.opened_at -= 0.7                                # a is late even alone (0.1 s left): b may join
+    assert [p.session.session_id for p in sched.next_blocks()] == ["a", "b"]
+    assert sched.batch_estimate_s(4) == pytest.approx(1.8)               # extrapolated from two
