@@ -1,7 +1,9 @@
 """The benchmark behind ``avatar-backend bench``: prints its numbers and writes them to a JSON file.
 
 1. Generator: seconds per block and frames per second of a model config (default ``tiny`` at its default
-   size) on this machine, median over blocks after a warm-up, with the torch thread count stated.
+   size) on this machine, median over blocks after a warm-up, with the torch thread count stated; then the
+   same for batches of NPCs generated in one call (1, 2, 4, 8): blocks per second, per-NPC real-time factor
+   and how many NPCs one worker keeps in real time.
 2. Gateway CPU per video frame at 512x512: Opus decode of the frame's audio + JPEG encode (the media path)
    + sending the VideoFrame over a real gRPC stream on loopback (this process's CPU time per frame; the
    reading client runs in another process so its CPU is not counted).
@@ -69,6 +71,55 @@ def bench_generator(config: str, blocks: int, threads: int, width: int = 0, heig
         "realtime_factor": round(later_frames / fps / median_s, 3),
         "npc_memory_bytes": memory.nbytes(),
     }
+
+
+def bench_batches(config: str, sizes: tuple[int, ...], blocks: int, threads: int) -> dict:
+    """Blocks per second and per-NPC real-time factor when ``n`` NPCs' blocks run in one call, for each n.
+
+    Every NPC has its own memory, seed and voice; calls are timed at the steady-state block kind (blocks 0 and
+    1 are warm-up), median over ``blocks`` calls. ``realtime_npcs``: the most NPCs of the sizes measured whose
+    blocks one worker makes at least as fast as they play.
+    """
+    import torch
+
+    from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights
+    from avatar_backend.generator.runner import BlockInput
+    from avatar_backend.store import CharacterRecord
+
+    torch.set_num_threads(threads)
+    pipeline = LiveActPipeline.from_config(config, weights=shipped_weights(config))
+    width, height, fps = pipeline.config.width, pipeline.config.height, pipeline.config.fps
+    png = (Path(__file__).parent / "assets" / "default_character.png").read_bytes()
+    conditioning = pipeline.prepare_character(CharacterRecord("bench", "talking"), png, width, height)
+    rng = np.random.default_rng(0)
+    rows = []
+    for size in sizes:
+        memories = [pipeline.new_memory(f"npc{i}", "bench", width, height, fps, seed=i) for i in range(size)]
+        calls, stages, frames = [], [], 0
+        for call in range(2 + blocks):
+            inputs = []
+            for memory in memories:
+                consume, lookahead = pipeline.block_audio_samples(memory)
+                audio = (0.1 * rng.standard_normal(consume + lookahead)).astype(np.float32)
+                inputs.append(BlockInput(memory, conditioning, audio))
+            started = time.perf_counter()
+            out = pipeline.generate_blocks(inputs)
+            if call >= 2:
+                calls.append(time.perf_counter() - started)
+                stages.append(pipeline.last_timings)
+                frames = out[0].shape[0]
+        median_s = statistics.median(calls)
+        per_npc_rtf = frames / fps / median_s
+        rows.append({
+            "npcs": size, "call_s_median": round(median_s, 4), "calls_s": [round(c, 4) for c in calls],
+            "dit_s_median": round(statistics.median(t["dit_s"] for t in stages), 4),
+            "decode_s_median": round(statistics.median(t["decode_s"] for t in stages), 4),
+            "blocks_per_s": round(size / median_s, 3), "frames_per_block": frames,
+            "per_npc_realtime_factor": round(per_npc_rtf, 3),
+        })
+    realtime = max((r["npcs"] for r in rows if r["per_npc_realtime_factor"] >= 1.0), default=0)
+    return {"config": config, "width": width, "height": height, "fps": fps, "torch_threads": threads,
+            "random_weights": pipeline.random_weights, "batches": rows, "realtime_npcs": realtime}
 
 
 def bench_gateway(width: int, height: int, fps: int, frames: int) -> dict:
@@ -154,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--frames", type=int, default=2000, help="frames sent in the gRPC send benchmark")
     parser.add_argument("--skip-generator", action="store_true")
+    parser.add_argument("--batches", default="1,2,4,8",
+                        help="NPCs per generator call to measure, comma-separated (empty: skip)")
+    parser.add_argument("--batch-blocks", type=int, default=4, help="timed calls per batch size")
     args = parser.parse_args(argv)
 
     results: dict = {
@@ -167,6 +221,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{gen['block_s_median']:.3f} s per block of {gen['block_frames']} frames -> "
               f"{gen['generated_fps']:.1f} fps ({gen['realtime_factor']:.2f}x real time at {gen['fps']} fps); "
               f"first block {gen['first_block_s']:.3f} s")
+        sizes = tuple(int(n) for n in args.batches.split(",") if n.strip())
+        if sizes:
+            results["batches"] = batches = bench_batches(args.config, sizes, args.batch_blocks, args.threads)
+            print(f"NPCs per call ({batches['config']} {batches['width']}x{batches['height']}, "
+                  f"{batches['torch_threads']} threads):")
+            print("  npcs  s/call  DiT s  decode s  blocks/s  per-NPC real time")
+            for row in batches["batches"]:
+                print(f"  {row['npcs']:4d}  {row['call_s_median']:6.3f}  {row['dit_s_median']:5.3f}  "
+                      f"{row['decode_s_median']:8.3f}  {row['blocks_per_s']:8.2f}  {row['per_npc_realtime_factor']:6.2f}x")
+            print(f"  one worker keeps {batches['realtime_npcs']} NPCs (of the sizes measured) in real time")
     results["gateway"] = gw = bench_gateway(512, 512, 20, args.frames)
     print(f"gateway CPU per 512x512 frame: {gw['total_with_send_ms']:.3f} ms (Opus decode {gw['opus_decode_ms']:.3f}"
           f" + JPEG encode {gw['jpeg_encode_ms']:.3f} + gRPC send {gw['grpc_send_ms']:.3f}); "

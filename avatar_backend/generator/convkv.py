@@ -239,21 +239,25 @@ class ConvKVMemory:
         device: torch.device | str = "cpu",
         dtype: torch.dtype | str | None = None,
         batch_size: int = 1,
+        head_shards: int = 1,
     ) -> "ConvKVMemory":
         dit, sampler = model_config.dit, model_config.sampler
         return cls.allocate_for(
             dit, sampler, model_config.frame_tokens(width, height), device=device,
-            dtype=_dtype(dtype or model_config.dtype), batch_size=batch_size,
+            dtype=_dtype(dtype or model_config.dtype), batch_size=batch_size, head_shards=head_shards,
         )
 
     @classmethod
     def allocate_for(
         cls, dit: DiTConfig, sampler: SamplerConfig, frame_tokens: int, *,
         device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, batch_size: int = 1,
+        head_shards: int = 1,
     ) -> "ConvKVMemory":
-        """Zero-filled caches; blocks 0 and 1 overwrite every slot before it is read."""
+        """Zero-filled caches; blocks 0 and 1 overwrite every slot before it is read. With ``head_shards`` N,
+        one sequence-parallel rank's share: num_heads / N heads."""
         layout = SlotLayout.from_config(sampler, dit)
-        shape = (dit.num_layers, batch_size, layout.slots * frame_tokens, dit.num_heads, dit.head_dim)
+        heads = dit.num_heads // head_shards
+        shape = (dit.num_layers, batch_size, layout.slots * frame_tokens, heads, dit.head_dim)
 
         def step() -> StepCache:
             zeros = torch.zeros(shape, device=device, dtype=dtype)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .config import DiTConfig
 from .convkv import CacheWrite, StepCache
+from .parallel import SequenceParallel
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -175,6 +176,7 @@ class WanSelfAttention(nn.Module):
         write: CacheWrite,
         rope_q: tuple[Tensor, Tensor],
         rope_k: tuple[Tensor, Tensor],
+        parallel: SequenceParallel | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         batch, tokens, dim = x.shape
         if k_cache.shape[0] != batch:
@@ -183,14 +185,23 @@ class WanSelfAttention(nn.Module):
         q = self.norm_q(self.q(x)).view(split)
         k = self.norm_k(self.k(x)).view(split)
         v = self.v(x).view(split)
+        k_conv, v_conv = self.memory_proj_k.weight, self.memory_proj_v.weight
+        if parallel is not None:
+            # Ulysses: from here on this rank has every token of the block, for its heads only.
+            q, k, v = parallel.scatter_heads(q), parallel.scatter_heads(k), parallel.scatter_heads(v)
+            heads = parallel.local_heads(self.num_heads)
+            channels = slice(heads.start * self.head_dim, heads.stop * self.head_dim)
+            k_conv, v_conv = k_conv[channels], v_conv[channels]
 
         # The cache keeps post-norm, pre-RoPE keys: compression and RoPE both run on the stored values.
-        k_cache, v_cache = write.apply(k_cache, v_cache, k, v, self.memory_proj_k.weight, self.memory_proj_v.weight)
+        k_cache, v_cache = write.apply(k_cache, v_cache, k, v, k_conv, v_conv)
         visible = write.end_frame * write.frame_tokens
         keys = apply_rope(k_cache[:, :visible].to(q.dtype), *rope_k)
         values = v_cache[:, :visible].to(q.dtype)
 
         out = attention(apply_rope(q, *rope_q), keys, values)
+        if parallel is not None:
+            out = parallel.gather_heads(out)
         return self.o(out.reshape(batch, tokens, dim)), k_cache, v_cache
 
 
@@ -291,12 +302,15 @@ class WanAttentionBlock(nn.Module):
         write: CacheWrite,
         rope_q: tuple[Tensor, Tensor],
         rope_k: tuple[Tensor, Tensor],
+        parallel: SequenceParallel | None = None,
+        first_frame: int = 0,
     ) -> tuple[Tensor, Tensor, Tensor]:
+        """``x`` holds the block's latent frames from ``first_frame`` on (all of them without ``parallel``)."""
         modulation = self.modulation.float() + e0.float()
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = modulation.chunk(6, dim=1)
 
         out, k_cache, v_cache = self.self_attn(
-            modulate(self.norm1(x), shift_sa, scale_sa), k_cache, v_cache, write, rope_q, rope_k
+            modulate(self.norm1(x), shift_sa, scale_sa), k_cache, v_cache, write, rope_q, rope_k, parallel
         )
         x = x + out * gate_sa.to(out.dtype)
 
@@ -305,7 +319,7 @@ class WanAttentionBlock(nn.Module):
 
         if audio_tokens is not None:
             audio_out = self.audio_cross_attn(self.norm_x(x), audio_tokens)
-            if write.start_frame == 0:
+            if write.start_frame + first_frame == 0:
                 # Latent frame 0 is the reference image: it gets no audio.
                 first, rest = audio_out.split([write.frame_tokens, audio_out.shape[1] - write.frame_tokens], dim=1)
                 audio_out = torch.cat([torch.zeros_like(first), rest], dim=1)
@@ -509,6 +523,7 @@ class WanModel(nn.Module):
         clip_fea: Tensor | None = None,
         audio_tokens: Tensor | None = None,
         functional: bool | None = None,
+        parallel: SequenceParallel | None = None,
     ) -> DiTOutput:
         """Velocity for one block at one timestep, reading and updating one step cache.
 
@@ -520,6 +535,8 @@ class WanModel(nn.Module):
         Conditioning: a ``context`` from :meth:`encode_context`, or raw ``text`` and ``clip_fea``.
         ``audio_tokens`` from :meth:`audio_tokens` for the whole window, or None to skip audio attention.
         ``functional`` builds a new cache instead of writing in place; by default it follows grad mode.
+        With ``parallel``, this rank computes its share of the block's frames and holds its heads' shard of the
+        cache (see :mod:`.parallel`); every rank returns the whole velocity.
         """
         if functional is None:
             functional = torch.is_grad_enabled()
@@ -532,12 +549,14 @@ class WanModel(nn.Module):
         frames, rows, cols = x.shape[2:]
         x = x.flatten(2).transpose(1, 2)  # [B, frames * rows * cols, dim], (frame, row, col) raster order
         frame_tokens = rows * cols
+        local = slice(0, frames) if parallel is None else parallel.local_frames(frames)
+        x = x[:, local.start * frame_tokens : local.stop * frame_tokens]
 
         e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, timestep).to(self.dtype))
         e0 = self.time_projection(e).unflatten(1, (6, self.config.dim))
 
         if audio_tokens is not None:
-            audio_tokens = audio_tokens[:, start_frame : start_frame + frames].to(self.dtype)
+            audio_tokens = audio_tokens[:, start_frame + local.start : start_frame + local.stop].to(self.dtype)
 
         write = CacheWrite(cache.layout, frame_tokens, start_frame, frames, compress, inplace=not functional)
         # RoPE reset: queries sit at the block's window frames, keys at their slot indices 0..end_frame-1.
@@ -552,14 +571,17 @@ class WanModel(nn.Module):
                 cross_kv = block.cross_attn.context_kv(context.text, context.image)
             x, k_layer, v_layer = block(
                 x, e0, cross_kv=cross_kv, audio_tokens=audio_tokens, k_cache=cache.k[index], v_cache=cache.v[index],
-                write=write, rope_q=rope_q, rope_k=rope_k,
+                write=write, rope_q=rope_q, rope_k=rope_k, parallel=parallel, first_frame=local.start,
             )
             new_k.append(k_layer)
             new_v.append(v_layer)
         if functional:
             cache = StepCache(torch.stack(new_k), torch.stack(new_v), cache.layout)
 
-        return DiTOutput(self.unpatchify(self.head(x, e), (frames, rows, cols)), cache)
+        out = self.head(x, e)
+        if parallel is not None:
+            out = parallel.gather_tokens(out)
+        return DiTOutput(self.unpatchify(out, (frames, rows, cols)), cache)
 
     def unpatchify(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:
         """[B, tokens, pt*ph*pw*out_dim] -> [B, out_dim, frames*pt, rows*ph, cols*pw]; channel is the fastest index."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from .convkv import ConvKVMemory, SlotLayout, cache_bytes
 from .dit import CrossAttentionContext, WanModel
 from .image_encoder import build_image_encoder
 from .memory import NpcMemory, memory_layout_name
+from .parallel import SequenceParallel
 from .runner import BlockInput
 from .sampler import BatchNoise, GeneratorNoise, denoise_block
 from .schedule import StreamSchedule
@@ -88,9 +90,14 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
 
 class LiveActPipeline:
     def __init__(self, config: ModelConfig, modules: dict[str, torch.nn.Module], *, device: str,
-                 random_weights: bool, weights_sha256: str = ""):
+                 random_weights: bool, weights_sha256: str = "", parallel: SequenceParallel | None = None):
         self.config = config
         self.device = device
+        # Sequence parallelism: this rank's place among the ranks that run each DiT call together. Every rank
+        # holds its heads' shard of each NPC's ConvKV caches; all of them draw the same noise and decode.
+        self.parallel = parallel
+        if parallel is not None:
+            parallel.check(config.dit.num_heads, config.sampler.block_sizes)
         self.random_weights = random_weights
         self.weights_sha256 = weights_sha256
         self.dit: WanModel = modules["dit"]
@@ -104,12 +111,14 @@ class LiveActPipeline:
         # Recorded in every NPC memory: caches made under another grouping must not be continued under this one.
         self.memory_layout = memory_layout_name(self.layout)
         self._schedules: dict[tuple[int, int], StreamSchedule] = {}
+        # Seconds of the last generate_blocks call by stage (audio features, DiT steps, decode), for benchmarks.
+        self.last_timings: dict[str, float] = {}
 
     # -- construction ---------------------------------------------------------------------------------------
 
     @classmethod
     def from_config(cls, config: ModelConfig | str | Path, weights: str | Path | None = None,
-                    device: str = "cpu") -> "LiveActPipeline":
+                    device: str = "cpu", parallel: SequenceParallel | None = None) -> "LiveActPipeline":
         if not isinstance(config, ModelConfig):
             config = load_model_config(config)
         dtype = getattr(torch, config.dtype)
@@ -131,7 +140,8 @@ class LiveActPipeline:
             sha = _load_weights(modules, Path(weights), config)
         for name, module in modules.items():
             module.to(device=device, dtype=dtype if name == "dit" else torch.float32).eval().requires_grad_(False)
-        pipeline = cls(config, modules, device=device, random_weights=weights is None, weights_sha256=sha)
+        pipeline = cls(config, modules, device=device, random_weights=weights is None, weights_sha256=sha,
+                       parallel=parallel)
         # One-time costs (decoder cache shapes, lazy torch imports) here rather than in the first session.
         pipeline.vae.init_decoder_state(config.width, config.height, device="meta")
         return pipeline
@@ -233,7 +243,8 @@ class LiveActPipeline:
         return NpcMemory(
             npc_id=npc_id, character_id=character_id, model_name=self.config.name, width=width, height=height,
             fps=fps, seed=seed, memory_layout=self.memory_layout,
-            convkv=ConvKVMemory.allocate(self.config, width, height, device=self.device, dtype=dtype),
+            convkv=ConvKVMemory.allocate(self.config, width, height, device=self.device, dtype=dtype,
+                                         head_shards=self.parallel.world_size if self.parallel else 1),
             decoder=self.vae.init_decoder_state(width, height, device=self.device),
             audio_tail=torch.zeros(self.audio_tail_frames(fps) * self.samples_per_frame(fps), device=self.device),
             noise_state=GeneratorNoise(seed).get_state())
@@ -287,6 +298,7 @@ class LiveActPipeline:
         plan = schedule.block(first.blocks_generated)   # the layout every NPC of the batch shares
         spf = self.samples_per_frame(first.fps)
 
+        started = time.perf_counter()
         # Audio: per NPC, features of [tail | the block's audio | look-ahead], indexed from the tail's first frame.
         windows, pcms = [], []
         for item in inputs:
@@ -298,6 +310,7 @@ class LiveActPipeline:
             windows.append(block_audio_window(features, first_frame, own_plan, schedule.audio_radius))
             pcms.append(pcm)
 
+        audio_done = time.perf_counter()
         single = len(inputs) == 1
         convkv = first.convkv if single else ConvKVMemory.stack([m.convkv for m in memories])
         noises = [GeneratorNoise(m.seed) for m in memories]
@@ -308,10 +321,14 @@ class LiveActPipeline:
             self.dit, convkv, plan, y=torch.cat([item.conditioning.y for item in inputs]),
             context=CrossAttentionContext.batch(contexts), audio_window=torch.cat(windows).to(self.dit.dtype),
             noise=noises[0] if single else BatchNoise(noises), sampler=self.config.sampler, functional=False,
+            parallel=self.parallel,
         )
+        dit_done = time.perf_counter()
         decoder = first.decoder if single else CausalCache.stack([m.decoder for m in memories])
         video = self.vae.decode_stream(result.x0.float(), decoder)
         frames = frames_to_uint8(video).cpu().numpy()     # [B, T, H, W, 3]
+        self.last_timings = {"audio_s": audio_done - started, "dit_s": dit_done - audio_done,
+                             "decode_s": time.perf_counter() - dit_done}
 
         # Advance the memories. A single NPC's caches were updated in place; a batch's are written back now. The
         # decoder state, audio tail and noise state are replaced by tensors of the same shapes, so a memory's

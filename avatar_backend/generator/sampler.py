@@ -22,6 +22,7 @@ from torch import Tensor
 from .config import SamplerConfig
 from .convkv import ConvKVMemory
 from .dit import CrossAttentionContext, WanModel
+from .parallel import SequenceParallel
 from .schedule import BlockLayout
 
 
@@ -110,6 +111,7 @@ def denoise_block(
     noise: NoiseSource,
     sampler: SamplerConfig,
     functional: bool | None = None,
+    parallel: SequenceParallel | None = None,
 ) -> BlockResult:
     """Generate one block: draw its initial noise, run the denoising steps, return x0 and the updated memory.
 
@@ -117,7 +119,7 @@ def denoise_block(
     row per stream of the batch (``memory`` has as many rows). ``audio_window`` [B, 53, 5, layers, ch] is the
     block's audio; None turns audio attention off altogether,
     which is not the same as silence (silent audio still has non-zero features and tokens).
-    ``functional`` as in :meth:`WanModel.forward`.
+    ``functional`` and ``parallel`` as in :meth:`WanModel.forward` (every rank draws the same noise).
     """
     if functional is None:
         functional = torch.is_grad_enabled()
@@ -143,7 +145,7 @@ def denoise_block(
         def call(cache, tokens):
             return model(
                 latent, timestep, y_block, cache=cache, start_frame=plan.window_start, compress=plan.update_cache,
-                context=context, audio_tokens=tokens, functional=functional,
+                context=context, audio_tokens=tokens, functional=functional, parallel=parallel,
             )
 
         velocity, steps[i] = call(steps[i], audio_tokens if use_audio else None)

@@ -26,7 +26,8 @@ class FakeModel:
     def audio_tokens(self, window):
         return window.mean() * torch.ones(1, 14, 2, 3) + 1.0  # zero audio still gives non-zero tokens
 
-    def __call__(self, latent, timestep, y, *, cache, start_frame, compress, context, audio_tokens, functional):
+    def __call__(self, latent, timestep, y, *, cache, start_frame, compress, context, audio_tokens, functional,
+                 parallel=None):
         self.calls.append(
             dict(t=float(timestep), cache=cache, audio=audio_tokens, start=start_frame, compress=compress)
         )

@@ -1,0 +1,98 @@
+"""Sequence parallelism on 2 CPU processes (gloo): the same latents and frames as one process, over 6 blocks
+(so the ConvKV memory is compressed four times), for both memory groupings, with head-sharded caches."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+
+from avatar_backend.generator.config import get_config
+from avatar_backend.generator.parallel import SequenceParallel
+from avatar_backend.generator.pipeline import LiveActPipeline
+from avatar_backend.store import CharacterRecord
+
+SIZE, FPS, BLOCKS = 64, 20, 6
+# Ranks multiply smaller matrices in another order: float32 rounding, nothing more.
+LATENT_TOLERANCE = 1e-5     # measured: 1.5e-7
+
+
+def config(grouping: str):
+    tiny = get_config("tiny")
+    return dataclasses.replace(tiny, sampler=dataclasses.replace(tiny.sampler, memory_grouping=grouping))
+
+
+def run_stream(pipeline: LiveActPipeline) -> tuple[list[np.ndarray], list[torch.Tensor]]:
+    """BLOCKS blocks of one NPC talking; its frames and the latents each block decoded."""
+    latents = []
+    decode = pipeline.vae.decode_stream
+
+    def recording_decode(x, state, *args):
+        latents.append(x.clone())
+        return decode(x, state, *args)
+
+    pipeline.vae.decode_stream = recording_decode
+    image = Image.new("RGB", (80, 96), (170, 120, 95))
+    image.paste((60, 30, 30), (25, 55, 55, 70))
+    png = io.BytesIO()
+    image.save(png, "PNG")
+    character = pipeline.prepare_character(CharacterRecord("villager", "a villager talking"), png.getvalue(),
+                                           SIZE, SIZE)
+    memory = pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=9)
+    t = np.arange(16000 * 12) / 16000
+    voice = (0.3 * np.sin(2 * np.pi * 200 * t) * (np.sin(2 * np.pi * 2 * t) > 0)).astype(np.float32)
+    frames = []
+    for _ in range(BLOCKS):
+        consume, lookahead = pipeline.block_audio_samples(memory)
+        start = memory.timeline_samples
+        frames.append(pipeline.generate_block(memory, character, voice[start:start + consume + lookahead]))
+    return frames, latents
+
+
+def rank_main(rank: int, world: int, init_method: str, grouping: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+    try:
+        pipeline = LiveActPipeline.from_config(config(grouping), parallel=SequenceParallel.from_process_group())
+        frames, latents = run_stream(pipeline)
+        step0 = pipeline.new_memory("x", "villager", SIZE, SIZE, FPS, seed=0).convkv.steps[0]
+        torch.save({"frames": frames, "latents": latents, "cache_heads": step0.k.shape[3]}, f"{out}.rank{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("grouping", ["single-device", "two-device"])
+def test_two_ranks_make_the_stream_of_one(grouping, tmp_path: Path):
+    out = str(tmp_path / "ranks")
+    mp.spawn(rank_main, args=(2, f"tcp://127.0.0.1:{free_port()}", grouping, out), nprocs=2)
+    ranks = [torch.load(f"{out}.rank{r}", weights_only=False) for r in range(2)]
+
+    torch.set_num_threads(2)
+    alone = LiveActPipeline.from_config(config(grouping))
+    frames, latents = run_stream(alone)
+    heads = alone.config.dit.num_heads
+    for rank in ranks:
+        assert rank["cache_heads"] == heads // 2, "each rank holds half of the heads' caches"
+        assert len(rank["latents"]) == BLOCKS
+        for block, (want, got) in enumerate(zip(latents, rank["latents"])):
+            error = (got - want).abs().max().item() / want.abs().max().item()
+            assert error <= LATENT_TOLERANCE, f"block {block}: relative error {error:.2e}"
+        for want, got in zip(frames, rank["frames"]):
+            assert got.shape == want.shape
+            assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    # The ranks' streams are not trivially equal: the voice moves the frames from block to block.
+    assert not np.array_equal(frames[3], frames[4][: frames[3].shape[0]])
