@@ -20,7 +20,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", default="tiny", metavar="NAME", help="model config name or JSON file (default tiny)"
     )
     parser.add_argument(
-        "--device", default="cpu", metavar="DEVICE", help="where the generator runs: cpu, cuda, cuda:N (default cpu)"
+        "--device", "--devices", dest="device", default="cpu", metavar="DEVICE",
+        help="where the generator runs: cpu, cuda, cuda:N (default cpu); several, comma-separated (cuda:0,cuda:1), "
+        "run every block sequence-parallel on all of them, one process per device"
     )
     parser.add_argument(
         "--weights", metavar="FILE", help="model weights file (safetensors), or 'random' for untrained weights "

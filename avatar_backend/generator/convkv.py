@@ -284,7 +284,8 @@ class ConvKVMemory:
     def batch_size(self) -> int:
         return self.steps[0].batch_size
 
-    def _caches(self) -> list[StepCache]:
+    def caches(self) -> list[StepCache]:
+        """Every step cache, the audio-free CFG branch's after the others, in a fixed order."""
         return [*self.steps, *(self.null_audio[i] for i in sorted(self.null_audio))]
 
     @classmethod
@@ -308,7 +309,7 @@ class ConvKVMemory:
         row = 0
         for memory in memories:
             rows = slice(row, row + memory.batch_size)
-            for batched, own in zip(self._caches(), memory._caches()):
+            for batched, own in zip(self.caches(), memory.caches()):
                 own.k.copy_(batched.k[:, rows])
                 own.v.copy_(batched.v[:, rows])
             row = rows.stop

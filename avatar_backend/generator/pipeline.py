@@ -236,18 +236,37 @@ class LiveActPipeline:
 
     # -- NPC memories ---------------------------------------------------------------------------------------
 
+    def allocate_convkv(self, width: int, height: int, *, whole_on_host: bool = False) -> ConvKVMemory:
+        """Zeroed ConvKV caches of one NPC: this rank's head shard on its device, or all heads on the host."""
+        shards = 1 if whole_on_host or self.parallel is None else self.parallel.world_size
+        return ConvKVMemory.allocate(self.config, width, height, device="cpu" if whole_on_host else self.device,
+                                     dtype=getattr(torch, self.config.dtype), head_shards=shards)
+
     def new_memory(self, npc_id: str, character_id: str, width: int, height: int, fps: int,
-                   seed: int) -> NpcMemory:
+                   seed: int, *, whole_on_host: bool = False) -> NpcMemory:
+        """A fresh NPC memory, live on this rank (its shard of the caches), or whole on the host (parked)."""
         self.check_format(width, height, fps)
-        dtype = getattr(torch, self.config.dtype)
+        device = "cpu" if whole_on_host else self.device
         return NpcMemory(
             npc_id=npc_id, character_id=character_id, model_name=self.config.name, width=width, height=height,
             fps=fps, seed=seed, memory_layout=self.memory_layout,
-            convkv=ConvKVMemory.allocate(self.config, width, height, device=self.device, dtype=dtype,
-                                         head_shards=self.parallel.world_size if self.parallel else 1),
-            decoder=self.vae.init_decoder_state(width, height, device=self.device),
-            audio_tail=torch.zeros(self.audio_tail_frames(fps) * self.samples_per_frame(fps), device=self.device),
+            convkv=self.allocate_convkv(width, height, whole_on_host=whole_on_host),
+            decoder=self.vae.init_decoder_state(width, height, device=device),
+            audio_tail=torch.zeros(self.audio_tail_frames(fps) * self.samples_per_frame(fps), device=device),
             noise_state=GeneratorNoise(seed).get_state())
+
+    # One rank: a live memory is the whole memory on this device; parking moves it to the host.
+    def activate(self, memory: NpcMemory) -> NpcMemory:
+        return memory.to(self.device)
+
+    def park(self, memory: NpcMemory) -> NpcMemory:
+        return memory.to("cpu")
+
+    def host_copy(self, memory: NpcMemory) -> NpcMemory:
+        return memory.host_copy()
+
+    def discard(self, memory: NpcMemory) -> None:
+        pass
 
     def block_audio_samples(self, memory: NpcMemory) -> tuple[int, int]:
         """(16 kHz samples the next block covers, samples of look-ahead after them it reads)."""
@@ -324,6 +343,10 @@ class LiveActPipeline:
             parallel=self.parallel,
         )
         dit_done = time.perf_counter()
+        if self.parallel is not None and self.parallel.rank != 0:
+            # A follower rank: the DiT's share is done; rank 0 decodes and keeps the decoder states.
+            self._advance(inputs, pcms, noises)
+            return []
         decoder = first.decoder if single else CausalCache.stack([m.decoder for m in memories])
         video = self.vae.decode_stream(result.x0.float(), decoder)
         frames = frames_to_uint8(video).cpu().numpy()     # [B, T, H, W, 3]
@@ -331,22 +354,27 @@ class LiveActPipeline:
                              "decode_s": time.perf_counter() - dit_done}
 
         # Advance the memories. A single NPC's caches were updated in place; a batch's are written back now. The
-        # decoder state, audio tail and noise state are replaced by tensors of the same shapes, so a memory's
+        # decoder states, audio tails and noise states are replaced by tensors of the same shapes, so a memory's
         # size never changes.
         if not single:
             convkv.scatter_into([m.convkv for m in memories])
-        decoders = [decoder] if single else decoder.unstack()
-        for item, pcm, noise, own_decoder, own_frames in zip(inputs, pcms, noises, decoders, frames):
+        if not single:
+            for memory, own_decoder in zip(memories, decoder.unstack()):
+                memory.decoder = own_decoder
+        self._advance(inputs, pcms, noises)
+        return list(frames)
+
+    def _advance(self, inputs: Sequence[BlockInput], pcms: list[torch.Tensor], noises: list[GeneratorNoise]) -> None:
+        """Move each memory's stream state past the block just made (the caches are written already)."""
+        for item, pcm, noise in zip(inputs, pcms, noises):
             memory = item.memory
             consume, lookahead = self.block_audio_samples(memory)
-            memory.decoder = own_decoder
             memory.audio_tail = pcm[: pcm.shape[0] - lookahead][-memory.audio_tail.shape[0]:].clone()
             memory.noise_state = noise.get_state()
             memory.blocks_generated += 1
-            memory.frames_generated += own_frames.shape[0]
+            memory.frames_generated += self.config.frames_per_block(memory.blocks_generated - 1)
             memory.timeline_samples += consume
             memory.updated_unix_ms = now_ms()
-        return list(frames)
 
 
 def weights_config(path: str | Path) -> ModelConfig | None:

@@ -40,10 +40,24 @@ class GeneratorRunner(Protocol):
         """The conditioning of a character at a frame size; ValueError when it cannot be used."""
 
     def new_memory(self, npc_id: str, character_id: str, width: int, height: int, fps: int, seed: int) -> Any:
-        """A fresh NPC memory; ValueError for an unsupported format."""
+        """A fresh NPC memory, live; ValueError for an unsupported format."""
 
     def memory_bytes(self, width: int, height: int) -> int:
         """One NPC's memory at a size, known before allocation."""
+
+    # A memory is live (on the generator's device or devices) between activate and park or discard, and whole
+    # on the host otherwise; snapshots are taken with host_copy.
+    def activate(self, memory: Any) -> Any:
+        """A parked memory goes live; returns it."""
+
+    def park(self, memory: Any) -> Any:
+        """A live memory goes back to the host, whole; returns it."""
+
+    def host_copy(self, memory: Any) -> Any:
+        """A whole copy on the host that later blocks do not change (what a snapshot is written from)."""
+
+    def discard(self, memory: Any) -> None:
+        """Forget a live memory without parking it (its NPC goes back to its last snapshot)."""
 
     def block_audio_samples(self, memory: Any) -> tuple[int, int]:
         """(16 kHz samples the memory's next block covers, samples of look-ahead it reads after them)."""

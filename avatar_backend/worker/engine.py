@@ -28,7 +28,7 @@ from avatar_backend.store import DataDir
 
 from .characters import CharacterCache
 from .config import WorkerConfig
-from .executor import Executor
+from .executor import Executor, ExecutorLost
 from .memory_pool import MemoryCodec, MemoryPool
 from .requests import RequestHandler
 from .scheduler import BlockPlan, Scheduler, SessionState
@@ -67,6 +67,7 @@ class Engine:
         self.requests = RequestHandler(self)
         self._stopping = False
         self.gateway_gone = False
+        self.executor_lost = ""                    # why the executor's other ranks are gone ("" while they are not)
 
     # -- loop -------------------------------------------------------------------------------------------------
 
@@ -79,6 +80,7 @@ class Engine:
         return self._stopping
 
     def run(self) -> int:
+        """The loop, until asked to stop; 0, or 3 when the executor lost a rank (the worker must restart)."""
         self.telemetry.samples()  # start NVML now, not inside the first session's first block
         log.info("worker ready: model %s on %s (pid %d)", self.runner.config.name, self.runner.device, os.getpid())
         last_parent_check = 0.0
@@ -86,6 +88,9 @@ class Engine:
             while not self._stopping:
                 try:
                     self.step()
+                except ExecutorLost as err:
+                    self._lose_executor(str(err))
+                    break
                 except Exception:
                     # Requests and blocks handle their own errors; this is a bug around them. Keep serving
                     # the other sessions rather than lose every NPC's unsaved progress.
@@ -103,7 +108,21 @@ class Engine:
         finally:
             self.save_everything()
             self.executor.shutdown()
-        return 0
+        return 3 if self.executor_lost else 0
+
+    def _lose_executor(self, reason: str) -> None:
+        """A rank is gone: live memories (split over the ranks) are lost since their last snapshots; parked
+        ones are saved on the way out. The gateway restarts the worker."""
+        self.executor_lost = reason
+        log.error("the worker lost a rank (%s); exiting so that it is restarted", reason)
+        self.executor.lost()
+        for session_id in list(self.scheduler.sessions):
+            self.scheduler.close_session(session_id)
+            self.link.emit(worker_pb2.FromWorker(error=worker_pb2.WorkerError(
+                session_id=session_id, code="UNAVAILABLE", message=f"the generator lost a device: {reason}")))
+        dropped = self.pool.drop_live()
+        if dropped:
+            log.error("NPCs back at their last snapshots: %s", ", ".join(dropped))
 
     def step(self) -> None:
         """One turn of the loop: take every waiting message, then run at most one batch."""
@@ -114,6 +133,7 @@ class Engine:
             self.handle(msg, payloads)
             if self._stopping:
                 return
+        self.executor.check()
         self.run_next_batch()
         self.pool.snapshot_due()  # between batches; the file is written in the background
 
@@ -156,6 +176,7 @@ class Engine:
         try:
             self._run(plans)
         except Exception as err:
+            self.executor.check()  # a rank that died mid-batch: not the sessions' failure
             if len(plans) == 1:
                 self._fail_block(plans[0], err)
             else:

@@ -2,7 +2,7 @@
 
 The engine hands an executor the inputs of one batch and gets each NPC's frames back; it does not know how
 many processes or devices make them. :class:`InProcessExecutor` runs the generator in the engine's own process
-on one device.
+on one device; :class:`~avatar_backend.worker.ranks.RankExecutor` runs every batch on several ranks at once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ import numpy as np
 
 from avatar_backend.generator.runner import BlockInput, GeneratorRunner
 
-__all__ = ["Executor", "InProcessExecutor"]
+__all__ = ["Executor", "ExecutorLost", "InProcessExecutor"]
+
+
+class ExecutorLost(RuntimeError):
+    """Part of the executor (another rank) is gone: the worker cannot go on and exits; it is restarted."""
 
 
 class Executor(Protocol):
@@ -23,6 +27,12 @@ class Executor(Protocol):
     def execute(self, inputs: Sequence[BlockInput]) -> list[np.ndarray]:
         """Each NPC's next block (uint8 [T, H, W, 3]); advances their memories. A batch of more than one NPC
         that raises leaves their memories as they were."""
+
+    def check(self) -> None:
+        """Between batches: ExecutorLost when part of the executor is gone."""
+
+    def lost(self) -> None:
+        """After ExecutorLost: forget what only the lost part held (live memories' shards)."""
 
     def shutdown(self) -> None:
         """Stop whatever the executor started (other ranks)."""
@@ -36,6 +46,12 @@ class InProcessExecutor:
 
     def execute(self, inputs: Sequence[BlockInput]) -> list[np.ndarray]:
         return self.runner.generate_blocks(inputs)
+
+    def check(self) -> None:
+        pass
+
+    def lost(self) -> None:
+        pass
 
     def shutdown(self) -> None:
         pass

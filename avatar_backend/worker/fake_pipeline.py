@@ -144,6 +144,18 @@ class FakePipeline:
                           height=height, fps=fps, seed=seed,
                           state=np.zeros(self.memory_bytes(width, height), dtype=np.uint8))
 
+    def activate(self, memory: FakeMemory) -> FakeMemory:
+        return memory
+
+    def park(self, memory: FakeMemory) -> FakeMemory:
+        return memory
+
+    def host_copy(self, memory: FakeMemory) -> FakeMemory:
+        return memory.host_copy()
+
+    def discard(self, memory: FakeMemory) -> None:
+        pass
+
     def block_audio_samples(self, memory: FakeMemory) -> tuple[int, int]:
         per_frame = MODEL_SAMPLE_RATE // memory.fps
         return self.config.frames_per_block(memory.blocks_generated) * per_frame, LOOKAHEAD_FRAMES * per_frame

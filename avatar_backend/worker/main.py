@@ -26,7 +26,7 @@ from avatar_backend.store import (
 
 from .config import WorkerConfig
 from .engine import Engine
-from .executor import InProcessExecutor
+from .executor import Executor, InProcessExecutor
 from .link import WorkerLink
 from .memory_pool import MemoryCodec
 from .process import RANDOM_WEIGHTS
@@ -44,31 +44,72 @@ FAKE_PIPELINE_ENV = "AVATAR_FAKE_PIPELINE"
 # ---------------------------------------------------------------------------------------------------------
 
 
-def build_runner(model_config: str, weights: str | None, device: str) -> tuple[Any, MemoryCodec]:
-    """The generator and its snapshot codec (the numpy stand-in when AVATAR_FAKE_PIPELINE=1, tests only)."""
+def _weights_file(model_config: str, weights: str | None) -> str | None:
+    """``--weights`` resolved: the config's shipped weights by default, None for random ones."""
+    from avatar_backend.generator.pipeline import shipped_weights
+
+    if weights is None:
+        found = shipped_weights(model_config)
+        return str(found) if found else None
+    return None if weights == RANDOM_WEIGHTS else weights
+
+
+def build_executor(config: WorkerConfig) -> tuple[Executor, MemoryCodec]:
+    """The executor of this worker's devices and the snapshot codec (the numpy stand-in generator when
+    AVATAR_FAKE_PIPELINE=1, tests only). Several devices: this process becomes rank 0 and starts the others."""
     if os.environ.get(FAKE_PIPELINE_ENV) == "1":
         from .fake_pipeline import FakePipeline
 
         log.warning("%s=1: running the TEST-ONLY fake pipeline, not the generator", FAKE_PIPELINE_ENV)
-        return FakePipeline.from_config(model_config, weights, device), FakePipeline.codec
+        return InProcessExecutor(FakePipeline.from_config(config.model_config, config.weights, config.device)), \
+            FakePipeline.codec
     from avatar_backend.generator.memory import NpcMemory, read_memory_header
-    from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights
+    from avatar_backend.generator.pipeline import LiveActPipeline
 
-    if weights is None:
-        weights = shipped_weights(model_config)
-    elif weights == RANDOM_WEIGHTS:
-        weights = None
-    pipeline = LiveActPipeline.from_config(model_config, weights=weights, device=device)
-    return pipeline, MemoryCodec(load=NpcMemory.load, read_header=read_memory_header)
+    from .ranks import LeaderRunner, RankExecutor, RankGroup, parse_devices
+
+    codec = MemoryCodec(load=NpcMemory.load, read_header=read_memory_header)
+    devices = parse_devices(config.device)
+    weights = _weights_file(config.model_config, config.weights)
+    if len(devices) == 1:
+        return InProcessExecutor(LiveActPipeline.from_config(config.model_config, weights, devices[0])), codec
+    model_args = ["--config", config.model_config, "--device", config.device, "--weights", weights or RANDOM_WEIGHTS,
+                  "--log-level", logging.getLevelName(logging.getLogger().level)]
+    group = RankGroup(devices, model_args)
+    pipeline = LiveActPipeline.from_config(config.model_config, weights, devices[0], parallel=group.parallel)
+    return RankExecutor(LeaderRunner(pipeline, group)), codec
 
 
-def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
+def build_runner(model_config: str, weights: str | None, device: str) -> tuple[Any, MemoryCodec]:
+    """The generator of one device and its snapshot codec."""
+    executor, codec = build_executor(WorkerConfig(endpoint="", model_config=model_config, weights=weights,
+                                                  device=device))
+    return executor.runner, codec
+
+
+def follow_main(args: argparse.Namespace) -> int:
+    """A follower rank (``--follow-rank R``): no link, no engine; rank 0's commands until it stops."""
+    from avatar_backend.generator.pipeline import LiveActPipeline
+
+    from .ranks import follow, parse_devices
+
+    weights = _weights_file(args.config, args.weights)
+
+    def pipeline_factory(device: str, parallel):
+        return LiveActPipeline.from_config(args.config, weights, device, parallel=parallel)
+
+    return follow(args.follow_rank, args.init_method, parse_devices(args.device), pipeline_factory, args.parent_pid)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m avatar_backend.worker",
                                      description="LiveAct generator worker (started by the gateway)")
-    parser.add_argument("--endpoint", required=True, help="ZeroMQ endpoint the gateway bound (ipc://... or tcp://...)")
+    parser.add_argument("--endpoint", help="ZeroMQ endpoint the gateway bound (ipc://... or tcp://...)")
     parser.add_argument("--config", default="tiny", help="model config name or JSON file (default: tiny)")
     parser.add_argument("--data-dir", default=None, help="data directory (characters, NPC memories)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument("--device", "--devices", dest="device", default="cpu",
+                        help="torch device, e.g. cpu or cuda:0; several, comma-separated (cuda:0,cuda:1), run each "
+                             "block sequence-parallel on all of them")
     parser.add_argument("--weights", default=None,
                         help="weights file, or 'random' (default: the config's shipped weights, random without them)")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process (the gateway) is gone")
@@ -86,9 +127,26 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
     parser.add_argument("--max-batch", type=int, default=SchedulerConfig.max_batch,
                         help="NPCs whose blocks are generated in one call at most (1: no batching)")
     parser.add_argument("--log-level", default=os.environ.get("AVATAR_WORKER_LOG_LEVEL", "INFO"))
+    # Set by rank 0 for the follower ranks it starts.
+    parser.add_argument("--follow-rank", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--init-method", default="", help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
+    parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.endpoint:
+        parser.error("--endpoint is required")
+    _configure_logging(args.log_level)
+    return _config_of(args)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _config_of(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(
         endpoint=args.endpoint, model_config=args.config,
         data_dir=Path(args.data_dir).expanduser() if args.data_dir else default_data_dir(),
@@ -101,17 +159,21 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.follow_rank:
+        _configure_logging(args.log_level)
+        return follow_main(args)
     config = parse_args(argv)
     # Connect first: the hello tells the gateway this process is up while the model loads.
     link = WorkerLink(config.endpoint)
     linger_ms = 2000  # let the last replies (Shutdown's Ack) leave before exiting
     try:
         try:
-            runner, codec = build_runner(config.model_config, config.weights, config.device)
+            executor, codec = build_executor(config)
         except Exception:
             log.exception("could not build the generator (config %s, device %s)", config.model_config, config.device)
             return 2
-        engine = Engine(config, InProcessExecutor(runner), codec, link)
+        engine = Engine(config, executor, codec, link)
         # SIGTERM: leave the loop and save every memory (SIGINT does the same through KeyboardInterrupt).
         signal.signal(signal.SIGTERM, lambda *_: engine.request_stop())
         code = engine.run()

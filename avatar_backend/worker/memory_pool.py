@@ -228,7 +228,7 @@ class MemoryPool:
         # The copy is what the loop pays for: the next block changes the memory in place, the file is written
         # from the copy while it runs.
         try:
-            frozen = entry.memory.host_copy()
+            frozen = self.pipeline.host_copy(entry.memory)
         except Exception:
             log.exception("could not copy the memory of NPC %r for its periodic snapshot (retried later)", npc_id)
             return False
@@ -248,7 +248,7 @@ class MemoryPool:
         self._settle_snapshot(npc_id)
         entry = self._live.pop(npc_id)
         entry.session_id = ""
-        entry.memory.to("cpu")  # to the host first, so the snapshot is written from there without another copy
+        self.pipeline.park(entry.memory)  # to the host first: the snapshot is written from there without a copy
         self._save(npc_id, entry)
         self._park(npc_id, entry)
         return self._state(npc_id, entry.memory, live=False, updated_ms=entry.updated_ms)
@@ -257,9 +257,20 @@ class MemoryPool:
         """The session failed: forget the live memory without saving it; the NPC goes back to its last
         snapshot (a half-generated block may have left the memory inconsistent)."""
         entry = self._live.pop(npc_id, None)
-        if entry is not None and not entry.dirty:
+        if entry is None:
+            return
+        if entry.dirty:
+            self.pipeline.discard(entry.memory)
+        else:
             entry.session_id = ""
             self._park(npc_id, entry)
+
+    def drop_live(self) -> list[str]:
+        """Forget every live memory without saving it (the ranks that held them are gone); their NPCs go back
+        to their last snapshots. Returns their ids."""
+        dropped = list(self._live)
+        self._live.clear()
+        return dropped
 
     def save_all(self) -> int:
         """Write every memory that changed since its last snapshot (shutdown). Returns how many were written."""
@@ -369,10 +380,10 @@ class MemoryPool:
                             f"resume_token does not match the memory of NPC {npc_id!r} (it changed since)")
         entry = self._resident.pop(npc_id, None)
         if entry is not None:
-            return entry.memory.to(self.pipeline.device)
+            return self.pipeline.activate(entry.memory)
         path = self.data_dir.npc_memory_path(npc_id)
         try:
-            return self.codec.load(path, self.pipeline.device)
+            return self.pipeline.activate(self.codec.load(path, "cpu"))
         except FileNotFoundError:
             raise PoolError("NOT_FOUND", f"the memory of NPC {npc_id!r} disappeared") from None
         except Exception as err:
@@ -455,7 +466,7 @@ class MemoryPool:
 
     def _park(self, npc_id: str, entry: _Entry) -> None:
         # Parked memories wait in host memory so the accelerator holds only live NPCs.
-        entry.memory.to("cpu")
+        self.pipeline.park(entry.memory)
         self._resident[npc_id] = entry
         self._resident.move_to_end(npc_id)
         self._evict()
@@ -496,10 +507,11 @@ class MemoryPool:
             height=int(h["height"]), updated_unix_ms=int(h.get("updated_unix_ms", 0)),
         )
 
-    @staticmethod
-    def _state(npc_id: str, memory: Any, *, live: bool, updated_ms: int) -> worker_pb2.NpcState:
+    def _state(self, npc_id: str, memory: Any, *, live: bool, updated_ms: int) -> worker_pb2.NpcState:
+        # A live memory may be split over ranks: its whole size is the model's figure for its frame size.
+        size = self.pipeline.memory_bytes(memory.width, memory.height) if live else memory.nbytes()
         return worker_pb2.NpcState(
-            npc_id=npc_id, character_id=memory.character_id, memory_bytes=int(memory.nbytes()),
+            npc_id=npc_id, character_id=memory.character_id, memory_bytes=int(size),
             blocks_generated=int(memory.blocks_generated), frames_generated=int(memory.frames_generated),
             live=live, resume_token=memory.resume_token(), width=int(memory.width), height=int(memory.height),
             updated_unix_ms=int(updated_ms),

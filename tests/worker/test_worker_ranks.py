@@ -1,0 +1,135 @@
+"""A worker on two devices (``--devices cpu,cpu``, gloo): the frames of a one-device worker, an NPC parked
+from two ranks and resumed on them, and a rank that dies takes the worker down so that it is restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from worker_helpers import BLOCK, BLOCK0, open_npc
+
+from avatar_backend.proto_gen import worker_pb2 as pb
+from avatar_backend.store import CharacterRecord, DataDir
+from avatar_backend.worker.link import GatewayLink, WorkerLost
+from avatar_backend.worker.process import WorkerProcess, WorkerProcessConfig
+
+pytest.importorskip("torch")
+
+SIZE = 64
+
+
+def real_character(root: Path) -> DataDir:
+    data_dir = DataDir(root).ensure()
+    image = Image.new("RGB", (80, 96), (175, 130, 100))
+    image.paste((70, 35, 35), (25, 60, 55, 72))
+    png = io.BytesIO()
+    image.save(png, "PNG")
+    data_dir.write_character(CharacterRecord("villager", "a villager talking"), png.getvalue())
+    return data_dir
+
+
+def voice(samples: int, seed: int) -> np.ndarray:
+    t = np.arange(samples) / 16000
+    rng = np.random.default_rng(seed)
+    return (0.3 * np.sin(2 * np.pi * 190 * t) * (np.sin(2 * np.pi * 3 * t) > 0)
+            + 0.01 * rng.standard_normal(samples)).astype(np.float32)
+
+
+async def talk(link: GatewayLink, data_dir: DataDir, session: str, pcm: np.ndarray, blocks: int) -> list[np.ndarray]:
+    """One session of the NPC "guard": its voice, then its first ``blocks`` blocks' frames; the session closed."""
+    queue = link.subscribe(session)
+    reply, _ = await link.request(*open_npc(data_dir, "villager", session_id=session, npc_id="guard",
+                                            character_id="villager", width=SIZE, height=SIZE), timeout=60)
+    assert reply.WhichOneof("body") == "npc_opened", reply
+    link.send(pb.ToWorker(push_audio=pb.PushAudio(session_id=session, num_samples=pcm.size)), [pcm])
+    link.send(pb.ToWorker(control=pb.Control(session_id=session, end_of_utterance=True)))
+    frames = []
+    while len(frames) < blocks:
+        item = await asyncio.wait_for(queue.get(), 60)
+        assert not isinstance(item, WorkerLost), item
+        message, payloads = item
+        if message.WhichOneof("body") == "frame_block":
+            block = message.frame_block
+            frames.append(np.frombuffer(payloads[0], np.uint8).reshape(block.num_frames, SIZE, SIZE, 3).copy())
+    closed, _ = await link.request(pb.ToWorker(close_npc=pb.CloseNpc(session_id=session)), timeout=60)
+    assert closed.npc_closed.npc.blocks_generated >= blocks
+    link.unsubscribe(session)
+    return frames
+
+
+def run_worker_stream(root: Path, devices: str) -> list[np.ndarray]:
+    data_dir = real_character(root)
+
+    async def main():
+        async with GatewayLink() as link:
+            worker = WorkerProcess(link, WorkerProcessConfig(data_dir=data_dir.root, device=devices,
+                                                             ready_timeout_s=120))
+            await worker.start()
+            try:
+                # Three blocks (compression starts at block 2), parked, resumed, two more.
+                first = await talk(link, data_dir, "s1", voice(BLOCK0 + 2 * BLOCK, 1), 3)
+                second = await talk(link, data_dir, "s2", voice(2 * BLOCK, 2), 2)
+            finally:
+                await worker.stop(timeout=60)
+            return first + second
+
+    return asyncio.run(asyncio.wait_for(main(), 300))
+
+
+def test_two_ranks_make_the_frames_of_one_and_an_npc_parks_and_resumes_across_them(tmp_path):
+    alone = run_worker_stream(tmp_path / "one", "cpu")
+    ranks = run_worker_stream(tmp_path / "two", "cpu,cpu")
+    assert [f.shape[0] for f in ranks] == [21, 32, 32, 32, 32]
+    for block, (want, got) in enumerate(zip(alone, ranks)):
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, f"block {block}"
+    # The snapshot on disk is the whole memory, whichever the number of ranks: the same file size.
+    sizes = {p.parent.parent.name: p.stat().st_size for p in tmp_path.glob("*/npcs/*.npcmem")}
+    assert len(sizes) == 2 and len(set(sizes.values())) == 1, sizes
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the follower rank through /proc")
+def test_a_rank_that_dies_takes_the_worker_down_and_it_is_restarted(tmp_path, caplog):
+    data_dir = real_character(tmp_path / "data")
+
+    async def main():
+        lost: list[str] = []
+        async with GatewayLink() as link:
+            worker = WorkerProcess(link, WorkerProcessConfig(data_dir=data_dir.root, device="cpu,cpu",
+                                                             ready_timeout_s=120, restart_backoff_s=0.1),
+                                   on_lost=lost.append)
+            await worker.start()
+            try:
+                first_pid = worker.pid
+                [follower] = _children(first_pid)
+                os.kill(follower, signal.SIGKILL)
+                for _ in range(1200):
+                    if worker.ready and worker.pid not in (0, first_pid):
+                        break
+                    await asyncio.sleep(0.1)
+                assert worker.restarts == 1 and worker.ready and worker.pid != first_pid
+                assert len(lost) == 1 and "code 3" in lost[0], lost
+                assert len(_children(worker.pid)) == 1, "the new worker has its follower rank again"
+            finally:
+                await worker.stop(timeout=60)
+
+    asyncio.run(asyncio.wait_for(main(), 300))
+    assert any("lost a rank (rank 1 (cpu) exited" in r.getMessage() for r in caplog.records)
