@@ -10,5 +10,6 @@
 - ``memory_pool``: live, resident and on-disk NPC memories.
 - ``characters``: character conditionings prepared once per size.
 - ``telemetry``: NVML device readings.
-- ``fake_pipeline``: a numpy stand-in for the generator, for tests only.
+- ``in_process``: the engine in a thread of the gateway's process (tests, embedding).
+- ``ranks``: several devices: rank 0 runs the engine, the other ranks follow it.
 """

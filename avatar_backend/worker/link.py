@@ -275,6 +275,11 @@ class GatewayLink:
         return self._endpoint or self._requested_endpoint
 
     @property
+    def context(self) -> zmq.asyncio.Context:
+        """The ZeroMQ context of the gateway's socket (a worker on an inproc endpoint must use it too)."""
+        return self._context
+
+    @property
     def connect_endpoint(self) -> str:
         """The address a worker on this host connects to."""
         return connectable_endpoint(self.endpoint)

@@ -2,12 +2,14 @@
 
 Run as ``python -m avatar_backend.worker --endpoint E --config NAME_OR_PATH --data-dir D --device DEV
 [--weights FILE] [--parent-pid PID]``; the gateway's :class:`~avatar_backend.worker.process.WorkerProcess`
-does that. ``AVATAR_FAKE_PIPELINE=1`` (tests only) swaps the generator for a numpy stand-in.
+does that. ``AVATAR_TEST_GENERATOR=FILE`` (tests) runs the generator that FILE's ``make_generator(config,
+weights, device) -> (runner, codec)`` returns instead of the model.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -36,7 +38,7 @@ __all__ = ["build_runner", "main", "parse_args"]
 
 log = logging.getLogger("avatar_backend.worker")
 
-FAKE_PIPELINE_ENV = "AVATAR_FAKE_PIPELINE"
+TEST_GENERATOR_ENV = "AVATAR_TEST_GENERATOR"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -55,14 +57,13 @@ def _weights_file(model_config: str, weights: str | None) -> str | None:
 
 
 def build_executor(config: WorkerConfig) -> tuple[Executor, MemoryCodec]:
-    """The executor of this worker's devices and the snapshot codec (the numpy stand-in generator when
-    AVATAR_FAKE_PIPELINE=1, tests only). Several devices: this process becomes rank 0 and starts the others."""
-    if os.environ.get(FAKE_PIPELINE_ENV) == "1":
-        from .fake_pipeline import FakePipeline
-
-        log.warning("%s=1: running the TEST-ONLY fake pipeline, not the generator", FAKE_PIPELINE_ENV)
-        return InProcessExecutor(FakePipeline.from_config(config.model_config, config.weights, config.device)), \
-            FakePipeline.codec
+    """The executor of this worker's devices and the snapshot codec (a test generator when AVATAR_TEST_GENERATOR
+    names its file). Several devices: this process becomes rank 0 and starts the others."""
+    test_generator = os.environ.get(TEST_GENERATOR_ENV)
+    if test_generator:
+        log.warning("%s: running the test generator %s, not the model", TEST_GENERATOR_ENV, test_generator)
+        runner, codec = _load_test_generator(test_generator)(config.model_config, config.weights, config.device)
+        return InProcessExecutor(runner), codec
     from avatar_backend.generator.memory import NpcMemory, read_memory_header
     from avatar_backend.generator.pipeline import LiveActPipeline
 
@@ -78,6 +79,16 @@ def build_executor(config: WorkerConfig) -> tuple[Executor, MemoryCodec]:
     group = RankGroup(devices, model_args)
     pipeline = LiveActPipeline.from_config(config.model_config, weights, devices[0], parallel=group.parallel)
     return RankExecutor(LeaderRunner(pipeline, group)), codec
+
+
+def _load_test_generator(path: str) -> Any:
+    spec = importlib.util.spec_from_file_location("avatar_test_generator", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{TEST_GENERATOR_ENV}: cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # before it runs: its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.make_generator
 
 
 def build_runner(model_config: str, weights: str | None, device: str) -> tuple[Any, MemoryCodec]:

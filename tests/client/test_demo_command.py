@@ -1,4 +1,4 @@
-"""`avatar-backend demo` end to end with the worker's test-only fake pipeline (seconds instead of minutes).
+"""`avatar-backend demo` end to end with the tests' stand-in generator in the worker (seconds instead of minutes).
 
 It exercises what `demo` itself does: start `serve` as a subprocess, wait for it, run `say` with espeak-ng
 speech, write the MP4 and stop the server. The real generator is covered by the end-to-end suite.
@@ -13,19 +13,19 @@ import sys
 
 import av
 import pytest
+from stand_in_generator import WORKER_ENV
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_demo_writes_a_talking_npc_video(tmp_path):
     pytest.importorskip("avatar_backend.gateway.server", reason="the gateway is not part of this checkout")
-    worker_main = pytest.importorskip("avatar_backend.worker.main", reason="the worker is not part of this checkout")
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng); the demo speaks with it")
     out = tmp_path / "npc.mp4"
     result = subprocess.run(
         [sys.executable, "-m", "avatar_backend.cli", "demo", "--out", str(out), "--text", "Hello there, traveller."],
-        env={**os.environ, worker_main.FAKE_PIPELINE_ENV: "1"},
+        env={**os.environ, **WORKER_ENV},
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,19 +1,19 @@
-"""Fixtures of the worker tests: the numpy fake pipeline, a data directory with a character, a fake clock."""
+"""Fixtures of the worker tests: the stand-in generator, a data directory with a character, a fake clock."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from stand_in_generator import StandInGenerator
 from worker_helpers import FakeClock, small_config
 
 from avatar_backend.store import CharacterRecord, DataDir
-from avatar_backend.worker.fake_pipeline import FakePipeline
 
 
 @pytest.fixture
-def pipeline() -> FakePipeline:
-    return FakePipeline(small_config())
+def pipeline() -> StandInGenerator:
+    return StandInGenerator(small_config())
 
 
 @pytest.fixture

@@ -1,14 +1,14 @@
-"""The worker loop's request handling and block output, with the fake pipeline and a recording link."""
+"""The worker loop's request handling and block output, with the stand-in generator and a recording link."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from stand_in_generator import StandInGenerator
 from worker_helpers import BLOCK, BLOCK0, LOOKAHEAD, FakeClock, open_npc
 
 from avatar_backend.proto_gen import worker_pb2 as pb
 from avatar_backend.store import CharacterRecord
-from avatar_backend.worker.fake_pipeline import FakePipeline
 from avatar_backend.worker.characters import listening_prompt
 from avatar_backend.worker.config import WorkerConfig
 from avatar_backend.worker.engine import Engine
@@ -48,7 +48,7 @@ class Harness:
         self.data_dir = data_dir
         config = WorkerConfig(endpoint="inproc://unused", data_dir=data_dir.root)
         telemetry = DeviceTelemetry(nvml_loader=_no_nvml)
-        self.worker = Engine(config, InProcessExecutor(pipeline), FakePipeline.codec, self.link, telemetry=telemetry,
+        self.worker = Engine(config, InProcessExecutor(pipeline), StandInGenerator.codec, self.link, telemetry=telemetry,
                              clock=clock)
         self.next_id = 1
 
@@ -225,7 +225,7 @@ def test_shutdown_saves_live_memories(harness, data_dir):
     assert reply.WhichOneof("body") == "ack" and harness.worker.stopping
     [(err, _)] = harness.link.take("error")
     assert err.error.code == "UNAVAILABLE"
-    header = FakePipeline.codec.read_header(data_dir.npc_memory_path("guard"))
+    header = StandInGenerator.codec.read_header(data_dir.npc_memory_path("guard"))
     assert header["blocks_generated"] == 2
 
 
@@ -316,7 +316,7 @@ def test_a_resumed_npc_whose_block_fails_goes_back_to_its_snapshot(harness, pipe
     clock.advance(1.0)
     assert harness.blocks(1) == 1
     closed = harness.request(close_npc=pb.CloseNpc(session_id="s1")).npc_closed
-    snapshot = FakePipeline.codec.load(data_dir.npc_memory_path("guard"), "cpu")
+    snapshot = StandInGenerator.codec.load(data_dir.npc_memory_path("guard"), "cpu")
     assert snapshot.blocks_generated == 1 and snapshot.state.any()
 
     real = pipeline.generate_block

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import logging
 
+from stand_in_generator import StandInGenerator
 from worker_helpers import FakeClock, open_npc
 
 from avatar_backend.proto_gen import worker_pb2 as pb
-from avatar_backend.worker.fake_pipeline import FakePipeline
-from avatar_backend.worker.log_limit import RateLimitedLog
 from avatar_backend.worker.config import WorkerConfig
 from avatar_backend.worker.engine import Engine
 from avatar_backend.worker.executor import InProcessExecutor
+from avatar_backend.worker.log_limit import RateLimitedLog
 from avatar_backend.worker.requests import INTERRUPT_LOG_INTERVAL_S
 from avatar_backend.worker.telemetry import DeviceTelemetry
 
@@ -40,7 +40,7 @@ def test_a_flood_of_interrupts_logs_one_line_per_session_per_interval(pipeline, 
     clock = FakeClock()
     link = QuietLink()
     worker = Engine(WorkerConfig(endpoint="inproc://unused", data_dir=data_dir.root), InProcessExecutor(pipeline),
-                    FakePipeline.codec, link, telemetry=DeviceTelemetry(nvml_loader=_no_nvml), clock=clock)
+                    StandInGenerator.codec, link, telemetry=DeviceTelemetry(nvml_loader=_no_nvml), clock=clock)
     for rid, session in ((1, "s1"), (2, "s2")):
         worker.handle(*open_npc(data_dir, "villager", request_id=rid, session_id=session, npc_id=f"npc-{session}",
                                 character_id="villager"))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from stand_in_generator import StandInGenerator
 
-from avatar_backend.worker.fake_pipeline import FakePipeline
 from avatar_backend.worker.memory_pool import MemoryPool, PoolError
 
 
 def test_a_memory_made_under_another_layout_is_refused_until_reset(pipeline, data_dir):
-    pool = MemoryPool(pipeline, data_dir, FakePipeline.codec)
+    pool = MemoryPool(pipeline, data_dir, StandInGenerator.codec)
     memory, _ = pool.acquire("guard", "s1", character_id="villager")
     consume, lookahead = pipeline.block_audio_samples(memory)
     pipeline.generate_block(memory, None, np.zeros(consume + lookahead, np.float32), None)

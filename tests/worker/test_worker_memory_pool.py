@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from stand_in_generator import StandInGenerator
 
-from avatar_backend.worker.fake_pipeline import FakePipeline
 from avatar_backend.worker.memory_pool import (
     MemoryCodec,
     MemoryPool,
@@ -14,11 +14,11 @@ from avatar_backend.worker.memory_pool import (
 )
 
 
-def make_pool(pipeline: FakePipeline, data_dir, budget: int = 1 << 30, codec: MemoryCodec | None = None) -> MemoryPool:
-    return MemoryPool(pipeline, data_dir, codec or FakePipeline.codec, resident_budget_bytes=budget)
+def make_pool(pipeline: StandInGenerator, data_dir, budget: int = 1 << 30, codec: MemoryCodec | None = None) -> MemoryPool:
+    return MemoryPool(pipeline, data_dir, codec or StandInGenerator.codec, resident_budget_bytes=budget)
 
 
-def talk(pipeline: FakePipeline, memory, blocks: int = 1) -> None:
+def talk(pipeline: StandInGenerator, memory, blocks: int = 1) -> None:
     for _ in range(blocks):
         consume, lookahead = pipeline.block_audio_samples(memory)
         pipeline.generate_block(memory, None, np.zeros(consume + lookahead, np.float32), None)
@@ -129,7 +129,7 @@ def test_query_lists_live_resident_and_on_disk_reading_headers_only(pipeline, da
         raise AssertionError("query must not load tensors")
 
     # A new pool on the same directory (a restarted worker) sees a and b on disk only.
-    fresh = make_pool(pipeline, data_dir, codec=MemoryCodec(load=no_load, read_header=FakePipeline.codec.read_header))
+    fresh = make_pool(pipeline, data_dir, codec=MemoryCodec(load=no_load, read_header=StandInGenerator.codec.read_header))
     states = fresh.query()
     assert [s.npc_id for s in states] == ["a", "b"]
     assert states[0].blocks_generated == 1 and states[0].width == 64 and not states[0].live
@@ -149,7 +149,7 @@ def test_reset_and_delete(pipeline, data_dir):
     old_token = pool.release("guard").resume_token
     state = pool.reset("guard")
     assert state.blocks_generated == 0 and state.character_id == "smith" and state.resume_token != old_token
-    assert FakePipeline.codec.read_header(data_dir.npc_memory_path("guard"))["blocks_generated"] == 0
+    assert StandInGenerator.codec.read_header(data_dir.npc_memory_path("guard"))["blocks_generated"] == 0
     pool.delete("guard")
     assert not data_dir.npc_memory_path("guard").exists() and pool.query() == []
     for call in (pool.delete, pool.reset):
@@ -179,7 +179,7 @@ def test_save_all_writes_live_memories(pipeline, data_dir):
     talk(pipeline, memory, 2)
     pool.mark_updated("guard")
     assert pool.save_all() == 1
-    assert FakePipeline.codec.read_header(data_dir.npc_memory_path("guard"))["blocks_generated"] == 2
+    assert StandInGenerator.codec.read_header(data_dir.npc_memory_path("guard"))["blocks_generated"] == 2
     assert pool.save_all() == 0
 
 
@@ -242,6 +242,6 @@ def test_reset_keeps_the_npc_seed(pipeline, data_dir):
     # A restarted worker: the NPC is on disk only.
     restarted = make_pool(pipeline, data_dir)
     restarted.reset("guard")
-    assert FakePipeline.codec.read_header(data_dir.npc_memory_path("guard"))["seed"] == 12345
+    assert StandInGenerator.codec.read_header(data_dir.npc_memory_path("guard"))["seed"] == 12345
     fresh, _ = restarted.acquire("guard", "s3")
     assert fresh.blocks_generated == 0 and fresh.seed == 12345

@@ -9,21 +9,21 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
+from stand_in_generator import WORKER_ENV, StandInGenerator
 from worker_helpers import open_npc
 
 from avatar_backend.gateway.limits import Limits, parse_byte_size
 from avatar_backend.gateway.status import failure_from_worker
-from avatar_backend.worker.fake_pipeline import FakePipeline
-from avatar_backend.worker.link import GatewayLink, WorkerRequestError
 from avatar_backend.worker.config import WorkerConfig
 from avatar_backend.worker.engine import Engine
 from avatar_backend.worker.executor import InProcessExecutor
+from avatar_backend.worker.link import GatewayLink, WorkerRequestError
 from avatar_backend.worker.main import parse_args
 from avatar_backend.worker.memory_pool import MemoryPool, PoolError
 from avatar_backend.worker.process import WorkerProcess, WorkerProcessConfig
 
 
-def talk(pipeline: FakePipeline, pool: MemoryPool, npc_id: str, memory) -> None:
+def talk(pipeline: StandInGenerator, pool: MemoryPool, npc_id: str, memory) -> None:
     pool.mark_updated(npc_id)
     consume, lookahead = pipeline.block_audio_samples(memory)
     pipeline.generate_block(memory, None, np.zeros(consume + lookahead, np.float32), None)
@@ -40,7 +40,7 @@ def npc_files(data_dir) -> dict[str, int]:
 
 
 def test_a_new_npc_beyond_the_stored_count_is_refused_and_existing_ones_keep_working(pipeline, data_dir):
-    pool = MemoryPool(pipeline, data_dir, FakePipeline.codec, max_stored_npcs=2)
+    pool = MemoryPool(pipeline, data_dir, StandInGenerator.codec, max_stored_npcs=2)
     session(pipeline, pool, "a", character_id="villager")
     pool.acquire("b", "s-b", character_id="villager")   # live and not written yet: it counts too
     with pytest.raises(PoolError) as err:
@@ -65,14 +65,14 @@ def test_a_new_npc_beyond_the_stored_count_is_refused_and_existing_ones_keep_wor
 def test_a_new_npc_beyond_the_stored_bytes_is_refused_counting_files_already_there(pipeline, data_dir):
     one = pipeline.memory_bytes(64, 64)
     big = pipeline.memory_bytes(128, 128)
-    first = MemoryPool(pipeline, data_dir, FakePipeline.codec)
+    first = MemoryPool(pipeline, data_dir, StandInGenerator.codec)
     session(pipeline, first, "a", character_id="villager")
     on_disk = npc_files(data_dir)["a.npcmem"]
     assert on_disk > one                                  # the file holds a header besides the memory
 
     # A restarted worker with room for one more small NPC, not a big one: it counts the file it finds, and
     # the size the new memory will have (known before allocation).
-    pool = MemoryPool(pipeline, data_dir, FakePipeline.codec, max_stored_bytes=on_disk + one + one // 2)
+    pool = MemoryPool(pipeline, data_dir, StandInGenerator.codec, max_stored_bytes=on_disk + one + one // 2)
     with pytest.raises(PoolError) as err:
         pool.acquire("c", "s-c", character_id="villager", width=128, height=128)
     assert err.value.code == "RESOURCE_EXHAUSTED"
@@ -88,7 +88,7 @@ def test_a_new_npc_beyond_the_stored_bytes_is_refused_counting_files_already_the
 
 def test_parked_memories_stay_within_their_bytes_and_the_rest_goes_to_disk(pipeline, data_dir):
     one = pipeline.memory_bytes(64, 64)
-    pool = MemoryPool(pipeline, data_dir, FakePipeline.codec, resident_budget_bytes=3 * one + one // 2)
+    pool = MemoryPool(pipeline, data_dir, StandInGenerator.codec, resident_budget_bytes=3 * one + one // 2)
     for n in range(10):
         session(pipeline, pool, f"npc{n}", character_id="villager")
         assert pool.resident_bytes <= 3 * one + one // 2
@@ -97,7 +97,7 @@ def test_parked_memories_stay_within_their_bytes_and_the_rest_goes_to_disk(pipel
     memory, resumed = pool.acquire("npc0", "again")       # from disk, never refused
     assert resumed and memory.blocks_generated == 1
 
-    nothing_parked = MemoryPool(pipeline, data_dir, FakePipeline.codec, resident_budget_bytes=0)
+    nothing_parked = MemoryPool(pipeline, data_dir, StandInGenerator.codec, resident_budget_bytes=0)
     session(pipeline, nothing_parked, "npc1")
     assert nothing_parked.resident_ids == [] and nothing_parked.resident_bytes == 0
 
@@ -115,7 +115,7 @@ def test_the_worker_refuses_open_npc_with_resource_exhausted_and_the_gateway_map
 
     link = Link()
     config = WorkerConfig(endpoint="inproc://unused", data_dir=data_dir.root, max_stored_npcs=1)
-    worker = Engine(config, InProcessExecutor(pipeline), FakePipeline.codec, link)
+    worker = Engine(config, InProcessExecutor(pipeline), StandInGenerator.codec, link)
     for rid, npc in ((1, "a"), (2, "b")):
         worker.handle(*open_npc(data_dir, "villager", request_id=rid, session_id=f"s-{npc}", npc_id=npc,
                                 character_id="villager"))
@@ -129,7 +129,7 @@ def test_the_worker_refuses_open_npc_with_resource_exhausted_and_the_gateway_map
 def test_the_caps_reach_a_worker_process_through_its_config(data_dir):
     async def main():
         async with GatewayLink() as link:
-            config = WorkerProcessConfig(data_dir=data_dir.root, env={"AVATAR_FAKE_PIPELINE": "1"},
+            config = WorkerProcessConfig(data_dir=data_dir.root, env=WORKER_ENV,
                                          ready_timeout_s=30, max_stored_npcs=1, max_stored_npc_bytes=1 << 40,
                                          max_parked_memory_bytes=12345, voice_jitter_budget_ms=250)
             worker = WorkerProcess(link, config)

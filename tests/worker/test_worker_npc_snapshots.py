@@ -11,10 +11,10 @@ import time
 
 import numpy as np
 import pytest
+from stand_in_generator import WORKER_ENV, StandInGenerator, StandInMemory
 from worker_helpers import FakeClock, open_npc
 
 from avatar_backend.proto_gen import worker_pb2 as pb
-from avatar_backend.worker.fake_pipeline import FakeMemory, FakePipeline
 from avatar_backend.worker.link import GatewayLink, WorkerLost
 from avatar_backend.worker.memory_pool import MemoryPool
 from avatar_backend.worker.process import WorkerProcess, WorkerProcessConfig
@@ -22,7 +22,7 @@ from avatar_backend.worker.process import WorkerProcess, WorkerProcessConfig
 INTERVAL_S = 30.0
 
 
-def talk(pipeline: FakePipeline, pool: MemoryPool, npc_id: str, memory, blocks: int = 1) -> None:
+def talk(pipeline: StandInGenerator, pool: MemoryPool, npc_id: str, memory, blocks: int = 1) -> None:
     for _ in range(blocks):
         pool.mark_updated(npc_id)
         consume, lookahead = pipeline.block_audio_samples(memory)
@@ -31,7 +31,7 @@ def talk(pipeline: FakePipeline, pool: MemoryPool, npc_id: str, memory, blocks: 
 
 def blocks_on_disk(data_dir, npc_id: str) -> int | None:
     path = data_dir.npc_memory_path(npc_id)
-    return FakePipeline.codec.read_header(path)["blocks_generated"] if path.is_file() else None
+    return StandInGenerator.codec.read_header(path)["blocks_generated"] if path.is_file() else None
 
 
 def wait_written(pool: MemoryPool, timeout: float = 5.0) -> None:
@@ -42,14 +42,14 @@ def wait_written(pool: MemoryPool, timeout: float = 5.0) -> None:
 
 
 class SlowDisk:
-    """Makes FakeMemory.save wait until released (a slow disk), counting writes in progress."""
+    """Makes StandInMemory.save wait until released (a slow disk), counting writes in progress."""
 
     def __init__(self, monkeypatch):
         self.release = threading.Event()
         self.started = threading.Event()
         self.in_progress = 0
         self.most_at_once = 0
-        original = FakeMemory.save
+        original = StandInMemory.save
         disk = self
 
         def save(memory, path):
@@ -61,12 +61,12 @@ class SlowDisk:
                 disk.in_progress -= 1
             original(memory, path)
 
-        monkeypatch.setattr(FakeMemory, "save", save)
+        monkeypatch.setattr(StandInMemory, "save", save)
 
 
 def test_a_live_npc_is_on_disk_one_interval_after_it_changed(pipeline, data_dir):
     clock = FakeClock()
-    pool = MemoryPool(pipeline, data_dir, FakePipeline.codec, snapshot_interval_s=INTERVAL_S, clock=clock)
+    pool = MemoryPool(pipeline, data_dir, StandInGenerator.codec, snapshot_interval_s=INTERVAL_S, clock=clock)
     memory, _ = pool.acquire("newcomer", "s1", character_id="villager")
     talk(pipeline, pool, "newcomer", memory, 2)
     assert not pool.snapshot_due() and blocks_on_disk(data_dir, "newcomer") is None  # not due yet
@@ -88,7 +88,7 @@ def test_a_live_npc_is_on_disk_one_interval_after_it_changed(pipeline, data_dir)
 
 def test_an_unchanged_npc_is_not_rewritten_and_zero_turns_it_off(pipeline, data_dir):
     clock = FakeClock()
-    pool = MemoryPool(pipeline, data_dir, FakePipeline.codec, snapshot_interval_s=INTERVAL_S, clock=clock)
+    pool = MemoryPool(pipeline, data_dir, StandInGenerator.codec, snapshot_interval_s=INTERVAL_S, clock=clock)
     memory, _ = pool.acquire("guard", "s1", character_id="villager")
     talk(pipeline, pool, "guard", memory)
     pool.release("guard")
@@ -98,7 +98,7 @@ def test_an_unchanged_npc_is_not_rewritten_and_zero_turns_it_off(pipeline, data_
     assert not pool.snapshot_due()
     assert data_dir.npc_memory_path("guard").stat().st_mtime_ns == mtime
 
-    off = MemoryPool(pipeline, data_dir, FakePipeline.codec, snapshot_interval_s=0, clock=clock)
+    off = MemoryPool(pipeline, data_dir, StandInGenerator.codec, snapshot_interval_s=0, clock=clock)
     memory, _ = off.acquire("smith", "s3", character_id="smith")
     talk(pipeline, off, "smith", memory)
     clock.advance(10 * INTERVAL_S)
@@ -108,7 +108,7 @@ def test_an_unchanged_npc_is_not_rewritten_and_zero_turns_it_off(pipeline, data_
 def test_the_loop_never_waits_for_the_file_and_one_write_at_a_time(pipeline, data_dir, monkeypatch):
     disk = SlowDisk(monkeypatch)
     clock = FakeClock()
-    pool = MemoryPool(pipeline, data_dir, FakePipeline.codec, snapshot_interval_s=INTERVAL_S, clock=clock)
+    pool = MemoryPool(pipeline, data_dir, StandInGenerator.codec, snapshot_interval_s=INTERVAL_S, clock=clock)
     memories = {}
     for npc in ("a", "b", "c"):
         memories[npc], _ = pool.acquire(npc, f"s-{npc}", character_id="villager")
@@ -137,7 +137,7 @@ def test_the_loop_never_waits_for_the_file_and_one_write_at_a_time(pipeline, dat
 def test_an_older_snapshot_never_lands_over_a_newer_save(pipeline, data_dir, monkeypatch):
     disk = SlowDisk(monkeypatch)
     clock = FakeClock()
-    pool = MemoryPool(pipeline, data_dir, FakePipeline.codec, snapshot_interval_s=INTERVAL_S, clock=clock)
+    pool = MemoryPool(pipeline, data_dir, StandInGenerator.codec, snapshot_interval_s=INTERVAL_S, clock=clock)
     memory, _ = pool.acquire("guard", "s1", character_id="villager")
     talk(pipeline, pool, "guard", memory, 1)
     clock.advance(INTERVAL_S)
@@ -147,7 +147,7 @@ def test_an_older_snapshot_never_lands_over_a_newer_save(pipeline, data_dir, mon
     pool.release("guard")                           # saves block 3: waits for the block-1 write first
     time.sleep(0.3)
     assert blocks_on_disk(data_dir, "guard") == 3
-    restarted = MemoryPool(pipeline, data_dir, FakePipeline.codec)
+    restarted = MemoryPool(pipeline, data_dir, StandInGenerator.codec)
     memory, resumed = restarted.acquire("guard", "s2")
     assert resumed and memory.blocks_generated == 3
 
@@ -155,7 +155,7 @@ def test_an_older_snapshot_never_lands_over_a_newer_save(pipeline, data_dir, mon
 def test_a_worker_killed_after_the_interval_keeps_its_new_npc_and_its_blocks(data_dir):
     async def main():
         async with GatewayLink() as link:
-            config = WorkerProcessConfig(data_dir=data_dir.root, env={"AVATAR_FAKE_PIPELINE": "1"},
+            config = WorkerProcessConfig(data_dir=data_dir.root, env=WORKER_ENV,
                                          restart_backoff_s=0.1, ready_timeout_s=30, npc_snapshot_interval_s=0.3)
             worker = WorkerProcess(link, config)
             await worker.start()

@@ -1,4 +1,4 @@
-"""The supervisor with the real worker entry point (fake pipeline): ready, killed, restarted, stopped."""
+"""The supervisor with the real worker entry point (stand-in generator): ready, killed, restarted, stopped."""
 
 from __future__ import annotations
 
@@ -8,18 +8,16 @@ import signal
 
 import numpy as np
 import pytest
+from stand_in_generator import WORKER_ENV, StandInGenerator
 from worker_helpers import open_npc
 
 from avatar_backend.proto_gen import worker_pb2 as pb
-from avatar_backend.worker.fake_pipeline import FakePipeline
 from avatar_backend.worker.link import GatewayLink, WorkerLost
 from avatar_backend.worker.process import (
     WorkerProcess,
     WorkerProcessConfig,
     WorkerStartError,
 )
-
-FAKE_ENV = {"AVATAR_FAKE_PIPELINE": "1"}
 
 
 def run(coro, timeout: float = 40):
@@ -38,7 +36,7 @@ def test_supervisor_restarts_a_killed_worker_and_stops_it_cleanly(data_dir):
     async def main():
         lost: list[str] = []
         async with GatewayLink() as link:
-            config = WorkerProcessConfig(data_dir=data_dir.root, env=FAKE_ENV, restart_backoff_s=0.1,
+            config = WorkerProcessConfig(data_dir=data_dir.root, env=WORKER_ENV, restart_backoff_s=0.1,
                                          ready_timeout_s=30)
             worker = WorkerProcess(link, config, on_lost=lost.append)
             await worker.start()
@@ -79,7 +77,7 @@ def test_supervisor_restarts_a_killed_worker_and_stops_it_cleanly(data_dir):
             assert len(lost) == 1                      # a requested stop is not a loss
             with pytest.raises(ProcessLookupError):
                 os.kill(second_pid, 0)
-            header = FakePipeline.codec.read_header(data_dir.npc_memory_path("guard"))
+            header = StandInGenerator.codec.read_header(data_dir.npc_memory_path("guard"))
             assert header["blocks_generated"] >= 1     # Shutdown saved the live memory
 
     run(main())
@@ -88,7 +86,7 @@ def test_supervisor_restarts_a_killed_worker_and_stops_it_cleanly(data_dir):
 def test_a_worker_that_cannot_start_reports_why(data_dir):
     async def main():
         async with GatewayLink() as link:
-            config = WorkerProcessConfig(data_dir=data_dir.root, model_config="no-such-model", env=FAKE_ENV,
+            config = WorkerProcessConfig(data_dir=data_dir.root, model_config="no-such-model", env=WORKER_ENV,
                                          ready_timeout_s=30)
             worker = WorkerProcess(link, config)
             with pytest.raises(WorkerStartError) as err:
@@ -117,7 +115,7 @@ def test_a_hung_worker_is_killed_and_restarted(data_dir):
         lost: list[str] = []
         async with GatewayLink() as link:
             # Every block "takes" 30 s: the worker stops reading the link once a session runs.
-            config = WorkerProcessConfig(data_dir=data_dir.root, env={**FAKE_ENV, "AVATAR_FAKE_BLOCK_DELAY_S": "30"},
+            config = WorkerProcessConfig(data_dir=data_dir.root, env={**WORKER_ENV, "AVATAR_STAND_IN_BLOCK_DELAY_S": "30"},
                                          restart_backoff_s=0.1, heartbeat_interval_s=0.2, hang_timeout_s=1.0)
             worker = WorkerProcess(link, config, on_lost=lost.append)
             await worker.start()

@@ -55,7 +55,7 @@ def write_real_character(data_dir) -> None:
 
 
 def test_blocks_snapshots_and_resume_with_the_real_generator(real_pipeline, data_dir, monkeypatch):
-    monkeypatch.delenv("AVATAR_FAKE_PIPELINE", raising=False)
+    monkeypatch.delenv("AVATAR_TEST_GENERATOR", raising=False)
     write_real_character(data_dir)
     pipeline, codec = real_pipeline
     link = RecordingLink()

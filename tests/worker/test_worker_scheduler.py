@@ -1,4 +1,4 @@
-"""The scheduling policy with a fake clock and the fake pipeline (no model, no I/O)."""
+"""The scheduling policy with a fake clock and the stand-in generator (no model, no I/O)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import itertools
 
 import numpy as np
 import pytest
+from stand_in_generator import StandInGenerator
 from worker_helpers import BLOCK, BLOCK0, LOOKAHEAD, FakeClock
 
-from avatar_backend.worker.fake_pipeline import FakePipeline
 from avatar_backend.worker.scheduler import (
     PcmQueue,
     Scheduler,
@@ -26,12 +26,12 @@ def voice(samples: int, value: float = 0.5) -> np.ndarray:
     return np.full(samples, value, dtype=np.float32)
 
 
-def open_session(sched: Scheduler, pipe: FakePipeline, name: str = "s1"):
+def open_session(sched: Scheduler, pipe: StandInGenerator, name: str = "s1"):
     memory = pipe.new_memory(f"npc-{name}", "villager", 64, 64, 20, seed=1)
     return sched.open_session(name, f"npc-{name}", memory, conditioning=None)
 
 
-def run_one(sched: Scheduler, pipe: FakePipeline, clock: FakeClock, compute_s: float = 0.0):
+def run_one(sched: Scheduler, pipe: StandInGenerator, clock: FakeClock, compute_s: float = 0.0):
     """Generate the block the scheduler picks now (None when none is due)."""
     plan = sched.next_block()
     if plan is None:
@@ -523,7 +523,7 @@ def test_voice_queue_is_capped(pipeline, clock):
 # -- batches -------------------------------------------------------------------------------------------------------
 
 
-def run_batch(sched: Scheduler, pipe: FakePipeline, clock: FakeClock, compute_s: float = 0.0):
+def run_batch(sched: Scheduler, pipe: StandInGenerator, clock: FakeClock, compute_s: float = 0.0):
     plans = sched.next_blocks()
     for plan in plans:
         pipe.generate_block(plan.session.memory, None, plan.audio, plan.prompt, intensity=plan.intensity)

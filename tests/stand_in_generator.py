@@ -1,11 +1,12 @@
-"""TEST ONLY: a stand-in for LiveActPipeline with the same interface, in numpy, instantly.
+"""The tests' stand-in for the generator: LiveActPipeline's GeneratorRunner surface in numpy, instantly.
 
-Used by the worker's unit tests, and by ``python -m avatar_backend.worker`` when the environment variable
-``AVATAR_FAKE_PIPELINE=1`` is set, so gateway and supervisor tests can run a real worker process without
-torch models. Never selected otherwise. Frames are a flat colour that encodes the frame index and whether the
-block had voice; memories are small JSON-plus-bytes files in the ``.npcmem`` place (not the real format).
+The worker's unit tests drive the real engine, scheduler and memory pool with it, and worker processes started
+by tests load it through ``AVATAR_TEST_GENERATOR`` (this file's path), so supervisor, gateway and client tests
+run the real worker without torch models. Frames are a flat colour that encodes the frame index and whether the
+block had voice: RGB (index % 256, index // 256 % 256, 255 if voiced else 0). Memories are small
+JSON-plus-bytes files in the ``.npcmem`` place (not the real format).
 
-``AVATAR_FAKE_BLOCK_DELAY_S`` (seconds per block) simulates a slow generator.
+``AVATAR_STAND_IN_BLOCK_DELAY_S`` (seconds per generator call) simulates a slow generator.
 """
 
 from __future__ import annotations
@@ -27,17 +28,16 @@ from avatar_backend.generator.config import ModelConfig, get_config
 from avatar_backend.generator.runner import BlockInput
 from avatar_backend.media.resample import MODEL_SAMPLE_RATE
 from avatar_backend.store import atomic_write, now_ms
+from avatar_backend.worker.memory_pool import MemoryCodec
 
-from .memory_pool import MemoryCodec
+__all__ = ["StandInMemory", "StandInGenerator", "read_stand_in_header"]
 
-__all__ = ["FakeMemory", "FakePipeline", "read_fake_header"]
-
-_MAGIC = b"FAKE-NPCMEM\n"
+_MAGIC = b"STAND-IN-NPCMEM\n"
 LOOKAHEAD_FRAMES = 2
 
 
 @dataclass
-class FakeMemory:
+class StandInMemory:
     npc_id: str
     character_id: str
     model_name: str
@@ -51,7 +51,7 @@ class FakeMemory:
     timeline_samples: int = 0
     prompt: str | None = None
     intensity: float = 1.0
-    memory_layout: str = "fake"
+    memory_layout: str = "stand-in"
     lineage: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     updated_unix_ms: int = field(default_factory=now_ms)
 
@@ -61,10 +61,10 @@ class FakeMemory:
     def resume_token(self) -> str:
         return f"{self.lineage}-{self.blocks_generated}"
 
-    def to(self, device: str) -> "FakeMemory":
+    def to(self, device: str) -> "StandInMemory":
         return self  # numpy state lives on the host already
 
-    def host_copy(self) -> "FakeMemory":
+    def host_copy(self) -> "StandInMemory":
         return dataclasses.replace(self, state=self.state.copy())
 
     def header(self) -> dict[str, Any]:
@@ -82,10 +82,10 @@ class FakeMemory:
         atomic_write(Path(path), _MAGIC + json.dumps(self.header()).encode() + b"\n" + self.state.tobytes())
 
     @classmethod
-    def load(cls, path: Path | str, device: str = "cpu") -> "FakeMemory":
+    def load(cls, path: Path | str, device: str = "cpu") -> "StandInMemory":
         data = Path(path).read_bytes()
         if not data.startswith(_MAGIC):
-            raise ValueError(f"{path} is not a fake NPC memory")
+            raise ValueError(f"{path} is not a stand-in NPC memory")
         line_end = data.index(b"\n", len(_MAGIC))
         h = json.loads(data[len(_MAGIC):line_end])
         state = np.frombuffer(data[line_end + 1:], dtype=np.uint8).copy()
@@ -97,23 +97,23 @@ class FakeMemory:
                    updated_unix_ms=h["updated_unix_ms"])
 
 
-def read_fake_header(path: Path | str) -> dict[str, Any]:
+def read_stand_in_header(path: Path | str) -> dict[str, Any]:
     with open(path, "rb") as f:
         if f.read(len(_MAGIC)) != _MAGIC:
-            raise ValueError(f"{path} is not a fake NPC memory")
+            raise ValueError(f"{path} is not a stand-in NPC memory")
         return json.loads(f.readline())
 
 
-class FakePipeline:
+class StandInGenerator:
     """Same surface as LiveActPipeline; see the module doc."""
 
-    codec = MemoryCodec(load=FakeMemory.load, read_header=read_fake_header)
+    codec = MemoryCodec(load=StandInMemory.load, read_header=read_stand_in_header)
 
     def __init__(self, config: ModelConfig, device: str = "cpu", block_delay_s: float = 0.0):
         self.config = config
         self.device = device
         self.random_weights = True
-        self.memory_layout = "fake"
+        self.memory_layout = "stand-in"
         self.weights_sha256 = ""
         self.parameters = 0
         self.block_delay_s = block_delay_s
@@ -122,12 +122,12 @@ class FakePipeline:
         self.batch_sizes: list[int] = []                      # NPCs of every generate_blocks call
 
     @classmethod
-    def from_config(cls, config_name_or_path: str, weights: str | None = None, device: str = "cpu") -> "FakePipeline":
+    def from_config(cls, config_name_or_path: str, weights: str | None = None, device: str = "cpu") -> "StandInGenerator":
         if os.path.isfile(config_name_or_path):
             config = ModelConfig.from_json(Path(config_name_or_path).read_text())
         else:
             config = get_config(config_name_or_path)
-        return cls(config, device, float(os.environ.get("AVATAR_FAKE_BLOCK_DELAY_S", "0") or 0))
+        return cls(config, device, float(os.environ.get("AVATAR_STAND_IN_BLOCK_DELAY_S", "0") or 0))
 
     def memory_bytes(self, width: int, height: int) -> int:
         return (width // 8) * (height // 8) * 64
@@ -137,30 +137,30 @@ class FakePipeline:
         return {"character_id": record.character_id, "revision": record.revision,
                 "image_sha256": hashlib.sha256(reference_png).hexdigest()}
 
-    def new_memory(self, npc_id: str, character_id: str, width: int, height: int, fps: int, seed: int) -> FakeMemory:
+    def new_memory(self, npc_id: str, character_id: str, width: int, height: int, fps: int, seed: int) -> StandInMemory:
         if fps <= 0 or fps > 60:
             raise ValueError(f"fps {fps} is not supported")
-        return FakeMemory(npc_id=npc_id, character_id=character_id, model_name=self.config.name, width=width,
+        return StandInMemory(npc_id=npc_id, character_id=character_id, model_name=self.config.name, width=width,
                           height=height, fps=fps, seed=seed,
                           state=np.zeros(self.memory_bytes(width, height), dtype=np.uint8))
 
-    def activate(self, memory: FakeMemory) -> FakeMemory:
+    def activate(self, memory: StandInMemory) -> StandInMemory:
         return memory
 
-    def park(self, memory: FakeMemory) -> FakeMemory:
+    def park(self, memory: StandInMemory) -> StandInMemory:
         return memory
 
-    def host_copy(self, memory: FakeMemory) -> FakeMemory:
+    def host_copy(self, memory: StandInMemory) -> StandInMemory:
         return memory.host_copy()
 
-    def discard(self, memory: FakeMemory) -> None:
+    def discard(self, memory: StandInMemory) -> None:
         pass
 
-    def block_audio_samples(self, memory: FakeMemory) -> tuple[int, int]:
+    def block_audio_samples(self, memory: StandInMemory) -> tuple[int, int]:
         per_frame = MODEL_SAMPLE_RATE // memory.fps
         return self.config.frames_per_block(memory.blocks_generated) * per_frame, LOOKAHEAD_FRAMES * per_frame
 
-    def batch_key(self, memory: FakeMemory) -> Hashable:
+    def batch_key(self, memory: StandInMemory) -> Hashable:
         return (memory.width, memory.height, memory.fps, min(memory.blocks_generated, 2))
 
     def generate_blocks(self, inputs: Sequence[BlockInput]) -> list[np.ndarray]:
@@ -179,7 +179,7 @@ class FakePipeline:
                     item.memory.__dict__.update(saved.__dict__)
             raise
 
-    def generate_block(self, memory: FakeMemory, conditioning: Any, audio: np.ndarray, prompt: str | None,
+    def generate_block(self, memory: StandInMemory, conditioning: Any, audio: np.ndarray, prompt: str | None,
                        intensity: float = 1.0) -> np.ndarray:
         consume, lookahead = self.block_audio_samples(memory)
         if audio.dtype != np.float32 or audio.shape != (consume + lookahead,):
@@ -197,3 +197,12 @@ class FakePipeline:
         memory.timeline_samples += consume
         memory.updated_unix_ms = now_ms()
         return frames
+
+
+def make_generator(model_config: str, weights: str | None, device: str) -> tuple[StandInGenerator, MemoryCodec]:
+    """What a worker started with ``AVATAR_TEST_GENERATOR`` set to this file runs."""
+    return StandInGenerator.from_config(model_config, weights, device), StandInGenerator.codec
+
+
+# The environment of a worker process (WorkerProcessConfig.env) that runs this stand-in.
+WORKER_ENV = {"AVATAR_TEST_GENERATOR": str(Path(__file__).resolve())}
