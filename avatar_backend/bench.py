@@ -122,6 +122,107 @@ def bench_batches(config: str, sizes: tuple[int, ...], blocks: int, threads: int
             "random_weights": pipeline.random_weights, "batches": rows, "realtime_npcs": realtime}
 
 
+def bench_worker_realtime(config: str, npc_counts: tuple[int, ...], seconds: float, threads: int) -> dict:
+    """NPCs talking at once through the real worker (engine, scheduler, batches) at real-time pace.
+
+    Each NPC gets speech-like voice in 20 ms chunks as a microphone sends it (3.2 s utterances, 0.8 s pauses)
+    for ``seconds``. A block is late when it arrives after its NPC's playback reaches it, playback starting at
+    the NPC's first frame; voice is chopped when the worker had to put silence inside an utterance.
+    """
+    import asyncio
+    import tempfile
+
+    import torch
+
+    from avatar_backend.generator.memory import NpcMemory, read_memory_header
+    from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights
+    from avatar_backend.proto_gen import worker_pb2
+    from avatar_backend.store import CharacterRecord
+    from avatar_backend.worker.character_spec import spec_from_record
+    from avatar_backend.worker.config import WorkerConfig
+    from avatar_backend.worker.executor import InProcessExecutor
+    from avatar_backend.worker.in_process import InProcessWorker, inproc_link
+    from avatar_backend.worker.memory_pool import MemoryCodec
+
+    torch.set_num_threads(threads)
+    pipeline = LiveActPipeline.from_config(config, weights=shipped_weights(config))
+    png = (Path(__file__).parent / "assets" / "default_character.png").read_bytes()
+    spec = spec_from_record(CharacterRecord("bench", "talking"))
+    fps, rate = pipeline.config.fps, 16000
+    chunk = rate // 50
+    t = np.arange(int(3.2 * rate)) / rate
+    utterance = (0.3 * np.sin(2 * np.pi * 170 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    pause = np.zeros(int(0.8 * rate), np.float32)
+
+    async def run(count: int, data_dir: str) -> dict:
+        link = inproc_link()
+        await link.start()
+        codec = MemoryCodec(load=NpcMemory.load, read_header=read_memory_header)
+        worker = await InProcessWorker(link, InProcessExecutor(pipeline), codec,
+                                       WorkerConfig(endpoint=link.endpoint, data_dir=Path(data_dir))).start()
+        arrivals: dict[str, list[tuple[float, worker_pb2.FrameBlock]]] = {}
+
+        async def npc(index: int) -> None:
+            session = f"s{index}"
+            queue = link.subscribe(session)
+            reply, _ = await link.request(worker_pb2.ToWorker(open_npc=worker_pb2.OpenNpc(
+                session_id=session, npc_id=f"npc{index}", character_id="bench", character=spec)), [png], timeout=60)
+            if reply.WhichOneof("body") != "npc_opened":
+                raise RuntimeError(f"NPC {index} was not opened: {reply}")
+            arrivals[session] = []
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+
+            async def speak() -> None:
+                voice = np.concatenate([utterance, pause] * int(seconds / 4 + 1))[: int(seconds * rate)]
+                for k in range(0, voice.size, chunk):
+                    await asyncio.sleep(max(0.0, started + k / rate - loop.time()))
+                    piece = voice[k:k + chunk]
+                    link.send(worker_pb2.ToWorker(push_audio=worker_pb2.PushAudio(
+                        session_id=session, num_samples=piece.size)), [piece])
+                    if (k + chunk) % (utterance.size + pause.size) == utterance.size:
+                        link.send(worker_pb2.ToWorker(control=worker_pb2.Control(session_id=session,
+                                                                                end_of_utterance=True)))
+
+            speaker = asyncio.ensure_future(speak())
+            while not speaker.done() or loop.time() < started + seconds:
+                try:
+                    message, _ = await asyncio.wait_for(queue.get(), 0.5)
+                except asyncio.TimeoutError:
+                    continue
+                if message.WhichOneof("body") == "frame_block":
+                    arrivals[session].append((loop.time(), message.frame_block))
+            await speaker
+            await link.request(worker_pb2.ToWorker(close_npc=worker_pb2.CloseNpc(session_id=session)), timeout=60)
+            link.unsubscribe(session)
+
+        try:
+            await asyncio.gather(*(npc(i) for i in range(count)))
+        finally:
+            await worker.stop(timeout=60)
+            await link.close()
+        late, lateness, gaps, batch_sizes, blocks = 0, [], 0, [], 0
+        for received in arrivals.values():
+            first = received[0][0]
+            for arrived, block in received:
+                due = first + block.audio_start / rate
+                lateness.append(arrived - due)
+                late += arrived > due
+                gaps += block.gap_samples > 0
+                batch_sizes.append(block.batch_size)
+                blocks += 1
+        return {"npcs": count, "seconds": seconds, "blocks": blocks, "late_blocks": late,
+                "worst_lateness_s": round(max(lateness), 3), "chopped_blocks": gaps,
+                "mean_batch_size": round(float(np.mean(batch_sizes)), 2)}
+
+    rows = []
+    for count in npc_counts:
+        with tempfile.TemporaryDirectory() as data_dir:
+            rows.append(asyncio.run(run(count, data_dir)))
+    return {"config": config, "width": pipeline.config.width, "height": pipeline.config.height, "fps": fps,
+            "torch_threads": threads, "runs": rows}
+
+
 def bench_gateway(width: int, height: int, fps: int, frames: int) -> dict:
     from avatar_backend.media.bench import gateway_cpu_per_frame, synthetic_face_frame
     from avatar_backend.media.encoders import JpegEncoder
@@ -208,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,2,4,8",
                         help="NPCs per generator call to measure, comma-separated (empty: skip)")
     parser.add_argument("--batch-blocks", type=int, default=4, help="timed calls per batch size")
+    parser.add_argument("--realtime-npcs", default="1,3,4",
+                        help="NPC counts talking at real-time pace through the worker, comma-separated (empty: skip)")
+    parser.add_argument("--realtime-seconds", type=float, default=20.0, help="how long each of them talks")
     args = parser.parse_args(argv)
 
     results: dict = {
@@ -231,6 +335,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {row['npcs']:4d}  {row['call_s_median']:6.3f}  {row['dit_s_median']:5.3f}  "
                       f"{row['decode_s_median']:8.3f}  {row['blocks_per_s']:8.2f}  {row['per_npc_realtime_factor']:6.2f}x")
             print(f"  one worker keeps {batches['realtime_npcs']} NPCs (of the sizes measured) in real time")
+        counts = tuple(int(n) for n in args.realtime_npcs.split(",") if n.strip())
+        if counts:
+            results["worker_realtime"] = live = bench_worker_realtime(args.config, counts, args.realtime_seconds,
+                                                                      args.threads)
+            print(f"NPCs talking at real-time pace through the worker ({live['width']}x{live['height']}):")
+            for row in live["runs"]:
+                print(f"  {row['npcs']} NPCs, {row['seconds']:.0f} s: {row['blocks']} blocks, {row['late_blocks']} "
+                      f"late (worst {row['worst_lateness_s']:+.3f} s), {row['chopped_blocks']} with silence "
+                      f"inside an utterance, {row['mean_batch_size']:.2f} NPCs per call on average")
     results["gateway"] = gw = bench_gateway(512, 512, 20, args.frames)
     print(f"gateway CPU per 512x512 frame: {gw['total_with_send_ms']:.3f} ms (Opus decode {gw['opus_decode_ms']:.3f}"
           f" + JPEG encode {gw['jpeg_encode_ms']:.3f} + gRPC send {gw['grpc_send_ms']:.3f}); "

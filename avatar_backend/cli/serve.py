@@ -10,6 +10,7 @@ from avatar_backend.client import AvatarClient, AvatarError
 from avatar_backend.gateway.limits import Limits, parse_byte_size
 from avatar_backend.store import default_data_dir
 from avatar_backend.worker.process import RANDOM_WEIGHTS
+from avatar_backend.worker.scheduler import DEFAULT_MAX_BATCH
 
 from .common import CliError, display_path, resolve_api_key
 
@@ -61,6 +62,11 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
              f"(default {Limits.voice_jitter_budget_ms})",
     )
     parser.add_argument(
+        "--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
+        help=f"NPCs whose next blocks the worker generates in one call at most, when they are due together and "
+             f"none of them is made late by it (default {DEFAULT_MAX_BATCH}; 1: one NPC per call)",
+    )
+    parser.add_argument(
         "--npc-snapshot-interval-s", type=float, default=Limits.npc_snapshot_interval_s, metavar="SECONDS",
         help=f"save the memories of NPCs in a session this often, so a worker crash loses at most that much "
              f"(default {Limits.npc_snapshot_interval_s}; 0: only when a session ends)",
@@ -93,6 +99,7 @@ def command_serve(args: argparse.Namespace) -> int:
         max_parked_memory_bytes=args.max_parked_memory_bytes,
         npc_snapshot_interval_s=args.npc_snapshot_interval_s,
         voice_jitter_budget_ms=args.voice_jitter_budget_ms,
+        max_batch=args.max_batch,
     )
     try:
         check_startup(options)  # refuse before the data dir is touched or anything is bound

@@ -35,6 +35,7 @@ from avatar_backend.proto_gen import avatar_service_pb2, worker_pb2
 from avatar_backend.store import DataDir, default_data_dir
 from avatar_backend.worker.link import GatewayLink, WorkerRequestError, WorkerUnavailableError
 from avatar_backend.worker.process import WorkerProcess, WorkerProcessConfig, WorkerStartError
+from avatar_backend.worker.scheduler import DEFAULT_MAX_BATCH
 
 from .auth import (ApiKeyInterceptor, ServerTls, TlsConfigError, UnsafeExposureError, check_exposure,
                    load_server_tls)
@@ -73,6 +74,7 @@ class ServerOptions:
     max_parked_memory_bytes: int = Limits.max_parked_memory_bytes  # host RAM for idle NPC memories
     npc_snapshot_interval_s: float = Limits.npc_snapshot_interval_s  # 0: live memories saved at session end only
     voice_jitter_budget_ms: int = Limits.voice_jitter_budget_ms    # an utterance's voice may stall this long
+    max_batch: int = DEFAULT_MAX_BATCH     # NPCs whose blocks the worker generates in one call at most
     api_key: str | None = None             # when set, AvatarService calls need "authorization: Bearer <key>"
     tls_cert: Path | str | None = None     # PEM certificate chain; with tls_key the port speaks TLS only
     tls_key: Path | str | None = None      # PEM private key of tls_cert
@@ -312,7 +314,7 @@ async def serve(options: ServerOptions, ready_callback: Callable[[int], object] 
         max_stored_npcs=options.max_stored_npcs, max_stored_npc_bytes=options.max_stored_npc_bytes,
         max_parked_memory_bytes=options.max_parked_memory_bytes,
         npc_snapshot_interval_s=options.npc_snapshot_interval_s,
-        voice_jitter_budget_ms=options.voice_jitter_budget_ms,
+        voice_jitter_budget_ms=options.voice_jitter_budget_ms, max_batch=options.max_batch,
     ), on_lost=gateway.worker_lost)
     stop_requested = asyncio.Event()
     main_task = asyncio.current_task()

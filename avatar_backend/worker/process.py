@@ -37,7 +37,7 @@ from avatar_backend.store import (
 )
 
 from .link import GatewayLink, WorkerLinkError, WorkerUnavailableError
-from .scheduler import DEFAULT_VOICE_JITTER_BUDGET_MS
+from .scheduler import DEFAULT_MAX_BATCH, DEFAULT_VOICE_JITTER_BUDGET_MS
 
 # ``--weights`` value: untrained weights from a fixed seed, even for a config that has shipped weights.
 RANDOM_WEIGHTS = "random"
@@ -65,6 +65,7 @@ class WorkerProcessConfig:
     max_parked_memory_bytes: int = DEFAULT_MAX_PARKED_MEMORY_BYTES  # host RAM for idle memories; beyond: disk
     npc_snapshot_interval_s: float = DEFAULT_NPC_SNAPSHOT_INTERVAL_S  # live memories saved this often (0: off)
     voice_jitter_budget_ms: int = DEFAULT_VOICE_JITTER_BUDGET_MS  # an utterance's voice may stall this long
+    max_batch: int = DEFAULT_MAX_BATCH         # NPCs whose blocks are generated in one call at most
     extra_args: Sequence[str] = ()              # more worker flags, e.g. ("--max-live", "4")
     env: Mapping[str, str] = field(default_factory=dict)   # added to this process's environment
     ready_timeout_s: float = 600.0              # spawn -> answers Ping (the 18B model loads for minutes)
@@ -127,7 +128,7 @@ class WorkerProcess:
         cmd += ["--max-stored-npcs", str(c.max_stored_npcs), "--max-stored-npc-bytes", str(c.max_stored_npc_bytes),
                 "--max-parked-memory-bytes", str(c.max_parked_memory_bytes),
                 "--npc-snapshot-interval-s", repr(float(c.npc_snapshot_interval_s)),
-                "--voice-jitter-budget-ms", str(c.voice_jitter_budget_ms)]
+                "--voice-jitter-budget-ms", str(c.voice_jitter_budget_ms), "--max-batch", str(c.max_batch)]
         cmd += ["--parent-pid", str(os.getpid()), *c.extra_args]
         return cmd
 

@@ -64,6 +64,7 @@ import numpy as np
 from avatar_backend.media.resample import MODEL_SAMPLE_RATE
 
 __all__ = [
+    "DEFAULT_MAX_BATCH",
     "DEFAULT_VOICE_JITTER_BUDGET_MS",
     "BlockAudioSource",
     "BlockPlan",
@@ -81,6 +82,7 @@ SAMPLE_RATE = MODEL_SAMPLE_RATE
 # the video by itself: it starts without a jitter reserve.
 FASTER_THAN_REAL_TIME = 1.5
 DEFAULT_VOICE_JITTER_BUDGET_MS = 500
+DEFAULT_MAX_BATCH = 8
 
 
 class BlockAudioSource(Protocol):
@@ -110,7 +112,7 @@ class SchedulerConfig:
     # Weight of the newest block in the running estimate of a block's compute time.
     compute_estimate_alpha: float = 0.3
     # NPCs whose blocks run in one generator call at most (1: no batching).
-    max_batch: int = 8
+    max_batch: int = DEFAULT_MAX_BATCH
 
 
 class PcmQueue:

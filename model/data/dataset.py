@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from avatar_backend.media.resample import MODEL_SAMPLE_RATE
+
 from .identity import describe_identity
 from .render import TRUTH_DESCRIPTION, Clip, render_clip
 from .speech import espeak_available, random_utterance
@@ -138,7 +140,7 @@ def write_dataset(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {
-        "format": FORMAT, "version": FORMAT_VERSION, "size": size, "fps": fps, "sample_rate": 16000,
+        "format": FORMAT, "version": FORMAT_VERSION, "size": size, "fps": fps, "sample_rate": MODEL_SAMPLE_RATE,
         "seconds": seconds, "seed": seed,
         "languages": list(languages) if languages else None, "speakers": list(speakers) if speakers else None,
         "emotions": list(EMOTIONS), "actions": list(ACTIONS),

@@ -17,6 +17,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from avatar_backend.media.resample import MODEL_SAMPLE_RATE
+
 from .identity import RGB, CharacterIdentity, identity_from_seed
 from .timeline import ACTIONS, EMOTIONS, Event, plan_performance
 
@@ -528,7 +530,7 @@ class Clip:
     events: list[Event] = field(default_factory=list)
     seed: int = 0
     fps: int = 20
-    sample_rate: int = 16000
+    sample_rate: int = MODEL_SAMPLE_RATE
 
 
 TRUTH_DESCRIPTION = {
@@ -557,7 +559,7 @@ def render_clip(
     *,
     size: int = 128,
     fps: int = 20,
-    sample_rate: int = 16000,
+    sample_rate: int = MODEL_SAMPLE_RATE,
     seconds: float | None = None,
     identity: CharacterIdentity | None = None,
     idle_motion: bool = True,

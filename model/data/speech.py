@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from avatar_backend.media.resample import resample
+from avatar_backend.media.resample import MODEL_SAMPLE_RATE, resample
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = MODEL_SAMPLE_RATE
 ESPEAK_RATE = 22050
 
 # espeak-ng voice per language, and a few short phrases in it (everyday game-NPC lines).

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from avatar_backend.media.mouth import mouth_from_audio
+from avatar_backend.media.resample import MODEL_SAMPLE_RATE
 
 EMOTIONS = ("neutral", "happy", "sad", "angry", "surprised")
 ACTIONS = ("none", "nod", "shake_head", "look_around", "think", "wave")
@@ -151,7 +152,7 @@ def plan_performance(
     *,
     seed: int,
     fps: int = 20,
-    sample_rate: int = 16000,
+    sample_rate: int = MODEL_SAMPLE_RATE,
     idle_motion: bool = True,
 ) -> dict[str, np.ndarray]:
     """Every per-frame quantity the renderer draws (and the truth reports), as float32/int64/bool arrays.

@@ -14,6 +14,7 @@ import torch
 
 from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights, weights_config
 from avatar_backend.generator.schedule import StreamSchedule
+from avatar_backend.media.resample import MODEL_SAMPLE_RATE
 from model.data.dataset import clip_seed, make_clip
 from model.data.identity import identity_from_seed
 from model.data.prompts import ACTION_PROMPTS, BlockPrompt
@@ -112,7 +113,7 @@ def long_stream(pipeline: LiveActPipeline, identity_seed: int, minutes: int, out
     rng = np.random.default_rng([identity_seed, 60])
     minute_audio = [random_utterance(rng, 60.0, languages=(HELD_OUT_LANGUAGE,), speakers=(HELD_OUT_SPEAKER,)).audio
                     for _ in range(minutes)]
-    audio = np.concatenate(minute_audio + [np.zeros(16000 * 4, np.float32)])
+    audio = np.concatenate(minute_audio + [np.zeros(MODEL_SAMPLE_RATE * 4, np.float32)])
     per_minute, pending, memory_bytes = [], [], {}
     frames_per_minute = 60 * FPS
     for block in run_stream(pipeline, still, audio, seed=identity_seed):
@@ -164,7 +165,7 @@ def speed(pipeline: LiveActPipeline, blocks: int = 6) -> dict:
     """Real-time factor at the default size: the whole block, and the streaming decode alone."""
     size = pipeline.config.width
     still = render_still(identity_from_seed(1), size)
-    audio = (0.1 * np.sin(np.arange(16000 * 12) * 0.05)).astype(np.float32)
+    audio = (0.1 * np.sin(np.arange(MODEL_SAMPLE_RATE * 12) * 0.05)).astype(np.float32)
     times = [b.seconds for b in run_stream(pipeline, still, audio)][1: blocks + 1]
     schedule = StreamSchedule.from_model_config(pipeline.config, size, size)
     block_seconds = schedule.block_video_frames / FPS

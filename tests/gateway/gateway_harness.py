@@ -1,4 +1,8 @@
-"""A real grpc.aio gateway on 127.0.0.1 (ephemeral port) in front of the fake worker, plus small helpers."""
+"""A real grpc.aio gateway on 127.0.0.1 (ephemeral port) in front of the real worker engine, plus small helpers.
+
+The worker runs in a thread of the test process (InProcessWorker: the real link over ZeroMQ inproc, the real
+engine, scheduler and memory pool) with the tests' stand-in generator, whose frames encode their index.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,23 @@ import asyncio
 import contextlib
 import functools
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from PIL import Image
+from stand_in_generator import StandInGenerator
 
 from avatar_backend.gateway.server import Gateway, ServerOptions
+from avatar_backend.generator.config import TINY
 from avatar_backend.proto_gen import avatar_service_pb2 as pb
-from avatar_backend.proto_gen import avatar_service_pb2_grpc, converse_pb2
-
-from gateway_fake_worker import FakeWorkerLink
+from avatar_backend.proto_gen import avatar_service_pb2_grpc, converse_pb2, worker_pb2
+from avatar_backend.worker.config import WorkerConfig
+from avatar_backend.worker.engine import Engine
+from avatar_backend.worker.executor import InProcessExecutor
+from avatar_backend.worker.in_process import InProcessWorker, inproc_link
+from avatar_backend.worker.link import GatewayLink
+from avatar_backend.worker.scheduler import SchedulerConfig
 
 TEST_TIMEOUT_S = 20.0
 
@@ -33,29 +44,105 @@ def async_test(fn):
     return wrapper
 
 
+class TappedLink:
+    """The gateway's real link, with the messages the gateway sent to the worker kept for the test to read."""
+
+    def __init__(self, link: GatewayLink):
+        self.link = link
+        self.sent: list[worker_pb2.ToWorker] = []
+
+    async def request(self, msg, payloads=(), timeout=10.0):
+        self.sent.append(msg)
+        return await self.link.request(msg, payloads, timeout)
+
+    def send(self, msg, payloads=()) -> None:
+        self.sent.append(msg)
+        self.link.send(msg, payloads)
+
+    def subscribe(self, session_id: str) -> asyncio.Queue:
+        return self.link.subscribe(session_id)
+
+    def unsubscribe(self, session_id: str) -> None:
+        self.link.unsubscribe(session_id)
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected
+
+    def requests_of(self, body: str) -> list:
+        return [getattr(m, body) for m in self.sent if m.WhichOneof("body") == body]
+
+
 @dataclass
 class Harness:
     gateway: Gateway
-    worker: FakeWorkerLink
+    link: TappedLink
+    worker: InProcessWorker
+    generator: StandInGenerator
     channel: grpc.aio.Channel
     stub: avatar_service_pb2_grpc.AvatarServiceStub
+    data_dir: Path
+    restarts: list[InProcessWorker] = field(default_factory=list)
+
+    @property
+    def engine(self) -> Engine:
+        assert self.worker.engine is not None
+        return self.worker.engine
+
+    def worker_session(self, npc_id: str):
+        """The worker scheduler's state of the NPC's live session (None when it has none)."""
+        return next((s for s in self.engine.scheduler.sessions.values() if s.npc_id == npc_id), None)
+
+    async def kill_worker(self, reason: str) -> None:
+        """The worker dies as a process would: nothing saved; the link and the gateway are told, as the
+        supervisor tells them."""
+        self.engine.pool.drop_live()
+        for session_id in list(self.engine.scheduler.sessions):
+            self.engine.scheduler.close_session(session_id)
+        await self.worker.stop()
+        self.link.link.worker_lost(reason)
+        self.gateway.worker_lost(reason)
+
+    async def restart_worker(self, **worker_options) -> None:
+        """A new worker on the same link (the supervisor's restart)."""
+        self.worker = await start_worker(self.link.link, self.data_dir, self.generator, **worker_options)
+        self.restarts.append(self.worker)
+
+
+async def start_worker(link: GatewayLink, data_dir: Path, generator: StandInGenerator,
+                       **scheduler_options) -> InProcessWorker:
+    config = WorkerConfig(endpoint=link.endpoint, data_dir=data_dir, scheduler=SchedulerConfig(**scheduler_options),
+                          idle_poll_ms=5)
+    return await InProcessWorker(link, InProcessExecutor(generator), StandInGenerator.codec, config).start()
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(tmp_path, *, block_interval_s: float = 0.05, metadata_key: str | None = None,
+async def running_gateway(tmp_path, *, block_delay_s: float = 0.0, worker_options: dict | None = None,
                           **options):
-    worker = FakeWorkerLink(block_interval_s=block_interval_s)
-    gateway = Gateway(ServerOptions(host="127.0.0.1", port=0, data_dir=tmp_path, **options), worker)
-    await gateway.start()
-    assert await gateway.wait_ready(5.0)
-    # The client itself must not refuse big messages: the server's limit is under test.
-    channel = grpc.aio.insecure_channel(gateway.address, options=[
-        ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+    """The gateway and its worker; ``block_delay_s`` makes each generator call take that long,
+    ``worker_options`` are SchedulerConfig fields."""
+    link = inproc_link()
+    await link.start()
+    generator = StandInGenerator(TINY, block_delay_s=block_delay_s)
+    worker = await start_worker(link, tmp_path, generator, **(worker_options or {}))
+    tapped = TappedLink(link)
+    gateway = Gateway(ServerOptions(host="127.0.0.1", port=0, data_dir=tmp_path, **options), tapped)
+    harness = None
     try:
-        yield Harness(gateway, worker, channel, avatar_service_pb2_grpc.AvatarServiceStub(channel))
+        await gateway.start()
+        assert await gateway.wait_ready(5.0)
+        # The client itself must not refuse big messages: the server's limit is under test.
+        channel = grpc.aio.insecure_channel(gateway.address, options=[
+            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+        harness = Harness(gateway, tapped, worker, generator, channel,
+                          avatar_service_pb2_grpc.AvatarServiceStub(channel), tmp_path)
+        yield harness
     finally:
-        await channel.close()
+        if harness is not None:
+            await harness.channel.close()
         await gateway.stop(grace=0)
+        await (harness.worker if harness is not None else worker).stop()
+        await link.close()
 
 
 def png_bytes(width: int = 64, height: int = 64, color=(200, 120, 80), fmt: str = "PNG") -> bytes:
