@@ -23,6 +23,7 @@ and exits with an error when one has gone, and the gateway's supervisor restarts
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import socket
@@ -167,7 +168,9 @@ class LeaderRunner:
         self.random_weights = pipeline.random_weights
         self.weights_sha256 = pipeline.weights_sha256
         self.parameters = pipeline.parameters
-        self._dropped: list[tuple] = []            # conditionings rank 0 let go of: the followers' go next
+        self._next_handle = itertools.count(1)
+        self._handles: dict[int, int] = {}         # id of a rank-0 conditioning -> the followers' handle of it
+        self._dropped: list[int] = []              # conditionings rank 0 let go of: the followers' go next
         self._lock = threading.Lock()              # finalizers run on any thread
         self._live: set[str] = set()               # NPCs whose memories are sharded over the ranks
 
@@ -185,15 +188,18 @@ class LeaderRunner:
     # -- characters ----------------------------------------------------------------------------------------
 
     def prepare_character(self, record: CharacterRecord, reference_png: bytes, width: int, height: int) -> Any:
-        key = (record.character_id, record.revision, width, height)
         conditioning = self.pipeline.prepare_character(record, reference_png, width, height)
-        self._send(("prepare", key, dataclasses.asdict(record), reference_png, width, height))
-        weakref.finalize(conditioning, self._forget, key)
+        handle = next(self._next_handle)
+        self._send(("prepare", handle, dataclasses.asdict(record), reference_png, width, height))
+        self._handles[id(conditioning)] = handle
+        weakref.finalize(conditioning, self._forget, id(conditioning), handle)
         return conditioning
 
-    def _forget(self, key: tuple) -> None:
+    def _forget(self, object_id: int, handle: int) -> None:
+        """Rank 0 let go of a conditioning: the followers drop theirs with the next command."""
         with self._lock:
-            self._dropped.append(key)
+            self._handles.pop(object_id, None)
+            self._dropped.append(handle)
 
     def _send(self, command: tuple) -> None:
         with self._lock:
@@ -218,8 +224,8 @@ class LeaderRunner:
             received = torch.empty_like(parts[0])
             dist.scatter(received, parts, src=0, group=self.group.control)
             own.copy_(received)
+        memory.convkv = shard  # first: only the rank's shard goes to its device, never the whole cache
         memory.to(self.pipeline.device)
-        memory.convkv = shard
         self._live.add(memory.npc_id)
         return memory
 
@@ -258,9 +264,7 @@ class LeaderRunner:
     # -- blocks ---------------------------------------------------------------------------------------------
 
     def generate_blocks(self, inputs: Sequence[BlockInput]) -> list[np.ndarray]:
-        conditionings = {id(c): c for c in (item.conditioning for item in inputs)}
-        keys = {id(c): (c.character_id, c.revision, c.width, c.height) for c in conditionings.values()}
-        self._send(("generate", [(item.memory.npc_id, keys[id(item.conditioning)], item.audio, item.prompt,
+        self._send(("generate", [(item.memory.npc_id, self._handles[id(item.conditioning)], item.audio, item.prompt,
                                   item.intensity) for item in inputs]))
         return self.pipeline.generate_blocks(inputs)
 
@@ -289,7 +293,7 @@ def follow(rank: int, init_method: str, devices: Sequence[str], pipeline_factory
     """A follower rank's whole life: join the group, then run rank 0's commands until ``stop``."""
     parallel, control = _join(rank, len(devices), init_method, devices)
     pipeline: LiveActPipeline = pipeline_factory(devices[rank], parallel)
-    characters: dict[tuple, Any] = {}
+    characters: dict[int, Any] = {}
     live: dict[str, NpcMemory] = {}
     log.info("rank %d of %d ready on %s", rank, len(devices), devices[rank])
     try:
@@ -305,11 +309,11 @@ def follow(rank: int, init_method: str, devices: Sequence[str], pipeline_factory
             if command == "ping":
                 continue
             if command == "forget":
-                for key in args[0]:
-                    characters.pop(key, None)
+                for handle in args[0]:
+                    characters.pop(handle, None)
             elif command == "prepare":
-                key, record, png, width, height = args
-                characters[key] = pipeline.prepare_character(CharacterRecord(**record), png, width, height)
+                handle, record, png, width, height = args
+                characters[handle] = pipeline.prepare_character(CharacterRecord(**record), png, width, height)
             elif command == "activate":
                 state = args[0]
                 fields = state["fields"]
@@ -332,8 +336,8 @@ def follow(rank: int, init_method: str, devices: Sequence[str], pipeline_factory
             elif command == "discard":
                 live.pop(args[0], None)
             elif command == "generate":
-                pipeline.generate_blocks([BlockInput(live[npc_id], characters[key], audio, prompt, intensity)
-                                          for npc_id, key, audio, prompt, intensity in args[0]])
+                pipeline.generate_blocks([BlockInput(live[npc_id], characters[handle], audio, prompt, intensity)
+                                          for npc_id, handle, audio, prompt, intensity in args[0]])
             else:
                 raise RankError(f"unknown command {command!r} from rank 0")
     finally:
