@@ -176,8 +176,9 @@ class Conversation:
     async def half_close(self) -> None:
         """Tell the server nothing more will be sent; keep iterating to receive what is still coming.
 
-        The server then stops generating, saves the NPC's memory and ends the stream. Call
-        :meth:`end_utterance` first if an utterance is in progress. Idempotent.
+        The server first generates the voice it was sent (an utterance in progress ends there: its frames and its
+        UTTERANCE_COMPLETE still come), then stops generating, saves the NPC's memory and ends the stream.
+        Idempotent.
         """
         self._require_open()
         async with self._write_lock:

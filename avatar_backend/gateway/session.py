@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 # Time a fatal end waits for the client to take the events already queued (e.g. DRAINING).
 FINAL_FLUSH_TIMEOUT_S = 2.0
 CLOSE_NPC_TIMEOUT_S = 30.0
+# A half-closed session first gets the voice it was sent onto video: at most this long.
+FINISH_VOICE_TIMEOUT_S = 300.0
 _END_OF_OUTPUT = object()  # put on the worker queue after NpcClosed: nothing more will come
 
 
@@ -85,6 +87,7 @@ class ConverseSession:
         self._admitted = False
         self._npc_open_requested = False
         self._npc_closed = False
+        self._finishing_voice = False       # a CloseNpc that first finishes the voice is under way
         self._failure: RpcFailure | None = None
         self._failed = asyncio.Event()
         self._drain_requested = False
@@ -306,18 +309,27 @@ class ConverseSession:
             self._close_then_finish_output(), name=f"session-close-{self.session_id}"))
 
     async def _close_then_finish_output(self) -> None:
-        await self._close_npc()
+        await self._close_npc(finish_voice=True)
         if self._worker_queue is not None:
             # The worker's output before NpcClosed is already queued (one ordered socket); end after it.
             self._worker_queue.put_nowait(_END_OF_OUTPUT)
 
-    async def _close_npc(self) -> None:
+    async def _close_npc(self, finish_voice: bool = False) -> None:
         if not self._npc_open_requested or self._npc_closed:
+            if self._finishing_voice:
+                # The client went away while its voice was being finished: close the NPC now.
+                self._finishing_voice = False
+                self._runtime.link.send(worker_pb2.ToWorker(close_npc=worker_pb2.CloseNpc(
+                    session_id=self.session_id)))
             return
         self._npc_closed = True
-        request = worker_pb2.ToWorker(close_npc=worker_pb2.CloseNpc(session_id=self.session_id))
+        self._finishing_voice = finish_voice
+        request = worker_pb2.ToWorker(close_npc=worker_pb2.CloseNpc(session_id=self.session_id,
+                                                                    finish_voice=finish_voice))
         try:
-            reply, _ = await self._runtime.link.request(request, timeout=CLOSE_NPC_TIMEOUT_S)
+            reply, _ = await self._runtime.link.request(
+                request, timeout=FINISH_VOICE_TIMEOUT_S if finish_voice else CLOSE_NPC_TIMEOUT_S)
+            self._finishing_voice = False
             if reply.WhichOneof("body") == "npc_closed":
                 self._closed_npc = reply.npc_closed.npc
         except WorkerUnavailableError as err:

@@ -135,10 +135,19 @@ class Engine:
                 return
         self.executor.check()
         self.run_next_batch()
+        self._close_finished_sessions()
         self.pool.snapshot_due()  # between batches; the file is written in the background
 
     def handle(self, msg: worker_pb2.ToWorker, payloads: list[memoryview]) -> None:
         self.requests.handle(msg, payloads)
+
+    def _close_finished_sessions(self) -> None:
+        """Sessions closing once their voice is on video: close those whose voice is all generated."""
+        for state in list(self.scheduler.sessions.values()):
+            if state.closing_request is not None and not state.queued_samples:
+                reply = self.requests.close_session(state.session_id)
+                if state.closing_request:
+                    self.link.reply(state.closing_request, reply)
 
     def save_everything(self) -> None:
         """Park every live session's memory and write every changed memory (shutdown, lost gateway)."""
@@ -218,8 +227,11 @@ class Engine:
         if self.scheduler.sessions.get(state.session_id) is state:
             self.scheduler.close_session(state.session_id)
             self.pool.abandon(state.npc_id)
-        self.link.emit(worker_pb2.FromWorker(error=worker_pb2.WorkerError(
-            session_id=state.session_id, code=code, message=message)))
+        error = worker_pb2.FromWorker(error=worker_pb2.WorkerError(session_id=state.session_id, code=code,
+                                                                   message=message))
+        self.link.emit(error)
+        if state.closing_request:  # the CloseNpc that waited for this voice is answered too
+            self.link.reply(state.closing_request, error)
 
     @staticmethod
     def _check_frames(frames: Any, memory: Any) -> np.ndarray:

@@ -172,11 +172,23 @@ class RequestHandler:
 
     def _close_npc(self, msg: worker_pb2.ToWorker, payloads: list[memoryview]) -> None:
         sid = msg.close_npc.session_id
-        self._session(sid)
-        state = self.engine.scheduler.close_session(sid)
+        state = self._session(sid)
+        if msg.close_npc.finish_voice and state.queued_samples:
+            # The engine closes it (and answers) once the queued voice is on video.
+            for ended in self.engine.scheduler.end_of_utterance(sid):
+                self.engine.link.emit(worker_pb2.FromWorker(utterance_done=worker_pb2.UtteranceDone(
+                    session_id=sid, timeline_end=ended.timeline_end)))
+            state.closing_request = msg.request_id
+            return
+        self._answer(msg, self.close_session(sid))
+
+    def close_session(self, session_id: str) -> worker_pb2.FromWorker:
+        """Close a session now: its NPC's memory is parked and saved; the NpcClosed answer."""
+        state = self.engine.scheduler.close_session(session_id)
         npc = self.engine.pool.release(state.npc_id)
-        log.info("session %s closed: NPC %s parked after %d block(s) this session", sid, state.npc_id, state.blocks)
-        self._answer(msg, worker_pb2.FromWorker(npc_closed=worker_pb2.NpcClosed(session_id=sid, npc=npc)))
+        log.info("session %s closed: NPC %s parked after %d block(s) this session", session_id, state.npc_id,
+                 state.blocks)
+        return worker_pb2.FromWorker(npc_closed=worker_pb2.NpcClosed(session_id=session_id, npc=npc))
 
     # -- NPCs, characters and the worker ----------------------------------------------------------------------
 

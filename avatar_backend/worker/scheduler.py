@@ -199,6 +199,7 @@ class SessionState:
     action_prompt: str | None = None      # an action's prompt, for the next block only
     intensity: float = 1.0
     blocks: int = 0                       # blocks generated in this session
+    closing_request: int | None = None    # a CloseNpc waiting for the queued voice to be generated (its id)
     last_served: int = -1                 # scheduler's serve counter when this session last ran
 
     @property

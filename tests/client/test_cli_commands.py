@@ -1,4 +1,7 @@
-"""The `avatar-backend` command: argument parsing, output and error formatting, the default character."""
+"""The `avatar-backend` command: argument parsing, output and error formatting, the default character.
+
+The commands that call a server run against the real one: the gateway in front of the real worker engine with the
+tests' stand-in generator (conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from PIL import Image
 from avatar_backend import cli
 from avatar_backend.cli import common
 from avatar_backend.cli import say as say_command
-from avatar_backend.client import AvatarError
+from avatar_backend.client import AvatarError, SyncAvatarClient
 from avatar_backend.gateway.characters import (
     default_character_files,
     ensure_default_character,
@@ -83,18 +86,18 @@ def test_bad_arguments_exit_2(argv, capsys):
 
 def test_grpc_errors_print_the_status_name_and_message(registered, capsys):
     assert cli.main(["npc", "rm", "ghost", "--server", registered.target]) == 1
-    assert capsys.readouterr().err.strip() == "error: NOT_FOUND: NPC 'ghost' does not exist"
+    assert capsys.readouterr().err.strip() == "error: NOT_FOUND: no NPC 'ghost'"
     error = AvatarError(grpc.StatusCode.UNAVAILABLE, "draining", retry_after_ms=1000)
     assert common.format_error(error) == "error: UNAVAILABLE: draining (retry after 1000 ms)"
 
 
 def test_character_and_npc_commands(registered, tmp_path, capsys):
     image = tmp_path / "smith.png"
-    Image.new("RGB", (8, 8)).save(image)
+    Image.new("RGB", (32, 32)).save(image)
     server = ["--server", registered.target]
     assert cli.main(["character", "add", "smith", "--image", str(image), "--prompt", "a dwarf smith",
                      "--emotion", "angry=shouting", *server]) == 0
-    assert "character smith registered" in capsys.readouterr().out
+    assert "character smith registered (32x32 reference, 1 emotion, 0 actions)" in capsys.readouterr().out
     assert cli.main(["character", "add", "smith", "--image", str(image), "--prompt", "p", *server]) == 1
     assert capsys.readouterr().err.startswith("error: ALREADY_EXISTS: ")
     assert cli.main(["character", "add", "elf", "--image", str(tmp_path / "missing.png"), "--prompt", "p",
@@ -109,26 +112,29 @@ def test_character_and_npc_commands(registered, tmp_path, capsys):
 
     assert cli.main(["npc", "list", *server]) == 0
     assert capsys.readouterr().out.strip() == "no NPCs"
-    registered.service.npcs["guard"] = cli_npc("guard", "smith")
+    npc = create_npc(registered.target, "guard", "smith")
     assert cli.main(["npc", "list", "--character", "smith", *server]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["ID", "CHARACTER", "LIVE", "BLOCKS", "FRAMES", "MEMORY", "SIZE", "UPDATED"]
-    assert lines[1].split()[:7] == ["guard", "smith", "no", "3", "93", "1.5", "MiB"]
+    # The stand-in's memory of a 64x64 NPC is 4096 bytes.
+    assert lines[1].split()[:8] == [
+        "guard", "smith", "no", str(npc.blocks_generated), str(npc.frames_generated), "4.0", "KiB", "64x64"
+    ]
     assert cli.main(["character", "rm", "smith", *server]) == 1
     assert capsys.readouterr().err.startswith("error: FAILED_PRECONDITION: ")
     assert cli.main(["character", "rm", "smith", "--with-npcs", *server]) == 0
     assert capsys.readouterr().out.strip() == "removed character smith and 1 NPC"
     assert cli.main(["info", *server]) == 0
-    assert "fake (random weights" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tiny (random weights" in out and "cpu (ready)" in out and "64x64" in out
 
 
-def cli_npc(npc_id: str, character_id: str):
-    from avatar_backend.proto_gen import avatar_service_pb2
-
-    return avatar_service_pb2.Npc(
-        npc_id=npc_id, character_id=character_id, memory_bytes=1536 * 1024, blocks_generated=3,
-        frames_generated=93, width=256, height=256,
-    )
+def create_npc(target: str, npc_id: str, character_id: str):
+    """An NPC is made by its first session: open one, end it, and return the NPC as the server keeps it."""
+    with SyncAvatarClient(target) as client:
+        with client.converse(npc_id, character_id):
+            pass
+        return client.get_npc(npc_id)
 
 
 def test_format_table_aligns_columns():

@@ -1,4 +1,5 @@
-"""`say` against the fake service, and the MP4 recorder on its own."""
+"""`say` against the real server (the gateway in front of the real worker engine with the tests' stand-in
+generator, conftest.py), and the MP4 recorder on its own."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import simplejpeg
 
 from avatar_backend.cli import say as say_command
-from avatar_backend.client import AvatarError, Mp4Recorder
+from avatar_backend.client import AvatarError, Mp4Recorder, SyncAvatarClient
 from avatar_backend.client.meters import UtteranceWatch
 from avatar_backend.media.audio_file import AudioFileError, load_audio
 from avatar_backend.proto_gen import converse_pb2
@@ -35,30 +36,40 @@ def open_mp4(path) -> tuple[int, av.audio.stream.AudioStream | None, float]:
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "realtime"])
 def test_say_records_the_whole_utterance(registered, tmp_path, fast):
     out = tmp_path / "npc.mp4"
-    pcm = speech_like(0.75)  # 3.75 blocks of the fake: the last block holds the utterance's end
+    pcm = speech_like(0.75)  # shorter than a block: its video is made once its end of utterance arrives
     options = say_command.SayOptions(server=registered.target, out=out, fast=fast, timeout_s=20)
     report = asyncio.run(say_command.say(pcm, options))
 
-    assert report.frames_received == 16 and report.frames_written == 16
+    # Blocks of 21 frames, then 32: voice sent at real-time pace waits for its end while the NPC idles.
+    frames_received = report.frames_received
+    assert frames_received >= 21 and (frames_received - 21) % 32 == 0
+    assert report.frames_written == frames_received
     assert report.utterance_complete and not report.timed_out
     assert report.packets_sent == 38 and report.realtime is (not fast)
     assert report.av_offsets_ms and max(abs(o) for o in report.av_offsets_ms) == 0
     assert report.missing_frame_indices == 0 and report.frames_dropped == 0
-    assert report.generated_fps == pytest.approx(20.0)
+    assert report.generated_fps is not None and report.generated_fps > 0
+    assert report.model == "tiny (random weights)" and (report.width, report.height, report.fps) == (64, 64, 20)
     assert report.time_to_first_frame_s is not None and report.first_speaking_frame_s is not None
     if not fast:
         assert report.wall_seconds >= 0.6  # frames followed the real-time voice
-    assert registered.service.sessions[0].half_closed
+    # say received every frame the NPC made, and the server saved the NPC when the stream ended.
+    with SyncAvatarClient(registered.target) as client:
+        npc = client.get_npc("cli-npc")
+    assert not npc.live and npc.frames_generated == frames_received
 
     frames, audio, audio_seconds = open_mp4(out)
-    assert frames == 16
+    assert frames == frames_received
     assert audio is not None and audio.codec_context.name == "aac"
-    assert audio_seconds == pytest.approx(0.8, abs=0.1)
+    # Each block's echo covers its frames.
+    assert audio_seconds == pytest.approx(frames_received / 20, abs=0.1)
 
 
 def test_say_stops_at_its_timeout(registered, tmp_path, capsys):
+    # Each generator call takes longer than say waits, so no frame arrives in time.
+    registered.generator.block_delay_s = 1.0
     out = tmp_path / "npc.mp4"
-    options = say_command.SayOptions(server=registered.target, out=out, npc_id="mute", fast=True, timeout_s=0.5)
+    options = say_command.SayOptions(server=registered.target, out=out, npc_id="npc-slow", fast=True, timeout_s=0.5)
     report = asyncio.run(say_command.say(speech_like(0.2), options, log=lambda _: None))
     assert report.timed_out and report.frames_received == 0 and report.frames_written == 0
     say_command.print_say_report(report, out)
@@ -67,10 +78,22 @@ def test_say_stops_at_its_timeout(registered, tmp_path, capsys):
 
 
 def test_say_reports_a_stream_error(registered, tmp_path):
-    options = say_command.SayOptions(server=registered.target, out=tmp_path / "npc.mp4", npc_id="crash", fast=True)
+    # The worker dies while it makes the utterance's block (slowly): say has sent everything and waits for frames.
+    registered.generator.block_delay_s = 0.5
+
+    def utterance_ended() -> bool:
+        session = registered.worker_session("npc-crash")
+        return session is not None and bool(session.utterance_ends)
+
+    killed = registered.kill_worker("test", when=utterance_ended)
+    options = say_command.SayOptions(
+        server=registered.target, out=tmp_path / "npc.mp4", npc_id="npc-crash", fast=True
+    )
     with pytest.raises(AvatarError) as caught:
         asyncio.run(say_command.say(speech_like(0.2), options))
-    assert caught.value.code_name == "UNAVAILABLE"
+    killed.result(5)
+    assert caught.value.code_name == "UNAVAILABLE" and caught.value.retry_after_ms == 1000
+    assert caught.value.details == "generator worker stopped: test; it is being restarted, retry"
 
 
 def test_print_say_report(registered, tmp_path, capsys):

@@ -1,7 +1,9 @@
-"""AvatarService's unary calls (characters, NPCs, server info), health, reflection and the API key."""
+"""AvatarService's unary calls (characters, NPCs, server info), health, reflection and the API key, in front of
+the real worker engine (in a thread of this process, with the stand-in generator)."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
@@ -44,7 +46,7 @@ async def test_register_stores_a_png_and_refuses_duplicates(tmp_path):
         assert replaced.base_prompt == "a new look"
         assert stored.read_character("hero").revision == 2
         await h.gateway.runtime.wait_background(2.0)
-        assert [r.character_id for r in h.worker.requests_of("drop_character")] == ["hero"]
+        assert [r.character_id for r in h.link.requests_of("drop_character")] == ["hero"]
 
         listed = await h.stub.ListCharacters(pb.ListCharactersRequest())
         assert [c.character_id for c in listed.characters] == ["hero"]
@@ -129,16 +131,18 @@ async def test_npc_calls(tmp_path):
 @async_test
 async def test_an_npc_with_an_unreadable_snapshot_can_be_deleted_not_reset(tmp_path):
     async with running_gateway(tmp_path) as h:
-        h.worker.unreadable.add("broken")
+        DataDir(h.data_dir).npc_memory_path("broken").write_bytes(b"\x00 not an NPC memory \xff" * 10)
+        assert (await h.stub.ListNpcs(pb.ListNpcsRequest())).npcs == []  # skipped, not listed
         await expect_rpc_error(h.stub.ResetNpc(pb.ResetNpcRequest(npc_id="broken")), grpc.StatusCode.DATA_LOSS)
         await h.stub.DeleteNpc(pb.DeleteNpcRequest(npc_id="broken"))
+        assert not DataDir(h.data_dir).npc_memory_path("broken").exists()
         await expect_rpc_error(h.stub.DeleteNpc(pb.DeleteNpcRequest(npc_id="broken")), grpc.StatusCode.NOT_FOUND)
 
 
 @async_test
 async def test_npc_calls_while_the_worker_is_down_are_unavailable(tmp_path):
     async with running_gateway(tmp_path) as h:
-        h.worker.kill("worker pid 7 exited with code 1")
+        await h.kill_worker("worker pid 7 exited with code 1")
         err = await expect_rpc_error(h.stub.ListNpcs(pb.ListNpcsRequest()), grpc.StatusCode.UNAVAILABLE)
         assert "generator worker stopped" in err.details()
 
@@ -178,13 +182,11 @@ async def test_health_and_reflection(tmp_path):
         names = {s.name for s in reply.list_services_response.service}
         assert {"avatar.v1.AvatarService", "grpc.health.v1.Health"} <= names
 
-        h.worker.kill("gone")
-        h.gateway.worker_lost("gone")
+        await h.kill_worker("gone")
         for _ in range(40):
             reply = await health.Check(health_pb2.HealthCheckRequest(service="avatar.v1.AvatarService"))
             if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
                 break
-            import asyncio
             await asyncio.sleep(0.05)
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
 

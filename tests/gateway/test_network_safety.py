@@ -1,7 +1,8 @@
 """Safe by default on a network: the start-up rule, TLS and mutual TLS, and where the API key comes from.
 
-The real gateway runs in-process in front of the fake worker; clients are the package's own (AvatarClient,
-SyncAvatarClient, the CLI) over real gRPC with certificates made at test time (tests/tls_certificates.py).
+The real gateway runs in-process in front of the real worker engine (in a thread, on a ZeroMQ inproc link, with
+the stand-in generator); clients are the package's own (AvatarClient, SyncAvatarClient, the CLI) over real gRPC
+with certificates made at test time (tests/tls_certificates.py).
 Only the start-up refusal of `avatar-backend serve` runs as a subprocess, because it is about the process.
 """
 
@@ -18,17 +19,22 @@ from pathlib import Path
 
 import grpc
 import pytest
+from gateway_harness import async_test, png_bytes, start_worker
+from stand_in_generator import StandInGenerator
+from tls_certificates import TlsMaterial, make_tls_material
 
 from avatar_backend import addresses, cli
 from avatar_backend.client import AvatarClient, AvatarError, SyncAvatarClient
 from avatar_backend.client.channels import channel_target_and_credentials
 from avatar_backend.gateway import server as gateway_server
-from avatar_backend.gateway.auth import TlsConfigError, UnsafeExposureError, check_exposure
+from avatar_backend.gateway.auth import (
+    TlsConfigError,
+    UnsafeExposureError,
+    check_exposure,
+)
 from avatar_backend.gateway.server import Gateway, ServerOptions
-
-from gateway_fake_worker import FakeWorkerLink
-from gateway_harness import async_test, png_bytes
-from tls_certificates import TlsMaterial, make_tls_material
+from avatar_backend.generator.config import TINY
+from avatar_backend.worker.in_process import inproc_link
 
 API_KEY = "k3y-for-tests"
 
@@ -40,15 +46,23 @@ def certs(tmp_path_factory) -> TlsMaterial:
 
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, host: str = "127.0.0.1", **options):
-    """The real gateway on ``host`` (ephemeral port) with the fake worker; yields the Gateway."""
-    gateway = Gateway(ServerOptions(host=host, port=0, data_dir=tmp_path / "data", **options),
-                      FakeWorkerLink(block_interval_s=0.05))
-    await gateway.start()
+    """The real gateway on ``host`` (ephemeral port) in front of an in-process worker; yields the Gateway."""
+    data_dir = tmp_path / "data"
+    link = await inproc_link().start()
+    worker = None
     try:
-        assert await gateway.wait_ready(5.0)
-        yield gateway
+        worker = await start_worker(link, data_dir, StandInGenerator(TINY))
+        gateway = Gateway(ServerOptions(host=host, port=0, data_dir=data_dir, **options), link)
+        await gateway.start()
+        try:
+            assert await gateway.wait_ready(5.0)
+            yield gateway
+        finally:
+            await gateway.stop(grace=0)
     finally:
-        await gateway.stop(grace=0)
+        if worker is not None:
+            await worker.stop()
+        await link.close()
 
 
 def tls_options(certs: TlsMaterial, *, client_ca: bool = False) -> dict:
@@ -149,7 +163,7 @@ def test_target_host(target, host):
 async def test_a_network_host_without_authentication_is_refused_before_binding(tmp_path, host):
     port = free_port()
     with pytest.raises(UnsafeExposureError) as refused:
-        Gateway(ServerOptions(host=host, port=port, data_dir=tmp_path / "data"), FakeWorkerLink())
+        Gateway(ServerOptions(host=host, port=port, data_dir=tmp_path / "data"), inproc_link())
     assert "--insecure-no-auth-on-network" in str(refused.value)
     assert "--api-key-file" in str(refused.value)
     # Nothing was bound: the port is still free on every interface.
@@ -160,7 +174,7 @@ async def test_a_network_host_without_authentication_is_refused_before_binding(t
 @async_test
 async def test_tls_alone_is_not_authentication_on_a_network_host(tmp_path, certs):
     with pytest.raises(UnsafeExposureError):
-        Gateway(ServerOptions(host="0.0.0.0", port=0, data_dir=tmp_path, **tls_options(certs)), FakeWorkerLink())
+        Gateway(ServerOptions(host="0.0.0.0", port=0, data_dir=tmp_path, **tls_options(certs)), inproc_link())
 
 
 @async_test
@@ -293,7 +307,7 @@ def test_tls_configuration_errors(tmp_path, certs):
 async def test_a_key_that_does_not_match_the_certificate_is_named(tmp_path, certs):
     with pytest.raises(OSError, match="TLS key does not match"):
         Gateway(ServerOptions(host="127.0.0.1", port=0, data_dir=tmp_path, tls_cert=certs.server_cert,
-                              tls_key=certs.client_key), FakeWorkerLink())
+                              tls_key=certs.client_key), inproc_link())
 
 
 # -- the client's side ----------------------------------------------------------------------------------

@@ -159,10 +159,12 @@ class Control(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., emotion_prompt: _Optional[str] = ..., action_prompt: _Optional[str] = ..., listening: _Optional[bool] = ..., end_of_utterance: _Optional[bool] = ..., interrupt: _Optional[bool] = ..., reset_prompt: _Optional[bool] = ..., intensity: _Optional[float] = ..., played_until: _Optional[int] = ...) -> None: ...
 
 class CloseNpc(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "finish_voice")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FINISH_VOICE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    finish_voice: bool
+    def __init__(self, session_id: _Optional[str] = ..., finish_voice: _Optional[bool] = ...) -> None: ...
 
 class NpcClosed(_message.Message):
     __slots__ = ("session_id", "npc")

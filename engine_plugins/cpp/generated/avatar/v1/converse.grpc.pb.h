@@ -10,7 +10,9 @@
 //   server -> SessionAccepted              (what was accepted; the stream is live from here)
 //   client -> AudioPacket* / EndOfUtterance / EmotionEvent / ActionEvent / ListeningEvent / InterruptRequest
 //   server -> AudioEcho* / VideoFrame* / SessionStats* / SessionEvent* / InterruptAck
-//   client half-closes (or cancels): the server stops generating, saves the NPC's memory and ends with OK.
+//   client half-closes: the server generates the voice it was sent (an utterance in progress ends there),
+//                       then stops generating, saves the NPC's memory and ends with OK
+//   client cancels:     the server stops at once and saves the NPC's memory
 //
 // One clock: the session's audio timeline, counted in samples at the session's audio sample rate
 // (AudioFormat.sample_rate). Time 0 is the first sample of the session. The NPC talks when you send audio and
