@@ -28,12 +28,14 @@ When a session's next block may run (``consume`` samples plus ``lookahead`` samp
 (b) the utterance has ended (end of utterance received, no newer voice): now, with what is queued, padded with
     silence. UtteranceDone is reported once the block holding the utterance's last voice sample is made.
 (c) idle, listening, or an utterance still waiting: silence, paced by the wall clock, just in time: a block
-    starts when the video already made would run out within the expected compute time plus
-    ``idle_margin_s``, so an idle NPC never stalls. A session's first block waits ``start_grace_s`` for
+    starts when the video already made would run out within the expected busy time plus ``idle_margin_s``,
+    so an idle NPC never stalls. The busy time is how long the generator takes when every session's block
+    is due at once (the batches they make, one after another), so a block that has to wait for its
+    batch-mates or for other batches still comes out in time. A session's first block waits ``start_grace_s`` for
     voice, because TTS audio usually follows the session config by milliseconds. (Listening changes the
     prompt, not the pacing.)
 (d) a speaking utterance whose voice is behind: wait for more voice until it is later than the jitter budget
-    allows, or until the video would underrun (video end minus the expected compute time minus a margin),
+    allows, or until the video would underrun (video end minus the expected busy time minus a margin),
     whichever comes first; then pad the missing part with silence.
 
 Interrupts rewind the timeline to the client's playback position: video made beyond what the player heard is
@@ -44,8 +46,10 @@ video end); ties go to the session served least recently (round robin).
 
 Batches. The generator runs the next blocks of several NPCs in one call when they have the same size and block
 kind (``batch_key``). The first session picked as above heads the batch; other sessions that may run and share
-its key join in the same order, up to ``max_batch``, as long as the batch, at its expected compute time, still
-delivers every member's frames before that member's video runs out (less ``underrun_margin_s``). A session that
+its key join in the same order (then idle ones due within ``early_join_s``), up to ``max_batch``, as long as a batch of that size costs less per NPC than
+one NPC fewer (on a 2-core CPU it barely does; on a GPU it does up to large batches) and the batch, at its
+expected compute time, still delivers every member's frames before that member's video runs out (less
+``underrun_margin_s``). A session that
 would be late even alone does not hold its batch-mates back: the batch is what keeps the worker from falling
 further behind. Expected compute times are kept per batch size; an unmeasured size is extrapolated linearly
 from the nearest measured smaller one.
@@ -113,6 +117,9 @@ class SchedulerConfig:
     compute_estimate_alpha: float = 0.3
     # NPCs whose blocks run in one generator call at most (1: no batching).
     max_batch: int = DEFAULT_MAX_BATCH
+    # An idle block due within this long may join a batch that runs now (NPCs that started together, and
+    # idle NPCs, then keep sharing calls instead of each waiting for the others' in turn).
+    early_join_s: float = 0.1
 
 
 class PcmQueue:
@@ -384,6 +391,22 @@ class Scheduler:
         nearest = max(smaller)
         return self._batch_estimate_s[nearest] * size / nearest
 
+    def busy_estimate_s(self) -> float:
+        """How long a due block may take to come out when every session's block is due at once, made in the
+        batches that cost least per NPC. A session's next block starts that much before its deadline."""
+        if not self._sessions or not self._batch_estimate_s:
+            return self._compute_estimate_s
+        per_npc = min(t / n for n, t in self._batch_estimate_s.items())
+        return max(self._compute_estimate_s, len(self._sessions) * per_npc)
+
+    def _pays(self, size: int) -> bool:
+        """Whether a batch of ``size`` costs less per NPC than one NPC fewer (true until both are measured:
+        the first batch of each size measures it). On a device where batching does not pay, a bigger batch
+        only makes its members wait for each other."""
+        if size not in self._batch_estimate_s or size - 1 not in self._batch_estimate_s:
+            return True
+        return self._batch_estimate_s[size] / size < self._batch_estimate_s[size - 1] / (size - 1)
+
     def seconds_until_ready(self, now: float | None = None) -> float | None:
         """0 when some block may run now; the wait until the first one may; None without sessions."""
         if not self._sessions:
@@ -403,21 +426,26 @@ class Scheduler:
         max_batch = min(max_batch or self.config.max_batch, self.config.max_batch)
         rate = self.config.sample_rate
         ready: list[tuple[tuple[float, int], SessionState, str]] = []
+        soon: list[tuple[tuple[float, int], SessionState, str]] = []
         for state in self._sessions.values():
             ready_at, reason = self._ready_at(state, now)
+            # Furthest behind its wall clock first; the least recently served on a tie.
+            key = (round(state.video_end(rate), 9), state.last_served)
             if ready_at <= now:
-                # Furthest behind its wall clock first; the least recently served on a tie.
-                ready.append(((round(state.video_end(rate), 9), state.last_served), state, reason))
+                ready.append((key, state, reason))
+            elif reason == "idle" and ready_at <= now + self.config.early_join_s:
+                soon.append((key, state, reason))
         if not ready:
             return []
         ready.sort(key=lambda item: item[0])
+        soon.sort(key=lambda item: item[0])
         _, head, head_reason = ready[0]
         batch = [(head, head_reason)]
         key = self.pipeline.batch_key(head.memory)
-        for _, state, reason in ready[1:]:
+        for _, state, reason in ready[1:] + soon:
             if len(batch) >= max_batch:
                 break
-            if self.pipeline.batch_key(state.memory) == key and self._in_time(
+            if self.pipeline.batch_key(state.memory) == key and self._pays(len(batch) + 1) and self._in_time(
                     [s for s, _ in batch] + [state], now):
                 batch.append((state, reason))
         return [self._plan(state, reason) for state, reason in batch]
@@ -518,12 +546,16 @@ class Scheduler:
         config = self.config
         video_end = state.video_end(config.sample_rate)
         # The latest start of a block that keeps the video from running out.
-        deadline = video_end - self._compute_estimate_s - config.underrun_margin_s
+        lead_s = self.busy_estimate_s()
+        deadline = video_end - lead_s - config.underrun_margin_s
         needed = consume + lookahead
         if not state.speaking and state.utterance_open and not self._faster_than_real_time(state, now):
-            # A waiting utterance also holds what the jitter budget needs beyond the video already made; never
-            # more than the budget itself, or a generator slower than real time would never let it start.
-            reserve_s = min(max(0.0, config.voice_jitter_budget_s - (deadline - now)), config.voice_jitter_budget_s)
+            # A waiting utterance also holds what the jitter budget needs beyond the video already made: then its
+            # next block's voice, arriving in real time, is complete before that block's deadline. Bounded (by
+            # the budget plus the time a block may wait for the generator), or a generator slower than real
+            # time would never let it start.
+            longest_s = config.voice_jitter_budget_s + lead_s + config.underrun_margin_s
+            reserve_s = min(max(0.0, config.voice_jitter_budget_s - (deadline - now)), longest_s)
             needed += int(reserve_s * config.sample_rate)
         if queued >= needed:
             return -np.inf, "voice"                                     # (a)
@@ -533,7 +565,7 @@ class Scheduler:
             stalled_at = (state.voice_origin + state.utterance_voice / config.sample_rate
                           + config.voice_jitter_budget_s)
             return min(deadline, stalled_at), "underrun"
-        ready_at = video_end - self._compute_estimate_s - config.idle_margin_s
+        ready_at = video_end - lead_s - config.idle_margin_s
         if state.blocks == 0:
             ready_at = max(ready_at, state.opened_at + self.config.start_grace_s)
         return ready_at, "idle"                                         # (c)

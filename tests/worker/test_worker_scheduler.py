@@ -424,7 +424,10 @@ def test_seconds_until_ready(pipeline, clock):
     due = BLOCK0 / RATE - 0.1 - MARGIN                # 0.45
     assert sched.seconds_until_ready() == pytest.approx(due - 0.4)
     open_session(sched, pipeline, "s2")                # its first block: at 0.4 + the grace, later than s1's
-    assert sched.seconds_until_ready() == pytest.approx(due - 0.4)
+    # Two sessions: when both are due at once the generator is busy for two blocks, so s1's next one is due
+    # 0.1 s earlier, at 0.35: now.
+    assert sched.busy_estimate_s() == pytest.approx(0.2)
+    assert sched.seconds_until_ready() == 0.0
     clock.t = 0.5
     assert sched.seconds_until_ready() == 0.0          # past due: never negative
     sched.push_voice("s2", voice(BLOCK0 + LOOKAHEAD))
@@ -566,14 +569,45 @@ def test_batch_mates_never_make_a_session_late_unless_it_is_late_anyway(pipeline
     for name in ("a", "b"):
         sched.push_voice(name, voice(8 * RATE))
     assert len(run_batch(sched, pipeline, clock, compute_s=0.9)) == 2   # measured: two NPCs take 0.9 s
-    for state in (a, b):                              # each alone to block 2: one NPC takes 0.3 s
+    for state in (a, b):                              # each alone to block 2: one NPC takes 0.5 s
         plan = sched.next_blocks(max_batch=1)[0]
         pipeline.generate_block(plan.session.memory, None, plan.audio, plan.prompt)
-        sched.complete_blocks([plan], 0.3)
-    assert (a.blocks, b.blocks) == (2, 2) and sched.batch_estimate_s(1) == pytest.approx(0.3)
+        sched.complete_blocks([plan], 0.5)
+    assert (a.blocks, b.blocks) == (2, 2) and sched.batch_estimate_s(1) == pytest.approx(0.5)
     a.opened_at = clock.t - a.timeline_pos / RATE + 0.8   # a's video runs out in 0.8 s: deadline 0.6 s away
     b.opened_at = clock.t - b.timeline_pos / RATE + 2.0   # b's in 2 s
     assert [p.session.session_id for p in sched.next_blocks()] == ["a"]   # 0.9 s together would make a late
     a.opened_at -= 0.7                                # a is late even alone (0.1 s left): b may join
     assert [p.session.session_id for p in sched.next_blocks()] == ["a", "b"]
     assert sched.batch_estimate_s(4) == pytest.approx(1.8)               # extrapolated from two
+
+
+def test_a_batch_that_does_not_pay_is_not_made(pipeline, clock):
+    """Where two NPCs in one call cost more than two calls of one (a small CPU), due sessions run one by one:
+    a batch would only make each wait for the other."""
+    sched = Scheduler(pipeline, SchedulerConfig(max_batch=4), clock=clock)
+    for name in ("a", "b"):
+        open_session(sched, pipeline, name)
+        sched.push_voice(name, voice(8 * RATE))
+    assert len(run_batch(sched, pipeline, clock, compute_s=0.7)) == 2    # measured: two NPCs take 0.7 s ...
+    for _ in range(2):                                                   # ... one alone 0.3 s
+        plan = sched.next_blocks(max_batch=1)[0]
+        pipeline.generate_block(plan.session.memory, None, plan.audio, plan.prompt)
+        sched.complete_blocks([plan], 0.3)
+    assert len(sched.next_blocks()) == 1
+    assert sched.busy_estimate_s() == pytest.approx(0.6)                 # two sessions, 0.3 s each
+
+
+def test_idle_sessions_due_within_the_early_join_window_share_the_batch(pipeline, clock):
+    sched = Scheduler(pipeline, SchedulerConfig(early_join_s=0.1), clock=clock)
+    open_session(sched, pipeline, "a")
+    clock.advance(0.05)
+    open_session(sched, pipeline, "b")               # opened 50 ms later: its first block is due 50 ms later
+    clock.advance(GRACE - 0.05)
+    assert [p.session.session_id for p in sched.next_blocks()] == ["a", "b"]
+    late_opener = Scheduler(pipeline, SchedulerConfig(early_join_s=0.02), clock=clock)
+    open_session(late_opener, pipeline, "a")
+    clock.advance(0.05)
+    open_session(late_opener, pipeline, "b")
+    clock.advance(GRACE - 0.05)
+    assert [p.session.session_id for p in late_opener.next_blocks()] == ["a"]   # b's block is 50 ms away

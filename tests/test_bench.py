@@ -1,0 +1,29 @@
+"""The benchmark's generator parts run and report what README's performance table quotes (no timing is
+asserted: numbers are the benchmark's job)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+
+from avatar_backend.bench import bench_batches, bench_worker_realtime  # noqa: E402
+
+
+def test_batches_report_blocks_per_second_and_real_time_per_npc():
+    result = bench_batches("tiny", (1, 2), blocks=1, threads=2)
+    rows = result["batches"]
+    assert [r["npcs"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["frames_per_block"] == 32 and row["call_s_median"] > 0
+        assert row["blocks_per_s"] == pytest.approx(row["npcs"] / row["call_s_median"], rel=1e-2)
+        assert row["dit_s_median"] + row["decode_s_median"] <= row["call_s_median"]
+    assert result["compute_keeps_up_npcs"] in (0, 1, 2)
+
+
+def test_npcs_talking_through_a_worker_process_are_counted_late_or_chopped():
+    result = bench_worker_realtime("tiny", (2,), seconds=4.0)
+    [row] = result["runs"]
+    assert row["npcs"] == 2 and row["blocks"] >= 4
+    assert 1.0 <= row["mean_batch_size"] <= 2.0 and isinstance(row["late_blocks"], int)
+    assert (result["width"], result["height"]) == (128, 128)
