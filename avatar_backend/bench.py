@@ -197,6 +197,10 @@ def bench_worker_realtime(config: str, npc_counts: tuple[int, ...], seconds: flo
             await link.close()
         late, lateness, gaps, batch_sizes, blocks = 0, [], 0, [], 0
         for received in arrivals.values():
+            if not received:  # not one frame while it talked: as late as it gets
+                late += 1
+                lateness.append(seconds)
+                continue
             first = received[0][0]
             for arrived, block in received:
                 due = first + block.audio_start / rate

@@ -18,12 +18,15 @@ def test_batches_report_blocks_per_second_and_real_time_per_npc():
         assert row["frames_per_block"] == 32 and row["call_s_median"] > 0
         assert row["blocks_per_s"] == pytest.approx(row["npcs"] / row["call_s_median"], rel=1e-2)
         assert row["dit_s_median"] + row["decode_s_median"] <= row["call_s_median"]
-    assert result["compute_keeps_up_npcs"] in (0, 1, 2)
+    assert result["compute_keeps_up_npcs"] == max((r["npcs"] for r in rows if r["per_npc_realtime_factor"] >= 1),
+                                                  default=0)
 
 
 def test_npcs_talking_through_a_worker_process_are_counted_late_or_chopped():
     result = bench_worker_realtime("tiny", (2,), seconds=4.0)
     [row] = result["runs"]
-    assert row["npcs"] == 2 and row["blocks"] >= 4
-    assert 1.0 <= row["mean_batch_size"] <= 2.0 and isinstance(row["late_blocks"], int)
+    assert row["npcs"] == 2 and row["blocks"] >= 2
+    # Two NPCs talking for 4 s make at least their first two blocks each, at most two per call.
+    assert 1.0 <= row["mean_batch_size"] <= 2.0
+    assert 0 <= row["late_blocks"] <= row["blocks"] and row["chopped_blocks"] <= row["blocks"]
     assert (result["width"], result["height"]) == (128, 128)

@@ -95,6 +95,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def parse_positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_named_prompt(text: str) -> tuple[str, str]:
     """``"angry=frowning, shouting"`` -> ("angry", "frowning, shouting")."""
     name, sep, prompt = text.partition("=")

@@ -12,7 +12,7 @@ from avatar_backend.store import default_data_dir
 from avatar_backend.worker.process import RANDOM_WEIGHTS
 from avatar_backend.worker.scheduler import DEFAULT_MAX_BATCH
 
-from .common import CliError, display_path, resolve_api_key
+from .common import CliError, display_path, parse_positive_int, resolve_api_key
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +62,7 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
              f"(default {Limits.voice_jitter_budget_ms})",
     )
     parser.add_argument(
-        "--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
+        "--max-batch", type=parse_positive_int, default=DEFAULT_MAX_BATCH, metavar="N",
         help=f"NPCs whose next blocks the worker generates in one call at most, when they are due together and "
              f"none of them is made late by it (default {DEFAULT_MAX_BATCH}; 1: one NPC per call)",
     )

@@ -28,7 +28,7 @@ SESSIONS_FULL_RETRY_AFTER_MS = 2000
 
 
 class WorkerLinkLike(Protocol):
-    """The part of worker.link.GatewayLink the gateway uses (tests substitute an in-process fake)."""
+    """The part of worker.link.GatewayLink the gateway uses (tests wrap the real one to see what was sent)."""
 
     async def request(self, msg: worker_pb2.ToWorker, payloads: Any = (), timeout: float | None = 10.0
                       ) -> tuple[worker_pb2.FromWorker, list[memoryview]]: ...

@@ -123,7 +123,8 @@ def check_startup(options: ServerOptions) -> tuple[ServerTls | None, list[str]]:
 
 
 class Gateway:
-    """The gRPC server and everything it serves, over any worker link (the real one, or a test fake).
+    """The gRPC server and everything it serves, over a worker link (to a worker process, or to
+    an in-process worker).
 
     Raises UnsafeExposureError or TlsConfigError (see :func:`check_startup`) before binding anything.
     """

@@ -304,7 +304,10 @@ class ConverseSession:
         if self.phase is not SessionPhase.LIVE:
             return
         self.phase = SessionPhase.CLOSING
-        self._input.stop()
+        try:
+            self._input.flush_voice()
+        except WorkerUnavailableError:
+            pass  # the worker is gone: the close that follows finds that out and ends the session
         self._tasks.append(asyncio.get_running_loop().create_task(
             self._close_then_finish_output(), name=f"session-close-{self.session_id}"))
 

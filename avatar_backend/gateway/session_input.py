@@ -89,6 +89,13 @@ class ClientInput:
         self._report_garbage()
         self._control(end_of_utterance=True)
 
+    def flush_voice(self) -> None:
+        """The client sends no more: the voice still held (behind a missing packet, in the resampler) goes to
+        the worker, so the half-close that follows gets all of it onto video."""
+        self.stop()
+        self._push_audio(self.audio.end_utterance())
+        self._report_garbage()
+
     def take_interrupt_drop(self) -> int:
         """Voice the gateway itself dropped for the oldest interrupt not yet acknowledged (16 kHz samples)."""
         return self._interrupt_drops.pop(0) if self._interrupt_drops else 0

@@ -84,9 +84,3 @@ class SequenceParallel:
         parts = [torch.empty_like(x) for _ in range(self.world_size)]
         dist.all_gather(parts, x.contiguous(), group=self.group)
         return torch.cat(parts, dim=1)
-
-    def gather_heads_of_cache(self, shard: Tensor, dim: int) -> Tensor:
-        """Every rank's head shard of a cache tensor, concatenated along its heads dimension ``dim``."""
-        parts = [torch.empty_like(shard) for _ in range(self.world_size)]
-        dist.all_gather(parts, shard.contiguous(), group=self.group)
-        return torch.cat(parts, dim=dim)

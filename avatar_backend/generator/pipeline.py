@@ -297,8 +297,12 @@ class LiveActPipeline:
         """
         if not inputs:
             return []
-        memories = [item.memory for item in inputs]
-        key = self.batch_key(memories[0])
+        self.check_batch(inputs)
+        return self._generate(inputs)
+
+    def check_batch(self, inputs: Sequence[BlockInput]) -> None:
+        """GeneratorError unless ``inputs`` can run as one batch (no memory is changed either way)."""
+        key = self.batch_key(inputs[0].memory)
         for item in inputs:
             memory, conditioning = item.memory, item.conditioning
             if (conditioning.width, conditioning.height) != (memory.width, memory.height):
@@ -310,8 +314,14 @@ class LiveActPipeline:
             if item.audio.shape != (consume + lookahead,):
                 raise GeneratorError(f"NPC {memory.npc_id!r}: block {memory.blocks_generated} needs "
                                      f"{consume + lookahead} audio samples, got {item.audio.shape}")
-        if len({id(m) for m in memories}) != len(memories):
+        if len({id(item.memory) for item in inputs}) != len(inputs):
             raise GeneratorError("an NPC can have only one block in a batch")
+        for item in inputs:  # prepared here, so a prompt that cannot be encoded fails before any work
+            self.context_for(item.conditioning, item.prompt, item.intensity)
+
+    @torch.inference_mode()
+    def _generate(self, inputs: Sequence[BlockInput]) -> list[np.ndarray]:
+        memories = [item.memory for item in inputs]
         first = memories[0]
         schedule = self.schedule(first.width, first.height)
         plan = schedule.block(first.blocks_generated)   # the layout every NPC of the batch shares
@@ -345,6 +355,8 @@ class LiveActPipeline:
         dit_done = time.perf_counter()
         if self.parallel is not None and self.parallel.rank != 0:
             # A follower rank: the DiT's share is done; rank 0 decodes and keeps the decoder states.
+            if not single:
+                convkv.scatter_into([m.convkv for m in memories])
             self._advance(inputs, pcms, noises)
             return []
         decoder = first.decoder if single else CausalCache.stack([m.decoder for m in memories])

@@ -66,6 +66,7 @@ class Engine:
         self.scheduler = Scheduler(self.runner, config.scheduler, clock)
         self.requests = RequestHandler(self)
         self._stopping = False
+        self._aborted = False
         self.gateway_gone = False
         self.executor_lost = ""                    # why the executor's other ranks are gone ("" while they are not)
 
@@ -73,6 +74,12 @@ class Engine:
 
     def request_stop(self) -> None:
         """Leave the loop after the current batch; memories are saved on the way out."""
+        self._stopping = True
+
+    def abort(self) -> None:
+        """Leave the loop after the current batch as a killed process would: nothing saved, nothing more sent
+        (safe to call from another thread)."""
+        self._aborted = True
         self._stopping = True
 
     @property
@@ -106,8 +113,14 @@ class Engine:
         except KeyboardInterrupt:
             log.info("interrupted; saving memories and exiting")
         finally:
-            self.save_everything()
-            self.executor.shutdown()
+            try:
+                if not self._aborted:
+                    self.save_everything()
+            except ExecutorLost as err:  # a rank went while live memories were collected: keep the parked ones
+                self._lose_executor(str(err))
+                self.pool.save_all()
+            finally:
+                self.executor.shutdown()
         return 3 if self.executor_lost else 0
 
     def _lose_executor(self, reason: str) -> None:
@@ -144,10 +157,18 @@ class Engine:
     def _close_finished_sessions(self) -> None:
         """Sessions closing once their voice is on video: close those whose voice is all generated."""
         for state in list(self.scheduler.sessions.values()):
-            if state.closing_request is not None and not state.queued_samples:
+            if state.closing_request is None or state.queued_samples:
+                continue
+            try:
                 reply = self.requests.close_session(state.session_id)
-                if state.closing_request:
-                    self.link.reply(state.closing_request, reply)
+            except ExecutorLost:
+                raise
+            except Exception as err:
+                log.exception("session %s: closing NPC %s failed", state.session_id, state.npc_id)
+                reply = worker_pb2.FromWorker(error=worker_pb2.WorkerError(
+                    session_id=state.session_id, code="INTERNAL", message=f"closing the NPC failed: {err}"))
+            if state.closing_request:
+                self.link.reply(state.closing_request, reply)
 
     def save_everything(self) -> None:
         """Park every live session's memory and write every changed memory (shutdown, lost gateway)."""
@@ -184,17 +205,26 @@ class Engine:
             return 0
         try:
             self._run(plans)
+        except ExecutorLost:
+            raise
+        except _Generated as failure:
+            # The memories moved on: running the batch again would make the next blocks from this audio.
+            for plan in plans:
+                self._fail_block(plan, failure.error)
         except Exception as err:
             self.executor.check()  # a rank that died mid-batch: not the sessions' failure
             if len(plans) == 1:
                 self._fail_block(plans[0], err)
             else:
+                # A batch that fails leaves its memories as they were: each NPC again alone.
                 log.exception("a batch of %d NPCs failed; running them one by one", len(plans))
                 for plan in plans:
                     try:
                         self._run([plan])
+                    except ExecutorLost:
+                        raise
                     except Exception as own_err:
-                        self._fail_block(plan, own_err)
+                        self._fail_block(plan, own_err.error if isinstance(own_err, _Generated) else own_err)
         return len(plans)
 
     def _run(self, plans: list[BlockPlan]) -> None:
@@ -206,8 +236,19 @@ class Engine:
         started = time.perf_counter()
         outputs = self.executor.execute([
             BlockInput(p.session.memory, p.session.conditioning, p.audio, p.prompt, p.intensity) for p in plans])
+        if self._aborted:
+            return
+        try:
+            self._deliver(plans, outputs, positions, time.perf_counter() - started)
+        except ExecutorLost:
+            raise
+        except Exception as err:
+            raise _Generated(err) from err
+
+    def _deliver(self, plans: list[BlockPlan], outputs: list, positions: list[tuple[int, int]],
+                 compute_s: float) -> None:
+        """The update step: timelines advance, FrameBlocks and UtteranceDone go out."""
         frames = [self._check_frames(out, p.session.memory) for out, p in zip(outputs, plans, strict=True)]
-        compute_s = time.perf_counter() - started
         ended = self.scheduler.complete_blocks(plans, compute_s)
         for plan, block_frames, (block_index, first_frame) in zip(plans, frames, positions):
             self._emit_block(plan, block_frames, block_index, first_frame, compute_s, len(plans))
@@ -224,14 +265,14 @@ class Engine:
 
     def fail_session(self, state: SessionState, code: str, message: str) -> None:
         """End one session on an error: the others carry on; its NPC goes back to its last snapshot."""
-        if self.scheduler.sessions.get(state.session_id) is state:
-            self.scheduler.close_session(state.session_id)
-            self.pool.abandon(state.npc_id)
         error = worker_pb2.FromWorker(error=worker_pb2.WorkerError(session_id=state.session_id, code=code,
                                                                    message=message))
         self.link.emit(error)
         if state.closing_request:  # the CloseNpc that waited for this voice is answered too
             self.link.reply(state.closing_request, error)
+        if self.scheduler.sessions.get(state.session_id) is state:
+            self.scheduler.close_session(state.session_id)
+            self.pool.abandon(state.npc_id)
 
     @staticmethod
     def _check_frames(frames: Any, memory: Any) -> np.ndarray:
@@ -256,3 +297,10 @@ class Engine:
         pcm = np.ascontiguousarray(plan.consumed_audio)
         self.link.emit(worker_pb2.FromWorker(frame_block=block), [frames, pcm])
 
+
+class _Generated(Exception):
+    """The update step of a batch failed after its memories had moved on (the blocks were made)."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error

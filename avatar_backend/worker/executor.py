@@ -26,7 +26,7 @@ class Executor(Protocol):
 
     def execute(self, inputs: Sequence[BlockInput]) -> list[np.ndarray]:
         """Each NPC's next block (uint8 [T, H, W, 3]); advances their memories. A batch of more than one NPC
-        that raises leaves their memories as they were."""
+        that raises leaves their memories as they were; ExecutorLost when ranks can no longer agree on them."""
 
     def check(self) -> None:
         """Between batches: ExecutorLost when part of the executor is gone."""

@@ -94,5 +94,16 @@ class InProcessWorker:
         self._thread = None
 
 
+    async def kill(self, timeout: float = 10.0) -> None:
+        """The engine stops as a killed worker process would: after the call it is in, saving nothing and
+        sending nothing more. The link is not told (the supervisor tells it, as it would of a dead process)."""
+        if self._thread is None:
+            return
+        if self.engine is not None:
+            self.engine.abort()
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, timeout)
+        self._thread = None
+
+
 def _no_nvml() -> Any:
     raise ImportError("the in-process worker reports no NVML devices")

@@ -149,6 +149,8 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
     args = parser.parse_args(argv)
     if not args.endpoint:
         parser.error("--endpoint is required")
+    if args.max_batch < 1:
+        parser.error(f"--max-batch must be at least 1, got {args.max_batch}")
     _configure_logging(args.log_level)
     return _config_of(args)
 

@@ -38,6 +38,8 @@ from typing import Any
 from avatar_backend.proto_gen import worker_pb2
 from avatar_backend.store import DataDir, now_ms, valid_id
 
+from .executor import ExecutorLost
+
 __all__ = ["MemoryCodec", "MemoryPool", "PoolError", "derive_seed"]
 
 log = logging.getLogger(__name__)
@@ -229,6 +231,8 @@ class MemoryPool:
         # from the copy while it runs.
         try:
             frozen = self.pipeline.host_copy(entry.memory)
+        except ExecutorLost:
+            raise
         except Exception:
             log.exception("could not copy the memory of NPC %r for its periodic snapshot (retried later)", npc_id)
             return False
@@ -304,6 +308,7 @@ class MemoryPool:
         existing = self._require_parked(npc_id)
         memory = self._new(npc_id, existing["character_id"], existing["width"], existing["height"],
                            existing["fps"], existing["seed"])
+        self.pipeline.park(memory)  # a new memory is live (on several ranks, split): whole before it is saved
         entry = _Entry(memory, dirty=True, updated_ms=now_ms())
         self._resident.pop(npc_id, None)
         if not self._save(npc_id, entry):
@@ -384,6 +389,8 @@ class MemoryPool:
         path = self.data_dir.npc_memory_path(npc_id)
         try:
             return self.pipeline.activate(self.codec.load(path, "cpu"))
+        except ExecutorLost:
+            raise
         except FileNotFoundError:
             raise PoolError("NOT_FOUND", f"the memory of NPC {npc_id!r} disappeared") from None
         except Exception as err:

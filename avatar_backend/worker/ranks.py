@@ -16,8 +16,11 @@ followers first, as a command broadcast on a gloo group, and then runs on every 
 - ``ping`` (an idle worker's heartbeat, so the followers' wait for a command never times out) and ``stop``.
 
 A memory is whole whenever it is not live (parked, on disk, in a snapshot), so snapshot files are the same on
-any number of ranks. A follower that fails or loses rank 0 exits; rank 0 checks its followers between batches
-and exits with an error when one has gone, and the gateway's supervisor restarts the worker.
+any number of ranks. Every command is checked on rank 0 before it is sent (a batch that cannot run fails there,
+alone); once sent, the ranks must finish it together, so a failure after that is a RankError: the worker
+exits and the gateway's supervisor restarts it (live NPCs go back to their last snapshots). A follower that
+fails or loses rank 0 exits; rank 0 checks its followers between batches, and a collective waiting for a rank
+that died fails after COLLECTIVE_TIMEOUT_S.
 """
 
 from __future__ import annotations
@@ -171,7 +174,7 @@ class LeaderRunner:
         self._next_handle = itertools.count(1)
         self._handles: dict[int, int] = {}         # id of a rank-0 conditioning -> the followers' handle of it
         self._dropped: list[int] = []              # conditionings rank 0 let go of: the followers' go next
-        self._lock = threading.Lock()              # finalizers run on any thread
+        self._lock = threading.RLock()             # finalizers run on any thread, also inside a _send
         self._live: set[str] = set()               # NPCs whose memories are sharded over the ranks
 
     # -- what needs no other rank --------------------------------------------------------------------------
@@ -217,13 +220,16 @@ class LeaderRunner:
 
     def activate(self, memory: NpcMemory) -> NpcMemory:
         """A whole host memory goes live: each rank gets its heads of every cache; rank 0 keeps the rest."""
-        self._send(("activate", _stream_state(memory)))
         shard = self.pipeline.allocate_convkv(memory.width, memory.height)
-        for whole, own in zip(_cache_tensors(memory.convkv), _cache_tensors(shard)):
-            parts = [p.contiguous() for p in whole.cpu().chunk(self.group.world, dim=3)]
-            received = torch.empty_like(parts[0])
-            dist.scatter(received, parts, src=0, group=self.group.control)
-            own.copy_(received)
+        self._send(("activate", _stream_state(memory)))
+        try:
+            for whole, own in zip(_cache_tensors(memory.convkv), _cache_tensors(shard)):
+                parts = [p.contiguous() for p in whole.cpu().chunk(self.group.world, dim=3)]
+                received = torch.empty_like(parts[0])
+                dist.scatter(received, parts, src=0, group=self.group.control)
+                own.copy_(received)
+        except Exception as err:
+            raise RankError(f"activating NPC {memory.npc_id!r} failed across the ranks: {err}") from err
         memory.convkv = shard  # first: only the rank's shard goes to its device, never the whole cache
         memory.to(self.pipeline.device)
         self._live.add(memory.npc_id)
@@ -232,12 +238,15 @@ class LeaderRunner:
     def _gather(self, memory: NpcMemory, keep: bool) -> NpcMemory:
         """A copy of the whole memory on the host, from every rank's shard (the followers keep theirs when
         ``keep``)."""
-        self._send(("gather", memory.npc_id, keep))
         whole = self.pipeline.allocate_convkv(memory.width, memory.height, whole_on_host=True)
-        for own, out in zip(_cache_tensors(memory.convkv), _cache_tensors(whole)):
-            parts = [torch.empty_like(own, device="cpu") for _ in range(self.group.world)]
-            dist.gather(own.cpu().contiguous(), parts, dst=0, group=self.group.control)
-            out.copy_(torch.cat(parts, dim=3))
+        self._send(("gather", memory.npc_id, keep))
+        try:
+            for own, out in zip(_cache_tensors(memory.convkv), _cache_tensors(whole)):
+                parts = [torch.empty_like(own, device="cpu") for _ in range(self.group.world)]
+                dist.gather(own.cpu().contiguous(), parts, dst=0, group=self.group.control)
+                out.copy_(torch.cat(parts, dim=3))
+        except Exception as err:
+            raise RankError(f"collecting NPC {memory.npc_id!r} from the ranks failed: {err}") from err
         decoder = CausalCache({k: v.detach().to("cpu", copy=True) for k, v in memory.decoder.frames.items()},
                               memory.decoder.first_chunk)
         return dataclasses.replace(memory, convkv=whole, decoder=decoder,
@@ -263,10 +272,20 @@ class LeaderRunner:
 
     # -- blocks ---------------------------------------------------------------------------------------------
 
+    def forget_live(self) -> None:
+        """The ranks are gone: the live memories' shards with them."""
+        self._live.clear()
+
     def generate_blocks(self, inputs: Sequence[BlockInput]) -> list[np.ndarray]:
+        if not inputs:
+            return []
+        self.pipeline.check_batch(inputs)   # a batch that cannot run fails here, before any rank starts it
         self._send(("generate", [(item.memory.npc_id, self._handles[id(item.conditioning)], item.audio, item.prompt,
                                   item.intensity) for item in inputs]))
-        return self.pipeline.generate_blocks(inputs)
+        try:
+            return self.pipeline.generate_blocks(inputs)
+        except Exception as err:
+            raise RankError(f"a batch failed on rank 0 after the other ranks started it: {err}") from err
 
 
 class RankExecutor:
@@ -283,7 +302,7 @@ class RankExecutor:
 
     def lost(self) -> None:
         """The ranks are gone: rank 0's live memories can no longer be collected."""
-        self.runner._live.clear()
+        self.runner.forget_live()
 
     def shutdown(self) -> None:
         self.runner.group.stop()

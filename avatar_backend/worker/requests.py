@@ -18,6 +18,7 @@ from avatar_backend.proto_gen import worker_pb2
 from .character_spec import record_from_spec
 from .characters import listening_prompt
 from .errors import RequestError
+from .executor import ExecutorLost
 from .log_limit import RateLimitedLog
 from .memory_pool import PoolError
 from .scheduler import SessionState, VoiceQueueFull
@@ -58,6 +59,8 @@ class RequestHandler:
             handler(msg, payloads)
         except (RequestError, PoolError) as err:
             self._fail(msg, body, err.code, err.message)
+        except ExecutorLost:
+            raise  # the engine goes down with the ranks; the gateway restarts the worker
         except Exception as err:
             log.exception("request %s failed", body)
             self._fail(msg, body, "INTERNAL", f"{body} failed in the worker: {type(err).__name__}: {err}")
@@ -173,7 +176,7 @@ class RequestHandler:
     def _close_npc(self, msg: worker_pb2.ToWorker, payloads: list[memoryview]) -> None:
         sid = msg.close_npc.session_id
         state = self._session(sid)
-        if msg.close_npc.finish_voice and state.queued_samples:
+        if msg.close_npc.finish_voice and (state.queued_samples or state.utterance_open):
             # The engine closes it (and answers) once the queued voice is on video.
             for ended in self.engine.scheduler.end_of_utterance(sid):
                 self.engine.link.emit(worker_pb2.FromWorker(utterance_done=worker_pb2.UtteranceDone(

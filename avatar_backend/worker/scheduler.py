@@ -1,7 +1,8 @@
 """Which session's next block runs, and with what audio: the worker's scheduling policy.
 
 Pure bookkeeping over numpy arrays and a clock; no model, no I/O. The pipeline is only asked how many audio
-samples the next block of a memory covers (``block_audio_samples``), so tests inject a fake.
+samples the next block of a memory covers (``block_audio_samples``) and which memories can share a call
+(``batch_key``), so tests drive it with the stand-in generator and a fake clock.
 
 Time. Each session has one timeline, in 16 kHz samples from the session's first sample: the NPC's voice and
 the silence generated between (or inside) utterances. ``timeline_pos`` is how far video has been generated;
@@ -87,6 +88,8 @@ SAMPLE_RATE = MODEL_SAMPLE_RATE
 FASTER_THAN_REAL_TIME = 1.5
 DEFAULT_VOICE_JITTER_BUDGET_MS = 500
 DEFAULT_MAX_BATCH = 8
+# A batch size found not to pay is measured again after this many generator calls.
+REMEASURE_CALLS = 200
 
 
 class BlockAudioSource(Protocol):
@@ -233,6 +236,7 @@ class BlockPlan:
     reason: str              # "voice", "end_of_utterance", "underrun" or "idle"
     # Silence that went inside the utterance this block resumes (its voice stalled beyond the budget).
     gap_samples: int = 0
+    batch_key: Hashable = None  # the generator's batch key of the block (its kind and size), for its estimates
 
     @property
     def audio_end(self) -> int:
@@ -280,8 +284,12 @@ class Scheduler:
             raise ValueError(f"max_batch must be at least 1, got {self.config.max_batch}")
         self._sessions: dict[str, SessionState] = {}
         self._serve_counter = 0
-        self._compute_estimate_s = 0.0                 # a generator call, whatever its batch
-        self._batch_estimate_s: dict[int, float] = {}  # a generator call by batch size
+        self._compute_estimate_s = 0.0   # a generator call, whatever its batch
+        # Seconds of a generator call by batch key (block kind and size), then by NPCs in the batch; when each
+        # was last measured (in calls), so that a batch size found not to pay is tried again now and then.
+        self._estimates: dict[Hashable, dict[int, float]] = {}
+        self._measured_at: dict[tuple[Hashable, int], int] = {}
+        self._calls = 0
 
     # -- sessions -------------------------------------------------------------------------------------------
 
@@ -381,31 +389,52 @@ class Scheduler:
         """Running estimate of one generator call's time, whatever its batch (0 before the first block)."""
         return self._compute_estimate_s
 
-    def batch_estimate_s(self, size: int) -> float:
-        """Expected time of a generator call for ``size`` NPCs (0 while nothing has been measured)."""
-        if size in self._batch_estimate_s:
-            return self._batch_estimate_s[size]
-        smaller = [n for n in self._batch_estimate_s if n < size]
+    def _table(self, key: Hashable | None) -> dict[int, float]:
+        """The estimates of a batch key; for None or a key not measured yet, every key's (the slowest per size)."""
+        if key is not None and key in self._estimates:
+            return self._estimates[key]
+        merged: dict[int, float] = {}
+        for table in self._estimates.values():
+            for size, seconds in table.items():
+                merged[size] = max(seconds, merged.get(size, 0.0))
+        return merged
+
+    def batch_estimate_s(self, size: int, key: Hashable | None = None) -> float:
+        """Expected time of a generator call for ``size`` NPCs of a batch key (0 while nothing is measured); an
+        unmeasured size is extrapolated linearly from the nearest measured smaller one."""
+        table = self._table(key)
+        if size in table:
+            return table[size]
+        smaller = [n for n in table if n < size]
         if not smaller:
             return 0.0
         nearest = max(smaller)
-        return self._batch_estimate_s[nearest] * size / nearest
+        return table[nearest] * size / nearest
 
     def busy_estimate_s(self) -> float:
-        """How long a due block may take to come out when every session's block is due at once, made in the
-        batches that cost least per NPC. A session's next block starts that much before its deadline."""
-        if not self._sessions or not self._batch_estimate_s:
+        """How long a due block may take to come out when every session's block is due at once, each batch key
+        made in the batches that cost it least per NPC. A session's next block starts that much before its
+        deadline."""
+        if not self._sessions or not self._estimates:
             return self._compute_estimate_s
-        per_npc = min(t / n for n, t in self._batch_estimate_s.items())
-        return max(self._compute_estimate_s, len(self._sessions) * per_npc)
+        counts = collections.Counter(self.pipeline.batch_key(s.memory) for s in self._sessions.values())
+        total = 0.0
+        for key, count in counts.items():
+            table = self._table(key)
+            total += count * min(seconds / size for size, seconds in table.items())
+        return max(self._compute_estimate_s, total)
 
-    def _pays(self, size: int) -> bool:
-        """Whether a batch of ``size`` costs less per NPC than one NPC fewer (true until both are measured:
-        the first batch of each size measures it). On a device where batching does not pay, a bigger batch
-        only makes its members wait for each other."""
-        if size not in self._batch_estimate_s or size - 1 not in self._batch_estimate_s:
+    def _pays(self, size: int, key: Hashable) -> bool:
+        """Whether a batch of ``size`` costs less per NPC than one NPC fewer. True until both are measured (the
+        first batch of a size measures it) and again every ``REMEASURE_CALLS`` calls (a slow first call must not
+        rule a size out for good). Where batching does not pay, a bigger batch only makes its members wait for
+        each other."""
+        table = self._estimates.get(key, {})
+        if size not in table or size - 1 not in table:
             return True
-        return self._batch_estimate_s[size] / size < self._batch_estimate_s[size - 1] / (size - 1)
+        if self._calls - self._measured_at.get((key, size), 0) >= REMEASURE_CALLS:
+            return True
+        return table[size] / size < table[size - 1] / (size - 1)
 
     def seconds_until_ready(self, now: float | None = None) -> float | None:
         """0 when some block may run now; the wait until the first one may; None without sessions."""
@@ -445,23 +474,23 @@ class Scheduler:
         for _, state, reason in ready[1:] + soon:
             if len(batch) >= max_batch:
                 break
-            if self.pipeline.batch_key(state.memory) == key and self._pays(len(batch) + 1) and self._in_time(
-                    [s for s, _ in batch] + [state], now):
+            if self.pipeline.batch_key(state.memory) == key and self._pays(len(batch) + 1, key) and self._in_time(
+                    [s for s, _ in batch] + [state], key, now):
                 batch.append((state, reason))
-        return [self._plan(state, reason) for state, reason in batch]
+        return [self._plan(state, reason, key) for state, reason in batch]
 
-    def _in_time(self, members: list[SessionState], now: float) -> bool:
+    def _in_time(self, members: list[SessionState], key: Hashable, now: float) -> bool:
         """Whether a batch of ``members`` delivers each one's frames before its video runs out (a member late
         even alone does not count: batching is what keeps the worker from falling further behind)."""
-        together = now + self.batch_estimate_s(len(members))
-        alone = now + self.batch_estimate_s(1)
+        together = now + self.batch_estimate_s(len(members), key)
+        alone = now + self.batch_estimate_s(1, key)
         for state in members:
             deadline = state.video_end(self.config.sample_rate) - self.config.underrun_margin_s
             if alone <= deadline < together:
                 return False
         return True
 
-    def _plan(self, state: SessionState, reason: str) -> BlockPlan:
+    def _plan(self, state: SessionState, reason: str, key: Hashable) -> BlockPlan:
         consume, lookahead = self.pipeline.block_audio_samples(state.memory)
         audio = np.zeros(consume + lookahead, dtype=np.float32)
         voice_samples = 0
@@ -480,7 +509,7 @@ class Scheduler:
         return BlockPlan(
             session=state, audio=audio, consume=consume, lookahead=lookahead,
             voice_samples=voice_samples, audio_start=state.timeline_pos, prompt=prompt,
-            intensity=intensity, reason=reason, gap_samples=gap,
+            intensity=intensity, reason=reason, gap_samples=gap, batch_key=key,
         )
 
     def complete_blocks(self, plans: list[BlockPlan], compute_s: float = 0.0) -> list[UtteranceEnd]:
@@ -491,7 +520,11 @@ class Scheduler:
             return new if not old else alpha * new + (1 - alpha) * old
 
         self._compute_estimate_s = smooth(self._compute_estimate_s, compute_s)
-        self._batch_estimate_s[len(plans)] = smooth(self._batch_estimate_s.get(len(plans)), compute_s)
+        if plans:
+            self._calls += 1
+            table = self._estimates.setdefault(plans[0].batch_key, {})
+            table[len(plans)] = smooth(table.get(len(plans)), compute_s)
+            self._measured_at[(plans[0].batch_key, len(plans))] = self._calls
         ended: list[UtteranceEnd] = []
         for plan in plans:
             ended += self._advance(plan)

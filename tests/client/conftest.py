@@ -105,14 +105,9 @@ class RealServer:
     async def _kill_worker(self, reason: str, when: Callable[[], object] | None) -> None:
         while when is not None and not when():
             await asyncio.sleep(0.005)
-        engine = self.worker.engine
-        engine.pool.drop_live()
-        for session_id in list(engine.scheduler.sessions):
-            engine.scheduler.close_session(session_id)
+        await self.worker.kill()
         self.link.worker_lost(reason)
         self.gateway.worker_lost(reason)
-        # The engine thread only ends after the generator call it is in; what that call makes is ignored.
-        await self.worker.stop()
 
 
 async def _start(options: ServerOptions, generator: StandInGenerator, data_dir: Path,

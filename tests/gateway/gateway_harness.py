@@ -96,10 +96,7 @@ class Harness:
     async def kill_worker(self, reason: str) -> None:
         """The worker dies as a process would: nothing saved; the link and the gateway are told, as the
         supervisor tells them."""
-        self.engine.pool.drop_live()
-        for session_id in list(self.engine.scheduler.sessions):
-            self.engine.scheduler.close_session(session_id)
-        await self.worker.stop()
+        await self.worker.kill()
         self.link.link.worker_lost(reason)
         self.gateway.worker_lost(reason)
 

@@ -93,6 +93,58 @@ def test_two_ranks_make_the_frames_of_one_and_an_npc_parks_and_resumes_across_th
     assert len(sizes) == 2 and len(set(sizes.values())) == 1, sizes
 
 
+def run_two_npcs(root: Path, devices: str) -> tuple[dict[str, list[np.ndarray]], set[int]]:
+    """Two NPCs talking at once (their blocks share generator calls); each one's frames, and the batch sizes."""
+    data_dir = real_character(root)
+
+    async def main():
+        async with GatewayLink() as link:
+            worker = WorkerProcess(link, WorkerProcessConfig(data_dir=data_dir.root, device=devices,
+                                                             ready_timeout_s=120))
+            await worker.start()
+            frames: dict[str, list[np.ndarray]] = {}
+            sizes: set[int] = set()
+            queues = {}
+            try:
+                for index, npc in enumerate(("guard", "smith")):
+                    # Each NPC's voice right after it opens: every block of it is voiced, whatever the timing.
+                    session = f"s-{npc}"
+                    queues[npc] = link.subscribe(session)
+                    reply, _ = await link.request(*open_npc(
+                        data_dir, "villager", session_id=session, npc_id=npc, character_id="villager",
+                        width=SIZE, height=SIZE, seed=index + 1), timeout=60)
+                    assert reply.WhichOneof("body") == "npc_opened", reply
+                    pcm = voice(BLOCK0 + 3 * BLOCK, 10 + index)
+                    link.send(pb.ToWorker(push_audio=pb.PushAudio(session_id=session, num_samples=pcm.size)), [pcm])
+                    link.send(pb.ToWorker(control=pb.Control(session_id=session, end_of_utterance=True)))
+                for npc, queue in queues.items():
+                    frames[npc] = []
+                    while len(frames[npc]) < 4:
+                        item = await asyncio.wait_for(queue.get(), 60)
+                        assert not isinstance(item, WorkerLost), item
+                        message, payloads = item
+                        if message.WhichOneof("body") == "frame_block":
+                            block = message.frame_block
+                            sizes.add(block.batch_size)
+                            frames[npc].append(np.frombuffer(payloads[0], np.uint8).reshape(
+                                block.num_frames, SIZE, SIZE, 3).copy())
+            finally:
+                await worker.stop(timeout=60)
+            return frames, sizes
+
+    return asyncio.run(asyncio.wait_for(main(), 300))
+
+
+def test_npcs_batched_on_two_ranks_make_the_frames_of_one(tmp_path):
+    alone, _ = run_two_npcs(tmp_path / "one", "cpu")
+    ranks, sizes = run_two_npcs(tmp_path / "two", "cpu,cpu")
+    assert 2 in sizes, "the two NPCs shared generator calls"
+    for npc in ("guard", "smith"):
+        assert [f.shape[0] for f in ranks[npc]] == [21, 32, 32, 32]   # compression from the third block
+        for block, (want, got) in enumerate(zip(alone[npc], ranks[npc])):
+            assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, f"{npc} block {block}"
+
+
 def _children(pid: int) -> list[int]:
     children = []
     for entry in Path("/proc").iterdir():
