@@ -7,6 +7,7 @@
     avatar-backend npc list|reset|rm          the NPCs and their memories
     avatar-backend info                       what the server runs and accepts
     avatar-backend bench                      the benchmark
+    avatar-backend memory-plan                what a model needs on its GPUs, before anything is loaded
 
 Every client command talks gRPC to ``--server`` (default 127.0.0.1:50051) and exits with status 1 and the
 gRPC status name and message when the server refuses.
@@ -47,6 +48,7 @@ from .manage import (
     command_npc_reset,
     command_npc_rm,
 )
+from .plan import add_memory_plan_arguments, command_memory_plan
 from .say import add_say_arguments, command_say
 from .serve import add_model_arguments, add_storage_arguments, command_serve
 
@@ -186,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results to this JSON file")
     bench.set_defaults(handler=command_bench)
+
+    plan = commands.add_parser(
+        "memory-plan", help="print what a model needs on its GPUs (nothing is loaded)",
+        description="Weights per device, one NPC's memory per frame size in bf16 and FP8 KV caches on one and two "
+                    "GPUs, and how many NPCs fit on a GPU of the given size. Computed from the config alone.")
+    add_memory_plan_arguments(plan)
+    plan.set_defaults(handler=command_memory_plan)
     return parser
 
 

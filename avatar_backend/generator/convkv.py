@@ -213,13 +213,17 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
     return resolved
 
 
+def cache_elements(model_config: ModelConfig, width: int, height: int) -> int:
+    """Elements of one NPC's ConvKV memory (keys and values of every step cache and layer)."""
+    dit, sampler = model_config.dit, model_config.sampler
+    step_caches = sampler.num_steps + len(_null_audio_steps(sampler))
+    return step_caches * 2 * dit.num_layers * sampler.memory_slots * model_config.frame_tokens(width, height) * dit.dim
+
+
 def cache_bytes(model_config: ModelConfig, width: int, height: int, dtype: torch.dtype | str | None = None) -> int:
     """Bytes of one NPC's ConvKV memory, computed from the config alone (before anything is allocated)."""
-    dit, sampler = model_config.dit, model_config.sampler
     itemsize = torch.empty((), dtype=_dtype(dtype or model_config.dtype)).element_size()
-    step_caches = sampler.num_steps + len(_null_audio_steps(sampler))
-    per_step = 2 * dit.num_layers * sampler.memory_slots * model_config.frame_tokens(width, height) * dit.dim
-    return step_caches * per_step * itemsize
+    return cache_elements(model_config, width, height) * itemsize
 
 
 @dataclass

@@ -227,6 +227,7 @@ class GatewayLink:
         self._sessions: dict[str, asyncio.Queue] = {}
         self._peer: bytes | None = None
         self._peer_pid = 0
+        self._lost_reason = ""
         self._connected = asyncio.Event()
         self._closed = False
 
@@ -337,7 +338,8 @@ class GatewayLink:
             raise WorkerUnavailableError("the worker link is not open")
         peer = self._peer
         if peer is None:
-            raise WorkerUnavailableError("no worker is connected")
+            # Why the last worker went, until the next one says hello: the same words as its sessions' end.
+            raise WorkerUnavailableError(self._lost_reason or "no worker is connected")
         parts = [peer, *_frames(msg.SerializeToString(), payloads)]
         # DONTWAIT: the asyncio socket then completes (or fails) the send before returning, so one stuck
         # worker can never block the gateway's loop.
@@ -385,6 +387,7 @@ class GatewayLink:
                         len(sessions))
         self._peer = None
         self._peer_pid = 0
+        self._lost_reason = reason
         self._connected.clear()
 
     # -- receiving --------------------------------------------------------------------------------------------
@@ -450,6 +453,7 @@ class GatewayLink:
             log.info("worker pid %d connected on %s", pid, self.endpoint)
         self._peer = identity
         self._peer_pid = pid
+        self._lost_reason = ""
         self._connected.set()
 
 

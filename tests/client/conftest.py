@@ -105,9 +105,9 @@ class RealServer:
     async def _kill_worker(self, reason: str, when: Callable[[], object] | None) -> None:
         while when is not None and not when():
             await asyncio.sleep(0.005)
-        await self.worker.kill()
         self.link.worker_lost(reason)
         self.gateway.worker_lost(reason)
+        await self.worker.kill()   # after the call it is in; what that call makes finds nobody listening
 
 
 async def _start(options: ServerOptions, generator: StandInGenerator, data_dir: Path,

@@ -96,9 +96,9 @@ class Harness:
     async def kill_worker(self, reason: str) -> None:
         """The worker dies as a process would: nothing saved; the link and the gateway are told, as the
         supervisor tells them."""
-        await self.worker.kill()
         self.link.link.worker_lost(reason)
         self.gateway.worker_lost(reason)
+        await self.worker.kill()   # after the call it is in; what that call makes finds nobody listening
 
     async def restart_worker(self, **worker_options) -> None:
         """A new worker on the same link (the supervisor's restart)."""

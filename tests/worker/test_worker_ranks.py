@@ -4,6 +4,7 @@ from two ranks and resumed on them, and a rank that dies takes the worker down s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
@@ -63,20 +64,26 @@ async def talk(link: GatewayLink, data_dir: DataDir, session: str, pcm: np.ndarr
     return frames
 
 
+@contextlib.asynccontextmanager
+async def running_worker(data_dir: DataDir, devices: str):
+    """A worker process on ``devices`` and the link to it; stopped (memories saved) at the end."""
+    async with GatewayLink() as link:
+        worker = WorkerProcess(link, WorkerProcessConfig(data_dir=data_dir.root, device=devices, ready_timeout_s=120))
+        await worker.start()
+        try:
+            yield link
+        finally:
+            await worker.stop(timeout=60)
+
+
 def run_worker_stream(root: Path, devices: str) -> list[np.ndarray]:
     data_dir = real_character(root)
 
     async def main():
-        async with GatewayLink() as link:
-            worker = WorkerProcess(link, WorkerProcessConfig(data_dir=data_dir.root, device=devices,
-                                                             ready_timeout_s=120))
-            await worker.start()
-            try:
-                # Three blocks (compression starts at block 2), parked, resumed, two more.
-                first = await talk(link, data_dir, "s1", voice(BLOCK0 + 2 * BLOCK, 1), 3)
-                second = await talk(link, data_dir, "s2", voice(2 * BLOCK, 2), 2)
-            finally:
-                await worker.stop(timeout=60)
+        async with running_worker(data_dir, devices) as link:
+            # Three blocks (compression starts at block 2), parked, resumed, two more.
+            first = await talk(link, data_dir, "s1", voice(BLOCK0 + 2 * BLOCK, 1), 3)
+            second = await talk(link, data_dir, "s2", voice(2 * BLOCK, 2), 2)
             return first + second
 
     return asyncio.run(asyncio.wait_for(main(), 300))
@@ -98,39 +105,33 @@ def run_two_npcs(root: Path, devices: str) -> tuple[dict[str, list[np.ndarray]],
     data_dir = real_character(root)
 
     async def main():
-        async with GatewayLink() as link:
-            worker = WorkerProcess(link, WorkerProcessConfig(data_dir=data_dir.root, device=devices,
-                                                             ready_timeout_s=120))
-            await worker.start()
-            frames: dict[str, list[np.ndarray]] = {}
-            sizes: set[int] = set()
-            queues = {}
-            try:
-                for index, npc in enumerate(("guard", "smith")):
-                    # Each NPC's voice right after it opens: every block of it is voiced, whatever the timing.
-                    session = f"s-{npc}"
-                    queues[npc] = link.subscribe(session)
-                    reply, _ = await link.request(*open_npc(
-                        data_dir, "villager", session_id=session, npc_id=npc, character_id="villager",
-                        width=SIZE, height=SIZE, seed=index + 1), timeout=60)
-                    assert reply.WhichOneof("body") == "npc_opened", reply
-                    pcm = voice(BLOCK0 + 3 * BLOCK, 10 + index)
-                    link.send(pb.ToWorker(push_audio=pb.PushAudio(session_id=session, num_samples=pcm.size)), [pcm])
-                    link.send(pb.ToWorker(control=pb.Control(session_id=session, end_of_utterance=True)))
-                for npc, queue in queues.items():
-                    frames[npc] = []
-                    while len(frames[npc]) < 4:
-                        item = await asyncio.wait_for(queue.get(), 60)
-                        assert not isinstance(item, WorkerLost), item
-                        message, payloads = item
-                        if message.WhichOneof("body") == "frame_block":
-                            block = message.frame_block
-                            sizes.add(block.batch_size)
-                            frames[npc].append(np.frombuffer(payloads[0], np.uint8).reshape(
-                                block.num_frames, SIZE, SIZE, 3).copy())
-            finally:
-                await worker.stop(timeout=60)
-            return frames, sizes
+        frames: dict[str, list[np.ndarray]] = {}
+        sizes: set[int] = set()
+        queues = {}
+        async with running_worker(data_dir, devices) as link:
+            for index, npc in enumerate(("guard", "smith")):
+                # Each NPC's voice right after it opens: every block of it is voiced, whatever the timing.
+                session = f"s-{npc}"
+                queues[npc] = link.subscribe(session)
+                reply, _ = await link.request(*open_npc(
+                    data_dir, "villager", session_id=session, npc_id=npc, character_id="villager",
+                    width=SIZE, height=SIZE, seed=index + 1), timeout=60)
+                assert reply.WhichOneof("body") == "npc_opened", reply
+                pcm = voice(BLOCK0 + 3 * BLOCK, 10 + index)
+                link.send(pb.ToWorker(push_audio=pb.PushAudio(session_id=session, num_samples=pcm.size)), [pcm])
+                link.send(pb.ToWorker(control=pb.Control(session_id=session, end_of_utterance=True)))
+            for npc, queue in queues.items():
+                frames[npc] = []
+                while len(frames[npc]) < 4:
+                    item = await asyncio.wait_for(queue.get(), 60)
+                    assert not isinstance(item, WorkerLost), item
+                    message, payloads = item
+                    if message.WhichOneof("body") == "frame_block":
+                        block = message.frame_block
+                        sizes.add(block.batch_size)
+                        frames[npc].append(np.frombuffer(payloads[0], np.uint8).reshape(
+                            block.num_frames, SIZE, SIZE, 3).copy())
+        return frames, sizes
 
     return asyncio.run(asyncio.wait_for(main(), 300))
 
