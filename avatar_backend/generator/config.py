@@ -28,6 +28,7 @@ WAN_LATENT_STD = (
 MEMORY_GROUPINGS = ("single-device", "two-device", "sliding-window")  # the last: an ablation, see convkv.py
 VAE_PARTS = ("wan", "light")
 V_COMPRESSIONS = ("k_conv", "v_conv")
+KV_CACHE_FORMATS = ("model", "fp8")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class SamplerConfig:
     memory_slots: int = 14                       # latent frames held per layer per step cache
     memory_grouping: str = "single-device"       # how ConvKV groups compressed frames (see convkv.py)
     v_compression: str = "k_conv"                # the reference compresses V with the K conv
+    kv_cache: str = "model"                      # "model": the model's dtype; "fp8": e4m3 + a scale per token, head
     skip_audio_at_first_step: bool = True
     audio_cfg: float = 1.0                       # > 1 runs a second, audio-free pass at steps 1 and 2
 
@@ -91,6 +93,8 @@ class SamplerConfig:
             raise ValueError(f"memory_grouping must be one of {MEMORY_GROUPINGS}, got {self.memory_grouping!r}")
         if self.v_compression not in V_COMPRESSIONS:
             raise ValueError(f"v_compression must be one of {V_COMPRESSIONS}, got {self.v_compression!r}")
+        if self.kv_cache not in KV_CACHE_FORMATS:
+            raise ValueError(f"kv_cache must be one of {KV_CACHE_FORMATS}, got {self.kv_cache!r}")
 
 
 @dataclass(frozen=True)

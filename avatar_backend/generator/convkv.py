@@ -170,17 +170,43 @@ class CacheWrite:
         return torch.cat(slots, dim=1)
 
 
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0   # the largest finite e4m3 value
+
+
+def quantize_fp8(values: Tensor) -> tuple[Tensor, Tensor]:
+    """e4m3 values and fp32 scales [..., 1] of ``values`` [..., head_dim], one scale per token and head (its
+    largest magnitude maps to FP8_MAX)."""
+    values = values.float()
+    scale = values.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / FP8_MAX
+    return (values / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+
+
+def dequantize_fp8(values: Tensor, scale: Tensor) -> Tensor:
+    return values.float() * scale
+
+
 @dataclass
 class StepCache:
     """The keys and values of every layer for one denoising step (and one CFG branch).
 
     k holds post-RMSNorm, pre-RoPE keys and v raw values, both [layers, batch, slots * frame_tokens, heads,
-    head_dim].
+    head_dim]. An FP8 cache holds them as e4m3 with fp32 scales [..., 1] per token and head in k_scale and
+    v_scale; its heads can be split over sequence-parallel ranks like any other cache's, scales with them.
     """
 
     k: Tensor
     v: Tensor
     layout: SlotLayout
+    k_scale: Tensor | None = None
+    v_scale: Tensor | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.k_scale is not None
+
+    def tensors(self) -> list[Tensor]:
+        return [self.k, self.v] + ([self.k_scale, self.v_scale] if self.quantized else [])
 
     @property
     def frame_tokens(self) -> int:
@@ -192,7 +218,7 @@ class StepCache:
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        return sum(t.nbytes for t in self.tensors())
 
 
 
@@ -221,9 +247,18 @@ def cache_elements(model_config: ModelConfig, width: int, height: int) -> int:
 
 
 def cache_bytes(model_config: ModelConfig, width: int, height: int, dtype: torch.dtype | str | None = None) -> int:
-    """Bytes of one NPC's ConvKV memory, computed from the config alone (before anything is allocated)."""
-    itemsize = torch.empty((), dtype=_dtype(dtype or model_config.dtype)).element_size()
-    return cache_elements(model_config, width, height) * itemsize
+    """Bytes of one NPC's ConvKV memory, computed from the config alone (before anything is allocated): in the
+    config's cache format, or in ``dtype``."""
+    elements = cache_elements(model_config, width, height)
+    if dtype is None and model_config.sampler.kv_cache == "fp8":
+        return fp8_cache_bytes(model_config, width, height)
+    return elements * torch.empty((), dtype=_dtype(dtype or model_config.dtype)).element_size()
+
+
+def fp8_cache_bytes(model_config: ModelConfig, width: int, height: int) -> int:
+    """Bytes of one NPC's FP8 ConvKV memory: a byte per element and an fp32 scale per token and head."""
+    elements = cache_elements(model_config, width, height)
+    return elements + elements // model_config.dit.head_dim * 4
 
 
 @dataclass
@@ -264,6 +299,10 @@ class ConvKVMemory:
         shape = (dit.num_layers, batch_size, layout.slots * frame_tokens, heads, dit.head_dim)
 
         def step() -> StepCache:
+            if sampler.kv_cache == "fp8":
+                scales = (*shape[:-1], 1)
+                return StepCache(torch.zeros(shape, device=device, dtype=FP8), torch.zeros(shape, device=device,
+                                 dtype=FP8), layout, torch.ones(scales, device=device), torch.ones(scales, device=device))
             zeros = torch.zeros(shape, device=device, dtype=dtype)
             return StepCache(zeros, torch.zeros_like(zeros), layout)
 
@@ -300,8 +339,8 @@ class ConvKVMemory:
             raise ValueError("memories of different layouts cannot run in one batch")
 
         def cat(caches: list[StepCache]) -> StepCache:
-            return StepCache(torch.cat([c.k for c in caches], dim=1), torch.cat([c.v for c in caches], dim=1),
-                             first.layout)
+            parts = [torch.cat(tensors, dim=1) for tensors in zip(*(c.tensors() for c in caches))]
+            return StepCache(*parts[:2], first.layout, *parts[2:])
 
         return cls(steps=[cat([m.steps[i] for m in memories]) for i in range(len(first.steps))],
                    null_audio={i: cat([m.null_audio[i] for m in memories]) for i in first.null_audio})
@@ -314,8 +353,8 @@ class ConvKVMemory:
         for memory in memories:
             rows = slice(row, row + memory.batch_size)
             for batched, own in zip(self.caches(), memory.caches()):
-                own.k.copy_(batched.k[:, rows])
-                own.v.copy_(batched.v[:, rows])
+                for source, target in zip(batched.tensors(), own.tensors()):
+                    target.copy_(source[:, rows])
             row = rows.stop
 
     def state_tensors(self) -> dict[str, Tensor]:
@@ -328,6 +367,9 @@ class ConvKVMemory:
             for i, cache in caches.items():
                 tensors[f"{prefix}step{i}.k"] = cache.k[:, 0]
                 tensors[f"{prefix}step{i}.v"] = cache.v[:, 0]
+                if cache.quantized:
+                    tensors[f"{prefix}step{i}.k_scale"] = cache.k_scale[:, 0]
+                    tensors[f"{prefix}step{i}.v_scale"] = cache.v_scale[:, 0]
         return tensors
 
     @classmethod
@@ -344,8 +386,10 @@ class ConvKVMemory:
             target = {"": steps, "null_audio.": null_audio}.get(branch)
             if target is None:
                 raise ValueError(f"unexpected memory tensor {name!r}")
+            scales = [tensors[f"{branch}step{index}.{s}"].unsqueeze(1) for s in ("k_scale", "v_scale")
+                      if f"{branch}step{index}.{s}" in tensors]
             target[int(index)] = StepCache(tensors[name].unsqueeze(1), tensors[f"{branch}step{index}.v"].unsqueeze(1),
-                                           layout)
+                                           layout, *scales)
         if sorted(steps) != list(range(len(steps))) or not steps:
             raise ValueError(f"memory snapshot has step caches {sorted(steps)}, expected 0..n-1")
         shapes = {tuple(c.k.shape) for c in [*steps.values(), *null_audio.values()]}

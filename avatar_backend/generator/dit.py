@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import DiTConfig
-from .convkv import CacheWrite, StepCache
+from .convkv import CacheWrite, StepCache, dequantize_fp8, quantize_fp8
 from .parallel import SequenceParallel
 
 
@@ -177,7 +177,9 @@ class WanSelfAttention(nn.Module):
         rope_q: tuple[Tensor, Tensor],
         rope_k: tuple[Tensor, Tensor],
         parallel: SequenceParallel | None = None,
+        scales: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
+        """``scales``: the caches are FP8 with these per-token-and-head scales (updated in place with them)."""
         batch, tokens, dim = x.shape
         if k_cache.shape[0] != batch:
             raise ValueError(f"a batch of {batch} streams needs a cache of {batch} rows, got {k_cache.shape[0]}")
@@ -194,7 +196,20 @@ class WanSelfAttention(nn.Module):
             k_conv, v_conv = k_conv[channels], v_conv[channels]
 
         # The cache keeps post-norm, pre-RoPE keys: compression and RoPE both run on the stored values.
-        k_cache, v_cache = write.apply(k_cache, v_cache, k, v, k_conv, v_conv)
+        if scales is None:
+            k_cache, v_cache = write.apply(k_cache, v_cache, k, v, k_conv, v_conv)
+        else:
+            # FP8: the block runs on the cache in fp32; what it writes (nearly every slot) is quantized back.
+            # Requantizing an unchanged slot gives its stored value again (its largest value sets the scale).
+            if not write.inplace:
+                raise ValueError("an FP8 cache is an inference cache: it has no functional (training) path")
+            work_k, work_v = dequantize_fp8(k_cache, scales[0]), dequantize_fp8(v_cache, scales[1])
+            write.apply(work_k, work_v, k.float(), v.float(), k_conv, v_conv)
+            for stored, scale, work in ((k_cache, scales[0], work_k), (v_cache, scales[1], work_v)):
+                values, new_scale = quantize_fp8(work)
+                stored.copy_(values)
+                scale.copy_(new_scale)
+            k_cache, v_cache = work_k, work_v
         visible = write.end_frame * write.frame_tokens
         keys = apply_rope(k_cache[:, :visible].to(q.dtype), *rope_k)
         values = v_cache[:, :visible].to(q.dtype)
@@ -304,13 +319,14 @@ class WanAttentionBlock(nn.Module):
         rope_k: tuple[Tensor, Tensor],
         parallel: SequenceParallel | None = None,
         first_frame: int = 0,
+        scales: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``x`` holds the block's latent frames from ``first_frame`` on (all of them without ``parallel``)."""
         modulation = self.modulation.float() + e0.float()
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = modulation.chunk(6, dim=1)
 
         out, k_cache, v_cache = self.self_attn(
-            modulate(self.norm1(x), shift_sa, scale_sa), k_cache, v_cache, write, rope_q, rope_k, parallel
+            modulate(self.norm1(x), shift_sa, scale_sa), k_cache, v_cache, write, rope_q, rope_k, parallel, scales
         )
         x = x + out * gate_sa.to(out.dtype)
 
@@ -572,6 +588,7 @@ class WanModel(nn.Module):
             x, k_layer, v_layer = block(
                 x, e0, cross_kv=cross_kv, audio_tokens=audio_tokens, k_cache=cache.k[index], v_cache=cache.v[index],
                 write=write, rope_q=rope_q, rope_k=rope_k, parallel=parallel, first_frame=local.start,
+                scales=(cache.k_scale[index], cache.v_scale[index]) if cache.quantized else None,
             )
             new_k.append(k_layer)
             new_v.append(v_layer)

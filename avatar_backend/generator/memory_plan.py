@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import ModelConfig
-from .convkv import cache_bytes, cache_elements
+from .convkv import cache_bytes, fp8_cache_bytes
 from .dit import WanModel
 from .vae import WanVAE, decoder_state_bytes
 
@@ -85,9 +85,7 @@ def kv_cache_bytes(config: ModelConfig, width: int, height: int, kv: str) -> int
     if kv == "bf16":
         return cache_bytes(config, width, height, torch.bfloat16)
     if kv == "fp8":
-        elements = cache_elements(config, width, height)
-        scales = elements // config.dit.head_dim * 4   # one fp32 scale per token and head, for K and V alike
-        return elements + scales
+        return fp8_cache_bytes(config, width, height)
     raise ValueError(f"unknown KV format {kv!r}; known: {', '.join(KV_FORMATS)}")
 
 

@@ -17,6 +17,7 @@ pipeline reports ``random_weights``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import time
@@ -179,8 +180,7 @@ class LiveActPipeline:
         fps = fps or self.config.fps
         tail = self.audio_tail_frames(fps) * self.samples_per_frame(fps) * 4
         noise_state = GeneratorNoise(0).get_state().numel()
-        dtype = getattr(torch, self.config.dtype)
-        return (cache_bytes(self.config, width, height, dtype) + decoder_state_bytes(self.config.vae, width, height)
+        return (cache_bytes(self.config, width, height) + decoder_state_bytes(self.config.vae, width, height)
                 + tail + noise_state)
 
     # -- characters -----------------------------------------------------------------------------------------
@@ -409,6 +409,9 @@ def _load_weights(modules: dict[str, torch.nn.Module], path: Path, expected_conf
     state = load_file(str(path))
     trained = weights_config(path)
     if trained is not None and expected_config is not None:
+        # The cache format is how the weights are served, not what they learned: any works with them.
+        trained = dataclasses.replace(trained, sampler=dataclasses.replace(
+            trained.sampler, kv_cache=expected_config.sampler.kv_cache))
         if trained != expected_config:
             raise ValueError(f"{path} was trained for config {trained.name!r} with other settings than "
                              f"{expected_config.name!r}; use the config it was trained with")

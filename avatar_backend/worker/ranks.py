@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from avatar_backend.generator.convkv import FP8
 from avatar_backend.generator.memory import NpcMemory
 from avatar_backend.generator.parallel import SequenceParallel
 from avatar_backend.generator.pipeline import LiveActPipeline
@@ -145,8 +146,10 @@ class RankGroup:
 
 
 def _cache_tensors(convkv: Any) -> list[torch.Tensor]:
-    """The ConvKV tensors of a memory in a fixed order, [layers, 1, tokens, heads, head_dim] each."""
-    return [t for cache in convkv.caches() for t in (cache.k, cache.v)]
+    """The ConvKV tensors of a memory in a fixed order, [layers, 1, tokens, heads, head_dim or 1] each (FP8
+    values as their bytes: collectives need not know the type; writes through the views reach the cache)."""
+    tensors = [t for cache in convkv.caches() for t in cache.tensors()]
+    return [t.view(torch.uint8) if t.dtype == FP8 else t for t in tensors]
 
 
 def _stream_state(memory: NpcMemory) -> dict[str, Any]:

@@ -26,9 +26,10 @@ SIZE, FPS, BLOCKS = 64, 20, 6
 LATENT_TOLERANCE = 1e-5     # measured: 1.5e-7
 
 
-def config(grouping: str):
+def config(grouping: str, kv_cache: str = "model"):
     tiny = get_config("tiny")
-    return dataclasses.replace(tiny, sampler=dataclasses.replace(tiny.sampler, memory_grouping=grouping))
+    return dataclasses.replace(tiny, sampler=dataclasses.replace(tiny.sampler, memory_grouping=grouping,
+                                                                 kv_cache=kv_cache))
 
 
 def run_stream(pipeline: LiveActPipeline) -> tuple[list[np.ndarray], list[torch.Tensor]]:
@@ -59,11 +60,12 @@ def run_stream(pipeline: LiveActPipeline) -> tuple[list[np.ndarray], list[torch.
     return frames, latents
 
 
-def rank_main(rank: int, world: int, init_method: str, grouping: str, out: str) -> None:
+def rank_main(rank: int, world: int, init_method: str, grouping: str, kv_cache: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
     try:
-        pipeline = LiveActPipeline.from_config(config(grouping), parallel=SequenceParallel.from_process_group())
+        pipeline = LiveActPipeline.from_config(config(grouping, kv_cache),
+                                               parallel=SequenceParallel.from_process_group())
         frames, latents = run_stream(pipeline)
         step0 = pipeline.new_memory("x", "villager", SIZE, SIZE, FPS, seed=0).convkv.steps[0]
         torch.save({"frames": frames, "latents": latents, "cache_heads": step0.k.shape[3]}, f"{out}.rank{rank}")
@@ -77,14 +79,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("grouping", ["single-device", "two-device"])
-def test_two_ranks_make_the_stream_of_one(grouping, tmp_path: Path):
+@pytest.mark.parametrize("grouping, kv_cache", [("single-device", "model"), ("two-device", "model"),
+                                               ("single-device", "fp8")])
+def test_two_ranks_make_the_stream_of_one(grouping, kv_cache, tmp_path: Path):
+    """With an FP8 cache too: each rank keeps the scales of its own heads, so nothing is quantized
+    differently from one rank."""
     out = str(tmp_path / "ranks")
-    mp.spawn(rank_main, args=(2, f"tcp://127.0.0.1:{free_port()}", grouping, out), nprocs=2)
+    mp.spawn(rank_main, args=(2, f"tcp://127.0.0.1:{free_port()}", grouping, kv_cache, out), nprocs=2)
     ranks = [torch.load(f"{out}.rank{r}", weights_only=False) for r in range(2)]
 
     torch.set_num_threads(2)
-    alone = LiveActPipeline.from_config(config(grouping))
+    alone = LiveActPipeline.from_config(config(grouping, kv_cache))
     frames, latents = run_stream(alone)
     heads = alone.config.dit.num_heads
     assert [rank["cache_heads"] for rank in ranks] == [heads // 2] * 2, "each rank holds half of the heads"

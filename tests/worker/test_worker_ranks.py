@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import os
 import signal
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 from worker_helpers import BLOCK, BLOCK0, open_npc
 
+from avatar_backend.generator.config import get_config
 from avatar_backend.proto_gen import worker_pb2 as pb
 from avatar_backend.store import CharacterRecord, DataDir
 from avatar_backend.worker.link import GatewayLink, WorkerLost
@@ -65,10 +67,11 @@ async def talk(link: GatewayLink, data_dir: DataDir, session: str, pcm: np.ndarr
 
 
 @contextlib.asynccontextmanager
-async def running_worker(data_dir: DataDir, devices: str):
+async def running_worker(data_dir: DataDir, devices: str, model_config: str = "tiny"):
     """A worker process on ``devices`` and the link to it; stopped (memories saved) at the end."""
     async with GatewayLink() as link:
-        worker = WorkerProcess(link, WorkerProcessConfig(data_dir=data_dir.root, device=devices, ready_timeout_s=120))
+        worker = WorkerProcess(link, WorkerProcessConfig(data_dir=data_dir.root, device=devices,
+                                                         model_config=model_config, ready_timeout_s=120))
         await worker.start()
         try:
             yield link
@@ -76,11 +79,11 @@ async def running_worker(data_dir: DataDir, devices: str):
             await worker.stop(timeout=60)
 
 
-def run_worker_stream(root: Path, devices: str) -> list[np.ndarray]:
+def run_worker_stream(root: Path, devices: str, model_config: str = "tiny") -> list[np.ndarray]:
     data_dir = real_character(root)
 
     async def main():
-        async with running_worker(data_dir, devices) as link:
+        async with running_worker(data_dir, devices, model_config) as link:
             # Three blocks (compression starts at block 2), parked, resumed, two more.
             first = await talk(link, data_dir, "s1", voice(BLOCK0 + 2 * BLOCK, 1), 3)
             second = await talk(link, data_dir, "s2", voice(2 * BLOCK, 2), 2)
@@ -89,9 +92,13 @@ def run_worker_stream(root: Path, devices: str) -> list[np.ndarray]:
     return asyncio.run(asyncio.wait_for(main(), 300))
 
 
-def test_two_ranks_make_the_frames_of_one_and_an_npc_parks_and_resumes_across_them(tmp_path):
-    alone = run_worker_stream(tmp_path / "one", "cpu")
-    ranks = run_worker_stream(tmp_path / "two", "cpu,cpu")
+@pytest.mark.parametrize("kv_cache", ["model", "fp8"])
+def test_two_ranks_make_the_frames_of_one_and_an_npc_parks_and_resumes_across_them(tmp_path, kv_cache):
+    tiny = get_config("tiny")
+    config = tmp_path / f"tiny-{kv_cache}.json"
+    config.write_text(dataclasses.replace(tiny, sampler=dataclasses.replace(tiny.sampler, kv_cache=kv_cache)).to_json())
+    alone = run_worker_stream(tmp_path / "one", "cpu", str(config))
+    ranks = run_worker_stream(tmp_path / "two", "cpu,cpu", str(config))
     assert [f.shape[0] for f in ranks] == [21, 32, 32, 32, 32]
     for block, (want, got) in enumerate(zip(alone, ranks)):
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, f"block {block}"
