@@ -12,6 +12,7 @@ from pathlib import Path
 
 from avatar_backend.client import AvatarError, SyncAvatarClient
 from avatar_backend.client.channels import channel_target_and_credentials
+from avatar_backend.gateway.limits import parse_byte_size
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 DEFAULT_PORT = 50051
@@ -93,6 +94,14 @@ def parse_size(text: str) -> tuple[int, int]:
     if width <= 0 or height <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
     return width, height
+
+
+def parse_byte_size_argument(text: str) -> int:
+    """``512M``, ``8G``, ``1073741824`` -> bytes (for argparse: a bad value is a usage error)."""
+    try:
+        return parse_byte_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_positive_int(text: str) -> int:

@@ -9,23 +9,19 @@ from pathlib import Path
 
 from avatar_backend.gateway.limits import parse_byte_size
 
-from .common import CliError
+from .common import CliError, parse_byte_size_argument
 
 __all__ = ["add_memory_plan_arguments", "command_memory_plan"]
 
 
 def add_memory_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    def byte_size(text: str) -> int:
-        try:
-            return parse_byte_size(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
     parser.add_argument("--config", default="liveact-18b", metavar="NAME",
                         help="model config name or JSON file (default liveact-18b)")
-    parser.add_argument("--gpu-memory", type=byte_size, default=parse_byte_size("80G"), metavar="SIZE",
+    parser.add_argument("--gpu-memory", type=parse_byte_size_argument, default=parse_byte_size("80G"),
+                        metavar="SIZE",
                         help="memory of each GPU (default 80G: an H100; 141G for an H200)")
-    parser.add_argument("--workspace", type=byte_size, default=parse_byte_size("8G"), metavar="SIZE",
+    parser.add_argument("--workspace", type=parse_byte_size_argument, default=parse_byte_size("8G"),
+                        metavar="SIZE",
                         help="kept free on every GPU for activations (default 8G)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the plan to this JSON file")
 

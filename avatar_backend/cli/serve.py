@@ -7,12 +7,12 @@ import asyncio
 from pathlib import Path
 
 from avatar_backend.client import AvatarClient, AvatarError
-from avatar_backend.gateway.limits import Limits, parse_byte_size
+from avatar_backend.gateway.limits import Limits
 from avatar_backend.store import default_data_dir
 from avatar_backend.worker.process import RANDOM_WEIGHTS
 from avatar_backend.worker.scheduler import DEFAULT_MAX_BATCH
 
-from .common import CliError, display_path, parse_positive_int, resolve_api_key
+from .common import CliError, display_path, parse_byte_size_argument, parse_positive_int, resolve_api_key
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,24 +34,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     """How many NPCs `serve` keeps, where, and how often it saves them (published in ServerInfo.limits)."""
 
-    def byte_size(text: str) -> int:
-        try:
-            return parse_byte_size(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
     parser.add_argument(
         "--max-stored-npcs", type=int, default=Limits.max_stored_npcs, metavar="N",
         help=f"NPCs kept on disk; creating one more is refused until NPCs are deleted "
              f"(default {Limits.max_stored_npcs}; 0: no limit)",
     )
     parser.add_argument(
-        "--max-stored-npc-bytes", type=byte_size, default=Limits.max_stored_npc_bytes, metavar="SIZE",
+        "--max-stored-npc-bytes", type=parse_byte_size_argument, default=Limits.max_stored_npc_bytes,
+        metavar="SIZE",
         help=f"disk space for NPC memories, e.g. 64G; creating an NPC beyond it is refused "
              f"(default {Limits.max_stored_npc_bytes >> 30}G; 0: no limit)",
     )
     parser.add_argument(
-        "--max-parked-memory-bytes", type=byte_size, default=Limits.max_parked_memory_bytes, metavar="SIZE",
+        "--max-parked-memory-bytes", type=parse_byte_size_argument, default=Limits.max_parked_memory_bytes,
+        metavar="SIZE",
         help=f"host memory for the memories of NPCs not in a session; beyond it the least recently used are "
              f"read back from disk when needed (default {Limits.max_parked_memory_bytes >> 30}G)",
     )

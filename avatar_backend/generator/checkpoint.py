@@ -1,5 +1,5 @@
-"""Loading the published DiT from its own files: a diffusers ``config.json`` and ``diffusion_pytorch_model*.safetensors``
-(one file, or shards listed by ``diffusion_pytorch_model.safetensors.index.json``), LIVEACT_SPEC.md section 1.
+"""Loading the published DiT from its own files: a diffusers ``config.json`` and
+``diffusion_pytorch_model*.safetensors`` (one file, or shards listed by their index), LIVEACT_SPEC.md section 1.
 
 The model is built on torch's meta device (shapes only) and every tensor goes from its shard straight to the
 target device in the target dtype, one shard at a time, so the host never holds a second copy of the weights.

@@ -47,13 +47,13 @@ video end); ties go to the session served least recently (round robin).
 
 Batches. The generator runs the next blocks of several NPCs in one call when they have the same size and block
 kind (``batch_key``). The first session picked as above heads the batch; other sessions that may run and share
-its key join in the same order (then idle ones due within ``early_join_s``), up to ``max_batch``, as long as a batch of that size costs less per NPC than
-one NPC fewer (on a 2-core CPU it barely does; on a GPU it does up to large batches) and the batch, at its
-expected compute time, still delivers every member's frames before that member's video runs out (less
-``underrun_margin_s``). A session that
-would be late even alone does not hold its batch-mates back: the batch is what keeps the worker from falling
-further behind. Expected compute times are kept per batch size; an unmeasured size is extrapolated linearly
-from the nearest measured smaller one.
+its key join in the same order (then idle ones due within ``early_join_s``), up to ``max_batch``, as long as a
+batch of that size costs less per NPC than one NPC fewer (on a 2-core CPU it barely does; on a GPU it does up
+to large batches) and the batch, at its expected compute time, still delivers every member's frames before that
+member's video runs out (less ``underrun_margin_s``). A session that would be late even alone does not hold its
+batch-mates back: the batch is what keeps the worker from falling further behind. Expected compute times are
+kept per batch key and size (a size found not to pay is measured again now and then); an unmeasured size is
+extrapolated linearly from the nearest measured smaller one.
 """
 
 from __future__ import annotations
