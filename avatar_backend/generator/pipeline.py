@@ -341,13 +341,15 @@ class LiveActPipeline:
 
         audio_done = time.perf_counter()
         single = len(inputs) == 1
+        first_input = inputs[0]
         convkv = first.convkv if single else ConvKVMemory.stack([m.convkv for m in memories])
         noises = [GeneratorNoise(m.seed) for m in memories]
         for noise, memory in zip(noises, memories):
             noise.set_state(memory.noise_state)
         contexts = [self.context_for(item.conditioning, item.prompt, item.intensity) for item in inputs]
         result = denoise_block(
-            self.dit, convkv, plan, y=torch.cat([item.conditioning.y for item in inputs]),
+            self.dit, convkv, plan,
+            y=first_input.conditioning.y if single else torch.cat([item.conditioning.y for item in inputs]),
             context=CrossAttentionContext.batch(contexts), audio_window=torch.cat(windows).to(self.dit.dtype),
             noise=noises[0] if single else BatchNoise(noises), sampler=self.config.sampler, functional=False,
             parallel=self.parallel,

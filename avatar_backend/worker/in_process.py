@@ -75,10 +75,6 @@ class InProcessWorker:
             self._started.set()
             worker_link.close(linger_ms=0)
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     async def stop(self, timeout: float = 10.0) -> None:
         """Shut the engine down as the gateway does a worker process (it saves every NPC memory first)."""
         if self._thread is None:

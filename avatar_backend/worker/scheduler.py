@@ -441,7 +441,8 @@ class Scheduler:
         if not self._sessions:
             return None
         now = self.clock() if now is None else now
-        return max(0.0, min(self._ready_at(s, now)[0] for s in self._sessions.values()) - now)
+        lead_s = self.busy_estimate_s()
+        return max(0.0, min(self._ready_at(s, now, lead_s)[0] for s in self._sessions.values()) - now)
 
     def next_block(self, now: float | None = None) -> BlockPlan | None:
         """The most urgent block to generate now, alone, or None when every session should wait."""
@@ -456,8 +457,9 @@ class Scheduler:
         rate = self.config.sample_rate
         ready: list[tuple[tuple[float, int], SessionState, str]] = []
         soon: list[tuple[tuple[float, int], SessionState, str]] = []
+        lead_s = self.busy_estimate_s()  # once per call: it looks at every session
         for state in self._sessions.values():
-            ready_at, reason = self._ready_at(state, now)
+            ready_at, reason = self._ready_at(state, now, lead_s)
             # Furthest behind its wall clock first; the least recently served on a tie.
             key = (round(state.video_end(rate), 9), state.last_served)
             if ready_at <= now:
@@ -572,14 +574,13 @@ class Scheduler:
         arrived_s = state.waiting_voice / self.config.sample_rate
         return arrived_s >= FASTER_THAN_REAL_TIME * (now - state.waiting_since)
 
-    def _ready_at(self, state: SessionState, now: float) -> tuple[float, str]:
+    def _ready_at(self, state: SessionState, now: float, lead_s: float) -> tuple[float, str]:
         """When the session's next block may start, and under which rule."""
         consume, lookahead = self.pipeline.block_audio_samples(state.memory)
         queued = len(state.voice)
         config = self.config
         video_end = state.video_end(config.sample_rate)
         # The latest start of a block that keeps the video from running out.
-        lead_s = self.busy_estimate_s()
         deadline = video_end - lead_s - config.underrun_margin_s
         needed = consume + lookahead
         if not state.speaking and state.utterance_open and not self._faster_than_real_time(state, now):
