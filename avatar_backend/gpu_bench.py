@@ -6,9 +6,14 @@ blocks, median), frames per second, time to the first block, TFLOP per frame cou
 TFLOP/s that makes, peak GPU memory, and the VAE's streaming decode in ms per frame. Writes the numbers as JSON
 and one row per variant to docs/PERFORMANCE.md with the device and the date.
 
-Variants: ``bf16`` (the default path), ``fp8-kv`` (the FP8 ConvKV cache), ``compiled`` (torch.compile of the
-DiT). An FP8 GEMM path is not built yet; it is listed as such. ``--smoke`` runs a small config on the CPU
-(what CI runs): the same code path, no meaningful numbers.
+Variants: ``bf16`` (the default path), ``fp8-kv`` (the FP8 ConvKV cache), ``fp8-gemm`` (the transformer blocks'
+linear layers as FP8 GEMMs), ``compiled`` (torch.compile of the transformer blocks) and ``fastest`` (all three).
+Every variant runs the same weights, inputs and noise, so each reports its quality guard: the relative L2 error of
+its blocks' latents against the bf16 variant's. ``--attention`` picks the attention backend for all of them.
+
+``--sp-devices cuda:0,cuda:1`` also runs the bf16 variant sequence-parallel on those devices (one process per
+device, NCCL) and reports its speed-up over one device. ``--smoke`` runs a small config on the CPU (what CI runs;
+with ``--sp-devices cpu,cpu`` over gloo): the same code paths, no meaningful numbers.
 """
 
 from __future__ import annotations
@@ -16,23 +21,45 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import gc
 import json
+import socket
 import statistics
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
-from avatar_backend.generator.config import LIVEACT_18B, TINY, ModelConfig
+from avatar_backend.generator.attention import ATTENTION_BACKENDS
+from avatar_backend.generator.config import LIVEACT_18B, TINY, ExecutionConfig, ModelConfig
 from avatar_backend.generator.convkv import ConvKVMemory
 from avatar_backend.generator.dit import WanModel
+from avatar_backend.generator.parallel import SequenceParallel
+from avatar_backend.generator.pipeline import apply_execution
 from avatar_backend.generator.sampler import GeneratorNoise, denoise_block
 from avatar_backend.generator.schedule import StreamSchedule
 from avatar_backend.generator.vae import WanVAE
 
-VARIANTS = ("bf16", "fp8-kv", "compiled")
-NOT_BUILT = {"fp8-gemm": "FP8 GEMM (torch._scaled_mm) is not built yet"}
+
+@dataclass(frozen=True)
+class Variant:
+    kv_cache: str = "model"
+    gemm: str = "model"
+    compile: bool = False
+
+
+VARIANTS = {
+    "bf16": Variant(),
+    "fp8-kv": Variant(kv_cache="fp8"),
+    "fp8-gemm": Variant(gemm="fp8"),
+    "compiled": Variant(compile=True),
+    "fastest": Variant(kv_cache="fp8", gemm="fp8", compile=True),
+}
 PERFORMANCE_FILE = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 
 
@@ -55,38 +82,53 @@ def dit_flops_per_call(config: ModelConfig, width: int, height: int, latent_fram
     return config.dit.num_layers * per_layer
 
 
-def bench_variant(config: ModelConfig, variant: str, width: int, height: int, blocks: int, device: str) -> dict:
+def bench_variant(config: ModelConfig, name: str, width: int, height: int, blocks: int, device: str,
+                  attention: str = "sdpa", parallel: SequenceParallel | None = None) -> dict:
+    """Stream ``blocks`` blocks of one variant; its numbers, and each block's latents (on the host) as "x0s"."""
+    variant = VARIANTS[name]
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if variant == "fp8-kv":
-        config = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler, kv_cache="fp8"))
-    with torch.device(device):
-        torch.manual_seed(0)
-        model = WanModel(config.dit).to(dtype).eval().requires_grad_(False)
-    step_model = torch.compile(model) if variant == "compiled" else model
+    config = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler, kv_cache=variant.kv_cache))
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)   # built in its dtype where it runs: no fp32 copy of 18B parameters (76 GB)
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            model = WanModel(config.dit)
+            model.init_weights(zero_head=False)   # a zero head would make every variant's latents the noise alone
+    finally:
+        torch.set_default_dtype(default_dtype)
+    model.eval().requires_grad_(False)
+    apply_execution(model, ExecutionConfig(attention=attention, gemm=variant.gemm, compile=variant.compile), device)
     schedule = StreamSchedule.from_model_config(config, width, height)
-    memory = ConvKVMemory.allocate(config, width, height, device=device, dtype=dtype)
+    memory = ConvKVMemory.allocate(config, width, height, device=device, dtype=dtype,
+                                   head_shards=parallel.world_size if parallel else 1)
     h, w = height // config.vae.spatial_stride, width // config.vae.spatial_stride
     window = sum(config.sampler.block_sizes)
-    y = torch.randn(1, config.dit.in_dim - config.dit.out_dim, window, h, w, device=device, dtype=dtype)
-    text = torch.randn(config.dit.text_len, config.dit.text_dim, device=device, dtype=dtype)
-    clip = torch.randn(1, config.dit.clip_tokens, config.dit.clip_dim, device=device, dtype=dtype)
-    window_frames = 1 + config.dit.vae_scale * (window - 1)
-    audio = torch.randn(1, window_frames, config.dit.audio_window, config.dit.audio_layers,
-                        config.dit.audio_channels, device=device, dtype=dtype)
+    generator = torch.Generator().manual_seed(1)   # the same inputs for every variant, on every rank
+
+    def inputs(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator).to(device, dtype)
+
+    y = inputs(1, config.dit.in_dim - config.dit.out_dim, window, h, w)
+    text = inputs(config.dit.text_len, config.dit.text_dim)
+    clip = inputs(1, config.dit.clip_tokens, config.dit.clip_dim)
+    audio = inputs(1, 1 + config.dit.vae_scale * (window - 1), config.dit.audio_window, config.dit.audio_layers,
+                   config.dit.audio_channels)
     noise = GeneratorNoise(0)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, x0s = [], []
     with torch.inference_mode():
         context = model.encode_context(text, clip)
         for index in range(blocks):
             plan = schedule.block(index)
             _sync(device)
             started = time.perf_counter()
-            denoise_block(step_model, memory, plan, y=y, context=context, audio_window=audio, noise=noise,
-                          sampler=config.sampler, functional=False)
+            result = denoise_block(model, memory, plan, y=y, context=context, audio_window=audio, noise=noise,
+                                   sampler=config.sampler, functional=False, parallel=parallel)
             _sync(device)
             times.append(time.perf_counter() - started)
+            x0s.append(result.x0.float().cpu())
     later = times[2:] or times[-1:]
     block_s = statistics.median(later)
     frames = config.frames_per_block(2)
@@ -94,13 +136,59 @@ def bench_variant(config: ModelConfig, variant: str, width: int, height: int, bl
     flops = sum(dit_flops_per_call(config, width, height, config.sampler.block_sizes[1], config.sampler.memory_slots,
                                    audio=i > 0 or not config.sampler.skip_audio_at_first_step) for i in range(steps))
     return {
-        "variant": variant, "width": width, "height": height, "device": _device_name(device),
+        "variant": name, "width": width, "height": height, "device": _device_name(device), "attention": attention,
+        "ranks": parallel.world_size if parallel else 1,
         "block_s": round(block_s, 4), "fps": round(frames / block_s, 2), "first_block_s": round(times[0], 4),
         "flop_per_frame": flops / frames, "tflop_per_frame": round(flops / frames / 1e12, 2),
         "tflops": round(flops / block_s / 1e12, 1),
         "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.startswith("cuda") else 0,
-        "blocks_s": [round(t, 4) for t in times],
+        "blocks_s": [round(t, 4) for t in times], "x0s": x0s,
     }
+
+
+def latent_error(x0s: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+    """The largest relative L2 error of a variant's block latents against the reference variant's."""
+    return max(float((a - b).norm() / b.norm()) for a, b in zip(x0s, reference))
+
+
+def bench_sequence_parallel(config: ModelConfig, width: int, height: int, blocks: int, devices: list[str],
+                            attention: str) -> dict:
+    """The bf16 variant on ``devices``, one process each (NCCL on GPUs, gloo on CPUs); rank 0's numbers."""
+    with tempfile.TemporaryDirectory(prefix="gpu-bench-") as scratch:
+        out = Path(scratch) / "rank0.pt"
+        mp.spawn(_sp_rank, args=(devices, f"tcp://127.0.0.1:{_free_port()}", config, width, height, blocks,
+                                 attention, str(out)), nprocs=len(devices))
+        return torch.load(out, weights_only=False)
+
+
+def _sp_rank(rank: int, devices: list[str], init_method: str, config: ModelConfig, width: int, height: int,
+             blocks: int, attention: str, out: str) -> None:
+    device = devices[rank]
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", init_method=init_method, rank=rank,
+                            world_size=len(devices))
+    try:
+        result = bench_variant(config, "bf16", width, height, blocks, device, attention,
+                               parallel=SequenceParallel.from_process_group())
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _release(device: str) -> None:
+    """Free the last variant's model and compiled graphs before the next is built (each 18B model is 38 GB)."""
+    torch._dynamo.reset()
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def bench_decode(config: ModelConfig, width: int, height: int, device: str, latents: int = 8) -> float:
@@ -129,15 +217,17 @@ def _device_name(device: str) -> str:
 
 def write_performance_rows(results: list[dict], path: Path = PERFORMANCE_FILE) -> None:
     """Append one row per variant to docs/PERFORMANCE.md (the table is created when missing)."""
-    header = ("# GPU performance of the published DiT\n\n| date | device | size | variant | s/block | FPS | "
-              "first block s | TFLOP/frame | TFLOP/s | peak GPU GB | VAE ms/frame |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    header = ("# GPU performance of the published DiT\n\n| date | device | size | variant | attention | ranks | "
+              "s/block | FPS | first block s | TFLOP/frame | TFLOP/s | peak GPU GB | VAE ms/frame | latent error |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     text = path.read_text() if path.is_file() else header
     today = datetime.date.today().isoformat()
     for r in results:
-        text += (f"| {today} | {r['device']} | {r['width']}x{r['height']} | {r['variant']} | {r['block_s']} | "
-                 f"{r['fps']} | {r['first_block_s']} | {r['tflop_per_frame']} | {r['tflops']} | "
-                 f"{r['peak_gpu_bytes'] / 1e9:.1f} | {r.get('vae_ms_per_frame', '')} |\n")
+        error = r.get("latent_error")
+        text += (f"| {today} | {r['device']} | {r['width']}x{r['height']} | {r['variant']} | {r['attention']} | "
+                 f"{r['ranks']} | {r['block_s']} | {r['fps']} | {r['first_block_s']} | {r['tflop_per_frame']} | "
+                 f"{r['tflops']} | {r['peak_gpu_bytes'] / 1e9:.1f} | {r.get('vae_ms_per_frame', '')} | "
+                 f"{'' if error is None else f'{error:.2%}'} |\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
 
@@ -147,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--sizes", default="512x512,416x720")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--attention", default="sdpa", choices=list(ATTENTION_BACKENDS))
+    parser.add_argument("--sp-devices", default="", metavar="DEV,DEV",
+                        help="also run bf16 sequence-parallel on these devices and report the speed-up")
     parser.add_argument("--blocks", type=int, default=6, help="blocks per run (the first two are warm-up)")
     parser.add_argument("--json", type=Path, default=Path("out/gpu_bench.json"))
     parser.add_argument("--no-docs", action="store_true", help="do not append rows to docs/PERFORMANCE.md")
@@ -157,25 +250,50 @@ def main(argv: list[str] | None = None) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device here: run with --smoke for the CPU code path", file=sys.stderr)
         return 2
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")] if not args.smoke else [(64, 64)]
     results = []
     for width, height in sizes:
         decode_ms = round(bench_decode(config, width, height, device), 2)
-        for variant in args.variants.split(","):
-            if variant in NOT_BUILT:
-                print(f"{variant}: {NOT_BUILT[variant]}")
-                continue
-            result = bench_variant(config, variant, width, height, args.blocks, device)
+        baseline = None
+        for variant in variants:
+            result = bench_variant(config, variant, width, height, args.blocks, device, args.attention)
+            x0s = result.pop("x0s")
+            baseline = x0s if variant == "bf16" else baseline
+            if baseline is not None and variant != "bf16":
+                result["latent_error"] = latent_error(x0s, baseline)
             result["vae_ms_per_frame"] = decode_ms
             results.append(result)
-            print(f"{width}x{height} {variant}: {result['block_s']:.3f} s/block, {result['fps']:.1f} FPS, first block "
-                  f"{result['first_block_s']:.2f} s, {result['tflop_per_frame']} TFLOP/frame = {result['tflops']} "
-                  f"TFLOP/s, peak {result['peak_gpu_bytes'] / 1e9:.1f} GB, VAE {decode_ms} ms/frame")
+            _report(result)
+            _release(device)
+        if args.sp_devices:
+            result = bench_sequence_parallel(config, width, height, args.blocks, args.sp_devices.split(","),
+                                             args.attention)
+            x0s = result.pop("x0s")
+            if baseline is not None:
+                result["latent_error"] = latent_error(x0s, baseline)
+                one_device = results[-len(variants) + variants.index("bf16")]   # this size's bf16 row
+                result["speedup"] = round(one_device["block_s"] / result["block_s"], 2)
+            result["vae_ms_per_frame"] = decode_ms
+            results.append(result)
+            _report(result)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"config": config.name, "results": results}, indent=2))
     if not args.smoke and not args.no_docs:
         write_performance_rows(results)
     return 0
+
+
+def _report(r: dict) -> None:
+    extra = "".join([f", latents {r['latent_error']:.2%} off bf16" if "latent_error" in r else "",
+                     f", {r['speedup']}x over one device" if "speedup" in r else ""])
+    print(f"{r['width']}x{r['height']} {r['variant']} on {r['ranks']} device(s): {r['block_s']:.3f} s/block, "
+          f"{r['fps']:.1f} FPS, first block {r['first_block_s']:.2f} s, {r['tflop_per_frame']} TFLOP/frame = "
+          f"{r['tflops']} TFLOP/s, peak {r['peak_gpu_bytes'] / 1e9:.1f} GB, VAE {r['vae_ms_per_frame']} ms/frame"
+          f"{extra}", flush=True)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from .manage import (
 )
 from .plan import add_memory_plan_arguments, command_memory_plan
 from .say import add_say_arguments, command_say
-from .serve import add_model_arguments, add_storage_arguments, command_serve
+from .serve import add_execution_arguments, add_model_arguments, add_storage_arguments, command_serve
 
 __all__ = ["API_KEY_ENV", "CliError", "build_parser", "main"]
 
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, metavar="DIR", help="characters and NPC memories (default: the user data dir)"
     )
     add_model_arguments(serve)
+    add_execution_arguments(serve)
     add_storage_arguments(serve)
     add_api_key_arguments(serve, "the API key clients must send")
     serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve TLS with this certificate chain (PEM)")

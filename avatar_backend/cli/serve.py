@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 from avatar_backend.client import AvatarClient, AvatarError
+from avatar_backend.generator.config import ATTENTION_BACKENDS, GEMM_FORMATS, ExecutionConfig
 from avatar_backend.gateway.limits import Limits
 from avatar_backend.store import default_data_dir
 from avatar_backend.worker.process import RANDOM_WEIGHTS
@@ -26,8 +27,30 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "run every block sequence-parallel on all of them, one process per device"
     )
     parser.add_argument(
-        "--weights", metavar="FILE", help="model weights file (safetensors), or 'random' for untrained weights "
-        "from a fixed seed (default: the weights shipped for the config, random when it has none)"
+        "--weights", metavar="PATH", help="model weights: a safetensors file, the directory of the published "
+        "LiveAct files (README: 'The published model'), or 'random' for untrained weights from a fixed seed "
+        "(default: the weights shipped for the config, random when it has none)"
+    )
+
+
+def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the worker runs the model (`serve`): none of these changes the weights or the NPC memory format."""
+    parser.add_argument(
+        "--attention", default=ExecutionConfig.attention, choices=ATTENTION_BACKENDS,
+        help=f"attention backend of the DiT: sdpa (torch), flash (flash_attn), sage (sageattention), math "
+             f"(exact, slow) (default {ExecutionConfig.attention})",
+    )
+    parser.add_argument(
+        "--gemm", default=ExecutionConfig.gemm, choices=GEMM_FORMATS,
+        help="the DiT's linear layers in the model's dtype (model), or as FP8 GEMMs with half the weight memory "
+             "(fp8: Ada, Hopper or Blackwell GPUs) (default model)",
+    )
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the DiT's transformer blocks (minutes at start, faster blocks on GPUs)")
+    parser.add_argument(
+        "--text-encoder-device", default=ExecutionConfig.text_encoder_device, metavar="DEVICE",
+        help="where the published model's umT5 text encoder runs; each prompt is encoded once "
+             f"(default {ExecutionConfig.text_encoder_device}: keeps 11 GB off the GPU)",
     )
 
 
@@ -75,8 +98,8 @@ def command_serve(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise CliError(f"the server is not available in this installation ({error})") from None
     data_dir = (args.data_dir or default_data_dir()).expanduser()
-    if args.weights not in (None, RANDOM_WEIGHTS) and not Path(args.weights).is_file():
-        raise CliError(f"weights file not found: {args.weights}")
+    if args.weights not in (None, RANDOM_WEIGHTS) and not Path(args.weights).exists():
+        raise CliError(f"weights not found: {args.weights}")
     api_key = resolve_api_key(args)
     options = ServerOptions(
         host=args.host,
@@ -85,6 +108,8 @@ def command_serve(args: argparse.Namespace) -> int:
         model_config=args.config,
         device=args.device,
         weights=args.weights,
+        execution=ExecutionConfig(attention=args.attention, gemm=args.gemm, compile=args.compile,
+                                  text_encoder_device=args.text_encoder_device),
         api_key=api_key,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

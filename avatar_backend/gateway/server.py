@@ -21,7 +21,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -30,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from avatar_backend import __version__
 from avatar_backend.addresses import bind_address
+from avatar_backend.generator.config import ExecutionConfig
 from avatar_backend.media.opus import OpusUnavailableError, check_opus_available
 from avatar_backend.proto_gen import avatar_service_pb2, worker_pb2
 from avatar_backend.store import DataDir, default_data_dir
@@ -61,7 +62,8 @@ class ServerOptions:
     data_dir: Path | str | None = None     # None: the user's data directory
     model_config: str = "tiny"             # model config name or JSON file, passed to the worker
     device: str = "cpu"                    # cpu, cuda, cuda:N
-    weights: Path | str | None = None      # a file, "random", or None: the config's shipped weights
+    weights: Path | str | None = None      # a file or directory, "random", or None: the config's shipped weights
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)  # attention backend, FP8 GEMM, compile
     max_sessions: int = Limits.max_sessions
     max_message_bytes: int = Limits.max_message_bytes
     max_audio_packet_bytes: int = Limits.max_audio_packet_bytes
@@ -311,7 +313,7 @@ async def serve(options: ServerOptions, ready_callback: Callable[[int], object] 
         return 1
     worker = WorkerProcess(link, WorkerProcessConfig(
         data_dir=data_dir.root, model_config=options.model_config, device=options.device,
-        weights=str(options.weights) if options.weights else None,
+        weights=str(options.weights) if options.weights else None, execution=options.execution,
         max_stored_npcs=options.max_stored_npcs, max_stored_npc_bytes=options.max_stored_npc_bytes,
         max_parked_memory_bytes=options.max_parked_memory_bytes,
         npc_snapshot_interval_s=options.npc_snapshot_interval_s,

@@ -5,6 +5,10 @@ each (wav2vec2-base: the 12 transformer layers' hidden states of width 768). Vid
 samples [n * sr / fps, (n + 1) * sr / fps); a buffer of N samples yields floor(N * fps / sr) frames (a partial
 last frame is dropped).
 
+Two front ends: :class:`LearnedAudioEncoder`, the tiny model's causal convnet, and :class:`Wav2Vec2AudioEncoder`,
+the published model's chinese-wav2vec2-base run through transformers' ``Wav2Vec2Model`` with the reference's
+recipe around it (tempo, gain, normalisation, the interpolation to the video rate).
+
 The worker computes features block by block on a rolling PCM buffer, so a front end states how much audio
 before a window it needs (:meth:`AudioEncoder.context_frames`) for the window's features to equal those of an
 unbounded stream.
@@ -12,13 +16,19 @@ unbounded stream.
 
 from __future__ import annotations
 
+import logging
 import math
+from fractions import Fraction
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import av
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import CheckpointError, check_keys
 from .config import AudioEncoderConfig
 
 
@@ -147,13 +157,148 @@ def _mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> Tensor:
     return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
 
 
+class Wav2Vec2AudioEncoder(nn.Module):
+    """wav2vec2-base hidden states at the video frame rate, the reference's way (LIVEACT_SPEC.md §6.1-6.2).
+
+    1. Tempo ``25 / fps`` (pitch kept), so that 25 Hz wav2vec frames of the changed audio fall 1:1 on video frames:
+       the model always hears 25 fps-rate speech. The reference uses sox's ``tempo``; this uses FFmpeg's
+       ``atempo`` through PyAV (both time-stretch by overlap-add; their samples differ slightly).
+    2. Gain x 3, then the model's feature extractor (zero mean, unit variance when its ``do_normalize`` is set,
+       which cancels the gain but for its epsilon).
+    3. The CNN features, linearly interpolated (align_corners) to one per video frame BEFORE the feature
+       projection and the transformer, which therefore run at the video rate. Here a forward hook on the
+       model's ``feature_extractor`` does the interpolation, so transformers' own forward runs unchanged.
+    4. The hidden states of transformer layers 1..L (not the embedding output) stacked per frame.
+
+    The transformer attends over the whole buffer, so no window reproduces an unbounded stream's features
+    exactly. The worker embeds each block's window (its audio and look-ahead, no extra history), as the
+    reference does in its streaming mode (a crop per block), so :meth:`context_frames` is 0.
+    """
+
+    GAIN = 3.0
+    WAV2VEC_RATE = 25   # wav2vec2's frame rate at 16 kHz is 50 Hz; the reference interpolates to 25 fps audio
+
+    def __init__(self, model: nn.Module, feature_extractor, sample_rate: int = 16000):
+        super().__init__()
+        self.model = model
+        self.feature_extractor = feature_extractor
+        self.sample_rate = sample_rate
+        self.layers = model.config.num_hidden_layers
+        self.channels = model.config.hidden_size
+        self._video_frames = 0
+        model.feature_extractor.register_forward_hook(self._to_video_rate)
+
+    def _to_video_rate(self, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
+        """CNN features [B, C, T at 50 Hz] -> [B, C, video frames]."""
+        return F.interpolate(output, size=self._video_frames, mode="linear", align_corners=True)
+
+    def context_frames(self, fps: float) -> int:
+        return 0
+
+    def hidden_states(self, input_values: Tensor, frames: int) -> Tensor:
+        """Normalised input [1, n] -> the stacked layer outputs [frames, layers, channels]."""
+        self._video_frames = frames
+        parameter = next(self.model.parameters())
+        output = self.model(input_values.to(parameter.device, parameter.dtype), output_hidden_states=True)
+        return torch.stack(output.hidden_states[1:], dim=2)[0]
+
+    def features(self, pcm: Tensor, fps: float) -> Tensor:
+        if pcm.dim() != 1:
+            raise ValueError(f"expected mono PCM [n], got {tuple(pcm.shape)}")
+        frames = video_frame_count(pcm.shape[0], self.sample_rate, fps)
+        samples = pcm.detach().float().cpu().numpy()
+        if fps != self.WAV2VEC_RATE:
+            samples = change_tempo(samples, self.sample_rate, self.WAV2VEC_RATE / fps)
+        inputs = self.feature_extractor(samples * self.GAIN, sampling_rate=self.sample_rate, return_tensors="pt")
+        return self.hidden_states(inputs.input_values, frames)
+
+    forward = features
+
+
+def change_tempo(samples: np.ndarray, sample_rate: int, factor: float) -> np.ndarray:
+    """Mono float32 PCM played ``factor`` times faster at the same pitch (FFmpeg's atempo filter)."""
+    graph = av.filter.Graph()
+    source = graph.add_abuffer(format="flt", sample_rate=sample_rate, layout="mono",
+                               time_base=Fraction(1, sample_rate))
+    tempo = graph.add("atempo", f"{factor:.10g}")
+    sink = graph.add("abuffersink")
+    source.link_to(tempo)
+    tempo.link_to(sink)
+    graph.configure()
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.float32)[None], format="flt",
+                                       layout="mono")
+    frame.sample_rate = sample_rate
+    frame.pts = 0
+    frame.time_base = Fraction(1, sample_rate)
+    graph.push(frame)
+    graph.push(None)
+    out = []
+    while True:
+        try:
+            out.append(graph.pull().to_ndarray()[0])
+        except (av.BlockingIOError, av.EOFError):
+            break
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+# Heads of the self-supervised pretraining model that published wav2vec2 checkpoints carry (the features are
+# the base model's hidden states, so these are never used).
+PRETRAINING_HEADS = ("quantizer.", "project_q.", "project_hid.", "lm_head.", "dropout_features")
+
+
+def load_wav2vec2(directory: Path | str, config: AudioEncoderConfig, *, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.bfloat16) -> Wav2Vec2AudioEncoder:
+    """chinese-wav2vec2-base (or any wav2vec2 of that layout) from its local directory: ``config.json``, the
+    weights (``pytorch_model.bin`` or ``model.safetensors``) and ``preprocessor_config.json``. Nothing is
+    downloaded. Every parameter of the base model must come from the files; tensors other than the base model's
+    and the pretraining heads' fail the load."""
+    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"{directory}: not a wav2vec2 model directory (no config.json)")
+    # transformers reports the pretraining heads it skipped and shows a progress bar; the check below is the
+    # report that counts.
+    from transformers.utils import logging as transformers_logging
+
+    library_log = logging.getLogger("transformers")
+    level = library_log.level
+    library_log.setLevel(logging.ERROR)
+    transformers_logging.disable_progress_bar()
+    try:
+        model, info = Wav2Vec2Model.from_pretrained(directory, local_files_only=True, output_loading_info=True,
+                                                    dtype=dtype)
+    finally:
+        library_log.setLevel(level)
+        transformers_logging.enable_progress_bar()
+    unexpected = [k for k in info["unexpected_keys"] if not k.startswith(PRETRAINING_HEADS)]
+    found = set(model.state_dict()) - set(info["missing_keys"])
+    check_keys(directory, model.state_dict(), found | set(unexpected))
+    if (model.config.num_hidden_layers, model.config.hidden_size) != (config.layers, config.channels):
+        raise CheckpointError(f"{directory}: {model.config.num_hidden_layers} layers of width "
+                              f"{model.config.hidden_size}; the model config needs {config.layers} of "
+                              f"{config.channels}")
+    if (directory / "preprocessor_config.json").is_file():
+        extractor = Wav2Vec2FeatureExtractor.from_pretrained(directory, local_files_only=True)
+    else:
+        extractor = Wav2Vec2FeatureExtractor(sampling_rate=config.sample_rate, do_normalize=True)
+    if extractor.sampling_rate != config.sample_rate:
+        raise CheckpointError(f"{directory}: the feature extractor expects {extractor.sampling_rate} Hz, the model "
+                              f"config {config.sample_rate} Hz")
+    model.to(device).eval().requires_grad_(False)
+    return Wav2Vec2AudioEncoder(model, extractor, config.sample_rate)
+
+
 def build_audio_encoder(config: AudioEncoderConfig) -> AudioEncoder:
-    """The audio front end named by ``config.kind``."""
+    """The audio front end named by ``config.kind``, with fresh weights (wav2vec2: random, of its size)."""
     if config.kind == "learned":
         return LearnedAudioEncoder(config)
     if config.kind == "wav2vec2":
-        raise NotImplementedError(
-            "the wav2vec2-base audio front end (layers 1..12, CNN features interpolated to the video rate before "
-            "the transformer, LIVEACT_SPEC.md §6.2) is not implemented yet; use kind='learned'"
-        )
+        from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+        heads = max(1, config.channels // 64)
+        model = Wav2Vec2Model(Wav2Vec2Config(hidden_size=config.channels, num_hidden_layers=config.layers,
+                                             num_attention_heads=heads, intermediate_size=4 * config.channels))
+        extractor = Wav2Vec2FeatureExtractor(sampling_rate=config.sample_rate, do_normalize=True)
+        return Wav2Vec2AudioEncoder(model.eval(), extractor, config.sample_rate)
     raise ValueError(f"unknown audio encoder kind {config.kind!r}; known: 'learned', 'wav2vec2'")

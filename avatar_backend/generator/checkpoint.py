@@ -17,6 +17,7 @@ import json
 import logging
 import resource
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from safetensors import safe_open
 from .config import DiTConfig
 from .dit import WanModel
 
-__all__ = ["CheckpointError", "DiTLoad", "dit_config_from_json", "dit_shards", "load_dit"]
+__all__ = ["CheckpointError", "DiTLoad", "check_keys", "dit_config_from_json", "dit_shards", "load_dit",
+           "load_pth_state", "peak_host_rss_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,33 @@ def _listing(keys: list[str]) -> str:
     return f"{len(keys)}: {', '.join(sorted(keys)[:_SHOWN_KEYS])}{', ...' if len(keys) > _SHOWN_KEYS else ''}"
 
 
+def check_keys(source: Path | str, expected: Iterable[str], found: Iterable[str]) -> None:
+    """CheckpointError naming the first few and the count of parameters that ``source`` lacks, then of the
+    tensors in it that are no parameters (keys already mapped to the model's names)."""
+    expected, found = set(expected), set(found)
+    missing = sorted(expected - found)
+    if missing:
+        raise CheckpointError(f"{source}: parameters missing from the file ({_listing(missing)})")
+    unexpected = sorted(found - expected)
+    if unexpected:
+        raise CheckpointError(f"{source}: tensors that are not parameters of the model ({_listing(unexpected)})")
+
+
+def load_pth_state(path: Path | str) -> dict[str, torch.Tensor]:
+    """A ``torch.save``d state dict (the Wan ``.pth`` files), memory-mapped: tensors are read from the file as
+    they are used, so loading does not hold a second copy in host RAM. Only tensors are unpickled."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError:  # the legacy (pre-zip) format cannot be memory-mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
+    return state
+
+
 def load_dit(directory: Path | str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
              expected: DiTConfig | None = None) -> DiTLoad:
     """The DiT of a checkpoint directory on ``device`` in ``dtype`` (CheckpointError when the files do not fit)."""
@@ -135,9 +164,10 @@ def load_dit(directory: Path | str, *, device: str | torch.device = "cpu", dtype
                     len(initialised))
     model.eval().requires_grad_(False)
     return DiTLoad(model=model, shards=len(shards), tensors=len(loaded), bytes=total,
-                   peak_host_rss_bytes=_peak_rss_bytes(), initialised=initialised)
+                   peak_host_rss_bytes=peak_host_rss_bytes(), initialised=initialised)
 
 
-def _peak_rss_bytes() -> int:
+def peak_host_rss_bytes() -> int:
+    """The process's peak resident memory so far."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024   # bytes on macOS, KiB on Linux

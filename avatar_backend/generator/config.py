@@ -116,6 +116,7 @@ class VAEConfig:
     encoder: str = "wan"
     decoder: str = "wan"
     light_dims: tuple[int, ...] = (64, 32, 16, 8)   # latent resolution first, full resolution last
+    path: str = ""                 # published layout: the .pth state dict, relative to the weights directory
 
     def __post_init__(self) -> None:
         for part in ("encoder", "decoder"):
@@ -146,30 +147,81 @@ class AudioEncoderConfig:
     layers: int = 12
     channels: int = 768
     hidden: int = 64               # learned front end only
-    path: str = ""                 # wav2vec2 only: local directory of the HF model
+    path: str = ""                 # wav2vec2 only: the HF model's directory, relative to the weights directory
 
 
 @dataclass(frozen=True)
 class ImageEncoderConfig:
-    """Reference-image features [tokens, dim] (``learned`` patch encoder, or CLIP ViT-H/14 penultimate block)."""
+    """Reference-image features [tokens, dim] (``learned`` patch encoder, or CLIP ViT-H/14 penultimate block).
+
+    ``layers``, ``heads`` and ``mlp_dim`` describe the CLIP vision tower as stored (32 blocks; its output is
+    that of block 31); the learned encoder has a fixed architecture (image_encoder.py).
+    """
 
     kind: str = "clip-vit-h-14"
     image_size: int = 224
     patch_size: int = 14
     tokens: int = 257
     dim: int = 1280
-    path: str = ""
+    layers: int = 32
+    heads: int = 16
+    mlp_dim: int = 5120
+    path: str = ""                 # clip only: the Wan .pth file, relative to the weights directory
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        grid = self.image_size // self.patch_size
+        if self.tokens != 1 + grid * grid:
+            raise ValueError(f"tokens must be 1 + (image_size / patch_size)^2 = {1 + grid * grid}, got {self.tokens}")
 
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
-    """Prompt embeddings [tokens, dim] (``learned`` byte-level encoder, or the umT5-XXL encoder)."""
+    """Prompt embeddings [tokens, dim] (``learned`` byte-level encoder, or the umT5-XXL encoder).
+
+    ``heads`` .. ``relative_max_distance`` describe umT5 (gated-GELU FFN, a relative position bias per layer);
+    the learned encoder reads only ``max_len``, ``dim`` and ``layers``.
+    """
 
     kind: str = "umt5-xxl"
     max_len: int = 512
     dim: int = 4096
-    layers: int = 0                # learned encoder only
-    path: str = ""
+    layers: int = 24
+    heads: int = 64
+    head_dim: int = 64
+    ffn_dim: int = 10240
+    vocab_size: int = 256384
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
+    path: str = ""                 # umt5 only: the Wan .pth file, relative to the weights directory
+    tokenizer: str = ""            # umt5 only: the tokenizer's directory, relative to the weights directory
+
+
+ATTENTION_BACKENDS = ("sdpa", "flash", "sage", "math")
+GEMM_FORMATS = ("model", "fp8")
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How a loaded model runs, not what it computes: every choice here keeps the weights and the memory format.
+
+    ``attention``: the backend behind the DiT's attention dispatch (attention.py). ``gemm``: ``model`` runs the
+    DiT's linear layers in the model's dtype, ``fp8`` as FP8 GEMMs (fp8.py; the weights drop to e4m3).
+    ``compile``: torch.compile each transformer block (one graph, reused by all layers). ``text_encoder_device``:
+    where umT5 runs (prompts are encoded once each and cached, so the CPU saves 11 GB of GPU memory).
+    """
+
+    attention: str = "sdpa"
+    gemm: str = "model"
+    compile: bool = False
+    text_encoder_device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
+        if self.gemm not in GEMM_FORMATS:
+            raise ValueError(f"gemm must be one of {GEMM_FORMATS}, got {self.gemm!r}")
 
 
 @dataclass(frozen=True)
@@ -272,7 +324,15 @@ TINY = ModelConfig(
     dtype="float32",
 )
 
-LIVEACT_18B = ModelConfig(name="liveact-18b")
+# The published files (LIVEACT_SPEC.md section 1.1), by their names in the checkpoint directory; the DiT's
+# config.json and shards lie at its top level.
+LIVEACT_18B = ModelConfig(
+    name="liveact-18b",
+    vae=VAEConfig(path="Wan2.1_VAE.pth"),
+    audio_encoder=AudioEncoderConfig(path="chinese-wav2vec2-base"),
+    image_encoder=ImageEncoderConfig(path="models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"),
+    text_encoder=TextEncoderConfig(path="models_t5_umt5-xxl-enc-bf16.pth", tokenizer="google/umt5-xxl"),
+)
 
 CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (TINY, LIVEACT_18B)}
 

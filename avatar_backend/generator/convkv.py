@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from .config import DiTConfig, ModelConfig, SamplerConfig
+from .fp8 import FP8
 
 # Slot plans by grouping name: (target slot, the 5 source slots it compresses, in order) and (target, source) copies.
 # Slot indices are RoPE temporal positions. The two-device plan is the 2-rank reference emulated on one device:
@@ -168,22 +169,6 @@ class CacheWrite:
         for slot, value in updates.items():
             slots[slot] = value.to(cache.dtype)
         return torch.cat(slots, dim=1)
-
-
-FP8 = torch.float8_e4m3fn
-FP8_MAX = 448.0   # the largest finite e4m3 value
-
-
-def quantize_fp8(values: Tensor) -> tuple[Tensor, Tensor]:
-    """e4m3 values and fp32 scales [..., 1] of ``values`` [..., head_dim], one scale per token and head (its
-    largest magnitude maps to FP8_MAX)."""
-    values = values.float()
-    scale = values.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / FP8_MAX
-    return (values / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
-
-
-def dequantize_fp8(values: Tensor, scale: Tensor) -> Tensor:
-    return values.float() * scale
 
 
 @dataclass

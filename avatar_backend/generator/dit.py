@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import attention
 from .config import DiTConfig
-from .convkv import CacheWrite, StepCache, dequantize_fp8, quantize_fp8
+from .convkv import CacheWrite, StepCache
+from .fp8 import dequantize_fp8, quantize_fp8
 from .parallel import SequenceParallel
 
 
@@ -71,12 +73,6 @@ class WanLayerNorm(nn.LayerNorm):
 def modulate(normed: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """adaLN: the modulation arithmetic runs in fp32, the result goes back to the activation dtype."""
     return (normed.float() * (1 + scale) + shift).to(normed.dtype)
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Unmasked SDPA on [B, L, heads, head_dim] tensors (the reference's layout)."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -413,12 +409,19 @@ class AudioProjModel(nn.Module):
         self.proj3 = nn.Linear(config.intermediate_dim, config.context_tokens * config.output_dim)
         self.norm = nn.LayerNorm(config.output_dim) if config.norm_output_audio else nn.Identity()
 
-    def forward(self, window: Tensor) -> Tensor:
-        """[B, 1 + vae_scale*n, W, layers, ch] -> audio tokens [B, 1 + n, context_tokens, output_dim]."""
+    def forward(self, window: Tensor, frames: slice | None = None) -> Tensor:
+        """[B, 1 + vae_scale*n, W, layers, ch] -> audio tokens [B, 1 + n, context_tokens, output_dim], or of the
+        latent frames in ``frames`` only: every group is projected on its own, so the others need not be."""
         first, later = group_audio_window(window, self.vae_scale)
-        first = F.relu(self.proj1(first.flatten(2)))      # [B, 1, inter]
-        later = F.relu(self.proj1_vf(later.flatten(2)))   # [B, n, inter]
-        hidden = F.relu(self.proj2(torch.cat([first, later], dim=1)))
+        start, stop, step = (frames or slice(None)).indices(1 + later.shape[1])
+        if step != 1 or start >= stop:
+            raise ValueError(f"frames must be a non-empty contiguous slice, got {frames}")
+        parts = []
+        if start == 0:
+            parts.append(F.relu(self.proj1(first.flatten(2))))                                    # [B, 1, inter]
+        if stop > 1:
+            parts.append(F.relu(self.proj1_vf(later[:, max(start, 1) - 1 : stop - 1].flatten(2))))  # [B, n', inter]
+        hidden = F.relu(self.proj2(torch.cat(parts, dim=1)))
         tokens = self.proj3(hidden).unflatten(-1, (self.context_tokens, self.output_dim))
         return self.norm(tokens)
 
@@ -503,6 +506,12 @@ class WanModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.patch_embedding.weight.dtype
 
+    def compile_blocks(self) -> None:
+        """torch.compile each transformer block in place. The blocks run the same code with their weights as
+        inputs, so they share compiled graphs: one per block kind (first, second, compressing), not per layer."""
+        for block in self.blocks:
+            block.compile(dynamic=False)
+
     # -- per-character and per-block conditioning ----------------------------------------------------------------
 
     def encode_context(self, text: Tensor, clip_fea: Tensor, precompute_kv: bool = True) -> CrossAttentionContext:
@@ -519,9 +528,11 @@ class WanModel(nn.Module):
             context.layer_kv = [block.cross_attn.context_kv(context.text, context.image) for block in self.blocks]
         return context
 
-    def audio_tokens(self, audio_window: Tensor) -> Tensor:
-        """Audio window [B, 53, 5, layers, ch] -> tokens for every latent frame of the window [B, 14, tokens, dim]."""
-        return self.audio_proj(audio_window.to(self.dtype))
+    def audio_tokens(self, audio_window: Tensor, frames: slice | None = None) -> Tensor:
+        """Audio window [B, 53, 5, layers, ch] -> tokens [B, n, tokens, dim] of the window's latent frames in
+        ``frames`` (a block's: ``slice(start_frame, start_frame + T)``), or of all 14 when None. The reference
+        projects all 14 on every call; a block uses 6 or 8."""
+        return self.audio_proj(audio_window.to(self.dtype), frames)
 
     # -- one denoising call ----------------------------------------------------------------------------------------
 
@@ -549,7 +560,8 @@ class WanModel(nn.Module):
         conditioning window (0 for block 0, 6 after): it picks the cache slots written, the queries' temporal RoPE
         positions and the audio tokens used. ``compress`` runs the ConvKV update first (blocks >= 2).
         Conditioning: a ``context`` from :meth:`encode_context`, or raw ``text`` and ``clip_fea``.
-        ``audio_tokens`` from :meth:`audio_tokens` for the whole window, or None to skip audio attention.
+        ``audio_tokens`` [B, T, tokens, dim] of the block's latent frames (:meth:`audio_tokens` with
+        ``slice(start_frame, start_frame + T)``), or None to skip audio attention.
         ``functional`` builds a new cache instead of writing in place; by default it follows grad mode.
         With ``parallel``, this rank computes its share of the block's frames and holds its heads' shard of the
         cache (see :mod:`.parallel`); every rank returns the whole velocity.
@@ -572,7 +584,9 @@ class WanModel(nn.Module):
         e0 = self.time_projection(e).unflatten(1, (6, self.config.dim))
 
         if audio_tokens is not None:
-            audio_tokens = audio_tokens[:, start_frame + local.start : start_frame + local.stop].to(self.dtype)
+            if audio_tokens.shape[1] != frames:
+                raise ValueError(f"audio tokens for {audio_tokens.shape[1]} latent frames, the block has {frames}")
+            audio_tokens = audio_tokens[:, local].to(self.dtype)
 
         write = CacheWrite(cache.layout, frame_tokens, start_frame, frames, compress, inplace=not functional)
         # RoPE reset: queries sit at the block's window frames, keys at their slot indices 0..end_frame-1.

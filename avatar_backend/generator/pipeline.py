@@ -11,8 +11,12 @@ through the DiT and the decoder together, each with its own caches, conditioning
 frames it would get alone (to float rounding: batched matrix products sum in another order).
 
 Weights: one safetensors file whose keys are prefixed by module (``dit.``, ``vae.``, ``audio_encoder.``,
-``image_encoder.``, ``text_encoder.``). Without one, every module is initialised from a fixed seed and the
-pipeline reports ``random_weights``.
+``image_encoder.``, ``text_encoder.``), what the tiny model ships; or a directory of the published files
+(published.py). Without either, every module is initialised from a fixed seed and the pipeline reports
+``random_weights`` (refused for configs that run the published encoders: those are only useful trained).
+
+How the model runs (attention backend, FP8 GEMM, torch.compile) is an :class:`ExecutionConfig`, applied once
+the weights are in place.
 """
 
 from __future__ import annotations
@@ -34,14 +38,17 @@ from safetensors.torch import load_file
 
 from avatar_backend.store import CharacterRecord, now_ms
 
+from .attention import set_attention_backend
 from .audio_encoder import build_audio_encoder
 from .conditioning import block_audio_window, blended_text, padded_text, quantized_intensity, reference_pixels
-from .config import ModelConfig, get_config
+from .config import ExecutionConfig, ModelConfig, get_config
 from .convkv import ConvKVMemory, SlotLayout, cache_bytes
 from .dit import CrossAttentionContext, WanModel
+from .fp8 import fp8_gemm_supported, quantize_linears
 from .image_encoder import build_image_encoder
 from .memory import NpcMemory, memory_layout_name
 from .parallel import SequenceParallel
+from .published import load_published
 from .runner import BlockInput
 from .sampler import BatchNoise, GeneratorNoise, denoise_block
 from .schedule import StreamSchedule
@@ -119,28 +126,39 @@ class LiveActPipeline:
 
     @classmethod
     def from_config(cls, config: ModelConfig | str | Path, weights: str | Path | None = None,
-                    device: str = "cpu", parallel: SequenceParallel | None = None) -> "LiveActPipeline":
+                    device: str = "cpu", parallel: SequenceParallel | None = None,
+                    execution: ExecutionConfig | None = None) -> "LiveActPipeline":
+        """The pipeline of ``config`` on ``device``: ``weights`` is a prefixed safetensors file, a directory of
+        the published files, or None (random weights from a fixed seed)."""
         if not isinstance(config, ModelConfig):
             config = load_model_config(config)
+        execution = execution or ExecutionConfig()
         dtype = getattr(torch, config.dtype)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            # The encoders first: they are small, and the ones not built yet fail here before the DiT
-            # (18.9 B parameters for the published config) is allocated.
-            modules: dict[str, torch.nn.Module] = {
-                "audio_encoder": build_audio_encoder(config.audio_encoder),
-                "image_encoder": build_image_encoder(config.image_encoder),
-                "text_encoder": build_text_encoder(config.text_encoder),
-                "vae": WanVAE(config.vae),
-                "dit": WanModel(config.dit),
-            }
-            if weights is None:
-                modules["dit"].init_weights(zero_head=False)
-        sha = ""
-        if weights is not None:
-            sha = _load_weights(modules, Path(weights), config)
-        for name, module in modules.items():
-            module.to(device=device, dtype=dtype if name == "dit" else torch.float32).eval().requires_grad_(False)
+        if weights is not None and Path(weights).is_dir():
+            published = load_published(config, weights, device=device,
+                                       text_encoder_device=execution.text_encoder_device)
+            modules, sha = published.modules, published.fingerprint
+        else:
+            if weights is None and uses_published_encoders(config):
+                raise GeneratorError(f"model {config.name!r} runs the published encoders and needs its weights: "
+                                     "pass the directory of the published files (README: 'The published model')")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_WEIGHTS_SEED)
+                modules = {
+                    "audio_encoder": build_audio_encoder(config.audio_encoder),
+                    "image_encoder": build_image_encoder(config.image_encoder),
+                    "text_encoder": build_text_encoder(config.text_encoder),
+                    "vae": WanVAE(config.vae),
+                    "dit": WanModel(config.dit),
+                }
+                if weights is None:
+                    modules["dit"].init_weights(zero_head=False)
+            sha = ""
+            if weights is not None:
+                sha = _load_weights(modules, Path(weights), config)
+            for name, module in modules.items():
+                module.to(device=device, dtype=dtype if name == "dit" else torch.float32).eval().requires_grad_(False)
+        apply_execution(modules["dit"], execution, device)
         pipeline = cls(config, modules, device=device, random_weights=weights is None, weights_sha256=sha,
                        parallel=parallel)
         # One-time costs (decoder cache shapes, lazy torch imports) here rather than in the first session.
@@ -389,6 +407,27 @@ class LiveActPipeline:
             memory.frames_generated += self.config.frames_per_block(memory.blocks_generated - 1)
             memory.timeline_samples += consume
             memory.updated_unix_ms = now_ms()
+
+
+def uses_published_encoders(config: ModelConfig) -> bool:
+    """Whether ``config`` runs wav2vec2, CLIP or umT5 (rather than the tiny model's learned encoders)."""
+    kinds = (config.audio_encoder.kind, config.image_encoder.kind, config.text_encoder.kind)
+    return any(kind != "learned" for kind in kinds)
+
+
+def apply_execution(dit: WanModel, execution: ExecutionConfig, device: str) -> None:
+    """Set up how the DiT runs (GeneratorError for a choice this machine cannot run)."""
+    try:
+        set_attention_backend(execution.attention)
+    except ValueError as err:
+        raise GeneratorError(str(err)) from None
+    if execution.gemm == "fp8":
+        if not fp8_gemm_supported(device):
+            raise GeneratorError(f"FP8 GEMM needs a GPU of compute capability 8.9 or newer (Ada, Hopper, "
+                                 f"Blackwell); {device} has none")
+        quantize_linears(dit)
+    if execution.compile:
+        dit.compile_blocks()
 
 
 def weights_config(path: str | Path) -> ModelConfig | None:

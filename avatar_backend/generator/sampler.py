@@ -123,15 +123,15 @@ def denoise_block(
     """
     if functional is None:
         functional = torch.is_grad_enabled()
-    y_block = y[:, :, plan.y_slice]
+    y_block = y[:, :, plan.window_frames]
     shape = (y.shape[0], model.config.out_dim, plan.latent_frames, *y.shape[-2:])
     latent = noise(shape, like=y.new_empty((), dtype=model.dtype))
 
     audio_tokens = null_tokens = None
     if audio_window is not None:
-        audio_tokens = model.audio_tokens(audio_window)
+        audio_tokens = model.audio_tokens(audio_window, plan.window_frames)
         if memory.null_audio:
-            null_tokens = model.audio_tokens(torch.zeros_like(audio_window))
+            null_tokens = model.audio_tokens(torch.zeros_like(audio_window), plan.window_frames)
 
     steps = list(memory.steps)
     null_steps = dict(memory.null_audio)

@@ -38,8 +38,8 @@ class BlockLayout:
         return self.window_start + self.latent_frames
 
     @property
-    def y_slice(self) -> slice:
-        """Latent frames of the 14-frame conditioning ``y`` this block sees."""
+    def window_frames(self) -> slice:
+        """The block's latent frames within the 14-frame conditioning window (of ``y`` and the audio tokens)."""
         return slice(self.window_start, self.window_end)
 
     @property

@@ -20,6 +20,7 @@ Module and parameter names follow the published ``Wan2.1_VAE.pth`` so its state 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import CheckpointError, check_keys, load_pth_state
 from .config import VAEConfig
 
 # A causal 3-tap time kernel needs the two frames before a chunk.
@@ -583,3 +585,20 @@ def _decoder_cache_shapes(config: VAEConfig, width: int, height: int, batch_size
     with torch.no_grad():
         vae.decode_stream(latents, state)
     return {name: frames.shape for name, frames in state.frames.items()}
+
+
+def load_wan_vae(path: Path | str, config: VAEConfig, *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> WanVAE:
+    """The published ``Wan2.1_VAE.pth`` (a state dict with this module's names). The latent statistics are not in
+    the file; they come from ``config`` (the spec's values for the published model)."""
+    state = load_pth_state(path)
+    with torch.device(device):
+        vae = WanVAE(config)
+    expected = vae.state_dict()
+    check_keys(path, expected, state)
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(f"{path}: {key} is {tuple(tensor.shape)}, the model's is "
+                                  f"{tuple(expected[key].shape)}")
+    vae.load_state_dict(state, strict=True)
+    return vae.to(dtype).eval().requires_grad_(False)

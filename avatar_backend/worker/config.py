@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from avatar_backend.generator.config import ExecutionConfig
 from avatar_backend.store import (
     DEFAULT_MAX_PARKED_MEMORY_BYTES,
     DEFAULT_MAX_STORED_NPC_BYTES,
@@ -15,7 +16,7 @@ from avatar_backend.store import (
 
 from .scheduler import SchedulerConfig
 
-__all__ = ["WorkerConfig"]
+__all__ = ["WorkerConfig", "execution_flags"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class WorkerConfig:
     data_dir: Path = field(default_factory=default_data_dir)  # this worker's NPC memories
     device: str = "cpu"
     weights: str | None = None
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)  # attention backend, FP8 GEMM, compile
     parent_pid: int = 0                        # exit (saving memories) when this process is gone; 0: never
     resident_budget_bytes: int = DEFAULT_MAX_PARKED_MEMORY_BYTES  # parked NPC memories kept in host memory
     max_stored_npcs: int = DEFAULT_MAX_STORED_NPCS             # NPCs on disk; a new one beyond is refused (0: no cap)
@@ -34,3 +36,10 @@ class WorkerConfig:
     character_cache_size: int = 64             # prepared (character, size) conditionings kept
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     idle_poll_ms: int = 50                     # longest wait for messages when no block is due
+
+
+def execution_flags(execution: ExecutionConfig) -> list[str]:
+    """The worker's command-line flags that give it ``execution`` (the gateway starts it, rank 0 its followers)."""
+    flags = ["--attention", execution.attention, "--gemm", execution.gemm,
+             "--text-encoder-device", execution.text_encoder_device]
+    return flags + (["--compile"] if execution.compile else [])

@@ -1,7 +1,7 @@
 """The worker process's entry point: parse the flags, build the generator and its executor, run the engine.
 
 Run as ``python -m avatar_backend.worker --endpoint E --config NAME_OR_PATH --data-dir D --device DEV
-[--weights FILE] [--parent-pid PID]``; the gateway's :class:`~avatar_backend.worker.process.WorkerProcess`
+[--weights FILE_OR_DIR] [--attention A --gemm G --compile --text-encoder-device D] [--parent-pid PID]``; the gateway's :class:`~avatar_backend.worker.process.WorkerProcess`
 does that. ``AVATAR_TEST_GENERATOR=FILE`` (tests) runs the generator that FILE's ``make_generator(config,
 weights, device) -> (runner, codec)`` returns instead of the model.
 """
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from avatar_backend.generator.config import ATTENTION_BACKENDS, GEMM_FORMATS, ExecutionConfig
 from avatar_backend.store import (
     DEFAULT_MAX_PARKED_MEMORY_BYTES,
     DEFAULT_MAX_STORED_NPC_BYTES,
@@ -26,7 +27,7 @@ from avatar_backend.store import (
     default_data_dir,
 )
 
-from .config import WorkerConfig
+from .config import WorkerConfig, execution_flags
 from .engine import Engine
 from .executor import Executor, InProcessExecutor
 from .link import WorkerLink
@@ -73,11 +74,13 @@ def build_executor(config: WorkerConfig) -> tuple[Executor, MemoryCodec]:
     devices = parse_devices(config.device)
     weights = _weights_file(config.model_config, config.weights)
     if len(devices) == 1:
-        return InProcessExecutor(LiveActPipeline.from_config(config.model_config, weights, devices[0])), codec
+        pipeline = LiveActPipeline.from_config(config.model_config, weights, devices[0], execution=config.execution)
+        return InProcessExecutor(pipeline), codec
     model_args = ["--config", config.model_config, "--device", config.device, "--weights", weights or RANDOM_WEIGHTS,
-                  "--log-level", logging.getLevelName(logging.getLogger().level)]
+                  *execution_flags(config.execution), "--log-level", logging.getLevelName(logging.getLogger().level)]
     group = RankGroup(devices, model_args)
-    pipeline = LiveActPipeline.from_config(config.model_config, weights, devices[0], parallel=group.parallel)
+    pipeline = LiveActPipeline.from_config(config.model_config, weights, devices[0], parallel=group.parallel,
+                                           execution=config.execution)
     return RankExecutor(LeaderRunner(pipeline, group)), codec
 
 
@@ -107,7 +110,8 @@ def follow_main(args: argparse.Namespace) -> int:
     weights = _weights_file(args.config, args.weights)
 
     def pipeline_factory(device: str, parallel):
-        return LiveActPipeline.from_config(args.config, weights, device, parallel=parallel)
+        return LiveActPipeline.from_config(args.config, weights, device, parallel=parallel,
+                                           execution=_execution_of(args))
 
     return follow(args.follow_rank, args.init_method, parse_devices(args.device), pipeline_factory, args.parent_pid)
 
@@ -122,7 +126,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="torch device, e.g. cpu or cuda:0; several, comma-separated (cuda:0,cuda:1), run each "
                              "block sequence-parallel on all of them")
     parser.add_argument("--weights", default=None,
-                        help="weights file, or 'random' (default: the config's shipped weights, random without them)")
+                        help="weights file or directory of the published files, or 'random' (default: the config's "
+                             "shipped weights, random without them)")
+    parser.add_argument("--attention", default=ExecutionConfig.attention, choices=ATTENTION_BACKENDS,
+                        help="attention backend of the DiT")
+    parser.add_argument("--gemm", default=ExecutionConfig.gemm, choices=GEMM_FORMATS,
+                        help="the DiT's linear layers in the model's dtype, or as FP8 GEMMs")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the DiT's transformer blocks")
+    parser.add_argument("--text-encoder-device", default=ExecutionConfig.text_encoder_device,
+                        help="where the published text encoder (umT5) runs")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process (the gateway) is gone")
     parser.add_argument("--max-parked-memory-bytes", type=int, default=DEFAULT_MAX_PARKED_MEMORY_BYTES,
                         help="host memory for parked NPC memories; beyond it they stay on disk only")
@@ -163,12 +175,17 @@ def _config_of(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(
         endpoint=args.endpoint, model_config=args.config,
         data_dir=Path(args.data_dir).expanduser() if args.data_dir else default_data_dir(),
-        device=args.device, weights=args.weights, parent_pid=args.parent_pid,
+        device=args.device, weights=args.weights, execution=_execution_of(args), parent_pid=args.parent_pid,
         resident_budget_bytes=args.max_parked_memory_bytes, max_live_sessions=args.max_live,
         max_stored_npcs=args.max_stored_npcs, max_stored_npc_bytes=args.max_stored_npc_bytes,
         npc_snapshot_interval_s=args.npc_snapshot_interval_s,
         scheduler=SchedulerConfig(voice_jitter_budget_s=args.voice_jitter_budget_ms / 1000, max_batch=args.max_batch),
     )
+
+
+def _execution_of(args: argparse.Namespace) -> ExecutionConfig:
+    return ExecutionConfig(attention=args.attention, gemm=args.gemm, compile=args.compile,
+                           text_encoder_device=args.text_encoder_device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avatar_backend.generator.config import ExecutionConfig
 from avatar_backend.proto_gen import worker_pb2
 from avatar_backend.store import (
     DEFAULT_MAX_PARKED_MEMORY_BYTES,
@@ -36,6 +37,7 @@ from avatar_backend.store import (
     DEFAULT_NPC_SNAPSHOT_INTERVAL_S,
 )
 
+from .config import execution_flags
 from .link import GatewayLink, WorkerLinkError, WorkerUnavailableError
 from .scheduler import DEFAULT_MAX_BATCH, DEFAULT_VOICE_JITTER_BUDGET_MS
 
@@ -58,7 +60,8 @@ class WorkerProcessConfig:
     data_dir: Path | str
     model_config: str = "tiny"                  # named config or JSON file
     device: str = "cpu"
-    weights: str | None = None                 # a file, RANDOM_WEIGHTS, or None: the config's shipped weights
+    weights: str | None = None                 # a file or directory, RANDOM_WEIGHTS, or None: the shipped ones
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)  # attention backend, FP8 GEMM, compile
     python: str = sys.executable
     max_stored_npcs: int = DEFAULT_MAX_STORED_NPCS            # 0: no cap; a new NPC beyond it is refused
     max_stored_npc_bytes: int = DEFAULT_MAX_STORED_NPC_BYTES  # 0: no cap; likewise, in bytes on disk
@@ -125,6 +128,7 @@ class WorkerProcess:
                "--config", str(c.model_config), "--data-dir", str(c.data_dir), "--device", c.device]
         if c.weights:
             cmd += ["--weights", str(c.weights)]
+        cmd += execution_flags(c.execution)
         cmd += ["--max-stored-npcs", str(c.max_stored_npcs), "--max-stored-npc-bytes", str(c.max_stored_npc_bytes),
                 "--max-parked-memory-bytes", str(c.max_parked_memory_bytes),
                 "--npc-snapshot-interval-s", repr(float(c.npc_snapshot_interval_s)),

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from avatar_backend.generator.convkv import FP8
+from avatar_backend.generator.fp8 import FP8
 from avatar_backend.generator.memory import NpcMemory
 from avatar_backend.generator.parallel import SequenceParallel
 from avatar_backend.generator.pipeline import LiveActPipeline

@@ -97,8 +97,10 @@ def dit_step(modules: dict[str, torch.nn.Module], example: DiTExample, config: M
         x0 = example.latents[:, :, frames]
         noise = torch.randn(x0.shape, generator=generator)
         noisy = (1.0 - t / 1000.0) * x0 + (t / 1000.0) * noise
-        tokens = dit.audio_tokens(block_audio_window(features, 0, plan, radius)) if use_audio else None
-        out = dit(noisy, timestep, example.y[:, :, plan.y_slice], cache=cache, start_frame=plan.window_start,
+        tokens = None
+        if use_audio:
+            tokens = dit.audio_tokens(block_audio_window(features, 0, plan, radius), plan.window_frames)
+        out = dit(noisy, timestep, example.y[:, :, plan.window_frames], cache=cache, start_frame=plan.window_start,
                   compress=plan.update_cache, context=context, audio_tokens=tokens, functional=True)
         cache = out.cache
         weight = example.weight[:, :, frames]

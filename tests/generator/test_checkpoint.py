@@ -3,41 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from avatar_backend.generator.checkpoint import CheckpointError, dit_config_from_json, load_dit
 from avatar_backend.generator.config import TINY
 from avatar_backend.generator.convkv import ConvKVMemory
 from avatar_backend.generator.dit import WanModel
+from published_files import write_dit_checkpoint
 
 # Small, but with the published text width: the published class never reads text_dim from its config.json.
 CONFIG = dataclasses.replace(TINY.dit, text_dim=4096)
-
-
-def write_checkpoint(directory, state: dict[str, torch.Tensor], shards: int = 3, config: dict | None = None) -> None:
-    """The files as diffusers writes them: config.json, shards named -0000k-of-0000n, and the index."""
-    directory.mkdir(parents=True, exist_ok=True)
-    config_json = {"_class_name": "WanModel", "_diffusers_version": "0.31.0", "model_type": "i2v",
-                   **{f.name: getattr(CONFIG, f.name) for f in dataclasses.fields(CONFIG)},
-                   # What the published class ignores from its config.json: its defaults apply, here too.
-                   "patch_size": [9, 9, 9], "text_dim": 1, "qk_norm": False, "cross_attn_norm": False,
-                   "window_size": [-1, -1]}
-    config_json.update(config or {})
-    del config_json["patch_size"]   # a list in JSON; leave the tuple default (the key is ignored anyway)
-    (directory / "config.json").write_text(json.dumps(config_json))
-    names = sorted(state)
-    weight_map = {}
-    for index in range(shards):
-        part = names[index::shards]
-        file = f"diffusion_pytorch_model-{index + 1:05d}-of-{shards:05d}.safetensors"
-        save_file({k: state[k].contiguous() for k in part}, str(directory / file))
-        weight_map.update({k: file for k in part})
-    (directory / "diffusion_pytorch_model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +26,12 @@ def reference() -> WanModel:
 
 
 def test_config_json_maps_onto_the_dit_config(tmp_path, reference):
-    write_checkpoint(tmp_path, reference.state_dict())
+    write_dit_checkpoint(tmp_path, reference.state_dict(), CONFIG)
     assert dit_config_from_json(tmp_path / "config.json") == CONFIG
 
 
 def test_sharded_weights_load_straight_into_a_meta_built_model(tmp_path, reference):
-    write_checkpoint(tmp_path, reference.state_dict(), shards=3)
+    write_dit_checkpoint(tmp_path, reference.state_dict(), CONFIG, shards=3)
     result = load_dit(tmp_path, dtype=torch.float32, expected=CONFIG)
     assert result.shards == 3 and result.tensors == len(reference.state_dict()) and not result.initialised
     assert result.peak_host_rss_bytes > 0
@@ -82,14 +59,14 @@ def test_sharded_weights_load_straight_into_a_meta_built_model(tmp_path, referen
 def test_missing_and_unexpected_keys_are_named_with_their_count(tmp_path, reference):
     state = reference.state_dict()
     dropped = {k: v for k, v in state.items() if not k.startswith("blocks.1.")}
-    write_checkpoint(tmp_path / "missing", dropped)
+    write_dit_checkpoint(tmp_path / "missing", dropped, CONFIG)
     with pytest.raises(CheckpointError, match=r"parameters missing from the files \((\d+): blocks\.1\."):
         load_dit(tmp_path / "missing")
     extra = dict(state, **{f"lora.{i}": torch.zeros(2) for i in range(7)})
-    write_checkpoint(tmp_path / "unexpected", extra)
+    write_dit_checkpoint(tmp_path / "unexpected", extra, CONFIG)
     with pytest.raises(CheckpointError, match=r"not parameters of the model \(7: lora\.0, lora\.1, .*, \.\.\.\)"):
         load_dit(tmp_path / "unexpected")
-    write_checkpoint(tmp_path / "other", state, config={"num_layers": CONFIG.num_layers + 1})
+    write_dit_checkpoint(tmp_path / "other", state, CONFIG, config={"num_layers": CONFIG.num_layers + 1})
     with pytest.raises(CheckpointError, match="num_layers differ"):
         load_dit(tmp_path / "other", expected=CONFIG)
     with pytest.raises(CheckpointError, match="no config.json"):
@@ -98,7 +75,7 @@ def test_missing_and_unexpected_keys_are_named_with_their_count(tmp_path, refere
 
 def test_absent_compressor_weights_start_as_mean_pooling(tmp_path, reference):
     state = {k: v for k, v in reference.state_dict().items() if "memory_proj" not in k}
-    write_checkpoint(tmp_path, state, shards=1)
+    write_dit_checkpoint(tmp_path, state, CONFIG, shards=1)
     result = load_dit(tmp_path, dtype=torch.float32)
     assert len(result.initialised) == 2 * CONFIG.num_layers
     conv = result.model.blocks[0].self_attn.memory_proj_k.weight

@@ -62,7 +62,7 @@ def inputs(config: DiTConfig = SMALL, frames: int = 6):
     y = torch.randn(1, config.in_dim - config.out_dim, frames, 8, 8, generator=generator)
     text = torch.randn(3, config.text_dim, generator=generator)
     clip = torch.randn(1, config.clip_tokens, config.clip_dim, generator=generator)
-    tokens = torch.randn(1, 14, config.context_tokens, config.output_dim, generator=generator)
+    tokens = torch.randn(1, frames, config.context_tokens, config.output_dim, generator=generator)  # the block's
     return latent, y, text, clip, tokens
 
 

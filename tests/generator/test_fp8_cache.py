@@ -11,7 +11,7 @@ import torch
 from test_pipeline import SIZE, FPS, make_character, run_blocks, speech_like
 
 from avatar_backend.generator.config import get_config
-from avatar_backend.generator.convkv import FP8, dequantize_fp8, quantize_fp8
+from avatar_backend.generator.fp8 import FP8, dequantize_fp8, quantize_fp8
 from avatar_backend.generator.memory import NpcMemory
 from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights
 

@@ -36,6 +36,16 @@ def test_weights_and_npcs_per_gpu_follow_from_the_sizes():
         assert row.npcs_per_gpu == max(0, free // need)
     # Two ranks halve the cache per NPC, FP8 halves it again: more NPCs fit.
     assert rows[(512, 512, "fp8", 2)].npcs_per_gpu > rows[(512, 512, "bf16", 2)].npcs_per_gpu
+    # FP8 GEMM holds the blocks' linear weights in one byte: about half the DiT, and one H100 then holds an NPC
+    # at 512x512 with the full-precision cache.
+    assert h100.dit_fp8_gemm_bytes / GB == pytest.approx(19.2, abs=0.1)
+    assert all(row.npcs_per_gpu_fp8_gemm >= row.npcs_per_gpu for row in h100.npcs)
+    assert (rows[(512, 512, "bf16", 1)].npcs_per_gpu, rows[(512, 512, "bf16", 1)].npcs_per_gpu_fp8_gemm) == (0, 1)
+    # The encoders are counted from the modules that load the published files (CLIP up to its block 31).
+    sizes = {e.name.split()[0]: e for e in h100.encoders}
+    assert sizes["umT5-XXL"].parameters / 1e9 == pytest.approx(5.68, abs=0.01) and sizes["umT5-XXL"].on_host
+    assert sizes["CLIP"].parameters / 1e9 == pytest.approx(0.61, abs=0.01)
+    assert sizes["wav2vec2-base"].parameters / 1e6 == pytest.approx(94.4, abs=0.5)
     h200 = memory_plan(LIVEACT_18B, gpu_bytes=141 << 30)
     assert all(a.npcs_per_gpu >= b.npcs_per_gpu for a, b in zip(h200.npcs, h100.npcs))
     tiny = memory_plan(TINY, gpu_bytes=8 << 30)

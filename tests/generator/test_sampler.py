@@ -23,8 +23,9 @@ class FakeModel:
     def __init__(self):
         self.calls = []
 
-    def audio_tokens(self, window):
-        return window.mean() * torch.ones(1, 14, 2, 3) + 1.0  # zero audio still gives non-zero tokens
+    def audio_tokens(self, window, frames):
+        tokens = window.mean() * torch.ones(1, 14, 2, 3) + 1.0  # zero audio still gives non-zero tokens
+        return tokens[:, frames]
 
     def __call__(self, latent, timestep, y, *, cache, start_frame, compress, context, audio_tokens, functional,
                  parallel=None):

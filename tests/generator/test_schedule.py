@@ -14,8 +14,8 @@ def test_block_plans_match_the_reference_loop():
     schedule = StreamSchedule(SamplerConfig(), DiTConfig(), frame_tokens=fs)
     block0, block1, block2, block5 = (schedule.block(b) for b in (0, 1, 2, 5))
 
-    assert (block0.latent_frames, block0.y_slice, block0.start_idx, block0.end_idx) == (6, slice(0, 6), 0, 6 * fs)
-    assert (block1.latent_frames, block1.y_slice, block1.start_idx, block1.end_idx) == (
+    assert (block0.latent_frames, block0.window_frames, block0.start_idx, block0.end_idx) == (6, slice(0, 6), 0, 6 * fs)
+    assert (block1.latent_frames, block1.window_frames, block1.start_idx, block1.end_idx) == (
         8, slice(6, 14), 6 * fs, 14 * fs
     )
     assert [p.update_cache for p in (block0, block1, block2, block5)] == [False, False, True, True]

@@ -11,7 +11,9 @@ import pytest
 from stand_in_generator import WORKER_ENV, StandInGenerator
 from worker_helpers import open_npc
 
+from avatar_backend.generator.config import ExecutionConfig
 from avatar_backend.proto_gen import worker_pb2 as pb
+from avatar_backend.worker.config import execution_flags
 from avatar_backend.worker.link import GatewayLink, WorkerLost
 from avatar_backend.worker.process import (
     WorkerProcess,
@@ -108,6 +110,29 @@ def test_command_line(data_dir):
             assert cmd[cmd.index("--parent-pid") + 1] == str(os.getpid())
 
     run(main())
+
+
+def test_how_the_model_runs_reaches_the_worker_and_its_follower_ranks(data_dir):
+    from avatar_backend.cli import build_parser
+    from avatar_backend.worker.main import _parser, parse_args
+
+    serve = build_parser().parse_args(["serve", "--attention", "math", "--gemm", "fp8", "--compile",
+                                       "--text-encoder-device", "cuda:1", "--weights", str(data_dir.root)])
+    execution = ExecutionConfig(attention=serve.attention, gemm=serve.gemm, compile=serve.compile,
+                                text_encoder_device=serve.text_encoder_device)
+    assert build_parser().parse_args(["serve"]).gemm == "model"
+
+    async def main():
+        async with GatewayLink() as link:
+            config = WorkerProcessConfig(data_dir=data_dir.root, execution=execution)
+            return WorkerProcess(link, config).command()
+
+    cmd = run(main())
+    assert parse_args(cmd[cmd.index("avatar_backend.worker") + 1:]).execution == execution
+    # Rank 0 starts its followers with the same flags (execution_flags), which their parser reads back.
+    follower = _parser().parse_args(["--follow-rank", "1", *execution_flags(execution)])
+    assert (follower.attention, follower.gemm, follower.compile, follower.text_encoder_device) == (
+        "math", "fp8", True, "cuda:1")
 
 
 def test_a_hung_worker_is_killed_and_restarted(data_dir):
