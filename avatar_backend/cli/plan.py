@@ -29,7 +29,7 @@ def add_memory_plan_arguments(parser: argparse.ArgumentParser) -> None:
 def command_memory_plan(args: argparse.Namespace) -> int:
     try:
         from avatar_backend.generator.memory_plan import format_plan, memory_plan
-        from avatar_backend.generator.pipeline import load_model_config
+        from avatar_backend.generator.config import load_model_config
     except ImportError as error:
         raise CliError(f"the generator is not available in this installation ({error})") from None
     try:

@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from avatar_backend.client import AvatarClient, AvatarError
-from avatar_backend.generator.config import ATTENTION_BACKENDS, GEMM_FORMATS, ExecutionConfig
+from avatar_backend.generator.config import ATTENTION_BACKENDS, GEMM_FORMATS, ExecutionConfig, load_model_config
 from avatar_backend.gateway.limits import Limits
 from avatar_backend.store import default_data_dir
 from avatar_backend.worker.process import RANDOM_WEIGHTS
@@ -100,6 +100,13 @@ def command_serve(args: argparse.Namespace) -> int:
     data_dir = (args.data_dir or default_data_dir()).expanduser()
     if args.weights not in (None, RANDOM_WEIGHTS) and not Path(args.weights).exists():
         raise CliError(f"weights not found: {args.weights}")
+    try:
+        model_config = load_model_config(args.config)
+    except (KeyError, ValueError) as error:
+        raise CliError(f"config {args.config!r}: {error}") from None
+    if args.weights in (None, RANDOM_WEIGHTS) and model_config.runs_published_encoders:
+        raise CliError(f"model {model_config.name!r} runs the published encoders and needs the published files: "
+                       "--weights <directory> (README: 'The published model')")
     api_key = resolve_api_key(args)
     options = ServerOptions(
         host=args.host,

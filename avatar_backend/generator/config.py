@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Latent normalisation of the Wan2.1 VAE (LIVEACT_SPEC.md §7.1).
@@ -242,6 +243,13 @@ class ModelConfig:
     dtype: str = "bfloat16"
 
     @property
+    def runs_published_encoders(self) -> bool:
+        """Whether it runs wav2vec2, CLIP or umT5 (not the tiny model's learned encoders): useful only with the
+        published files."""
+        kinds = (self.audio_encoder.kind, self.image_encoder.kind, self.text_encoder.kind)
+        return any(kind != "learned" for kind in kinds)
+
+    @property
     def pixel_stride(self) -> int:
         """Pixels per DiT token side: VAE spatial stride times the patch size."""
         return self.vae.spatial_stride * self.dit.patch_size[1]
@@ -335,6 +343,14 @@ LIVEACT_18B = ModelConfig(
 )
 
 CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (TINY, LIVEACT_18B)}
+
+
+def load_model_config(name_or_path: str | Path) -> ModelConfig:
+    """A named config (``tiny``, ``liveact-18b``) or a JSON file holding a ModelConfig."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" and path.is_file():
+        return ModelConfig.from_json(path.read_text())
+    return get_config(str(name_or_path))
 
 
 def get_config(name: str) -> ModelConfig:

@@ -41,7 +41,7 @@ from avatar_backend.store import CharacterRecord, now_ms
 from .attention import set_attention_backend
 from .audio_encoder import build_audio_encoder
 from .conditioning import block_audio_window, blended_text, padded_text, quantized_intensity, reference_pixels
-from .config import ExecutionConfig, ModelConfig, get_config
+from .config import ExecutionConfig, ModelConfig, load_model_config
 from .convkv import ConvKVMemory, SlotLayout, cache_bytes
 from .dit import CrossAttentionContext, WanModel
 from .fp8 import fp8_gemm_supported, quantize_linears
@@ -88,14 +88,6 @@ class CharacterConditioning:
     contexts: OrderedDict[tuple[str | None, float], CrossAttentionContext] = field(default_factory=OrderedDict)
 
 
-def load_model_config(name_or_path: str | Path) -> ModelConfig:
-    """A named config (``tiny``, ``liveact-18b``) or a JSON file holding a ModelConfig."""
-    path = Path(name_or_path)
-    if path.suffix == ".json" and path.is_file():
-        return ModelConfig.from_json(path.read_text())
-    return get_config(str(name_or_path))
-
-
 class LiveActPipeline:
     def __init__(self, config: ModelConfig, modules: dict[str, torch.nn.Module], *, device: str,
                  random_weights: bool, weights_sha256: str = "", parallel: SequenceParallel | None = None):
@@ -139,7 +131,7 @@ class LiveActPipeline:
                                        text_encoder_device=execution.text_encoder_device)
             modules, sha = published.modules, published.fingerprint
         else:
-            if weights is None and uses_published_encoders(config):
+            if weights is None and config.runs_published_encoders:
                 raise GeneratorError(f"model {config.name!r} runs the published encoders and needs its weights: "
                                      "pass the directory of the published files (README: 'The published model')")
             with torch.random.fork_rng(devices=[]):
@@ -407,12 +399,6 @@ class LiveActPipeline:
             memory.frames_generated += self.config.frames_per_block(memory.blocks_generated - 1)
             memory.timeline_samples += consume
             memory.updated_unix_ms = now_ms()
-
-
-def uses_published_encoders(config: ModelConfig) -> bool:
-    """Whether ``config`` runs wav2vec2, CLIP or umT5 (rather than the tiny model's learned encoders)."""
-    kinds = (config.audio_encoder.kind, config.image_encoder.kind, config.text_encoder.kind)
-    return any(kind != "learned" for kind in kinds)
 
 
 def apply_execution(dit: WanModel, execution: ExecutionConfig, device: str) -> None:

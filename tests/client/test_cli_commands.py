@@ -179,3 +179,14 @@ def test_named_prompt_and_size_parsers():
     assert common.parse_size("640X360") == (640, 360)
     with pytest.raises(argparse.ArgumentTypeError):
         common.parse_named_prompt("=x")
+
+
+def test_serve_refuses_the_published_model_without_its_files_before_starting(tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    assert cli.main(["serve", "--config", "liveact-18b", "--data-dir", str(data_dir)]) == 1
+    assert "needs the published files: --weights <directory>" in capsys.readouterr().err
+    assert cli.main(["serve", "--config", "liveact-18b", "--weights", str(tmp_path / "nowhere")]) == 1
+    assert "weights not found" in capsys.readouterr().err
+    assert cli.main(["serve", "--config", "no-such-model", "--data-dir", str(data_dir)]) == 1
+    assert "unknown model config 'no-such-model'" in capsys.readouterr().err
+    assert not data_dir.exists()
