@@ -13,53 +13,19 @@ import torch
 from PIL import Image
 
 from avatar_backend.generator.checkpoint import CheckpointError
-from avatar_backend.generator.config import LIVEACT_18B, TINY, AudioEncoderConfig, ModelConfig
-from avatar_backend.generator.dit import WanModel
+from avatar_backend.generator.config import LIVEACT_18B, AudioEncoderConfig
 from avatar_backend.generator.pipeline import GeneratorError, LiveActPipeline
 from avatar_backend.generator.published import published_files
-from avatar_backend.generator.vae import WanVAE
 from avatar_backend.store import CharacterRecord
-from published_files import (
-    umt5_tokenizer_dir, wan_clip_state, wan_umt5_state, write_dit_checkpoint, write_wav2vec2_dir,
-)
+from published_files import TOY_PUBLISHED, write_toy_published
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
-SIZE = 64
-WAV2VEC2 = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
-# The published file names (LIVEACT_18B's), the published architectures at toy sizes. The DiT's text width is
-# the published one: its config.json does not set it.
-CONFIG = ModelConfig(
-    name="published-toy",
-    dit=dataclasses.replace(TINY.dit, text_dim=4096, clip_dim=32, clip_tokens=5, audio_layers=3, audio_channels=32),
-    vae=dataclasses.replace(LIVEACT_18B.vae, base_dim=8),
-    audio_encoder=dataclasses.replace(LIVEACT_18B.audio_encoder, layers=3, channels=32),
-    image_encoder=dataclasses.replace(LIVEACT_18B.image_encoder, image_size=28, patch_size=14, tokens=5, dim=32,
-                                      layers=3, heads=4, mlp_dim=64),
-    text_encoder=dataclasses.replace(LIVEACT_18B.text_encoder, max_len=16, dim=4096, layers=1, heads=4, head_dim=8,
-                                     ffn_dim=48, vocab_size=300, relative_buckets=8, relative_max_distance=16),
-    width=SIZE, height=SIZE, sizes=((SIZE, SIZE),), dtype="bfloat16",
-)
-
-
-def write_published(directory):
-    torch.manual_seed(0)
-    dit = WanModel(CONFIG.dit)
-    dit.init_weights(zero_head=False)
-    write_dit_checkpoint(directory, dit.state_dict(), CONFIG.dit, shards=2)
-    torch.save(WanVAE(CONFIG.vae).state_dict(), directory / CONFIG.vae.path)
-    torch.save(wan_clip_state(CONFIG.image_encoder), directory / CONFIG.image_encoder.path)
-    torch.save(wan_umt5_state(CONFIG.text_encoder), directory / CONFIG.text_encoder.path)
-    assert umt5_tokenizer_dir(directory) == directory / CONFIG.text_encoder.tokenizer
-    wav2vec2 = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**WAV2VEC2))
-    write_wav2vec2_dir(directory / CONFIG.audio_encoder.path, WAV2VEC2, wav2vec2.state_dict())
-    return directory
-
+SIZE = TOY_PUBLISHED.width
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
-    return write_published(tmp_path_factory.mktemp("liveact"))
+    return write_toy_published(tmp_path_factory.mktemp("liveact"))
 
 
 def character_png() -> bytes:
@@ -71,7 +37,7 @@ def character_png() -> bytes:
 
 
 def test_the_files_of_the_published_layout_load_and_generate_frames(published):
-    pipeline = LiveActPipeline.from_config(CONFIG, weights=published)
+    pipeline = LiveActPipeline.from_config(TOY_PUBLISHED, weights=published)
     assert not pipeline.random_weights and len(pipeline.weights_sha256) == 64
     assert pipeline.dit.dtype == torch.bfloat16
     assert next(pipeline.image_encoder.parameters()).dtype == torch.bfloat16
@@ -95,8 +61,8 @@ def test_the_files_of_the_published_layout_load_and_generate_frames(published):
 def test_missing_files_are_all_named_before_anything_loads(published, tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(CheckpointError, match=r"5 published file\(s\) missing: .*Wan2\.1_VAE\.pth.*umt5-xxl"):
-        published_files(CONFIG, tmp_path)
-    assert set(published_files(CONFIG, published)) == {"vae", "image_encoder", "text_encoder", "tokenizer",
+        published_files(TOY_PUBLISHED, tmp_path)
+    assert set(published_files(TOY_PUBLISHED, published)) == {"vae", "image_encoder", "text_encoder", "tokenizer",
                                                       "audio_encoder"}
 
 
@@ -106,7 +72,7 @@ def test_the_published_config_without_its_files_is_refused_at_once():
 
 
 def test_a_config_that_names_no_encoder_file_is_refused(published):
-    unnamed = dataclasses.replace(CONFIG, audio_encoder=AudioEncoderConfig(kind="wav2vec2", layers=3, channels=32))
+    unnamed = dataclasses.replace(TOY_PUBLISHED, audio_encoder=AudioEncoderConfig(kind="wav2vec2", layers=3, channels=32))
     with pytest.raises(CheckpointError, match="names no file for: audio_encoder"):
         LiveActPipeline.from_config(unnamed, weights=published)
 

@@ -1,6 +1,7 @@
 """Small checkpoints in the exact layouts and tensor names of the published LiveAct files, for the loader tests:
 the DiT's diffusers shards, Wan's CLIP and umT5 ``.pth`` state dicts, the umT5 tokenizer directory and a
-chinese-wav2vec2-base model directory."""
+chinese-wav2vec2-base model directory; and a whole weights directory of a toy model with the published
+architecture (:data:`TOY_PUBLISHED`), for the pipeline and the server."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from avatar_backend.generator.config import DiTConfig, ImageEncoderConfig, TextEncoderConfig
+from avatar_backend.generator.config import (
+    LIVEACT_18B, TINY, DiTConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig,
+)
+from avatar_backend.generator.dit import WanModel
+from avatar_backend.generator.vae import WanVAE
 
 
 def write_dit_checkpoint(directory: Path, state: dict[str, torch.Tensor], dit: DiTConfig, shards: int = 3,
@@ -141,3 +146,39 @@ def write_wav2vec2_dir(path: Path, hf_config: dict, weights: dict[str, torch.Ten
         "padding_side": "right", "padding_value": 0.0, "return_attention_mask": False, "sampling_rate": 16000,
     }))
     return path
+
+
+TOY_SIZE = 64
+TOY_WAV2VEC2 = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                    conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+# The published file names (LIVEACT_18B's) and architectures at toy sizes. The DiT's text width is the published
+# one: its config.json does not set it.
+TOY_PUBLISHED = ModelConfig(
+    name="published-toy",
+    dit=dataclasses.replace(TINY.dit, text_dim=4096, clip_dim=32, clip_tokens=5, audio_layers=3, audio_channels=32),
+    vae=dataclasses.replace(LIVEACT_18B.vae, base_dim=8),
+    audio_encoder=dataclasses.replace(LIVEACT_18B.audio_encoder, layers=3, channels=32),
+    image_encoder=dataclasses.replace(LIVEACT_18B.image_encoder, image_size=28, patch_size=14, tokens=5, dim=32,
+                                      layers=3, heads=4, mlp_dim=64),
+    text_encoder=dataclasses.replace(LIVEACT_18B.text_encoder, max_len=16, dim=4096, layers=1, heads=4, head_dim=8,
+                                     ffn_dim=48, vocab_size=300, relative_buckets=8, relative_max_distance=16),
+    width=TOY_SIZE, height=TOY_SIZE, sizes=((TOY_SIZE, TOY_SIZE),), dtype="bfloat16",
+)
+
+
+def write_toy_published(directory: Path) -> Path:
+    """Every file of :data:`TOY_PUBLISHED` in the published layout (random weights, a 2-shard DiT)."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = TOY_PUBLISHED
+    dit = WanModel(config.dit)
+    dit.init_weights(zero_head=False)
+    write_dit_checkpoint(directory, dit.state_dict(), config.dit, shards=2)
+    torch.save(WanVAE(config.vae).state_dict(), directory / config.vae.path)
+    torch.save(wan_clip_state(config.image_encoder), directory / config.image_encoder.path)
+    torch.save(wan_umt5_state(config.text_encoder), directory / config.text_encoder.path)
+    assert umt5_tokenizer_dir(directory) == directory / config.text_encoder.tokenizer
+    wav2vec2 = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**TOY_WAV2VEC2))
+    write_wav2vec2_dir(directory / config.audio_encoder.path, TOY_WAV2VEC2, wav2vec2.state_dict())
+    return directory
