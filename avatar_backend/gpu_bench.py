@@ -35,8 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from avatar_backend.generator.attention import ATTENTION_BACKENDS
-from avatar_backend.generator.config import LIVEACT_18B, TINY, ExecutionConfig, ModelConfig
+from avatar_backend.generator.config import ATTENTION_BACKENDS, LIVEACT_18B, TINY, ExecutionConfig, ModelConfig
 from avatar_backend.generator.convkv import ConvKVMemory
 from avatar_backend.generator.dit import WanModel
 from avatar_backend.generator.parallel import SequenceParallel
@@ -238,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--sizes", default="512x512,416x720")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
-    parser.add_argument("--attention", default="sdpa", choices=list(ATTENTION_BACKENDS))
+    parser.add_argument("--attention", default="sdpa", choices=ATTENTION_BACKENDS)
     parser.add_argument("--sp-devices", default="", metavar="DEV,DEV",
                         help="also run bf16 sequence-parallel on these devices and report the speed-up")
     parser.add_argument("--blocks", type=int, default=6, help="blocks per run (the first two are warm-up)")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ATTENTION_BACKENDS", "AttentionBackendError", "attention", "attention_backend", "available_backends",
+__all__ = ["BACKENDS", "AttentionBackendError", "attention", "attention_backend", "available_backends",
            "get_attention_backend", "set_attention_backend"]
 
 AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -59,7 +59,7 @@ def _sage(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 # name -> (function, the package it needs or None)
-ATTENTION_BACKENDS: dict[str, tuple[AttentionFn, str | None]] = {
+BACKENDS: dict[str, tuple[AttentionFn, str | None]] = {
     "sdpa": (_sdpa, None),
     "flash": (_flash, "flash_attn"),
     "sage": (_sage, "sageattention"),
@@ -85,7 +85,7 @@ def _optional(backend: str, package: str):
 def available_backends() -> list[str]:
     """The backends whose packages import in this process."""
     names = []
-    for name, (_, package) in ATTENTION_BACKENDS.items():
+    for name, (_, package) in BACKENDS.items():
         try:
             if package is not None:
                 _optional(name, package)
@@ -98,9 +98,9 @@ def available_backends() -> list[str]:
 def set_attention_backend(name: str) -> None:
     """Use ``name`` for every attention of this process from now on (AttentionBackendError if it cannot run)."""
     global _current
-    if name not in ATTENTION_BACKENDS:
-        raise AttentionBackendError(f"unknown attention backend {name!r}; known: {', '.join(ATTENTION_BACKENDS)}")
-    package = ATTENTION_BACKENDS[name][1]
+    if name not in BACKENDS:
+        raise AttentionBackendError(f"unknown attention backend {name!r}; known: {', '.join(BACKENDS)}")
+    package = BACKENDS[name][1]
     if package is not None:
         _optional(name, package)
     _current = name
@@ -123,4 +123,4 @@ def attention_backend(name: str) -> Iterator[None]:
 
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Unmasked attention on [B, L, heads, head_dim] tensors with the current backend."""
-    return ATTENTION_BACKENDS[_current][0](q, k, v)
+    return BACKENDS[_current][0](q, k, v)

@@ -93,7 +93,7 @@ def check_keys(source: Path | str, expected: Iterable[str], found: Iterable[str]
     expected, found = set(expected), set(found)
     missing = sorted(expected - found)
     if missing:
-        raise CheckpointError(f"{source}: parameters missing from the file ({_listing(missing)})")
+        raise CheckpointError(f"{source}: parameters missing from the files ({_listing(missing)})")
     unexpected = sorted(found - expected)
     if unexpected:
         raise CheckpointError(f"{source}: tensors that are not parameters of the model ({_listing(unexpected)})")
@@ -149,13 +149,8 @@ def load_dit(directory: Path | str, *, device: str | torch.device = "cpu", dtype
         model.load_state_dict(part, strict=False, assign=True)
         loaded.update(part)
         del part
-    if unexpected:
-        raise CheckpointError(f"{directory}: tensors that are not parameters of the model ({_listing(unexpected)})")
-    missing = [k for k in parameters if k not in loaded]
-    initialised = tuple(k for k in missing if k.endswith(MEMORY_PROJ))
-    missing = [k for k in missing if k not in initialised]
-    if missing:
-        raise CheckpointError(f"{directory}: parameters missing from the files ({_listing(missing)})")
+    initialised = tuple(k for k in parameters if k not in loaded and k.endswith(MEMORY_PROJ))
+    check_keys(directory, [k for k in parameters if k not in initialised], loaded | set(unexpected))
     for name in initialised:
         value = torch.full(parameters[name].shape, 1.0 / config.memory_kernel, dtype=dtype, device=device)
         model.load_state_dict({name: value}, strict=False, assign=True)

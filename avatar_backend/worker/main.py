@@ -1,9 +1,10 @@
 """The worker process's entry point: parse the flags, build the generator and its executor, run the engine.
 
 Run as ``python -m avatar_backend.worker --endpoint E --config NAME_OR_PATH --data-dir D --device DEV
-[--weights FILE_OR_DIR] [--attention A --gemm G --compile --text-encoder-device D] [--parent-pid PID]``; the gateway's :class:`~avatar_backend.worker.process.WorkerProcess`
-does that. ``AVATAR_TEST_GENERATOR=FILE`` (tests) runs the generator that FILE's ``make_generator(config,
-weights, device) -> (runner, codec)`` returns instead of the model.
+[--weights FILE_OR_DIR] [--attention A --gemm G --compile --text-encoder-device D] [--parent-pid PID]``;
+the gateway's :class:`~avatar_backend.worker.process.WorkerProcess` does that. ``AVATAR_TEST_GENERATOR=FILE``
+(tests) runs the generator that FILE's ``make_generator(config, weights, device) -> (runner, codec)`` returns
+instead of the model.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def stream_latents(model: WanModel, blocks: int) -> list[torch.Tensor]:
 
 
 def test_the_backends_the_config_names_are_the_dispatch_backends():
-    assert tuple(dispatch.ATTENTION_BACKENDS) == ATTENTION_BACKENDS
+    assert tuple(dispatch.BACKENDS) == ATTENTION_BACKENDS
 
 
 def test_sdpa_equals_the_exact_attention():
@@ -88,12 +88,12 @@ def test_a_backend_that_cannot_run_is_refused_naming_its_package():
         dispatch.set_attention_backend("xformers")
     missing = [name for name in ("flash", "sage") if name not in dispatch.available_backends()]
     for name in missing:
-        package = dispatch.ATTENTION_BACKENDS[name][1]
+        package = dispatch.BACKENDS[name][1]
         with pytest.raises(dispatch.AttentionBackendError, match=f"needs the '{package}' package"):
             dispatch.set_attention_backend(name)
     assert dispatch.get_attention_backend() == "sdpa"
     if missing:
-        with pytest.raises(GeneratorError, match=f"needs the '{dispatch.ATTENTION_BACKENDS[missing[0]][1]}'"):
+        with pytest.raises(GeneratorError, match=f"needs the '{dispatch.BACKENDS[missing[0]][1]}'"):
             LiveActPipeline.from_config(TINY, execution=ExecutionConfig(attention=missing[0]))
 
 
