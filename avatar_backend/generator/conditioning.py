@@ -6,6 +6,8 @@ same functions on whole clips, so the model learns from exactly the inputs it is
 - :func:`reference_pixels`: a reference image, cropped and scaled the reference's way, as [3, H, W] in [-1, 1];
 - :func:`padded_text`: a prompt's embedding zero-padded to the DiT's text length;
 - :func:`blended_text`: an emotion's text at an intensity (the base prompt's embedding blended towards it);
+- :func:`audio_tail_frames`: how much past audio (zeros before the stream starts) a block's features are computed
+  over;
 - :func:`block_audio_window`: a block's audio window from per-video-frame features that start at any frame.
 """
 
@@ -16,7 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .schedule import BlockLayout, audio_window
+from .schedule import BlockLayout, StreamSchedule, audio_window
 
 
 def center_crop_resize(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -53,6 +55,16 @@ def blended_text(base: Tensor, prompt: Tensor, intensity: float) -> Tensor:
     """A prompt at ``intensity``: the base prompt's padded embedding moved towards the prompt's (1: the prompt)."""
     intensity = quantized_intensity(intensity)
     return prompt if intensity == 1.0 else torch.lerp(base, prompt, intensity)
+
+
+def audio_tail_frames(schedule: StreamSchedule, encoder_context_frames: int) -> int:
+    """Video frames of past audio a block's features reach back to before its first new frame.
+
+    A later block's window starts ``first_video_frames + audio_radius`` frames before its first output frame
+    (block b >= 2: window start 32(b-1), outputs from 21 + 32(b-1), and frame n reads n - 2), and the audio
+    front end needs ``encoder_context_frames`` of its own history before that. Block 0's tail is zeros.
+    """
+    return schedule.first_video_frames + schedule.audio_radius + encoder_context_frames
 
 
 def block_audio_window(features: Tensor, first_frame: int, plan: BlockLayout, radius: int) -> Tensor:

@@ -40,7 +40,8 @@ from avatar_backend.store import CharacterRecord, now_ms
 
 from .attention import set_attention_backend
 from .audio_encoder import build_audio_encoder
-from .conditioning import block_audio_window, blended_text, padded_text, quantized_intensity, reference_pixels
+from .conditioning import (audio_tail_frames, block_audio_window, blended_text, padded_text, quantized_intensity,
+                           reference_pixels)
 from .config import ExecutionConfig, ModelConfig, load_model_config
 from .convkv import ConvKVMemory, SlotLayout, cache_bytes
 from .dit import CrossAttentionContext, WanModel
@@ -176,14 +177,9 @@ class LiveActPipeline:
         return self._schedules[key]
 
     def audio_tail_frames(self, fps: int) -> int:
-        """Video frames of past audio a block's features reach back to before its first new frame.
-
-        A later block's window starts ``first_block_frames + radius`` frames before its first output frame
-        (block b >= 2: window start 32(b-1), outputs from 21 + 32(b-1), and frame n reads n - 2), and the audio
-        front end needs its own history before that.
-        """
+        """Video frames of past audio kept per NPC (see :func:`conditioning.audio_tail_frames`)."""
         schedule = self.schedule(self.config.width, self.config.height)
-        return schedule.first_video_frames + schedule.audio_radius + self.audio_encoder.context_frames(fps)
+        return audio_tail_frames(schedule, self.audio_encoder.context_frames(fps))
 
     def memory_bytes(self, width: int, height: int, fps: int | None = None) -> int:
         """One NPC's memory, from the config alone (nothing is allocated)."""

@@ -13,7 +13,6 @@ from model.data.dataset import iter_clips, read_manifest
 from model.data.identity import CharacterIdentity
 from model.data.prompts import BlockPrompt, block_prompt
 from model.data.render import render_still
-from model.data.timeline import EMOTIONS
 
 LATENT_STRIDE = 8          # pixels per latent cell (the VAE's spatial stride)
 
@@ -69,20 +68,27 @@ def latent_mouth_weight(truth: dict[str, np.ndarray], latent_frames: int, height
 
 
 def prompts_for_blocks(clip: TrainingClip, plans: list[BlockLayout], fps: int) -> list[BlockPrompt]:
-    """Per block, the prompt serving would use if the clip's events had been sent as they happened."""
-    truth = clip.truth
+    """Per block, the prompt serving would use if the clip's events had been sent as they happened.
+
+    A block is planned once its audio (and look-ahead) has arrived, so every event before the block's last frame
+    reached the worker before it: the block shows the latest emotion, the action that started in it, and
+    listening if it was on and the block is silent.
+    """
     speech = clip.entry["speech"]["spans"]
+    events = sorted(clip.entry["events"], key=lambda e: e["time"])
     prompts = []
     for plan in plans:
         start_s, end_s = plan.video_start / fps, plan.video_end / fps
-        started = [e for e in clip.entry["events"] if e["kind"] == "action" and start_s <= e["time"] < end_s]
-        listening = truth["listening"][plan.video_start:plan.video_end]
+        before_end = [e for e in events if e["time"] < end_s]
+        started = [e for e in before_end if e["kind"] == "action" and e["time"] >= start_s]
+        moods = [e for e in before_end if e["kind"] == "emotion"]
+        switches = [e for e in before_end if e["kind"] == "listening"]
         silent = not any(s < end_s and e > start_s for s, e in speech)
-        emotion = EMOTIONS[int(truth["emotion"][plan.video_start])]
         prompts.append(block_prompt(
-            emotion=emotion, intensity=float(truth["emotion_intensity"][plan.video_start]),
+            emotion=moods[-1]["name"] if moods else "neutral",
+            intensity=float(moods[-1]["intensity"]) if moods else 0.0,
             action_started=started[0]["name"] if started else None,
-            listening_silent=bool(listening.mean() > 0.5) and silent,
+            listening_silent=bool(switches and switches[-1]["on"]) and silent,
         ))
     return prompts
 

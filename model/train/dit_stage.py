@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from avatar_backend.generator.conditioning import block_audio_window, blended_text, padded_text, reference_pixels
+from avatar_backend.generator.conditioning import (audio_tail_frames, block_audio_window, blended_text, padded_text,
+                                                   reference_pixels)
 from avatar_backend.generator.config import ModelConfig
 from avatar_backend.generator.convkv import ConvKVMemory
 from avatar_backend.generator.dit import WanModel
@@ -78,7 +79,12 @@ def dit_step(modules: dict[str, torch.nn.Module], example: DiTExample, config: M
     timestep = torch.tensor([t], dtype=torch.float32)
     use_audio = not (step == 0 and sampler.skip_audio_at_first_step)
 
-    features = modules["audio_encoder"].features(example.audio, fps)
+    # Features as serving computes them: block 0's audio reaches back into a tail of zeros.
+    encoder = modules["audio_encoder"]
+    schedule = StreamSchedule.from_model_config(config, config.width, config.height)
+    tail = audio_tail_frames(schedule, encoder.context_frames(fps))
+    silence = example.audio.new_zeros(tail * (config.audio_encoder.sample_rate // fps))
+    features = encoder.features(torch.cat([silence, example.audio]), fps)
     clip_fea = modules["image_encoder"](example.reference)
     text_len = config.dit.text_len
     encode_text = modules["text_encoder"].encode
@@ -99,7 +105,7 @@ def dit_step(modules: dict[str, torch.nn.Module], example: DiTExample, config: M
         noisy = (1.0 - t / 1000.0) * x0 + (t / 1000.0) * noise
         tokens = None
         if use_audio:
-            tokens = dit.audio_tokens(block_audio_window(features, 0, plan, radius), plan.window_frames)
+            tokens = dit.audio_tokens(block_audio_window(features, -tail, plan, radius), plan.window_frames)
         out = dit(noisy, timestep, example.y[:, :, plan.window_frames], cache=cache, start_frame=plan.window_start,
                   compress=plan.update_cache, context=context, audio_tokens=tokens, functional=True)
         cache = out.cache

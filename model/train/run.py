@@ -23,8 +23,8 @@ from avatar_backend.generator.text_encoder import build_text_encoder
 from avatar_backend.generator.vae import WanVAE
 from model.data.dataset import write_dataset
 
-from .clips import dataset_fps, load_clips
-from .dit_stage import DiTExample, dit_step, encode_example
+from .clips import dataset_fps, load_clips, prompts_for_blocks
+from .dit_stage import DiTExample, dit_step, encode_example, stream_plans
 from .loop import ResumableStage, setup_logging
 from .recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER, TRAIN_LANGUAGES, TRAIN_SPEAKERS, TrainRecipe
 from .vae_stage import latent_statistics, vae_step
@@ -115,6 +115,10 @@ def encode_examples(work: Path, vae: WanVAE, clips, config: ModelConfig, recipe:
             if len(examples) % 40 == 0:
                 torch.save(examples, path)
         torch.save(examples, path)
+    # Prompts follow the current rule, not the one the cache was written under (they cost nothing to rebuild).
+    plans = stream_plans(config, recipe.dit_blocks)
+    for example, clip in zip(examples, clips):
+        example.prompts = prompts_for_blocks(clip, plans, fps)
     return examples
 
 

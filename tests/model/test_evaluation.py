@@ -27,5 +27,10 @@ def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
     ablation = report["ablation"]
     assert ablation["convkv"]["memory_bytes"] == ablation["sink_sliding_window"]["memory_bytes"]
     assert ablation["convkv"]["psnr_db_mean"] != ablation["sink_sliding_window"]["psnr_db_mean"]  # other memory
+    full = ablation["full_history"]   # grows with the stream: a minute is about 300 latent frames, not 14
+    assert full["latent_frames"] > 250 and full["memory_bytes"] > 10 * ablation["convkv"]["memory_bytes"]
+    controls = report["control_response"]
+    assert 0 <= controls["visible_within_one_block"] <= controls["events"]
+    assert 0 <= controls["visible_within_one_block_on_ground_truth"] <= controls["events"]
     assert (tmp_path / "strip.png").stat().st_size > 0 and (tmp_path / "long_stream.png").stat().st_size > 0
     assert "lip-sync r" in capsys.readouterr().out

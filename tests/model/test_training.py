@@ -101,3 +101,26 @@ def test_a_stopped_run_continues_with_exactly_the_steps_it_would_have_taken(tmp_
     assert (steps, stopped_at, resumed_from, steps_b) == (8, 5, 5, 8)
     assert not torch.equal(stopped, straight)
     assert torch.equal(resumed, straight)
+
+
+def test_a_block_is_prompted_with_the_events_that_reached_the_worker_before_it_was_planned():
+    """Serving plans a block once its audio has arrived, so an event during the block already applies to it."""
+    import numpy as np
+
+    from avatar_backend.generator.config import get_config
+    from model.data.prompts import BlockPrompt
+    from model.train.clips import TrainingClip, prompts_for_blocks
+    from model.train.dit_stage import stream_plans
+
+    plans = stream_plans(get_config("tiny"), 4)     # at 20 fps: frames 0-21, 21-53, 53-85, 85-117
+    assert [(p.video_start, p.video_end) for p in plans] == [(0, 21), (21, 53), (53, 85), (85, 117)]
+    events = [
+        {"time": 0.0, "kind": "emotion", "name": "neutral", "intensity": 0.4, "on": False},
+        {"time": 2.4, "kind": "emotion", "name": "angry", "intensity": 0.8, "on": False},    # late in block 1
+        {"time": 3.0, "kind": "action", "name": "wave", "intensity": 1.0, "on": False},      # inside block 2
+        {"time": 4.5, "kind": "listening", "name": "", "intensity": 1.0, "on": True},        # block 3 is silent
+    ]
+    entry = {"speech": {"spans": [[0.2, 4.0]]}, "events": events}
+    clip = TrainingClip(np.zeros((117, 8, 8, 3), np.uint8), np.zeros(16000 * 6, np.float32), {}, entry)
+    assert prompts_for_blocks(clip, plans, 20) == [
+        BlockPrompt(None), BlockPrompt("angry", 0.8), BlockPrompt("wave"), BlockPrompt("listening")]
