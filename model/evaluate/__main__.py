@@ -22,6 +22,7 @@ from model.data.prompts import ACTION_PROMPTS, BlockPrompt
 from model.data.render import render_clip, render_still
 from model.data.speech import random_utterance
 from model.train.clips import TrainingClip, prompts_for_blocks
+from model.train.dit_stage import latent_slice
 from model.train.recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER
 
 from .controls import response, train_classifier
@@ -163,7 +164,7 @@ def ablation(pipeline: LiveActPipeline, identity_seed: int, minutes: int, out: P
         stream = long_stream(variant, identity_seed, minutes, out)
         per_minute = stream["per_minute"]
         results[name] = {
-            "memory_bytes": stream["memory_bytes"]["last_block"],
+            "memory_bytes": stream["memory_bytes"]["last_block"], "blocks": stream["blocks"],
             "lip_sync_r_mean": float(np.mean([m["lip_sync_r"] for m in per_minute])),
             "lip_sync_r_last_minute": per_minute[-1]["lip_sync_r"],
             "psnr_db_mean": float(np.mean([m["psnr_db"] for m in per_minute])),
@@ -174,8 +175,8 @@ def ablation(pipeline: LiveActPipeline, identity_seed: int, minutes: int, out: P
     # slots whose indices are its RoPE positions, and the model never saw positions past them.
     slots, slot_cache = pipeline.config.sampler.memory_slots, cache_bytes(pipeline.config, pipeline.config.width,
                                                                           pipeline.config.height)
-    first, later = pipeline.config.sampler.block_sizes
-    latents = first + later * (stream["blocks"] - 1)
+    schedule = StreamSchedule.from_model_config(pipeline.config, pipeline.config.width, pipeline.config.height)
+    latents = latent_slice(schedule.block(results["convkv"]["blocks"] - 1), pipeline.config).stop
     results["full_history"] = {
         "memory_bytes": results["convkv"]["memory_bytes"] - slot_cache + slot_cache * latents // slots,
         "latent_frames": latents,
