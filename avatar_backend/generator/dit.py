@@ -604,8 +604,9 @@ class WanModel(nn.Module):
                 write=write, rope_q=rope_q, rope_k=rope_k, parallel=parallel, first_frame=local.start,
                 scales=(cache.k_scale[index], cache.v_scale[index]) if cache.quantized else None,
             )
-            new_k.append(k_layer)
-            new_v.append(v_layer)
+            if functional:   # in place, the caches are already written (FP8: keeping the fp32 copies costs GBs)
+                new_k.append(k_layer)
+                new_v.append(v_layer)
         if functional:
             cache = StepCache(torch.stack(new_k), torch.stack(new_v), cache.layout)
 

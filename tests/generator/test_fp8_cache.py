@@ -75,3 +75,40 @@ def test_an_fp8_snapshot_resumes_the_stream_exactly(pipelines, tmp_path):
     assert resumed.convkv.steps[0].k.dtype == FP8 and resumed.convkv.steps[0].quantized
     for a, b in zip(uninterrupted, part1 + run_blocks(fp8, resumed, character, voice, 2)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_fp8_cache_holds_one_layers_full_precision_copy_at_a_time():
+    """The FP8 block works on an fp32 copy of its layer's cache; a forward that kept every layer's copy would
+    hold the float32 cache (twice the bf16 one) in transient memory, undoing what FP8 saves."""
+    import gc
+
+    from avatar_backend.generator.convkv import ConvKVMemory
+    from avatar_backend.generator.dit import WanModel
+    from avatar_backend.generator.sampler import GeneratorNoise, denoise_block
+    from avatar_backend.generator.schedule import StreamSchedule
+
+    torch.manual_seed(0)
+    model = WanModel(FP8_TINY.dit).eval()
+    memory = ConvKVMemory.allocate(FP8_TINY, SIZE, SIZE, device="cpu", dtype=torch.float32)
+    layer_shape = memory.caches()[0].k[0].shape
+    alive = []
+
+    def count_copies(module, args):
+        gc.collect()
+        alive.append(sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.dtype == torch.float32
+                         and o.shape == layer_shape))
+
+    model.blocks[-1].register_forward_pre_hook(count_copies)
+    schedule = StreamSchedule.from_model_config(FP8_TINY, SIZE, SIZE)
+    h = w = SIZE // FP8_TINY.vae.spatial_stride
+    window = sum(FP8_TINY.sampler.block_sizes)
+    dit = FP8_TINY.dit
+    with torch.inference_mode():
+        context = model.encode_context(torch.randn(dit.text_len, dit.text_dim), torch.randn(1, dit.clip_tokens,
+                                                                                            dit.clip_dim))
+        denoise_block(model, memory, schedule.block(0), y=torch.randn(1, dit.in_dim - dit.out_dim, window, h, w),
+                      context=context, audio_window=torch.randn(1, 1 + dit.vae_scale * (window - 1),
+                                                                dit.audio_window, dit.audio_layers,
+                                                                dit.audio_channels),
+                      noise=GeneratorNoise(0), sampler=FP8_TINY.sampler, functional=False)
+    assert alive and max(alive) <= 2, f"fp32 layer-cache copies alive at the last layer: {alive}"
