@@ -3,7 +3,8 @@
 1. Generator: seconds per block and frames per second of a model config (default ``tiny`` at its default
    size) on this machine, median over blocks after a warm-up, with the torch thread count stated; then the
    same for batches of NPCs generated in one call (1, 2, 4, 8): blocks per second, per-NPC real-time factor
-   and how many NPCs one worker keeps in real time.
+   and how many NPCs one worker keeps in real time; then one NPC with each decoder precision
+   (``--decode-precision``) in alternating rounds, and NPCs talking at real-time pace through a real worker.
 2. Gateway CPU per video frame at 512x512: Opus decode of the frame's audio + JPEG encode (the media path)
    + sending the VideoFrame over a real gRPC stream on loopback (this process's CPU time per frame; the
    reading client runs in another process so its CPU is not counted).
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from avatar_backend.generator.config import DECODE_PRECISIONS
 
 
 
@@ -121,6 +124,53 @@ def bench_batches(config: str, sizes: tuple[int, ...], blocks: int, threads: int
     keeps_up = max((r["npcs"] for r in rows if r["per_npc_realtime_factor"] >= 1.0), default=0)
     return {"config": config, "width": width, "height": height, "fps": fps, "torch_threads": threads,
             "random_weights": pipeline.random_weights, "batches": rows, "compute_keeps_up_npcs": keeps_up}
+
+
+def bench_decode_precisions(config: str, precisions: tuple[str, ...], blocks: int, threads: int,
+                            rounds: int = 3) -> dict:
+    """One NPC's blocks with each decoder precision (``serve --decode-precision``), side by side: the
+    precisions take turns, ``rounds`` times, each a fresh NPC of ``blocks`` blocks (the first two warm-up);
+    medians over all rounds of the whole block and of its decode, and each one's speed-up over the first."""
+    import torch
+
+    from avatar_backend.generator.config import ExecutionConfig
+    from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights
+    from avatar_backend.store import CharacterRecord
+
+    torch.set_num_threads(threads)
+    pipelines = {p: LiveActPipeline.from_config(config, weights=shipped_weights(config),
+                                                execution=ExecutionConfig(decode_precision=p)) for p in precisions}
+    first = pipelines[precisions[0]]
+    width, height, fps = first.config.width, first.config.height, first.config.fps
+    png = (Path(__file__).parent / "assets" / "default_character.png").read_bytes()
+    conditionings = {p: pipeline.prepare_character(CharacterRecord("bench", "talking"), png, width, height)
+                     for p, pipeline in pipelines.items()}
+    timings: dict[str, list[tuple[float, float, int]]] = {p: [] for p in precisions}
+    for _ in range(rounds):
+        for precision, pipeline in pipelines.items():
+            memory = pipeline.new_memory("bench", "bench", width, height, fps, seed=0)
+            rng = np.random.default_rng(0)
+            for block in range(2 + blocks):
+                consume, lookahead = pipeline.block_audio_samples(memory)
+                audio = (0.1 * rng.standard_normal(consume + lookahead)).astype(np.float32)
+                started = time.perf_counter()
+                frames = pipeline.generate_block(memory, conditionings[precision], audio).shape[0]
+                if block >= 2:
+                    timings[precision].append((time.perf_counter() - started, pipeline.last_timings["decode_s"],
+                                               frames))
+    rows = []
+    for precision in precisions:
+        block_s = statistics.median(t[0] for t in timings[precision])
+        rows.append({"decode_precision": precision,
+                     "decode_dtype": str(pipelines[precision].decode_autocast or torch.float32).removeprefix("torch."),
+                     "block_s_median": round(block_s, 4),
+                     "decode_s_median": round(statistics.median(t[1] for t in timings[precision]), 4),
+                     "realtime_factor": round(timings[precision][-1][2] / fps / block_s, 2)})
+    for row in rows:
+        row["block_speedup"] = round(rows[0]["block_s_median"] / row["block_s_median"], 2)
+        row["decode_speedup"] = round(rows[0]["decode_s_median"] / row["decode_s_median"], 2)
+    return {"config": config, "width": width, "height": height, "torch_threads": threads, "rounds": rounds,
+            "blocks_per_round": blocks, "precisions": rows}
 
 
 def bench_worker_realtime(config: str, npc_counts: tuple[int, ...], seconds: float) -> dict:
@@ -309,10 +359,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,2,4,8",
                         help="NPCs per generator call to measure, comma-separated (empty: skip)")
     parser.add_argument("--batch-blocks", type=int, default=4, help="timed calls per batch size")
+    parser.add_argument("--decode-precisions", default="float32,bfloat16",
+                        help="decoder precisions to time side by side on one NPC, comma-separated (empty: skip)")
     parser.add_argument("--realtime-npcs", default="1,3,4",
                         help="NPC counts talking at real-time pace through the worker, comma-separated (empty: skip)")
     parser.add_argument("--realtime-seconds", type=float, default=30.0, help="how long each of them talks")
     args = parser.parse_args(argv)
+    for name, value in (("--batches", args.batches), ("--realtime-npcs", args.realtime_npcs)):
+        if not all(n.strip().isdigit() and int(n) > 0 for n in value.split(",") if n.strip()):
+            parser.error(f"{name} takes NPC counts of 1 or more, comma-separated (empty: skip), not {value!r}")
+    unknown = [p for p in args.decode_precisions.split(",") if p.strip() and p.strip() not in DECODE_PRECISIONS]
+    if unknown:
+        parser.error(f"--decode-precisions: unknown {unknown}; known: {', '.join(DECODE_PRECISIONS)}")
 
     results: dict = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -336,6 +394,16 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['decode_s_median']:8.3f}  {row['blocks_per_s']:8.2f}  {row['per_npc_realtime_factor']:6.2f}x")
             print(f"  compute alone keeps up with {batches['compute_keeps_up_npcs']} NPCs per call (of the sizes "
                   "measured)")
+        precisions = tuple(p.strip() for p in args.decode_precisions.split(",") if p.strip())
+        if precisions:
+            results["decode_precisions"] = side = bench_decode_precisions(args.config, precisions, args.blocks,
+                                                                          args.threads)
+            print(f"decoder precision, one NPC, {side['rounds']} alternating rounds of {side['blocks_per_round']} "
+                  "blocks:")
+            for row in side["precisions"]:
+                print(f"  {row['decode_precision']:9s} ({row['decode_dtype']}): {row['block_s_median']:.3f} s per "
+                      f"block ({row['realtime_factor']:.2f}x real time), decode {row['decode_s_median']:.3f} s; "
+                      f"{row['block_speedup']:.2f}x / {row['decode_speedup']:.2f}x the first")
         counts = tuple(int(n) for n in args.realtime_npcs.split(",") if n.strip())
         if counts:
             results["worker_realtime"] = live = bench_worker_realtime(args.config, counts, args.realtime_seconds)

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from avatar_backend.bench import bench_batches, bench_worker_realtime  # noqa: E402
+from avatar_backend.bench import bench_batches, bench_worker_realtime, main  # noqa: E402
 
 
 def test_batches_report_blocks_per_second_and_real_time_per_npc():
@@ -30,3 +30,27 @@ def test_npcs_talking_through_a_worker_process_are_counted_late_or_chopped():
     assert 1.0 <= row["mean_batch_size"] <= 2.0
     assert 0 <= row["late_blocks"] <= row["blocks"] and row["chopped_blocks"] <= row["blocks"]
     assert (result["width"], result["height"]) == (128, 128)
+
+
+@pytest.mark.parametrize("option", ["--realtime-npcs", "--batches"])
+def test_npc_counts_below_one_are_refused_before_anything_runs(option, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main([option, "2,0", "--skip-generator"])
+    assert exit.value.code == 2 and f"{option} takes NPC counts of 1 or more" in capsys.readouterr().err
+
+
+def test_decoder_precisions_are_timed_side_by_side_against_the_first():
+    from avatar_backend.bench import bench_decode_precisions
+
+    result = bench_decode_precisions("tiny", ("float32", "bfloat16"), blocks=1, threads=2, rounds=1)
+    full, half = result["precisions"]
+    assert (full["decode_dtype"], half["decode_dtype"]) == ("float32", "bfloat16")
+    assert full["block_speedup"] == full["decode_speedup"] == 1.0
+    assert half["block_speedup"] == pytest.approx(full["block_s_median"] / half["block_s_median"], abs=0.01)
+    assert 0 < half["decode_s_median"] < half["block_s_median"]
+
+
+def test_unknown_decoder_precisions_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--decode-precisions", "float32,float16", "--skip-generator"])
+    assert "unknown ['float16']" in capsys.readouterr().err

@@ -7,7 +7,8 @@ import asyncio
 from pathlib import Path
 
 from avatar_backend.client import AvatarClient, AvatarError
-from avatar_backend.generator.config import ATTENTION_BACKENDS, GEMM_FORMATS, ExecutionConfig, load_model_config
+from avatar_backend.generator.config import (ATTENTION_BACKENDS, DECODE_PRECISIONS, GEMM_FORMATS, ExecutionConfig,
+                                             load_model_config)
 from avatar_backend.gateway.limits import Limits
 from avatar_backend.store import default_data_dir
 from avatar_backend.worker.process import RANDOM_WEIGHTS
@@ -47,6 +48,11 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the DiT's transformer blocks (minutes at start, faster blocks on GPUs)")
+    parser.add_argument(
+        "--decode-precision", default=ExecutionConfig.decode_precision, choices=DECODE_PRECISIONS,
+        help="what the VAE decoder computes in (weights and NPC memories stay float32): auto takes bfloat16 on "
+             "CPUs with AMX or AVX512-BF16, float32 elsewhere (default auto)",
+    )
     parser.add_argument(
         "--text-encoder-device", default=ExecutionConfig.text_encoder_device, metavar="DEVICE",
         help="where the published model's umT5 text encoder runs; each prompt is encoded once "
@@ -116,7 +122,8 @@ def command_serve(args: argparse.Namespace) -> int:
         device=args.device,
         weights=args.weights,
         execution=ExecutionConfig(attention=args.attention, gemm=args.gemm, compile=args.compile,
-                                  text_encoder_device=args.text_encoder_device),
+                                  text_encoder_device=args.text_encoder_device,
+                                  decode_precision=args.decode_precision),
         api_key=api_key,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

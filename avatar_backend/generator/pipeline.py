@@ -91,9 +91,12 @@ class CharacterConditioning:
 
 class LiveActPipeline:
     def __init__(self, config: ModelConfig, modules: dict[str, torch.nn.Module], *, device: str,
-                 random_weights: bool, weights_sha256: str = "", parallel: SequenceParallel | None = None):
+                 random_weights: bool, weights_sha256: str = "", parallel: SequenceParallel | None = None,
+                 decode_precision: str = ExecutionConfig.decode_precision):
         self.config = config
         self.device = device
+        # The VAE decoder's compute dtype under autocast (its weights and states stay float32); None: float32.
+        self.decode_autocast = decode_autocast_dtype(decode_precision, device)
         # Sequence parallelism: this rank's place among the ranks that run each DiT call together. Every rank
         # holds its heads' shard of each NPC's ConvKV caches; all of them draw the same noise and decode.
         self.parallel = parallel
@@ -114,6 +117,12 @@ class LiveActPipeline:
         self._schedules: dict[tuple[int, int], StreamSchedule] = {}
         # Seconds of the last generate_blocks call by stage (audio features, DiT steps, decode), for benchmarks.
         self.last_timings: dict[str, float] = {}
+
+    def decode_stream(self, latents: torch.Tensor, state: CausalCache) -> torch.Tensor:
+        """The VAE's streaming decode of a block's latents in the decode precision this pipeline runs."""
+        with torch.autocast(torch.device(self.device).type, dtype=self.decode_autocast or torch.float32,
+                            enabled=self.decode_autocast is not None):
+            return self.vae.decode_stream(latents.float(), state)
 
     # -- construction ---------------------------------------------------------------------------------------
 
@@ -153,7 +162,7 @@ class LiveActPipeline:
                 module.to(device=device, dtype=dtype if name == "dit" else torch.float32).eval().requires_grad_(False)
         apply_execution(modules["dit"], execution, device)
         pipeline = cls(config, modules, device=device, random_weights=weights is None, weights_sha256=sha,
-                       parallel=parallel)
+                       parallel=parallel, decode_precision=execution.decode_precision)
         # One-time costs (decoder cache shapes, lazy torch imports) here rather than in the first session.
         pipeline.vae.init_decoder_state(config.width, config.height, device="meta")
         return pipeline
@@ -368,7 +377,7 @@ class LiveActPipeline:
             self._advance(inputs, pcms, noises)
             return []
         decoder = first.decoder if single else CausalCache.stack([m.decoder for m in memories])
-        video = self.vae.decode_stream(result.x0.float(), decoder)
+        video = self.decode_stream(result.x0, decoder)
         frames = frames_to_uint8(video).cpu().numpy()     # [B, T, H, W, 3]
         self.last_timings = {"audio_s": audio_done - started, "dit_s": dit_done - audio_done,
                              "decode_s": time.perf_counter() - dit_done}
@@ -410,6 +419,17 @@ def apply_execution(dit: WanModel, execution: ExecutionConfig, device: str) -> N
         quantize_linears(dit)
     if execution.compile:
         dit.compile_blocks()
+
+
+def decode_autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    """The autocast dtype of the VAE decoder for an ExecutionConfig.decode_precision on ``device`` (None: run in
+    float32). ``auto`` takes bfloat16 only where it is fast: CPUs with bf16 matrix units (AMX, AVX512-BF16)."""
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision == "auto" and torch.device(device).type == "cpu" and (
+            torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()):
+        return torch.bfloat16
+    return None
 
 
 def weights_config(path: str | Path) -> ModelConfig | None:

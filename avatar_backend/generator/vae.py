@@ -147,7 +147,9 @@ class CausalConv3d(nn.Conv3d):
                 x = F.pad(x, (0, 0, 0, 0, self.time_padding, 0))
             else:
                 x = torch.cat([previous, x], dim=2)
-            cache.frames[self.cache_key] = x[:, :, -self.time_padding:].clone()
+            # The state keeps its dtype (under autocast x may be lower precision): its size and file never change.
+            keep = x[:, :, -self.time_padding:]
+            cache.frames[self.cache_key] = keep.to(previous.dtype if previous is not None else keep.dtype, copy=True)
         elif self.time_padding:
             x = F.pad(x, (0, 0, 0, 0, self.time_padding, 0))
         x = F.pad(x, self.spatial_padding)

@@ -1,7 +1,7 @@
 """The worker process's entry point: parse the flags, build the generator and its executor, run the engine.
 
 Run as ``python -m avatar_backend.worker --endpoint E --config NAME_OR_PATH --data-dir D --device DEV
-[--weights FILE_OR_DIR] [--attention A --gemm G --compile --text-encoder-device D] [--parent-pid PID]``;
+[--weights FILE_OR_DIR] [--attention A --gemm G --compile --text-encoder-device D --decode-precision P] [--parent-pid PID]``;
 the gateway's :class:`~avatar_backend.worker.process.WorkerProcess` does that. ``AVATAR_TEST_GENERATOR=FILE``
 (tests) runs the generator that FILE's ``make_generator(config, weights, device) -> (runner, codec)`` returns
 instead of the model.
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from avatar_backend.generator.config import ATTENTION_BACKENDS, GEMM_FORMATS, ExecutionConfig
+from avatar_backend.generator.config import ATTENTION_BACKENDS, DECODE_PRECISIONS, GEMM_FORMATS, ExecutionConfig
 from avatar_backend.store import (
     DEFAULT_MAX_PARKED_MEMORY_BYTES,
     DEFAULT_MAX_STORED_NPC_BYTES,
@@ -136,6 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT's transformer blocks")
     parser.add_argument("--text-encoder-device", default=ExecutionConfig.text_encoder_device,
                         help="where the published text encoder (umT5) runs")
+    parser.add_argument("--decode-precision", default=ExecutionConfig.decode_precision, choices=DECODE_PRECISIONS,
+                        help="what the VAE decoder computes in")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process (the gateway) is gone")
     parser.add_argument("--max-parked-memory-bytes", type=int, default=DEFAULT_MAX_PARKED_MEMORY_BYTES,
                         help="host memory for parked NPC memories; beyond it they stay on disk only")
@@ -186,7 +188,7 @@ def _config_of(args: argparse.Namespace) -> WorkerConfig:
 
 def _execution_of(args: argparse.Namespace) -> ExecutionConfig:
     return ExecutionConfig(attention=args.attention, gemm=args.gemm, compile=args.compile,
-                           text_encoder_device=args.text_encoder_device)
+                           text_encoder_device=args.text_encoder_device, decode_precision=args.decode_precision)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avatar_backend.generator.config import DECODE_PRECISIONS, ExecutionConfig
 from avatar_backend.generator.convkv import cache_bytes
 from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights, weights_config
 from avatar_backend.generator.schedule import StreamSchedule
@@ -197,11 +198,11 @@ def speed(pipeline: LiveActPipeline, blocks: int = 6) -> dict:
     latents = torch.randn(1, pipeline.config.dit.out_dim, 6, size // 8, size // 8)
     decode = []
     with torch.inference_mode():
-        pipeline.vae.decode_stream(latents, state)
+        pipeline.decode_stream(latents, state)
         for _ in range(3):
             latents = torch.randn(1, pipeline.config.dit.out_dim, 8, size // 8, size // 8)
             started = time.perf_counter()
-            pipeline.vae.decode_stream(latents, state)
+            pipeline.decode_stream(latents, state)
             decode.append(time.perf_counter() - started)
     block = float(np.median(times))
     decode_s = float(np.median(decode))
@@ -221,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablation-minutes", type=int, default=5, help="stream length of the memory ablation")
     parser.add_argument("--classifier-clips", type=int, default=80, help="ground-truth clips for the control classifier")
     parser.add_argument("--classifier-steps", type=int, default=1200)
+    parser.add_argument("--decode-precision", default=ExecutionConfig.decode_precision, choices=DECODE_PRECISIONS,
+                        help="what the VAE decoder computes in, as `serve --decode-precision` (default auto)")
     args = parser.parse_args(argv)
     torch.set_flush_denormal(True)
     weights = args.weights or shipped_weights("tiny")
@@ -228,10 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no weights (train with python -m model.train, or pass --weights)", file=sys.stderr)
         return 1
     # Weights from another training run carry their own config (their VAE's latent statistics differ).
-    pipeline = LiveActPipeline.from_config(weights_config(weights) or "tiny", weights=weights)
+    pipeline = LiveActPipeline.from_config(weights_config(weights) or "tiny", weights=weights,
+                                           execution=ExecutionConfig(decode_precision=args.decode_precision))
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    report: dict = {"weights": Path(weights).name, "weights_sha256": pipeline.weights_sha256}
+    report: dict = {"weights": Path(weights).name, "weights_sha256": pipeline.weights_sha256,
+                    "decode_precision": str(pipeline.decode_autocast or torch.float32).removeprefix("torch.")}
     report["speed"] = speed(pipeline)
     clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width)
     classifier, truth_accuracy = train_classifier(pipeline.config.width, args.classifier_clips, args.classifier_steps)

@@ -1,5 +1,6 @@
-"""How the model runs: the attention dispatch and its backends, FP8 GEMM and torch.compile. Every fast path has
-a quality guard here: on the same inputs and noise, its latents against the default path's."""
+"""How the model runs: the attention dispatch and its backends, FP8 GEMM, torch.compile and the decoder's
+precision. Every fast path has a quality guard here: on the same inputs and noise, its latents (or frames)
+against the default path's."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from avatar_backend.generator.config import ATTENTION_BACKENDS, TINY, ExecutionC
 from avatar_backend.generator.convkv import ConvKVMemory
 from avatar_backend.generator.dit import WanModel
 from avatar_backend.generator.fp8 import FP8, FP8Linear, quantize_linears
-from avatar_backend.generator.pipeline import GeneratorError, LiveActPipeline, shipped_weights
+from avatar_backend.generator.pipeline import GeneratorError, LiveActPipeline, decode_autocast_dtype, shipped_weights
 from avatar_backend.generator.sampler import GeneratorNoise, denoise_block
 from avatar_backend.generator.schedule import StreamSchedule
 from avatar_backend.store import CharacterRecord
@@ -122,19 +123,56 @@ def test_fp8_gemm_latents_against_the_model_dtype_path(trained_dit):
     assert 0 < max(errors) < FP8_GEMM_TOLERANCE
 
 
-def test_the_pipeline_runs_with_fp8_gemm_and_makes_frames():
-    pipeline = LiveActPipeline.from_config(TINY, weights=shipped_weights("tiny"),
-                                           execution=ExecutionConfig(gemm="fp8"))
-    assert any(isinstance(m, FP8Linear) for m in pipeline.dit.modules())
+def talk(pipeline: LiveActPipeline, blocks: int = 1):
+    """``blocks`` blocks of one NPC saying a tone: its frames [T, H, W, 3] and its memory."""
     png = io.BytesIO()
     Image.new("RGB", (80, 80), (150, 110, 90)).save(png, "PNG")
     character = pipeline.prepare_character(CharacterRecord("villager", "a villager talking"), png.getvalue(),
                                            SIZE, SIZE)
     memory = pipeline.new_memory("npc", "villager", SIZE, SIZE, 20, seed=3)
-    consume, lookahead = pipeline.block_audio_samples(memory)
-    voice = 0.3 * np.sin(np.arange(consume + lookahead, dtype=np.float32) * 0.07)
-    frames = pipeline.generate_block(memory, character, voice)
+    frames = []
+    for _ in range(blocks):
+        consume, lookahead = pipeline.block_audio_samples(memory)
+        voice = 0.3 * np.sin(np.arange(consume + lookahead, dtype=np.float32) * 0.07)
+        frames.append(pipeline.generate_block(memory, character, voice))
+    return np.concatenate(frames), memory
+
+
+def test_the_pipeline_runs_with_fp8_gemm_and_makes_frames():
+    pipeline = LiveActPipeline.from_config(TINY, weights=shipped_weights("tiny"),
+                                           execution=ExecutionConfig(gemm="fp8"))
+    assert any(isinstance(m, FP8Linear) for m in pipeline.dit.modules())
+    frames, _ = talk(pipeline)
     assert frames.shape == (21, SIZE, SIZE, 3) and np.ptp(frames) > 0
+
+
+# -- decoder precision --------------------------------------------------------------------------------------------
+
+
+def test_bf16_decode_gives_the_float32_frames_within_a_level_and_the_same_memory_file():
+    """The quality guard of the bf16 decoder, over 4 blocks of the shipped tiny model; its NPC memory has the
+    float32 one's tensors (names, shapes, dtypes), so a snapshot moves between machines that decode either way."""
+    weights = shipped_weights("tiny")
+    results = {precision: talk(LiveActPipeline.from_config(
+        TINY, weights=weights, execution=ExecutionConfig(decode_precision=precision)), blocks=4)
+        for precision in ("float32", "bfloat16")}
+    (full, full_memory), (half, half_memory) = results["float32"], results["bfloat16"]
+    difference = np.abs(full.astype(np.int16) - half.astype(np.int16))
+    print(f"bf16 decode vs float32: mean {difference.mean():.3f}, max {difference.max()} levels of 255")
+    assert full.shape == half.shape == (21 + 3 * 32, SIZE, SIZE, 3)
+    assert 0 < difference.mean() < 0.5 and difference.max() <= 8     # measured: mean 0.08-0.2, max 1-3
+    def layout(memory):
+        return {name: (tensor.shape, tensor.dtype) for name, tensor in memory.state_tensors().items()}
+
+    assert layout(full_memory) == layout(half_memory) and full_memory.nbytes() == half_memory.nbytes()
+
+
+def test_decode_precision_auto_takes_bf16_only_on_cpus_with_bf16_units():
+    bf16_units = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    assert decode_autocast_dtype("auto", "cpu") == (torch.bfloat16 if bf16_units else None)
+    assert decode_autocast_dtype("auto", "cuda:0") is None
+    assert decode_autocast_dtype("float32", "cpu") is None
+    assert decode_autocast_dtype("bfloat16", "cuda:1") == torch.bfloat16
 
 
 # -- torch.compile ------------------------------------------------------------------------------------------------
@@ -151,5 +189,7 @@ def test_compiled_blocks_give_the_eager_latents(trained_dit):
 def test_execution_config_refuses_unknown_choices():
     with pytest.raises(ValueError, match="gemm must be one of"):
         ExecutionConfig(gemm="int8")
+    with pytest.raises(ValueError, match="decode_precision must be one of"):
+        ExecutionConfig(decode_precision="float16")
     with pytest.raises(ValueError, match="attention must be one of"):
         dataclasses.replace(ExecutionConfig(), attention="xformers")

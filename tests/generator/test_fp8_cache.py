@@ -91,12 +91,17 @@ def test_fp8_cache_holds_one_layers_full_precision_copy_at_a_time():
     model = WanModel(FP8_TINY.dit).eval()
     memory = ConvKVMemory.allocate(FP8_TINY, SIZE, SIZE, device="cpu", dtype=torch.float32)
     layer_shape = memory.caches()[0].k[0].shape
+
+    def copies() -> set[int]:
+        gc.collect()
+        return {id(o) for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.dtype == torch.float32
+                and o.shape == layer_shape}
+
+    before = copies()   # other tests' tensors of that shape
     alive = []
 
     def count_copies(module, args):
-        gc.collect()
-        alive.append(sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.dtype == torch.float32
-                         and o.shape == layer_shape))
+        alive.append(len(copies() - before))
 
     model.blocks[-1].register_forward_pre_hook(count_copies)
     schedule = StreamSchedule.from_model_config(FP8_TINY, SIZE, SIZE)

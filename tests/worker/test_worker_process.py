@@ -117,9 +117,11 @@ def test_how_the_model_runs_reaches_the_worker_and_its_follower_ranks(data_dir):
     from avatar_backend.worker.main import _parser, parse_args
 
     serve = build_parser().parse_args(["serve", "--attention", "math", "--gemm", "fp8", "--compile",
-                                       "--text-encoder-device", "cuda:1", "--weights", str(data_dir.root)])
+                                       "--text-encoder-device", "cuda:1", "--decode-precision", "bfloat16",
+                                       "--weights", str(data_dir.root)])
     execution = ExecutionConfig(attention=serve.attention, gemm=serve.gemm, compile=serve.compile,
-                                text_encoder_device=serve.text_encoder_device)
+                                text_encoder_device=serve.text_encoder_device,
+                                decode_precision=serve.decode_precision)
     assert build_parser().parse_args(["serve"]).gemm == "model"
 
     async def main():
@@ -131,8 +133,8 @@ def test_how_the_model_runs_reaches_the_worker_and_its_follower_ranks(data_dir):
     assert parse_args(cmd[cmd.index("avatar_backend.worker") + 1:]).execution == execution
     # Rank 0 starts its followers with the same flags (execution_flags), which their parser reads back.
     follower = _parser().parse_args(["--follow-rank", "1", *execution_flags(execution)])
-    assert (follower.attention, follower.gemm, follower.compile, follower.text_encoder_device) == (
-        "math", "fp8", True, "cuda:1")
+    assert (follower.attention, follower.gemm, follower.compile, follower.text_encoder_device,
+            follower.decode_precision) == ("math", "fp8", True, "cuda:1", "bfloat16")
 
 
 def test_a_hung_worker_is_killed_and_restarted(data_dir):
