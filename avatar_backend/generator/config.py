@@ -214,8 +214,8 @@ class ExecutionConfig:
     where umT5 runs (prompts are encoded once each and cached, so the CPU saves 11 GB of GPU memory).
     ``decode_precision``: what the VAE decoder computes in. Its weights and streaming state stay float32, so an
     NPC's memory is the same file either way; ``bfloat16`` runs it under autocast (frames within one level of
-    255 of float32's on the tiny model, twice as fast on a CPU with bf16 matrix units); ``auto`` takes bfloat16
-    on CPUs with AMX or AVX512-BF16 and float32 elsewhere.
+    255 of float32's on the tiny model, its decode 1.5x as fast on a CPU with bf16 matrix units); ``auto``
+    takes bfloat16 on CPUs with AMX or AVX512-BF16 and float32 elsewhere.
     """
 
     attention: str = "sdpa"

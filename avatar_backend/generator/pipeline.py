@@ -426,10 +426,16 @@ def decode_autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     float32). ``auto`` takes bfloat16 only where it is fast: CPUs with bf16 matrix units (AMX, AVX512-BF16)."""
     if precision == "bfloat16":
         return torch.bfloat16
-    if precision == "auto" and torch.device(device).type == "cpu" and (
-            torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()):
+    if precision == "auto" and torch.device(device).type == "cpu" and cpu_has_bf16_units():
         return torch.bfloat16
     return None
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX tiles or AVX512-BF16); torch builds without the probes
+    (other architectures) answer False."""
+    probes = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    return any(probe() for probe in probes if probe is not None)
 
 
 def weights_config(path: str | Path) -> ModelConfig | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,12 +19,17 @@ from avatar_backend.generator.config import ATTENTION_BACKENDS, TINY, ExecutionC
 from avatar_backend.generator.convkv import ConvKVMemory
 from avatar_backend.generator.dit import WanModel
 from avatar_backend.generator.fp8 import FP8, FP8Linear, quantize_linears
-from avatar_backend.generator.pipeline import GeneratorError, LiveActPipeline, decode_autocast_dtype, shipped_weights
+from avatar_backend.generator.pipeline import (GeneratorError, LiveActPipeline, cpu_has_bf16_units, decode_autocast_dtype,
+                                               shipped_weights)
 from avatar_backend.generator.sampler import GeneratorNoise, denoise_block
 from avatar_backend.generator.schedule import StreamSchedule
 from avatar_backend.store import CharacterRecord
 
 SIZE = 64
+# What the kernel says this CPU has (empty where /proc/cpuinfo does not exist or has no flags line).
+CPUINFO = Path("/proc/cpuinfo")
+CPU_FLAGS = set(next((line.split(":", 1)[1].split() for line in CPUINFO.read_text().splitlines()
+                      if line.startswith("flags")), [])) if CPUINFO.exists() else set()
 FP8_GEMM_TOLERANCE = 0.08   # relative L2 error of a block's latents (measured 4.5-4.8% on the shipped tiny model)
 
 
@@ -160,7 +166,7 @@ def test_bf16_decode_gives_the_float32_frames_within_a_level_and_the_same_memory
     difference = np.abs(full.astype(np.int16) - half.astype(np.int16))
     print(f"bf16 decode vs float32: mean {difference.mean():.3f}, max {difference.max()} levels of 255")
     assert full.shape == half.shape == (21 + 3 * 32, SIZE, SIZE, 3)
-    assert 0 < difference.mean() < 0.5 and difference.max() <= 8     # measured: mean 0.08-0.2, max 1-3
+    assert 0 < difference.mean() < 0.5 and difference.max() <= 8     # measured here: mean 0.11, max 1
     def layout(memory):
         return {name: (tensor.shape, tensor.dtype) for name, tensor in memory.state_tensors().items()}
 
@@ -168,8 +174,9 @@ def test_bf16_decode_gives_the_float32_frames_within_a_level_and_the_same_memory
 
 
 def test_decode_precision_auto_takes_bf16_only_on_cpus_with_bf16_units():
-    bf16_units = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    assert decode_autocast_dtype("auto", "cpu") == (torch.bfloat16 if bf16_units else None)
+    bf16_units = "amx_bf16" in CPU_FLAGS or "avx512_bf16" in CPU_FLAGS
+    assert cpu_has_bf16_units() == bf16_units or not CPU_FLAGS
+    assert decode_autocast_dtype("auto", "cpu") == (torch.bfloat16 if cpu_has_bf16_units() else None)
     assert decode_autocast_dtype("auto", "cuda:0") is None
     assert decode_autocast_dtype("float32", "cpu") is None
     assert decode_autocast_dtype("bfloat16", "cuda:1") == torch.bfloat16
