@@ -2,9 +2,10 @@
 
 Builds the full-size DiT (liveact-18b) with random weights directly on the GPU (no checkpoint needed) and, per
 frame size and variant, streams blocks through the real sampler and ConvKV caches: seconds per block (later
-blocks, median), frames per second, time to the first block, TFLOP per frame counted from the shapes, the
-TFLOP/s that makes, peak GPU memory, and the VAE's streaming decode in ms per frame. Writes the numbers as JSON
-and one row per variant to docs/PERFORMANCE.md with the device and the date.
+blocks, median), frames per second, time to the first block (of a new NPC, after a warm-up block on a memory
+thrown away), TFLOP per frame counted from the shapes, the TFLOP/s that makes, peak GPU memory, and the VAE's
+streaming decode in ms per frame in fp32 and bf16 (with the bf16 frames' error). Writes the numbers as JSON
+(after every row) and one row per variant to docs/PERFORMANCE.md with the device and the date.
 
 Variants: ``bf16`` (the default path), ``fp8-kv`` (the FP8 ConvKV cache), ``fp8-gemm`` (the transformer blocks'
 linear layers as FP8 GEMMs), ``compiled`` (torch.compile of the transformer blocks) and ``fastest`` (all three).
