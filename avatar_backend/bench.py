@@ -24,11 +24,31 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from avatar_backend.generator.config import DECODE_PRECISIONS
 
+
+
+class TimedBlock(NamedTuple):
+    seconds: float      # the whole generate_block call
+    decode_s: float     # its streaming decode
+    frames: int
+
+
+def time_blocks(pipeline, memory, conditioning, blocks: int) -> list[TimedBlock]:
+    """``blocks`` blocks of one NPC voiced with noise (a fixed seed), each timed."""
+    rng = np.random.default_rng(0)
+    timed = []
+    for _ in range(blocks):
+        consume, lookahead = pipeline.block_audio_samples(memory)
+        audio = (0.1 * rng.standard_normal(consume + lookahead)).astype(np.float32)
+        started = time.perf_counter()
+        frames = pipeline.generate_block(memory, conditioning, audio).shape[0]
+        timed.append(TimedBlock(time.perf_counter() - started, pipeline.last_timings["decode_s"], frames))
+    return timed
 
 
 def bench_generator(config: str, blocks: int, threads: int, width: int = 0, height: int = 0) -> dict:
@@ -51,15 +71,8 @@ def bench_generator(config: str, blocks: int, threads: int, width: int = 0, heig
                                               width, height)
     prepare_s = time.perf_counter() - started
     memory = pipeline.new_memory("bench", "bench", width, height, fps, seed=0)
-    rng = np.random.default_rng(0)
-    block_s, frames = [], []
-    for _ in range(blocks):
-        consume, lookahead = pipeline.block_audio_samples(memory)
-        audio = (0.1 * rng.standard_normal(consume + lookahead)).astype(np.float32)
-        started = time.perf_counter()
-        out = pipeline.generate_block(memory, conditioning, audio)
-        block_s.append(time.perf_counter() - started)
-        frames.append(out.shape[0])
+    timed = time_blocks(pipeline, memory, conditioning, blocks)
+    block_s, frames = [t.seconds for t in timed], [t.frames for t in timed]
     later = block_s[2:] if blocks > 3 else block_s[1:]
     later_frames = frames[-1]
     median_s = statistics.median(later)
@@ -145,27 +158,18 @@ def bench_decode_precisions(config: str, precisions: tuple[str, ...], blocks: in
     png = (Path(__file__).parent / "assets" / "default_character.png").read_bytes()
     conditionings = {p: pipeline.prepare_character(CharacterRecord("bench", "talking"), png, width, height)
                      for p, pipeline in pipelines.items()}
-    timings: dict[str, list[tuple[float, float, int]]] = {p: [] for p in precisions}
+    timings: dict[str, list[TimedBlock]] = {p: [] for p in precisions}
     for _ in range(rounds):
         for precision, pipeline in pipelines.items():
             memory = pipeline.new_memory("bench", "bench", width, height, fps, seed=0)
-            rng = np.random.default_rng(0)
-            for block in range(2 + blocks):
-                consume, lookahead = pipeline.block_audio_samples(memory)
-                audio = (0.1 * rng.standard_normal(consume + lookahead)).astype(np.float32)
-                started = time.perf_counter()
-                frames = pipeline.generate_block(memory, conditionings[precision], audio).shape[0]
-                if block >= 2:
-                    timings[precision].append((time.perf_counter() - started, pipeline.last_timings["decode_s"],
-                                               frames))
+            timings[precision] += time_blocks(pipeline, memory, conditionings[precision], 2 + blocks)[2:]
     rows = []
     for precision in precisions:
-        block_s = statistics.median(t[0] for t in timings[precision])
-        rows.append({"decode_precision": precision,
-                     "decode_dtype": str(pipelines[precision].decode_autocast or torch.float32).removeprefix("torch."),
+        block_s = statistics.median(t.seconds for t in timings[precision])
+        rows.append({"decode_precision": precision, "decode_dtype": pipelines[precision].decode_dtype_name,
                      "block_s_median": round(block_s, 4),
-                     "decode_s_median": round(statistics.median(t[1] for t in timings[precision]), 4),
-                     "realtime_factor": round(timings[precision][-1][2] / fps / block_s, 2)})
+                     "decode_s_median": round(statistics.median(t.decode_s for t in timings[precision]), 4),
+                     "realtime_factor": round(timings[precision][-1].frames / fps / block_s, 2)})
     for row in rows:
         row["block_speedup"] = round(rows[0]["block_s_median"] / row["block_s_median"], 2)
         row["decode_speedup"] = round(rows[0]["decode_s_median"] / row["decode_s_median"], 2)

@@ -118,6 +118,11 @@ class LiveActPipeline:
         # Seconds of the last generate_blocks call by stage (audio features, DiT steps, decode), for benchmarks.
         self.last_timings: dict[str, float] = {}
 
+    @property
+    def decode_dtype_name(self) -> str:
+        """What the VAE decoder computes in: "float32" or "bfloat16"."""
+        return str(self.decode_autocast or torch.float32).removeprefix("torch.")
+
     def decode_stream(self, latents: torch.Tensor, state: CausalCache) -> torch.Tensor:
         """The VAE's streaming decode of a block's latents in the decode precision this pipeline runs."""
         with torch.autocast(torch.device(self.device).type, dtype=self.decode_autocast or torch.float32,

@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     report: dict = {"weights": Path(weights).name, "weights_sha256": pipeline.weights_sha256,
-                    "decode_precision": str(pipeline.decode_autocast or torch.float32).removeprefix("torch.")}
+                    "decode_precision": pipeline.decode_dtype_name}
     report["speed"] = speed(pipeline)
     clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width)
     classifier, truth_accuracy = train_classifier(pipeline.config.width, args.classifier_clips, args.classifier_steps)
