@@ -21,6 +21,9 @@ def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
     summary = report["lip_sync"]["summary"]
     assert summary["measure_on_truth_r"] >= 0.95
     assert summary["lip_sync_r"] >= 0.5 and summary["lip_sync_r"] > summary["swapped_audio_r"] + 0.3
+    # The truth through the VAE alone keeps the mouth and is nearer the truth than any generation can be (a
+    # generated head blinks and sways on its own): the ceiling the report sets beside the DiT's numbers.
+    assert summary["autoencoder_lip_sync_r"] >= 0.8 and summary["autoencoder_psnr_db"] > summary["psnr_db"]
     stream = report["long_streams"][0]
     assert stream["minutes"] == 1 and stream["memory_bytes"]["block_2"] == stream["memory_bytes"]["last_block"]
     assert report["speed"]["real_time_factor"] > 0    # measured, not judged here: that is the benchmark's job
@@ -32,5 +35,7 @@ def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
     controls = report["control_response"]
     assert 0 <= controls["visible_within_one_block"] <= controls["events"]
     assert 0 <= controls["visible_within_one_block_on_ground_truth"] <= controls["events"]
+    assert 0 <= controls["autoencoder"]["visible_within_one_block"] <= controls["events"]
+    assert 0 < controls["autoencoder"]["emotion_accuracy"] <= 1 and 0 < controls["autoencoder"]["action_accuracy"] <= 1
     assert (tmp_path / "strip.png").stat().st_size > 0 and (tmp_path / "long_stream.png").stat().st_size > 0
     assert "lip-sync r" in capsys.readouterr().out
