@@ -74,6 +74,16 @@ def block_audio_window(features: Tensor, first_frame: int, plan: BlockLayout, ra
     ``first_frame`` of the stream (negative when the audio before the stream's start is zeros). The stream starts
     at frame 0, and the window's indices are clamped there as the reference clamps them.
     """
+    rows, start = block_audio_rows(features, first_frame, plan, radius)
+    return audio_window(rows, start, plan.audio_frames, radius)
+
+
+def block_audio_rows(features: Tensor, first_frame: int, plan: BlockLayout, radius: int) -> tuple[Tensor, int]:
+    """The rows of ``features`` (as in :func:`block_audio_window`) that the block's window reads, and the row of
+    its first frame: ``audio_window(rows, start, plan.audio_frames, radius)`` is the block's window. A fifth of
+    the window's size (it repeats each row 2 * radius + 1 times): what a follower rank is sent."""
     features = features[max(0, -first_frame):]
-    base = max(0, first_frame)
-    return audio_window(features, plan.audio_start - base, plan.audio_frames, radius)
+    start = plan.audio_start - max(0, first_frame)
+    # Where the window is clamped at either end, the rows keep that end, so the clamping is the same.
+    low, high = max(0, start - radius), min(features.shape[0], start + plan.audio_frames + radius)
+    return features[low:high], start - low

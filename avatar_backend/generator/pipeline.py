@@ -17,6 +17,11 @@ Weights: one safetensors file whose keys are prefixed by module (``dit.``, ``vae
 
 How the model runs (attention backend, FP8 GEMM, torch.compile) is an :class:`ExecutionConfig`, applied once
 the weights are in place.
+
+Sequence parallelism: every rank runs the DiT; only rank 0 holds the encoders and the VAE. It computes each
+block's conditioning (:class:`BlockConditioning`: the audio window and the prompt's text embedding) and each
+character's (image features, reference code, base text), which the follower ranks are sent; a follower's
+pipeline is built ``dit_only`` and runs :meth:`LiveActPipeline.follow_blocks`.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from avatar_backend.store import CharacterRecord, now_ms
 
 from .attention import set_attention_backend
 from .audio_encoder import build_audio_encoder
-from .conditioning import (audio_tail_frames, block_audio_window, blended_text, padded_text, quantized_intensity,
+from .conditioning import (audio_tail_frames, block_audio_rows, blended_text, padded_text, quantized_intensity,
                            reference_pixels)
 from .config import ExecutionConfig, ModelConfig, load_model_config
 from .convkv import ConvKVMemory, SlotLayout, cache_bytes
@@ -52,12 +57,12 @@ from .parallel import SequenceParallel
 from .published import load_published
 from .runner import BlockInput
 from .sampler import BatchNoise, GeneratorNoise, denoise_block
-from .schedule import StreamSchedule
+from .schedule import BlockLayout, StreamSchedule, audio_window
 from .text_encoder import build_text_encoder
 from .vae import CausalCache, WanVAE, decoder_state_bytes, frames_to_uint8
 
-__all__ = ["BlockInput", "CharacterConditioning", "GeneratorError", "LiveActPipeline", "shipped_weights",
-           "weights_config"]
+__all__ = ["BlockConditioning", "BlockInput", "CharacterConditioning", "GeneratorError", "LiveActPipeline",
+           "PromptContext", "shipped_weights", "weights_config"]
 
 # Weights trained in this repository (model/train), by config name: ``<name>.safetensors`` beside its manifest.
 SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "model" / "weights"
@@ -74,6 +79,30 @@ class GeneratorError(ValueError):
 
 
 @dataclass
+class PromptContext:
+    """A prompt's padded text embedding (what a follower rank is sent) and the DiT's cross-attention context of
+    it with the character's image features."""
+
+    text: torch.Tensor                      # [text_len, text_dim]
+    context: CrossAttentionContext
+
+
+@dataclass
+class BlockConditioning:
+    """What the encoders give one NPC's next block: everything the DiT reads besides the character and the
+    memory. Rank 0 computes it; a follower rank is sent the audio rows and the text."""
+
+    audio_rows: torch.Tensor                # [rows, layers, channels], the DiT's dtype: the features the
+    audio_start: int                        # block's audio window reads, and the row of its first frame
+    text: torch.Tensor                      # [text_len, text_dim]: the block's prompt, blended by intensity
+    pcm: torch.Tensor | None = None         # rank 0: [tail | block | look-ahead], the next tail is cut from it
+
+    def audio_window(self, plan: BlockLayout, radius: int, device: str) -> torch.Tensor:
+        """[1, audio frames, 2 * radius + 1, layers, channels] on ``device``."""
+        return audio_window(self.audio_rows.to(device), self.audio_start, plan.audio_frames, radius)
+
+
+@dataclass
 class CharacterConditioning:
     """Everything about one character at one frame size that is computed once and reused for every block."""
 
@@ -85,8 +114,8 @@ class CharacterConditioning:
     clip_fea: torch.Tensor                  # [1, tokens, clip_dim]
     y: torch.Tensor                         # [1, 4 + z, 14, h, w]: frame mask + VAE code of the reference image
     base_text: torch.Tensor                 # [text_len, text_dim]: the base prompt's padded text embedding
-    # (prompt or None for the base prompt, intensity) -> context
-    contexts: OrderedDict[tuple[str | None, float], CrossAttentionContext] = field(default_factory=OrderedDict)
+    # (prompt or None for the base prompt, intensity) -> its text and context
+    contexts: OrderedDict[tuple[str | None, float], PromptContext] = field(default_factory=OrderedDict)
 
 
 class LiveActPipeline:
@@ -98,19 +127,20 @@ class LiveActPipeline:
         # The VAE decoder's compute dtype under autocast (its weights and states stay float32); None: float32.
         self.decode_autocast = decode_autocast_dtype(decode_precision, device)
         # Sequence parallelism: this rank's place among the ranks that run each DiT call together. Every rank
-        # holds its heads' shard of each NPC's ConvKV caches; all of them draw the same noise and decode.
+        # holds its heads' shard of each NPC's ConvKV caches and draws the same noise; rank 0 decodes.
         self.parallel = parallel
         if parallel is not None:
             parallel.check(config.dit.num_heads, config.sampler.block_sizes)
         self.random_weights = random_weights
         self.weights_sha256 = weights_sha256
         self.dit: WanModel = modules["dit"]
-        self.vae: WanVAE = modules["vae"]
-        self.audio_encoder = modules["audio_encoder"]
-        self.image_encoder = modules["image_encoder"]
-        self.text_encoder = modules["text_encoder"]
+        # None on a follower rank (``dit_only``): rank 0 encodes for every rank.
+        self.vae: WanVAE | None = modules.get("vae")
+        self.audio_encoder = modules.get("audio_encoder")
+        self.image_encoder = modules.get("image_encoder")
+        self.text_encoder = modules.get("text_encoder")
         self.parameters = sum(p.numel() for m in modules.values() for p in m.parameters())
-        self.sample_rate = self.audio_encoder.sample_rate
+        self.sample_rate = config.audio_encoder.sample_rate
         self.layout = SlotLayout.from_config(config.sampler, config.dit)
         # Recorded in every NPC memory: caches made under another grouping must not be continued under this one.
         self.memory_layout = memory_layout_name(self.layout)
@@ -134,16 +164,17 @@ class LiveActPipeline:
     @classmethod
     def from_config(cls, config: ModelConfig | str | Path, weights: str | Path | None = None,
                     device: str = "cpu", parallel: SequenceParallel | None = None,
-                    execution: ExecutionConfig | None = None) -> "LiveActPipeline":
+                    execution: ExecutionConfig | None = None, dit_only: bool = False) -> "LiveActPipeline":
         """The pipeline of ``config`` on ``device``: ``weights`` is a prefixed safetensors file, a directory of
-        the published files, or None (random weights from a fixed seed)."""
+        the published files, or None (random weights from a fixed seed). ``dit_only``: a follower rank's
+        pipeline, the DiT alone (no encoders, no VAE; see :meth:`follow_blocks`)."""
         if not isinstance(config, ModelConfig):
             config = load_model_config(config)
         execution = execution or ExecutionConfig()
         dtype = getattr(torch, config.dtype)
         if weights is not None and Path(weights).is_dir():
             published = load_published(config, weights, device=device,
-                                       text_encoder_device=execution.text_encoder_device)
+                                       text_encoder_device=execution.text_encoder_device, dit_only=dit_only)
             modules, sha = published.modules, published.fingerprint
         else:
             if weights is None and config.runs_published_encoders:
@@ -160,6 +191,8 @@ class LiveActPipeline:
                 }
                 if weights is None:
                     modules["dit"].init_weights(zero_head=False)
+            if dit_only:  # built with the rest all the same, so random weights are those of rank 0
+                modules = {"dit": modules["dit"]}
             sha = ""
             if weights is not None:
                 sha = _load_weights(modules, Path(weights), config)
@@ -168,8 +201,9 @@ class LiveActPipeline:
         apply_execution(modules["dit"], execution, device)
         pipeline = cls(config, modules, device=device, random_weights=weights is None, weights_sha256=sha,
                        parallel=parallel, decode_precision=execution.decode_precision)
-        # One-time costs (decoder cache shapes, lazy torch imports) here rather than in the first session.
-        pipeline.vae.init_decoder_state(config.width, config.height, device="meta")
+        if pipeline.vae is not None:
+            # One-time costs (decoder cache shapes, lazy torch imports) here rather than in the first session.
+            pipeline.vae.init_decoder_state(config.width, config.height, device="meta")
         return pipeline
 
     # -- sizes ----------------------------------------------------------------------------------------------
@@ -180,6 +214,11 @@ class LiveActPipeline:
             raise GeneratorError(f"size {width}x{height} is not supported by model {self.config.name}; supported: {sizes}")
         if fps <= 0 or self.sample_rate % fps:
             raise GeneratorError(f"fps {fps} does not divide the {self.sample_rate} Hz audio clock")
+
+    @property
+    def follower(self) -> bool:
+        """A rank other than 0 of a sequence-parallel group: it runs its share of the DiT and nothing else."""
+        return self.parallel is not None and self.parallel.rank != 0
 
     def samples_per_frame(self, fps: int) -> int:
         return self.sample_rate // fps
@@ -208,6 +247,7 @@ class LiveActPipeline:
     @torch.inference_mode()
     def prepare_character(self, record: CharacterRecord, reference_png: bytes, width: int,
                           height: int) -> CharacterConditioning:
+        self._check_encoders("prepare_character")
         try:
             image = Image.open(io.BytesIO(reference_png)).convert("RGB")
         except Exception as err:  # Pillow raises many types for bad files
@@ -224,13 +264,29 @@ class LiveActPipeline:
         self.context_for(conditioning, None)
         return conditioning
 
+    def character_from(self, record: CharacterRecord, width: int, height: int, clip_fea: torch.Tensor,
+                       y: torch.Tensor, base_text: torch.Tensor) -> CharacterConditioning:
+        """A character conditioning from the tensors rank 0's :meth:`prepare_character` computed (a follower
+        rank has no encoders to compute them)."""
+        conditioning = CharacterConditioning(
+            character_id=record.character_id, revision=record.revision, width=width, height=height,
+            base_prompt=record.base_prompt, clip_fea=clip_fea.to(self.device), y=y.to(self.device, self.dit.dtype),
+            base_text=base_text.to(self.device, self.dit.dtype))
+        self.context_for(conditioning, None)   # as rank 0 does, outside any block's collectives
+        return conditioning
+
+    def _check_encoders(self, what: str) -> None:
+        if self.vae is None:
+            raise GeneratorError(f"{what} needs the encoders, which only rank 0 of a sequence-parallel group holds")
+
     @torch.inference_mode()
-    def context_for(self, conditioning: CharacterConditioning, prompt: str | None,
-                    intensity: float = 1.0) -> CrossAttentionContext:
-        """The cross-attention context of a prompt (None: the base prompt), cached per character.
+    def context_for(self, conditioning: CharacterConditioning, prompt: str | None, intensity: float = 1.0,
+                    text: torch.Tensor | None = None) -> PromptContext:
+        """The text and cross-attention context of a prompt (None: the base prompt), cached per character.
 
         ``intensity`` < 1 blends the prompt's text embedding with the base prompt's (both zero-padded to the
         model's text length, as the model pads them anyway), in steps of 0.05 so the cache stays small.
+        ``text``: that embedding as rank 0 computed it (a follower rank has no text encoder).
         """
         intensity = quantized_intensity(intensity)
         if prompt is None or prompt == conditioning.base_prompt or intensity == 0.0:
@@ -240,11 +296,13 @@ class LiveActPipeline:
         if cached is not None:
             conditioning.contexts.move_to_end(key)
             return cached
-        if prompt is None:
+        if text is not None:
+            embedding = text.to(self.device, self.dit.dtype)
+        elif prompt is None:
             embedding = conditioning.base_text
         else:
             embedding = blended_text(conditioning.base_text, self._text_embedding(prompt), intensity)
-        context = self.dit.encode_context(embedding, conditioning.clip_fea.to(self.dit.dtype))
+        context = PromptContext(embedding, self.dit.encode_context(embedding, conditioning.clip_fea.to(self.dit.dtype)))
         conditioning.contexts[key] = context
         while len(conditioning.contexts) > PROMPT_CACHE_SIZE:
             conditioning.contexts.popitem(last=False)
@@ -267,13 +325,16 @@ class LiveActPipeline:
         """A fresh NPC memory, live on this rank (its shard of the caches), or whole on the host (parked)."""
         self.check_format(width, height, fps)
         device = "cpu" if whole_on_host else self.device
+        if self.vae is None:  # a follower rank keeps only its cache shard and the stream's counters
+            decoder, tail = CausalCache(), torch.zeros(0, device=device)
+        else:
+            decoder = self.vae.init_decoder_state(width, height, device=device)
+            tail = torch.zeros(self.audio_tail_frames(fps) * self.samples_per_frame(fps), device=device)
         return NpcMemory(
             npc_id=npc_id, character_id=character_id, model_name=self.config.name, width=width, height=height,
             fps=fps, seed=seed, memory_layout=self.memory_layout,
-            convkv=self.allocate_convkv(width, height, whole_on_host=whole_on_host),
-            decoder=self.vae.init_decoder_state(width, height, device=device),
-            audio_tail=torch.zeros(self.audio_tail_frames(fps) * self.samples_per_frame(fps), device=device),
-            noise_state=GeneratorNoise(seed).get_state())
+            convkv=self.allocate_convkv(width, height, whole_on_host=whole_on_host), decoder=decoder,
+            audio_tail=tail, noise_state=GeneratorNoise(seed).get_state())
 
     # One rank: a live memory is the whole memory on this device; parking moves it to the host.
     def activate(self, memory: NpcMemory) -> NpcMemory:
@@ -307,18 +368,35 @@ class LiveActPipeline:
         return self.generate_blocks([BlockInput(memory, conditioning, audio, prompt, intensity)])[0]
 
     @torch.inference_mode()
-    def generate_blocks(self, inputs: Sequence[BlockInput]) -> list[np.ndarray]:
+    def generate_blocks(self, inputs: Sequence[BlockInput],
+                        conditioning: Sequence[BlockConditioning] | None = None) -> list[np.ndarray]:
         """The next block of each NPC in ``inputs`` (equal :meth:`batch_key`), generated together.
 
         Each input's audio is its block's samples plus look-ahead (float32, 16 kHz), its prompt None for the
         character's base prompt. Returns each NPC's uint8 RGB frames [T, H, W, 3] and advances every memory.
         A batch works on copies of its NPCs' caches and writes them back only when the whole batch has run, so
         a batch that fails leaves its memories as they were; a single NPC is updated in place (no copies).
+        ``conditioning``: the inputs' :meth:`block_conditioning`, when the caller has it already.
         """
         if not inputs:
             return []
+        self._check_encoders("generate_blocks")
         self.check_batch(inputs)
-        return self._generate(inputs)
+        started = time.perf_counter()
+        if conditioning is None:
+            conditioning = self.block_conditioning(inputs)
+        if len(conditioning) != len(inputs):
+            raise GeneratorError(f"{len(conditioning)} block conditionings for {len(inputs)} blocks")
+        return self._generate(inputs, conditioning, audio_s=time.perf_counter() - started)
+
+    def follow_blocks(self, inputs: Sequence[BlockInput], conditioning: Sequence[BlockConditioning]) -> None:
+        """A follower rank's share of rank 0's :meth:`generate_blocks` call: the DiT on this rank's heads with
+        rank 0's conditioning (the inputs' audio is not read); the memories' caches and counters advance."""
+        if not self.follower:
+            raise GeneratorError("follow_blocks runs on the follower ranks of a sequence-parallel group")
+        if len(conditioning) != len(inputs):
+            raise GeneratorError(f"{len(conditioning)} block conditionings for {len(inputs)} blocks")
+        self._generate(inputs, conditioning)
 
     def check_batch(self, inputs: Sequence[BlockInput]) -> None:
         """GeneratorError unless ``inputs`` can run as one batch (no memory is changed either way)."""
@@ -340,51 +418,61 @@ class LiveActPipeline:
             self.context_for(item.conditioning, item.prompt, item.intensity)
 
     @torch.inference_mode()
-    def _generate(self, inputs: Sequence[BlockInput]) -> list[np.ndarray]:
+    def block_conditioning(self, inputs: Sequence[BlockInput]) -> list[BlockConditioning]:
+        """Per input, what the encoders give its block: the audio features of [tail | the block's audio |
+        look-ahead] cut to the rows the block's window reads, and the prompt's text embedding (cached per
+        character)."""
+        out = []
+        for item in inputs:
+            memory = item.memory
+            schedule = self.schedule(memory.width, memory.height)
+            tail = memory.audio_tail
+            pcm = torch.cat([tail, torch.from_numpy(np.ascontiguousarray(item.audio, dtype=np.float32)).to(tail.device)])
+            features = self.audio_encoder.features(pcm, memory.fps)
+            plan = schedule.block(memory.blocks_generated)
+            first_frame = plan.video_start - tail.shape[0] // self.samples_per_frame(memory.fps)  # of features[0]
+            rows, start = block_audio_rows(features, first_frame, plan, schedule.audio_radius)
+            text = self.context_for(item.conditioning, item.prompt, item.intensity).text
+            out.append(BlockConditioning(audio_rows=rows.to(self.dit.dtype), audio_start=start, text=text, pcm=pcm))
+        return out
+
+    @torch.inference_mode()
+    def _generate(self, inputs: Sequence[BlockInput], conditioning: Sequence[BlockConditioning],
+                  audio_s: float = 0.0) -> list[np.ndarray]:
+        """The blocks of ``inputs`` from their conditioning (``audio_s``: the seconds it took, for the timings)."""
         memories = [item.memory for item in inputs]
         first = memories[0]
         schedule = self.schedule(first.width, first.height)
-        plan = schedule.block(first.blocks_generated)   # the layout every NPC of the batch shares
-        spf = self.samples_per_frame(first.fps)
+        plan = schedule.block(first.blocks_generated)  # the layout every NPC of the batch shares
 
         started = time.perf_counter()
-        # Audio: per NPC, features of [tail | the block's audio | look-ahead], indexed from the tail's first frame.
-        windows, pcms = [], []
-        for item in inputs:
-            tail = item.memory.audio_tail
-            pcm = torch.cat([tail, torch.from_numpy(np.ascontiguousarray(item.audio, dtype=np.float32)).to(tail.device)])
-            features = self.audio_encoder.features(pcm, item.memory.fps)
-            own_plan = schedule.block(item.memory.blocks_generated)
-            first_frame = own_plan.video_start - tail.shape[0] // spf     # absolute video frame of features[0]
-            windows.append(block_audio_window(features, first_frame, own_plan, schedule.audio_radius))
-            pcms.append(pcm)
-
-        audio_done = time.perf_counter()
         single = len(inputs) == 1
-        first_input = inputs[0]
         convkv = first.convkv if single else ConvKVMemory.stack([m.convkv for m in memories])
         noises = [GeneratorNoise(m.seed) for m in memories]
         for noise, memory in zip(noises, memories):
             noise.set_state(memory.noise_state)
-        contexts = [self.context_for(item.conditioning, item.prompt, item.intensity) for item in inputs]
+        contexts = [self.context_for(item.conditioning, item.prompt, item.intensity, text=block.text).context
+                    for item, block in zip(inputs, conditioning)]
         result = denoise_block(
             self.dit, convkv, plan,
-            y=first_input.conditioning.y if single else torch.cat([item.conditioning.y for item in inputs]),
-            context=CrossAttentionContext.batch(contexts), audio_window=torch.cat(windows).to(self.dit.dtype),
+            y=inputs[0].conditioning.y if single else torch.cat([item.conditioning.y for item in inputs]),
+            context=CrossAttentionContext.batch(contexts),
+            audio_window=torch.cat([block.audio_window(plan, schedule.audio_radius, self.device)
+                                    for block in conditioning]),
             noise=noises[0] if single else BatchNoise(noises), sampler=self.config.sampler, functional=False,
             parallel=self.parallel,
         )
         dit_done = time.perf_counter()
-        if self.parallel is not None and self.parallel.rank != 0:
-            # A follower rank: the DiT's share is done; rank 0 decodes and keeps the decoder states.
+        if self.follower:
+            # The DiT's share is done; rank 0 decodes and keeps the decoder states and audio tails.
             if not single:
                 convkv.scatter_into([m.convkv for m in memories])
-            self._advance(inputs, pcms, noises)
+            self._advance(inputs, conditioning, noises)
             return []
         decoder = first.decoder if single else CausalCache.stack([m.decoder for m in memories])
         video = self.decode_stream(result.x0, decoder)
         frames = frames_to_uint8(video).cpu().numpy()     # [B, T, H, W, 3]
-        self.last_timings = {"audio_s": audio_done - started, "dit_s": dit_done - audio_done,
+        self.last_timings = {"audio_s": audio_s, "dit_s": dit_done - started,
                              "decode_s": time.perf_counter() - dit_done}
 
         # Advance the memories. A single NPC's caches were updated in place; a batch's are written back now. The
@@ -395,15 +483,17 @@ class LiveActPipeline:
         if not single:
             for memory, own_decoder in zip(memories, decoder.unstack()):
                 memory.decoder = own_decoder
-        self._advance(inputs, pcms, noises)
+        self._advance(inputs, conditioning, noises)
         return list(frames)
 
-    def _advance(self, inputs: Sequence[BlockInput], pcms: list[torch.Tensor], noises: list[GeneratorNoise]) -> None:
+    def _advance(self, inputs: Sequence[BlockInput], conditioning: Sequence[BlockConditioning],
+                 noises: list[GeneratorNoise]) -> None:
         """Move each memory's stream state past the block just made (the caches are written already)."""
-        for item, pcm, noise in zip(inputs, pcms, noises):
+        for item, block, noise in zip(inputs, conditioning, noises):
             memory = item.memory
             consume, lookahead = self.block_audio_samples(memory)
-            memory.audio_tail = pcm[: pcm.shape[0] - lookahead][-memory.audio_tail.shape[0]:].clone()
+            if block.pcm is not None:
+                memory.audio_tail = block.pcm[: block.pcm.shape[0] - lookahead][-memory.audio_tail.shape[0]:].clone()
             memory.noise_state = noise.get_state()
             memory.blocks_generated += 1
             memory.frames_generated += self.config.frames_per_block(memory.blocks_generated - 1)

@@ -88,12 +88,13 @@ def fingerprint(directory: Path, files: dict[str, Path]) -> str:
 
 
 def load_published(config: ModelConfig, directory: Path | str, *, device: str | torch.device = "cpu",
-                   text_encoder_device: str | torch.device = "cpu") -> PublishedLoad:
-    """Every module of ``config`` from the published files in ``directory``, each straight onto its device."""
+                   text_encoder_device: str | torch.device = "cpu", dit_only: bool = False) -> PublishedLoad:
+    """Every module of ``config`` from the published files in ``directory``, each straight onto its device
+    (``dit_only``: the DiT alone, what a follower rank runs)."""
     directory = Path(directory)
     started = time.perf_counter()
     files = published_files(config, directory)
-    modules: dict[str, nn.Module] = {
+    modules: dict[str, nn.Module] = {} if dit_only else {
         "audio_encoder": load_wav2vec2(files["audio_encoder"], config.audio_encoder, device=device,
                                        dtype=ENCODER_DTYPE),
         "image_encoder": load_clip_vision(files["image_encoder"], config.image_encoder, device=device,

@@ -112,7 +112,7 @@ def follow_main(args: argparse.Namespace) -> int:
 
     def pipeline_factory(device: str, parallel):
         return LiveActPipeline.from_config(args.config, weights, device, parallel=parallel,
-                                           execution=_execution_of(args))
+                                           execution=_execution_of(args), dit_only=True)
 
     return follow(args.follow_rank, args.init_method, parse_devices(args.device), pipeline_factory, args.parent_pid)
 

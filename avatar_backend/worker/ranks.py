@@ -4,13 +4,18 @@
 process per other device (``--follow-rank R``), and all of them join one torch.distributed group (NCCL between
 GPUs, gloo on the CPU) in which every DiT call runs sequence-parallel (:mod:`avatar_backend.generator.parallel`).
 
-Rank 0's :class:`LeaderRunner` is the generator the engine sees. Whatever changes the ranks' state goes to the
-followers first, as a command broadcast on a gloo group, and then runs on every rank at once:
+Rank 0's :class:`LeaderRunner` is the generator the engine sees. Only rank 0 holds the encoders and the VAE; a
+follower's pipeline is the DiT alone, so every encoder output a follower needs comes from rank 0. Whatever
+changes the ranks' state goes to the followers first, as a command broadcast on a gloo group, and then runs on
+every rank at once:
 
-- ``prepare``: a character's conditioning (followers keep it until rank 0 no longer does);
+- ``prepare``: a character's conditioning as rank 0 encoded it (image features, reference code, base text);
+  followers keep it until rank 0 no longer does;
 - ``activate``: an NPC memory goes live: rank 0 scatters each ConvKV cache by heads, the rest of the stream
-  state (audio tail, noise state, counters) is broadcast; a follower holds only its shard;
-- ``generate``: the next blocks of a batch, by NPC; only rank 0 decodes frames;
+  state (noise state, counters) is broadcast; a follower holds only its shard;
+- ``generate``: the next blocks of a batch, by NPC, with each block's conditioning (the audio features its
+  window reads, its prompt's text embedding: about 5 MB per NPC and block for liveact-18b); only rank 0 decodes
+  frames;
 - ``gather``: rank 0 collects the shards into a whole memory (a snapshot, or parking: the followers drop theirs);
 - ``discard``: the followers drop an NPC's shard without collecting it (a failed session);
 - ``ping`` (an idle worker's heartbeat, so the followers' wait for a command never times out) and ``stop``.
@@ -45,7 +50,7 @@ import torch.distributed as dist
 from avatar_backend.generator.fp8 import FP8
 from avatar_backend.generator.memory import NpcMemory
 from avatar_backend.generator.parallel import SequenceParallel
-from avatar_backend.generator.pipeline import LiveActPipeline
+from avatar_backend.generator.pipeline import BlockConditioning, LiveActPipeline
 from avatar_backend.generator.runner import BlockInput
 from avatar_backend.generator.vae import CausalCache
 from avatar_backend.store import CharacterRecord
@@ -56,6 +61,8 @@ __all__ = ["LeaderRunner", "RankError", "RankExecutor", "RankGroup", "follow", "
 
 log = logging.getLogger("avatar_backend.worker")
 
+# A follower's block input carries no audio: rank 0 sends the audio window its encoder made.
+NO_AUDIO = np.zeros(0, np.float32)
 # A collective that waits longer than this for another rank fails (a rank that hangs takes the worker down).
 COLLECTIVE_TIMEOUT_S = 300.0
 # An idle rank 0 tells its followers it is there this often (well inside the collective timeout).
@@ -156,8 +163,7 @@ def _stream_state(memory: NpcMemory) -> dict[str, Any]:
     """What a follower needs besides its cache shard to run the NPC's blocks (small: no decoder state)."""
     fields = ("npc_id", "character_id", "model_name", "width", "height", "fps", "seed", "blocks_generated",
               "frames_generated", "timeline_samples", "prompt", "intensity", "memory_layout", "lineage")
-    return {"fields": {f: getattr(memory, f) for f in fields}, "audio_tail": memory.audio_tail.cpu(),
-            "noise_state": memory.noise_state.cpu()}
+    return {"fields": {f: getattr(memory, f) for f in fields}, "noise_state": memory.noise_state.cpu()}
 
 
 class LeaderRunner:
@@ -196,7 +202,8 @@ class LeaderRunner:
     def prepare_character(self, record: CharacterRecord, reference_png: bytes, width: int, height: int) -> Any:
         conditioning = self.pipeline.prepare_character(record, reference_png, width, height)
         handle = next(self._next_handle)
-        self._send(("prepare", handle, dataclasses.asdict(record), reference_png, width, height))
+        self._send(("prepare", handle, dataclasses.asdict(record), width, height, conditioning.clip_fea.cpu(),
+                    conditioning.y.cpu(), conditioning.base_text.cpu()))
         self._handles[id(conditioning)] = handle
         weakref.finalize(conditioning, self._forget, id(conditioning), handle)
         return conditioning
@@ -283,10 +290,12 @@ class LeaderRunner:
         if not inputs:
             return []
         self.pipeline.check_batch(inputs)   # a batch that cannot run fails here, before any rank starts it
-        self._send(("generate", [(item.memory.npc_id, self._handles[id(item.conditioning)], item.audio, item.prompt,
-                                  item.intensity) for item in inputs]))
+        conditioning = self.pipeline.block_conditioning(inputs)
+        self._send(("generate", [(item.memory.npc_id, self._handles[id(item.conditioning)], item.prompt,
+                                  item.intensity, block.audio_rows.cpu(), block.audio_start, block.text.cpu())
+                                 for item, block in zip(inputs, conditioning)]))
         try:
-            return self.pipeline.generate_blocks(inputs)
+            return self.pipeline.generate_blocks(inputs, conditioning)
         except Exception as err:
             raise RankError(f"a batch failed on rank 0 after the other ranks started it: {err}") from err
 
@@ -334,8 +343,9 @@ def follow(rank: int, init_method: str, devices: Sequence[str], pipeline_factory
                 for handle in args[0]:
                     characters.pop(handle, None)
             elif command == "prepare":
-                handle, record, png, width, height = args
-                characters[handle] = pipeline.prepare_character(CharacterRecord(**record), png, width, height)
+                handle, record, width, height, clip_fea, y, base_text = args
+                characters[handle] = pipeline.character_from(CharacterRecord(**record), width, height, clip_fea, y,
+                                                             base_text)
             elif command == "activate":
                 state = args[0]
                 fields = state["fields"]
@@ -343,7 +353,6 @@ def follow(rank: int, init_method: str, devices: Sequence[str], pipeline_factory
                                              fields["height"], fields["fps"], fields["seed"])
                 for name, value in fields.items():
                     setattr(memory, name, value)
-                memory.audio_tail = state["audio_tail"].to(pipeline.device)
                 memory.noise_state = state["noise_state"]
                 for own in _cache_tensors(memory.convkv):
                     received = torch.empty_like(own, device="cpu")
@@ -358,8 +367,11 @@ def follow(rank: int, init_method: str, devices: Sequence[str], pipeline_factory
             elif command == "discard":
                 live.pop(args[0], None)
             elif command == "generate":
-                pipeline.generate_blocks([BlockInput(live[npc_id], characters[handle], audio, prompt, intensity)
-                                          for npc_id, handle, audio, prompt, intensity in args[0]])
+                items = args[0]
+                pipeline.follow_blocks(
+                    [BlockInput(live[npc_id], characters[handle], NO_AUDIO, prompt, intensity)
+                     for npc_id, handle, prompt, intensity, *_ in items],
+                    [BlockConditioning(audio_rows=rows, audio_start=start, text=text) for *_, rows, start, text in items])
             else:
                 raise RankError(f"unknown command {command!r} from rank 0")
     finally:

@@ -113,7 +113,7 @@ def test_audio_changes_the_video_and_seed_changes_the_noise(pipeline, character)
 
 def test_prompt_intensity_blends_between_base_and_prompt(pipeline, character):
     def text_tokens(prompt, intensity):
-        return pipeline.context_for(character, prompt, intensity).text
+        return pipeline.context_for(character, prompt, intensity).context.text
 
     base = text_tokens(None, 1.0)
     assert torch.equal(text_tokens("an angry villager", 0.0), base)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from avatar_backend.generator.conditioning import block_audio_rows, block_audio_window
 from avatar_backend.generator.config import TINY, DiTConfig, SamplerConfig
 from avatar_backend.generator.dit import group_audio_window
 from avatar_backend.generator.schedule import StreamSchedule, audio_window
@@ -57,3 +58,20 @@ def test_latent_groups_are_contiguous_eight_frame_runs():
         assert later[0, j - 1, :, 0, 0].tolist() == list(range(a - 2, a + 6))
     # The last group of a block reaches exactly its audio_required frame.
     assert later[0, -1, -1, 0, 0] == plan.audio_required - 1
+
+
+def test_the_rows_a_follower_is_sent_make_the_blocks_window():
+    """A follower rank rebuilds each block's audio window from the rows rank 0 sends: equal for every block of a
+    stream, where the window is clamped at the stream's start and at the end of the look-ahead too."""
+    schedule = StreamSchedule.from_model_config(TINY, 128, 128)
+    radius = schedule.audio_radius
+    for block in range(4):
+        plan = schedule.block(block)
+        for first_frame, extra in ((-30, 0), (plan.audio_start - 10, 0), (plan.audio_start - 10, -2)):
+            # Features from frame ``first_frame`` to the window's end, or stopping short of it (clamped there).
+            rows_total = plan.audio_start + plan.audio_frames + radius - first_frame + extra
+            features = torch.randn(rows_total, 3, 4)
+            rows, start = block_audio_rows(features, first_frame, plan, radius)
+            assert rows.shape[0] <= plan.audio_frames + 2 * radius
+            assert torch.equal(audio_window(rows, start, plan.audio_frames, radius),
+                               block_audio_window(features, first_frame, plan, radius))

@@ -1,5 +1,6 @@
 """Sequence parallelism on 2 CPU processes (gloo): the same latents and frames as one process, over 6 blocks
-(so the ConvKV memory is compressed four times), for both memory groupings, with head-sharded caches."""
+(so the ConvKV memory is compressed four times), for both memory groupings, with head-sharded caches and a
+follower rank that holds the DiT alone and runs on what rank 0 encoded."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from avatar_backend.generator.config import get_config
 from avatar_backend.generator.parallel import SequenceParallel
-from avatar_backend.generator.pipeline import LiveActPipeline
+from avatar_backend.generator.pipeline import BlockConditioning, LiveActPipeline
 from avatar_backend.generator.runner import BlockInput
 from avatar_backend.store import CharacterRecord
 
@@ -32,22 +33,47 @@ def config(grouping: str, kv_cache: str = "model"):
                                                                  kv_cache=kv_cache))
 
 
-def run_stream(pipeline: LiveActPipeline) -> tuple[list[np.ndarray], list[torch.Tensor]]:
-    """BLOCKS blocks of one NPC talking; its frames and the latents each block decoded."""
-    latents = []
-    decode = pipeline.vae.decode_stream
-
-    def recording_decode(x, state, *args):
-        latents.append(x.clone())
-        return decode(x, state, *args)
-
-    pipeline.vae.decode_stream = recording_decode
+def villager_png() -> bytes:
     image = Image.new("RGB", (80, 96), (170, 120, 95))
     image.paste((60, 30, 30), (25, 55, 55, 70))
     png = io.BytesIO()
     image.save(png, "PNG")
-    character = pipeline.prepare_character(CharacterRecord("villager", "a villager talking"), png.getvalue(),
-                                           SIZE, SIZE)
+    return png.getvalue()
+
+
+VILLAGER = CharacterRecord("villager", "a villager talking")
+
+
+def share(objects: list, rank: int) -> list:
+    """Rank 0's ``objects`` on every rank (the worker sends them with its commands)."""
+    box = [objects if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def run_stream(pipeline: LiveActPipeline) -> tuple[list[np.ndarray], list[torch.Tensor]]:
+    """BLOCKS blocks of one NPC talking; its frames and the latents each block decoded.
+
+    In a group, rank 0 encodes (the character once, each block's audio and prompt) and a follower rank, which
+    has the DiT alone, is given what rank 0 encoded."""
+    latents = []
+    rank = 0 if pipeline.parallel is None else pipeline.parallel.rank
+    if rank == 0:
+        decode = pipeline.vae.decode_stream
+
+        def recording_decode(x, state, *args):
+            latents.append(x.clone())
+            return decode(x, state, *args)
+
+        pipeline.vae.decode_stream = recording_decode
+        character = pipeline.prepare_character(VILLAGER, villager_png(), SIZE, SIZE)
+        encoded = [character.clip_fea, character.y, character.base_text]
+    else:
+        encoded = None
+    if pipeline.parallel is not None:
+        encoded = share(encoded, rank)
+        if rank != 0:
+            character = pipeline.character_from(VILLAGER, SIZE, SIZE, *encoded)
     memory = pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=9)
     t = np.arange(16000 * 12) / 16000
     voice = (0.3 * np.sin(2 * np.pi * 200 * t) * (np.sin(2 * np.pi * 2 * t) > 0)).astype(np.float32)
@@ -55,8 +81,18 @@ def run_stream(pipeline: LiveActPipeline) -> tuple[list[np.ndarray], list[torch.
     for _ in range(BLOCKS):
         consume, lookahead = pipeline.block_audio_samples(memory)
         start = memory.timeline_samples
-        frames.append(pipeline.generate_blocks([BlockInput(memory, character, voice[start:start + consume + lookahead])]))
-    frames = [f[0] if f else [] for f in frames]
+        block = [BlockInput(memory, character, voice[start:start + consume + lookahead])]
+        if pipeline.parallel is None:
+            frames.append(pipeline.generate_blocks(block)[0])
+        elif rank == 0:
+            conditioning = pipeline.block_conditioning(block)
+            share([(c.audio_rows, c.audio_start, c.text) for c in conditioning], rank)
+            frames.append(pipeline.generate_blocks(block, conditioning)[0])
+        else:
+            sent = share(None, rank)
+            pipeline.follow_blocks(block, [BlockConditioning(audio_rows=rows, audio_start=start, text=text)
+                                           for rows, start, text in sent])
+            frames.append([])
     return frames, latents
 
 
@@ -64,11 +100,16 @@ def rank_main(rank: int, world: int, init_method: str, grouping: str, kv_cache: 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
     try:
-        pipeline = LiveActPipeline.from_config(config(grouping, kv_cache),
-                                               parallel=SequenceParallel.from_process_group())
+        # The follower ranks hold the DiT alone, as the worker builds them.
+        pipeline = LiveActPipeline.from_config(config(grouping, kv_cache), parallel=SequenceParallel.from_process_group(),
+                                               dit_only=rank != 0)
         frames, latents = run_stream(pipeline)
         step0 = pipeline.new_memory("x", "villager", SIZE, SIZE, FPS, seed=0).convkv.steps[0]
-        torch.save({"frames": frames, "latents": latents, "cache_heads": step0.k.shape[3]}, f"{out}.rank{rank}")
+        encoders = [m for m in (pipeline.vae, pipeline.audio_encoder, pipeline.image_encoder, pipeline.text_encoder)
+                    if m is not None]
+        torch.save({"frames": frames, "latents": latents, "cache_heads": step0.k.shape[3], "encoders": len(encoders),
+                    "parameters": pipeline.parameters, "dit_parameters": sum(p.numel() for p in pipeline.dit.parameters())},
+                   f"{out}.rank{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -93,6 +134,9 @@ def test_two_ranks_make_the_stream_of_one(grouping, kv_cache, tmp_path: Path):
     frames, latents = run_stream(alone)
     heads = alone.config.dit.num_heads
     assert [rank["cache_heads"] for rank in ranks] == [heads // 2] * 2, "each rank holds half of the heads"
+    # Only rank 0 holds the encoders and the VAE: a follower's weights are the DiT's.
+    assert ranks[0]["encoders"] == 4 and ranks[1]["encoders"] == 0
+    assert ranks[1]["parameters"] == ranks[1]["dit_parameters"] < ranks[0]["parameters"]
     # Rank 0 decodes; the follower's share ends with the DiT (its x0 reaches rank 0 through the gathers).
     assert ranks[1]["frames"] == [[]] * BLOCKS and ranks[1]["latents"] == []
     leader = ranks[0]
