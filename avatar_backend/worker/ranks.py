@@ -14,7 +14,7 @@ every rank at once:
 - ``activate``: an NPC memory goes live: rank 0 scatters each ConvKV cache by heads, the rest of the stream
   state (noise state, counters) is broadcast; a follower holds only its shard;
 - ``generate``: the next blocks of a batch, by NPC, with each block's conditioning (the audio features its
-  window reads, its prompt's text embedding: about 5 MB per NPC and block for liveact-18b); only rank 0 decodes
+  window reads, its prompt's text embedding: about 5 MB per NPC and block for liveact-18b, by their shapes); only rank 0 decodes
   frames;
 - ``gather``: rank 0 collects the shards into a whole memory (a snapshot, or parking: the followers drop theirs);
 - ``discard``: the followers drop an NPC's shard without collecting it (a failed session);

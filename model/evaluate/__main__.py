@@ -66,6 +66,11 @@ def autoencoded(pipeline: LiveActPipeline, frames: np.ndarray) -> np.ndarray:
     return frames_to_uint8(decoded[0]).numpy()
 
 
+def _mean_accuracy(responses: list[dict], kind: str) -> float | None:
+    """The mean over clips of a classifier's ``kind`` (emotion, action) accuracy; None without a classifier."""
+    return float(np.mean([r[f"{kind}_accuracy"] for r in responses])) if responses else None
+
+
 def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Path, classifier=None) -> dict:
     rows, controls, truth_controls, ceiling_controls = [], [], [], []
     block_frames = StreamSchedule.from_model_config(pipeline.config, pipeline.config.width,
@@ -117,19 +122,16 @@ def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Pa
     events = [e for c in controls for e in c["events"]]
     delays = [e["seconds_to_visible"] for e in events if e["visible"]]
     control_summary = {
-        "emotion_accuracy_generated": float(np.mean([c["emotion_accuracy"] for c in controls])) if controls else None,
-        "action_accuracy_generated": float(np.mean([c["action_accuracy"] for c in controls])) if controls else None,
+        "emotion_accuracy_generated": _mean_accuracy(controls, "emotion"),
+        "action_accuracy_generated": _mean_accuracy(controls, "action"),
         "events": len(events), "visible_within_one_block": sum(e["visible"] for e in events),
         # The same events read on the clips' ground truth: what the classifier can see at all.
         "visible_within_one_block_on_ground_truth": sum(e["visible"] for c in truth_controls for e in c["events"]),
         "median_seconds_to_visible": float(np.median(delays)) if delays else None,
         # The same read on the VAE's reconstruction of the truth: what is left once the autoencoder has
         # compressed the frames, the ceiling of any DiT.
-        "autoencoder": {
-            "emotion_accuracy": float(np.mean([c["emotion_accuracy"] for c in ceiling_controls])) if ceiling_controls else None,
-            "action_accuracy": float(np.mean([c["action_accuracy"] for c in ceiling_controls])) if ceiling_controls else None,
-            "visible_within_one_block": sum(e["visible"] for c in ceiling_controls for e in c["events"]),
-        },
+        "autoencoder": {f"{kind}_accuracy": _mean_accuracy(ceiling_controls, kind) for kind in ("emotion", "action")}
+        | {"visible_within_one_block": sum(e["visible"] for c in ceiling_controls for e in c["events"])},
         "per_clip": controls,
     }
     return {"clips": rows, "strip": strip, "controls": control_summary, "summary": {
