@@ -30,14 +30,14 @@ is a batch of one, and its snapshot tensors are that row without the batch dimen
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from .config import DiTConfig, ModelConfig, SamplerConfig
-from .fp8 import FP8
+from .fp8 import FP8, dequantize_fp8, quantize_fp8
 
 # Slot plans by grouping name: (target slot, the 5 source slots it compresses, in order) and (target, source) copies.
 # Slot indices are RoPE temporal positions. The two-device plan is the 2-rank reference emulated on one device:
@@ -145,30 +145,86 @@ class CacheWrite:
             v_conv = k_conv  # the reference compresses V with the K conv; memory_proj_v is never used
         return self._apply_one(k_cache, k_new, k_conv), self._apply_one(v_cache, v_new, v_conv)
 
-    def _apply_one(self, cache: Tensor, new: Tensor, conv: Tensor) -> Tensor:
-        fs = self.frame_tokens
-        if (new.shape[1] != self.frames * fs or cache.shape[1] != self.layout.slots * fs
+    def apply_quantized(
+        self, k_cache: Tensor, v_cache: Tensor, k_scale: Tensor, v_scale: Tensor, k_new: Tensor, v_new: Tensor,
+        k_conv: Tensor, v_conv: Tensor,
+    ) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+        """Update one layer's FP8 caches in place: slots that move keep their stored values and scales (exactly,
+        however long the stream), and only what the block computes (the compressed slots, its own frames) is
+        quantized. Returns, for K and V, what it computed unquantized, by first row, so the block's attention
+        can read it as computed."""
+        if not self.inplace:
+            raise ValueError("an FP8 cache is an inference cache: it has no functional (training) path")
+        if self.layout.v_compression == "k_conv":
+            v_conv = k_conv
+        return (self._apply_quantized_one(k_cache, k_scale, k_new, k_conv),
+                self._apply_quantized_one(v_cache, v_scale, v_new, v_conv))
+
+    def _check(self, cache: Tensor, new: Tensor) -> None:
+        if (new.shape[1] != self.frames * self.frame_tokens or cache.shape[1] != self.layout.slots * self.frame_tokens
                 or new.shape[0] != cache.shape[0]):
             raise ValueError(f"cache {tuple(cache.shape)} / block {tuple(new.shape)} do not match {self}")
-        slots = list(cache.split(fs, dim=1))
-        updates: dict[int, Tensor] = {}
-        if self.compress:
-            # Compressed slots are computed from the old memory before any write, and the copies are applied
-            # before the current block overwrites their sources (12, 13): both paths see the memory as it was.
-            for target, sources in self.layout.compressions:
-                updates[target] = compress(torch.cat([slots[s] for s in sources], dim=1), conv)
-            for target, source in self.layout.copies:
-                updates[target] = slots[source]
-        for offset, frame in enumerate(new.split(fs, dim=1)):
-            updates[self.start_frame + offset] = frame
 
+    @property
+    def block_rows(self) -> slice:
+        """The cache rows the current block's own frames are written to."""
+        return slice(self.start_frame * self.frame_tokens, self.end_frame * self.frame_tokens)
+
+    def _memory_updates(self, read: Callable[[tuple[int, ...]], Tensor], conv: Tensor) -> dict[int, Tensor | int]:
+        """What compression does to the memory: slot -> its new value, or the slot it is copied from, in the order
+        they must be written (none before block 2). ``read(slots)``: those slots' values, concatenated.
+
+        Compressed slots are computed from the old memory before any write, and the copies are applied before
+        the current block overwrites their sources (12, 13): both update paths see the memory as it was.
+        """
+        updates: dict[int, Tensor | int] = {}
+        if self.compress:
+            for target, sources in self.layout.compressions:
+                updates[target] = compress(read(sources), conv)
+            for target, source in self.layout.copies:
+                updates[target] = source
+        return updates
+
+    def _apply_one(self, cache: Tensor, new: Tensor, conv: Tensor) -> Tensor:
+        self._check(cache, new)
+        slots = list(cache.split(self.frame_tokens, dim=1))
+        updates = self._memory_updates(lambda sources: torch.cat([slots[s] for s in sources], dim=1), conv)
         if self.inplace:
             for slot, value in updates.items():
-                slots[slot].copy_(value)
+                slots[slot].copy_(slots[value] if isinstance(value, int) else value)
+            cache[:, self.block_rows].copy_(new)
             return cache
+        memory = list(slots)
         for slot, value in updates.items():
-            slots[slot] = value.to(cache.dtype)
+            slots[slot] = memory[value] if isinstance(value, int) else value.to(cache.dtype)
+        for offset, frame in enumerate(new.split(self.frame_tokens, dim=1)):
+            slots[self.start_frame + offset] = frame.to(cache.dtype)
         return torch.cat(slots, dim=1)
+
+    def _apply_quantized_one(self, cache: Tensor, scale: Tensor, new: Tensor, conv: Tensor) -> dict[int, Tensor]:
+        self._check(cache, new)
+        fs = self.frame_tokens
+        slots, scales = list(cache.split(fs, dim=1)), list(scale.split(fs, dim=1))
+
+        def read(sources: tuple[int, ...]) -> Tensor:
+            return dequantize_fp8(torch.cat([slots[s] for s in sources], dim=1),
+                                  torch.cat([scales[s] for s in sources], dim=1))
+
+        computed: dict[int, Tensor] = {}
+        for slot, value in self._memory_updates(read, conv).items():
+            if isinstance(value, int):
+                slots[slot].copy_(slots[value])
+                scales[slot].copy_(scales[value])
+            else:
+                stored, stored_scale = quantize_fp8(value)
+                slots[slot].copy_(stored)
+                scales[slot].copy_(stored_scale)
+                computed[slot * fs] = value
+        stored, stored_scale = quantize_fp8(new)
+        cache[:, self.block_rows].copy_(stored)
+        scale[:, self.block_rows].copy_(stored_scale)
+        computed[self.block_rows.start] = new
+        return computed
 
 
 @dataclass

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .attention import attention
 from .config import DiTConfig
 from .convkv import CacheWrite, StepCache
-from .fp8 import dequantize_fp8, quantize_fp8
+from .fp8 import dequantize_fp8
 from .parallel import SequenceParallel
 
 
@@ -192,28 +192,30 @@ class WanSelfAttention(nn.Module):
             k_conv, v_conv = k_conv[channels], v_conv[channels]
 
         # The cache keeps post-norm, pre-RoPE keys: compression and RoPE both run on the stored values.
+        visible = write.end_frame * write.frame_tokens
         if scales is None:
             k_cache, v_cache = write.apply(k_cache, v_cache, k, v, k_conv, v_conv)
+            keys, values = k_cache[:, :visible].to(q.dtype), v_cache[:, :visible].to(q.dtype)
         else:
-            # FP8: the block runs on the cache in fp32; what it writes (nearly every slot) is quantized back.
-            # Requantizing an unchanged slot gives its stored value again (its largest value sets the scale).
-            if not write.inplace:
-                raise ValueError("an FP8 cache is an inference cache: it has no functional (training) path")
-            work_k, work_v = dequantize_fp8(k_cache, scales[0]), dequantize_fp8(v_cache, scales[1])
-            write.apply(work_k, work_v, k.float(), v.float(), k_conv, v_conv)
-            for stored, scale, work in ((k_cache, scales[0], work_k), (v_cache, scales[1], work_v)):
-                values, new_scale = quantize_fp8(work)
-                stored.copy_(values)
-                scale.copy_(new_scale)
-            k_cache, v_cache = work_k, work_v
-        visible = write.end_frame * write.frame_tokens
-        keys = apply_rope(k_cache[:, :visible].to(q.dtype), *rope_k)
-        values = v_cache[:, :visible].to(q.dtype)
+            # FP8: attention reads the memory dequantized, and the slots this block computed as computed.
+            computed = write.apply_quantized(k_cache, v_cache, *scales, k, v, k_conv, v_conv)
+            keys, values = (_dequantized(cache, scale, visible, rows, q.dtype)
+                            for cache, scale, rows in zip((k_cache, v_cache), scales, computed))
+        keys = apply_rope(keys, *rope_k)
 
         out = attention(apply_rope(q, *rope_q), keys, values)
         if parallel is not None:
             out = parallel.gather_heads(out)
         return self.o(out.reshape(batch, tokens, dim)), k_cache, v_cache
+
+
+def _dequantized(cache: Tensor, scale: Tensor, visible: int, computed: dict[int, Tensor], dtype: torch.dtype) -> Tensor:
+    """The first ``visible`` rows of an FP8 cache in ``dtype``, with the rows the block ``computed`` (by first row)
+    taken as computed rather than as stored."""
+    out = dequantize_fp8(cache[:, :visible], scale[:, :visible]).to(dtype)
+    for row, value in computed.items():
+        out[:, row: row + value.shape[1]] = value
+    return out
 
 
 class CrossKV(NamedTuple):
@@ -604,7 +606,7 @@ class WanModel(nn.Module):
                 write=write, rope_q=rope_q, rope_k=rope_k, parallel=parallel, first_frame=local.start,
                 scales=(cache.k_scale[index], cache.v_scale[index]) if cache.quantized else None,
             )
-            if functional:   # in place, the caches are already written (FP8: keeping the fp32 copies costs GBs)
+            if functional:   # in place, the caches are already written
                 new_k.append(k_layer)
                 new_v.append(v_layer)
         if functional:

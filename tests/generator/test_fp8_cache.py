@@ -10,10 +10,12 @@ import pytest
 import torch
 from test_pipeline import SIZE, FPS, make_character, run_blocks, speech_like
 
-from avatar_backend.generator.config import get_config
+from avatar_backend.generator.config import DiTConfig, SamplerConfig, get_config
+from avatar_backend.generator.convkv import CacheWrite, SlotLayout
 from avatar_backend.generator.fp8 import FP8, dequantize_fp8, quantize_fp8
 from avatar_backend.generator.memory import NpcMemory
 from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights
+from avatar_backend.generator.schedule import StreamSchedule
 
 TINY = get_config("tiny")
 FP8_TINY = dataclasses.replace(TINY, sampler=dataclasses.replace(TINY.sampler, kv_cache="fp8"))
@@ -31,6 +33,45 @@ def test_quantization_keeps_each_token_and_head_within_its_scale_and_is_idempote
     assert ((restored - values).abs() <= amax / 16 + 1e-12).all()   # 3 mantissa bits: half an ulp of 1/8
     again, again_scale = quantize_fp8(restored)
     assert torch.equal(again.view(torch.uint8), stored.view(torch.uint8)) and torch.equal(again_scale, scale)
+
+
+@pytest.mark.parametrize("grouping", ["single-device", "two-device"])
+def test_the_fp8_update_keeps_moved_slots_exactly_and_is_the_float_update_of_the_dequantized_memory(grouping):
+    """Over 6 blocks (compression from block 2): the sink never changes, slots that move keep their bytes and
+    scales, the rest is the float update of the dequantized memory, quantized; attention reads what was computed."""
+    torch.manual_seed(0)
+    fs, heads, head_dim = 5, 2, 4
+    layout = SlotLayout(grouping=grouping)
+    schedule = StreamSchedule(SamplerConfig(), DiTConfig(), frame_tokens=fs)
+    shape = (1, layout.slots * fs, heads, head_dim)
+    k_cache, v_cache = torch.zeros(shape, dtype=FP8), torch.zeros(shape, dtype=FP8)
+    k_scale, v_scale = torch.ones(*shape[:-1], 1), torch.ones(*shape[:-1], 1)
+    k_conv, v_conv = torch.randn(heads * head_dim, 1, 5), torch.randn(heads * head_dim, 1, 5)
+    for b in range(6):
+        plan = schedule.block(b)
+        write = CacheWrite(layout, fs, plan.window_start, plan.latent_frames, plan.update_cache, inplace=True)
+        k_new, v_new = (torch.randn(1, plan.latent_frames * fs, heads, head_dim) * 10 ** (b - 3) for _ in range(2))
+        before = k_cache.view(torch.uint8).clone(), k_scale.clone()
+        expected, _ = write.apply(dequantize_fp8(k_cache, k_scale), dequantize_fp8(v_cache, v_scale), k_new, v_new,
+                                  k_conv, v_conv)
+        computed, _ = write.apply_quantized(k_cache, v_cache, k_scale, v_scale, k_new, v_new, k_conv, v_conv)
+
+        def slot(t: torch.Tensor, i: int) -> torch.Tensor:
+            return t[:, i * fs: (i + 1) * fs]
+
+        moved = dict(layout.copies) if plan.update_cache else {}
+        written = {t for t, _ in layout.compressions} if plan.update_cache else set()
+        for i in range(layout.slots):
+            if i in moved or (i < plan.window_start and i not in written):
+                source = moved.get(i, i)
+                assert torch.equal(slot(k_cache.view(torch.uint8), i), slot(before[0], source)), (b, i)
+                assert torch.equal(slot(k_scale, i), slot(before[1], source)), (b, i)
+        written_rows = slice(0, write.end_frame * fs)   # rows never written keep their initial scale
+        stored, scale = quantize_fp8(expected[:, written_rows])
+        assert torch.equal(k_cache[:, written_rows].view(torch.uint8), stored.view(torch.uint8))
+        assert torch.equal(k_scale[:, written_rows], scale)
+        for row, value in computed.items():
+            assert torch.allclose(value.float(), expected[:, row: row + value.shape[1]], rtol=1e-6, atol=0)
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +118,9 @@ def test_an_fp8_snapshot_resumes_the_stream_exactly(pipelines, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_fp8_cache_holds_one_layers_full_precision_copy_at_a_time():
-    """The FP8 block works on an fp32 copy of its layer's cache; a forward that kept every layer's copy would
-    hold the float32 cache (twice the bf16 one) in transient memory, undoing what FP8 saves."""
+def test_no_full_precision_copy_of_an_fp8_layer_cache_outlives_its_layer():
+    """An FP8 layer dequantizes only the rows it attends to, for its own attention; a forward that kept each
+    layer's full-precision copy would hold the float32 cache (twice the bf16 one), undoing what FP8 saves."""
     import gc
 
     from avatar_backend.generator.convkv import ConvKVMemory
@@ -111,9 +152,13 @@ def test_fp8_cache_holds_one_layers_full_precision_copy_at_a_time():
     with torch.inference_mode():
         context = model.encode_context(torch.randn(dit.text_len, dit.text_dim), torch.randn(1, dit.clip_tokens,
                                                                                             dit.clip_dim))
-        denoise_block(model, memory, schedule.block(0), y=torch.randn(1, dit.in_dim - dit.out_dim, window, h, w),
-                      context=context, audio_window=torch.randn(1, 1 + dit.vae_scale * (window - 1),
-                                                                dit.audio_window, dit.audio_layers,
-                                                                dit.audio_channels),
-                      noise=GeneratorNoise(0), sampler=FP8_TINY.sampler, functional=False)
-    assert alive and max(alive) <= 2, f"fp32 layer-cache copies alive at the last layer: {alive}"
+        noise = GeneratorNoise(0)
+        for index in range(3):   # block 2 compresses: every update the cache knows
+            plan = schedule.block(index)
+            denoise_block(model, memory, plan, y=torch.randn(1, dit.in_dim - dit.out_dim, window, h, w),
+                          context=context, audio_window=torch.randn(1, 1 + dit.vae_scale * (window - 1),
+                                                                    dit.audio_window, dit.audio_layers,
+                                                                    dit.audio_channels),
+                          noise=noise, sampler=FP8_TINY.sampler, functional=False)
+    assert len(alive) == 3 * FP8_TINY.sampler.num_steps
+    assert max(alive) == 0, f"fp32 layer-cache copies alive at the last layer: {alive}"
