@@ -204,10 +204,13 @@ class CacheWrite:
     def _apply_quantized_one(self, cache: Tensor, scale: Tensor, new: Tensor, conv: Tensor) -> dict[int, Tensor]:
         self._check(cache, new)
         fs = self.frame_tokens
-        slots, scales = list(cache.split(fs, dim=1)), list(scale.split(fs, dim=1))
+        # e4m3 values move as bytes: exact, and a write into part of an FP8 tensor is what torch.compile's
+        # code generation cannot lower (it would mix a mask with FP8 values).
+        raw = cache.view(torch.uint8)
+        slots, scales = list(raw.split(fs, dim=1)), list(scale.split(fs, dim=1))
 
         def read(sources: tuple[int, ...]) -> Tensor:
-            return dequantize_fp8(torch.cat([slots[s] for s in sources], dim=1),
+            return dequantize_fp8(torch.cat([slots[s] for s in sources], dim=1).view(FP8),
                                   torch.cat([scales[s] for s in sources], dim=1))
 
         computed: dict[int, Tensor] = {}
@@ -217,11 +220,11 @@ class CacheWrite:
                 scales[slot].copy_(scales[value])
             else:
                 stored, stored_scale = quantize_fp8(value)
-                slots[slot].copy_(stored)
+                slots[slot].copy_(stored.view(torch.uint8))
                 scales[slot].copy_(stored_scale)
                 computed[slot * fs] = value
         stored, stored_scale = quantize_fp8(new)
-        cache[:, self.block_rows].copy_(stored)
+        raw[:, self.block_rows].copy_(stored.view(torch.uint8))
         scale[:, self.block_rows].copy_(stored_scale)
         computed[self.block_rows.start] = new
         return computed
