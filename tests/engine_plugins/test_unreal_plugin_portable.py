@@ -70,7 +70,7 @@ def test_every_c_function_the_plugin_calls_is_declared_by_the_header():
     # The component covers the session's whole surface, frames through stats.
     expected = {"avb_session_open", "avb_session_push_pcm", "avb_session_end_utterance", "avb_session_set_emotion",
                 "avb_session_play_action", "avb_session_set_listening", "avb_session_interrupt",
-                "avb_session_set_playback_position", "avb_session_poll_due_frame", "avb_session_poll_audio",
+                "avb_session_playback_progress", "avb_session_poll_due_frame", "avb_session_poll_audio",
                 "avb_session_poll_event", "avb_session_get_stats", "avb_session_close", "avb_session_destroy",
                 "avb_client_destroy", "avb_abi_version"}
     assert expected <= called, f"not used: {sorted(expected - called)}"

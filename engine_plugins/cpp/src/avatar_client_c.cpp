@@ -185,9 +185,9 @@ AVB_API avb_result avb_session_set_listening(avb_session* session, int32_t liste
   return guarded([&] { return core(session)->set_listening(listening != 0); });
 }
 
-AVB_API avb_result avb_session_set_playback_position(avb_session* session, uint64_t played_until) {
+AVB_API avb_result avb_session_playback_progress(avb_session* session, uint64_t played_until) {
   if (session == nullptr) return AVB_BAD_ARGUMENT;
-  return guarded([&] { return core(session)->set_playback_position(played_until); });
+  return guarded([&] { return core(session)->playback_progress(played_until); });
 }
 
 AVB_API avb_result avb_session_interrupt(avb_session* session) {

@@ -240,11 +240,11 @@ avb_result Session::set_listening(bool listening) {
   return send([&](v1::ClientMessage& message) { message.mutable_listening()->set_listening(listening); });
 }
 
-avb_result Session::set_playback_position(uint64_t played_until) {
+avb_result Session::playback_progress(uint64_t played_until) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (avb_result closed = accepting_input(); closed != AVB_OK) return closed;
-  if (!playback_position_ || *playback_position_ != played_until) playback_unsent_ = true;
-  playback_position_ = played_until;
+  if (!played_until_ || *played_until_ != played_until) playback_unsent_ = true;
+  played_until_ = played_until;
   wake_.notify_all();  // the thread sends it when 100 ms have passed since the last one
   return AVB_OK;
 }
@@ -255,7 +255,7 @@ avb_result Session::interrupt() {
   packetizer_.drop_remainder();  // held voice would never be heard
   v1::ClientMessage message;
   auto* request = message.mutable_interrupt();
-  if (playback_position_) request->set_played_until(to_server_clock(*playback_position_));
+  if (played_until_) request->set_played_until(to_server_clock(*played_until_));
   enqueue(std::move(message));
   return AVB_OK;
 }
@@ -435,9 +435,9 @@ grpc::Status Session::run_stream(std::string* trailer_token) {
     if (!outbox_.empty()) {
       next = std::move(outbox_.front());
       outbox_.pop_front();
-    } else if (playback_unsent_ && playback_position_ && Clock::now() - last_progress_sent_ >= kProgressInterval) {
+    } else if (playback_unsent_ && played_until_ && Clock::now() - last_progress_sent_ >= kProgressInterval) {
       next.emplace();
-      next->mutable_playback()->set_played_until(to_server_clock(*playback_position_));
+      next->mutable_playback()->set_played_until(to_server_clock(*played_until_));
       playback_unsent_ = false;
       last_progress_sent_ = Clock::now();
     }

@@ -83,7 +83,7 @@ class Session {
   avb_result set_emotion(const std::string& name, float intensity);
   avb_result play_action(const std::string& preset);
   avb_result set_listening(bool listening);
-  avb_result set_playback_position(uint64_t played_until);
+  avb_result playback_progress(uint64_t played_until);
   avb_result interrupt();
 
   avb_result poll_frame(PixelFormat format, uint8_t* pixels, size_t capacity, avb_frame_info* info);
@@ -141,7 +141,7 @@ class Session {
   bool stream_failed_for_good_ = false;
   bool reader_done_ = false;
   grpc::ClientContext* active_context_ = nullptr;
-  std::optional<uint64_t> playback_position_;     // engine clock
+  std::optional<uint64_t> played_until_;     // engine clock
   bool playback_unsent_ = false;
   std::chrono::steady_clock::time_point last_progress_sent_{};
   // After a reconnect the server's clock starts again at 0; the engine's continues from where the previous

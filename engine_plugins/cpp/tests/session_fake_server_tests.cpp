@@ -195,7 +195,7 @@ TEST(SessionAgainstAScriptedServer, ReconnectsResumesContinuesTheClockAndReplace
   ASSERT_EQ(session->push_pcm(voice.data(), voice.size()), AVB_OK);
   // Interrupt at 13000 on the session's clock: 1000 on the server's. The ack replaces from server pts 2400
   // (session 14400): frames 11-14 go, frame 10 stays.
-  ASSERT_EQ(session->set_playback_position(13000), AVB_OK);
+  ASSERT_EQ(session->playback_progress(13000), AVB_OK);
   ASSERT_EQ(session->interrupt(), AVB_OK);
   ASSERT_TRUE(wait_for(*session, AVB_EVENT_INTERRUPT_ACK, -1, &event));
   EXPECT_EQ(event.values[0], 15u);

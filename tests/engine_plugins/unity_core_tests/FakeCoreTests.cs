@@ -240,7 +240,7 @@ namespace AvatarBackend.Client.Tests
                     int count;
                     ulong start;
                     session.PushPcm(voice, voice.Length);
-                    session.SetPlaybackPosition(1000);
+                    session.PlaybackProgress(1000);
                     session.PollDueFrame(1000, frame);
                     session.PollAudio(echoed, out count, out start);
                     session.PollEvent();

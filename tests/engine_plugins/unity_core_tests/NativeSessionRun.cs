@@ -191,7 +191,7 @@ namespace AvatarBackend.Client.Tests
             echo.Skip((int)((now - playedSeconds) * SampleRate));
             playedSeconds = now;
             ulong heardUntil = echo.PlayedUntil;
-            session.SetPlaybackPosition(heardUntil);
+            session.PlaybackProgress(heardUntil);
             if (session.PollDueFrame(heardUntil, frame) != AvatarResult.Ok)
             {
                 System.Threading.Thread.Sleep(5);

@@ -44,7 +44,7 @@ struct avb_session {
   uint64_t next_frame_index;
   avb_event events[MAX_EVENTS];
   size_t event_count;
-  uint64_t playback_position;
+  uint64_t played_until;
   uint64_t frames_dropped;
 };
 
@@ -239,9 +239,9 @@ avb_result avb_session_set_listening(avb_session* s, int32_t listening) {
   return AVB_OK;
 }
 
-avb_result avb_session_set_playback_position(avb_session* s, uint64_t played_until) {
-  require_live(s, "avb_session_set_playback_position");
-  s->playback_position = played_until;
+avb_result avb_session_playback_progress(avb_session* s, uint64_t played_until) {
+  require_live(s, "avb_session_playback_progress");
+  s->played_until = played_until;
   return AVB_OK;
 }
 

@@ -257,7 +257,7 @@ int main(int argc, char** argv) {
     // The player interrupts: whatever is still being said or shown is cut at what was heard.
     if (speaking_started && options.interrupt_after_s >= 0 && !interrupted &&
         since(speak_start) >= options.interrupt_after_s) {
-      avb_session_set_playback_position(session, static_cast<uint64_t>(playhead));
+      avb_session_playback_progress(session, static_cast<uint64_t>(playhead));
       avb_session_interrupt(session);
       if (!utterance_ended) avb_session_end_utterance(session);
       interrupted = utterance_ended = true;
@@ -310,7 +310,7 @@ int main(int argc, char** argv) {
     if (echo_started && !(interrupted && !ack_received)) {
       playhead = std::min(playhead + std::chrono::duration<double>(now - last_tick).count() * kRate,
                           double(echo_origin + echo.size()));
-      avb_session_set_playback_position(session, static_cast<uint64_t>(playhead));
+      avb_session_playback_progress(session, static_cast<uint64_t>(playhead));
     }
     last_tick = now;
 

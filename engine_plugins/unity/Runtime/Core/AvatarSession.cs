@@ -2,7 +2,7 @@
 //
 // Every method may be called from any thread and none blocks on the network (the core queues pushes and
 // returns what has arrived); poll events from one thread at a time (the event is decoded in a reused struct). The per-frame paths (PushPcm, PollDueFrame, PollAudio, PollEvent when there is
-// none, SetPlaybackPosition, GetStats) allocate nothing managed; events and errors allocate their strings.
+// none, PlaybackProgress, GetStats) allocate nothing managed; events and errors allocate their strings.
 using System;
 using AvatarBackend.Client.Native;
 
@@ -147,9 +147,9 @@ namespace AvatarBackend.Client
         }
 
         /// <summary>What the player has heard, on the session clock.</summary>
-        public AvatarResult SetPlaybackPosition(ulong playedUntil)
+        public AvatarResult PlaybackProgress(ulong playedUntil)
         {
-            return (AvatarResult)AvatarClientNative.avb_session_set_playback_position(handle, playedUntil);
+            return (AvatarResult)AvatarClientNative.avb_session_playback_progress(handle, playedUntil);
         }
 
         /// <summary>Stop talking now; answered by an InterruptAck event.</summary>

@@ -3,7 +3,7 @@
 // The frames follow the echoed voice exactly, so the echoed voice is the clock: the audio thread plays it
 // (resampled from the session's rate to the output's) and counts what it played; the main thread subtracts
 // what is still in the output's buffers (what the player has not heard yet), reports that position to the
-// core (avb_session_set_playback_position, used for interrupts) and shows the newest frame whose pts has
+// core (avb_session_playback_progress, used for interrupts) and shows the newest frame whose pts has
 // come due (avb_session_poll_due_frame). When the echoed voice runs out, playback holds its position, so the
 // picture waits for the sound instead of running ahead of it.
 using System;

@@ -431,7 +431,7 @@ namespace AvatarBackend.Client
             if (!echoSource.isPlaying || !echoSource.enabled)
                 echo.Skip((int)(Time.unscaledDeltaTime * echo.SessionSampleRate));
             ulong heardUntil = clock.HeardUntil(echo.PlayedUntil);
-            session.SetPlaybackPosition(heardUntil);
+            session.PlaybackProgress(heardUntil);
             if (session.PollDueFrame(heardUntil, frameBuffer) != AvatarResult.Ok)
                 return;
             UploadFrame();
@@ -495,7 +495,7 @@ namespace AvatarBackend.Client
             stats.BufferedFrames = nativeStats.buffered_frames;
             stats.BufferedAudioMs = echo.BufferedSamples * 1000.0 / echo.SessionSampleRate;
             stats.Reconnects = nativeStats.reconnects;
-            stats.PlaybackPosition = clock.HeardUntil(echo.PlayedUntil);
+            stats.PlayedUntil = clock.HeardUntil(echo.PlayedUntil);
         }
 
         void ReportError(string message)

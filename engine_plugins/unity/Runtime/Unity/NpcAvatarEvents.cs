@@ -46,6 +46,6 @@ namespace AvatarBackend.Client
         public double BufferedAudioMs;
         public uint Reconnects;
         /// <summary>What the player has heard, on the session clock.</summary>
-        public ulong PlaybackPosition;
+        public ulong PlayedUntil;
     }
 }

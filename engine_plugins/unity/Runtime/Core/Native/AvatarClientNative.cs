@@ -194,7 +194,7 @@ namespace AvatarBackend.Client.Native
         public static extern int avb_session_set_listening(SessionHandle session, int listening);
 
         [DllImport(LibraryName, CallingConvention = CallingConvention.Cdecl)]
-        public static extern int avb_session_set_playback_position(SessionHandle session, ulong played_until);
+        public static extern int avb_session_playback_progress(SessionHandle session, ulong played_until);
 
         [DllImport(LibraryName, CallingConvention = CallingConvention.Cdecl)]
         public static extern int avb_session_interrupt(SessionHandle session);

@@ -418,7 +418,7 @@ void UAvatarNpcComponent::ShowDueFrame(float DeltaTime)
 		Echo->Skip(static_cast<size_t>(DeltaTime * SampleRate));
 	}
 	const uint64 HeardUntil = avatar_backend::HeardUntil(Echo->PlayedUntil(), OutputLatencyMs / 1000.0, SampleRate);
-	avb_session_set_playback_position(Session, HeardUntil);
+	avb_session_playback_progress(Session, HeardUntil);
 
 	TSharedPtr<FPixelBuffer, ESPMode::ThreadSafe> Buffer;
 	for (const TSharedPtr<FPixelBuffer, ESPMode::ThreadSafe>& Candidate : PixelBuffers)

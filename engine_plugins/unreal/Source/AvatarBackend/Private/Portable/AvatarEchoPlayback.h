@@ -5,7 +5,7 @@
 // The game thread adds the echoed voice polled from the core (avb_session_poll_audio); the audio render thread
 // reads it out at the output's rate and so advances PlayedUntil, the session-clock position of what has been
 // handed to the mixer. Subtracting the output's latency gives what the player has heard, which the game
-// thread reports (avb_session_set_playback_position) and shows frames by (avb_session_poll_due_frame). When the
+// thread reports (avb_session_playback_progress) and shows frames by (avb_session_poll_due_frame). When the
 // voice runs out, the position holds, so the picture waits for the sound.
 #pragma once
 

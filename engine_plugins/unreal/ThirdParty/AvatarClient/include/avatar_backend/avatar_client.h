@@ -108,7 +108,7 @@ AVB_API avb_result avb_session_play_action(avb_session* session, const char* pre
 AVB_API avb_result avb_session_set_listening(avb_session* session, int32_t listening);
 /* Where playback is (what the player has heard), on the session clock. The core reports it to the server
  * (PlaybackProgress, at most every 100 ms) and uses it for the A/V clock and for interrupts. */
-AVB_API avb_result avb_session_set_playback_position(avb_session* session, uint64_t played_until);
+AVB_API avb_result avb_session_playback_progress(avb_session* session, uint64_t played_until);
 /* Stop talking now: answered by AVB_EVENT_INTERRUPT_ACK. The core also drops the buffered frames and echoed
  * audio that the answer replaces. */
 AVB_API avb_result avb_session_interrupt(avb_session* session);
