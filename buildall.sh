@@ -13,7 +13,7 @@
 #   ./buildall.sh cpp        build the engine plugins' native client core (engine_plugins/cpp) and its sample
 #
 # Environment: PYTHON (default python3.11 or python3), VENV (default .venv),
-# AVATAR_TORCH_INDEX (pip index for a CUDA torch build, see README "GPU").
+# AVATAR_TORCH_INDEX (pip index for a CUDA torch build, see README "The published model").
 set -euo pipefail
 cd "$(dirname "$0")"
 
