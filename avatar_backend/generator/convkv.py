@@ -141,8 +141,7 @@ class CacheWrite:
 
         Returns the caches to attend to: the same tensors, written in place, or new ones (functional path).
         """
-        if self.layout.v_compression == "k_conv":
-            v_conv = k_conv  # the reference compresses V with the K conv; memory_proj_v is never used
+        v_conv = self._v_conv(k_conv, v_conv)
         return self._apply_one(k_cache, k_new, k_conv), self._apply_one(v_cache, v_new, v_conv)
 
     def apply_quantized(
@@ -155,10 +154,13 @@ class CacheWrite:
         can read it as computed."""
         if not self.inplace:
             raise ValueError("an FP8 cache is an inference cache: it has no functional (training) path")
-        if self.layout.v_compression == "k_conv":
-            v_conv = k_conv
+        v_conv = self._v_conv(k_conv, v_conv)
         return (self._apply_quantized_one(k_cache, k_scale, k_new, k_conv),
                 self._apply_quantized_one(v_cache, v_scale, v_new, v_conv))
+
+    def _v_conv(self, k_conv: Tensor, v_conv: Tensor) -> Tensor:
+        # The reference compresses V with the K conv; memory_proj_v is then never used.
+        return k_conv if self.layout.v_compression == "k_conv" else v_conv
 
     def _check(self, cache: Tensor, new: Tensor) -> None:
         if (new.shape[1] != self.frames * self.frame_tokens or cache.shape[1] != self.layout.slots * self.frame_tokens

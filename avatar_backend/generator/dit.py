@@ -192,14 +192,14 @@ class WanSelfAttention(nn.Module):
             k_conv, v_conv = k_conv[channels], v_conv[channels]
 
         # The cache keeps post-norm, pre-RoPE keys: compression and RoPE both run on the stored values.
-        visible = write.end_frame * write.frame_tokens
         if scales is None:
             k_cache, v_cache = write.apply(k_cache, v_cache, k, v, k_conv, v_conv)
+            visible = write.end_frame * write.frame_tokens
             keys, values = k_cache[:, :visible].to(q.dtype), v_cache[:, :visible].to(q.dtype)
         else:
             # FP8: attention reads the memory dequantized, and the slots this block computed as computed.
             computed = write.apply_quantized(k_cache, v_cache, *scales, k, v, k_conv, v_conv)
-            keys, values = (_dequantized(cache, scale, visible, rows, q.dtype)
+            keys, values = (_dequantized(cache, scale, write, rows, q.dtype)
                             for cache, scale, rows in zip((k_cache, v_cache), scales, computed))
         keys = apply_rope(keys, *rope_k)
 
@@ -209,10 +209,13 @@ class WanSelfAttention(nn.Module):
         return self.o(out.reshape(batch, tokens, dim)), k_cache, v_cache
 
 
-def _dequantized(cache: Tensor, scale: Tensor, visible: int, computed: dict[int, Tensor], dtype: torch.dtype) -> Tensor:
-    """The first ``visible`` rows of an FP8 cache in ``dtype``, with the rows the block ``computed`` (by first row)
-    taken as computed rather than as stored."""
-    out = dequantize_fp8(cache[:, :visible], scale[:, :visible]).to(dtype)
+def _dequantized(cache: Tensor, scale: Tensor, write: CacheWrite, computed: dict[int, Tensor],
+                 dtype: torch.dtype) -> Tensor:
+    """The rows an FP8 layer attends to, in ``dtype``: the memory before the block dequantized, and what the
+    block ``computed`` (by first row: the compressed slots, its own frames) as computed."""
+    memory = write.block_rows.start   # the block's own rows are never dequantized: they are taken as computed
+    out = cache.new_empty((cache.shape[0], write.block_rows.stop, *cache.shape[2:]), dtype=dtype)
+    out[:, :memory] = dequantize_fp8(cache[:, :memory], scale[:, :memory])
     for row, value in computed.items():
         out[:, row: row + value.shape[1]] = value
     return out
