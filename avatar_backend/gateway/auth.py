@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,10 @@ def check_exposure(host: str, *, api_key: bool, client_certificates: bool, tls: 
     return []
 
 
+# How long a refused streaming call waits for the client's first message (see _take_first_message).
+FIRST_MESSAGE_WAIT_S = 1.0
+
+
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, api_key: str):
         if not api_key:
@@ -139,6 +144,8 @@ def _refusing_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """A handler of the same shape as ``handler`` that ends the call with UNAUTHENTICATED."""
 
     async def refuse(request_or_iterator, context):
+        if handler.request_streaming:
+            await _take_first_message(request_or_iterator)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                             'this server requires an API key: send metadata "authorization: Bearer <key>"')
 
@@ -151,3 +158,15 @@ def _refusing_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(refuse, **codec)
     return grpc.unary_unary_rpc_method_handler(refuse, **codec)
+
+
+async def _take_first_message(request_iterator) -> None:
+    """Wait (briefly) until the client's first message has arrived before refusing a streaming call.
+
+    A client opens a stream by writing its first message; a refusal that overtakes that write fails the write
+    on the client, and grpc then reports INTERNAL instead of the refusal's code.
+    """
+    try:
+        await asyncio.wait_for(anext(aiter(request_iterator), None), FIRST_MESSAGE_WAIT_S)
+    except Exception:  # noqa: BLE001 - silent, slow or malformed, the caller is refused the same way
+        pass
