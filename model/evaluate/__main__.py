@@ -27,7 +27,7 @@ from model.train.clips import TrainingClip, prompts_for_blocks, video_to_tensor
 from model.train.dit_stage import latent_slice
 from model.train.recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER
 
-from .controls import response, train_classifier
+from .controls import recall, response, train_classifier
 from .metrics import colour_similarity, lip_sync, pearson, psnr, seam_ratio, ssim
 from .pictures import curves, frame_strip
 from .stream import generate, run_stream
@@ -131,7 +131,12 @@ def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Pa
         # The same read on the VAE's reconstruction of the truth: what is left once the autoencoder has
         # compressed the frames, the ceiling of any DiT.
         "autoencoder": {f"{kind}_accuracy": _mean_accuracy(ceiling_controls, kind) for kind in ("emotion", "action")}
+        | {f"{kind}_recall": recall(ceiling_controls, kind) for kind in ("emotion", "action")}
         | {"visible_within_one_block": sum(e["visible"] for c in ceiling_controls for e in c["events"])},
+        # Of the frames whose truth shows an emotion (an action), the share read as it: generated, and on the
+        # clips' ground truth.
+        "recall_generated": {kind: recall(controls, kind) for kind in ("emotion", "action")},
+        "recall_on_ground_truth": {kind: recall(truth_controls, kind) for kind in ("emotion", "action")},
         "per_clip": controls,
     }
     return {"clips": rows, "strip": strip, "controls": control_summary, "summary": {
@@ -294,6 +299,10 @@ def _ratio(report: dict, kind: str, autoencoder: bool = False) -> float:
     return float(accuracy / truth) if truth else float("nan")
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def print_table(report: dict) -> None:
     s = report["lip_sync"]["summary"]
     c = report["control_response"]
@@ -312,6 +321,10 @@ def print_table(report: dict) -> None:
         ("action accuracy: generated / ground truth", _ratio(report, "action"), ">= 0.90"),
         ("  emotion, truth through the VAE alone / ground truth", _ratio(report, "emotion", True), "ceiling"),
         ("  action, truth through the VAE alone / ground truth", _ratio(report, "action", True), "ceiling"),
+        *[(f"  frames showing an {kind}, read as it: generated / VAE alone / truth",
+           " / ".join(_share(v) for v in (c["recall_generated"][kind], c["autoencoder"][f"{kind}_recall"],
+                                          c["recall_on_ground_truth"][kind])), "")
+          for kind in ("emotion", "action")],
         ("events visible within one block", f"{c['visible_within_one_block']} of {c['events']}", "all"),
         ("  the same events on ground truth", f"{c['visible_within_one_block_on_ground_truth']} of {c['events']}", ""),
         ("  on the truth through the VAE alone", f"{c['autoencoder']['visible_within_one_block']} of {c['events']}",

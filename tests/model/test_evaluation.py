@@ -3,11 +3,14 @@ the shipped model talks (lip sync well above the swapped-audio control)."""
 
 import json
 
+import numpy as np
 import pytest
 
 from avatar_backend.generator.pipeline import shipped_weights
+from model.data.dataset import make_clip
 from model.data.speech import espeak_available
 from model.evaluate.__main__ import main
+from model.evaluate.controls import labels, recall, response
 
 pytestmark = pytest.mark.slow
 
@@ -37,5 +40,36 @@ def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
     assert 0 <= controls["visible_within_one_block_on_ground_truth"] <= controls["events"]
     assert 0 <= controls["autoencoder"]["visible_within_one_block"] <= controls["events"]
     assert 0 < controls["autoencoder"]["emotion_accuracy"] <= 1 and 0 < controls["autoencoder"]["action_accuracy"] <= 1
+    for kind in ("emotion", "action"):
+        shares = (controls["recall_generated"][kind], controls["autoencoder"][f"{kind}_recall"],
+                  controls["recall_on_ground_truth"][kind])
+        assert all(share is None or 0 <= share <= 1 for share in shares)
     assert (tmp_path / "strip.png").stat().st_size > 0 and (tmp_path / "long_stream.png").stat().st_size > 0
     assert "lip-sync r" in capsys.readouterr().out
+
+
+class ReadsFixedLabels:
+    """In place of the classifier: reads every frame as the given per-frame labels."""
+
+    def __init__(self, emotion: np.ndarray, action: np.ndarray):
+        self.emotion, self.action = emotion, action
+
+    def predict(self, frames, still):
+        return self.emotion[: len(frames)], self.action[: len(frames)]
+
+
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+def test_a_model_that_never_shows_an_emotion_or_an_action_scores_accuracy_but_no_recall():
+    clip, entry = make_clip(5, size=64, seconds=6.0)
+    emotion, action = labels(clip.truth)
+    assert 0 < (emotion > 0).mean() < 1 and 0 < (action > 0).mean() < 1   # the clip has both kinds of frames
+    still = clip.frames[0]
+    never = response(ReadsFixedLabels(np.zeros_like(emotion), np.zeros_like(action)), clip.frames, still,
+                     clip.truth, entry["events"], 20, 32)
+    # Frame accuracy is the share of neutral (no-action) frames, though nothing was ever shown.
+    assert never["emotion_accuracy"] == pytest.approx((emotion == 0).mean())
+    assert never["action_accuracy"] == pytest.approx((action == 0).mean())
+    assert recall([never], "emotion") == 0 and recall([never], "action") == 0
+    always = response(ReadsFixedLabels(emotion, action), clip.frames, still, clip.truth, entry["events"], 20, 32)
+    assert recall([always], "emotion") == 1 and recall([always], "action") == 1
+    assert recall([never, always], "emotion") == 0.5
