@@ -49,8 +49,10 @@ def test_sharded_weights_load_straight_into_a_meta_built_model(tmp_path, referen
         return model(latent, torch.tensor([937.5]), y, cache=memory.steps[0], start_frame=0, compress=False,
                      context=model.encode_context(text, clip), functional=False).velocity
 
+    # The weights are bit-identical (above); the outputs may differ in the last float32 bit, because the CPU
+    # matrix kernels may take other paths (and round differently) for tensors at other memory alignments.
     with torch.inference_mode():
-        torch.testing.assert_close(run(loaded), run(reference), rtol=0, atol=0)
+        torch.testing.assert_close(run(loaded), run(reference), rtol=1e-5, atol=1e-6)
     bf16 = load_dit(tmp_path)
     assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
     assert bf16.bytes == sum(t.numel() for t in reference.state_dict().values()) * 2
