@@ -54,6 +54,11 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
              "CPUs with AMX or AVX512-BF16, float32 elsewhere (default auto)",
     )
     parser.add_argument(
+        "--prompt-guidance", type=float, default=None, metavar="FACTOR",
+        help="how far an NPC under an emotion's or action's prompt is pushed away from its character's base prompt "
+             "(one more DiT pass per block for those NPCs; 1: off; default: the model config's, 5 for tiny)",
+    )
+    parser.add_argument(
         "--text-encoder-device", default=ExecutionConfig.text_encoder_device, metavar="DEVICE",
         help="where the published model's umT5 text encoder runs; each prompt is encoded once "
              f"(default {ExecutionConfig.text_encoder_device}: keeps 11 GB off the GPU)",
@@ -123,7 +128,7 @@ def command_serve(args: argparse.Namespace) -> int:
         weights=args.weights,
         execution=ExecutionConfig(attention=args.attention, gemm=args.gemm, compile=args.compile,
                                   text_encoder_device=args.text_encoder_device,
-                                  decode_precision=args.decode_precision),
+                                  decode_precision=args.decode_precision, prompt_guidance=args.prompt_guidance),
         api_key=api_key,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -51,6 +51,11 @@ def quantized_intensity(intensity: float) -> float:
     return round(min(max(float(intensity), 0.0), 1.0) * 20) / 20
 
 
+def is_base_prompt(base_prompt: str, prompt: str | None, intensity: float) -> bool:
+    """Whether a block under ``prompt`` (None: the base prompt) at ``intensity`` is under the base prompt."""
+    return prompt is None or prompt == base_prompt or quantized_intensity(intensity) == 0.0
+
+
 def blended_text(base: Tensor, prompt: Tensor, intensity: float) -> Tensor:
     """A prompt at ``intensity``: the base prompt's padded embedding moved towards the prompt's (1: the prompt)."""
     intensity = quantized_intensity(intensity)

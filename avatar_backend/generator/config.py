@@ -72,6 +72,11 @@ class DiTConfig:
             raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
 
 
+# The sampler settings that choose how weights are served rather than what they learned: weights trained under
+# any values of these serve under any others.
+SERVING_CHOICES = ("kv_cache", "prompt_guidance")
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     """The streaming loop: block sizes, the 3-step schedule and the memory layout options."""
@@ -84,6 +89,10 @@ class SamplerConfig:
     kv_cache: str = "model"                      # "model": the model's dtype; "fp8": e4m3 + a scale per token, head
     skip_audio_at_first_step: bool = True
     audio_cfg: float = 1.0                       # > 1 runs a second, audio-free pass at steps 1 and 2
+    # > 1: streams under a prompt other than their character's base prompt run a second pass at the last step
+    # with the base prompt, and their velocity moves away from it by this factor (see sampler.py). A serving
+    # choice, like ``kv_cache``: any value works with any weights.
+    prompt_guidance: float = 1.0
 
     @property
     def num_steps(self) -> int:
@@ -96,6 +105,8 @@ class SamplerConfig:
             raise ValueError(f"v_compression must be one of {V_COMPRESSIONS}, got {self.v_compression!r}")
         if self.kv_cache not in KV_CACHE_FORMATS:
             raise ValueError(f"kv_cache must be one of {KV_CACHE_FORMATS}, got {self.kv_cache!r}")
+        if self.prompt_guidance < 1.0:
+            raise ValueError(f"prompt_guidance must be >= 1 (1 turns it off), got {self.prompt_guidance}")
 
 
 @dataclass(frozen=True)
@@ -206,7 +217,7 @@ DECODE_PRECISIONS = ("auto", "float32", "bfloat16")
 
 @dataclass(frozen=True)
 class ExecutionConfig:
-    """How a loaded model runs, not what it computes: every choice here keeps the weights and the memory format.
+    """How a loaded model is served: every choice here keeps the weights and the memory format.
 
     ``attention``: the backend behind the DiT's attention dispatch (attention.py). ``gemm``: ``model`` runs the
     DiT's linear layers in the model's dtype, ``fp8`` as FP8 GEMMs (fp8.py; the weights drop to e4m3).
@@ -215,7 +226,9 @@ class ExecutionConfig:
     ``decode_precision``: what the VAE decoder computes in. Its weights and streaming state stay float32, so an
     NPC's memory is the same file either way; ``bfloat16`` runs it under autocast (frames within one level of
     255 of float32's on the tiny model, its decode 1.5x as fast on a CPU with bf16 matrix units); ``auto``
-    takes bfloat16 on CPUs with AMX or AVX512-BF16 and float32 elsewhere.
+    takes bfloat16 on CPUs with AMX or AVX512-BF16 and float32 elsewhere. ``prompt_guidance``: the sampler's
+    (``SamplerConfig.prompt_guidance``; None keeps the model config's, 1 turns it off), the one choice here that
+    changes frames: those of NPCs under a prompt other than their character's base prompt.
     """
 
     attention: str = "sdpa"
@@ -223,6 +236,7 @@ class ExecutionConfig:
     compile: bool = False
     text_encoder_device: str = "cpu"
     decode_precision: str = "auto"
+    prompt_guidance: float | None = None
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_BACKENDS:
@@ -231,6 +245,15 @@ class ExecutionConfig:
             raise ValueError(f"gemm must be one of {GEMM_FORMATS}, got {self.gemm!r}")
         if self.decode_precision not in DECODE_PRECISIONS:
             raise ValueError(f"decode_precision must be one of {DECODE_PRECISIONS}, got {self.decode_precision!r}")
+        if self.prompt_guidance is not None and self.prompt_guidance < 1.0:
+            raise ValueError(f"prompt_guidance must be >= 1 (1 turns it off), got {self.prompt_guidance}")
+
+    def serving(self, config: "ModelConfig") -> "ModelConfig":
+        """``config`` with the sampler choices made here."""
+        if self.prompt_guidance is None:
+            return config
+        sampler = dataclasses.replace(config.sampler, prompt_guidance=self.prompt_guidance)
+        return dataclasses.replace(config, sampler=sampler)
 
 
 @dataclass(frozen=True)
@@ -334,6 +357,9 @@ TINY = ModelConfig(
     audio_encoder=AudioEncoderConfig(kind="learned", layers=3, channels=32, hidden=64),
     image_encoder=ImageEncoderConfig(kind="learned", image_size=64, patch_size=16, tokens=17, dim=64),
     text_encoder=TextEncoderConfig(kind="learned", max_len=16, dim=64, layers=1),
+    # The tiny model shows emotions and actions faintly; guided away from the base prompt it shows 9 of 36 events
+    # within a block instead of 2, for a little lip sync (README, "Prompt guidance side by side").
+    sampler=SamplerConfig(prompt_guidance=5.0),
     width=128,
     height=128,
     sizes=((128, 128), (64, 64), (192, 192), (256, 256)),

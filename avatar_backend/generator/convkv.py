@@ -31,7 +31,7 @@ is a batch of one, and its snapshot tensors are that row without the batch dimen
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -266,6 +266,10 @@ class StepCache:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors())
 
+    def copy(self) -> "StepCache":
+        """A copy to write into while this one stays as it is."""
+        tensors = {name: getattr(self, name) for name in ("k", "v", "k_scale", "v_scale")}
+        return replace(self, **{name: t.clone() for name, t in tensors.items() if t is not None})
 
 
 def _null_audio_steps(sampler: SamplerConfig) -> tuple[int, ...]:

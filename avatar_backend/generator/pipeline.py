@@ -45,9 +45,9 @@ from avatar_backend.store import CharacterRecord, now_ms
 
 from .attention import set_attention_backend
 from .audio_encoder import build_audio_encoder
-from .conditioning import (audio_tail_frames, block_audio_rows, blended_text, padded_text, quantized_intensity,
-                           reference_pixels)
-from .config import ExecutionConfig, ModelConfig, load_model_config
+from .conditioning import (audio_tail_frames, block_audio_rows, blended_text, is_base_prompt, padded_text,
+                           quantized_intensity, reference_pixels)
+from .config import SERVING_CHOICES, ExecutionConfig, ModelConfig, load_model_config
 from .convkv import ConvKVMemory, SlotLayout, cache_bytes
 from .dit import CrossAttentionContext, WanModel
 from .fp8 import fp8_gemm_supported, quantize_linears
@@ -56,7 +56,7 @@ from .memory import NpcMemory, memory_layout_name
 from .parallel import SequenceParallel
 from .published import load_published
 from .runner import BlockInput
-from .sampler import BatchNoise, GeneratorNoise, denoise_block
+from .sampler import BatchNoise, GeneratorNoise, PromptGuidance, denoise_block
 from .schedule import BlockLayout, StreamSchedule, audio_window
 from .text_encoder import build_text_encoder
 from .vae import CausalCache, WanVAE, decoder_state_bytes, frames_to_uint8
@@ -171,6 +171,7 @@ class LiveActPipeline:
         if not isinstance(config, ModelConfig):
             config = load_model_config(config)
         execution = execution or ExecutionConfig()
+        config = execution.serving(config)
         dtype = getattr(torch, config.dtype)
         if weights is not None and Path(weights).is_dir():
             published = load_published(config, weights, device=device,
@@ -289,7 +290,7 @@ class LiveActPipeline:
         ``text``: that embedding as rank 0 computed it (a follower rank has no text encoder).
         """
         intensity = quantized_intensity(intensity)
-        if prompt is None or prompt == conditioning.base_prompt or intensity == 0.0:
+        if is_base_prompt(conditioning.base_prompt, prompt, intensity):
             prompt, intensity = None, 1.0
         key = (prompt, intensity)
         cached = conditioning.contexts.get(key)
@@ -460,7 +461,7 @@ class LiveActPipeline:
             audio_window=torch.cat([block.audio_window(plan, schedule.audio_radius, self.device)
                                     for block in conditioning]),
             noise=noises[0] if single else BatchNoise(noises), sampler=self.config.sampler, functional=False,
-            parallel=self.parallel,
+            parallel=self.parallel, guidance=self._prompt_guidance(inputs),
         )
         dit_done = time.perf_counter()
         if self.follower:
@@ -485,6 +486,16 @@ class LiveActPipeline:
                 memory.decoder = own_decoder
         self._advance(inputs, conditioning, noises)
         return list(frames)
+
+    def _prompt_guidance(self, inputs: Sequence[BlockInput]) -> PromptGuidance | None:
+        """The batch's prompt guidance: None when it is off or every NPC is under its character's base prompt."""
+        if self.config.sampler.prompt_guidance <= 1.0:
+            return None
+        rows = [not is_base_prompt(item.conditioning.base_prompt, item.prompt, item.intensity) for item in inputs]
+        if not any(rows):
+            return None
+        base = [self.context_for(item.conditioning, None).context for item in inputs]
+        return PromptGuidance(CrossAttentionContext.batch(base), torch.tensor(rows, device=self.device))
 
     def _advance(self, inputs: Sequence[BlockInput], conditioning: Sequence[BlockConditioning],
                  noises: list[GeneratorNoise]) -> None:
@@ -553,9 +564,9 @@ def _load_weights(modules: dict[str, torch.nn.Module], path: Path, expected_conf
     state = load_file(str(path))
     trained = weights_config(path)
     if trained is not None and expected_config is not None:
-        # The cache format is how the weights are served, not what they learned: any works with them.
+        # How the weights are served (the cache format, prompt guidance), not what they learned: any works.
         trained = dataclasses.replace(trained, sampler=dataclasses.replace(
-            trained.sampler, kv_cache=expected_config.sampler.kv_cache))
+            trained.sampler, **{name: getattr(expected_config.sampler, name) for name in SERVING_CHOICES}))
         if trained != expected_config:
             raise ValueError(f"{path} was trained for config {trained.name!r} with other settings than "
                              f"{expected_config.name!r}; use the config it was trained with")

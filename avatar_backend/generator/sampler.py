@@ -5,6 +5,11 @@ x0 = x_t - v * t_i / 1000, and the next input is (1 - t_{i+1}/1000) * x0 + eps *
 (t_3 = 0, so the last step returns x0). Audio attention is skipped at step 0; with audio CFG the other steps run a
 second, audio-free pass on its own caches and use null + cfg * (cond - null).
 
+Prompt guidance (not in the reference): the streams of a batch whose prompt is another than their character's
+base prompt add (guidance - 1) * (v - v_base) to the last step's velocity, v_base from a pass with the base prompt
+that reads the step's cache as it is and writes a scratch copy. Only the last step: the schedule's first two steps
+move the latent from t = 1000 to 833, and guiding them did little (README, "Prompt guidance side by side").
+
 Noise is drawn in a fixed order per block: one tensor for the initial latent, then one per step (the last one is
 multiplied by 0). Keeping that order is what lets a replayed or restored noise source reproduce a stream exactly.
 """
@@ -94,6 +99,14 @@ class ReplayNoise:
 
 
 @dataclass
+class PromptGuidance:
+    """What prompt guidance needs besides its factor (``SamplerConfig.prompt_guidance``)."""
+
+    base: CrossAttentionContext    # every stream's context under its character's base prompt
+    rows: Tensor                   # [B] bool: the streams under another prompt (the others are left as they are)
+
+
+@dataclass
 class BlockResult:
     x0: Tensor                 # [B, out_dim, T, h, w] the block's clean latent
     memory: ConvKVMemory       # the memory after the block (the same object unless functional)
@@ -112,6 +125,7 @@ def denoise_block(
     sampler: SamplerConfig,
     functional: bool | None = None,
     parallel: SequenceParallel | None = None,
+    guidance: PromptGuidance | None = None,
 ) -> BlockResult:
     """Generate one block: draw its initial noise, run the denoising steps, return x0 and the updated memory.
 
@@ -120,6 +134,7 @@ def denoise_block(
     block's audio; None turns audio attention off altogether,
     which is not the same as silence (silent audio still has non-zero features and tokens).
     ``functional`` and ``parallel`` as in :meth:`WanModel.forward` (every rank draws the same noise).
+    ``guidance``: prompt guidance, when ``sampler.prompt_guidance`` > 1 and a stream has a prompt of its own.
     """
     if functional is None:
         functional = torch.is_grad_enabled()
@@ -142,16 +157,24 @@ def denoise_block(
         timestep = torch.tensor([t_now], dtype=torch.float32, device=latent.device)
         use_audio = audio_tokens is not None and not (i == 0 and sampler.skip_audio_at_first_step)
 
-        def call(cache, tokens):
+        def call(cache, tokens, context=context):
             return model(
                 latent, timestep, y_block, cache=cache, start_frame=plan.window_start, compress=plan.update_cache,
                 context=context, audio_tokens=tokens, functional=functional, parallel=parallel,
             )
 
-        velocity, steps[i] = call(steps[i], audio_tokens if use_audio else None)
+        tokens = audio_tokens if use_audio else None
+        guided = guidance is not None and sampler.prompt_guidance > 1.0 and i == sampler.num_steps - 1
+        if guided:  # before the conditional pass writes the cache this pass must read as it is
+            base_velocity, _ = call(steps[i] if functional else steps[i].copy(), tokens, guidance.base)
+        velocity, steps[i] = call(steps[i], tokens)
+        if guided:
+            push = (sampler.prompt_guidance - 1.0) * (velocity - base_velocity)
         if use_audio and i in null_steps:
             null_velocity, null_steps[i] = call(null_steps[i], null_tokens)
             velocity = null_velocity + sampler.audio_cfg * (velocity - null_velocity)
+        if guided:
+            velocity = torch.where(guidance.rows.view(-1, 1, 1, 1, 1), velocity + push, velocity)
         velocities.append(velocity)
 
         x0 = latent - velocity * (t_now / 1000.0)

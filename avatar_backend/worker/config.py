@@ -42,4 +42,6 @@ def execution_flags(execution: ExecutionConfig) -> list[str]:
     """The worker's command-line flags that give it ``execution`` (the gateway starts it, rank 0 its followers)."""
     flags = ["--attention", execution.attention, "--gemm", execution.gemm,
              "--text-encoder-device", execution.text_encoder_device, "--decode-precision", execution.decode_precision]
+    if execution.prompt_guidance is not None:
+        flags += ["--prompt-guidance", str(execution.prompt_guidance)]
     return flags + (["--compile"] if execution.compile else [])

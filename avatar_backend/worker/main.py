@@ -138,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="where the published text encoder (umT5) runs")
     parser.add_argument("--decode-precision", default=ExecutionConfig.decode_precision, choices=DECODE_PRECISIONS,
                         help="what the VAE decoder computes in")
+    parser.add_argument("--prompt-guidance", type=float, default=None,
+                        help="the sampler's prompt guidance (default: the model config's; 1: off)")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process (the gateway) is gone")
     parser.add_argument("--max-parked-memory-bytes", type=int, default=DEFAULT_MAX_PARKED_MEMORY_BYTES,
                         help="host memory for parked NPC memories; beyond it they stay on disk only")
@@ -188,7 +190,8 @@ def _config_of(args: argparse.Namespace) -> WorkerConfig:
 
 def _execution_of(args: argparse.Namespace) -> ExecutionConfig:
     return ExecutionConfig(attention=args.attention, gemm=args.gemm, compile=args.compile,
-                           text_encoder_device=args.text_encoder_device, decode_precision=args.decode_precision)
+                           text_encoder_device=args.text_encoder_device, decode_precision=args.decode_precision,
+                           prompt_guidance=args.prompt_guidance)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avatar_backend.generator.config import DECODE_PRECISIONS, ExecutionConfig
+from avatar_backend.generator.config import DECODE_PRECISIONS, TINY, ExecutionConfig
 from avatar_backend.generator.convkv import cache_bytes
 from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights, weights_config
 from avatar_backend.generator.schedule import StreamSchedule
@@ -20,7 +20,7 @@ from avatar_backend.generator.vae import frames_to_uint8
 from avatar_backend.media.resample import MODEL_SAMPLE_RATE
 from model.data.dataset import clip_seed, make_clip
 from model.data.identity import identity_from_seed
-from model.data.prompts import ACTION_PROMPTS, BlockPrompt
+from model.data.prompts import ACTION_PROMPTS, EMOTION_PROMPTS, BlockPrompt
 from model.data.render import render_clip, render_still
 from model.data.speech import random_utterance
 from model.train.clips import TrainingClip, prompts_for_blocks, video_to_tensor
@@ -219,11 +219,14 @@ def ablation(pipeline: LiveActPipeline, identity_seed: int, minutes: int, out: P
 
 
 def speed(pipeline: LiveActPipeline, blocks: int = 6) -> dict:
-    """Real-time factor at the default size: the whole block, and the streaming decode alone."""
+    """Real-time factor at the default size: the whole block (under the base prompt, and under another prompt,
+    which runs prompt guidance's extra pass), and the streaming decode alone."""
     size = pipeline.config.width
     still = render_still(identity_from_seed(1), size)
     audio = (0.1 * np.sin(np.arange(MODEL_SAMPLE_RATE * 12) * 0.05)).astype(np.float32)
     times = [b.seconds for b in run_stream(pipeline, still, audio)][1: blocks + 1]
+    happy = [BlockPrompt(EMOTION_PROMPTS["happy"])] * (blocks + 1)
+    prompted = [b.seconds for b in run_stream(pipeline, still, audio, happy)][1: blocks + 1]
     schedule = StreamSchedule.from_model_config(pipeline.config, size, size)
     block_seconds = schedule.block_video_frames / FPS
     state = pipeline.vae.init_decoder_state(size, size)
@@ -240,7 +243,8 @@ def speed(pipeline: LiveActPipeline, blocks: int = 6) -> dict:
     decode_s = float(np.median(decode))
     return {"size": f"{size}x{size}", "threads": torch.get_num_threads(), "block_ms": round(1000 * block, 1),
             "decode_ms": round(1000 * decode_s, 1), "dit_and_rest_ms": round(1000 * (block - decode_s), 1),
-            "real_time_factor": round(block_seconds / block, 2)}
+            "real_time_factor": round(block_seconds / block, 2),
+            "real_time_factor_under_a_prompt": round(block_seconds / float(np.median(prompted)), 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifier-steps", type=int, default=1200)
     parser.add_argument("--decode-precision", default=ExecutionConfig.decode_precision, choices=DECODE_PRECISIONS,
                         help="what the VAE decoder computes in, as `serve --decode-precision` (default auto)")
+    parser.add_argument("--prompt-guidance", type=float, default=TINY.sampler.prompt_guidance,
+                        help="the sampler's prompt guidance (1: off; default the tiny config's, which serve uses)")
     args = parser.parse_args(argv)
     torch.set_flush_denormal(True)
     weights = args.weights or shipped_weights("tiny")
@@ -263,12 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no weights (train with python -m model.train, or pass --weights)", file=sys.stderr)
         return 1
     # Weights from another training run carry their own config (their VAE's latent statistics differ).
-    pipeline = LiveActPipeline.from_config(weights_config(weights) or "tiny", weights=weights,
-                                           execution=ExecutionConfig(decode_precision=args.decode_precision))
+    execution = ExecutionConfig(decode_precision=args.decode_precision, prompt_guidance=args.prompt_guidance)
+    pipeline = LiveActPipeline.from_config(weights_config(weights) or "tiny", weights=weights, execution=execution)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     report: dict = {"weights": Path(weights).name, "weights_sha256": pipeline.weights_sha256,
-                    "decode_precision": pipeline.decode_dtype_name}
+                    "decode_precision": pipeline.decode_dtype_name,
+                    "prompt_guidance": pipeline.config.sampler.prompt_guidance}
     report["speed"] = speed(pipeline)
     clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width)
     classifier, truth_accuracy = train_classifier(pipeline.config.width, args.classifier_clips, args.classifier_steps)
@@ -329,6 +336,8 @@ def print_table(report: dict) -> None:
         ("  on the truth through the VAE alone", f"{c['autoencoder']['visible_within_one_block']} of {c['events']}",
          "ceiling"),
         ("real-time factor at " + report["speed"]["size"], report["speed"]["real_time_factor"], ">= 6"),
+        ("  under an emotion prompt (prompt guidance "
+         f"{report['prompt_guidance']:g})", report["speed"]["real_time_factor_under_a_prompt"], ">= 6"),
     ]
     for stream in report["long_streams"]:
         d = stream["delta_last_minus_first"]

@@ -1,6 +1,6 @@
 """Sequence parallelism on 2 CPU processes (gloo): the same latents and frames as one process, over 6 blocks
-(so the ConvKV memory is compressed four times), for both memory groupings, with head-sharded caches and a
-follower rank that holds the DiT alone and runs on what rank 0 encoded."""
+(so the ConvKV memory is compressed four times, two blocks under prompt guidance), for both memory groupings,
+with head-sharded caches and a follower rank that holds the DiT alone and runs on what rank 0 encoded."""
 
 from __future__ import annotations
 
@@ -78,10 +78,12 @@ def run_stream(pipeline: LiveActPipeline) -> tuple[list[np.ndarray], list[torch.
     t = np.arange(16000 * 12) / 16000
     voice = (0.3 * np.sin(2 * np.pi * 200 * t) * (np.sin(2 * np.pi * 2 * t) > 0)).astype(np.float32)
     frames = []
-    for _ in range(BLOCKS):
+    for index in range(BLOCKS):
         consume, lookahead = pipeline.block_audio_samples(memory)
         start = memory.timeline_samples
-        block = [BlockInput(memory, character, voice[start:start + consume + lookahead])]
+        # Blocks 2 and 3 under an emotion's prompt: prompt guidance's extra pass runs on every rank.
+        prompt = "a happy villager" if index in (2, 3) else None
+        block = [BlockInput(memory, character, voice[start:start + consume + lookahead], prompt)]
         if pipeline.parallel is None:
             frames.append(pipeline.generate_blocks(block)[0])
         elif rank == 0:
