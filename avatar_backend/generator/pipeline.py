@@ -90,11 +90,12 @@ class PromptContext:
 @dataclass
 class BlockConditioning:
     """What the encoders give one NPC's next block: everything the DiT reads besides the character and the
-    memory. Rank 0 computes it; a follower rank is sent the audio rows and the text."""
+    memory. Rank 0 computes it; a follower rank is sent the audio rows and, unless it is the base prompt's, which a
+    follower holds already, the text."""
 
     audio_rows: torch.Tensor                # [rows, layers, channels], the DiT's dtype: the features the
     audio_start: int                        # block's audio window reads, and the row of its first frame
-    text: torch.Tensor                      # [text_len, text_dim]: the block's prompt, blended by intensity
+    text: torch.Tensor | None               # [text_len, text_dim]: the block's prompt, blended by intensity
     pcm: torch.Tensor | None = None         # rank 0: [tail | block | look-ahead], the next tail is cut from it
 
     def audio_window(self, plan: BlockLayout, radius: int, device: str) -> torch.Tensor:

@@ -14,8 +14,8 @@ every rank at once:
 - ``activate``: an NPC memory goes live: rank 0 scatters each ConvKV cache by heads, the rest of the stream
   state (noise state, counters) is broadcast; a follower holds only its shard;
 - ``generate``: the next blocks of a batch, by NPC, with each block's conditioning (the audio features its
-  window reads, its prompt's text embedding: about 5 MB per NPC and block for liveact-18b, by their shapes); only rank 0 decodes
-  frames;
+  window reads, about 1 MB per NPC and block for liveact-18b by their shapes, and the text embedding of a
+  prompt other than the base prompt, 4 MB); only rank 0 decodes frames;
 - ``gather``: rank 0 collects the shards into a whole memory (a snapshot, or parking: the followers drop theirs);
 - ``discard``: the followers drop an NPC's shard without collecting it (a failed session);
 - ``ping`` (an idle worker's heartbeat, so the followers' wait for a command never times out) and ``stop``.
@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from avatar_backend.generator.conditioning import is_base_prompt
 from avatar_backend.generator.fp8 import FP8
 from avatar_backend.generator.memory import NpcMemory
 from avatar_backend.generator.parallel import SequenceParallel
@@ -286,13 +287,22 @@ class LeaderRunner:
         """The ranks are gone: the live memories' shards with them."""
         self._live.clear()
 
+    @staticmethod
+    def _text_to_send(item: BlockInput, block: BlockConditioning) -> torch.Tensor | None:
+        """A block's prompt embedding for the followers: None for the base prompt's, which ``prepare`` gave them
+        (most blocks; 4 MB each for liveact-18b)."""
+        if is_base_prompt(item.conditioning.base_prompt, item.prompt, item.intensity):
+            return None
+        return block.text.cpu()
+
     def generate_blocks(self, inputs: Sequence[BlockInput]) -> list[np.ndarray]:
         if not inputs:
             return []
         self.pipeline.check_batch(inputs)   # a batch that cannot run fails here, before any rank starts it
         conditioning = self.pipeline.block_conditioning(inputs)
         self._send(("generate", [(item.memory.npc_id, self._handles[id(item.conditioning)], item.prompt,
-                                  item.intensity, block.audio_rows.cpu(), block.audio_start, block.text.cpu())
+                                  item.intensity, block.audio_rows.cpu(), block.audio_start,
+                                  self._text_to_send(item, block))
                                  for item, block in zip(inputs, conditioning)]))
         try:
             return self.pipeline.generate_blocks(inputs, conditioning)
