@@ -168,12 +168,12 @@ def denoise_block(
         if guided:  # before the conditional pass writes the cache this pass must read as it is
             base_velocity, _ = call(steps[i] if functional else steps[i].copy(), tokens, guidance.base)
         velocity, steps[i] = call(steps[i], tokens)
-        if guided:
-            push = (sampler.prompt_guidance - 1.0) * (velocity - base_velocity)
+        prompted_velocity = velocity
         if use_audio and i in null_steps:
             null_velocity, null_steps[i] = call(null_steps[i], null_tokens)
             velocity = null_velocity + sampler.audio_cfg * (velocity - null_velocity)
         if guided:
+            push = (sampler.prompt_guidance - 1.0) * (prompted_velocity - base_velocity)
             velocity = torch.where(guidance.rows.view(-1, 1, 1, 1, 1), velocity + push, velocity)
         velocities.append(velocity)
 
