@@ -4,7 +4,8 @@
    size) on this machine, median over blocks after a warm-up, with the torch thread count stated; then the
    same for batches of NPCs generated in one call (1, 2, 4, 8): blocks per second, per-NPC real-time factor
    and how many NPCs one worker keeps in real time; then one NPC with each decoder precision
-   (``--decode-precision``) in alternating rounds, and NPCs talking at real-time pace through a real worker.
+   (``--decode-precision``) in alternating rounds, the VAE decoders (Wan and light) on one block, and NPCs
+   talking at real-time pace through a real worker.
 2. Gateway CPU per video frame at 512x512: Opus decode of the frame's audio + JPEG encode (the media path)
    + sending the VideoFrame over a real gRPC stream on loopback (this process's CPU time per frame; the
    reading client runs in another process so its CPU is not counted).
@@ -28,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from avatar_backend.generator.config import DECODE_PRECISIONS
+from avatar_backend.generator.config import DECODE_PRECISIONS, VAE_PARTS
 
 
 
@@ -175,6 +176,45 @@ def bench_decode_precisions(config: str, precisions: tuple[str, ...], blocks: in
         row["decode_speedup"] = round(rows[0]["decode_s_median"] / row["decode_s_median"], 2)
     return {"config": config, "width": width, "height": height, "torch_threads": threads, "rounds": rounds,
             "blocks_per_round": blocks, "precisions": rows}
+
+
+def bench_decoders(config: str, kinds: tuple[str, ...], threads: int, rounds: int = 5) -> dict:
+    """The VAE decoders of ``config`` (``VAEConfig.decoder``) side by side at its default size: each decodes a
+    stream's first latent, then one block of latents as serving does; they take turns ``rounds`` times (the
+    first round warms up) and the medians are compared with the first's. float32 with untrained weights: the
+    time does not depend on their values."""
+    import dataclasses
+
+    import torch
+
+    from avatar_backend.generator.config import get_config
+    from avatar_backend.generator.pipeline import DECODE_LATENTS_PER_CALL
+    from avatar_backend.generator.vae import CausalCache, WanVAE
+
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    model = get_config(config)
+    vaes = {kind: WanVAE(dataclasses.replace(model.vae, decoder=kind)).eval() for kind in kinds}
+    stride = model.vae.spatial_stride
+    block_latents = model.sampler.block_sizes[-1]
+    latents = torch.randn(1, model.vae.z_dim, 1 + block_latents, model.height // stride, model.width // stride,
+                          generator=torch.Generator().manual_seed(0))
+    seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for kind, vae in vaes.items():
+                state = CausalCache()
+                vae.decode_stream(latents[:, :, :1], state)
+                started = time.perf_counter()
+                frames = vae.decode_stream(latents[:, :, 1:], state, DECODE_LATENTS_PER_CALL).shape[2]
+                seconds[kind].append(time.perf_counter() - started)
+    rows = [{"decoder": kind, "parameters": sum(p.numel() for p in vaes[kind].decoder.parameters()),
+             "block_s_median": round(statistics.median(seconds[kind][1:]), 4)} for kind in kinds]
+    for row in rows:
+        row["speedup"] = round(rows[0]["block_s_median"] / row["block_s_median"], 2)
+    return {"config": config, "width": model.width, "height": model.height, "torch_threads": threads,
+            "block_frames": frames, "latents_per_call": DECODE_LATENTS_PER_CALL, "rounds": rounds,
+            "decoders": rows}
 
 
 def bench_worker_realtime(config: str, npc_counts: tuple[int, ...], seconds: float) -> dict:
@@ -365,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-blocks", type=int, default=4, help="timed calls per batch size")
     parser.add_argument("--decode-precisions", default="float32,bfloat16",
                         help="decoder precisions to time side by side on one NPC, comma-separated (empty: skip)")
-    parser.add_argument("--realtime-npcs", default="1,3,4",
+    parser.add_argument("--decoders", default="wan,light",
+                        help="VAE decoders to time side by side on one block, comma-separated (empty: skip)")
+    parser.add_argument("--realtime-npcs", default="1,3,4,5,6,7",
                         help="NPC counts talking at real-time pace through the worker, comma-separated (empty: skip)")
     parser.add_argument("--realtime-seconds", type=float, default=30.0, help="how long each of them talks")
     args = parser.parse_args(argv)
@@ -375,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in args.decode_precisions.split(",") if p.strip() and p.strip() not in DECODE_PRECISIONS]
     if unknown:
         parser.error(f"--decode-precisions: unknown {unknown}; known: {', '.join(DECODE_PRECISIONS)}")
+    unknown = [d for d in args.decoders.split(",") if d.strip() and d.strip() not in VAE_PARTS]
+    if unknown:
+        parser.error(f"--decoders: unknown {unknown}; known: {', '.join(VAE_PARTS)}")
 
     results: dict = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -408,6 +453,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {row['decode_precision']:9s} ({row['decode_dtype']}): {row['block_s_median']:.3f} s per "
                       f"block ({row['realtime_factor']:.2f}x real time), decode {row['decode_s_median']:.3f} s; "
                       f"{row['block_speedup']:.2f}x / {row['decode_speedup']:.2f}x the first")
+        kinds = tuple(d.strip() for d in args.decoders.split(",") if d.strip())
+        if kinds:
+            results["decoders"] = decoders = bench_decoders(args.config, kinds, args.threads)
+            print(f"VAE decoders, one block of {decoders['block_frames']} frames at {decoders['width']}x"
+                  f"{decoders['height']} ({decoders['latents_per_call']} latents per pass, float32, "
+                  f"{decoders['rounds'] - 1} rounds after a warm-up):")
+            for row in decoders["decoders"]:
+                print(f"  {row['decoder']:6s} ({row['parameters']:,} parameters): {row['block_s_median']:.3f} s; "
+                      f"{row['speedup']:.2f}x the first")
         counts = tuple(int(n) for n in args.realtime_npcs.split(",") if n.strip())
         if counts:
             results["worker_realtime"] = live = bench_worker_realtime(args.config, counts, args.realtime_seconds)

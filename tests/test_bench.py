@@ -54,3 +54,20 @@ def test_unknown_decoder_precisions_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--decode-precisions", "float32,float16", "--skip-generator"])
     assert "unknown ['float16']" in capsys.readouterr().err
+
+
+def test_the_vae_decoders_are_timed_side_by_side_on_one_block():
+    from avatar_backend.bench import bench_decoders
+
+    result = bench_decoders("tiny", ("wan", "light"), threads=2, rounds=2)
+    wan, light = result["decoders"]
+    assert (wan["decoder"], light["decoder"]) == ("wan", "light") and result["block_frames"] == 32
+    assert wan["speedup"] == 1.0
+    assert light["speedup"] == pytest.approx(wan["block_s_median"] / light["block_s_median"], abs=0.01)
+    assert light["parameters"] < wan["parameters"]
+
+
+def test_unknown_decoders_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--decoders", "light,tiny", "--skip-generator"])
+    assert "--decoders: unknown ['tiny']" in capsys.readouterr().err

@@ -88,8 +88,8 @@ def test_fp8_stream_stays_close_to_the_full_precision_one_in_constant_memory(pip
     for name, pipeline in (("full", full), ("fp8", fp8)):
         decode = pipeline.vae.decode_stream
         seen = latents.setdefault(name, [])
-        pipeline.vae.decode_stream = lambda x, state, *args, seen=seen, decode=decode: (
-            seen.append(x.clone()), decode(x, state, *args))[1]
+        pipeline.vae.decode_stream = lambda x, state, *args, seen=seen, decode=decode, **kwargs: (
+            seen.append(x.clone()), decode(x, state, *args, **kwargs))[1]
         memory = pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=5)
         expected = pipeline.memory_bytes(SIZE, SIZE)
         assert memory.nbytes() == expected

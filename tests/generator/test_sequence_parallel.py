@@ -61,9 +61,9 @@ def run_stream(pipeline: LiveActPipeline) -> tuple[list[np.ndarray], list[torch.
     if rank == 0:
         decode = pipeline.vae.decode_stream
 
-        def recording_decode(x, state, *args):
+        def recording_decode(x, state, *args, **kwargs):
             latents.append(x.clone())
-            return decode(x, state, *args)
+            return decode(x, state, *args, **kwargs)
 
         pipeline.vae.decode_stream = recording_decode
         character = pipeline.prepare_character(VILLAGER, villager_png(), SIZE, SIZE)
