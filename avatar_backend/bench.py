@@ -183,12 +183,14 @@ def bench_decoders(config: str, kinds: tuple[str, ...], threads: int, rounds: in
     stream's first latent, then one block of latents as serving does; they take turns ``rounds`` times (the
     first round warms up) and the medians are compared with the first's. float32 with untrained weights: the
     time does not depend on their values."""
+    if rounds < 2:
+        raise ValueError(f"the decoders need 2 rounds or more (the first warms up), got {rounds}")
     import dataclasses
 
     import torch
 
     from avatar_backend.generator.config import get_config
-    from avatar_backend.generator.pipeline import DECODE_LATENTS_PER_CALL
+    from avatar_backend.generator.pipeline import DECODE_LATENTS_PER_PASS
     from avatar_backend.generator.vae import CausalCache, WanVAE
 
     torch.set_num_threads(threads)
@@ -206,14 +208,14 @@ def bench_decoders(config: str, kinds: tuple[str, ...], threads: int, rounds: in
                 state = CausalCache()
                 vae.decode_stream(latents[:, :, :1], state)
                 started = time.perf_counter()
-                frames = vae.decode_stream(latents[:, :, 1:], state, DECODE_LATENTS_PER_CALL).shape[2]
+                frames = vae.decode_stream(latents[:, :, 1:], state, DECODE_LATENTS_PER_PASS).shape[2]
                 seconds[kind].append(time.perf_counter() - started)
     rows = [{"decoder": kind, "parameters": sum(p.numel() for p in vaes[kind].decoder.parameters()),
              "block_s_median": round(statistics.median(seconds[kind][1:]), 4)} for kind in kinds]
     for row in rows:
         row["speedup"] = round(rows[0]["block_s_median"] / row["block_s_median"], 2)
     return {"config": config, "width": model.width, "height": model.height, "torch_threads": threads,
-            "block_frames": frames, "latents_per_call": DECODE_LATENTS_PER_CALL, "rounds": rounds,
+            "block_frames": frames, "latents_per_pass": DECODE_LATENTS_PER_PASS, "rounds": rounds,
             "decoders": rows}
 
 
@@ -457,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         if kinds:
             results["decoders"] = decoders = bench_decoders(args.config, kinds, args.threads)
             print(f"VAE decoders, one block of {decoders['block_frames']} frames at {decoders['width']}x"
-                  f"{decoders['height']} ({decoders['latents_per_call']} latents per pass, float32, "
+                  f"{decoders['height']} ({decoders['latents_per_pass']} latents per pass, float32, "
                   f"{decoders['rounds'] - 1} rounds after a warm-up):")
             for row in decoders["decoders"]:
                 print(f"  {row['decoder']:6s} ({row['parameters']:,} parameters): {row['block_s_median']:.3f} s; "

@@ -105,7 +105,7 @@ class SamplerConfig:
             raise ValueError(f"v_compression must be one of {V_COMPRESSIONS}, got {self.v_compression!r}")
         if self.kv_cache not in KV_CACHE_FORMATS:
             raise ValueError(f"kv_cache must be one of {KV_CACHE_FORMATS}, got {self.kv_cache!r}")
-        if self.prompt_guidance < 1.0:
+        if not self.prompt_guidance >= 1.0:  # NaN too
             raise ValueError(f"prompt_guidance must be >= 1 (1 turns it off), got {self.prompt_guidance}")
 
 
@@ -227,8 +227,8 @@ class ExecutionConfig:
     NPC's memory is the same file either way; ``bfloat16`` runs it under autocast (frames within one level of
     255 of float32's on the tiny model, its decode 1.5x as fast on a CPU with bf16 matrix units); ``auto``
     takes bfloat16 on CPUs with AMX or AVX512-BF16 and float32 elsewhere. ``prompt_guidance``: the sampler's
-    (``SamplerConfig.prompt_guidance``; None keeps the model config's, 1 turns it off), the one choice here that
-    changes frames: those of NPCs under a prompt other than their character's base prompt.
+    (``SamplerConfig.prompt_guidance``; None keeps the model config's, 1 turns it off), the one choice here meant
+    to change what is drawn: the frames of NPCs under a prompt other than their character's base prompt.
     """
 
     attention: str = "sdpa"
@@ -245,7 +245,7 @@ class ExecutionConfig:
             raise ValueError(f"gemm must be one of {GEMM_FORMATS}, got {self.gemm!r}")
         if self.decode_precision not in DECODE_PRECISIONS:
             raise ValueError(f"decode_precision must be one of {DECODE_PRECISIONS}, got {self.decode_precision!r}")
-        if self.prompt_guidance is not None and self.prompt_guidance < 1.0:
+        if self.prompt_guidance is not None and not self.prompt_guidance >= 1.0:  # NaN too
             raise ValueError(f"prompt_guidance must be >= 1 (1 turns it off), got {self.prompt_guidance}")
 
     def serving(self, config: "ModelConfig") -> "ModelConfig":

@@ -266,10 +266,11 @@ class StepCache:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors())
 
-    def copy(self) -> "StepCache":
-        """A copy to write into while this one stays as it is."""
+    def select(self, rows: Tensor) -> "StepCache":
+        """A copy of some streams' rows of the batch (``rows``: their indices), to write into while this one
+        stays as it is."""
         tensors = {name: getattr(self, name) for name in ("k", "v", "k_scale", "v_scale")}
-        return replace(self, **{name: t.clone() for name, t in tensors.items() if t is not None})
+        return replace(self, **{name: t.index_select(1, rows) for name, t in tensors.items() if t is not None})
 
 
 def _null_audio_steps(sampler: SamplerConfig) -> tuple[int, ...]:

@@ -121,7 +121,7 @@ class CharacterConditioning:
 
 # Latents per decoder pass when a block is decoded. With the light decoder at 128x128 on 2 CPU cores two per pass
 # decode a block 1.1-1.2x faster than one, for one NPC or four at once; four or eight per pass are slower for four.
-DECODE_LATENTS_PER_CALL = 2
+DECODE_LATENTS_PER_PASS = 2
 
 
 class LiveActPipeline:
@@ -163,7 +163,7 @@ class LiveActPipeline:
         """The VAE's streaming decode of a block's latents in the decode precision this pipeline runs."""
         with torch.autocast(torch.device(self.device).type, dtype=self.decode_autocast or torch.float32,
                             enabled=self.decode_autocast is not None):
-            return self.vae.decode_stream(latents.float(), state, latents_per_call=DECODE_LATENTS_PER_CALL)
+            return self.vae.decode_stream(latents.float(), state, latents_per_pass=DECODE_LATENTS_PER_PASS)
 
     # -- construction ---------------------------------------------------------------------------------------
 
@@ -497,10 +497,11 @@ class LiveActPipeline:
         """The batch's prompt guidance: None when it is off or every NPC is under its character's base prompt."""
         if self.config.sampler.prompt_guidance <= 1.0:
             return None
-        rows = [not is_base_prompt(item.conditioning.base_prompt, item.prompt, item.intensity) for item in inputs]
-        if not any(rows):
+        rows = [row for row, item in enumerate(inputs)
+                if not is_base_prompt(item.conditioning.base_prompt, item.prompt, item.intensity)]
+        if not rows:
             return None
-        base = [self.context_for(item.conditioning, None).context for item in inputs]
+        base = [self.context_for(inputs[row].conditioning, None).context for row in rows]
         return PromptGuidance(CrossAttentionContext.batch(base), torch.tensor(rows, device=self.device))
 
     def _advance(self, inputs: Sequence[BlockInput], conditioning: Sequence[BlockConditioning],

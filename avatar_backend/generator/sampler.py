@@ -6,8 +6,9 @@ x0 = x_t - v * t_i / 1000, and the next input is (1 - t_{i+1}/1000) * x0 + eps *
 second, audio-free pass on its own caches and use null + cfg * (cond - null).
 
 Prompt guidance (not in the reference): the streams of a batch whose prompt is another than their character's
-base prompt add (guidance - 1) * (v - v_base) to the last step's velocity, v_base from a pass with the base prompt
-that reads the step's cache as it is and writes a scratch copy. Only the last step: the schedule's first two steps
+base prompt add (guidance - 1) * (v - v_base) to the last step's velocity, v_base from a pass of those streams alone
+with the base prompt, which reads the step's cache as it is and writes a scratch copy of their rows (batch-mates
+under their base prompts pay nothing for it). Only the last step: the schedule's first two steps
 move the latent from t = 1000 to 833, and guiding them did little (README, "Prompt guidance side by side").
 
 Noise is drawn in a fixed order per block: one tensor for the initial latent, then one per step (the last one is
@@ -102,8 +103,8 @@ class ReplayNoise:
 class PromptGuidance:
     """What prompt guidance needs besides its factor (``SamplerConfig.prompt_guidance``)."""
 
-    base: CrossAttentionContext    # every stream's context under its character's base prompt
-    rows: Tensor                   # [B] bool: the streams under another prompt (the others are left as they are)
+    base: CrossAttentionContext    # the guided streams' contexts under their characters' base prompts
+    rows: Tensor                   # [G] long: the guided streams' rows of the batch (the others are left as they are)
 
 
 @dataclass
@@ -165,16 +166,21 @@ def denoise_block(
 
         tokens = audio_tokens if use_audio else None
         guided = guidance is not None and sampler.prompt_guidance > 1.0 and i == sampler.num_steps - 1
-        if guided:  # before the conditional pass writes the cache this pass must read as it is
-            base_velocity, _ = call(steps[i] if functional else steps[i].copy(), tokens, guidance.base)
+        if guided:  # the guided streams alone, before the conditional pass writes the cache they read
+            rows = guidance.rows
+            base_velocity, _ = model(
+                latent[rows], timestep, y_block[rows], cache=steps[i].select(rows), start_frame=plan.window_start,
+                compress=plan.update_cache, context=guidance.base, audio_tokens=None if tokens is None else tokens[rows],
+                functional=functional, parallel=parallel,
+            )
         velocity, steps[i] = call(steps[i], tokens)
         prompted_velocity = velocity
         if use_audio and i in null_steps:
             null_velocity, null_steps[i] = call(null_steps[i], null_tokens)
             velocity = null_velocity + sampler.audio_cfg * (velocity - null_velocity)
         if guided:
-            push = (sampler.prompt_guidance - 1.0) * (prompted_velocity - base_velocity)
-            velocity = torch.where(guidance.rows.view(-1, 1, 1, 1, 1), velocity + push, velocity)
+            push = (sampler.prompt_guidance - 1.0) * (prompted_velocity[rows] - base_velocity)
+            velocity = velocity.index_add(0, rows, push)
         velocities.append(velocity)
 
         x0 = latent - velocity * (t_now / 1000.0)

@@ -519,12 +519,12 @@ class WanVAE(nn.Module):
         shapes = _decoder_cache_shapes(self.config, width, height, batch_size)  # shared: read only
         return CausalCache(frames={name: torch.zeros(shape, dtype=dtype, device=device) for name, shape in shapes.items()})
 
-    def decode_stream(self, latents: Tensor, state: CausalCache, latents_per_call: int = 1) -> Tensor:
+    def decode_stream(self, latents: Tensor, state: CausalCache, latents_per_pass: int = 1) -> Tensor:
         """Decode the next latents [B, z, n, h, w] of a stream, continuing ``state`` (updated in place).
 
         Returns unclamped frames [B, 3, F, H, W]: F = 1 + 4(n - 1) on the stream's first call, 4n after (at the
         default temporal stride). Concatenating the outputs of successive calls equals :meth:`decode` of all
-        latents at once. ``latents_per_call`` > 1 decodes several latents per decoder pass: the same function
+        latents at once. ``latents_per_pass`` > 1 decodes several latents per decoder pass: the same function
         (every layer is causal or per-frame), usually faster, not bit-identical to one at a time.
         """
         conv_cache = state.frames.get(self.decoder.conv1.cache_key)
@@ -539,15 +539,15 @@ class WanVAE(nn.Module):
         start = 0
         while start < z.shape[2]:
             # The first latent runs alone: the temporal upsamplers treat the first chunk differently.
-            stop = start + (1 if state.first_chunk else latents_per_call)
+            stop = start + (1 if state.first_chunk else latents_per_pass)
             frames.append(self.decoder(z[:, :, start:stop], state))
             state.first_chunk = False
             start = stop
         return torch.cat(frames, dim=2)
 
-    def decode(self, latents: Tensor, latents_per_call: int = 1) -> Tensor:
+    def decode(self, latents: Tensor, latents_per_pass: int = 1) -> Tensor:
         """Decode a whole clip of normalised latents [B, z, n, h, w] -> frames [B, 3, 1 + 4(n - 1), H, W], unclamped."""
-        return self.decode_stream(latents, CausalCache(), latents_per_call)
+        return self.decode_stream(latents, CausalCache(), latents_per_pass)
 
 
 def reference_mask(latent_frames: int, height: int, width: int, channels: int = 4) -> Tensor:

@@ -45,7 +45,7 @@ def vae_step(vae: WanVAE, clips: list[TrainingClip], recipe: TrainRecipe, rng: n
     log_var = log_var.clamp(-30.0, 20.0)
     sample = mu + torch.exp(0.5 * log_var) * torch.randn(mu.shape, generator=generator)
     normalised = (sample - vae.latent_mean) * vae.latent_inv_std
-    recon = vae.decode(normalised, latents_per_call=mu.shape[2])
+    recon = vae.decode(normalised, latents_per_pass=mu.shape[2])
     error = recon - video
     l1 = (error.abs() * weight).mean() / weight.mean()
     # L1 alone settles on per-pixel medians and leaves flat areas off-colour for long; the squared term

@@ -29,7 +29,7 @@ def test_block_by_block_decoding_equals_one_decode_of_the_whole_stream(vae):
     torch.testing.assert_close(streamed, whole, rtol=0, atol=1e-5)
     # Several latents per decoder pass compute the same function.
     state = vae.init_decoder_state(48, 32)
-    batched = torch.cat([vae.decode_stream(b, state, latents_per_call=8) for b in blocks], dim=2)
+    batched = torch.cat([vae.decode_stream(b, state, latents_per_pass=8) for b in blocks], dim=2)
     torch.testing.assert_close(batched, whole, rtol=1e-4, atol=1e-4)
 
 

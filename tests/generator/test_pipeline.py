@@ -250,8 +250,8 @@ def test_the_worker_serves_the_shipped_weights_unless_told_random():
 
 def test_a_batch_of_npcs_gets_the_frames_each_would_get_alone(pipeline, character):
     """Three NPCs (own seeds, voices and prompts) batched over 5 blocks (compression from block 2) against each
-    run alone: frames within 1 of 255, the DiT's caches within 1e-4 and the decoder states within 1e-2, and a
-    batched NPC's snapshot resumes bit-exactly."""
+    run alone: frames within 1 of 255, the DiT's caches within 1e-4, the decoder states within 1e-4 (1e-2 for the
+    NPC under prompt guidance), and a batched NPC's snapshot resumes bit-exactly."""
     from avatar_backend.generator.pipeline import BlockInput
 
     voices = [speech_like(16000 * 12, seed) for seed in (21, 22, 23)]
@@ -278,9 +278,11 @@ def test_a_batch_of_npcs_gets_the_frames_each_would_get_alone(pipeline, characte
         assert (got.blocks_generated, got.frames_generated, got.timeline_samples) == (
             want.blocks_generated, want.frames_generated, want.timeline_samples)
         for name, tensor in want.state_tensors().items():
-            # The decoder state carries the decoded latent, where prompt guidance (the angry NPC's) multiplies the
-            # batch's rounding by its factor.
-            tolerance = 1e-2 if name.startswith("vae_decoder") else 1e-4
+            # The guided NPC's (the angry one's) decoder state carries its decoded latent, in which prompt guidance
+            # multiplies the batch's rounding by its factor: enough to tip a bf16 decoder's roundings (measured
+            # here: 8e-3 at most). Its batch-mates under their base prompts come out as they would alone.
+            guided_decoder = want.npc_id == "npc1" and name.startswith("vae_decoder")
+            tolerance = 1e-2 if guided_decoder else 1e-4
             torch.testing.assert_close(got.state_tensors()[name], tensor, rtol=tolerance, atol=tolerance, msg=name)
     # Per NPC, a snapshot taken after batched blocks continues exactly like the memory itself.
     snapshot = batched[1].host_copy()
@@ -288,6 +290,30 @@ def test_a_batch_of_npcs_gets_the_frames_each_would_get_alone(pipeline, characte
     continued = pipeline.generate_blocks([item])[0]
     resumed = pipeline.generate_blocks([BlockInput(snapshot, character, item.audio, item.prompt, item.intensity)])[0]
     np.testing.assert_array_equal(continued, resumed)
+
+
+def test_prompt_guidance_adds_a_pass_for_the_npcs_under_a_prompt_alone(pipeline, character, monkeypatch):
+    """Batch-mates under their base prompts do not pay for an angry NPC's guidance: the DiT's calls of a block
+    are the batch's three steps plus one pass of the angry NPC alone."""
+    from avatar_backend.generator.pipeline import BlockInput
+
+    assert pipeline.config.sampler.prompt_guidance > 1.0
+    forward = pipeline.dit.forward
+    batch_sizes = []
+
+    def counting_forward(latent, *args, **kwargs):
+        batch_sizes.append(latent.shape[0])
+        return forward(latent, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.dit, "forward", counting_forward)
+    memories = [pipeline.new_memory(f"npc{i}", "villager", SIZE, SIZE, FPS, seed=60 + i) for i in range(3)]
+    prompts = [None, "an angry villager", None]
+    items = []
+    for memory, prompt in zip(memories, prompts):
+        consume, lookahead = pipeline.block_audio_samples(memory)
+        items.append(BlockInput(memory, character, speech_like(consume + lookahead, 3), prompt, 1.0))
+    pipeline.generate_blocks(items)
+    assert sorted(batch_sizes) == [1, 3, 3, 3]
 
 
 def test_npcs_at_different_block_kinds_are_refused_as_one_batch(pipeline, character):

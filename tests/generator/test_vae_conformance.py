@@ -64,13 +64,13 @@ def test_decode_first_block_matches_reference(golden):
     assert torch.equal(golden.vae.decode_stream(latents, state), frames)
 
 
-@pytest.mark.parametrize("latents_per_call", [1, 8])
+@pytest.mark.parametrize("latents_per_pass", [1, 8])
 @torch.inference_mode()
-def test_streaming_decoder_equals_continuous_decode(golden, latents_per_call):
+def test_streaming_decoder_equals_continuous_decode(golden, latents_per_pass):
     vae, tensors = golden.vae, golden.tensors
     state = vae.init_decoder_state(golden.width, golden.height)
-    first = vae.decode_stream(tensors["latents.block0"], state, latents_per_call)
-    second = vae.decode_stream(tensors["latents.block1"], state, latents_per_call)
+    first = vae.decode_stream(tensors["latents.block0"], state, latents_per_pass)
+    second = vae.decode_stream(tensors["latents.block1"], state, latents_per_pass)
     assert (first.shape[2], second.shape[2]) == (21, 32)
     assert_matches(torch.cat([first, second], dim=2), tensors["decode.continuous"])
 
@@ -115,13 +115,13 @@ def test_state_size_is_constant_and_known_in_advance(golden):
     assert state.nbytes() == expected
     shapes = {name: t.shape for name, t in state.to_tensors().items()}
     for latents in blocks:
-        vae.decode_stream(latents, state, latents_per_call=8)
+        vae.decode_stream(latents, state, latents_per_pass=8)
         assert state.nbytes() == expected
         assert {name: t.shape for name, t in state.to_tensors().items()} == shapes
 
     # Filled on first use: full size once the first block has run.
     lazy = CausalCache()
-    vae.decode_stream(blocks[0], lazy, latents_per_call=8)
+    vae.decode_stream(blocks[0], lazy, latents_per_pass=8)
     assert {name: t.shape for name, t in lazy.to_tensors().items()} == shapes
 
 
