@@ -219,11 +219,12 @@ def bench_decoders(config: str, kinds: tuple[str, ...], threads: int, rounds: in
             "decoders": rows}
 
 
-def bench_worker_realtime(config: str, npc_counts: tuple[int, ...], seconds: float) -> dict:
+def bench_worker_realtime(config: str, npc_counts: tuple[int, ...], seconds: float, prompt: str = "") -> dict:
     """NPCs talking at once through a real worker process (engine, scheduler, batches) at real-time pace.
 
     Each NPC gets speech-like voice in 20 ms chunks as a microphone sends it (3.2 s utterances, 0.8 s pauses)
-    for ``seconds``, from this process over the worker link, as the gateway sends it. A block is late when it
+    for ``seconds``, from this process over the worker link, as the gateway sends it, under ``prompt`` as an
+    emotion's prompt (empty: its character's base prompt). A block is late when it
     arrives after its NPC's playback reaches it, playback starting at the NPC's first frame; voice is chopped
     when the worker had to put silence inside an utterance.
     """
@@ -259,6 +260,9 @@ def bench_worker_realtime(config: str, npc_counts: tuple[int, ...], seconds: flo
                 session_id=session, npc_id=f"npc{index}", character_id="bench", character=spec)), [png], timeout=60)
             if reply.WhichOneof("body") != "npc_opened":
                 raise RuntimeError(f"NPC {index} was not opened: {reply}")
+            if prompt:
+                link.send(worker_pb2.ToWorker(control=worker_pb2.Control(session_id=session, emotion_prompt=prompt,
+                                                                        intensity=1.0)))
             arrivals[session] = []
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -316,7 +320,7 @@ def bench_worker_realtime(config: str, npc_counts: tuple[int, ...], seconds: flo
             row, size = asyncio.run(run(count, data_dir))
             rows.append(row)
     in_time = [r["npcs"] for r in rows if not r["late_blocks"] and not r["chopped_blocks"]]
-    return {"config": config, **size, "runs": rows, "realtime_npcs": max(in_time, default=0)}
+    return {"config": config, **size, "prompt": prompt, "runs": rows, "realtime_npcs": max(in_time, default=0)}
 
 
 def bench_gateway(width: int, height: int, fps: int, frames: int) -> dict:
@@ -412,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--realtime-npcs", default="1,3,4,5,6,7",
                         help="NPC counts talking at real-time pace through the worker, comma-separated (empty: skip)")
     parser.add_argument("--realtime-seconds", type=float, default=30.0, help="how long each of them talks")
+    parser.add_argument("--realtime-prompt", default="",
+                        help="an emotion's prompt they talk under, e.g. angry (empty: their base prompt)")
     args = parser.parse_args(argv)
     for name, value in (("--batches", args.batches), ("--realtime-npcs", args.realtime_npcs)):
         if not all(n.strip().isdigit() and int(n) > 0 for n in value.split(",") if n.strip()):
@@ -466,8 +472,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['speedup']:.2f}x the first")
         counts = tuple(int(n) for n in args.realtime_npcs.split(",") if n.strip())
         if counts:
-            results["worker_realtime"] = live = bench_worker_realtime(args.config, counts, args.realtime_seconds)
-            print(f"NPCs talking at real-time pace through the worker ({live['width']}x{live['height']}):")
+            results["worker_realtime"] = live = bench_worker_realtime(args.config, counts, args.realtime_seconds,
+                                                                      args.realtime_prompt)
+            under = f"under the prompt {live['prompt']!r}" if live["prompt"] else "under their base prompt"
+            print(f"NPCs talking at real-time pace through the worker ({live['width']}x{live['height']}, {under}):")
             for row in live["runs"]:
                 print(f"  {row['npcs']} NPCs, {row['seconds']:.0f} s: {row['blocks']} blocks, {row['late_blocks']} "
                       f"late (worst {row['worst_lateness_s']:+.3f} s), {row['chopped_blocks']} with silence "

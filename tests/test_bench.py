@@ -22,8 +22,10 @@ def test_batches_report_blocks_per_second_and_real_time_per_npc():
                                                   default=0)
 
 
-def test_npcs_talking_through_a_worker_process_are_counted_late_or_chopped():
-    result = bench_worker_realtime("tiny", (2,), seconds=4.0)
+@pytest.mark.parametrize("prompt", ["", "angry"])
+def test_npcs_talking_through_a_worker_process_are_counted_late_or_chopped(prompt):
+    result = bench_worker_realtime("tiny", (2,), seconds=4.0, prompt=prompt)
+    assert result["prompt"] == prompt
     [row] = result["runs"]
     assert row["npcs"] == 2 and row["blocks"] >= 2
     # Two NPCs talking for 4 s make at least their first two blocks each, at most two per call.
