@@ -158,7 +158,7 @@ def denoise_block(
         timestep = torch.tensor([t_now], dtype=torch.float32, device=latent.device)
         use_audio = audio_tokens is not None and not (i == 0 and sampler.skip_audio_at_first_step)
 
-        def call(cache, tokens, context=context):
+        def call(cache, tokens):
             return model(
                 latent, timestep, y_block, cache=cache, start_frame=plan.window_start, compress=plan.update_cache,
                 context=context, audio_tokens=tokens, functional=functional, parallel=parallel,
