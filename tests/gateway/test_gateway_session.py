@@ -412,15 +412,19 @@ async def test_audio_packet_over_its_limit_is_resource_exhausted(tmp_path):
 
 @async_test
 async def test_slow_reader_loses_oldest_frames_and_never_blocks_others(tmp_path):
-    # Room for two blocks: a client that keeps reading loses nothing, however far ahead the worker runs.
-    async with running_gateway(tmp_path, outbound_queue_frames=64, worker_options=VOICE_FIRST) as h:
+    # Room for two blocks: a client that reads faster than the worker generates loses nothing, however far ahead
+    # of the audio clock the worker runs. A block call takes 50 ms here (still many times real time), so that a
+    # reader on a loaded 2-core machine stays the faster.
+    async with running_gateway(tmp_path, outbound_queue_frames=64, block_delay_s=0.05,
+                               worker_options=VOICE_FIRST) as h:
         await register_character(h.stub)
         big = cv.VideoFormat(width=256, height=256, codec=cv.VIDEO_CODEC_RAW_RGB)
         slow, _ = await open_session(h.stub, session_config(npc_id="slow", video=big, stats_interval_ms=100,
                                                             audio=PCM16_16K))
         fast, _ = await open_session(h.stub, session_config(npc_id="fast", video=cv.VideoFormat(width=64, height=64),
                                                             audio=PCM16_16K))
-        # 17 s of voice each, sent at once as a TTS does: the worker makes the 341 frames back to back.
+        # 17 s of voice each, sent at once as a TTS does: the worker makes the 341 frames back to back, far ahead
+        # of the audio clock.
         voice = FIRST_BLOCK_SAMPLES + 10 * BLOCK_SAMPLES
         last_index = 21 + 10 * 32 - 1
         for call in (slow, fast):
