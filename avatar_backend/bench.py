@@ -231,6 +231,7 @@ def bench_worker_realtime(config: str, npc_counts: tuple[int, ...], seconds: flo
     import asyncio
     import tempfile
 
+    from avatar_backend.media.synthetic_voice import speech_like_voice
     from avatar_backend.proto_gen import worker_pb2
     from avatar_backend.store import CharacterRecord
     from avatar_backend.worker.character_spec import spec_from_record
@@ -241,8 +242,7 @@ def bench_worker_realtime(config: str, npc_counts: tuple[int, ...], seconds: flo
     spec = spec_from_record(CharacterRecord("bench", "talking"))
     rate = 16000
     chunk = rate // 50
-    t = np.arange(int(3.2 * rate)) / rate
-    utterance = (0.3 * np.sin(2 * np.pi * 170 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    utterance = speech_like_voice(rate, 3.2)
     pause = np.zeros(int(0.8 * rate), np.float32)
 
     async def run(count: int, data_dir: str) -> tuple[dict, dict]:

@@ -8,6 +8,7 @@
     avatar-backend info                       what the server runs and accepts
     avatar-backend bench                      the benchmark
     avatar-backend memory-plan                what a model needs on its GPUs, before anything is loaded
+    avatar-backend soak                       a server under talking NPCs for an hour: its memory, frames, lateness
 
 Every client command talks gRPC to ``--server`` (default 127.0.0.1:50051) and exits with status 1 and the
 gRPC status name and message when the server refuses.
@@ -51,6 +52,7 @@ from .manage import (
 from .plan import add_memory_plan_arguments, command_memory_plan
 from .say import add_say_arguments, command_say
 from .serve import add_execution_arguments, add_model_arguments, add_storage_arguments, command_serve
+from .soak import add_soak_arguments, command_soak
 
 __all__ = ["API_KEY_ENV", "CliError", "build_parser", "main"]
 
@@ -189,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results to this JSON file")
     bench.set_defaults(handler=command_bench)
+
+    soak = commands.add_parser(
+        "soak", help="run a server under talking NPCs for a long time and report its memory",
+        description="Start `serve` on a free port, let NPCs talk to it at real-time pace (sessions ending and "
+                    "resuming), and report per window each server process's resident memory, the frames received "
+                    "and how late they came (Linux).")
+    add_soak_arguments(soak)
+    add_model_arguments(soak)
+    soak.set_defaults(handler=command_soak)
 
     plan = commands.add_parser(
         "memory-plan", help="print what a model needs on its GPUs (nothing is loaded)",

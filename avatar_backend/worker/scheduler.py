@@ -26,8 +26,15 @@ When a session's next block may run (``consume`` samples plus ``lookahead`` samp
 
 (a) voice for the whole block is queued (a waiting utterance: plus its jitter reserve): now. TTS arrives
     faster than real time, so frames run ahead of the wall clock and the engine buffers them by pts.
-(b) the utterance has ended (end of utterance received, no newer voice): now, with what is queued, padded with
-    silence. UtteranceDone is reported once the block holding the utterance's last voice sample is made.
+(b) the utterance has ended (end of utterance received, no newer voice): what is queued, padded with silence.
+    UtteranceDone is reported once the block holding the utterance's last voice sample is made. Voice that
+    arrived faster than real time (TTS), or an NPC being closed, flushes now. An utterance that arrived at
+    real-time pace is held until the video would run out (as an underrun waits): the next utterance's voice, if
+    it comes first, is queued after it behind silence as long as the speaker's pause (on the wall clock) and
+    waits as any utterance does; if it may start by (a) in time, the two share the block, else the held block
+    is made alone at its deadline. Padding every utterance's last block with silence to a whole block would
+    put the timeline further ahead of the clock with each utterance, and so delay each reply a little more,
+    without end.
 (c) idle, listening, or an utterance still waiting: silence, paced by the wall clock, just in time: a block
     starts when the video already made would run out within the expected busy time plus ``idle_margin_s``,
     so an idle NPC never stalls. The busy time is how long the generator takes when every session's block
@@ -190,7 +197,8 @@ class SessionState:
     opened_at: float                      # scheduler clock at timeline sample 0
     timeline_pos: int = 0                 # session timeline samples covered by generated video
     voice: PcmQueue = field(default_factory=PcmQueue)
-    voice_consumed: int = 0               # voice samples already turned into video in this session
+    voice_consumed: int = 0               # queued samples already turned into video in this session (voice, and
+                                          # the pauses between utterances that rule (b) held together)
     utterance_open: bool = False          # voice arrived since the last end of utterance / interrupt
     speaking: bool = False                # queued voice is being turned into video (see the module doc)
     gap_from: int | None = None           # timeline position where a speaking utterance's voice stalled
@@ -203,6 +211,11 @@ class SessionState:
     # Positions in the voice stream (voice_consumed counts) where announced utterances end.
     utterance_ends: collections.deque[int] = field(default_factory=collections.deque)
     last_voice_end: int = 0               # timeline position just after the last voice sample generated
+    # An utterance that arrived at real-time pace ended with voice still queued, which rule (b) holds for the
+    # next utterance: the queued samples that belong to it (then also the pause after it), and when (scheduler
+    # clock) its last sample was due, until the next utterance's voice comes and follows after the pause.
+    held_samples: int = 0
+    held_voice_end: float | None = None
     listening: bool = False
     listening_prompt: str | None = None   # the prompt of silent blocks while listening
     prompt: str | None = None             # None: the character's base prompt
@@ -326,6 +339,15 @@ class Scheduler:
                                  "video; send audio at most that far ahead")
         if len(pcm):
             now = self.clock()
+            if state.held_voice_end is not None:
+                # The pause since the held utterance ended, as silence: the NPC pauses as long as the speaker did.
+                # The new utterance waits as any does (rule (a) with its reserve); until it may start, the held
+                # one's block is still made alone at its deadline.
+                pause = np.zeros(int(max(0.0, now - state.held_voice_end) * self.config.sample_rate), np.float32)
+                state.voice.push(pause)
+                state.held_samples += pause.size
+                state.held_voice_end = None
+                state.speaking, state.waiting_since, state.waiting_voice = False, now, 0
             if not state.speaking and state.waiting_since is None:
                 state.waiting_since, state.waiting_voice = now, len(state.voice)
             if state.voice_origin is None:
@@ -341,6 +363,15 @@ class Scheduler:
     def end_of_utterance(self, session_id: str) -> list[UtteranceEnd]:
         """Mark the end of the current utterance; returns it at once when none of its voice is still queued."""
         state = self.get(session_id)
+        now = self.clock()
+        # At real-time pace the voice took about its own length to arrive (the origin follows the latest sample).
+        real_time = state.voice_origin is not None and state.utterance_open and (
+            (now - state.voice_origin) * FASTER_THAN_REAL_TIME >= state.utterance_voice / self.config.sample_rate)
+        if state.utterance_open:  # a repeated end of utterance keeps the first one's hold
+            held = real_time and len(state.voice) > 0
+            state.held_samples = len(state.voice) if held else 0
+            state.held_voice_end = state.voice_origin + state.utterance_voice / self.config.sample_rate if held \
+                else None
         state.utterance_open = False
         state.voice_origin = None
         queued_end = state.voice_consumed + len(state.voice)
@@ -361,6 +392,7 @@ class Scheduler:
         state.utterance_ends.clear()
         state.utterance_open = False
         state.speaking, state.gap_from, state.waiting_since, state.voice_origin = False, None, None, None
+        state.held_samples, state.held_voice_end = 0, None
         generated_until = state.timeline_pos
         position = generated_until if played_until is None else min(max(played_until, state.replace_floor),
                                                                      generated_until)
@@ -497,7 +529,11 @@ class Scheduler:
         audio = np.zeros(consume + lookahead, dtype=np.float32)
         voice_samples = 0
         if reason != "idle":  # an idle block leaves a waiting utterance's voice queued
-            voice = state.voice.peek(consume + lookahead)
+            # A held utterance's block made alone leaves the next (waiting) utterance's voice queued.
+            take = consume + lookahead
+            if reason == "end_of_utterance" and state.held_samples:
+                take = min(take, state.held_samples)
+            voice = state.voice.peek(take)
             audio[: voice.size] = voice
             voice_samples = min(voice.size, consume)
         prompt, intensity = state.prompt, state.intensity
@@ -548,14 +584,17 @@ class Scheduler:
         state.voice_consumed += plan.voice_samples
         if plan.voice_samples:
             state.last_voice_end = plan.audio_start + plan.voice_samples
-            state.speaking, state.gap_from, state.waiting_since = True, None, None
+            if not (plan.reason == "end_of_utterance" and state.utterance_open):  # else the open one still waits
+                state.speaking, state.gap_from, state.waiting_since = True, None, None
+        state.held_samples = max(0, state.held_samples - plan.voice_samples)
         if plan.reason == "underrun" and state.utterance_open:
             # The voice stalled beyond the budget: silence goes in once, then the rest waits to start again.
             state.speaking = False
             state.gap_from = plan.audio_start + plan.voice_samples
         if not state.utterance_open and not len(state.voice):
             state.speaking, state.gap_from = False, None  # the utterance is over
-            state.waiting_since = None
+            state.waiting_since = state.held_voice_end = None
+            state.held_samples = 0
         state.timeline_pos += plan.consume
         state.blocks += 1
         if state.action_prompt is not None and plan.prompt == state.action_prompt:
@@ -593,7 +632,9 @@ class Scheduler:
             needed += int(reserve_s * config.sample_rate)
         if queued >= needed:
             return -np.inf, "voice"                                     # (a)
-        if queued and not state.utterance_open:                        # (b) flush the ended utterance
+        if state.held_samples and state.closing_request is None:        # (b) the ended utterance, held
+            return deadline, "end_of_utterance"
+        if state.held_samples or (queued and not state.utterance_open):  # (b) flush the ended utterance
             return -np.inf, "end_of_utterance"
         if state.speaking and state.utterance_open:                     # (d) wait for voice, pad late
             stalled_at = (state.voice_origin + state.utterance_voice / config.sample_rate

@@ -250,6 +250,84 @@ def test_a_short_stall_within_the_budget_inserts_nothing(pipeline, clock):
     assert all(p.reason != "underrun" and p.gap_samples == 0 for p in plans)
 
 
+def conversation(sched, pipeline, clock, *, utterances: int, utterance_s: float, pause_s: float,
+                 jitter_s: float = 0.0):
+    """``utterances`` utterances of real-time voice in 20 ms packets, each followed by its end of utterance and
+    ``pause_s`` of nothing, blocks made as the scheduler says (0.1 s each); each packet is held back up to
+    ``jitter_s`` (a network's jitter; packets keep their order). Returns every plan, the utterance ends
+    reported and the clock time of each utterance's first packet. Asserts that the video never ran out."""
+    packet, step = 320, 0.02
+    rng = np.random.default_rng(0)
+    s = sched.get("s1")
+    plans, ends, started_at = [], [], []
+    t_next, sent, done = 0.0, 0, 0
+    held_until = 0.0
+    while done < utterances or s.queued_samples:
+        while done < utterances and t_next <= clock.t + 1e-9:
+            held_until = max(held_until, t_next + rng.uniform(0.0, jitter_s))
+            if held_until > clock.t + 1e-9:
+                break
+            if sent == 0:
+                started_at.append(clock.t)
+            sched.push_voice("s1", voice(packet))
+            sent += packet
+            t_next += step
+            if sent >= int(utterance_s * RATE):
+                ends += sched.end_of_utterance("s1")
+                sent, done = 0, done + 1
+                t_next += pause_s
+        ahead_before = ahead_s(s, clock)
+        plan, ended = run_one(sched, pipeline, clock, compute_s=0.1)
+        if plan is None:
+            clock.advance(0.01)
+            continue
+        if s.blocks > 1:
+            assert ahead_before > 0, "the video ran out"
+        plans.append(plan)
+        ends += ended
+    return plans, ends, started_at
+
+
+@pytest.mark.parametrize("utterance_s", [3.3, 2.5])
+def test_a_real_time_conversation_keeps_its_pauses_and_its_delay_stays_flat(pipeline, clock, utterance_s):
+    # 60 utterances at real-time pace with 0.8 s pauses, as a streaming TTS or a microphone sends them. Padding
+    # each utterance's last block to a whole block (1.6 s; 3.3 s of voice take 3 blocks) would make the
+    # timeline longer than the clock at each utterance: each reply later than the one before.
+    pause_s = 0.8
+    sched = Scheduler(pipeline, clock=clock)
+    open_session(sched, pipeline)
+    plans, ends, started_at = conversation(sched, pipeline, clock, utterances=60, utterance_s=utterance_s,
+                                           pause_s=pause_s)
+    assert all(p.reason != "underrun" and p.gap_samples == 0 for p in plans), "voice was chopped"
+    # The pauses are kept: most utterances end their own length plus the pause after the one before on the
+    # timeline, as on the clock (within the clock's steps: a generator call moves it 0.1 s).
+    gaps = np.diff([e.timeline_end for e in ends]) / RATE
+    assert len(ends) == 60 and abs(np.median(gaps) - (utterance_s + pause_s)) <= 0.12
+    # Each utterance's delay, from its first packet to its voice on the timeline, does not grow: pauses measured
+    # on a clock that moves in steps come out a little short, so it shrinks while utterances share held blocks,
+    # until the next one has to wait for its block and jitter reserve. It stays under two blocks and the budget
+    # (plus the generator's time and the margins).
+    delays = np.array([e.timeline_end / RATE - utterance_s for e in ends]) - started_at
+    budget = SchedulerConfig().voice_jitter_budget_s
+    assert delays[-20:].max() <= delays[:20].max() + 0.02 and delays.max() <= 2 * BLOCK / RATE + budget + 0.5
+
+
+@pytest.mark.parametrize("pause_s", np.arange(0.05, 2.4, 0.15).round(2).tolist())
+def test_the_next_utterance_joins_a_held_block_or_waits_never_chopped(pipeline, clock, pause_s):
+    # Whenever the next utterance comes (inside the held block's time, at its very end, or after it was made),
+    # and with its packets up to 0.3 s late, neither utterance gets silence inside it, and every sample of voice
+    # is made once. (Joining as a speaking utterance, without the reserve a waiting one holds, chopped the next
+    # utterance at pauses under 0.25 s.)
+    sched = Scheduler(pipeline, clock=clock)
+    s = open_session(sched, pipeline)
+    plans, ends, _ = conversation(sched, pipeline, clock, utterances=8, utterance_s=2.9, pause_s=pause_s,
+                                  jitter_s=0.3)
+    assert all(p.reason != "underrun" and p.gap_samples == 0 for p in plans), "voice was chopped"
+    assert len(ends) == 8 and s.queued_samples == 0
+    voiced = sum(int(np.count_nonzero(p.consumed_audio)) for p in plans)
+    assert voiced == 8 * int(2.9 * RATE)
+
+
 def test_end_of_utterance_pads_with_silence_and_reports_the_end(pipeline, clock):
     sched = Scheduler(pipeline, clock=clock)
     s = open_session(sched, pipeline)

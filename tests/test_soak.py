@@ -1,0 +1,38 @@
+"""``avatar-backend soak`` against a real server (serve's gateway and worker processes, the tiny model with its
+shipped weights): NPCs talk at real-time pace over gRPC, a session ends and the NPC resumes, and the report
+holds every process's memory and the video's lead per window."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="soak reads /proc")
+
+from avatar_backend.cli import main  # noqa: E402
+
+
+def test_soak_reports_memory_frames_and_a_lead_that_does_not_grow(tmp_path, capsys):
+    out = tmp_path / "soak.json"
+    assert main(["soak", "--minutes", "0.9", "--npcs", "1", "--session-seconds", "36", "--window-seconds", "9",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    windows = report["windows"]
+    assert len(windows) == 6 and report["fps"] == 20
+    for row in windows:
+        assert {"gateway", "worker"} <= set(row["rss_mib"]) and all(mib > 20 for mib in row["rss_mib"].values())
+        # Real time: about the frames due; a block (32 frames) more or less at the window's edges.
+        assert abs(row["frames_received"] - row["frames_due"]) <= 64
+    assert report["frames_missing"] == 0
+    # The NPC's second session resumed its memory.
+    assert [row["sessions_resumed"] for row in windows] == [0, 0, 0, 0, 1, 0]
+    # Within the first session (windows 2-4) the video keeps the same lead on the session clock: each
+    # utterance's pause is as long as it was on the clock, not padded to a block (that made 3 s more per 9 s).
+    leads = [row["video_lead_median_ms"] for row in windows[1:4]]
+    assert max(leads) - min(leads) < 700
+    assert set(report["rss_growth_mib"]) >= {"gateway", "worker"}
+    printed = capsys.readouterr().out
+    assert "RSS from the second window to the last: gateway" in printed
