@@ -24,8 +24,11 @@ def test_soak_reports_memory_frames_and_a_lead_that_does_not_grow(tmp_path, caps
     assert len(windows) == 6 and report["fps"] == 20
     for row in windows:
         assert {"gateway", "worker"} <= set(row["rss_mib"]) and all(mib > 20 for mib in row["rss_mib"].values())
-        # Real time: about the frames due; a block (32 frames) more or less at the window's edges.
-        assert abs(row["frames_received"] - row["frames_due"]) <= 64
+        if not row["sessions_opened"]:
+            # Real time: about the frames due, a block (32 frames) more or less at the window's edges. (A
+            # session's start sends its first blocks ahead of the clock, and the old session's last ones.)
+            assert abs(row["frames_received"] - row["frames_due"]) <= 64
+    assert sum(row["frames_received"] for row in windows) >= 0.95 * sum(row["frames_due"] for row in windows)
     assert report["frames_missing"] == 0
     # The NPC's second session resumed its memory.
     assert [row["sessions_resumed"] for row in windows] == [0, 0, 0, 0, 1, 0]
