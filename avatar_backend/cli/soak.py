@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import platform
 import signal
 import statistics
 import sys
@@ -34,7 +35,7 @@ import numpy as np
 from avatar_backend import DEFAULT_CHARACTER_ID
 from avatar_backend.client import AvatarClient
 from avatar_backend.media.synthetic_voice import speech_like_voice
-from avatar_backend.proto_gen import converse_pb2
+from avatar_backend.proto_gen import avatar_service_pb2, converse_pb2
 
 from .common import CliError, display_path, format_table, parse_positive_int
 from .demo import SERVER_START_TIMEOUT_S, ServerProcess, free_port, wait_for_server
@@ -249,14 +250,17 @@ def command_soak(args: argparse.Namespace) -> int:
         server = ServerProcess(serve_args, verbose=args.verbose)
         try:
             asyncio.run(wait_for_server(f"{host}:{port}", server, SERVER_START_TIMEOUT_S))
-            fps = asyncio.run(_stream_fps(f"{host}:{port}"))
+            model = asyncio.run(_model_info(f"{host}:{port}"))
+            fps = float(model.default_fps)
             print(f"{args.npcs} NPC(s) talking for {args.minutes:g} min, sessions of {args.session_seconds:g} s",
                   flush=True)
             log = asyncio.run(soak(f"{host}:{port}", server.process.pid, args.npcs, seconds, args.session_seconds))
         finally:
             server.stop()
     windows = windows_of(log, seconds, args.window_seconds, args.npcs, fps)
-    report = {"config": args.config, "device": args.device, "npcs": args.npcs, "minutes": args.minutes,
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+              "config": args.config, "device": args.device, "weights_sha256": model.weights_sha256,
+              "random_weights": model.random_weights, "npcs": args.npcs, "minutes": args.minutes,
               "session_seconds": args.session_seconds, "window_seconds": args.window_seconds, "fps": fps,
               "windows": windows, "rss_growth_mib": growth_of(windows), "frames_missing": log.frames_missing}
     print_report(report)
@@ -267,10 +271,9 @@ def command_soak(args: argparse.Namespace) -> int:
     return 0 if log.frames else 1
 
 
-async def _stream_fps(target: str) -> float:
+async def _model_info(target: str) -> avatar_service_pb2.ModelInfo:
     async with AvatarClient(target) as client:
-        info = await client.server_info()
-    return float(info.model.default_fps)
+        return (await client.server_info()).model
 
 
 def add_soak_arguments(parser: argparse.ArgumentParser) -> None:
