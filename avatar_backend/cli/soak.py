@@ -183,7 +183,6 @@ async def soak(target: str, server_pid: int, npcs: int, seconds: float, session_
         sampler = asyncio.create_task(sample_memory(server_pid, log, seconds))
         await asyncio.gather(*(talk(client, f"soak-npc-{i}", log, seconds, session_s) for i in range(npcs)))
         await sampler
-    log.memory.append((log.now(), server_memory(server_pid)))
     return log
 
 

@@ -158,9 +158,9 @@ def denoise_block(
         timestep = torch.tensor([t_now], dtype=torch.float32, device=latent.device)
         use_audio = audio_tokens is not None and not (i == 0 and sampler.skip_audio_at_first_step)
 
-        def call(cache, tokens):
+        def call(cache, tokens, *, x=latent, y=y_block, context=context):
             return model(
-                latent, timestep, y_block, cache=cache, start_frame=plan.window_start, compress=plan.update_cache,
+                x, timestep, y, cache=cache, start_frame=plan.window_start, compress=plan.update_cache,
                 context=context, audio_tokens=tokens, functional=functional, parallel=parallel,
             )
 
@@ -168,11 +168,8 @@ def denoise_block(
         guided = guidance is not None and sampler.prompt_guidance > 1.0 and i == sampler.num_steps - 1
         if guided:  # the guided streams alone, before the conditional pass writes the cache they read
             rows = guidance.rows
-            base_velocity, _ = model(
-                latent[rows], timestep, y_block[rows], cache=steps[i].select(rows), start_frame=plan.window_start,
-                compress=plan.update_cache, context=guidance.base, audio_tokens=None if tokens is None else tokens[rows],
-                functional=functional, parallel=parallel,
-            )
+            base_velocity, _ = call(steps[i].select(rows), None if tokens is None else tokens[rows],
+                                    x=latent[rows], y=y_block[rows], context=guidance.base)
         velocity, steps[i] = call(steps[i], tokens)
         prompted_velocity = velocity
         if use_audio and i in null_steps:

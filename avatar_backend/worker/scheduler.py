@@ -593,8 +593,7 @@ class Scheduler:
             state.gap_from = plan.audio_start + plan.voice_samples
         if not state.utterance_open and not len(state.voice):
             state.speaking, state.gap_from = False, None  # the utterance is over
-            state.waiting_since = state.held_voice_end = None
-            state.held_samples = 0
+            state.waiting_since = state.held_voice_end = None  # held_samples is 0 too: never more than is queued
         state.timeline_pos += plan.consume
         state.blocks += 1
         if state.action_prompt is not None and plan.prompt == state.action_prompt:
