@@ -81,8 +81,11 @@ class MediaOutput:
                        encoded: EncodedFrame) -> converse_pb2.ServerMessage:
         local = self.timeline_frame(block.audio_start) + k
         start, end = self.clock.audio_slice(local)
-        # The block's voice comes first and silence after it, so a frame speaks when its slice starts in it.
-        speaking = k * self.timeline_samples_per_frame < block.voice_samples
+        # The block's voice comes first and silence after it, so a frame speaks when its slice starts in it,
+        # unless there the voice part holds a pause between two utterances.
+        offset = k * self.timeline_samples_per_frame
+        sample = block.audio_start + offset
+        speaking = offset < block.voice_samples and not any(p.start <= sample < p.end for p in block.pauses)
         return converse_pb2.ServerMessage(frame=converse_pb2.VideoFrame(
             index=block.first_frame_index + k, pts=start, pts_us=self.clock.pts_us(local), codec=self._video_codec,
             width=block.width, height=block.height, keyframe=encoded.keyframe, data=encoded.data,

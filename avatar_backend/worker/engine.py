@@ -293,6 +293,7 @@ class Engine:
             compute_ms=compute_s * 1000.0, audio_queued_samples=state.queued_samples,
             voice_samples=plan.voice_samples, gap_samples=plan.gap_samples,
             devices=self.telemetry.to_proto(), batch_size=batch_size,
+            pauses=[worker_pb2.SampleRange(start=start, end=end) for start, end in plan.pauses],
         )
         pcm = np.ascontiguousarray(plan.consumed_audio)
         self.link.emit(worker_pb2.FromWorker(frame_block=block), [frames, pcm])

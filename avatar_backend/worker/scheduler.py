@@ -216,6 +216,8 @@ class SessionState:
     # clock) its last sample was due, until the next utterance's voice comes and follows after the pause.
     held_samples: int = 0
     held_voice_end: float | None = None
+    # The speaker's pauses queued as silence between held utterances, as voice-stream positions [start, end).
+    pauses: collections.deque[tuple[int, int]] = field(default_factory=collections.deque)
     listening: bool = False
     listening_prompt: str | None = None   # the prompt of silent blocks while listening
     prompt: str | None = None             # None: the character's base prompt
@@ -250,6 +252,8 @@ class BlockPlan:
     # Silence that went inside the utterance this block resumes (its voice stalled beyond the budget).
     gap_samples: int = 0
     batch_key: Hashable = None  # the generator's batch key of the block (its kind and size), for its estimates
+    # Speaker's pauses inside the voice part (rule (b)), as timeline positions [start, end): silence, not voice.
+    pauses: tuple[tuple[int, int], ...] = ()
 
     @property
     def audio_end(self) -> int:
@@ -257,7 +261,7 @@ class BlockPlan:
 
     @property
     def speaking(self) -> bool:
-        return self.voice_samples > 0
+        return self.voice_samples > sum(end - start for start, end in self.pauses)
 
     @property
     def consumed_audio(self) -> np.ndarray:
@@ -344,6 +348,9 @@ class Scheduler:
                 # The new utterance waits as any does (rule (a) with its reserve); until it may start, the held
                 # one's block is still made alone at its deadline.
                 pause = np.zeros(int(max(0.0, now - state.held_voice_end) * self.config.sample_rate), np.float32)
+                if pause.size:
+                    start = state.voice_consumed + len(state.voice)
+                    state.pauses.append((start, start + pause.size))
                 state.voice.push(pause)
                 state.held_samples += pause.size
                 state.held_voice_end = None
@@ -393,6 +400,7 @@ class Scheduler:
         state.utterance_open = False
         state.speaking, state.gap_from, state.waiting_since, state.voice_origin = False, None, None, None
         state.held_samples, state.held_voice_end = 0, None
+        state.pauses.clear()
         generated_until = state.timeline_pos
         position = generated_until if played_until is None else min(max(played_until, state.replace_floor),
                                                                      generated_until)
@@ -544,10 +552,15 @@ class Scheduler:
         gap = 0
         if voice_samples and not state.speaking and state.gap_from is not None:
             gap = state.timeline_pos - state.gap_from
+        # Voice-stream positions map onto the timeline by the block's start.
+        offset = state.timeline_pos - state.voice_consumed
+        end = state.voice_consumed + voice_samples
+        pauses = tuple((max(start, state.voice_consumed) + offset, min(stop, end) + offset)
+                       for start, stop in state.pauses if start < end and stop > state.voice_consumed)
         return BlockPlan(
             session=state, audio=audio, consume=consume, lookahead=lookahead,
             voice_samples=voice_samples, audio_start=state.timeline_pos, prompt=prompt,
-            intensity=intensity, reason=reason, gap_samples=gap, batch_key=key,
+            intensity=intensity, reason=reason, gap_samples=gap, batch_key=key, pauses=pauses,
         )
 
     def complete_blocks(self, plans: list[BlockPlan], compute_s: float = 0.0) -> list[UtteranceEnd]:
@@ -582,6 +595,8 @@ class Scheduler:
         consumed_before = state.voice_consumed
         state.voice.drop(plan.voice_samples)
         state.voice_consumed += plan.voice_samples
+        while state.pauses and state.pauses[0][1] <= state.voice_consumed:
+            state.pauses.popleft()
         if plan.voice_samples:
             state.last_voice_end = plan.audio_start + plan.voice_samples
             if not (plan.reason == "end_of_utterance" and state.utterance_open):  # else the open one still waits

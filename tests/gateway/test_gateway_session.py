@@ -370,6 +370,59 @@ async def test_each_reported_gap_is_one_event_with_its_length(tmp_path):
 
 
 @async_test
+async def test_a_speakers_pause_between_utterances_is_not_speaking(tmp_path):
+    # Two utterances at real-time pace (a microphone, a streaming TTS) 0.6 s apart: the worker keeps the pause
+    # as silence between them, inside the voice it holds for the next utterance. Each frame is speaking exactly
+    # when the echoed audio at its pts is voice, so the pause's frames are not.
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        call, _ = await open_session(h.stub, session_config(video=cv.VideoFormat(width=64, height=64),
+                                                            audio=PCM16_16K))
+        messages: list = []
+        completed = asyncio.Event()
+
+        async def read():
+            while (message := await call.read()) is not grpc.aio.EOF:
+                messages.append(message)
+                if sum(_kind(m) == "event" and m.event.code == cv.EVENT_CODE_UTTERANCE_COMPLETE for m in messages) == 2:
+                    completed.set()
+
+        reader = asyncio.create_task(read())
+        packet = np.full(320, 4000, "<i2").tobytes()     # 20 ms of a constant voice: never a zero sample
+        seq = 0
+        for pause_s in (0.6, 0.0):
+            started = time.monotonic()
+            for n in range(50):                          # 1 s at real-time pace
+                await call.write(cv.ClientMessage(audio=cv.AudioPacket(sequence_number=seq, payload=packet)))
+                seq += 1
+                await asyncio.sleep(max(0.0, started + 0.02 * (n + 1) - time.monotonic()))
+            await call.write(cv.ClientMessage(end_of_utterance=cv.EndOfUtterance()))
+            await asyncio.sleep(pause_s)
+        await asyncio.wait_for(completed.wait(), 10)
+        call.cancel()
+        reader.cancel()
+
+        echo = np.zeros(0, np.int16)
+        for m in messages:
+            if _kind(m) == "audio_echo":
+                assert m.audio_echo.start == len(echo)
+                echo = np.concatenate([echo, np.frombuffer(m.audio_echo.pcm16, "<i2")])
+        frames = [m.frame for m in messages if _kind(m) == "frame"]
+        voiced = [bool(echo[f.audio_start] != 0) for f in frames]
+        assert [f.speaking for f in frames] == voiced
+        # Both utterances spoke, the pause between them did not (at 20 fps, 0.6 s are 12 frames; the pause is
+        # measured from the held voice's end, so a little of it may be shorter).
+        first, last = voiced.index(True), len(voiced) - 1 - voiced[::-1].index(True)
+        between = voiced[first:last + 1]
+        assert sum(between) == 40 and 8 <= len(between) - sum(between) <= 16
+        # The pause is the speaker's, kept inside the held voice: the second utterance ends its own second and
+        # the pause after the first one on the session clock (not a padded block later).
+        ends = [int(m.event.details["timeline_end"]) for m in messages
+                if _kind(m) == "event" and m.event.code == cv.EVENT_CODE_UTTERANCE_COMPLETE]
+        assert abs((ends[1] - ends[0]) / 16000 - 1.6) <= 0.1
+
+
+@async_test
 async def test_oversized_message_ends_only_its_own_stream(tmp_path):
     async with running_gateway(tmp_path) as h:
         await register_character(h.stub)

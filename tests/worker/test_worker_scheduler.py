@@ -326,6 +326,13 @@ def test_the_next_utterance_joins_a_held_block_or_waits_never_chopped(pipeline, 
     assert len(ends) == 8 and s.queued_samples == 0
     voiced = sum(int(np.count_nonzero(p.consumed_audio)) for p in plans)
     assert voiced == 8 * int(2.9 * RATE)
+    # The speaker's pauses inside a block's voice part are named, sample for sample (the voice is never 0):
+    # their frames are not speaking.
+    for p in plans:
+        silent = np.flatnonzero(p.consumed_audio[: p.voice_samples] == 0) + p.audio_start
+        named = np.concatenate([np.arange(start, end) for start, end in p.pauses] or [np.zeros(0, np.int64)])
+        assert np.array_equal(silent, named)
+        assert p.speaking == (p.voice_samples > len(named))
 
 
 def test_end_of_utterance_pads_with_silence_and_reports_the_end(pipeline, clock):

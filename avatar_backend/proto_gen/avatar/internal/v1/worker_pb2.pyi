@@ -175,7 +175,7 @@ class NpcClosed(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., npc: _Optional[_Union[NpcState, _Mapping]] = ...) -> None: ...
 
 class FrameBlock(_message.Message):
-    __slots__ = ("session_id", "block_index", "first_frame_index", "num_frames", "width", "height", "audio_start", "audio_end", "speaking", "voice_samples", "compute_ms", "audio_queued_samples", "devices", "gap_samples", "batch_size")
+    __slots__ = ("session_id", "block_index", "first_frame_index", "num_frames", "width", "height", "audio_start", "audio_end", "speaking", "voice_samples", "compute_ms", "audio_queued_samples", "devices", "gap_samples", "batch_size", "pauses")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     BLOCK_INDEX_FIELD_NUMBER: _ClassVar[int]
     FIRST_FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,7 @@ class FrameBlock(_message.Message):
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     GAP_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAUSES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     block_index: int
     first_frame_index: int
@@ -206,7 +207,16 @@ class FrameBlock(_message.Message):
     devices: _containers.RepeatedCompositeFieldContainer[DeviceTelemetry]
     gap_samples: int
     batch_size: int
-    def __init__(self, session_id: _Optional[str] = ..., block_index: _Optional[int] = ..., first_frame_index: _Optional[int] = ..., num_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., audio_start: _Optional[int] = ..., audio_end: _Optional[int] = ..., speaking: _Optional[bool] = ..., voice_samples: _Optional[int] = ..., compute_ms: _Optional[float] = ..., audio_queued_samples: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[DeviceTelemetry, _Mapping]]] = ..., gap_samples: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    pauses: _containers.RepeatedCompositeFieldContainer[SampleRange]
+    def __init__(self, session_id: _Optional[str] = ..., block_index: _Optional[int] = ..., first_frame_index: _Optional[int] = ..., num_frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., audio_start: _Optional[int] = ..., audio_end: _Optional[int] = ..., speaking: _Optional[bool] = ..., voice_samples: _Optional[int] = ..., compute_ms: _Optional[float] = ..., audio_queued_samples: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[DeviceTelemetry, _Mapping]]] = ..., gap_samples: _Optional[int] = ..., batch_size: _Optional[int] = ..., pauses: _Optional[_Iterable[_Union[SampleRange, _Mapping]]] = ...) -> None: ...
+
+class SampleRange(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class InterruptDone(_message.Message):
     __slots__ = ("session_id", "generated_until", "dropped_samples", "next_frame_index", "replace_from", "played_until")
