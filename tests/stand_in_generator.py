@@ -119,6 +119,7 @@ class StandInGenerator:
         self.block_delay_s = block_delay_s
         self.prepared: list[tuple[str, int, int, int]] = []   # (character_id, revision, width, height) calls
         self.prompts: list[str | None] = []                   # prompt of every generated block
+        self.intensities: list[float] = []                    # and its intensity
         self.batch_sizes: list[int] = []                      # NPCs of every generate_blocks call
 
     @classmethod
@@ -191,6 +192,7 @@ class StandInGenerator:
             index = memory.frames_generated + i
             frames[i] = (index % 256, (index // 256) % 256, 255 if loud else 0)
         self.prompts.append(prompt)
+        self.intensities.append(intensity)
         memory.state[memory.blocks_generated % memory.state.size] ^= 1
         memory.blocks_generated += 1
         memory.frames_generated += frames_n

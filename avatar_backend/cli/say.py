@@ -1,10 +1,12 @@
-"""``avatar-backend say``: stream a voice to an NPC, record its video as MP4 and report what was measured
-(frame rate, latency, A/V offset, dropped frames, silence inside the utterance)."""
+"""``avatar-backend say``: stream a voice to an NPC, with emotions and actions timed on it, record its video as
+MP4 and report what was measured (frame rate, latency, A/V offset, dropped frames, silence inside the
+utterance)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import shutil
 import subprocess
 import tempfile
@@ -32,6 +34,38 @@ DEMO_SENTENCE = (
 )
 
 
+@dataclass(frozen=True)
+class VoiceControl:
+    """An emotion or action sent with the voice: timed ``seconds`` into it, or untimed (None: from the first
+    block)."""
+
+    kind: str                # "emotion" or "action"
+    name: str                # the character's emotion or action name ("" for an emotion: the base prompt)
+    intensity: float = 1.0
+    seconds: float | None = None
+
+
+def parse_voice_control(kind: str) -> Callable[[str], VoiceControl]:
+    """The argparse type of ``--emotion NAME[:INTENSITY][@SECONDS]`` and ``--action NAME[@SECONDS]``."""
+
+    def parse(text: str) -> VoiceControl:
+        rest, at, when = text.partition("@")
+        name, colon, intensity_text = rest.partition(":")
+        try:
+            seconds = float(when) if at else None
+            intensity = float(intensity_text) if colon else 1.0
+        except ValueError:
+            seconds, intensity = None, math.nan
+        bad_time = seconds is not None and not seconds >= 0
+        bad_action = kind == "action" and (bool(colon) or not name.strip())
+        if bad_time or bad_action or not 0 < intensity <= 1:  # NaN fails every comparison
+            usage = "NAME[:INTENSITY][@SECONDS]" if kind == "emotion" else "NAME[@SECONDS]"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {usage} (e.g. happy:0.8@2.5)")
+        return VoiceControl(kind, name.strip(), intensity, seconds)
+
+    return parse
+
+
 def add_say_arguments(parser: argparse.ArgumentParser) -> None:
     """The options `say` and `demo` share: what to say and how to record it."""
     parser.add_argument(
@@ -54,6 +88,17 @@ def add_say_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout", type=float, default=600.0, metavar="SECONDS", help="give up after this many seconds (default 600)"
+    )
+    parser.add_argument(
+        "--emotion", dest="controls", action="append", type=parse_voice_control("emotion"),
+        metavar="NAME[:INTENSITY][@SECONDS]",
+        help="one of the character's emotions, from SECONDS into the voice (e.g. happy:0.8@2.5; without @: from "
+             "the start; an empty NAME: back to the base prompt); repeatable",
+    )
+    parser.add_argument(
+        "--action", dest="controls", action="append", type=parse_voice_control("action"),
+        metavar="NAME[@SECONDS]", help="one of the character's actions, at SECONDS into the voice (e.g. wave@1.2); "
+                                       "repeatable",
     )
 
 
@@ -91,6 +136,7 @@ class SayOptions:
     tls: Mapping[str, object] = field(default_factory=dict)  # TLS keyword arguments of AvatarClient
     # The character's mouth box (fractions of the frame) when known: `say` then scores lip sync.
     mouth_region: tuple[float, float, float, float] | None = None
+    controls: list[VoiceControl] = field(default_factory=list)  # sent before the voice, timed on it
 
 
 @dataclass
@@ -121,6 +167,7 @@ class SayReport:
     events: list[str] = field(default_factory=list)    # SessionEvents, as "CODE: message"
     voice_gaps_ms: list[int] = field(default_factory=list)   # silence the server put inside utterances
     lip_sync: LipSync | None = None                    # mouth opening on the frames vs the voice
+    controls: list[VoiceControl] = field(default_factory=list)  # emotions and actions sent with the voice
 
     @property
     def received_fps(self) -> float:
@@ -206,7 +253,8 @@ async def say(pcm: np.ndarray, options: SayOptions, log: Callable[[str], object]
     Sends the voice (paced or not) and the end of utterance while receiving; once the frames reach the end
     of the utterance, half-closes and receives what is still coming until the server ends the stream.
     """
-    report = SayReport(audio_seconds=pcm.size / SESSION_SAMPLE_RATE, packets_sent=0, realtime=not options.fast)
+    report = SayReport(audio_seconds=pcm.size / SESSION_SAMPLE_RATE, packets_sent=0, realtime=not options.fast,
+                       controls=list(options.controls))
     async with AvatarClient(options.server, api_key=options.api_key, **options.tls) as client:
         await client.wait_ready(timeout=10.0)
         info = await client.server_info()
@@ -228,6 +276,7 @@ async def say(pcm: np.ndarray, options: SayOptions, log: Callable[[str], object]
             report.video_encoder = recorder.video_encoder
 
             async def send_voice() -> None:
+                await send_controls(conv, options.controls)
                 meter.first_audio_at = time.monotonic()
                 await conv.send_audio_pcm(pcm, realtime=report.realtime)
                 await conv.end_utterance()
@@ -258,6 +307,17 @@ async def say(pcm: np.ndarray, options: SayOptions, log: Callable[[str], object]
             report.video_seconds = summary.video_seconds
             meter.finish()
     return report
+
+
+async def send_controls(conv: Conversation, controls: list[VoiceControl]) -> None:
+    """Send the emotions and actions before the voice, each timed to its point of the voice that follows."""
+    start, rate = conv.samples_sent, conv.accepted.audio.sample_rate
+    for control in controls:
+        at = None if control.seconds is None else start + round(control.seconds * rate)
+        if control.kind == "emotion":
+            await conv.emotion(control.name, control.intensity, at_voice_sample=at)
+        else:
+            await conv.action(preset=control.name, at_voice_sample=at)
 
 
 async def next_before(conv: Conversation, deadline: float) -> ServerItem | None:
@@ -321,6 +381,8 @@ def print_say_report(report: SayReport, out: Path) -> None:
             f"voice implies (mouth {sync.opening_speaking:.3f} open while speaking, {sync.opening_silent:.3f} in "
             "silence)",
         ))
+    if report.controls:
+        rows.append(("controls sent", "; ".join(describe_control(c) for c in report.controls)))
     unusual = [e for e in report.events if not e.startswith("UTTERANCE_COMPLETE")]
     if unusual:
         rows.append(("events", "; ".join(unusual)))
@@ -334,6 +396,14 @@ def print_say_report(report: SayReport, out: Path) -> None:
         video = "none written (no frames received)"
     rows.append(("video", video))
     print(format_fields(rows))
+
+
+def describe_control(control: VoiceControl) -> str:
+    name = control.name or "(base prompt)"
+    if control.kind == "emotion" and control.intensity != 1.0:
+        name += f" {control.intensity:g}"
+    when = "from the start" if control.seconds is None else f"at {control.seconds:g} s"
+    return f"{control.kind} {name} {when}"
 
 
 def say_options_from_args(args: argparse.Namespace, server: str) -> SayOptions:
@@ -352,6 +422,7 @@ def say_options_from_args(args: argparse.Namespace, server: str) -> SayOptions:
         api_key=resolve_api_key(args),
         tls=client_tls_options(args),
         timeout_s=args.timeout,
+        controls=args.controls or [],
         mouth_region=default_mouth_region() if args.character == DEFAULT_CHARACTER_ID else None,
     )
 

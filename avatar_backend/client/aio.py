@@ -134,7 +134,8 @@ class Conversation:
         self.next_sequence_number = 0
         #: Audio packets sent so far.
         self.packets_sent = 0
-        #: Voice sent so far, in samples at the session rate (including the padding of utterance ends).
+        #: Voice sent so far, in samples at the session rate (including the padding of utterance ends): the
+        #: count that ``at_voice_sample`` of :meth:`emotion` and :meth:`action` refers to.
         self.samples_sent = 0
         #: The server's SessionEnded (the NPC's resume token) once the stream ended normally.
         self.ended: converse_pb2.SessionEnded | None = None
@@ -257,8 +258,7 @@ class Conversation:
         for start in range(0, whole, frame):
             if realtime:
                 await self._pace()
-            await self.send_opus_packet(encoder.encode(samples[start : start + frame]))
-            self.samples_sent += frame
+            await self._send_audio_packet(encoder.encode(samples[start : start + frame]), frame)
         if not realtime:
             self._pacing_origin = None
         return whole // frame
@@ -267,9 +267,19 @@ class Conversation:
         """Send one already-encoded raw Opus packet (mono, 10-60 ms); returns its sequence number.
 
         Use this when the engine or TTS produces Opus itself; do not mix it with a pending
-        :meth:`send_audio_pcm` remainder. Only packets made by :meth:`send_audio_pcm` count in
-        :attr:`samples_sent`.
+        :meth:`send_audio_pcm` remainder. The packet's duration counts in :attr:`samples_sent` (none when its
+        header is not valid Opus: the server treats it as lost).
         """
+        from avatar_backend.media.opus import OpusDecodeError, packet_samples
+
+        rate = self.accepted.audio.sample_rate if self.accepted else self._config.audio.sample_rate
+        try:
+            samples = packet_samples(bytes(payload), rate)
+        except OpusDecodeError:
+            samples = 0
+        return await self._send_audio_packet(payload, samples)
+
+    async def _send_audio_packet(self, payload: bytes, samples: int) -> int:
         sequence_number = self.next_sequence_number
         await self._write(
             converse_pb2.ClientMessage(
@@ -278,6 +288,7 @@ class Conversation:
         )
         self.next_sequence_number = (sequence_number + 1) % _SEQUENCE_WRAP
         self.packets_sent += 1
+        self.samples_sent += samples
         return sequence_number
 
     async def end_utterance(self) -> None:
@@ -293,24 +304,25 @@ class Conversation:
             padded[: self._pcm_tail.size] = self._pcm_tail
             self._pcm_tail = np.zeros(0, dtype=np.int16)
             for start in range(0, padded.size, frame):
-                await self.send_opus_packet(encoder.encode(padded[start : start + frame]))
-                self.samples_sent += frame
+                await self._send_audio_packet(encoder.encode(padded[start : start + frame]), frame)
         await self._write(converse_pb2.ClientMessage(end_of_utterance=converse_pb2.EndOfUtterance()))
         self._pacing_origin = None
 
-    async def emotion(self, name: str, intensity: float = 1.0) -> None:
-        """Switch to one of the character's emotion prompts from the next block on (intensity 0-1)."""
-        await self._write(
-            converse_pb2.ClientMessage(emotion=converse_pb2.EmotionEvent(name=name, intensity=intensity))
-        )
+    async def emotion(self, name: str, intensity: float = 1.0, *, at_voice_sample: int | None = None) -> None:
+        """Switch to one of the character's emotion prompts (intensity 0-1) from the next block on, or from
+        the point ``at_voice_sample`` of the NPC's voice: a :attr:`samples_sent` count, e.g. the count before a
+        TTS clip plus a word's offset in it (exact to a 20 ms packet: a remainder held by
+        :meth:`send_audio_pcm` is not sent yet)."""
+        await self._write(converse_pb2.ClientMessage(emotion=converse_pb2.EmotionEvent(
+            name=name, intensity=intensity, at_voice_sample=at_voice_sample)))
 
-    async def action(self, *, preset: str | None = None, free_text: str | None = None) -> None:
-        """Start an action from the next block on: a named preset of the character, or free text."""
+    async def action(self, *, preset: str | None = None, free_text: str | None = None,
+                     at_voice_sample: int | None = None) -> None:
+        """Start an action from the next block on, or at ``at_voice_sample`` (as :meth:`emotion`): a named
+        preset of the character, or free text."""
         if (preset is None) == (free_text is None):
             raise ValueError("give exactly one of preset and free_text")
-        event = converse_pb2.ActionEvent(preset=preset) if preset is not None else converse_pb2.ActionEvent(
-            free_text=free_text
-        )
+        event = converse_pb2.ActionEvent(preset=preset, free_text=free_text, at_voice_sample=at_voice_sample)
         await self._write(converse_pb2.ClientMessage(action=event))
 
     async def listening(self, listening: bool) -> None:

@@ -98,11 +98,13 @@ class SyncConversation:
     def end_utterance(self) -> None:
         self._runner.run(self._conversation.end_utterance())
 
-    def emotion(self, name: str, intensity: float = 1.0) -> None:
-        self._runner.run(self._conversation.emotion(name, intensity))
+    def emotion(self, name: str, intensity: float = 1.0, *, at_voice_sample: int | None = None) -> None:
+        self._runner.run(self._conversation.emotion(name, intensity, at_voice_sample=at_voice_sample))
 
-    def action(self, *, preset: str | None = None, free_text: str | None = None) -> None:
-        self._runner.run(self._conversation.action(preset=preset, free_text=free_text))
+    def action(self, *, preset: str | None = None, free_text: str | None = None,
+               at_voice_sample: int | None = None) -> None:
+        self._runner.run(self._conversation.action(preset=preset, free_text=free_text,
+                                                   at_voice_sample=at_voice_sample))
 
     def listening(self, listening: bool) -> None:
         self._runner.run(self._conversation.listening(listening))

@@ -47,11 +47,13 @@ class Limits:
     # How long an utterance's voice may stall before silence goes inside it (enforced by the worker's
     # scheduler, see worker/scheduler.py).
     voice_jitter_budget_ms: int = DEFAULT_VOICE_JITTER_BUDGET_MS
+    # Emotion and action events waiting for the voice they were timed to (at_voice_sample) per session.
+    max_timed_events: int = 64
 
     def __post_init__(self) -> None:
         for name in ("max_message_bytes", "max_audio_packet_bytes", "max_sessions", "max_prompt_chars",
                      "max_reference_image_bytes", "outbound_queue_frames", "max_undroppable_bytes",
-                     "max_reference_image_pixels"):
+                     "max_reference_image_pixels", "max_timed_events"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("max_stored_npcs", "max_stored_npc_bytes", "max_parked_memory_bytes", "npc_snapshot_interval_s",
@@ -76,6 +78,7 @@ class Limits:
             # Whole seconds on the wire; a sub-second interval (tests) must not read as 0, which means "off".
             npc_snapshot_interval_s=math.ceil(self.npc_snapshot_interval_s),
             voice_jitter_budget_ms=self.voice_jitter_budget_ms,
+            max_timed_events=self.max_timed_events,
         )
 
 

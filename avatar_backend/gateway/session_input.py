@@ -1,7 +1,9 @@
 """Client input of one live session: what the client sends, turned into what the worker needs.
 
 Voice goes through the jitter buffer (reorder, conceal, trim the Opus pre-skip) to the worker as 16 kHz PCM;
-emotion and action names become the character's prompts; the playback position is kept for interrupts.
+emotion and action names become the character's prompts, and an event timed to a point of the voice
+(``at_voice_sample``, session samples) gets that point in the worker's voice count (16 kHz samples it received);
+the playback position is kept for interrupts.
 Mistakes that need not end the stream are answered with in-band events (INVALID_EVENT, UNKNOWN_EMOTION,
 UNKNOWN_ACTION, AUDIO_GARBAGE); a message over the limits ends it, through ``fail``.
 """
@@ -9,15 +11,18 @@ UNKNOWN_ACTION, AUDIO_GARBAGE); a message over the limits ends it, through ``fai
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections.abc import Callable
 
 import grpc
 import numpy as np
 
+from avatar_backend.media.resample import MODEL_SAMPLE_RATE
 from avatar_backend.proto_gen import converse_pb2, worker_pb2
 from avatar_backend.store import CharacterRecord
 from avatar_backend.worker.link import WorkerUnavailableError
+from avatar_backend.worker.scheduler import DEFAULT_MAX_QUEUED_VOICE_S
 
 from .audio_input import AudioInput
 from .runtime import GatewayRuntime
@@ -55,6 +60,10 @@ class ClientInput:
         self._audio_timer: asyncio.TimerHandle | None = None
         self._played_until: int | None = None   # the client's latest PlaybackProgress (session clock)
         self._interrupt_drops: list[int] = []    # voice the gateway dropped per interrupt, until its ack
+        # The session's voice so far (16 kHz): pushed to the worker or dropped here by interrupts.
+        self._voice_received = 0
+        self._voice_dropped = 0
+        self._timed_ahead: list[int] = []          # heap: points of timed events beyond the voice received
         self._garbage_seen = 0
         self.garbage_events = RateLimitedEvent(
             converse_pb2.EVENT_CODE_AUDIO_GARBAGE,
@@ -123,6 +132,9 @@ class ClientInput:
     def _push_audio(self, pcm: np.ndarray) -> None:
         if pcm.size == 0:
             return
+        self._voice_received += pcm.size
+        while self._timed_ahead and self._timed_ahead[0] <= self._voice_received:
+            heapq.heappop(self._timed_ahead)
         push = worker_pb2.PushAudio(session_id=self._session_id, num_samples=pcm.size)
         self._runtime.link.send(worker_pb2.ToWorker(push_audio=push), [pcm])
 
@@ -160,7 +172,11 @@ class ClientInput:
 
     def _on_interrupt(self, played_until: int | None) -> None:
         self.stop()
-        self._interrupt_drops.append(self.audio.interrupt())
+        dropped = self.audio.interrupt()
+        self._interrupt_drops.append(dropped)
+        self._voice_received += dropped
+        self._voice_dropped += dropped
+        self._timed_ahead.clear()  # the worker cancels the timed events not yet applied
         if played_until is None:
             self._control(interrupt=True)
             return
@@ -174,29 +190,60 @@ class ClientInput:
             self._invalid_event("emotion.intensity", f"emotion.intensity: {emotion.intensity} is out of range 0-1")
             return
         if not emotion.name:
-            self._control(reset_prompt=True)  # back to the base prompt
-            return
-        prompt = self._character_prompt("emotion", emotion.name, converse_pb2.EVENT_CODE_UNKNOWN_EMOTION)
-        if prompt is not None:
-            self._control(emotion_prompt=prompt, intensity=intensity)
+            control = {"reset_prompt": True}  # back to the base prompt
+        else:
+            prompt = self._character_prompt("emotion", emotion.name, converse_pb2.EVENT_CODE_UNKNOWN_EMOTION)
+            if prompt is None:
+                return
+            control = {"emotion_prompt": prompt, "intensity": intensity}
+        timing = self._timing("emotion", emotion)
+        if timing is not None:
+            self._control(**control, **timing)
 
     def _on_action(self, action: converse_pb2.ActionEvent) -> None:
         kind = action.WhichOneof("action")
         if kind == "preset":
             prompt = self._character_prompt("action", action.preset, converse_pb2.EVENT_CODE_UNKNOWN_ACTION)
-            if prompt is not None:
-                self._control(action_prompt=prompt)
+            if prompt is None:
+                return
         elif kind == "free_text":
             limit = self._runtime.limits.max_prompt_chars
             if not action.free_text.strip():
                 self._invalid_event("action.free_text", "action.free_text is empty")
-            elif len(action.free_text) > limit:
+                return
+            if len(action.free_text) > limit:
                 self._invalid_event("action.free_text", f"action.free_text: {len(action.free_text)} characters "
                                                         f"is over the limit of {limit}")
-            else:
-                self._control(action_prompt=action.free_text)
+                return
+            prompt = action.free_text
         else:
             self._invalid_event("action", "ActionEvent has neither preset nor free_text")
+            return
+        timing = self._timing("action", action)
+        if timing is not None:
+            self._control(action_prompt=prompt, **timing)
+
+    def _timing(self, kind: str, event: converse_pb2.EmotionEvent | converse_pb2.ActionEvent) -> dict | None:
+        """The worker's ``at_voice_sample`` of an event (empty: not timed); None when it is refused (answered
+        with INVALID_EVENT)."""
+        if not event.HasField("at_voice_sample"):
+            return {}
+        field = f"{kind}.at_voice_sample"
+        point = event.at_voice_sample * MODEL_SAMPLE_RATE // self._media.clock.sample_rate
+        ahead_s = (point - self._voice_received) / MODEL_SAMPLE_RATE
+        if ahead_s > DEFAULT_MAX_QUEUED_VOICE_S:
+            self._invalid_event(field, f"{field}: {event.at_voice_sample} is {ahead_s:.0f} s of voice beyond the "
+                                       f"voice received; at most {DEFAULT_MAX_QUEUED_VOICE_S:.0f} s may wait")
+            return None
+        if ahead_s > 0:
+            limit = self._runtime.limits.max_timed_events
+            if len(self._timed_ahead) >= limit:
+                self._invalid_event(field, f"{field}: {limit} timed events already wait for their voice "
+                                           "(ServerInfo.limits.max_timed_events)")
+                return None
+            heapq.heappush(self._timed_ahead, point)
+        # The worker counts only the voice it was sent.
+        return {"at_voice_sample": max(0, point - self._voice_dropped)}
 
     def _character_prompt(self, kind: str, name: str, unknown_code: int) -> str | None:
         """The character's ``kind`` ("emotion" or "action") prompt of that name; an event when it has none."""

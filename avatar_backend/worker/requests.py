@@ -143,12 +143,13 @@ class RequestHandler:
         sid = req.session_id
         self._session(sid)
         event = req.WhichOneof("event")
+        at_voice = req.at_voice_sample if req.HasField("at_voice_sample") else None
         if event == "emotion_prompt":
-            scheduler.set_prompt(sid, req.emotion_prompt, req.intensity)
+            scheduler.set_prompt(sid, req.emotion_prompt, req.intensity, at_voice=at_voice)
         elif event == "action_prompt":
-            scheduler.start_action(sid, req.action_prompt)
+            scheduler.start_action(sid, req.action_prompt, at_voice=at_voice)
         elif event == "reset_prompt":
-            scheduler.set_prompt(sid, None)
+            scheduler.set_prompt(sid, None, at_voice=at_voice)
         elif event == "listening":
             scheduler.set_listening(sid, req.listening)
         elif event == "end_of_utterance":

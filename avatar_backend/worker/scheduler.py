@@ -49,6 +49,15 @@ When a session's next block may run (``consume`` samples plus ``lookahead`` samp
 Interrupts rewind the timeline to the client's playback position: video made beyond what the player heard is
 discarded by the client, and the next block continues the timeline from there.
 
+Prompts. An emotion or action applies from the next block planned, or, timed to a point of the voice
+(``at_voice``: voice samples received before it), from the block that starts nearest to that point (the block
+holding it when the point is in its first half, else the next one), however far ahead the voice was queued. A
+timed event waits until its voice arrives, then takes its place in the voice stream; a point already on video
+applies from the next block, and a point at the end of an utterance's voice applies once that voice is on
+video. Events of one kind closer than ``TIMED_EVENT_GRANULARITY`` apply
+together (the later wins, as two in one block would), which bounds what waits by the voice queued. An interrupt
+cancels timed events not yet applied.
+
 Among sessions that may run, the one whose video is furthest behind its wall clock goes first (the earliest
 video end); ties go to the session served least recently (round robin).
 
@@ -77,6 +86,7 @@ from avatar_backend.media.resample import MODEL_SAMPLE_RATE
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_QUEUED_VOICE_S",
     "DEFAULT_VOICE_JITTER_BUDGET_MS",
     "BlockAudioSource",
     "BlockPlan",
@@ -85,6 +95,7 @@ __all__ = [
     "Scheduler",
     "SchedulerConfig",
     "SessionState",
+    "TimedEvent",
     "UtteranceEnd",
     "VoiceQueueFull",
 ]
@@ -94,6 +105,9 @@ SAMPLE_RATE = MODEL_SAMPLE_RATE
 # the video by itself: it starts without a jitter reserve.
 FASTER_THAN_REAL_TIME = 1.5
 DEFAULT_VOICE_JITTER_BUDGET_MS = 500
+DEFAULT_MAX_QUEUED_VOICE_S = 120.0
+# Timed events of one kind closer than this on the voice stream (50 ms at 16 kHz) apply together.
+TIMED_EVENT_GRANULARITY = 800
 DEFAULT_MAX_BATCH = 8
 # A batch size found not to pay is measured again after this many generator calls.
 REMEASURE_CALLS = 200
@@ -122,7 +136,7 @@ class SchedulerConfig:
     # this much voice beyond a block (less when the video made already covers it) before it starts.
     voice_jitter_budget_s: float = DEFAULT_VOICE_JITTER_BUDGET_MS / 1000
     # Voice queued ahead of the video beyond this is refused (a client sending far faster than real time).
-    max_queued_voice_s: float = 120.0
+    max_queued_voice_s: float = DEFAULT_MAX_QUEUED_VOICE_S
     # Weight of the newest block in the running estimate of a block's compute time.
     compute_estimate_alpha: float = 0.3
     # NPCs whose blocks run in one generator call at most (1: no batching).
@@ -186,6 +200,22 @@ class VoiceQueueFull(Exception):
     """A session queued more voice than the scheduler holds for it."""
 
 
+@dataclass(eq=False)
+class TimedEvent:
+    """An emotion or action timed to a point of the session's voice."""
+
+    kind: str                   # "emotion" or "action"
+    prompt: str | None          # an emotion's None: the character's base prompt
+    intensity: float
+    at_voice: int               # voice samples the session received before its point
+    stream_pos: int | None = None  # its place in the voice stream (voice_consumed counts); None until it arrived
+
+    def slot(self) -> tuple[str, bool, int]:
+        """Events of one kind in one slot apply together (see TIMED_EVENT_GRANULARITY)."""
+        placed = self.stream_pos is not None
+        return self.kind, placed, (self.stream_pos if placed else self.at_voice) // TIMED_EVENT_GRANULARITY
+
+
 @dataclass
 class SessionState:
     """One live session: the NPC it drives, its voice queue, its clock and its prompt."""
@@ -218,6 +248,8 @@ class SessionState:
     held_voice_end: float | None = None
     # The speaker's pauses queued as silence between held utterances, as voice-stream positions [start, end).
     pauses: collections.deque[tuple[int, int]] = field(default_factory=collections.deque)
+    voice_received: int = 0               # voice samples pushed in this session (the pauses not counted)
+    timed_events: list[TimedEvent] = field(default_factory=list)  # waiting for their voice, in arrival order
     listening: bool = False
     listening_prompt: str | None = None   # the prompt of silent blocks while listening
     prompt: str | None = None             # None: the character's base prompt
@@ -254,6 +286,8 @@ class BlockPlan:
     batch_key: Hashable = None  # the generator's batch key of the block (its kind and size), for its estimates
     # Speaker's pauses inside the voice part (rule (b)), as timeline positions [start, end): silence, not voice.
     pauses: tuple[tuple[int, int], ...] = ()
+    # Timed events whose point is in this block's voice (they set ``prompt``), in voice order.
+    timed_events: tuple[TimedEvent, ...] = ()
 
     @property
     def audio_end(self) -> int:
@@ -363,6 +397,11 @@ class Scheduler:
                 late_origin = now - state.utterance_voice / self.config.sample_rate
                 state.voice_origin = max(state.voice_origin, late_origin)
             state.voice.push(pcm)
+            state.voice_received += len(pcm)
+            queue_end = state.voice_consumed + len(state.voice)
+            for event in state.timed_events:
+                if event.stream_pos is None and event.at_voice < state.voice_received:
+                    event.stream_pos = queue_end - (state.voice_received - event.at_voice)
             state.waiting_voice += len(pcm)
             state.utterance_voice += len(pcm)
             state.utterance_open = True
@@ -382,6 +421,11 @@ class Scheduler:
         state.utterance_open = False
         state.voice_origin = None
         queued_end = state.voice_consumed + len(state.voice)
+        for event in state.timed_events:
+            if event.stream_pos is None and event.at_voice <= state.voice_received:
+                event.stream_pos = queued_end  # at the utterance's end
+        if not len(state.voice):
+            self._apply_ended(state)
         already_marked = bool(state.utterance_ends) and state.utterance_ends[-1] >= queued_end
         if already_marked:
             return []  # a repeated end of utterance: the first one is still pending
@@ -401,6 +445,7 @@ class Scheduler:
         state.speaking, state.gap_from, state.waiting_since, state.voice_origin = False, None, None, None
         state.held_samples, state.held_voice_end = 0, None
         state.pauses.clear()
+        state.timed_events.clear()
         generated_until = state.timeline_pos
         position = generated_until if played_until is None else min(max(played_until, state.replace_floor),
                                                                      generated_until)
@@ -408,16 +453,45 @@ class Scheduler:
         return InterruptResult(session_id, generated_until, dropped, int(state.memory.frames_generated),
                                replace_from=position, played_until=position)
 
-    def set_prompt(self, session_id: str, prompt: str | None, intensity: float = 1.0) -> None:
-        """The prompt of the session's next blocks (None or empty: the character's base prompt)."""
-        state = self.get(session_id)
-        state.prompt = prompt or None
-        state.intensity = intensity if intensity > 0 else 1.0
+    def set_prompt(self, session_id: str, prompt: str | None, intensity: float = 1.0,
+                   at_voice: int | None = None) -> None:
+        """The prompt of the session's next blocks (None or empty: the character's base prompt), from the next
+        block or from the point ``at_voice`` of the voice (see the module doc)."""
+        self._control(self.get(session_id), TimedEvent("emotion", prompt or None,
+                                                       intensity if intensity > 0 else 1.0, at_voice or 0), at_voice)
 
-    def start_action(self, session_id: str, prompt: str) -> None:
-        """An action: its prompt conditions the next block only (the motion itself takes about a block), then
-        the session's emotion prompt is back."""
-        self.get(session_id).action_prompt = prompt or None
+    def start_action(self, session_id: str, prompt: str, at_voice: int | None = None) -> None:
+        """An action: its prompt conditions one block (the motion itself takes about a block), then the
+        session's emotion prompt is back. That block is the next one, or the one that holds ``at_voice``."""
+        self._control(self.get(session_id), TimedEvent("action", prompt or None, 1.0, at_voice or 0), at_voice)
+
+    def _control(self, state: SessionState, event: TimedEvent, at_voice: int | None) -> None:
+        if at_voice is not None and at_voice <= state.voice_received:
+            # Its voice is here: its place in the queue. On video already (or at the end of an utterance's
+            # voice that is all on video): from the next block.
+            event.stream_pos = state.voice_consumed + len(state.voice) - (state.voice_received - at_voice)
+            if event.stream_pos < state.voice_consumed or (
+                    event.stream_pos == state.voice_consumed and not len(state.voice) and not state.utterance_open):
+                at_voice = None
+        if at_voice is None:
+            self._apply(state, event)
+            return
+        slot = event.slot()
+        state.timed_events = [e for e in state.timed_events if e.slot() != slot]
+        state.timed_events.append(event)
+
+    def _apply_ended(self, state: SessionState) -> None:
+        """The utterance's voice is all on video: the events placed at its end apply from the next block."""
+        for event in [e for e in state.timed_events if e.stream_pos is not None]:
+            state.timed_events.remove(event)
+            self._apply(state, event)
+
+    @staticmethod
+    def _apply(state: SessionState, event: TimedEvent) -> None:
+        if event.kind == "emotion":
+            state.prompt, state.intensity = event.prompt, event.intensity
+        else:
+            state.action_prompt = event.prompt
 
     def set_listening(self, session_id: str, listening: bool) -> None:
         self.get(session_id).listening = listening
@@ -544,9 +618,18 @@ class Scheduler:
             voice = state.voice.peek(take)
             audio[: voice.size] = voice
             voice_samples = min(voice.size, consume)
-        prompt, intensity = state.prompt, state.intensity
-        if state.action_prompt:
-            prompt, intensity = state.action_prompt, 1.0
+        prompt, intensity, action = state.prompt, state.intensity, state.action_prompt
+        # A timed event in the first half of the block conditions it; one later on, the next block.
+        shown_until = state.voice_consumed + min(voice_samples, consume // 2)
+        timed = tuple(sorted((e for e in state.timed_events if e.stream_pos is not None and e.stream_pos < shown_until),
+                             key=lambda e: e.stream_pos))
+        for event in timed:
+            if event.kind == "emotion":
+                prompt, intensity = event.prompt, event.intensity
+            else:
+                action = event.prompt
+        if action:
+            prompt, intensity = action, 1.0
         elif state.listening and not voice_samples and state.listening_prompt:
             prompt, intensity = state.listening_prompt, 1.0
         gap = 0
@@ -560,7 +643,7 @@ class Scheduler:
         return BlockPlan(
             session=state, audio=audio, consume=consume, lookahead=lookahead,
             voice_samples=voice_samples, audio_start=state.timeline_pos, prompt=prompt,
-            intensity=intensity, reason=reason, gap_samples=gap, batch_key=key, pauses=pauses,
+            intensity=intensity, reason=reason, gap_samples=gap, batch_key=key, pauses=pauses, timed_events=timed,
         )
 
     def complete_blocks(self, plans: list[BlockPlan], compute_s: float = 0.0) -> list[UtteranceEnd]:
@@ -611,6 +694,13 @@ class Scheduler:
             state.waiting_since = state.held_voice_end = None  # held_samples is 0 too: never more than is queued
         state.timeline_pos += plan.consume
         state.blocks += 1
+        for event in plan.timed_events:
+            if event in state.timed_events:  # not cancelled by an interrupt meanwhile
+                state.timed_events.remove(event)
+                if event.kind == "emotion":
+                    self._apply(state, event)
+        if not len(state.voice) and not state.utterance_open:
+            self._apply_ended(state)
         if state.action_prompt is not None and plan.prompt == state.action_prompt:
             state.action_prompt = None  # the action was shown
         # The NPC's mood as the session set it (not a listening block's prompt) is what a resumed NPC continues.

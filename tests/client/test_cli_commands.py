@@ -46,6 +46,12 @@ def test_parsing_of_serve_say_and_character_add():
     assert say.size == (320, 240) and say.fps == 25 and say.fast and say.server == "127.0.0.1:50051"
     options = say_command.say_options_from_args(say, say.server)
     assert (options.width, options.height, options.fast, options.npc_id) == (320, 240, True, "cli-npc")
+    assert options.controls == []
+    timed = parser.parse_args(["say", "--emotion", "happy:0.8@2.5", "--action", "wave@1.2", "--emotion", "sad",
+                               "--emotion", "@4"])
+    assert say_command.say_options_from_args(timed, "h:1").controls == [
+        say_command.VoiceControl("emotion", "happy", 0.8, 2.5), say_command.VoiceControl("action", "wave", 1.0, 1.2),
+        say_command.VoiceControl("emotion", "sad", 1.0, None), say_command.VoiceControl("emotion", "", 1.0, 4.0)]
     demo = parser.parse_args(["demo"])
     assert say_command.say_options_from_args(demo, "h:1").fast  # the demo sends like TTS unless --realtime
     assert not say_command.say_options_from_args(parser.parse_args(["demo", "--realtime"]), "h:1").fast
@@ -72,6 +78,10 @@ def test_bench_passes_its_json_and_unknown_options_on(monkeypatch):
 @pytest.mark.parametrize("argv", [
     ["say", "--size", "big"],
     ["say", "--size", "0x10"],
+    ["say", "--emotion", "happy:1.5@2"],
+    ["say", "--emotion", "happy@soon"],
+    ["say", "--action", "wave:0.5"],
+    ["demo", "--action", "@3"],
     ["character", "add", "x", "--image", "i.png", "--prompt", "p", "--emotion", "no-equals"],
     ["character", "add", "x", "--prompt", "p"],
     ["frobnicate"],

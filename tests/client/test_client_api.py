@@ -151,6 +151,61 @@ def test_control_events_and_interrupt_ack(registered):
     assert action_prompt == "juggles three apples" or "juggles three apples" in registered.generator.prompts
 
 
+def test_events_timed_to_the_voice_show_with_their_words_however_early_the_voice_was_sent(registered):
+    # A TTS flow: the events go with points of a clip (its word timings), sent before the clip, all of it at once.
+    async def talk():
+        async with AvatarClient(registered.target) as client:
+            async with client.converse("npc-3", "default") as conv:
+                start = conv.samples_sent
+                await conv.action(preset="wave", at_voice_sample=start + int(1.3 * RATE))
+                await conv.emotion("happy", 0.5, at_voice_sample=start + int(2.8 * RATE))
+                await conv.send_audio_pcm(tone(4.0))
+                await conv.emotion("", at_voice_sample=conv.samples_sent)  # back to the base prompt at its end
+                await conv.end_utterance()
+                items = []
+                async for item in conv:
+                    items.append(item)
+                    if isinstance(item, converse_pb2.SessionEvent):
+                        break
+                # Late arrivals: the end of the clip is on video, so the base prompt holds from the next block.
+                while len(registered.generator.prompts) < 5:
+                    items.append(await conv.next_item(timeout=5))
+                await conv.cancel()
+                return items
+
+    items = run(talk())
+    (event,) = of_type(items, converse_pb2.SessionEvent)
+    assert event.code == converse_pb2.EVENT_CODE_UTTERANCE_COMPLETE
+    # Blocks on the voice: 0 holds [0, 1.05 s), 1 [1.05, 2.65), 2 [2.65, 4.25): the wave shows in block 1,
+    # the smile from block 2, which also holds the clip's end; the block after it is back to the base prompt.
+    assert registered.generator.prompts[:4] == [None, "waving", "smiling", None]
+    assert registered.generator.intensities[2] == pytest.approx(0.5)
+
+
+@pytest.mark.server_options(max_timed_events=2)
+def test_timed_events_beyond_the_limits_are_refused_by_name(registered):
+    async def talk():
+        async with AvatarClient(registered.target) as client:
+            async with client.converse("npc-4", "default") as conv:
+                await conv.emotion("happy", at_voice_sample=200 * RATE)      # 200 s ahead of any voice
+                for second in (1, 2, 3):                                     # the third is one too many
+                    await conv.action(preset="wave", at_voice_sample=second * RATE)
+                await conv.send_audio_pcm(tone(1.5))                         # the first one's voice arrives
+                await conv.action(preset="wave", at_voice_sample=4 * RATE)   # room for one again
+                ack = await conv.interrupt()
+                items = [item async for item in _until_ack(conv)]
+                return ack, items, registered.worker_session("npc-4")
+
+    ack, items, state = run(talk())
+    events = [(e.code, e.details["field"]) for e in of_type(items, converse_pb2.SessionEvent)]
+    assert events == [(converse_pb2.EVENT_CODE_INVALID_EVENT, "emotion.at_voice_sample"),
+                      (converse_pb2.EVENT_CODE_INVALID_EVENT, "action.at_voice_sample")]
+    messages = [e.message for e in of_type(items, converse_pb2.SessionEvent)]
+    assert "200 s of voice beyond the voice received" in messages[0]
+    assert "max_timed_events" in messages[1]
+    assert not state.timed_events  # the interrupt cancelled those that waited
+
+
 async def _until_ack(conv):
     async for item in conv:
         yield item

@@ -110,6 +110,22 @@ def test_print_say_report(registered, tmp_path, capsys):
     assert "voice gaps:       2 (650 ms of silence inside the utterance" in capsys.readouterr().out
 
 
+def test_say_times_emotions_and_actions_on_its_voice(registered, tmp_path, capsys):
+    out = tmp_path / "npc.mp4"
+    control = say_command.VoiceControl
+    controls = [control("emotion", "happy", 0.5, 2.8), control("action", "wave", 1.0, 1.3), control("emotion", "bored")]
+    options = say_command.SayOptions(server=registered.target, out=out, fast=True, timeout_s=20, controls=controls)
+    report = asyncio.run(say_command.say(speech_like(4.0), options))
+    # The voice was all sent at once, yet each event shows in the block nearest its point: block 0 holds
+    # [0, 1.05 s) of the voice, block 1 [1.05, 2.65), block 2 [2.65, 4.25).
+    assert registered.generator.prompts[:3] == [None, "waving", "smiling"]
+    assert registered.generator.intensities[2] == pytest.approx(0.5)
+    say_command.print_say_report(report, out)
+    text = capsys.readouterr().out
+    assert "controls sent:    emotion happy 0.5 at 2.8 s; action wave at 1.3 s; emotion bored from the start" in text
+    assert "UNKNOWN_EMOTION: emotion 'bored' is not one of the character's emotions" in text
+
+
 def frame(index: int, pts: int, value: int) -> converse_pb2.VideoFrame:
     image = np.full((32, 48, 3), value, dtype=np.uint8)
     return converse_pb2.VideoFrame(

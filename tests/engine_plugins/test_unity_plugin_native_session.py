@@ -40,6 +40,12 @@ def speech_file(tmp_path_factory) -> tuple[Path, int]:
     return path, len(speech)
 
 
+def voice_samples_sent_after(samples: int) -> int:
+    """The voice count after one utterance of ``samples`` at 48 kHz: whole 20 ms packets, the last one padded
+    past the encoder's look-ahead (312 samples)."""
+    return -(-(samples + 312) // 960) * 960
+
+
 def session_report(result) -> dict[str, str]:
     report = {}
     for line in result.stdout.splitlines():
@@ -63,6 +69,7 @@ def test_session_program_against_the_scripted_core(core_build, speech_file, tmp_
     assert int(report["speaking_frames_shown"]) >= 1 and report["silent_after_speech"] == "1", result.stdout
     assert report["frames_shown_before_due"] == "0" and report["frames_out_of_order"] == "0", result.stdout
     assert int(report["echoed_samples"]) >= samples, result.stdout
+    assert int(report["voice_samples_sent"]) == voice_samples_sent_after(samples), result.stdout
     assert report["end_status"] == "0" and report["resume_token_length"] == str(len("resume-token-of-the-fake"))
 
 
@@ -96,6 +103,7 @@ def test_speech_becomes_frames_through_the_real_native_core(native_library, core
     assert report["abi_version"] == "1"
     assert report["live"] == "1", result.stdout
     assert report["push_result"] == "Ok" and report["end_utterance"] == "Ok", result.stdout
+    assert int(report["voice_samples_sent"]) == voice_samples_sent_after(samples), result.stdout
     assert report["utterance_complete"] == "1", result.stdout
     assert report["frame_size"] == "64x64", result.stdout
     # The NPC talks for as long as the voice lasts (give or take a block of 32 frames, as tests/e2e does),

@@ -2,10 +2,10 @@
 
 CI has no Unreal Engine, so the engine-facing code (UAvatarNpcComponent, the module, the procedural sound wave)
 is not compiled here; see engine_plugins/unreal/README.md. What is checked: the standard C++ the component uses
-unchanged (Private/Portable: echoed-voice playback and the A/V clock, voice chunking) compiles with g++ under
--Wall -Werror and passes its tests; the plugin's copy of the C header is the core's; every avb_* function the
-plugin calls is one the header declares; the .uplugin and Build.cs declare the module, its dependencies and the
-library of every platform.
+unchanged (Private/Portable: echoed-voice playback and the A/V clock, voice chunking, voice positions across
+Blueprint's int64) compiles with g++ under -Wall -Werror and passes its tests; the plugin's copy of the C header
+is the core's; every avb_* function the plugin calls is one the header declares; the .uplugin and Build.cs
+declare the module, its dependencies and the library of every platform.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def test_portable_code_compiles_warning_free_and_passes_its_tests(gxx, tmp_path)
     result = run([str(binary)])
     failures = [line for line in result.stdout.splitlines() if not line.startswith("PASS ")]
     assert result.returncode == 0, "\n".join(failures)
-    assert "11 passed, 0 failed" in result.stdout, result.stdout
+    assert "13 passed, 0 failed" in result.stdout, result.stdout
 
 
 def test_portable_headers_stand_alone_beside_the_c_abi(gxx, tmp_path):
@@ -69,7 +69,8 @@ def test_every_c_function_the_plugin_calls_is_declared_by_the_header():
     assert not called - declared, f"not in the header: {sorted(called - declared)}"
     # The component covers the session's whole surface, frames through stats.
     expected = {"avb_session_open", "avb_session_push_pcm", "avb_session_end_utterance", "avb_session_set_emotion",
-                "avb_session_play_action", "avb_session_set_listening", "avb_session_interrupt",
+                "avb_session_play_action", "avb_session_set_emotion_at", "avb_session_play_action_at",
+                "avb_session_voice_samples_sent", "avb_session_set_listening", "avb_session_interrupt",
                 "avb_session_playback_progress", "avb_session_poll_due_frame", "avb_session_poll_audio",
                 "avb_session_poll_event", "avb_session_get_stats", "avb_session_close", "avb_session_destroy",
                 "avb_client_destroy", "avb_abi_version"}

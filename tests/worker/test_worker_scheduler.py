@@ -496,6 +496,80 @@ def test_prompt_and_listening_state(pipeline, clock):
         sched.push_voice("nope", voice(10))
 
 
+def run_all(sched: Scheduler, pipe: StandInGenerator, clock: FakeClock) -> list:
+    """Generate every block due now, one after the other; returns their plans."""
+    plans = []
+    while (plan := run_one(sched, pipe, clock)[0]) is not None:
+        plans.append(plan)
+    return plans
+
+
+def test_a_timed_event_applies_in_the_block_that_holds_its_voice(pipeline, clock):
+    # TTS queues 6 s of voice at once; events timed to points of it show in the blocks that start nearest to
+    # them (block 0: voice [0, 16800), block 1: [16800, 42400), block 2: [42400, 68000), block 3: [68000, 93600),
+    # block 4: the rest, padded).
+    sched = Scheduler(pipeline, clock=clock)
+    s = open_session(sched, pipeline)
+    sched.set_prompt("s1", "smiling", 0.5, at_voice=20_000)    # before its voice arrived
+    sched.push_voice("s1", voice(3 * RATE))
+    sched.push_voice("s1", voice(3 * RATE))
+    sched.start_action("s1", "waving", at_voice=50_000)
+    sched.set_prompt("s1", None, at_voice=70_000)              # back to the base prompt
+    sched.start_action("s1", "nodding", at_voice=90_000)       # late in block 3: from block 4
+    sched.end_of_utterance("s1")
+    plans = run_all(sched, pipeline, clock)
+    assert [(p.prompt, p.intensity) for p in plans] == [
+        (None, 1.0), ("smiling", 0.5), ("waving", 1.0), (None, 1.0), ("nodding", 1.0)]
+    assert not s.timed_events
+    # An untimed event still applies from the next block, whatever is queued.
+    sched.push_voice("s1", voice(3 * RATE))
+    sched.set_prompt("s1", "frowning")
+    assert sched.next_block().prompt == "frowning"
+
+
+def test_a_timed_event_at_an_utterances_end_or_on_video_applies_from_the_next_block(pipeline, clock):
+    sched = Scheduler(pipeline, clock=clock)
+    s = open_session(sched, pipeline)
+    sched.push_voice("s1", voice(20_000))
+    sched.set_prompt("s1", "calm", at_voice=20_000)            # the end of this utterance's voice
+    sched.end_of_utterance("s1")
+    plans = run_all(sched, pipeline, clock)
+    assert [(p.reason, p.prompt) for p in plans] == [("voice", None), ("end_of_utterance", None)]
+    assert s.prompt == "calm" and not s.timed_events
+    clock.advance(10.0)
+    assert sched.next_block().prompt == "calm"
+    sched.start_action("s1", "nodding", at_voice=100)           # long on video: the next block
+    assert sched.next_block().prompt == "nodding"
+
+
+def test_an_interrupt_cancels_the_timed_events_not_yet_shown(pipeline, clock):
+    sched = Scheduler(pipeline, clock=clock)
+    s = open_session(sched, pipeline)
+    sched.push_voice("s1", voice(5 * RATE))
+    sched.set_prompt("s1", "angry", at_voice=60_000)
+    sched.start_action("s1", "waving", at_voice=2 * 5 * RATE)   # voice that never comes
+    run_one(sched, pipeline, clock)
+    sched.interrupt("s1")
+    assert not s.timed_events
+    clock.advance(10.0)
+    plans = run_all(sched, pipeline, clock)
+    assert plans and all(p.prompt is None for p in plans)
+
+
+def test_timed_events_closer_than_the_granularity_apply_together_and_stay_bounded(pipeline, clock):
+    sched = Scheduler(pipeline, clock=clock)
+    s = open_session(sched, pipeline)
+    sched.push_voice("s1", voice(5 * RATE))
+    # 2,000 emotions, one every 10 ms of voice from 2 s on: one waits per 50 ms, the last of each.
+    for k in range(2000):
+        sched.set_prompt("s1", f"mood {k}", at_voice=2 * RATE + 160 * k)
+    assert len(s.timed_events) <= 2000 * 160 // 800 + 1
+    plans = run_all(sched, pipeline, clock)
+    # Block 2 holds voice [42400, 68000) (the voice runs out at 80000): the last event before its middle wins.
+    last_in_block_2 = max(k for k in range(2000) if 2 * RATE + 160 * k < 42_400 + BLOCK // 2)
+    assert plans[2].prompt == f"mood {last_in_block_2}"
+
+
 def test_seconds_until_ready(pipeline, clock):
     sched = Scheduler(pipeline, clock=clock)
     assert sched.seconds_until_ready() is None

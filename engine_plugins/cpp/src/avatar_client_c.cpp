@@ -170,6 +170,15 @@ AVB_API avb_result avb_session_end_utterance(avb_session* session) {
   return guarded([&] { return core(session)->end_utterance(); });
 }
 
+AVB_API uint64_t avb_session_voice_samples_sent(avb_session* session) {
+  if (session == nullptr) return 0;
+  try {
+    return core(session)->voice_samples_sent();
+  } catch (...) {
+    return 0;
+  }
+}
+
 AVB_API avb_result avb_session_set_emotion(avb_session* session, const char* name, float intensity) {
   if (session == nullptr) return AVB_BAD_ARGUMENT;
   return guarded([&] { return core(session)->set_emotion(text_or_empty(name), intensity); });
@@ -178,6 +187,17 @@ AVB_API avb_result avb_session_set_emotion(avb_session* session, const char* nam
 AVB_API avb_result avb_session_play_action(avb_session* session, const char* preset) {
   if (session == nullptr || preset == nullptr) return AVB_BAD_ARGUMENT;
   return guarded([&] { return core(session)->play_action(preset); });
+}
+
+AVB_API avb_result avb_session_set_emotion_at(avb_session* session, const char* name, float intensity,
+                                              uint64_t at_voice_sample) {
+  if (session == nullptr) return AVB_BAD_ARGUMENT;
+  return guarded([&] { return core(session)->set_emotion(text_or_empty(name), intensity, at_voice_sample); });
+}
+
+AVB_API avb_result avb_session_play_action_at(avb_session* session, const char* preset, uint64_t at_voice_sample) {
+  if (session == nullptr || preset == nullptr) return AVB_BAD_ARGUMENT;
+  return guarded([&] { return core(session)->play_action(preset, at_voice_sample); });
 }
 
 AVB_API avb_result avb_session_set_listening(avb_session* session, int32_t listening) {

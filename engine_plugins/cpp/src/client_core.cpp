@@ -225,15 +225,20 @@ avb_result Session::end_utterance() {
   return AVB_OK;
 }
 
-avb_result Session::set_emotion(const std::string& name, float intensity) {
+avb_result Session::set_emotion(const std::string& name, float intensity,
+                                std::optional<uint64_t> at_voice_sample) {
   return send([&](v1::ClientMessage& message) {
     message.mutable_emotion()->set_name(name);
     message.mutable_emotion()->set_intensity(intensity);
+    if (at_voice_sample) message.mutable_emotion()->set_at_voice_sample(*at_voice_sample);
   });
 }
 
-avb_result Session::play_action(const std::string& preset) {
-  return send([&](v1::ClientMessage& message) { message.mutable_action()->set_preset(preset); });
+avb_result Session::play_action(const std::string& preset, std::optional<uint64_t> at_voice_sample) {
+  return send([&](v1::ClientMessage& message) {
+    message.mutable_action()->set_preset(preset);
+    if (at_voice_sample) message.mutable_action()->set_at_voice_sample(*at_voice_sample);
+  });
 }
 
 avb_result Session::set_listening(bool listening) {
@@ -258,6 +263,26 @@ avb_result Session::interrupt() {
   if (played_until_) request->set_played_until(to_server_clock(*played_until_));
   enqueue(std::move(message));
   return AVB_OK;
+}
+
+uint64_t Session::voice_samples_sent() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return packetizer_.samples_in_packets();
+}
+
+void Session::to_stream_voice_count(v1::ClientMessage* message) const {
+  auto rebase = [this](auto* event) {
+    if (!event->has_at_voice_sample()) return;
+    if (event->at_voice_sample() >= stream_voice_start_) {
+      event->set_at_voice_sample(event->at_voice_sample() - stream_voice_start_);
+    } else {
+      // Voice of an earlier stream, which this one never had: the event applies from the next block, as the
+      // contract does for a point already on video.
+      event->clear_at_voice_sample();
+    }
+  };
+  if (message->has_emotion()) rebase(message->mutable_emotion());
+  if (message->has_action()) rebase(message->mutable_action());
 }
 
 avb_result Session::poll_decoded(std::optional<EncodedFrame> frame, PixelFormat format, uint8_t* pixels,
@@ -435,6 +460,7 @@ grpc::Status Session::run_stream(std::string* trailer_token) {
     if (!outbox_.empty()) {
       next = std::move(outbox_.front());
       outbox_.pop_front();
+      to_stream_voice_count(&*next);
     } else if (playback_unsent_ && played_until_ && Clock::now() - last_progress_sent_ >= kProgressInterval) {
       next.emplace();
       next->mutable_playback()->set_played_until(to_server_clock(*played_until_));
@@ -502,6 +528,7 @@ void Session::run() {
     ++reconnects_;
     clock_offset_ = received_end_;
     packetizer_.restart_stream();
+    stream_voice_start_ = packetizer_.samples_in_packets();
     // Unsent voice belongs to the old stream's clock and encoder state; control messages still apply.
     outbox_.erase(std::remove_if(outbox_.begin(), outbox_.end(),
                                  [](const v1::ClientMessage& m) { return m.has_audio(); }),

@@ -80,11 +80,14 @@ class Session {
   avb_result push_pcm(const int16_t* samples, size_t count);
   avb_result push_opus(const uint8_t* packet, size_t size);
   avb_result end_utterance();
-  avb_result set_emotion(const std::string& name, float intensity);
-  avb_result play_action(const std::string& preset);
+  avb_result set_emotion(const std::string& name, float intensity,
+                         std::optional<uint64_t> at_voice_sample = std::nullopt);
+  avb_result play_action(const std::string& preset, std::optional<uint64_t> at_voice_sample = std::nullopt);
   avb_result set_listening(bool listening);
   avb_result playback_progress(uint64_t played_until);
   avb_result interrupt();
+  // Voice samples sent on this session at its rate (what at_voice_sample counts): see avatar_client.h.
+  uint64_t voice_samples_sent() const;
 
   avb_result poll_frame(PixelFormat format, uint8_t* pixels, size_t capacity, avb_frame_info* info);
   avb_result poll_due_frame(uint64_t playback_pts, PixelFormat format, uint8_t* pixels, size_t capacity,
@@ -121,6 +124,8 @@ class Session {
   uint64_t to_server_clock(uint64_t engine_position) const {
     return engine_position > clock_offset_ ? engine_position - clock_offset_ : 0;
   }
+  // Rewrites a timed event's at_voice_sample from the session's count to the current stream's, as it is sent.
+  void to_stream_voice_count(avatar::v1::ClientMessage* message) const;
 
   const ClientOptions client_options_;
   const SessionOptions options_;
@@ -148,6 +153,9 @@ class Session {
   // stream's audio and video ended, so that echoed audio stays gapless and pts keep increasing.
   uint64_t clock_offset_ = 0;
   uint64_t received_end_ = 0;                     // engine clock: end of the audio/video received so far
+  // The server counts voice samples from its stream's first audio; the engine's count (the packetizer's) runs
+  // on across reconnects. This is the engine's count where the current stream's began.
+  uint64_t stream_voice_start_ = 0;
   uint64_t frames_received_ = 0;
   double generated_fps_ = 0;
   double first_frame_latency_ms_ = 0;

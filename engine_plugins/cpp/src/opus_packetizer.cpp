@@ -1,4 +1,4 @@
-// opus_packetizer.cpp: the session's Opus encoder (libopus) and the packet count.
+// opus_packetizer.cpp: the session's Opus encoder (libopus), the packet count and the voice sample count.
 #include "opus_packetizer.h"
 
 #include <opus/opus.h>
@@ -11,7 +11,10 @@ namespace {
 constexpr int kMaxPacketBytes = 1500;  // far above what 20 ms of voice at 64 kb/s needs
 }
 
-OpusPacketizer::OpusPacketizer(uint32_t sample_rate) : samples_per_packet_(sample_rate * kPacketMs / 1000) {
+OpusPacketizer::OpusPacketizer(uint32_t sample_rate)
+    : sample_rate_(sample_rate),
+      samples_per_packet_(sample_rate * kPacketMs / 1000),
+      last_packet_samples_(samples_per_packet_) {
   int error = OPUS_OK;
   encoder_ = opus_encoder_create(static_cast<opus_int32>(sample_rate), 1, OPUS_APPLICATION_VOIP, &error);
   if (error != OPUS_OK || encoder_ == nullptr) {
@@ -31,12 +34,22 @@ OpusPacket OpusPacketizer::encode_one(const int16_t* packet_samples) {
       opus_encode(encoder_, packet_samples, static_cast<int>(samples_per_packet_), buffer, kMaxPacketBytes);
   if (size < 0) throw std::runtime_error(std::string("opus_encode: ") + opus_strerror(size));
   encoded_since_flush_ = true;
-  return number(std::string(reinterpret_cast<const char*>(buffer), static_cast<size_t>(size)));
+  return number_packet(std::string(reinterpret_cast<const char*>(buffer), static_cast<size_t>(size)),
+                       samples_per_packet_);
 }
 
 OpusPacket OpusPacketizer::number(std::string payload) {
-  OpusPacket packet{next_sequence_++, std::move(payload), restart_pending_};
+  const int samples = opus_packet_get_nb_samples(reinterpret_cast<const unsigned char*>(payload.data()),
+                                                 static_cast<opus_int32>(payload.size()),
+                                                 static_cast<opus_int32>(sample_rate_));
+  return number_packet(std::move(payload), samples > 0 ? static_cast<uint32_t>(samples) : last_packet_samples_);
+}
+
+OpusPacket OpusPacketizer::number_packet(std::string payload, uint32_t samples) {
+  OpusPacket packet{next_sequence_++, std::move(payload), restart_pending_, samples};
   restart_pending_ = false;
+  last_packet_samples_ = samples;
+  samples_in_packets_ += samples;
   return packet;
 }
 

@@ -1,5 +1,6 @@
 // opus_packetizer.h: cuts the NPC's voice (mono int16 PCM) into numbered 20 ms Opus packets with one encoder per
-// session, and flushes the encoder's look-ahead with silence at the end of an utterance.
+// session, flushes the encoder's look-ahead with silence at the end of an utterance, and counts the voice
+// samples that went into packets (the count timed control events refer to).
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,7 @@ struct OpusPacket {
   uint32_t sequence_number;
   std::string payload;
   bool restart_sequence;
+  uint32_t samples;  // its duration at the session's rate
 };
 
 class OpusPacketizer {
@@ -31,7 +33,8 @@ class OpusPacketizer {
   // The held remainder padded with silence long enough that the encoder's look-ahead lets the last real
   // sample out (the server trims the look-ahead once, at the stream's start).
   std::vector<OpusPacket> end_utterance();
-  // Numbers an already encoded packet in the same count as the encoded ones.
+  // Numbers an already encoded packet in the same count as the encoded ones. Its duration comes from its
+  // header; one libopus cannot read lasts as long as the previous packet, as the server conceals its slot.
   OpusPacket number(std::string payload);
   // Drops the held remainder (an interrupt: that voice will never be heard).
   void drop_remainder() { remainder_.clear(); }
@@ -43,12 +46,19 @@ class OpusPacketizer {
   int32_t lookahead_samples() const { return lookahead_; }
   uint32_t next_sequence_number() const { return next_sequence_; }
   size_t held_samples() const { return remainder_.size(); }
+  // Voice samples in every packet made or numbered so far, silence padding included, across restarts; a held
+  // remainder counts once it goes into a packet.
+  uint64_t samples_in_packets() const { return samples_in_packets_; }
 
  private:
   OpusPacket encode_one(const int16_t* packet_samples);
+  OpusPacket number_packet(std::string payload, uint32_t samples);
 
   OpusEncoder* encoder_ = nullptr;
+  uint32_t sample_rate_;
   uint32_t samples_per_packet_;
+  uint32_t last_packet_samples_;
+  uint64_t samples_in_packets_ = 0;
   int32_t lookahead_ = 0;
   uint32_t next_sequence_ = 0;  // wraps at 2^32 as the contract says
   bool restart_pending_ = false;

@@ -109,6 +109,29 @@ TEST(CAbi, AnUnreachableServerEndsTheSessionWithUnavailableAndNeverBlocks) {
   avb_client_destroy(client);
 }
 
+TEST(CAbi, TimedControlAndTheVoiceCount) {
+  EXPECT_EQ(avb_session_voice_samples_sent(nullptr), 0u);
+  EXPECT_EQ(avb_session_set_emotion_at(nullptr, "happy", 1.0f, 0), AVB_BAD_ARGUMENT);
+  EXPECT_EQ(avb_session_play_action_at(nullptr, "wave", 0), AVB_BAD_ARGUMENT);
+  // A session that keeps reconnecting to nothing stays open: its pushes and events are queued and counted.
+  avb_client* client = unreachable_client();
+  auto config = session_config("npc", 1);
+  avb_session* session = nullptr;
+  ASSERT_EQ(avb_session_open(client, &config, &session), AVB_OK);
+  EXPECT_EQ(avb_session_voice_samples_sent(session), 0u);
+  int16_t voice[1000] = {0};
+  ASSERT_EQ(avb_session_push_pcm(session, voice, 1000), AVB_OK);
+  EXPECT_EQ(avb_session_voice_samples_sent(session), 960u);  // one 20 ms packet at 48 kHz; 40 samples wait
+  ASSERT_EQ(avb_session_end_utterance(session), AVB_OK);
+  EXPECT_EQ(avb_session_voice_samples_sent(session), 1920u);  // the rest and the look-ahead, padded to a packet
+  const uint64_t beyond_32_bits = (uint64_t{1} << 33) + 7;
+  EXPECT_EQ(avb_session_set_emotion_at(session, "happy", 0.5f, beyond_32_bits), AVB_OK);
+  EXPECT_EQ(avb_session_play_action_at(session, "wave", 1920), AVB_OK);
+  EXPECT_EQ(avb_session_play_action_at(session, nullptr, 1920), AVB_BAD_ARGUMENT);
+  avb_session_destroy(session);
+  avb_client_destroy(client);
+}
+
 TEST(CAbi, WithReconnectItKeepsTryingAndDestroyStopsItPromptly) {
   avb_client* client = unreachable_client();
   auto config = session_config("npc", 1);

@@ -1,6 +1,6 @@
-// core_unit_tests.cpp: the core's parts that need no server: the Opus packetizer and its sequence numbers, the
-// frame queue (drop-oldest, A/V clock, interrupt replacement), the echoed audio's resampling onto the session
-// clock, and the resume-token bookkeeping.
+// core_unit_tests.cpp: the core's parts that need no server: the Opus packetizer, its sequence numbers and its
+// count of voice samples, the frame queue (drop-oldest, A/V clock, interrupt replacement), the echoed audio's
+// resampling onto the session clock, and the resume-token bookkeeping.
 #include <gtest/gtest.h>
 #include <opus/opus.h>
 
@@ -109,6 +109,59 @@ TEST(OpusPacketizer, InterruptDropsTheHeldRemainder) {
   EXPECT_EQ(packetizer.held_samples(), 540u);
   packetizer.drop_remainder();
   EXPECT_EQ(packetizer.held_samples(), 0u);
+}
+
+TEST(OpusPacketizer, CountsTheVoiceSamplesThatWentIntoPackets) {
+  OpusPacketizer packetizer(48000);
+  auto voice = tone(1000, 440, 48000);
+  packetizer.push(voice.data(), voice.size());
+  EXPECT_EQ(packetizer.samples_in_packets(), 960u);  // the 40 held samples wait for the next packet
+  const auto tail = packetizer.end_utterance();      // 40 + 312 look-ahead: padded to one packet
+  ASSERT_EQ(tail.size(), 1u);
+  EXPECT_EQ(tail[0].samples, 960u);
+  EXPECT_EQ(packetizer.samples_in_packets(), 1920u);
+  EXPECT_TRUE(packetizer.end_utterance().empty());
+  EXPECT_EQ(packetizer.samples_in_packets(), 1920u);
+
+  packetizer.push(voice.data(), 500);
+  packetizer.drop_remainder();  // an interrupt: never sent, never counted
+  EXPECT_EQ(packetizer.samples_in_packets(), 1920u);
+  packetizer.restart_stream();  // a reconnect: the session's count runs on
+  packetizer.push(voice.data(), 960);
+  EXPECT_EQ(packetizer.samples_in_packets(), 2880u);
+}
+
+TEST(OpusPacketizer, SixteenKilohertzCountsAtTheSessionRate) {
+  OpusPacketizer packetizer(16000);
+  auto voice = tone(1000, 300, 16000);
+  packetizer.push(voice.data(), voice.size());
+  EXPECT_EQ(packetizer.samples_in_packets(), 960u);  // three 320-sample packets, 40 held
+  packetizer.end_utterance();                         // 40 + 104 look-ahead: one more packet
+  EXPECT_EQ(packetizer.samples_in_packets(), 1280u);
+}
+
+TEST(OpusPacketizer, RawPacketsCountTheirOwnDuration) {
+  int error = 0;
+  OpusEncoder* encoder = opus_encoder_create(48000, 1, OPUS_APPLICATION_VOIP, &error);
+  ASSERT_EQ(error, OPUS_OK);
+  auto encode = [&](size_t samples) {
+    auto voice = tone(samples, 440, 48000);
+    unsigned char buffer[1500];
+    const int size = opus_encode(encoder, voice.data(), static_cast<int>(samples), buffer, sizeof buffer);
+    EXPECT_GT(size, 0);
+    return std::string(reinterpret_cast<char*>(buffer), static_cast<size_t>(size));
+  };
+  OpusPacketizer packetizer(48000);
+  EXPECT_EQ(packetizer.number(encode(480)).samples, 480u);    // 10 ms
+  EXPECT_EQ(packetizer.number(encode(2880)).samples, 2880u);  // 60 ms
+  EXPECT_EQ(packetizer.samples_in_packets(), 3360u);
+  // A packet whose duration cannot be read counts as long as the one before, as the server conceals it.
+  EXPECT_EQ(packetizer.number(std::string("\x03", 1)).samples, 2880u);
+  EXPECT_EQ(packetizer.samples_in_packets(), 6240u);
+
+  OpusPacketizer sixteen(16000);
+  EXPECT_EQ(sixteen.number(encode(960)).samples, 320u);  // 20 ms at the session's rate
+  opus_encoder_destroy(encoder);
 }
 
 // --- frame queue -------------------------------------------------------------------------------------------

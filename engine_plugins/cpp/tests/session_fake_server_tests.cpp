@@ -1,6 +1,7 @@
 // session_fake_server_tests.cpp: the session's stream logic against a scripted in-process AvatarService (no
 // generator): the resume token and restart_sequence of a reopened stream, the clock that continues across it,
-// an interrupt's position converted to the server's clock and the frames its ack replaces, the end's token.
+// an interrupt's position converted to the server's clock and the frames its ack replaces, the end's token;
+// timed control events on the wire, with their voice positions on the stream's count.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <turbojpeg.h>
@@ -81,6 +82,7 @@ class ScriptedService final : public v1::AvatarService::Service {
           return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is draining");
         }
       }
+      if (in.has_emotion() || in.has_action()) controls.push_back({number, in});
       if (in.has_interrupt()) {
         interrupt_played_until = in.interrupt().played_until();
         out.Clear();
@@ -100,8 +102,33 @@ class ScriptedService final : public v1::AvatarService::Service {
   std::mutex mutex;
   std::vector<v1::SessionConfig> configs;
   std::vector<std::pair<int, v1::AudioPacket>> audio;  // (stream number, packet)
+  std::vector<std::pair<int, v1::ClientMessage>> controls;  // emotion and action events
   uint64_t interrupt_played_until = 0;
   const std::string jpeg = tiny_jpeg();
+};
+
+// Accepts the session, records every message after the config, and ends with SessionEnded on the half-close.
+class RecordingService final : public v1::AvatarService::Service {
+ public:
+  grpc::Status Converse(grpc::ServerContext*,
+                        grpc::ServerReaderWriter<v1::ServerMessage, v1::ClientMessage>* stream) override {
+    v1::ClientMessage in;
+    if (!stream->Read(&in) || !in.has_config()) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no config");
+    v1::ServerMessage out;
+    out.mutable_accepted()->set_resume_token("token");
+    stream->Write(out);
+    while (stream->Read(&in)) {
+      std::lock_guard<std::mutex> lock(mutex);
+      received.push_back(in);
+    }
+    out.Clear();
+    out.mutable_ended()->set_resume_token("token-ended");
+    stream->Write(out);
+    return grpc::Status::OK;
+  }
+
+  std::mutex mutex;
+  std::vector<v1::ClientMessage> received;
 };
 
 bool next_event(Session& session, avb_event* event, double timeout_s = 10) {
@@ -193,6 +220,11 @@ TEST(SessionAgainstAScriptedServer, ReconnectsResumesContinuesTheClockAndReplace
 
   // The voice continues the count and declares the new stream's restart.
   ASSERT_EQ(session->push_pcm(voice.data(), voice.size()), AVB_OK);
+  // The voice count runs on across the reconnect (960 samples went to stream 1); the server's count starts again
+  // with stream 2's voice, so a timed event is sent on that count, and one in stream 1's voice goes untimed.
+  EXPECT_EQ(session->voice_samples_sent(), 1920u);
+  ASSERT_EQ(session->set_emotion("happy", 0.5f, 1440), AVB_OK);
+  ASSERT_EQ(session->play_action("wave", 500), AVB_OK);
   // Interrupt at 13000 on the session's clock: 1000 on the server's. The ack replaces from server pts 2400
   // (session 14400): frames 11-14 go, frame 10 stays.
   ASSERT_EQ(session->playback_progress(13000), AVB_OK);
@@ -233,7 +265,78 @@ TEST(SessionAgainstAScriptedServer, ReconnectsResumesContinuesTheClockAndReplace
     EXPECT_EQ(resumed.first, 2);
     EXPECT_EQ(resumed.second.sequence_number(), 1u);
     EXPECT_TRUE(resumed.second.restart_sequence());
+    ASSERT_EQ(service.controls.size(), 2u);
+    EXPECT_EQ(service.controls[0].first, 2);
+    ASSERT_TRUE(service.controls[0].second.emotion().has_at_voice_sample());
+    EXPECT_EQ(service.controls[0].second.emotion().at_voice_sample(), 480u);
+    EXPECT_EQ(service.controls[1].second.action().preset(), "wave");
+    EXPECT_FALSE(service.controls[1].second.action().has_at_voice_sample());
   }
+  session.reset();
+  server->Shutdown();
+}
+
+TEST(SessionAgainstAScriptedServer, TimedEventsCarryTheirVoiceSampleAndTheCountIsTheVoiceInPackets) {
+  RecordingService service;
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_GT(port, 0);
+  ClientOptions client_options;
+  client_options.target = "127.0.0.1:" + std::to_string(port);
+  Client client(client_options);
+  SessionOptions options;
+  options.npc_id = "npc";
+  std::unique_ptr<Session> session = client.open_session_owned(options);
+  avb_event event;
+  ASSERT_TRUE(wait_for(*session, AVB_EVENT_STATE, AVB_STATE_LIVE, &event));
+
+  EXPECT_EQ(session->voice_samples_sent(), 0u);
+  std::vector<int16_t> voice(1000, 100);
+  ASSERT_EQ(session->push_pcm(voice.data(), voice.size()), AVB_OK);
+  EXPECT_EQ(session->voice_samples_sent(), 960u);  // one 20 ms packet; 40 samples wait for the next
+  // A word 10 ms into the voice, and one at the end of the utterance's padding.
+  ASSERT_EQ(session->set_emotion("happy", 0.75f, 480), AVB_OK);
+  ASSERT_EQ(session->end_utterance(), AVB_OK);
+  EXPECT_EQ(session->voice_samples_sent(), 1920u);  // 40 held + 312 look-ahead, padded to a second packet
+  ASSERT_EQ(session->play_action("wave", 1920), AVB_OK);
+  ASSERT_EQ(session->set_emotion("calm", 1.0f), AVB_OK);
+  ASSERT_EQ(session->play_action("nod"), AVB_OK);
+  ASSERT_EQ(session->close(), AVB_OK);
+  ASSERT_TRUE(wait_for(*session, AVB_EVENT_ENDED, -1, &event));
+  EXPECT_EQ(event.code, 0);
+
+  std::lock_guard<std::mutex> lock(service.mutex);
+  std::vector<v1::ClientMessage::MessageCase> kinds;
+  for (const auto& message : service.received) kinds.push_back(message.message_case());
+  const std::vector<v1::ClientMessage::MessageCase> expected = {
+      v1::ClientMessage::kAudio,  v1::ClientMessage::kEmotion, v1::ClientMessage::kAudio,
+      v1::ClientMessage::kEndOfUtterance, v1::ClientMessage::kAction, v1::ClientMessage::kEmotion,
+      v1::ClientMessage::kAction};
+  ASSERT_EQ(kinds, expected);
+  const v1::EmotionEvent& timed_emotion = service.received[1].emotion();
+  EXPECT_EQ(timed_emotion.name(), "happy");
+  EXPECT_FLOAT_EQ(timed_emotion.intensity(), 0.75f);
+  ASSERT_TRUE(timed_emotion.has_at_voice_sample());
+  EXPECT_EQ(timed_emotion.at_voice_sample(), 480u);
+  const v1::ActionEvent& timed_action = service.received[4].action();
+  EXPECT_EQ(timed_action.preset(), "wave");
+  ASSERT_TRUE(timed_action.has_at_voice_sample());
+  EXPECT_EQ(timed_action.at_voice_sample(), 1920u);
+  // Untimed events leave the field out (on the wire too): the server applies them from the next block.
+  EXPECT_FALSE(service.received[5].emotion().has_at_voice_sample());
+  EXPECT_FALSE(service.received[6].action().has_at_voice_sample());
+  std::string wire;
+  ASSERT_TRUE(service.received[6].SerializeToString(&wire));
+  v1::ClientMessage untimed;
+  untimed.mutable_action()->set_preset("nod");
+  EXPECT_EQ(wire, untimed.SerializeAsString());
+  ASSERT_TRUE(service.received[4].SerializeToString(&wire));
+  EXPECT_NE(wire.find(std::string("\x18\x80\x0f", 3)), std::string::npos)  // field 3, varint 1920
+      << "at_voice_sample as ActionEvent field 3";
+
   session.reset();
   server->Shutdown();
 }

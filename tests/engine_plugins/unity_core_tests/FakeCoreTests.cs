@@ -167,6 +167,30 @@ namespace AvatarBackend.Client.Tests
             }
         }
 
+        public static void TimedControlCarriesItsVoiceSampleAndTheCountIsTheVoiceInPackets()
+        {
+            using (var client = NewClient())
+            {
+                var session = OpenLiveSession(client);
+                Check.Equal(0UL, session.VoiceSamplesSent, "nothing said yet");
+                session.PushPcm(new short[1000], 1000);
+                Check.Equal(960UL, session.VoiceSamplesSent, "one 20 ms packet at 48 kHz; 40 samples wait");
+                session.EndUtterance();
+                Check.Equal(ServerEventCode.UtteranceComplete, session.PollEvent().ServerCode, "utterance end");
+                Check.Equal(1920UL, session.VoiceSamplesSent, "the rest and the look-ahead, padded to a packet");
+
+                ulong beyond32Bits = (1UL << 33) + 7;
+                Check.Equal(AvatarResult.Ok, session.SetEmotion("fröhlich", 0.5f, beyond32Bits), "timed emotion");
+                Check.Equal("fröhlich@0.50 at=8589934599", session.PollEvent().Text, "name, intensity, voice sample");
+                Check.Equal(AvatarResult.Ok, session.PlayAction("wave", 1920UL), "timed action");
+                Check.Equal("wave at=1920", session.PollEvent().Text, "preset and voice sample");
+                session.SetEmotion("calm", 1f);
+                Check.Equal("calm@1.00", session.PollEvent().Text, "an untimed emotion stays untimed");
+                session.Dispose();
+                Check.Equal(0UL, session.VoiceSamplesSent, "a disposed session has sent nothing more");
+            }
+        }
+
         public static void InterruptAckValuesArriveInTheHeadersOrder()
         {
             using (var client = NewClient())
@@ -240,12 +264,14 @@ namespace AvatarBackend.Client.Tests
                     int count;
                     ulong start;
                     session.PushPcm(voice, voice.Length);
+                    if (session.VoiceSamplesSent == 0)
+                        throw new CheckFailed("voice not counted");
                     session.PlaybackProgress(1000);
                     session.PollDueFrame(1000, frame);
                     session.PollAudio(echoed, out count, out start);
                     session.PollEvent();
                     session.GetStats(ref stats);
-                }, "push, playback position, polls with nothing to return, stats");
+                }, "push, voice count, playback position, polls with nothing to return, stats");
                 session.PushPcm(new short[48000], 48000);
                 session.EndUtterance();
                 session.PollEvent();

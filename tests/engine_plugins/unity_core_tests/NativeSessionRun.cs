@@ -75,6 +75,7 @@ namespace AvatarBackend.Client.Tests
 
             // 1. One utterance, sent as fast as TTS would; the NPC talks, then idles.
             Speak(speech, 1);
+            Console.WriteLine("voice_samples_sent {0}", session.VoiceSamplesSent);
             bool silentAfterSpeech = false;
             while (TimeLeft && !(utterancesComplete >= 1 && silentAfterSpeech))
             {

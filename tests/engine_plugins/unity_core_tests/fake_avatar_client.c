@@ -6,7 +6,10 @@
  *   - voice pushed as PCM comes back, at end of utterance, as echoed audio (same samples, on the session clock)
  *     and as frames (one per 1/fps of voice, every pixel byte = the frame's index, speaking), followed by two
  *     frames of silence (not speaking, silent echoed audio), then UTTERANCE_COMPLETE;
- *   - set_emotion / play_action answer with a SERVER event whose text is the name received;
+ *   - voice_samples_sent counts as the core does: pushed PCM in whole 20 ms packets (a shorter remainder is held),
+ *     an utterance's end pads the remainder and a 6.5 ms look-ahead to whole packets, a raw Opus packet is 20 ms;
+ *   - set_emotion / play_action answer with a SERVER event whose text is the name received (and " at=N", the
+ *     voice sample, from set_emotion_at / play_action_at);
  *   - interrupt answers with INTERRUPT_ACK {7, 4800, 100, 200}; close with ENDED and a resume token.
  * A handle that is not live (double free, use after free) aborts the process, so ordering bugs fail tests.
  * fake_live_objects() counts the clients and sessions not yet destroyed.
@@ -46,6 +49,9 @@ struct avb_session {
   size_t event_count;
   uint64_t played_until;
   uint64_t frames_dropped;
+  uint64_t voice_samples_sent;
+  size_t voice_held;           /* pushed samples short of a whole packet */
+  int voice_since_end;         /* anything said since the last end of utterance */
 };
 
 static void* live[MAX_LIVE];
@@ -186,6 +192,10 @@ avb_result avb_session_push_pcm(avb_session* s, const int16_t* samples, size_t c
   if (!samples || s->pending_count + count > MAX_AUDIO) return AVB_BAD_ARGUMENT;
   memcpy(s->pending + s->pending_count, samples, count * sizeof *samples);
   s->pending_count += count;
+  size_t packet = s->config.sample_rate / 50, total = s->voice_held + count;
+  s->voice_samples_sent += total / packet * packet;
+  s->voice_held = total % packet;
+  s->voice_since_end |= count > 0;
   return AVB_OK;
 }
 
@@ -193,7 +203,16 @@ avb_result avb_session_push_opus(avb_session* s, const uint8_t* packet, size_t s
   require_live(s, "avb_session_push_opus");
   (void)packet;
   (void)size;
-  return s->closed ? AVB_CLOSED : AVB_OK;
+  if (s->closed) return AVB_CLOSED;
+  s->voice_samples_sent += s->config.sample_rate / 50;
+  s->voice_since_end = 1;
+  return AVB_OK;
+}
+
+uint64_t avb_session_voice_samples_sent(avb_session* s) {
+  if (!s) return 0;
+  require_live(s, "avb_session_voice_samples_sent");
+  return s->voice_samples_sent;
 }
 
 avb_result avb_session_end_utterance(avb_session* s) {
@@ -213,6 +232,12 @@ avb_result avb_session_end_utterance(avb_session* s) {
   }
   s->timeline = end;
   s->pending_count = 0;
+  if (s->voice_since_end) {
+    size_t packet = s->config.sample_rate / 50, lookahead = s->config.sample_rate * 13 / 2000;
+    s->voice_samples_sent += (s->voice_held + lookahead + packet - 1) / packet * packet;
+  }
+  s->voice_held = 0;
+  s->voice_since_end = 0;
   push_event(s, AVB_EVENT_SERVER, 6, "utterance complete", NULL);
   return AVB_OK;
 }
@@ -230,6 +255,24 @@ avb_result avb_session_play_action(avb_session* s, const char* preset) {
   require_live(s, "avb_session_play_action");
   if (!preset) return AVB_BAD_ARGUMENT;
   push_event(s, AVB_EVENT_SERVER, 5, preset, NULL);
+  return AVB_OK;
+}
+
+avb_result avb_session_set_emotion_at(avb_session* s, const char* name, float intensity, uint64_t at_voice_sample) {
+  require_live(s, "avb_session_set_emotion_at");
+  if (!name) return AVB_BAD_ARGUMENT;
+  char text[512];
+  snprintf(text, sizeof text, "%s@%.2f at=%llu", name, intensity, (unsigned long long)at_voice_sample);
+  push_event(s, AVB_EVENT_SERVER, 4, text, NULL);
+  return AVB_OK;
+}
+
+avb_result avb_session_play_action_at(avb_session* s, const char* preset, uint64_t at_voice_sample) {
+  require_live(s, "avb_session_play_action_at");
+  if (!preset) return AVB_BAD_ARGUMENT;
+  char text[512];
+  snprintf(text, sizeof text, "%s at=%llu", preset, (unsigned long long)at_voice_sample);
+  push_event(s, AVB_EVENT_SERVER, 5, text, NULL);
   return AVB_OK;
 }
 

@@ -10,10 +10,13 @@
 
 #include "AvatarEchoPlayback.h"
 #include "AvatarVoiceChunker.h"
+#include "AvatarVoiceSamples.h"
 
 using avatar_backend::EchoPlayback;
 using avatar_backend::HeardUntil;
 using avatar_backend::VoiceChunker;
+using avatar_backend::VoiceSampleFromBlueprint;
+using avatar_backend::VoiceSamplesForBlueprint;
 
 namespace {
 
@@ -202,6 +205,22 @@ void ChunkerOutputDoesNotDependOnBlockSizes() {
   Equal(true, whole.samples == split.samples, "whole or in pieces");
 }
 
+void VoiceSamplesFromBlueprintMustNameASample() {
+  uint64_t sample = 7;
+  Equal(true, VoiceSampleFromBlueprint(0, &sample), "the first sample");
+  Equal(uint64_t{0}, sample, "0");
+  Equal(true, VoiceSampleFromBlueprint(int64_t{1} << 40, &sample), "beyond 32 bits");
+  Equal(uint64_t{1} << 40, sample, "2^40");
+  Equal(false, VoiceSampleFromBlueprint(-1, &sample), "a negative position names no sample");
+  Equal(uint64_t{1} << 40, sample, "left as it was");
+}
+
+void VoiceSamplesSentReachBlueprintWithoutTurningNegative() {
+  Equal(int64_t{1920}, VoiceSamplesForBlueprint(1920), "as counted");
+  Equal(INT64_MAX, VoiceSamplesForBlueprint(uint64_t{INT64_MAX}), "the largest int64");
+  Equal(INT64_MAX, VoiceSamplesForBlueprint(UINT64_MAX), "saturated");
+}
+
 }  // namespace
 
 int main() {
@@ -217,6 +236,8 @@ int main() {
       {"ChunkerConvertsDownmixesAndClamps", ChunkerConvertsDownmixesAndClamps},
       {"ChunkerResamplesASine", ChunkerResamplesASine},
       {"ChunkerOutputDoesNotDependOnBlockSizes", ChunkerOutputDoesNotDependOnBlockSizes},
+      {"VoiceSamplesFromBlueprintMustNameASample", VoiceSamplesFromBlueprintMustNameASample},
+      {"VoiceSamplesSentReachBlueprintWithoutTurningNegative", VoiceSamplesSentReachBlueprintWithoutTurningNegative},
   };
   int failed = 0;
   for (const auto& test : tests) {

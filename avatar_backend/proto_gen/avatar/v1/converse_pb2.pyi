@@ -131,20 +131,24 @@ class EndOfUtterance(_message.Message):
     def __init__(self) -> None: ...
 
 class EmotionEvent(_message.Message):
-    __slots__ = ("name", "intensity")
+    __slots__ = ("name", "intensity", "at_voice_sample")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INTENSITY_FIELD_NUMBER: _ClassVar[int]
+    AT_VOICE_SAMPLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     intensity: float
-    def __init__(self, name: _Optional[str] = ..., intensity: _Optional[float] = ...) -> None: ...
+    at_voice_sample: int
+    def __init__(self, name: _Optional[str] = ..., intensity: _Optional[float] = ..., at_voice_sample: _Optional[int] = ...) -> None: ...
 
 class ActionEvent(_message.Message):
-    __slots__ = ("preset", "free_text")
+    __slots__ = ("preset", "free_text", "at_voice_sample")
     PRESET_FIELD_NUMBER: _ClassVar[int]
     FREE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    AT_VOICE_SAMPLE_FIELD_NUMBER: _ClassVar[int]
     preset: str
     free_text: str
-    def __init__(self, preset: _Optional[str] = ..., free_text: _Optional[str] = ...) -> None: ...
+    at_voice_sample: int
+    def __init__(self, preset: _Optional[str] = ..., free_text: _Optional[str] = ..., at_voice_sample: _Optional[int] = ...) -> None: ...
 
 class ListeningEvent(_message.Message):
     __slots__ = ("listening",)

@@ -12,7 +12,8 @@
  * returns; buffers passed in belong to the caller.
  *
  * Time: positions (pts, audio_start, played_until, ...) are samples at the session's sample rate on the
- * session clock, exactly as in proto/avatar/v1/converse.proto.
+ * session clock, exactly as in proto/avatar/v1/converse.proto. Voice positions (at_voice_sample) count the
+ * voice sent instead, pauses left out: see avb_session_voice_samples_sent.
  */
 #ifndef AVATAR_BACKEND_AVATAR_CLIENT_H
 #define AVATAR_BACKEND_AVATAR_CLIENT_H
@@ -101,10 +102,29 @@ AVB_API size_t avb_session_last_error(avb_session* session, char* message, size_
 AVB_API avb_result avb_session_push_pcm(avb_session* session, const int16_t* samples, size_t count);
 AVB_API avb_result avb_session_push_opus(avb_session* session, const uint8_t* packet, size_t size);
 AVB_API avb_result avb_session_end_utterance(avb_session* session);
+/* The NPC's voice sent so far on this session, in samples at its sample rate: every PCM sample that has gone
+ * into a packet, the silence avb_session_end_utterance pads the last packet with, and each avb_session_push_opus
+ * packet's duration. A PCM remainder shorter than one packet waits in the core and counts once a later push or
+ * the end of the utterance packs it; an interrupt drops it uncounted. So right after avb_session_end_utterance
+ * (before an utterance's first push) the count is exactly where the next pushed sample goes; within an
+ * utterance it is behind by the pushed samples not yet packed (fewer than 20 ms). This is the count
+ * at_voice_sample refers to (below); it runs on across reconnects. 0 for a NULL session. */
+AVB_API uint64_t avb_session_voice_samples_sent(avb_session* session);
 
 /* Control. */
 AVB_API avb_result avb_session_set_emotion(avb_session* session, const char* name, float intensity);
 AVB_API avb_result avb_session_play_action(avb_session* session, const char* preset);
+/* Timed control (TTS word timings): as above, but from the block that starts nearest to voice sample
+ * at_voice_sample, a position in avb_session_voice_samples_sent's count. Note the count before pushing a clip,
+ * add a word's offset in the clip (in samples at the session's rate) and send the event with that position,
+ * however far ahead of the video the voice goes. A point already on video applies from the next block; an
+ * interrupt cancels the events whose point was not on video yet. The server holds at most
+ * ServerInfo.limits.max_timed_events at once, none beyond 120 s of voice past what it received, and answers
+ * others with an AVB_EVENT_SERVER of code EVENT_CODE_INVALID_EVENT. After a reconnect the core translates the
+ * position to the new stream's count; a point in voice the new stream never got applies from its next block. */
+AVB_API avb_result avb_session_set_emotion_at(avb_session* session, const char* name, float intensity,
+                                              uint64_t at_voice_sample);
+AVB_API avb_result avb_session_play_action_at(avb_session* session, const char* preset, uint64_t at_voice_sample);
 AVB_API avb_result avb_session_set_listening(avb_session* session, int32_t listening);
 /* Where playback is (what the player has heard), on the session clock. The core reports it to the server
  * (PlaybackProgress, at most every 100 ms) and uses it for the A/V clock and for interrupts. */

@@ -125,6 +125,26 @@ namespace AvatarBackend.Client
             return (AvatarResult)AvatarClientNative.avb_session_end_utterance(handle);
         }
 
+        /// <summary>The voice sent so far, in samples at <see cref="SampleRate"/>: what the atVoiceSample of
+        /// <see cref="SetEmotion(string, float, ulong)"/> and <see cref="PlayAction(string, ulong)"/> counts. Pushed
+        /// samples count once they are in a 20 ms packet (the core holds a shorter remainder until the next push or
+        /// EndUtterance), the end of an utterance's padding counts too, so right after EndUtterance it is exactly
+        /// where the next utterance's first sample goes. 0 once disposed.</summary>
+        public ulong VoiceSamplesSent
+        {
+            get
+            {
+                try
+                {
+                    return AvatarClientNative.avb_session_voice_samples_sent(handle);
+                }
+                catch (ObjectDisposedException)
+                {
+                    return 0;
+                }
+            }
+        }
+
         // --- control ---
 
         /// <summary>One of the character's emotion prompts; "" returns to the base prompt. Intensity 0-1.</summary>
@@ -138,6 +158,24 @@ namespace AvatarBackend.Client
         public AvatarResult PlayAction(string preset)
         {
             return (AvatarResult)AvatarClientNative.avb_session_play_action(handle, Utf8.NullTerminated(preset ?? ""));
+        }
+
+        /// <summary>As <see cref="SetEmotion(string, float)"/>, from the block that starts nearest to voice sample
+        /// <paramref name="atVoiceSample"/> (a <see cref="VoiceSamplesSent"/> count: the count before a clip plus
+        /// a word's offset in it, at the session's rate). A point already on video applies from the next block;
+        /// an interrupt cancels the events not reached yet.</summary>
+        public AvatarResult SetEmotion(string name, float intensity, ulong atVoiceSample)
+        {
+            return (AvatarResult)AvatarClientNative.avb_session_set_emotion_at(handle, Utf8.NullTerminated(name ?? ""),
+                                                                                intensity, atVoiceSample);
+        }
+
+        /// <summary>As <see cref="PlayAction(string)"/>, from the block that starts nearest to voice sample
+        /// <paramref name="atVoiceSample"/> (see <see cref="SetEmotion(string, float, ulong)"/>).</summary>
+        public AvatarResult PlayAction(string preset, ulong atVoiceSample)
+        {
+            return (AvatarResult)AvatarClientNative.avb_session_play_action_at(handle, Utf8.NullTerminated(preset ?? ""),
+                                                                                atVoiceSample);
         }
 
         /// <summary>True while the player speaks: the NPC listens instead of idling.</summary>

@@ -103,6 +103,18 @@ namespace AvatarBackend.Client
         public NpcAvatarStats Stats { get { return stats; } }
         /// <summary>The NPC's resume token from the last session that ended.</summary>
         public string LastResumeToken { get; private set; }
+        /// <summary>The voice sent so far on the session, in samples at its rate (0 without one): the count that
+        /// <see cref="SetEmotionAtVoiceSample"/> and <see cref="PlayActionAtVoiceSample"/> take. Exactly where
+        /// the next utterance starts when read before Speak or an utterance's first PushVoice; within an
+        /// utterance the voice still being chunked (under 20 ms) is not in it yet. Thread safe to read.</summary>
+        public ulong VoiceSamplesSent
+        {
+            get
+            {
+                var current = session;
+                return current != null ? current.VoiceSamplesSent : 0;
+            }
+        }
 
         void Awake()
         {
@@ -324,6 +336,23 @@ namespace AvatarBackend.Client
         {
             if (session != null)
                 session.PlayAction(preset);
+        }
+
+        /// <summary>An emotion from the block that starts nearest to voice sample <paramref name="atVoiceSample"/>,
+        /// for TTS word timings: <see cref="VoiceSamplesSent"/> before speaking the line, plus the word's offset in
+        /// it in samples at the session's rate. An interrupt cancels the events not reached yet.</summary>
+        public void SetEmotionAtVoiceSample(string emotion, float intensity, ulong atVoiceSample)
+        {
+            if (session != null)
+                session.SetEmotion(emotion, intensity, atVoiceSample);
+        }
+
+        /// <summary>An action from the block that starts nearest to voice sample <paramref name="atVoiceSample"/> (see
+        /// <see cref="SetEmotionAtVoiceSample"/>).</summary>
+        public void PlayActionAtVoiceSample(string preset, ulong atVoiceSample)
+        {
+            if (session != null)
+                session.PlayAction(preset, atVoiceSample);
         }
 
         /// <summary>Stop talking now; onInterrupted follows with where the new video starts.</summary>

@@ -137,7 +137,7 @@ class PushAudio(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., num_samples: _Optional[int] = ...) -> None: ...
 
 class Control(_message.Message):
-    __slots__ = ("session_id", "emotion_prompt", "action_prompt", "listening", "end_of_utterance", "interrupt", "reset_prompt", "intensity", "played_until")
+    __slots__ = ("session_id", "emotion_prompt", "action_prompt", "listening", "end_of_utterance", "interrupt", "reset_prompt", "intensity", "played_until", "at_voice_sample")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     EMOTION_PROMPT_FIELD_NUMBER: _ClassVar[int]
     ACTION_PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,7 @@ class Control(_message.Message):
     RESET_PROMPT_FIELD_NUMBER: _ClassVar[int]
     INTENSITY_FIELD_NUMBER: _ClassVar[int]
     PLAYED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    AT_VOICE_SAMPLE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     emotion_prompt: str
     action_prompt: str
@@ -156,7 +157,8 @@ class Control(_message.Message):
     reset_prompt: bool
     intensity: float
     played_until: int
-    def __init__(self, session_id: _Optional[str] = ..., emotion_prompt: _Optional[str] = ..., action_prompt: _Optional[str] = ..., listening: _Optional[bool] = ..., end_of_utterance: _Optional[bool] = ..., interrupt: _Optional[bool] = ..., reset_prompt: _Optional[bool] = ..., intensity: _Optional[float] = ..., played_until: _Optional[int] = ...) -> None: ...
+    at_voice_sample: int
+    def __init__(self, session_id: _Optional[str] = ..., emotion_prompt: _Optional[str] = ..., action_prompt: _Optional[str] = ..., listening: _Optional[bool] = ..., end_of_utterance: _Optional[bool] = ..., interrupt: _Optional[bool] = ..., reset_prompt: _Optional[bool] = ..., intensity: _Optional[float] = ..., played_until: _Optional[int] = ..., at_voice_sample: _Optional[int] = ...) -> None: ...
 
 class CloseNpc(_message.Message):
     __slots__ = ("session_id", "finish_voice")

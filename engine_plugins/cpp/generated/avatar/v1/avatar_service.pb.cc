@@ -356,6 +356,7 @@ PROTOBUF_CONSTEXPR Limits::Limits(
   , /*decltype(_impl_.max_parked_memory_bytes_)*/uint64_t{0u}
   , /*decltype(_impl_.max_reference_image_pixels_)*/0u
   , /*decltype(_impl_.npc_snapshot_interval_s_)*/0u
+  , /*decltype(_impl_.max_timed_events_)*/0u
   , /*decltype(_impl_._cached_size_)*/{}} {}
 struct LimitsDefaultTypeInternal {
   PROTOBUF_CONSTEXPR LimitsDefaultTypeInternal()
@@ -598,6 +599,7 @@ const uint32_t TableStruct_avatar_2fv1_2favatar_5fservice_2eproto::offsets[] PRO
   PROTOBUF_FIELD_OFFSET(::avatar::v1::Limits, _impl_.max_parked_memory_bytes_),
   PROTOBUF_FIELD_OFFSET(::avatar::v1::Limits, _impl_.max_reference_image_pixels_),
   PROTOBUF_FIELD_OFFSET(::avatar::v1::Limits, _impl_.npc_snapshot_interval_s_),
+  PROTOBUF_FIELD_OFFSET(::avatar::v1::Limits, _impl_.max_timed_events_),
 };
 static const ::_pbi::MigrationSchema schemas[] PROTOBUF_SECTION_VARIABLE(protodesc_cold) = {
   { 0, 8, -1, sizeof(::avatar::v1::RegisterCharacterRequest_EmotionPromptsEntry_DoNotUse)},
@@ -708,7 +710,7 @@ const char descriptor_table_protodef_avatar_2fv1_2favatar_5fservice_2eproto[] PR
   "ing_steps\030\006 \001(\r\022\032\n\022first_block_frames\030\007 "
   "\001(\r\022\024\n\014block_frames\030\010 \001(\r\022\025\n\rdefault_wid"
   "th\030\t \001(\r\022\026\n\016default_height\030\n \001(\r\022\023\n\013defa"
-  "ult_fps\030\013 \001(\r\"\362\002\n\006Limits\022\031\n\021max_message_"
+  "ult_fps\030\013 \001(\r\"\214\003\n\006Limits\022\031\n\021max_message_"
   "bytes\030\001 \001(\r\022\036\n\026max_audio_packet_bytes\030\002 "
   "\001(\r\022\024\n\014max_sessions\030\003 \001(\r\022\030\n\020max_prompt_"
   "chars\030\004 \001(\r\022!\n\031max_reference_image_bytes"
@@ -717,37 +719,37 @@ const char descriptor_table_protodef_avatar_2fv1_2favatar_5fservice_2eproto[] PR
   "red_npcs\030\010 \001(\r\022\034\n\024max_stored_npc_bytes\030\t"
   " \001(\004\022\037\n\027max_parked_memory_bytes\030\n \001(\004\022\"\n"
   "\032max_reference_image_pixels\030\013 \001(\r\022\037\n\027npc"
-  "_snapshot_interval_s\030\014 \001(\r2\334\005\n\rAvatarSer"
-  "vice\022B\n\010Converse\022\030.avatar.v1.ClientMessa"
-  "ge\032\030.avatar.v1.ServerMessage(\0010\001\022N\n\021Regi"
-  "sterCharacter\022#.avatar.v1.RegisterCharac"
-  "terRequest\032\024.avatar.v1.Character\022D\n\014GetC"
-  "haracter\022\036.avatar.v1.GetCharacterRequest"
-  "\032\024.avatar.v1.Character\022U\n\016ListCharacters"
-  "\022 .avatar.v1.ListCharactersRequest\032!.ava"
-  "tar.v1.ListCharactersResponse\022X\n\017DeleteC"
-  "haracter\022!.avatar.v1.DeleteCharacterRequ"
-  "est\032\".avatar.v1.DeleteCharacterResponse\022"
-  "2\n\006GetNpc\022\030.avatar.v1.GetNpcRequest\032\016.av"
-  "atar.v1.Npc\022C\n\010ListNpcs\022\032.avatar.v1.List"
-  "NpcsRequest\032\033.avatar.v1.ListNpcsResponse"
-  "\0226\n\010ResetNpc\022\032.avatar.v1.ResetNpcRequest"
-  "\032\016.avatar.v1.Npc\022F\n\tDeleteNpc\022\033.avatar.v"
-  "1.DeleteNpcRequest\032\034.avatar.v1.DeleteNpc"
-  "Response\022G\n\rGetServerInfo\022\037.avatar.v1.Ge"
-  "tServerInfoRequest\032\025.avatar.v1.ServerInf"
-  "oB\232\001\n\024dev.avatarbackend.v1B\022AvatarServic"
-  "eProtoP\001Z,avatar-backend.dev/gen/go/avat"
-  "ar/v1;avatarv1\242\002\003AVB\252\002\020AvatarBackend.V1\312"
-  "\002\020AvatarBackend\\V1\352\002\021AvatarBackend::V1b\006"
-  "proto3"
+  "_snapshot_interval_s\030\014 \001(\r\022\030\n\020max_timed_"
+  "events\030\r \001(\r2\334\005\n\rAvatarService\022B\n\010Conver"
+  "se\022\030.avatar.v1.ClientMessage\032\030.avatar.v1"
+  ".ServerMessage(\0010\001\022N\n\021RegisterCharacter\022"
+  "#.avatar.v1.RegisterCharacterRequest\032\024.a"
+  "vatar.v1.Character\022D\n\014GetCharacter\022\036.ava"
+  "tar.v1.GetCharacterRequest\032\024.avatar.v1.C"
+  "haracter\022U\n\016ListCharacters\022 .avatar.v1.L"
+  "istCharactersRequest\032!.avatar.v1.ListCha"
+  "ractersResponse\022X\n\017DeleteCharacter\022!.ava"
+  "tar.v1.DeleteCharacterRequest\032\".avatar.v"
+  "1.DeleteCharacterResponse\0222\n\006GetNpc\022\030.av"
+  "atar.v1.GetNpcRequest\032\016.avatar.v1.Npc\022C\n"
+  "\010ListNpcs\022\032.avatar.v1.ListNpcsRequest\032\033."
+  "avatar.v1.ListNpcsResponse\0226\n\010ResetNpc\022\032"
+  ".avatar.v1.ResetNpcRequest\032\016.avatar.v1.N"
+  "pc\022F\n\tDeleteNpc\022\033.avatar.v1.DeleteNpcReq"
+  "uest\032\034.avatar.v1.DeleteNpcResponse\022G\n\rGe"
+  "tServerInfo\022\037.avatar.v1.GetServerInfoReq"
+  "uest\032\025.avatar.v1.ServerInfoB\232\001\n\024dev.avat"
+  "arbackend.v1B\022AvatarServiceProtoP\001Z,avat"
+  "ar-backend.dev/gen/go/avatar/v1;avatarv1"
+  "\242\002\003AVB\252\002\020AvatarBackend.V1\312\002\020AvatarBacken"
+  "d\\V1\352\002\021AvatarBackend::V1b\006proto3"
   ;
 static const ::_pbi::DescriptorTable* const descriptor_table_avatar_2fv1_2favatar_5fservice_2eproto_deps[1] = {
   &::descriptor_table_avatar_2fv1_2fconverse_2eproto,
 };
 static ::_pbi::once_flag descriptor_table_avatar_2fv1_2favatar_5fservice_2eproto_once;
 const ::_pbi::DescriptorTable descriptor_table_avatar_2fv1_2favatar_5fservice_2eproto = {
-    false, false, 3526, descriptor_table_protodef_avatar_2fv1_2favatar_5fservice_2eproto,
+    false, false, 3552, descriptor_table_protodef_avatar_2fv1_2favatar_5fservice_2eproto,
     "avatar/v1/avatar_service.proto",
     &descriptor_table_avatar_2fv1_2favatar_5fservice_2eproto_once, descriptor_table_avatar_2fv1_2favatar_5fservice_2eproto_deps, 1, 23,
     schemas, file_default_instances, TableStruct_avatar_2fv1_2favatar_5fservice_2eproto::offsets,
@@ -5543,12 +5545,13 @@ Limits::Limits(const Limits& from)
     , decltype(_impl_.max_parked_memory_bytes_){}
     , decltype(_impl_.max_reference_image_pixels_){}
     , decltype(_impl_.npc_snapshot_interval_s_){}
+    , decltype(_impl_.max_timed_events_){}
     , /*decltype(_impl_._cached_size_)*/{}};
 
   _internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
   ::memcpy(&_impl_.max_message_bytes_, &from._impl_.max_message_bytes_,
-    static_cast<size_t>(reinterpret_cast<char*>(&_impl_.npc_snapshot_interval_s_) -
-    reinterpret_cast<char*>(&_impl_.max_message_bytes_)) + sizeof(_impl_.npc_snapshot_interval_s_));
+    static_cast<size_t>(reinterpret_cast<char*>(&_impl_.max_timed_events_) -
+    reinterpret_cast<char*>(&_impl_.max_message_bytes_)) + sizeof(_impl_.max_timed_events_));
   // @@protoc_insertion_point(copy_constructor:avatar.v1.Limits)
 }
 
@@ -5569,6 +5572,7 @@ inline void Limits::SharedCtor(
     , decltype(_impl_.max_parked_memory_bytes_){uint64_t{0u}}
     , decltype(_impl_.max_reference_image_pixels_){0u}
     , decltype(_impl_.npc_snapshot_interval_s_){0u}
+    , decltype(_impl_.max_timed_events_){0u}
     , /*decltype(_impl_._cached_size_)*/{}
   };
 }
@@ -5597,8 +5601,8 @@ void Limits::Clear() {
   (void) cached_has_bits;
 
   ::memset(&_impl_.max_message_bytes_, 0, static_cast<size_t>(
-      reinterpret_cast<char*>(&_impl_.npc_snapshot_interval_s_) -
-      reinterpret_cast<char*>(&_impl_.max_message_bytes_)) + sizeof(_impl_.npc_snapshot_interval_s_));
+      reinterpret_cast<char*>(&_impl_.max_timed_events_) -
+      reinterpret_cast<char*>(&_impl_.max_message_bytes_)) + sizeof(_impl_.max_timed_events_));
   _internal_metadata_.Clear<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>();
 }
 
@@ -5704,6 +5708,14 @@ const char* Limits::_InternalParse(const char* ptr, ::_pbi::ParseContext* ctx) {
         } else
           goto handle_unusual;
         continue;
+      // uint32 max_timed_events = 13;
+      case 13:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 104)) {
+          _impl_.max_timed_events_ = ::PROTOBUF_NAMESPACE_ID::internal::ReadVarint32(&ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
       default:
         goto handle_unusual;
     }  // switch
@@ -5805,6 +5817,12 @@ uint8_t* Limits::_InternalSerialize(
     target = ::_pbi::WireFormatLite::WriteUInt32ToArray(12, this->_internal_npc_snapshot_interval_s(), target);
   }
 
+  // uint32 max_timed_events = 13;
+  if (this->_internal_max_timed_events() != 0) {
+    target = stream->EnsureSpace(target);
+    target = ::_pbi::WireFormatLite::WriteUInt32ToArray(13, this->_internal_max_timed_events(), target);
+  }
+
   if (PROTOBUF_PREDICT_FALSE(_internal_metadata_.have_unknown_fields())) {
     target = ::_pbi::WireFormat::InternalSerializeUnknownFieldsToArray(
         _internal_metadata_.unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(::PROTOBUF_NAMESPACE_ID::UnknownFieldSet::default_instance), target, stream);
@@ -5881,6 +5899,11 @@ size_t Limits::ByteSizeLong() const {
     total_size += ::_pbi::WireFormatLite::UInt32SizePlusOne(this->_internal_npc_snapshot_interval_s());
   }
 
+  // uint32 max_timed_events = 13;
+  if (this->_internal_max_timed_events() != 0) {
+    total_size += ::_pbi::WireFormatLite::UInt32SizePlusOne(this->_internal_max_timed_events());
+  }
+
   return MaybeComputeUnknownFieldsSize(total_size, &_impl_._cached_size_);
 }
 
@@ -5935,6 +5958,9 @@ void Limits::MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROTOBU
   if (from._internal_npc_snapshot_interval_s() != 0) {
     _this->_internal_set_npc_snapshot_interval_s(from._internal_npc_snapshot_interval_s());
   }
+  if (from._internal_max_timed_events() != 0) {
+    _this->_internal_set_max_timed_events(from._internal_max_timed_events());
+  }
   _this->_internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
 }
 
@@ -5953,8 +5979,8 @@ void Limits::InternalSwap(Limits* other) {
   using std::swap;
   _internal_metadata_.InternalSwap(&other->_internal_metadata_);
   ::PROTOBUF_NAMESPACE_ID::internal::memswap<
-      PROTOBUF_FIELD_OFFSET(Limits, _impl_.npc_snapshot_interval_s_)
-      + sizeof(Limits::_impl_.npc_snapshot_interval_s_)
+      PROTOBUF_FIELD_OFFSET(Limits, _impl_.max_timed_events_)
+      + sizeof(Limits::_impl_.max_timed_events_)
       - PROTOBUF_FIELD_OFFSET(Limits, _impl_.max_message_bytes_)>(
           reinterpret_cast<char*>(&_impl_.max_message_bytes_),
           reinterpret_cast<char*>(&other->_impl_.max_message_bytes_));

@@ -3704,6 +3704,7 @@ class Limits final :
     kMaxParkedMemoryBytesFieldNumber = 10,
     kMaxReferenceImagePixelsFieldNumber = 11,
     kNpcSnapshotIntervalSFieldNumber = 12,
+    kMaxTimedEventsFieldNumber = 13,
   };
   // uint32 max_message_bytes = 1;
   void clear_max_message_bytes();
@@ -3813,6 +3814,15 @@ class Limits final :
   void _internal_set_npc_snapshot_interval_s(uint32_t value);
   public:
 
+  // uint32 max_timed_events = 13;
+  void clear_max_timed_events();
+  uint32_t max_timed_events() const;
+  void set_max_timed_events(uint32_t value);
+  private:
+  uint32_t _internal_max_timed_events() const;
+  void _internal_set_max_timed_events(uint32_t value);
+  public:
+
   // @@protoc_insertion_point(class_scope:avatar.v1.Limits)
  private:
   class _Internal;
@@ -3833,6 +3843,7 @@ class Limits final :
     uint64_t max_parked_memory_bytes_;
     uint32_t max_reference_image_pixels_;
     uint32_t npc_snapshot_interval_s_;
+    uint32_t max_timed_events_;
     mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
   };
   union { Impl_ _impl_; };
@@ -6270,6 +6281,26 @@ inline void Limits::_internal_set_npc_snapshot_interval_s(uint32_t value) {
 inline void Limits::set_npc_snapshot_interval_s(uint32_t value) {
   _internal_set_npc_snapshot_interval_s(value);
   // @@protoc_insertion_point(field_set:avatar.v1.Limits.npc_snapshot_interval_s)
+}
+
+// uint32 max_timed_events = 13;
+inline void Limits::clear_max_timed_events() {
+  _impl_.max_timed_events_ = 0u;
+}
+inline uint32_t Limits::_internal_max_timed_events() const {
+  return _impl_.max_timed_events_;
+}
+inline uint32_t Limits::max_timed_events() const {
+  // @@protoc_insertion_point(field_get:avatar.v1.Limits.max_timed_events)
+  return _internal_max_timed_events();
+}
+inline void Limits::_internal_set_max_timed_events(uint32_t value) {
+  
+  _impl_.max_timed_events_ = value;
+}
+inline void Limits::set_max_timed_events(uint32_t value) {
+  _internal_set_max_timed_events(value);
+  // @@protoc_insertion_point(field_set:avatar.v1.Limits.max_timed_events)
 }
 
 #ifdef __GNUC__

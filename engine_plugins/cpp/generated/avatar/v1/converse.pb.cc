@@ -120,9 +120,11 @@ struct EndOfUtteranceDefaultTypeInternal {
 PROTOBUF_ATTRIBUTE_NO_DESTROY PROTOBUF_CONSTINIT PROTOBUF_ATTRIBUTE_INIT_PRIORITY1 EndOfUtteranceDefaultTypeInternal _EndOfUtterance_default_instance_;
 PROTOBUF_CONSTEXPR EmotionEvent::EmotionEvent(
     ::_pbi::ConstantInitialized): _impl_{
-    /*decltype(_impl_.name_)*/{&::_pbi::fixed_address_empty_string, ::_pbi::ConstantInitialized{}}
-  , /*decltype(_impl_.intensity_)*/0
-  , /*decltype(_impl_._cached_size_)*/{}} {}
+    /*decltype(_impl_._has_bits_)*/{}
+  , /*decltype(_impl_._cached_size_)*/{}
+  , /*decltype(_impl_.name_)*/{&::_pbi::fixed_address_empty_string, ::_pbi::ConstantInitialized{}}
+  , /*decltype(_impl_.at_voice_sample_)*/uint64_t{0u}
+  , /*decltype(_impl_.intensity_)*/0} {}
 struct EmotionEventDefaultTypeInternal {
   PROTOBUF_CONSTEXPR EmotionEventDefaultTypeInternal()
       : _instance(::_pbi::ConstantInitialized{}) {}
@@ -134,8 +136,10 @@ struct EmotionEventDefaultTypeInternal {
 PROTOBUF_ATTRIBUTE_NO_DESTROY PROTOBUF_CONSTINIT PROTOBUF_ATTRIBUTE_INIT_PRIORITY1 EmotionEventDefaultTypeInternal _EmotionEvent_default_instance_;
 PROTOBUF_CONSTEXPR ActionEvent::ActionEvent(
     ::_pbi::ConstantInitialized): _impl_{
-    /*decltype(_impl_.action_)*/{}
+    /*decltype(_impl_._has_bits_)*/{}
   , /*decltype(_impl_._cached_size_)*/{}
+  , /*decltype(_impl_.at_voice_sample_)*/uint64_t{0u}
+  , /*decltype(_impl_.action_)*/{}
   , /*decltype(_impl_._oneof_case_)*/{}} {}
 struct ActionEventDefaultTypeInternal {
   PROTOBUF_CONSTEXPR ActionEventDefaultTypeInternal()
@@ -468,7 +472,7 @@ const uint32_t TableStruct_avatar_2fv1_2fconverse_2eproto::offsets[] PROTOBUF_SE
   ~0u,  // no _oneof_case_
   ~0u,  // no _weak_field_map_
   ~0u,  // no _inlined_string_donated_
-  ~0u,  // no _has_bits_
+  PROTOBUF_FIELD_OFFSET(::avatar::v1::EmotionEvent, _impl_._has_bits_),
   PROTOBUF_FIELD_OFFSET(::avatar::v1::EmotionEvent, _internal_metadata_),
   ~0u,  // no _extensions_
   ~0u,  // no _oneof_case_
@@ -476,7 +480,11 @@ const uint32_t TableStruct_avatar_2fv1_2fconverse_2eproto::offsets[] PROTOBUF_SE
   ~0u,  // no _inlined_string_donated_
   PROTOBUF_FIELD_OFFSET(::avatar::v1::EmotionEvent, _impl_.name_),
   PROTOBUF_FIELD_OFFSET(::avatar::v1::EmotionEvent, _impl_.intensity_),
-  ~0u,  // no _has_bits_
+  PROTOBUF_FIELD_OFFSET(::avatar::v1::EmotionEvent, _impl_.at_voice_sample_),
+  ~0u,
+  ~0u,
+  0,
+  PROTOBUF_FIELD_OFFSET(::avatar::v1::ActionEvent, _impl_._has_bits_),
   PROTOBUF_FIELD_OFFSET(::avatar::v1::ActionEvent, _internal_metadata_),
   ~0u,  // no _extensions_
   PROTOBUF_FIELD_OFFSET(::avatar::v1::ActionEvent, _impl_._oneof_case_[0]),
@@ -484,7 +492,11 @@ const uint32_t TableStruct_avatar_2fv1_2fconverse_2eproto::offsets[] PROTOBUF_SE
   ~0u,  // no _inlined_string_donated_
   ::_pbi::kInvalidFieldOffsetTag,
   ::_pbi::kInvalidFieldOffsetTag,
+  PROTOBUF_FIELD_OFFSET(::avatar::v1::ActionEvent, _impl_.at_voice_sample_),
   PROTOBUF_FIELD_OFFSET(::avatar::v1::ActionEvent, _impl_.action_),
+  ~0u,
+  ~0u,
+  0,
   ~0u,  // no _has_bits_
   PROTOBUF_FIELD_OFFSET(::avatar::v1::ListeningEvent, _internal_metadata_),
   ~0u,  // no _extensions_
@@ -656,22 +668,22 @@ static const ::_pbi::MigrationSchema schemas[] PROTOBUF_SECTION_VARIABLE(protode
   { 40, 55, -1, sizeof(::avatar::v1::SessionConfig)},
   { 64, -1, -1, sizeof(::avatar::v1::AudioPacket)},
   { 73, -1, -1, sizeof(::avatar::v1::EndOfUtterance)},
-  { 79, -1, -1, sizeof(::avatar::v1::EmotionEvent)},
-  { 87, -1, -1, sizeof(::avatar::v1::ActionEvent)},
-  { 96, -1, -1, sizeof(::avatar::v1::ListeningEvent)},
-  { 103, 110, -1, sizeof(::avatar::v1::InterruptRequest)},
-  { 111, -1, -1, sizeof(::avatar::v1::PlaybackProgress)},
-  { 118, -1, -1, sizeof(::avatar::v1::ServerMessage)},
-  { 132, -1, -1, sizeof(::avatar::v1::SessionAccepted)},
-  { 151, -1, -1, sizeof(::avatar::v1::VideoFrame)},
-  { 169, -1, -1, sizeof(::avatar::v1::AudioEcho)},
-  { 178, -1, -1, sizeof(::avatar::v1::SessionStats)},
-  { 194, -1, -1, sizeof(::avatar::v1::AudioCounters)},
-  { 207, 215, -1, sizeof(::avatar::v1::SessionEvent_DetailsEntry_DoNotUse)},
-  { 217, -1, -1, sizeof(::avatar::v1::SessionEvent)},
-  { 226, -1, -1, sizeof(::avatar::v1::InterruptAck)},
-  { 238, -1, -1, sizeof(::avatar::v1::SessionEnded)},
-  { 247, -1, -1, sizeof(::avatar::v1::DeviceTelemetry)},
+  { 79, 88, -1, sizeof(::avatar::v1::EmotionEvent)},
+  { 91, 101, -1, sizeof(::avatar::v1::ActionEvent)},
+  { 104, -1, -1, sizeof(::avatar::v1::ListeningEvent)},
+  { 111, 118, -1, sizeof(::avatar::v1::InterruptRequest)},
+  { 119, -1, -1, sizeof(::avatar::v1::PlaybackProgress)},
+  { 126, -1, -1, sizeof(::avatar::v1::ServerMessage)},
+  { 140, -1, -1, sizeof(::avatar::v1::SessionAccepted)},
+  { 159, -1, -1, sizeof(::avatar::v1::VideoFrame)},
+  { 177, -1, -1, sizeof(::avatar::v1::AudioEcho)},
+  { 186, -1, -1, sizeof(::avatar::v1::SessionStats)},
+  { 202, -1, -1, sizeof(::avatar::v1::AudioCounters)},
+  { 215, 223, -1, sizeof(::avatar::v1::SessionEvent_DetailsEntry_DoNotUse)},
+  { 225, -1, -1, sizeof(::avatar::v1::SessionEvent)},
+  { 234, -1, -1, sizeof(::avatar::v1::InterruptAck)},
+  { 246, -1, -1, sizeof(::avatar::v1::SessionEnded)},
+  { 255, -1, -1, sizeof(::avatar::v1::DeviceTelemetry)},
 };
 
 static const ::_pb::Message* const file_default_instances[] = {
@@ -726,84 +738,86 @@ const char descriptor_table_protodef_avatar_2fv1_2fconverse_2eproto[] PROTOBUF_S
   "echo_audio\030\t \001(\010H\000\210\001\001B\r\n\013_echo_audio\"Q\n\013"
   "AudioPacket\022\027\n\017sequence_number\030\001 \001(\r\022\017\n\007"
   "payload\030\002 \001(\014\022\030\n\020restart_sequence\030\003 \001(\010\""
-  "\020\n\016EndOfUtterance\"/\n\014EmotionEvent\022\014\n\004nam"
-  "e\030\001 \001(\t\022\021\n\tintensity\030\002 \001(\002\">\n\013ActionEven"
-  "t\022\020\n\006preset\030\001 \001(\tH\000\022\023\n\tfree_text\030\002 \001(\tH\000"
-  "B\010\n\006action\"#\n\016ListeningEvent\022\021\n\tlistenin"
-  "g\030\001 \001(\010\">\n\020InterruptRequest\022\031\n\014played_un"
-  "til\030\001 \001(\004H\000\210\001\001B\017\n\r_played_until\"(\n\020Playb"
-  "ackProgress\022\024\n\014played_until\030\001 \001(\004\"\316\002\n\rSe"
-  "rverMessage\022.\n\010accepted\030\001 \001(\0132\032.avatar.v"
-  "1.SessionAcceptedH\000\022&\n\005frame\030\002 \001(\0132\025.ava"
-  "tar.v1.VideoFrameH\000\022*\n\naudio_echo\030\003 \001(\0132"
-  "\024.avatar.v1.AudioEchoH\000\022(\n\005stats\030\004 \001(\0132\027"
-  ".avatar.v1.SessionStatsH\000\022(\n\005event\030\005 \001(\013"
-  "2\027.avatar.v1.SessionEventH\000\0220\n\rinterrupt"
-  "_ack\030\006 \001(\0132\027.avatar.v1.InterruptAckH\000\022(\n"
-  "\005ended\030\007 \001(\0132\027.avatar.v1.SessionEndedH\000B"
-  "\t\n\007message\"\314\002\n\017SessionAccepted\022\022\n\nsessio"
-  "n_id\030\001 \001(\t\022\016\n\006npc_id\030\002 \001(\t\022\024\n\014character_"
-  "id\030\003 \001(\t\022%\n\005video\030\004 \001(\0132\026.avatar.v1.Vide"
-  "oFormat\022%\n\005audio\030\005 \001(\0132\026.avatar.v1.Audio"
-  "Format\022\017\n\007resumed\030\006 \001(\010\022\030\n\020blocks_genera"
-  "ted\030\007 \001(\004\022\024\n\014resume_token\030\010 \001(\t\022\024\n\014memor"
-  "y_bytes\030\t \001(\004\022\032\n\022first_block_frames\030\n \001("
-  "\r\022\024\n\014block_frames\030\013 \001(\r\022\r\n\005model\030\014 \001(\t\022\031"
-  "\n\021start_frame_index\030\r \001(\004\"\354\001\n\nVideoFrame"
-  "\022\r\n\005index\030\001 \001(\004\022\013\n\003pts\030\002 \001(\004\022\016\n\006pts_us\030\003"
-  " \001(\004\022$\n\005codec\030\004 \001(\0162\025.avatar.v1.VideoCod"
-  "ec\022\r\n\005width\030\005 \001(\r\022\016\n\006height\030\006 \001(\r\022\020\n\010key"
-  "frame\030\007 \001(\010\022\014\n\004data\030\010 \001(\014\022\023\n\013audio_start"
-  "\030\t \001(\004\022\021\n\taudio_end\030\n \001(\004\022\023\n\013block_index"
-  "\030\013 \001(\004\022\020\n\010speaking\030\014 \001(\010\">\n\tAudioEcho\022\r\n"
-  "\005start\030\001 \001(\004\022\023\n\013sample_rate\030\002 \001(\r\022\r\n\005pcm"
-  "16\030\003 \001(\014\"\263\002\n\014SessionStats\022\025\n\rgenerated_f"
-  "ps\030\001 \001(\001\022\023\n\013frames_sent\030\002 \001(\004\022\026\n\016frames_"
-  "dropped\030\003 \001(\004\022\030\n\020block_compute_ms\030\004 \001(\001\022"
-  "\036\n\026first_frame_latency_ms\030\005 \001(\001\022\034\n\024outbo"
-  "und_queue_depth\030\006 \001(\r\022\027\n\017audio_queued_ms"
-  "\030\007 \001(\001\022\'\n\005audio\030\010 \001(\0132\030.avatar.v1.AudioC"
-  "ounters\022+\n\007devices\030\t \003(\0132\032.avatar.v1.Dev"
-  "iceTelemetry\022\030\n\020blocks_generated\030\n \001(\004\"\220"
-  "\001\n\rAudioCounters\022\020\n\010received\030\001 \001(\004\022\022\n\ndu"
-  "plicates\030\002 \001(\004\022\014\n\004late\030\003 \001(\004\022\014\n\004lost\030\004 \001"
-  "(\004\022\025\n\rconcealed_plc\030\005 \001(\004\022\025\n\rrecovered_f"
-  "ec\030\006 \001(\004\022\017\n\007garbage\030\007 \001(\004\"\252\001\n\014SessionEve"
-  "nt\022\"\n\004code\030\001 \001(\0162\024.avatar.v1.EventCode\022\017"
-  "\n\007message\030\002 \001(\t\0225\n\007details\030\003 \003(\0132$.avata"
-  "r.v1.SessionEvent.DetailsEntry\032.\n\014Detail"
-  "sEntry\022\013\n\003key\030\001 \001(\t\022\r\n\005value\030\002 \001(\t:\0028\001\"\243"
-  "\001\n\014InterruptAck\022\027\n\017generated_until\030\001 \001(\004"
-  "\022\027\n\017dropped_samples\030\002 \001(\004\022\030\n\020next_frame_"
-  "index\030\003 \001(\004\022\030\n\020replace_from_pts\030\004 \001(\004\022\024\n"
-  "\014played_until\030\005 \001(\004\022\027\n\017unheard_samples\030\006"
-  " \001(\004\"X\n\014SessionEnded\022\024\n\014resume_token\030\001 \001"
-  "(\t\022\030\n\020blocks_generated\030\002 \001(\004\022\030\n\020frames_g"
-  "enerated\030\003 \001(\004\"\237\001\n\017DeviceTelemetry\022\r\n\005in"
-  "dex\030\001 \001(\r\022\014\n\004name\030\002 \001(\t\022\031\n\021memory_used_b"
-  "ytes\030\003 \001(\004\022\032\n\022memory_total_bytes\030\004 \001(\004\022\033"
-  "\n\023utilization_percent\030\005 \001(\r\022\033\n\023temperatu"
-  "re_celsius\030\006 \001(\r*n\n\nVideoCodec\022\033\n\027VIDEO_"
-  "CODEC_UNSPECIFIED\020\000\022\024\n\020VIDEO_CODEC_JPEG\020"
-  "\001\022\027\n\023VIDEO_CODEC_RAW_RGB\020\002\022\024\n\020VIDEO_CODE"
-  "C_H264\020\003*V\n\nAudioCodec\022\033\n\027AUDIO_CODEC_UN"
-  "SPECIFIED\020\000\022\024\n\020AUDIO_CODEC_OPUS\020\001\022\025\n\021AUD"
-  "IO_CODEC_PCM16\020\002*\227\002\n\tEventCode\022\032\n\026EVENT_"
-  "CODE_UNSPECIFIED\020\000\022\027\n\023EVENT_CODE_DRAININ"
-  "G\020\001\022\035\n\031EVENT_CODE_FRAMES_DROPPED\020\002\022\034\n\030EV"
-  "ENT_CODE_AUDIO_GARBAGE\020\003\022\036\n\032EVENT_CODE_U"
-  "NKNOWN_EMOTION\020\004\022\035\n\031EVENT_CODE_UNKNOWN_A"
-  "CTION\020\005\022!\n\035EVENT_CODE_UTTERANCE_COMPLETE"
-  "\020\006\022\030\n\024EVENT_CODE_AUDIO_GAP\020\007\022\034\n\030EVENT_CO"
-  "DE_INVALID_EVENT\020\010B\225\001\n\024dev.avatarbackend"
-  ".v1B\rConverseProtoP\001Z,avatar-backend.dev"
-  "/gen/go/avatar/v1;avatarv1\242\002\003AVB\252\002\020Avata"
-  "rBackend.V1\312\002\020AvatarBackend\\V1\352\002\021AvatarB"
-  "ackend::V1b\006proto3"
+  "\020\n\016EndOfUtterance\"a\n\014EmotionEvent\022\014\n\004nam"
+  "e\030\001 \001(\t\022\021\n\tintensity\030\002 \001(\002\022\034\n\017at_voice_s"
+  "ample\030\003 \001(\004H\000\210\001\001B\022\n\020_at_voice_sample\"p\n\013"
+  "ActionEvent\022\020\n\006preset\030\001 \001(\tH\000\022\023\n\tfree_te"
+  "xt\030\002 \001(\tH\000\022\034\n\017at_voice_sample\030\003 \001(\004H\001\210\001\001"
+  "B\010\n\006actionB\022\n\020_at_voice_sample\"#\n\016Listen"
+  "ingEvent\022\021\n\tlistening\030\001 \001(\010\">\n\020Interrupt"
+  "Request\022\031\n\014played_until\030\001 \001(\004H\000\210\001\001B\017\n\r_p"
+  "layed_until\"(\n\020PlaybackProgress\022\024\n\014playe"
+  "d_until\030\001 \001(\004\"\316\002\n\rServerMessage\022.\n\010accep"
+  "ted\030\001 \001(\0132\032.avatar.v1.SessionAcceptedH\000\022"
+  "&\n\005frame\030\002 \001(\0132\025.avatar.v1.VideoFrameH\000\022"
+  "*\n\naudio_echo\030\003 \001(\0132\024.avatar.v1.AudioEch"
+  "oH\000\022(\n\005stats\030\004 \001(\0132\027.avatar.v1.SessionSt"
+  "atsH\000\022(\n\005event\030\005 \001(\0132\027.avatar.v1.Session"
+  "EventH\000\0220\n\rinterrupt_ack\030\006 \001(\0132\027.avatar."
+  "v1.InterruptAckH\000\022(\n\005ended\030\007 \001(\0132\027.avata"
+  "r.v1.SessionEndedH\000B\t\n\007message\"\314\002\n\017Sessi"
+  "onAccepted\022\022\n\nsession_id\030\001 \001(\t\022\016\n\006npc_id"
+  "\030\002 \001(\t\022\024\n\014character_id\030\003 \001(\t\022%\n\005video\030\004 "
+  "\001(\0132\026.avatar.v1.VideoFormat\022%\n\005audio\030\005 \001"
+  "(\0132\026.avatar.v1.AudioFormat\022\017\n\007resumed\030\006 "
+  "\001(\010\022\030\n\020blocks_generated\030\007 \001(\004\022\024\n\014resume_"
+  "token\030\010 \001(\t\022\024\n\014memory_bytes\030\t \001(\004\022\032\n\022fir"
+  "st_block_frames\030\n \001(\r\022\024\n\014block_frames\030\013 "
+  "\001(\r\022\r\n\005model\030\014 \001(\t\022\031\n\021start_frame_index\030"
+  "\r \001(\004\"\354\001\n\nVideoFrame\022\r\n\005index\030\001 \001(\004\022\013\n\003p"
+  "ts\030\002 \001(\004\022\016\n\006pts_us\030\003 \001(\004\022$\n\005codec\030\004 \001(\0162"
+  "\025.avatar.v1.VideoCodec\022\r\n\005width\030\005 \001(\r\022\016\n"
+  "\006height\030\006 \001(\r\022\020\n\010keyframe\030\007 \001(\010\022\014\n\004data\030"
+  "\010 \001(\014\022\023\n\013audio_start\030\t \001(\004\022\021\n\taudio_end\030"
+  "\n \001(\004\022\023\n\013block_index\030\013 \001(\004\022\020\n\010speaking\030\014"
+  " \001(\010\">\n\tAudioEcho\022\r\n\005start\030\001 \001(\004\022\023\n\013samp"
+  "le_rate\030\002 \001(\r\022\r\n\005pcm16\030\003 \001(\014\"\263\002\n\014Session"
+  "Stats\022\025\n\rgenerated_fps\030\001 \001(\001\022\023\n\013frames_s"
+  "ent\030\002 \001(\004\022\026\n\016frames_dropped\030\003 \001(\004\022\030\n\020blo"
+  "ck_compute_ms\030\004 \001(\001\022\036\n\026first_frame_laten"
+  "cy_ms\030\005 \001(\001\022\034\n\024outbound_queue_depth\030\006 \001("
+  "\r\022\027\n\017audio_queued_ms\030\007 \001(\001\022\'\n\005audio\030\010 \001("
+  "\0132\030.avatar.v1.AudioCounters\022+\n\007devices\030\t"
+  " \003(\0132\032.avatar.v1.DeviceTelemetry\022\030\n\020bloc"
+  "ks_generated\030\n \001(\004\"\220\001\n\rAudioCounters\022\020\n\010"
+  "received\030\001 \001(\004\022\022\n\nduplicates\030\002 \001(\004\022\014\n\004la"
+  "te\030\003 \001(\004\022\014\n\004lost\030\004 \001(\004\022\025\n\rconcealed_plc\030"
+  "\005 \001(\004\022\025\n\rrecovered_fec\030\006 \001(\004\022\017\n\007garbage\030"
+  "\007 \001(\004\"\252\001\n\014SessionEvent\022\"\n\004code\030\001 \001(\0162\024.a"
+  "vatar.v1.EventCode\022\017\n\007message\030\002 \001(\t\0225\n\007d"
+  "etails\030\003 \003(\0132$.avatar.v1.SessionEvent.De"
+  "tailsEntry\032.\n\014DetailsEntry\022\013\n\003key\030\001 \001(\t\022"
+  "\r\n\005value\030\002 \001(\t:\0028\001\"\243\001\n\014InterruptAck\022\027\n\017g"
+  "enerated_until\030\001 \001(\004\022\027\n\017dropped_samples\030"
+  "\002 \001(\004\022\030\n\020next_frame_index\030\003 \001(\004\022\030\n\020repla"
+  "ce_from_pts\030\004 \001(\004\022\024\n\014played_until\030\005 \001(\004\022"
+  "\027\n\017unheard_samples\030\006 \001(\004\"X\n\014SessionEnded"
+  "\022\024\n\014resume_token\030\001 \001(\t\022\030\n\020blocks_generat"
+  "ed\030\002 \001(\004\022\030\n\020frames_generated\030\003 \001(\004\"\237\001\n\017D"
+  "eviceTelemetry\022\r\n\005index\030\001 \001(\r\022\014\n\004name\030\002 "
+  "\001(\t\022\031\n\021memory_used_bytes\030\003 \001(\004\022\032\n\022memory"
+  "_total_bytes\030\004 \001(\004\022\033\n\023utilization_percen"
+  "t\030\005 \001(\r\022\033\n\023temperature_celsius\030\006 \001(\r*n\n\n"
+  "VideoCodec\022\033\n\027VIDEO_CODEC_UNSPECIFIED\020\000\022"
+  "\024\n\020VIDEO_CODEC_JPEG\020\001\022\027\n\023VIDEO_CODEC_RAW"
+  "_RGB\020\002\022\024\n\020VIDEO_CODEC_H264\020\003*V\n\nAudioCod"
+  "ec\022\033\n\027AUDIO_CODEC_UNSPECIFIED\020\000\022\024\n\020AUDIO"
+  "_CODEC_OPUS\020\001\022\025\n\021AUDIO_CODEC_PCM16\020\002*\227\002\n"
+  "\tEventCode\022\032\n\026EVENT_CODE_UNSPECIFIED\020\000\022\027"
+  "\n\023EVENT_CODE_DRAINING\020\001\022\035\n\031EVENT_CODE_FR"
+  "AMES_DROPPED\020\002\022\034\n\030EVENT_CODE_AUDIO_GARBA"
+  "GE\020\003\022\036\n\032EVENT_CODE_UNKNOWN_EMOTION\020\004\022\035\n\031"
+  "EVENT_CODE_UNKNOWN_ACTION\020\005\022!\n\035EVENT_COD"
+  "E_UTTERANCE_COMPLETE\020\006\022\030\n\024EVENT_CODE_AUD"
+  "IO_GAP\020\007\022\034\n\030EVENT_CODE_INVALID_EVENT\020\010B\225"
+  "\001\n\024dev.avatarbackend.v1B\rConverseProtoP\001"
+  "Z,avatar-backend.dev/gen/go/avatar/v1;av"
+  "atarv1\242\002\003AVB\252\002\020AvatarBackend.V1\312\002\020Avatar"
+  "Backend\\V1\352\002\021AvatarBackend::V1b\006proto3"
   ;
 static ::_pbi::once_flag descriptor_table_avatar_2fv1_2fconverse_2eproto_once;
 const ::_pbi::DescriptorTable descriptor_table_avatar_2fv1_2fconverse_2eproto = {
-    false, false, 3978, descriptor_table_protodef_avatar_2fv1_2fconverse_2eproto,
+    false, false, 4078, descriptor_table_protodef_avatar_2fv1_2fconverse_2eproto,
     "avatar/v1/converse.proto",
     &descriptor_table_avatar_2fv1_2fconverse_2eproto_once, nullptr, 0, 22,
     schemas, file_default_instances, TableStruct_avatar_2fv1_2fconverse_2eproto::offsets,
@@ -2894,6 +2908,10 @@ const ::PROTOBUF_NAMESPACE_ID::Message::ClassData*EndOfUtterance::GetClassData()
 
 class EmotionEvent::_Internal {
  public:
+  using HasBits = decltype(std::declval<EmotionEvent>()._impl_._has_bits_);
+  static void set_has_at_voice_sample(HasBits* has_bits) {
+    (*has_bits)[0] |= 1u;
+  }
 };
 
 EmotionEvent::EmotionEvent(::PROTOBUF_NAMESPACE_ID::Arena* arena,
@@ -2906,9 +2924,11 @@ EmotionEvent::EmotionEvent(const EmotionEvent& from)
   : ::PROTOBUF_NAMESPACE_ID::Message() {
   EmotionEvent* const _this = this; (void)_this;
   new (&_impl_) Impl_{
-      decltype(_impl_.name_){}
-    , decltype(_impl_.intensity_){}
-    , /*decltype(_impl_._cached_size_)*/{}};
+      decltype(_impl_._has_bits_){from._impl_._has_bits_}
+    , /*decltype(_impl_._cached_size_)*/{}
+    , decltype(_impl_.name_){}
+    , decltype(_impl_.at_voice_sample_){}
+    , decltype(_impl_.intensity_){}};
 
   _internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
   _impl_.name_.InitDefault();
@@ -2919,7 +2939,9 @@ EmotionEvent::EmotionEvent(const EmotionEvent& from)
     _this->_impl_.name_.Set(from._internal_name(), 
       _this->GetArenaForAllocation());
   }
-  _this->_impl_.intensity_ = from._impl_.intensity_;
+  ::memcpy(&_impl_.at_voice_sample_, &from._impl_.at_voice_sample_,
+    static_cast<size_t>(reinterpret_cast<char*>(&_impl_.intensity_) -
+    reinterpret_cast<char*>(&_impl_.at_voice_sample_)) + sizeof(_impl_.intensity_));
   // @@protoc_insertion_point(copy_constructor:avatar.v1.EmotionEvent)
 }
 
@@ -2928,9 +2950,11 @@ inline void EmotionEvent::SharedCtor(
   (void)arena;
   (void)is_message_owned;
   new (&_impl_) Impl_{
-      decltype(_impl_.name_){}
-    , decltype(_impl_.intensity_){0}
+      decltype(_impl_._has_bits_){}
     , /*decltype(_impl_._cached_size_)*/{}
+    , decltype(_impl_.name_){}
+    , decltype(_impl_.at_voice_sample_){uint64_t{0u}}
+    , decltype(_impl_.intensity_){0}
   };
   _impl_.name_.InitDefault();
   #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
@@ -2963,12 +2987,15 @@ void EmotionEvent::Clear() {
   (void) cached_has_bits;
 
   _impl_.name_.ClearToEmpty();
+  _impl_.at_voice_sample_ = uint64_t{0u};
   _impl_.intensity_ = 0;
+  _impl_._has_bits_.Clear();
   _internal_metadata_.Clear<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>();
 }
 
 const char* EmotionEvent::_InternalParse(const char* ptr, ::_pbi::ParseContext* ctx) {
 #define CHK_(x) if (PROTOBUF_PREDICT_FALSE(!(x))) goto failure
+  _Internal::HasBits has_bits{};
   while (!ctx->Done(&ptr)) {
     uint32_t tag;
     ptr = ::_pbi::ReadTag(ptr, &tag);
@@ -2991,6 +3018,15 @@ const char* EmotionEvent::_InternalParse(const char* ptr, ::_pbi::ParseContext* 
         } else
           goto handle_unusual;
         continue;
+      // optional uint64 at_voice_sample = 3;
+      case 3:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 24)) {
+          _Internal::set_has_at_voice_sample(&has_bits);
+          _impl_.at_voice_sample_ = ::PROTOBUF_NAMESPACE_ID::internal::ReadVarint64(&ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
       default:
         goto handle_unusual;
     }  // switch
@@ -3007,6 +3043,7 @@ const char* EmotionEvent::_InternalParse(const char* ptr, ::_pbi::ParseContext* 
     CHK_(ptr != nullptr);
   }  // while
 message_done:
+  _impl_._has_bits_.Or(has_bits);
   return ptr;
 failure:
   ptr = nullptr;
@@ -3040,6 +3077,12 @@ uint8_t* EmotionEvent::_InternalSerialize(
     target = ::_pbi::WireFormatLite::WriteFloatToArray(2, this->_internal_intensity(), target);
   }
 
+  // optional uint64 at_voice_sample = 3;
+  if (_internal_has_at_voice_sample()) {
+    target = stream->EnsureSpace(target);
+    target = ::_pbi::WireFormatLite::WriteUInt64ToArray(3, this->_internal_at_voice_sample(), target);
+  }
+
   if (PROTOBUF_PREDICT_FALSE(_internal_metadata_.have_unknown_fields())) {
     target = ::_pbi::WireFormat::InternalSerializeUnknownFieldsToArray(
         _internal_metadata_.unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(::PROTOBUF_NAMESPACE_ID::UnknownFieldSet::default_instance), target, stream);
@@ -3061,6 +3104,12 @@ size_t EmotionEvent::ByteSizeLong() const {
     total_size += 1 +
       ::PROTOBUF_NAMESPACE_ID::internal::WireFormatLite::StringSize(
         this->_internal_name());
+  }
+
+  // optional uint64 at_voice_sample = 3;
+  cached_has_bits = _impl_._has_bits_[0];
+  if (cached_has_bits & 0x00000001u) {
+    total_size += ::_pbi::WireFormatLite::UInt64SizePlusOne(this->_internal_at_voice_sample());
   }
 
   // float intensity = 2;
@@ -3093,6 +3142,9 @@ void EmotionEvent::MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::P
   if (!from._internal_name().empty()) {
     _this->_internal_set_name(from._internal_name());
   }
+  if (from._internal_has_at_voice_sample()) {
+    _this->_internal_set_at_voice_sample(from._internal_at_voice_sample());
+  }
   static_assert(sizeof(uint32_t) == sizeof(float), "Code assumes uint32_t and float are the same size.");
   float tmp_intensity = from._internal_intensity();
   uint32_t raw_intensity;
@@ -3119,11 +3171,17 @@ void EmotionEvent::InternalSwap(EmotionEvent* other) {
   auto* lhs_arena = GetArenaForAllocation();
   auto* rhs_arena = other->GetArenaForAllocation();
   _internal_metadata_.InternalSwap(&other->_internal_metadata_);
+  swap(_impl_._has_bits_[0], other->_impl_._has_bits_[0]);
   ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr::InternalSwap(
       &_impl_.name_, lhs_arena,
       &other->_impl_.name_, rhs_arena
   );
-  swap(_impl_.intensity_, other->_impl_.intensity_);
+  ::PROTOBUF_NAMESPACE_ID::internal::memswap<
+      PROTOBUF_FIELD_OFFSET(EmotionEvent, _impl_.intensity_)
+      + sizeof(EmotionEvent::_impl_.intensity_)
+      - PROTOBUF_FIELD_OFFSET(EmotionEvent, _impl_.at_voice_sample_)>(
+          reinterpret_cast<char*>(&_impl_.at_voice_sample_),
+          reinterpret_cast<char*>(&other->_impl_.at_voice_sample_));
 }
 
 ::PROTOBUF_NAMESPACE_ID::Metadata EmotionEvent::GetMetadata() const {
@@ -3136,6 +3194,10 @@ void EmotionEvent::InternalSwap(EmotionEvent* other) {
 
 class ActionEvent::_Internal {
  public:
+  using HasBits = decltype(std::declval<ActionEvent>()._impl_._has_bits_);
+  static void set_has_at_voice_sample(HasBits* has_bits) {
+    (*has_bits)[0] |= 1u;
+  }
 };
 
 ActionEvent::ActionEvent(::PROTOBUF_NAMESPACE_ID::Arena* arena,
@@ -3148,11 +3210,14 @@ ActionEvent::ActionEvent(const ActionEvent& from)
   : ::PROTOBUF_NAMESPACE_ID::Message() {
   ActionEvent* const _this = this; (void)_this;
   new (&_impl_) Impl_{
-      decltype(_impl_.action_){}
+      decltype(_impl_._has_bits_){from._impl_._has_bits_}
     , /*decltype(_impl_._cached_size_)*/{}
+    , decltype(_impl_.at_voice_sample_){}
+    , decltype(_impl_.action_){}
     , /*decltype(_impl_._oneof_case_)*/{}};
 
   _internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
+  _this->_impl_.at_voice_sample_ = from._impl_.at_voice_sample_;
   clear_has_action();
   switch (from.action_case()) {
     case kPreset: {
@@ -3175,8 +3240,10 @@ inline void ActionEvent::SharedCtor(
   (void)arena;
   (void)is_message_owned;
   new (&_impl_) Impl_{
-      decltype(_impl_.action_){}
+      decltype(_impl_._has_bits_){}
     , /*decltype(_impl_._cached_size_)*/{}
+    , decltype(_impl_.at_voice_sample_){uint64_t{0u}}
+    , decltype(_impl_.action_){}
     , /*decltype(_impl_._oneof_case_)*/{}
   };
   clear_has_action();
@@ -3227,12 +3294,15 @@ void ActionEvent::Clear() {
   // Prevent compiler warnings about cached_has_bits being unused
   (void) cached_has_bits;
 
+  _impl_.at_voice_sample_ = uint64_t{0u};
   clear_action();
+  _impl_._has_bits_.Clear();
   _internal_metadata_.Clear<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>();
 }
 
 const char* ActionEvent::_InternalParse(const char* ptr, ::_pbi::ParseContext* ctx) {
 #define CHK_(x) if (PROTOBUF_PREDICT_FALSE(!(x))) goto failure
+  _Internal::HasBits has_bits{};
   while (!ctx->Done(&ptr)) {
     uint32_t tag;
     ptr = ::_pbi::ReadTag(ptr, &tag);
@@ -3257,6 +3327,15 @@ const char* ActionEvent::_InternalParse(const char* ptr, ::_pbi::ParseContext* c
         } else
           goto handle_unusual;
         continue;
+      // optional uint64 at_voice_sample = 3;
+      case 3:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 24)) {
+          _Internal::set_has_at_voice_sample(&has_bits);
+          _impl_.at_voice_sample_ = ::PROTOBUF_NAMESPACE_ID::internal::ReadVarint64(&ptr);
+          CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
       default:
         goto handle_unusual;
     }  // switch
@@ -3273,6 +3352,7 @@ const char* ActionEvent::_InternalParse(const char* ptr, ::_pbi::ParseContext* c
     CHK_(ptr != nullptr);
   }  // while
 message_done:
+  _impl_._has_bits_.Or(has_bits);
   return ptr;
 failure:
   ptr = nullptr;
@@ -3306,6 +3386,12 @@ uint8_t* ActionEvent::_InternalSerialize(
         2, this->_internal_free_text(), target);
   }
 
+  // optional uint64 at_voice_sample = 3;
+  if (_internal_has_at_voice_sample()) {
+    target = stream->EnsureSpace(target);
+    target = ::_pbi::WireFormatLite::WriteUInt64ToArray(3, this->_internal_at_voice_sample(), target);
+  }
+
   if (PROTOBUF_PREDICT_FALSE(_internal_metadata_.have_unknown_fields())) {
     target = ::_pbi::WireFormat::InternalSerializeUnknownFieldsToArray(
         _internal_metadata_.unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(::PROTOBUF_NAMESPACE_ID::UnknownFieldSet::default_instance), target, stream);
@@ -3321,6 +3407,12 @@ size_t ActionEvent::ByteSizeLong() const {
   uint32_t cached_has_bits = 0;
   // Prevent compiler warnings about cached_has_bits being unused
   (void) cached_has_bits;
+
+  // optional uint64 at_voice_sample = 3;
+  cached_has_bits = _impl_._has_bits_[0];
+  if (cached_has_bits & 0x00000001u) {
+    total_size += ::_pbi::WireFormatLite::UInt64SizePlusOne(this->_internal_at_voice_sample());
+  }
 
   switch (action_case()) {
     // string preset = 1;
@@ -3359,6 +3451,9 @@ void ActionEvent::MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PR
   uint32_t cached_has_bits = 0;
   (void) cached_has_bits;
 
+  if (from._internal_has_at_voice_sample()) {
+    _this->_internal_set_at_voice_sample(from._internal_at_voice_sample());
+  }
   switch (from.action_case()) {
     case kPreset: {
       _this->_internal_set_preset(from._internal_preset());
@@ -3389,6 +3484,8 @@ bool ActionEvent::IsInitialized() const {
 void ActionEvent::InternalSwap(ActionEvent* other) {
   using std::swap;
   _internal_metadata_.InternalSwap(&other->_internal_metadata_);
+  swap(_impl_._has_bits_[0], other->_impl_._has_bits_[0]);
+  swap(_impl_.at_voice_sample_, other->_impl_.at_voice_sample_);
   swap(_impl_.action_, other->_impl_.action_);
   swap(_impl_._oneof_case_[0], other->_impl_._oneof_case_[0]);
 }

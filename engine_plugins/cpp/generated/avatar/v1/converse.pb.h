@@ -1628,6 +1628,7 @@ class EmotionEvent final :
 
   enum : int {
     kNameFieldNumber = 1,
+    kAtVoiceSampleFieldNumber = 3,
     kIntensityFieldNumber = 2,
   };
   // string name = 1;
@@ -1642,6 +1643,19 @@ class EmotionEvent final :
   const std::string& _internal_name() const;
   inline PROTOBUF_ALWAYS_INLINE void _internal_set_name(const std::string& value);
   std::string* _internal_mutable_name();
+  public:
+
+  // optional uint64 at_voice_sample = 3;
+  bool has_at_voice_sample() const;
+  private:
+  bool _internal_has_at_voice_sample() const;
+  public:
+  void clear_at_voice_sample();
+  uint64_t at_voice_sample() const;
+  void set_at_voice_sample(uint64_t value);
+  private:
+  uint64_t _internal_at_voice_sample() const;
+  void _internal_set_at_voice_sample(uint64_t value);
   public:
 
   // float intensity = 2;
@@ -1661,9 +1675,11 @@ class EmotionEvent final :
   typedef void InternalArenaConstructable_;
   typedef void DestructorSkippable_;
   struct Impl_ {
-    ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr name_;
-    float intensity_;
+    ::PROTOBUF_NAMESPACE_ID::internal::HasBits<1> _has_bits_;
     mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
+    ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr name_;
+    uint64_t at_voice_sample_;
+    float intensity_;
   };
   union { Impl_ _impl_; };
   friend struct ::TableStruct_avatar_2fv1_2fconverse_2eproto;
@@ -1797,9 +1813,23 @@ class ActionEvent final :
   // accessors -------------------------------------------------------
 
   enum : int {
+    kAtVoiceSampleFieldNumber = 3,
     kPresetFieldNumber = 1,
     kFreeTextFieldNumber = 2,
   };
+  // optional uint64 at_voice_sample = 3;
+  bool has_at_voice_sample() const;
+  private:
+  bool _internal_has_at_voice_sample() const;
+  public:
+  void clear_at_voice_sample();
+  uint64_t at_voice_sample() const;
+  void set_at_voice_sample(uint64_t value);
+  private:
+  uint64_t _internal_at_voice_sample() const;
+  void _internal_set_at_voice_sample(uint64_t value);
+  public:
+
   // string preset = 1;
   bool has_preset() const;
   private:
@@ -1851,13 +1881,15 @@ class ActionEvent final :
   typedef void InternalArenaConstructable_;
   typedef void DestructorSkippable_;
   struct Impl_ {
+    ::PROTOBUF_NAMESPACE_ID::internal::HasBits<1> _has_bits_;
+    mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
+    uint64_t at_voice_sample_;
     union ActionUnion {
       constexpr ActionUnion() : _constinit_{} {}
         ::PROTOBUF_NAMESPACE_ID::internal::ConstantInitialized _constinit_;
       ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr preset_;
       ::PROTOBUF_NAMESPACE_ID::internal::ArenaStringPtr free_text_;
     } action_;
-    mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
     uint32_t _oneof_case_[1];
 
   };
@@ -6076,6 +6108,34 @@ inline void EmotionEvent::set_intensity(float value) {
   // @@protoc_insertion_point(field_set:avatar.v1.EmotionEvent.intensity)
 }
 
+// optional uint64 at_voice_sample = 3;
+inline bool EmotionEvent::_internal_has_at_voice_sample() const {
+  bool value = (_impl_._has_bits_[0] & 0x00000001u) != 0;
+  return value;
+}
+inline bool EmotionEvent::has_at_voice_sample() const {
+  return _internal_has_at_voice_sample();
+}
+inline void EmotionEvent::clear_at_voice_sample() {
+  _impl_.at_voice_sample_ = uint64_t{0u};
+  _impl_._has_bits_[0] &= ~0x00000001u;
+}
+inline uint64_t EmotionEvent::_internal_at_voice_sample() const {
+  return _impl_.at_voice_sample_;
+}
+inline uint64_t EmotionEvent::at_voice_sample() const {
+  // @@protoc_insertion_point(field_get:avatar.v1.EmotionEvent.at_voice_sample)
+  return _internal_at_voice_sample();
+}
+inline void EmotionEvent::_internal_set_at_voice_sample(uint64_t value) {
+  _impl_._has_bits_[0] |= 0x00000001u;
+  _impl_.at_voice_sample_ = value;
+}
+inline void EmotionEvent::set_at_voice_sample(uint64_t value) {
+  _internal_set_at_voice_sample(value);
+  // @@protoc_insertion_point(field_set:avatar.v1.EmotionEvent.at_voice_sample)
+}
+
 // -------------------------------------------------------------------
 
 // ActionEvent
@@ -6232,6 +6292,34 @@ inline void ActionEvent::set_allocated_free_text(std::string* free_text) {
     _impl_.action_.free_text_.InitAllocated(free_text, GetArenaForAllocation());
   }
   // @@protoc_insertion_point(field_set_allocated:avatar.v1.ActionEvent.free_text)
+}
+
+// optional uint64 at_voice_sample = 3;
+inline bool ActionEvent::_internal_has_at_voice_sample() const {
+  bool value = (_impl_._has_bits_[0] & 0x00000001u) != 0;
+  return value;
+}
+inline bool ActionEvent::has_at_voice_sample() const {
+  return _internal_has_at_voice_sample();
+}
+inline void ActionEvent::clear_at_voice_sample() {
+  _impl_.at_voice_sample_ = uint64_t{0u};
+  _impl_._has_bits_[0] &= ~0x00000001u;
+}
+inline uint64_t ActionEvent::_internal_at_voice_sample() const {
+  return _impl_.at_voice_sample_;
+}
+inline uint64_t ActionEvent::at_voice_sample() const {
+  // @@protoc_insertion_point(field_get:avatar.v1.ActionEvent.at_voice_sample)
+  return _internal_at_voice_sample();
+}
+inline void ActionEvent::_internal_set_at_voice_sample(uint64_t value) {
+  _impl_._has_bits_[0] |= 0x00000001u;
+  _impl_.at_voice_sample_ = value;
+}
+inline void ActionEvent::set_at_voice_sample(uint64_t value) {
+  _internal_set_at_voice_sample(value);
+  // @@protoc_insertion_point(field_set:avatar.v1.ActionEvent.at_voice_sample)
 }
 
 inline bool ActionEvent::has_action() const {

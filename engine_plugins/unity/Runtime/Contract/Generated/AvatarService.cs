@@ -74,7 +74,7 @@ namespace AvatarBackend.V1 {
             "ZW5vaXNpbmdfc3RlcHMYBiABKA0SGgoSZmlyc3RfYmxvY2tfZnJhbWVzGAcg",
             "ASgNEhQKDGJsb2NrX2ZyYW1lcxgIIAEoDRIVCg1kZWZhdWx0X3dpZHRoGAkg",
             "ASgNEhYKDmRlZmF1bHRfaGVpZ2h0GAogASgNEhMKC2RlZmF1bHRfZnBzGAsg",
-            "ASgNIvICCgZMaW1pdHMSGQoRbWF4X21lc3NhZ2VfYnl0ZXMYASABKA0SHgoW",
+            "ASgNIowDCgZMaW1pdHMSGQoRbWF4X21lc3NhZ2VfYnl0ZXMYASABKA0SHgoW",
             "bWF4X2F1ZGlvX3BhY2tldF9ieXRlcxgCIAEoDRIUCgxtYXhfc2Vzc2lvbnMY",
             "AyABKA0SGAoQbWF4X3Byb21wdF9jaGFycxgEIAEoDRIhChltYXhfcmVmZXJl",
             "bmNlX2ltYWdlX2J5dGVzGAUgASgNEh0KFW91dGJvdW5kX3F1ZXVlX2ZyYW1l",
@@ -82,27 +82,27 @@ namespace AvatarBackend.V1 {
             "eF9zdG9yZWRfbnBjcxgIIAEoDRIcChRtYXhfc3RvcmVkX25wY19ieXRlcxgJ",
             "IAEoBBIfChdtYXhfcGFya2VkX21lbW9yeV9ieXRlcxgKIAEoBBIiChptYXhf",
             "cmVmZXJlbmNlX2ltYWdlX3BpeGVscxgLIAEoDRIfChducGNfc25hcHNob3Rf",
-            "aW50ZXJ2YWxfcxgMIAEoDTLcBQoNQXZhdGFyU2VydmljZRJCCghDb252ZXJz",
-            "ZRIYLmF2YXRhci52MS5DbGllbnRNZXNzYWdlGhguYXZhdGFyLnYxLlNlcnZl",
-            "ck1lc3NhZ2UoATABEk4KEVJlZ2lzdGVyQ2hhcmFjdGVyEiMuYXZhdGFyLnYx",
-            "LlJlZ2lzdGVyQ2hhcmFjdGVyUmVxdWVzdBoULmF2YXRhci52MS5DaGFyYWN0",
-            "ZXISRAoMR2V0Q2hhcmFjdGVyEh4uYXZhdGFyLnYxLkdldENoYXJhY3RlclJl",
-            "cXVlc3QaFC5hdmF0YXIudjEuQ2hhcmFjdGVyElUKDkxpc3RDaGFyYWN0ZXJz",
-            "EiAuYXZhdGFyLnYxLkxpc3RDaGFyYWN0ZXJzUmVxdWVzdBohLmF2YXRhci52",
-            "MS5MaXN0Q2hhcmFjdGVyc1Jlc3BvbnNlElgKD0RlbGV0ZUNoYXJhY3RlchIh",
-            "LmF2YXRhci52MS5EZWxldGVDaGFyYWN0ZXJSZXF1ZXN0GiIuYXZhdGFyLnYx",
-            "LkRlbGV0ZUNoYXJhY3RlclJlc3BvbnNlEjIKBkdldE5wYxIYLmF2YXRhci52",
-            "MS5HZXROcGNSZXF1ZXN0Gg4uYXZhdGFyLnYxLk5wYxJDCghMaXN0TnBjcxIa",
-            "LmF2YXRhci52MS5MaXN0TnBjc1JlcXVlc3QaGy5hdmF0YXIudjEuTGlzdE5w",
-            "Y3NSZXNwb25zZRI2CghSZXNldE5wYxIaLmF2YXRhci52MS5SZXNldE5wY1Jl",
-            "cXVlc3QaDi5hdmF0YXIudjEuTnBjEkYKCURlbGV0ZU5wYxIbLmF2YXRhci52",
-            "MS5EZWxldGVOcGNSZXF1ZXN0GhwuYXZhdGFyLnYxLkRlbGV0ZU5wY1Jlc3Bv",
-            "bnNlEkcKDUdldFNlcnZlckluZm8SHy5hdmF0YXIudjEuR2V0U2VydmVySW5m",
-            "b1JlcXVlc3QaFS5hdmF0YXIudjEuU2VydmVySW5mb0KaAQoUZGV2LmF2YXRh",
-            "cmJhY2tlbmQudjFCEkF2YXRhclNlcnZpY2VQcm90b1ABWixhdmF0YXItYmFj",
-            "a2VuZC5kZXYvZ2VuL2dvL2F2YXRhci92MTthdmF0YXJ2MaICA0FWQqoCEEF2",
-            "YXRhckJhY2tlbmQuVjHKAhBBdmF0YXJCYWNrZW5kXFYx6gIRQXZhdGFyQmFj",
-            "a2VuZDo6VjFiBnByb3RvMw=="));
+            "aW50ZXJ2YWxfcxgMIAEoDRIYChBtYXhfdGltZWRfZXZlbnRzGA0gASgNMtwF",
+            "Cg1BdmF0YXJTZXJ2aWNlEkIKCENvbnZlcnNlEhguYXZhdGFyLnYxLkNsaWVu",
+            "dE1lc3NhZ2UaGC5hdmF0YXIudjEuU2VydmVyTWVzc2FnZSgBMAESTgoRUmVn",
+            "aXN0ZXJDaGFyYWN0ZXISIy5hdmF0YXIudjEuUmVnaXN0ZXJDaGFyYWN0ZXJS",
+            "ZXF1ZXN0GhQuYXZhdGFyLnYxLkNoYXJhY3RlchJECgxHZXRDaGFyYWN0ZXIS",
+            "Hi5hdmF0YXIudjEuR2V0Q2hhcmFjdGVyUmVxdWVzdBoULmF2YXRhci52MS5D",
+            "aGFyYWN0ZXISVQoOTGlzdENoYXJhY3RlcnMSIC5hdmF0YXIudjEuTGlzdENo",
+            "YXJhY3RlcnNSZXF1ZXN0GiEuYXZhdGFyLnYxLkxpc3RDaGFyYWN0ZXJzUmVz",
+            "cG9uc2USWAoPRGVsZXRlQ2hhcmFjdGVyEiEuYXZhdGFyLnYxLkRlbGV0ZUNo",
+            "YXJhY3RlclJlcXVlc3QaIi5hdmF0YXIudjEuRGVsZXRlQ2hhcmFjdGVyUmVz",
+            "cG9uc2USMgoGR2V0TnBjEhguYXZhdGFyLnYxLkdldE5wY1JlcXVlc3QaDi5h",
+            "dmF0YXIudjEuTnBjEkMKCExpc3ROcGNzEhouYXZhdGFyLnYxLkxpc3ROcGNz",
+            "UmVxdWVzdBobLmF2YXRhci52MS5MaXN0TnBjc1Jlc3BvbnNlEjYKCFJlc2V0",
+            "TnBjEhouYXZhdGFyLnYxLlJlc2V0TnBjUmVxdWVzdBoOLmF2YXRhci52MS5O",
+            "cGMSRgoJRGVsZXRlTnBjEhsuYXZhdGFyLnYxLkRlbGV0ZU5wY1JlcXVlc3Qa",
+            "HC5hdmF0YXIudjEuRGVsZXRlTnBjUmVzcG9uc2USRwoNR2V0U2VydmVySW5m",
+            "bxIfLmF2YXRhci52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBoVLmF2YXRhci52",
+            "MS5TZXJ2ZXJJbmZvQpoBChRkZXYuYXZhdGFyYmFja2VuZC52MUISQXZhdGFy",
+            "U2VydmljZVByb3RvUAFaLGF2YXRhci1iYWNrZW5kLmRldi9nZW4vZ28vYXZh",
+            "dGFyL3YxO2F2YXRhcnYxogIDQVZCqgIQQXZhdGFyQmFja2VuZC5WMcoCEEF2",
+            "YXRhckJhY2tlbmRcVjHqAhFBdmF0YXJCYWNrZW5kOjpWMWIGcHJvdG8z"));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { global::AvatarBackend.V1.ConverseReflection.Descriptor, },
           new pbr::GeneratedClrTypeInfo(null, null, new pbr::GeneratedClrTypeInfo[] {
@@ -124,7 +124,7 @@ namespace AvatarBackend.V1 {
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.ServerInfo), global::AvatarBackend.V1.ServerInfo.Parser, new[]{ "Version", "Model", "VideoSizes", "Fps", "VideoCodecs", "AudioCodecs", "AudioSampleRates", "Limits", "Devices", "WorkerDevice", "WorkerReady" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.VideoSize), global::AvatarBackend.V1.VideoSize.Parser, new[]{ "Width", "Height", "NpcMemoryBytes" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.ModelInfo), global::AvatarBackend.V1.ModelInfo.Parser, new[]{ "Name", "ConfigJson", "RandomWeights", "WeightsSha256", "Parameters", "DenoisingSteps", "FirstBlockFrames", "BlockFrames", "DefaultWidth", "DefaultHeight", "DefaultFps" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.Limits), global::AvatarBackend.V1.Limits.Parser, new[]{ "MaxMessageBytes", "MaxAudioPacketBytes", "MaxSessions", "MaxPromptChars", "MaxReferenceImageBytes", "OutboundQueueFrames", "VoiceJitterBudgetMs", "MaxStoredNpcs", "MaxStoredNpcBytes", "MaxParkedMemoryBytes", "MaxReferenceImagePixels", "NpcSnapshotIntervalS" }, null, null, null, null)
+            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.Limits), global::AvatarBackend.V1.Limits.Parser, new[]{ "MaxMessageBytes", "MaxAudioPacketBytes", "MaxSessions", "MaxPromptChars", "MaxReferenceImageBytes", "OutboundQueueFrames", "VoiceJitterBudgetMs", "MaxStoredNpcs", "MaxStoredNpcBytes", "MaxParkedMemoryBytes", "MaxReferenceImagePixels", "NpcSnapshotIntervalS", "MaxTimedEvents" }, null, null, null, null)
           }));
     }
     #endregion
@@ -5083,6 +5083,7 @@ namespace AvatarBackend.V1 {
       maxParkedMemoryBytes_ = other.maxParkedMemoryBytes_;
       maxReferenceImagePixels_ = other.maxReferenceImagePixels_;
       npcSnapshotIntervalS_ = other.npcSnapshotIntervalS_;
+      maxTimedEvents_ = other.maxTimedEvents_;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -5261,6 +5262,21 @@ namespace AvatarBackend.V1 {
       }
     }
 
+    /// <summary>Field number for the "max_timed_events" field.</summary>
+    public const int MaxTimedEventsFieldNumber = 13;
+    private uint maxTimedEvents_;
+    /// <summary>
+    /// emotion/action events waiting for their at_voice_sample
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public uint MaxTimedEvents {
+      get { return maxTimedEvents_; }
+      set {
+        maxTimedEvents_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -5288,6 +5304,7 @@ namespace AvatarBackend.V1 {
       if (MaxParkedMemoryBytes != other.MaxParkedMemoryBytes) return false;
       if (MaxReferenceImagePixels != other.MaxReferenceImagePixels) return false;
       if (NpcSnapshotIntervalS != other.NpcSnapshotIntervalS) return false;
+      if (MaxTimedEvents != other.MaxTimedEvents) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -5307,6 +5324,7 @@ namespace AvatarBackend.V1 {
       if (MaxParkedMemoryBytes != 0UL) hash ^= MaxParkedMemoryBytes.GetHashCode();
       if (MaxReferenceImagePixels != 0) hash ^= MaxReferenceImagePixels.GetHashCode();
       if (NpcSnapshotIntervalS != 0) hash ^= NpcSnapshotIntervalS.GetHashCode();
+      if (MaxTimedEvents != 0) hash ^= MaxTimedEvents.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -5373,6 +5391,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(96);
         output.WriteUInt32(NpcSnapshotIntervalS);
       }
+      if (MaxTimedEvents != 0) {
+        output.WriteRawTag(104);
+        output.WriteUInt32(MaxTimedEvents);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -5431,6 +5453,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(96);
         output.WriteUInt32(NpcSnapshotIntervalS);
       }
+      if (MaxTimedEvents != 0) {
+        output.WriteRawTag(104);
+        output.WriteUInt32(MaxTimedEvents);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -5476,6 +5502,9 @@ namespace AvatarBackend.V1 {
       }
       if (NpcSnapshotIntervalS != 0) {
         size += 1 + pb::CodedOutputStream.ComputeUInt32Size(NpcSnapshotIntervalS);
+      }
+      if (MaxTimedEvents != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt32Size(MaxTimedEvents);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -5524,6 +5553,9 @@ namespace AvatarBackend.V1 {
       }
       if (other.NpcSnapshotIntervalS != 0) {
         NpcSnapshotIntervalS = other.NpcSnapshotIntervalS;
+      }
+      if (other.MaxTimedEvents != 0) {
+        MaxTimedEvents = other.MaxTimedEvents;
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -5588,6 +5620,10 @@ namespace AvatarBackend.V1 {
             NpcSnapshotIntervalS = input.ReadUInt32();
             break;
           }
+          case 104: {
+            MaxTimedEvents = input.ReadUInt32();
+            break;
+          }
         }
       }
     #endif
@@ -5649,6 +5685,10 @@ namespace AvatarBackend.V1 {
           }
           case 96: {
             NpcSnapshotIntervalS = input.ReadUInt32();
+            break;
+          }
+          case 104: {
+            MaxTimedEvents = input.ReadUInt32();
             break;
           }
         }

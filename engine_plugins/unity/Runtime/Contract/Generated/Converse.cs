@@ -47,72 +47,74 @@ namespace AvatarBackend.V1 {
             "bnRlcnZhbF9tcxgIIAEoDRIXCgplY2hvX2F1ZGlvGAkgASgISACIAQFCDQoL",
             "X2VjaG9fYXVkaW8iUQoLQXVkaW9QYWNrZXQSFwoPc2VxdWVuY2VfbnVtYmVy",
             "GAEgASgNEg8KB3BheWxvYWQYAiABKAwSGAoQcmVzdGFydF9zZXF1ZW5jZRgD",
-            "IAEoCCIQCg5FbmRPZlV0dGVyYW5jZSIvCgxFbW90aW9uRXZlbnQSDAoEbmFt",
-            "ZRgBIAEoCRIRCglpbnRlbnNpdHkYAiABKAIiPgoLQWN0aW9uRXZlbnQSEAoG",
-            "cHJlc2V0GAEgASgJSAASEwoJZnJlZV90ZXh0GAIgASgJSABCCAoGYWN0aW9u",
-            "IiMKDkxpc3RlbmluZ0V2ZW50EhEKCWxpc3RlbmluZxgBIAEoCCI+ChBJbnRl",
-            "cnJ1cHRSZXF1ZXN0EhkKDHBsYXllZF91bnRpbBgBIAEoBEgAiAEBQg8KDV9w",
-            "bGF5ZWRfdW50aWwiKAoQUGxheWJhY2tQcm9ncmVzcxIUCgxwbGF5ZWRfdW50",
-            "aWwYASABKAQizgIKDVNlcnZlck1lc3NhZ2USLgoIYWNjZXB0ZWQYASABKAsy",
-            "Gi5hdmF0YXIudjEuU2Vzc2lvbkFjY2VwdGVkSAASJgoFZnJhbWUYAiABKAsy",
-            "FS5hdmF0YXIudjEuVmlkZW9GcmFtZUgAEioKCmF1ZGlvX2VjaG8YAyABKAsy",
-            "FC5hdmF0YXIudjEuQXVkaW9FY2hvSAASKAoFc3RhdHMYBCABKAsyFy5hdmF0",
-            "YXIudjEuU2Vzc2lvblN0YXRzSAASKAoFZXZlbnQYBSABKAsyFy5hdmF0YXIu",
-            "djEuU2Vzc2lvbkV2ZW50SAASMAoNaW50ZXJydXB0X2FjaxgGIAEoCzIXLmF2",
-            "YXRhci52MS5JbnRlcnJ1cHRBY2tIABIoCgVlbmRlZBgHIAEoCzIXLmF2YXRh",
-            "ci52MS5TZXNzaW9uRW5kZWRIAEIJCgdtZXNzYWdlIswCCg9TZXNzaW9uQWNj",
-            "ZXB0ZWQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIOCgZucGNfaWQYAiABKAkSFAoM",
-            "Y2hhcmFjdGVyX2lkGAMgASgJEiUKBXZpZGVvGAQgASgLMhYuYXZhdGFyLnYx",
-            "LlZpZGVvRm9ybWF0EiUKBWF1ZGlvGAUgASgLMhYuYXZhdGFyLnYxLkF1ZGlv",
-            "Rm9ybWF0Eg8KB3Jlc3VtZWQYBiABKAgSGAoQYmxvY2tzX2dlbmVyYXRlZBgH",
-            "IAEoBBIUCgxyZXN1bWVfdG9rZW4YCCABKAkSFAoMbWVtb3J5X2J5dGVzGAkg",
-            "ASgEEhoKEmZpcnN0X2Jsb2NrX2ZyYW1lcxgKIAEoDRIUCgxibG9ja19mcmFt",
-            "ZXMYCyABKA0SDQoFbW9kZWwYDCABKAkSGQoRc3RhcnRfZnJhbWVfaW5kZXgY",
-            "DSABKAQi7AEKClZpZGVvRnJhbWUSDQoFaW5kZXgYASABKAQSCwoDcHRzGAIg",
-            "ASgEEg4KBnB0c191cxgDIAEoBBIkCgVjb2RlYxgEIAEoDjIVLmF2YXRhci52",
-            "MS5WaWRlb0NvZGVjEg0KBXdpZHRoGAUgASgNEg4KBmhlaWdodBgGIAEoDRIQ",
-            "CghrZXlmcmFtZRgHIAEoCBIMCgRkYXRhGAggASgMEhMKC2F1ZGlvX3N0YXJ0",
-            "GAkgASgEEhEKCWF1ZGlvX2VuZBgKIAEoBBITCgtibG9ja19pbmRleBgLIAEo",
-            "BBIQCghzcGVha2luZxgMIAEoCCI+CglBdWRpb0VjaG8SDQoFc3RhcnQYASAB",
-            "KAQSEwoLc2FtcGxlX3JhdGUYAiABKA0SDQoFcGNtMTYYAyABKAwiswIKDFNl",
-            "c3Npb25TdGF0cxIVCg1nZW5lcmF0ZWRfZnBzGAEgASgBEhMKC2ZyYW1lc19z",
-            "ZW50GAIgASgEEhYKDmZyYW1lc19kcm9wcGVkGAMgASgEEhgKEGJsb2NrX2Nv",
-            "bXB1dGVfbXMYBCABKAESHgoWZmlyc3RfZnJhbWVfbGF0ZW5jeV9tcxgFIAEo",
-            "ARIcChRvdXRib3VuZF9xdWV1ZV9kZXB0aBgGIAEoDRIXCg9hdWRpb19xdWV1",
-            "ZWRfbXMYByABKAESJwoFYXVkaW8YCCABKAsyGC5hdmF0YXIudjEuQXVkaW9D",
-            "b3VudGVycxIrCgdkZXZpY2VzGAkgAygLMhouYXZhdGFyLnYxLkRldmljZVRl",
-            "bGVtZXRyeRIYChBibG9ja3NfZ2VuZXJhdGVkGAogASgEIpABCg1BdWRpb0Nv",
-            "dW50ZXJzEhAKCHJlY2VpdmVkGAEgASgEEhIKCmR1cGxpY2F0ZXMYAiABKAQS",
-            "DAoEbGF0ZRgDIAEoBBIMCgRsb3N0GAQgASgEEhUKDWNvbmNlYWxlZF9wbGMY",
-            "BSABKAQSFQoNcmVjb3ZlcmVkX2ZlYxgGIAEoBBIPCgdnYXJiYWdlGAcgASgE",
-            "IqoBCgxTZXNzaW9uRXZlbnQSIgoEY29kZRgBIAEoDjIULmF2YXRhci52MS5F",
-            "dmVudENvZGUSDwoHbWVzc2FnZRgCIAEoCRI1CgdkZXRhaWxzGAMgAygLMiQu",
-            "YXZhdGFyLnYxLlNlc3Npb25FdmVudC5EZXRhaWxzRW50cnkaLgoMRGV0YWls",
-            "c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiowEKDElu",
-            "dGVycnVwdEFjaxIXCg9nZW5lcmF0ZWRfdW50aWwYASABKAQSFwoPZHJvcHBl",
-            "ZF9zYW1wbGVzGAIgASgEEhgKEG5leHRfZnJhbWVfaW5kZXgYAyABKAQSGAoQ",
-            "cmVwbGFjZV9mcm9tX3B0cxgEIAEoBBIUCgxwbGF5ZWRfdW50aWwYBSABKAQS",
-            "FwoPdW5oZWFyZF9zYW1wbGVzGAYgASgEIlgKDFNlc3Npb25FbmRlZBIUCgxy",
-            "ZXN1bWVfdG9rZW4YASABKAkSGAoQYmxvY2tzX2dlbmVyYXRlZBgCIAEoBBIY",
-            "ChBmcmFtZXNfZ2VuZXJhdGVkGAMgASgEIp8BCg9EZXZpY2VUZWxlbWV0cnkS",
-            "DQoFaW5kZXgYASABKA0SDAoEbmFtZRgCIAEoCRIZChFtZW1vcnlfdXNlZF9i",
-            "eXRlcxgDIAEoBBIaChJtZW1vcnlfdG90YWxfYnl0ZXMYBCABKAQSGwoTdXRp",
-            "bGl6YXRpb25fcGVyY2VudBgFIAEoDRIbChN0ZW1wZXJhdHVyZV9jZWxzaXVz",
-            "GAYgASgNKm4KClZpZGVvQ29kZWMSGwoXVklERU9fQ09ERUNfVU5TUEVDSUZJ",
-            "RUQQABIUChBWSURFT19DT0RFQ19KUEVHEAESFwoTVklERU9fQ09ERUNfUkFX",
-            "X1JHQhACEhQKEFZJREVPX0NPREVDX0gyNjQQAypWCgpBdWRpb0NvZGVjEhsK",
-            "F0FVRElPX0NPREVDX1VOU1BFQ0lGSUVEEAASFAoQQVVESU9fQ09ERUNfT1BV",
-            "UxABEhUKEUFVRElPX0NPREVDX1BDTTE2EAIqlwIKCUV2ZW50Q29kZRIaChZF",
-            "VkVOVF9DT0RFX1VOU1BFQ0lGSUVEEAASFwoTRVZFTlRfQ09ERV9EUkFJTklO",
-            "RxABEh0KGUVWRU5UX0NPREVfRlJBTUVTX0RST1BQRUQQAhIcChhFVkVOVF9D",
-            "T0RFX0FVRElPX0dBUkJBR0UQAxIeChpFVkVOVF9DT0RFX1VOS05PV05fRU1P",
-            "VElPThAEEh0KGUVWRU5UX0NPREVfVU5LTk9XTl9BQ1RJT04QBRIhCh1FVkVO",
-            "VF9DT0RFX1VUVEVSQU5DRV9DT01QTEVURRAGEhgKFEVWRU5UX0NPREVfQVVE",
-            "SU9fR0FQEAcSHAoYRVZFTlRfQ09ERV9JTlZBTElEX0VWRU5UEAhClQEKFGRl",
-            "di5hdmF0YXJiYWNrZW5kLnYxQg1Db252ZXJzZVByb3RvUAFaLGF2YXRhci1i",
-            "YWNrZW5kLmRldi9nZW4vZ28vYXZhdGFyL3YxO2F2YXRhcnYxogIDQVZCqgIQ",
-            "QXZhdGFyQmFja2VuZC5WMcoCEEF2YXRhckJhY2tlbmRcVjHqAhFBdmF0YXJC",
-            "YWNrZW5kOjpWMWIGcHJvdG8z"));
+            "IAEoCCIQCg5FbmRPZlV0dGVyYW5jZSJhCgxFbW90aW9uRXZlbnQSDAoEbmFt",
+            "ZRgBIAEoCRIRCglpbnRlbnNpdHkYAiABKAISHAoPYXRfdm9pY2Vfc2FtcGxl",
+            "GAMgASgESACIAQFCEgoQX2F0X3ZvaWNlX3NhbXBsZSJwCgtBY3Rpb25FdmVu",
+            "dBIQCgZwcmVzZXQYASABKAlIABITCglmcmVlX3RleHQYAiABKAlIABIcCg9h",
+            "dF92b2ljZV9zYW1wbGUYAyABKARIAYgBAUIICgZhY3Rpb25CEgoQX2F0X3Zv",
+            "aWNlX3NhbXBsZSIjCg5MaXN0ZW5pbmdFdmVudBIRCglsaXN0ZW5pbmcYASAB",
+            "KAgiPgoQSW50ZXJydXB0UmVxdWVzdBIZCgxwbGF5ZWRfdW50aWwYASABKARI",
+            "AIgBAUIPCg1fcGxheWVkX3VudGlsIigKEFBsYXliYWNrUHJvZ3Jlc3MSFAoM",
+            "cGxheWVkX3VudGlsGAEgASgEIs4CCg1TZXJ2ZXJNZXNzYWdlEi4KCGFjY2Vw",
+            "dGVkGAEgASgLMhouYXZhdGFyLnYxLlNlc3Npb25BY2NlcHRlZEgAEiYKBWZy",
+            "YW1lGAIgASgLMhUuYXZhdGFyLnYxLlZpZGVvRnJhbWVIABIqCgphdWRpb19l",
+            "Y2hvGAMgASgLMhQuYXZhdGFyLnYxLkF1ZGlvRWNob0gAEigKBXN0YXRzGAQg",
+            "ASgLMhcuYXZhdGFyLnYxLlNlc3Npb25TdGF0c0gAEigKBWV2ZW50GAUgASgL",
+            "MhcuYXZhdGFyLnYxLlNlc3Npb25FdmVudEgAEjAKDWludGVycnVwdF9hY2sY",
+            "BiABKAsyFy5hdmF0YXIudjEuSW50ZXJydXB0QWNrSAASKAoFZW5kZWQYByAB",
+            "KAsyFy5hdmF0YXIudjEuU2Vzc2lvbkVuZGVkSABCCQoHbWVzc2FnZSLMAgoP",
+            "U2Vzc2lvbkFjY2VwdGVkEhIKCnNlc3Npb25faWQYASABKAkSDgoGbnBjX2lk",
+            "GAIgASgJEhQKDGNoYXJhY3Rlcl9pZBgDIAEoCRIlCgV2aWRlbxgEIAEoCzIW",
+            "LmF2YXRhci52MS5WaWRlb0Zvcm1hdBIlCgVhdWRpbxgFIAEoCzIWLmF2YXRh",
+            "ci52MS5BdWRpb0Zvcm1hdBIPCgdyZXN1bWVkGAYgASgIEhgKEGJsb2Nrc19n",
+            "ZW5lcmF0ZWQYByABKAQSFAoMcmVzdW1lX3Rva2VuGAggASgJEhQKDG1lbW9y",
+            "eV9ieXRlcxgJIAEoBBIaChJmaXJzdF9ibG9ja19mcmFtZXMYCiABKA0SFAoM",
+            "YmxvY2tfZnJhbWVzGAsgASgNEg0KBW1vZGVsGAwgASgJEhkKEXN0YXJ0X2Zy",
+            "YW1lX2luZGV4GA0gASgEIuwBCgpWaWRlb0ZyYW1lEg0KBWluZGV4GAEgASgE",
+            "EgsKA3B0cxgCIAEoBBIOCgZwdHNfdXMYAyABKAQSJAoFY29kZWMYBCABKA4y",
+            "FS5hdmF0YXIudjEuVmlkZW9Db2RlYxINCgV3aWR0aBgFIAEoDRIOCgZoZWln",
+            "aHQYBiABKA0SEAoIa2V5ZnJhbWUYByABKAgSDAoEZGF0YRgIIAEoDBITCgth",
+            "dWRpb19zdGFydBgJIAEoBBIRCglhdWRpb19lbmQYCiABKAQSEwoLYmxvY2tf",
+            "aW5kZXgYCyABKAQSEAoIc3BlYWtpbmcYDCABKAgiPgoJQXVkaW9FY2hvEg0K",
+            "BXN0YXJ0GAEgASgEEhMKC3NhbXBsZV9yYXRlGAIgASgNEg0KBXBjbTE2GAMg",
+            "ASgMIrMCCgxTZXNzaW9uU3RhdHMSFQoNZ2VuZXJhdGVkX2ZwcxgBIAEoARIT",
+            "CgtmcmFtZXNfc2VudBgCIAEoBBIWCg5mcmFtZXNfZHJvcHBlZBgDIAEoBBIY",
+            "ChBibG9ja19jb21wdXRlX21zGAQgASgBEh4KFmZpcnN0X2ZyYW1lX2xhdGVu",
+            "Y3lfbXMYBSABKAESHAoUb3V0Ym91bmRfcXVldWVfZGVwdGgYBiABKA0SFwoP",
+            "YXVkaW9fcXVldWVkX21zGAcgASgBEicKBWF1ZGlvGAggASgLMhguYXZhdGFy",
+            "LnYxLkF1ZGlvQ291bnRlcnMSKwoHZGV2aWNlcxgJIAMoCzIaLmF2YXRhci52",
+            "MS5EZXZpY2VUZWxlbWV0cnkSGAoQYmxvY2tzX2dlbmVyYXRlZBgKIAEoBCKQ",
+            "AQoNQXVkaW9Db3VudGVycxIQCghyZWNlaXZlZBgBIAEoBBISCgpkdXBsaWNh",
+            "dGVzGAIgASgEEgwKBGxhdGUYAyABKAQSDAoEbG9zdBgEIAEoBBIVCg1jb25j",
+            "ZWFsZWRfcGxjGAUgASgEEhUKDXJlY292ZXJlZF9mZWMYBiABKAQSDwoHZ2Fy",
+            "YmFnZRgHIAEoBCKqAQoMU2Vzc2lvbkV2ZW50EiIKBGNvZGUYASABKA4yFC5h",
+            "dmF0YXIudjEuRXZlbnRDb2RlEg8KB21lc3NhZ2UYAiABKAkSNQoHZGV0YWls",
+            "cxgDIAMoCzIkLmF2YXRhci52MS5TZXNzaW9uRXZlbnQuRGV0YWlsc0VudHJ5",
+            "Gi4KDERldGFpbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6",
+            "AjgBIqMBCgxJbnRlcnJ1cHRBY2sSFwoPZ2VuZXJhdGVkX3VudGlsGAEgASgE",
+            "EhcKD2Ryb3BwZWRfc2FtcGxlcxgCIAEoBBIYChBuZXh0X2ZyYW1lX2luZGV4",
+            "GAMgASgEEhgKEHJlcGxhY2VfZnJvbV9wdHMYBCABKAQSFAoMcGxheWVkX3Vu",
+            "dGlsGAUgASgEEhcKD3VuaGVhcmRfc2FtcGxlcxgGIAEoBCJYCgxTZXNzaW9u",
+            "RW5kZWQSFAoMcmVzdW1lX3Rva2VuGAEgASgJEhgKEGJsb2Nrc19nZW5lcmF0",
+            "ZWQYAiABKAQSGAoQZnJhbWVzX2dlbmVyYXRlZBgDIAEoBCKfAQoPRGV2aWNl",
+            "VGVsZW1ldHJ5Eg0KBWluZGV4GAEgASgNEgwKBG5hbWUYAiABKAkSGQoRbWVt",
+            "b3J5X3VzZWRfYnl0ZXMYAyABKAQSGgoSbWVtb3J5X3RvdGFsX2J5dGVzGAQg",
+            "ASgEEhsKE3V0aWxpemF0aW9uX3BlcmNlbnQYBSABKA0SGwoTdGVtcGVyYXR1",
+            "cmVfY2Vsc2l1cxgGIAEoDSpuCgpWaWRlb0NvZGVjEhsKF1ZJREVPX0NPREVD",
+            "X1VOU1BFQ0lGSUVEEAASFAoQVklERU9fQ09ERUNfSlBFRxABEhcKE1ZJREVP",
+            "X0NPREVDX1JBV19SR0IQAhIUChBWSURFT19DT0RFQ19IMjY0EAMqVgoKQXVk",
+            "aW9Db2RlYxIbChdBVURJT19DT0RFQ19VTlNQRUNJRklFRBAAEhQKEEFVRElP",
+            "X0NPREVDX09QVVMQARIVChFBVURJT19DT0RFQ19QQ00xNhACKpcCCglFdmVu",
+            "dENvZGUSGgoWRVZFTlRfQ09ERV9VTlNQRUNJRklFRBAAEhcKE0VWRU5UX0NP",
+            "REVfRFJBSU5JTkcQARIdChlFVkVOVF9DT0RFX0ZSQU1FU19EUk9QUEVEEAIS",
+            "HAoYRVZFTlRfQ09ERV9BVURJT19HQVJCQUdFEAMSHgoaRVZFTlRfQ09ERV9V",
+            "TktOT1dOX0VNT1RJT04QBBIdChlFVkVOVF9DT0RFX1VOS05PV05fQUNUSU9O",
+            "EAUSIQodRVZFTlRfQ09ERV9VVFRFUkFOQ0VfQ09NUExFVEUQBhIYChRFVkVO",
+            "VF9DT0RFX0FVRElPX0dBUBAHEhwKGEVWRU5UX0NPREVfSU5WQUxJRF9FVkVO",
+            "VBAIQpUBChRkZXYuYXZhdGFyYmFja2VuZC52MUINQ29udmVyc2VQcm90b1AB",
+            "WixhdmF0YXItYmFja2VuZC5kZXYvZ2VuL2dvL2F2YXRhci92MTthdmF0YXJ2",
+            "MaICA0FWQqoCEEF2YXRhckJhY2tlbmQuVjHKAhBBdmF0YXJCYWNrZW5kXFYx",
+            "6gIRQXZhdGFyQmFja2VuZDo6VjFiBnByb3RvMw=="));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { },
           new pbr::GeneratedClrTypeInfo(new[] {typeof(global::AvatarBackend.V1.VideoCodec), typeof(global::AvatarBackend.V1.AudioCodec), typeof(global::AvatarBackend.V1.EventCode), }, null, new pbr::GeneratedClrTypeInfo[] {
@@ -122,8 +124,8 @@ namespace AvatarBackend.V1 {
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.SessionConfig), global::AvatarBackend.V1.SessionConfig.Parser, new[]{ "NpcId", "CharacterId", "Video", "Audio", "ResetMemory", "ResumeToken", "Seed", "StatsIntervalMs", "EchoAudio" }, new[]{ "EchoAudio" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.AudioPacket), global::AvatarBackend.V1.AudioPacket.Parser, new[]{ "SequenceNumber", "Payload", "RestartSequence" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.EndOfUtterance), global::AvatarBackend.V1.EndOfUtterance.Parser, null, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.EmotionEvent), global::AvatarBackend.V1.EmotionEvent.Parser, new[]{ "Name", "Intensity" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.ActionEvent), global::AvatarBackend.V1.ActionEvent.Parser, new[]{ "Preset", "FreeText" }, new[]{ "Action" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.EmotionEvent), global::AvatarBackend.V1.EmotionEvent.Parser, new[]{ "Name", "Intensity", "AtVoiceSample" }, new[]{ "AtVoiceSample" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.ActionEvent), global::AvatarBackend.V1.ActionEvent.Parser, new[]{ "Preset", "FreeText", "AtVoiceSample" }, new[]{ "Action", "AtVoiceSample" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.ListeningEvent), global::AvatarBackend.V1.ListeningEvent.Parser, new[]{ "Listening" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.InterruptRequest), global::AvatarBackend.V1.InterruptRequest.Parser, new[]{ "PlayedUntil" }, new[]{ "PlayedUntil" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.PlaybackProgress), global::AvatarBackend.V1.PlaybackProgress.Parser, new[]{ "PlayedUntil" }, null, null, null, null),
@@ -2346,7 +2348,8 @@ namespace AvatarBackend.V1 {
   /// <summary>
   /// The NPC finished saying something: audio still missing is declared lost, the rest of the utterance is
   /// generated without waiting for more, and the NPC then listens/idles with silence. Several utterances per
-  /// session are normal.
+  /// session are normal. When the voice comes at real-time pace and the next utterance follows soon, the pause
+  /// between them is kept as long as the speaker made it; its frames are not `speaking`.
   /// </summary>
   public sealed partial class EndOfUtterance : pb::IMessage<EndOfUtterance>
   #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
@@ -2501,9 +2504,9 @@ namespace AvatarBackend.V1 {
   }
 
   /// <summary>
-  /// Sets the NPC's emotion from the next block on. `name` is one of the character's emotion prompts
-  /// (Character.emotion_prompts); unknown names are answered with a SessionEvent (EVENT_CODE_UNKNOWN_EMOTION).
-  /// An empty name returns the NPC to its character's base prompt.
+  /// Sets the NPC's emotion from the next block on (or at a point of its voice: `at_voice_sample`). `name` is one
+  /// of the character's emotion prompts (Character.emotion_prompts); unknown names are answered with a
+  /// SessionEvent (EVENT_CODE_UNKNOWN_EMOTION). An empty name returns the NPC to its character's base prompt.
   /// </summary>
   public sealed partial class EmotionEvent : pb::IMessage<EmotionEvent>
   #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
@@ -2512,6 +2515,7 @@ namespace AvatarBackend.V1 {
   {
     private static readonly pb::MessageParser<EmotionEvent> _parser = new pb::MessageParser<EmotionEvent>(() => new EmotionEvent());
     private pb::UnknownFieldSet _unknownFields;
+    private int _hasBits0;
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pb::MessageParser<EmotionEvent> Parser { get { return _parser; } }
@@ -2539,8 +2543,10 @@ namespace AvatarBackend.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public EmotionEvent(EmotionEvent other) : this() {
+      _hasBits0 = other._hasBits0;
       name_ = other.name_;
       intensity_ = other.intensity_;
+      atVoiceSample_ = other.atVoiceSample_;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -2577,6 +2583,43 @@ namespace AvatarBackend.V1 {
       }
     }
 
+    /// <summary>Field number for the "at_voice_sample" field.</summary>
+    public const int AtVoiceSampleFieldNumber = 3;
+    private ulong atVoiceSample_;
+    /// <summary>
+    /// Optional: the point of the NPC's voice the event goes with, so that it shows with that word however far
+    /// ahead of the video the voice was sent (TTS with word timings). A count of voice samples at the session's
+    /// rate from the session's first AudioPacket: the samples the client had sent before that point (the Python
+    /// client's Conversation.samples_sent, the native core's avb_session_voice_samples_sent). The event applies
+    /// from the block that starts nearest to that sample (the block holding it when it lies in the block's
+    /// first half, else the next one); a point already on video applies from the next block. The server counts
+    /// the voice it receives, so the count stays exact across utterances and pauses; an interrupt cancels the
+    /// timed events not yet shown, and packets it finds held back for reordering do not count. At most
+    /// ServerInfo.limits.max_timed_events wait for their voice at once, none more than 120 s of voice beyond the
+    /// voice received (AudioPacket's limit); others are ignored with EVENT_CODE_INVALID_EVENT.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ulong AtVoiceSample {
+      get { if ((_hasBits0 & 1) != 0) { return atVoiceSample_; } else { return 0UL; } }
+      set {
+        _hasBits0 |= 1;
+        atVoiceSample_ = value;
+      }
+    }
+    /// <summary>Gets whether the "at_voice_sample" field is set</summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool HasAtVoiceSample {
+      get { return (_hasBits0 & 1) != 0; }
+    }
+    /// <summary>Clears the value of the "at_voice_sample" field</summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void ClearAtVoiceSample() {
+      _hasBits0 &= ~1;
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -2594,6 +2637,7 @@ namespace AvatarBackend.V1 {
       }
       if (Name != other.Name) return false;
       if (!pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.Equals(Intensity, other.Intensity)) return false;
+      if (AtVoiceSample != other.AtVoiceSample) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -2603,6 +2647,7 @@ namespace AvatarBackend.V1 {
       int hash = 1;
       if (Name.Length != 0) hash ^= Name.GetHashCode();
       if (Intensity != 0F) hash ^= pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.GetHashCode(Intensity);
+      if (HasAtVoiceSample) hash ^= AtVoiceSample.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -2629,6 +2674,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(21);
         output.WriteFloat(Intensity);
       }
+      if (HasAtVoiceSample) {
+        output.WriteRawTag(24);
+        output.WriteUInt64(AtVoiceSample);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -2647,6 +2696,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(21);
         output.WriteFloat(Intensity);
       }
+      if (HasAtVoiceSample) {
+        output.WriteRawTag(24);
+        output.WriteUInt64(AtVoiceSample);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -2662,6 +2715,9 @@ namespace AvatarBackend.V1 {
       }
       if (Intensity != 0F) {
         size += 1 + 4;
+      }
+      if (HasAtVoiceSample) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt64Size(AtVoiceSample);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -2680,6 +2736,9 @@ namespace AvatarBackend.V1 {
       }
       if (other.Intensity != 0F) {
         Intensity = other.Intensity;
+      }
+      if (other.HasAtVoiceSample) {
+        AtVoiceSample = other.AtVoiceSample;
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -2702,6 +2761,10 @@ namespace AvatarBackend.V1 {
           }
           case 21: {
             Intensity = input.ReadFloat();
+            break;
+          }
+          case 24: {
+            AtVoiceSample = input.ReadUInt64();
             break;
           }
         }
@@ -2727,6 +2790,10 @@ namespace AvatarBackend.V1 {
             Intensity = input.ReadFloat();
             break;
           }
+          case 24: {
+            AtVoiceSample = input.ReadUInt64();
+            break;
+          }
         }
       }
     }
@@ -2735,8 +2802,8 @@ namespace AvatarBackend.V1 {
   }
 
   /// <summary>
-  /// An action or gesture from the next block on: a named preset of the character, or free text that is used
-  /// as the prompt directly.
+  /// An action or gesture from the next block on (or at a point of the NPC's voice: `at_voice_sample`): a named
+  /// preset of the character, or free text that is used as the prompt directly.
   /// </summary>
   public sealed partial class ActionEvent : pb::IMessage<ActionEvent>
   #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
@@ -2745,6 +2812,7 @@ namespace AvatarBackend.V1 {
   {
     private static readonly pb::MessageParser<ActionEvent> _parser = new pb::MessageParser<ActionEvent>(() => new ActionEvent());
     private pb::UnknownFieldSet _unknownFields;
+    private int _hasBits0;
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pb::MessageParser<ActionEvent> Parser { get { return _parser; } }
@@ -2772,6 +2840,8 @@ namespace AvatarBackend.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public ActionEvent(ActionEvent other) : this() {
+      _hasBits0 = other._hasBits0;
+      atVoiceSample_ = other.atVoiceSample_;
       switch (other.ActionCase) {
         case ActionOneofCase.Preset:
           Preset = other.Preset;
@@ -2820,6 +2890,34 @@ namespace AvatarBackend.V1 {
       }
     }
 
+    /// <summary>Field number for the "at_voice_sample" field.</summary>
+    public const int AtVoiceSampleFieldNumber = 3;
+    private ulong atVoiceSample_;
+    /// <summary>
+    /// as EmotionEvent.at_voice_sample
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ulong AtVoiceSample {
+      get { if ((_hasBits0 & 1) != 0) { return atVoiceSample_; } else { return 0UL; } }
+      set {
+        _hasBits0 |= 1;
+        atVoiceSample_ = value;
+      }
+    }
+    /// <summary>Gets whether the "at_voice_sample" field is set</summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool HasAtVoiceSample {
+      get { return (_hasBits0 & 1) != 0; }
+    }
+    /// <summary>Clears the value of the "at_voice_sample" field</summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void ClearAtVoiceSample() {
+      _hasBits0 &= ~1;
+    }
+
     private object action_;
     /// <summary>Enum of possible cases for the "action" oneof.</summary>
     public enum ActionOneofCase {
@@ -2858,6 +2956,7 @@ namespace AvatarBackend.V1 {
       }
       if (Preset != other.Preset) return false;
       if (FreeText != other.FreeText) return false;
+      if (AtVoiceSample != other.AtVoiceSample) return false;
       if (ActionCase != other.ActionCase) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
@@ -2868,6 +2967,7 @@ namespace AvatarBackend.V1 {
       int hash = 1;
       if (actionCase_ == ActionOneofCase.Preset) hash ^= Preset.GetHashCode();
       if (actionCase_ == ActionOneofCase.FreeText) hash ^= FreeText.GetHashCode();
+      if (HasAtVoiceSample) hash ^= AtVoiceSample.GetHashCode();
       hash ^= (int) actionCase_;
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
@@ -2895,6 +2995,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(18);
         output.WriteString(FreeText);
       }
+      if (HasAtVoiceSample) {
+        output.WriteRawTag(24);
+        output.WriteUInt64(AtVoiceSample);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -2913,6 +3017,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(18);
         output.WriteString(FreeText);
       }
+      if (HasAtVoiceSample) {
+        output.WriteRawTag(24);
+        output.WriteUInt64(AtVoiceSample);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -2929,6 +3037,9 @@ namespace AvatarBackend.V1 {
       if (actionCase_ == ActionOneofCase.FreeText) {
         size += 1 + pb::CodedOutputStream.ComputeStringSize(FreeText);
       }
+      if (HasAtVoiceSample) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt64Size(AtVoiceSample);
+      }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
       }
@@ -2940,6 +3051,9 @@ namespace AvatarBackend.V1 {
     public void MergeFrom(ActionEvent other) {
       if (other == null) {
         return;
+      }
+      if (other.HasAtVoiceSample) {
+        AtVoiceSample = other.AtVoiceSample;
       }
       switch (other.ActionCase) {
         case ActionOneofCase.Preset:
@@ -2973,6 +3087,10 @@ namespace AvatarBackend.V1 {
             FreeText = input.ReadString();
             break;
           }
+          case 24: {
+            AtVoiceSample = input.ReadUInt64();
+            break;
+          }
         }
       }
     #endif
@@ -2994,6 +3112,10 @@ namespace AvatarBackend.V1 {
           }
           case 18: {
             FreeText = input.ReadString();
+            break;
+          }
+          case 24: {
+            AtVoiceSample = input.ReadUInt64();
             break;
           }
         }

@@ -185,10 +185,21 @@ namespace AvatarBackend.Client.Native
         public static extern int avb_session_end_utterance(SessionHandle session);
 
         [DllImport(LibraryName, CallingConvention = CallingConvention.Cdecl)]
+        public static extern ulong avb_session_voice_samples_sent(SessionHandle session);
+
+        [DllImport(LibraryName, CallingConvention = CallingConvention.Cdecl)]
         public static extern int avb_session_set_emotion(SessionHandle session, byte[] name, float intensity);
 
         [DllImport(LibraryName, CallingConvention = CallingConvention.Cdecl)]
         public static extern int avb_session_play_action(SessionHandle session, byte[] preset);
+
+        [DllImport(LibraryName, CallingConvention = CallingConvention.Cdecl)]
+        public static extern int avb_session_set_emotion_at(SessionHandle session, byte[] name, float intensity,
+                                                            ulong at_voice_sample);
+
+        [DllImport(LibraryName, CallingConvention = CallingConvention.Cdecl)]
+        public static extern int avb_session_play_action_at(SessionHandle session, byte[] preset,
+                                                            ulong at_voice_sample);
 
         [DllImport(LibraryName, CallingConvention = CallingConvention.Cdecl)]
         public static extern int avb_session_set_listening(SessionHandle session, int listening);

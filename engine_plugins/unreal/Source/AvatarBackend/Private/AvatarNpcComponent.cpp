@@ -9,6 +9,7 @@
 #include "HAL/PlatformTime.h"
 #include "Portable/AvatarEchoPlayback.h"
 #include "Portable/AvatarVoiceChunker.h"
+#include "Portable/AvatarVoiceSamples.h"
 #include "Sound/SoundWave.h"
 #include "Sound/SoundWaveProxyReader.h"
 #include "avatar_backend/avatar_client.h"
@@ -302,6 +303,39 @@ void UAvatarNpcComponent::PlayAction(const FString& Preset)
 	{
 		avb_session_play_action(Session, TCHAR_TO_UTF8(*Preset));
 	}
+}
+
+void UAvatarNpcComponent::SetEmotionAtVoiceSample(const FString& Emotion, float Intensity, int64 AtVoiceSample)
+{
+	uint64_t VoiceSample = 0;
+	if (!avatar_backend::VoiceSampleFromBlueprint(AtVoiceSample, &VoiceSample))
+	{
+		ReportError(FString::Printf(TEXT("SetEmotionAtVoiceSample: voice sample %lld is negative"), static_cast<long long>(AtVoiceSample)));
+		return;
+	}
+	if (Session != nullptr)
+	{
+		avb_session_set_emotion_at(Session, TCHAR_TO_UTF8(*Emotion), Intensity, VoiceSample);
+	}
+}
+
+void UAvatarNpcComponent::PlayActionAtVoiceSample(const FString& Preset, int64 AtVoiceSample)
+{
+	uint64_t VoiceSample = 0;
+	if (!avatar_backend::VoiceSampleFromBlueprint(AtVoiceSample, &VoiceSample))
+	{
+		ReportError(FString::Printf(TEXT("PlayActionAtVoiceSample: voice sample %lld is negative"), static_cast<long long>(AtVoiceSample)));
+		return;
+	}
+	if (Session != nullptr)
+	{
+		avb_session_play_action_at(Session, TCHAR_TO_UTF8(*Preset), VoiceSample);
+	}
+}
+
+int64 UAvatarNpcComponent::GetVoiceSamplesSent() const
+{
+	return Session != nullptr ? avatar_backend::VoiceSamplesForBlueprint(avb_session_voice_samples_sent(Session)) : 0;
 }
 
 void UAvatarNpcComponent::Interrupt()

@@ -148,6 +148,16 @@ public:
 
 	UFUNCTION(BlueprintCallable, Category = "Avatar Backend") void SetEmotion(const FString& Emotion, float Intensity = 1.f);
 	UFUNCTION(BlueprintCallable, Category = "Avatar Backend") void PlayAction(const FString& Preset);
+	/** As SetEmotion, from the block that starts nearest to voice sample AtVoiceSample, for TTS word timings:
+	 * GetVoiceSamplesSent before speaking the line plus the word's offset in it (seconds x SampleRate). A point
+	 * already on video applies from the next block; an interrupt cancels the events not reached yet. */
+	UFUNCTION(BlueprintCallable, Category = "Avatar Backend") void SetEmotionAtVoiceSample(const FString& Emotion, float Intensity, int64 AtVoiceSample);
+	/** As PlayAction, from the block that starts nearest to voice sample AtVoiceSample (see SetEmotionAtVoiceSample). */
+	UFUNCTION(BlueprintCallable, Category = "Avatar Backend") void PlayActionAtVoiceSample(const FString& Preset, int64 AtVoiceSample);
+	/** The voice sent so far on the session, in samples at SampleRate (0 without a session): the count the timed
+	 * events take. Exactly where the next line starts when read before SpeakSoundWave or a line's first
+	 * PushVoice; within a line the voice still being chunked (under 20 ms) is not in it yet. */
+	UFUNCTION(BlueprintPure, Category = "Avatar Backend") int64 GetVoiceSamplesSent() const;
 	/** Stop talking now; OnInterrupted follows. */
 	UFUNCTION(BlueprintCallable, Category = "Avatar Backend") void Interrupt();
 	/** True while the player speaks: the NPC listens instead of idling. */
