@@ -147,6 +147,20 @@ bool wait_for(Session& session, int32_t type, int32_t code, avb_event* event) {
   return false;
 }
 
+// A server for one test on a free local port (*port stays 0 when it could not start).
+std::unique_ptr<grpc::Server> start_local_server(grpc::Service& service, int* port) {
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), port);
+  builder.RegisterService(&service);
+  return builder.BuildAndStart();
+}
+
+ClientOptions client_for_port(int port) {
+  ClientOptions options;
+  options.target = "127.0.0.1:" + std::to_string(port);
+  return options;
+}
+
 std::vector<avb_frame_info> drain_frames(Session& session) {
   std::vector<avb_frame_info> frames;
   std::vector<uint8_t> pixels(8 * 8 * 4);
@@ -160,15 +174,10 @@ std::vector<avb_frame_info> drain_frames(Session& session) {
 TEST(SessionAgainstAScriptedServer, ReconnectsResumesContinuesTheClockAndReplacesOnInterrupt) {
   ScriptedService service;
   int port = 0;
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  std::unique_ptr<grpc::Server> server = start_local_server(service, &port);
   ASSERT_GT(port, 0);
 
-  ClientOptions client_options;
-  client_options.target = "127.0.0.1:" + std::to_string(port);
-  Client client(client_options);
+  Client client(client_for_port(port));
   SessionOptions options;
   options.npc_id = "npc";
   options.reset_memory = true;
@@ -279,14 +288,9 @@ TEST(SessionAgainstAScriptedServer, ReconnectsResumesContinuesTheClockAndReplace
 TEST(SessionAgainstAScriptedServer, TimedEventsCarryTheirVoiceSampleAndTheCountIsTheVoiceInPackets) {
   RecordingService service;
   int port = 0;
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  std::unique_ptr<grpc::Server> server = start_local_server(service, &port);
   ASSERT_GT(port, 0);
-  ClientOptions client_options;
-  client_options.target = "127.0.0.1:" + std::to_string(port);
-  Client client(client_options);
+  Client client(client_for_port(port));
   SessionOptions options;
   options.npc_id = "npc";
   std::unique_ptr<Session> session = client.open_session_owned(options);
