@@ -54,9 +54,9 @@ Prompts. An emotion or action applies from the next block planned, or, timed to 
 holding it when the point is in its first half, else the next one), however far ahead the voice was queued. A
 timed event waits until its voice arrives, then takes its place in the voice stream; a point already on video
 applies from the next block, and a point at the end of an utterance's voice applies once that voice is on
-video. Events of one kind closer than ``TIMED_EVENT_GRANULARITY`` apply
-together (the later wins, as two in one block would), which bounds what waits by the voice queued. An interrupt
-cancels timed events not yet applied.
+video. Events of one kind closer than ``TIMED_EVENT_GRANULARITY`` apply together (the later wins, as two in
+one block would), which bounds what waits by the voice queued. An interrupt cancels timed events not yet
+applied.
 
 Among sessions that may run, the one whose video is furthest behind its wall clock goes first (the earliest
 video end); ties go to the session served least recently (round robin).
@@ -286,7 +286,7 @@ class BlockPlan:
     batch_key: Hashable = None  # the generator's batch key of the block (its kind and size), for its estimates
     # Speaker's pauses inside the voice part (rule (b)), as timeline positions [start, end): silence, not voice.
     pauses: tuple[tuple[int, int], ...] = ()
-    # Timed events whose point is in this block's voice (they set ``prompt``), in voice order.
+    # Timed events that condition this block (they set ``prompt``), in voice order.
     timed_events: tuple[TimedEvent, ...] = ()
 
     @property
@@ -462,10 +462,11 @@ class Scheduler:
 
     def start_action(self, session_id: str, prompt: str, at_voice: int | None = None) -> None:
         """An action: its prompt conditions one block (the motion itself takes about a block), then the
-        session's emotion prompt is back. That block is the next one, or the one that holds ``at_voice``."""
+        session's emotion prompt is back. That block is the next one, or the one nearest to ``at_voice``."""
         self._control(self.get(session_id), TimedEvent("action", prompt or None, 1.0, at_voice or 0), at_voice)
 
     def _control(self, state: SessionState, event: TimedEvent, at_voice: int | None) -> None:
+        """Apply an event now (from the next block), or keep it until its point of the voice."""
         if at_voice is not None and at_voice <= state.voice_received:
             # Its voice is here: its place in the queue. On video already (or at the end of an utterance's
             # voice that is all on video): from the next block.
