@@ -3,7 +3,8 @@
 The server runs the weights it ships by default; frames are the JPEGs it sends. The mouth is read with the
 same measure that validates the training data, in the default character's mouth region (its asset says where):
 speech opens it in step with the voice, silence, listening and an interrupt close it, an emotion changes the
-picture within a block, and a resumed NPC is still the same character.
+picture within a block (and one timed to a word of a line sent all at once changes it at that word's block,
+not before), and a resumed NPC is still the same character.
 """
 
 from __future__ import annotations
@@ -150,3 +151,55 @@ def test_an_interrupt_closes_the_mouth_within_a_block_and_a_resumed_npc_is_the_s
     # The resumed NPC: same colours (hair, skin, clothes, background) as before it was parked.
     before, again = pictures(after[-BLOCK_FRAMES:]), pictures(resumed[:BLOCK_FRAMES])
     assert face_change(again, before) < 12.0
+
+
+def first_frame_of_block_nearest(frames, position: int) -> int:
+    """The index of the first frame of the block that starts nearest to a timeline ``position`` (the block
+    holding it when it lies in the block's first half, else the next one)."""
+    blocks: dict[int, list] = {}
+    for frame in frames:
+        blocks.setdefault(frame.block_index, []).append(frame)
+    starts = sorted(blocks)
+    for k, block in enumerate(starts):
+        begin, end = blocks[block][0].audio_start, blocks[block][-1].audio_end
+        if begin <= position < end:
+            nearest = block if position - begin < (end - begin) / 2 else starts[k + 1]
+            return blocks[nearest][0].index
+    raise AssertionError(f"no block holds position {position}")
+
+
+def test_an_emotion_timed_to_a_word_changes_the_picture_at_the_block_nearest_it_not_before(server, long_speech):
+    # TTS: the whole line is sent at once, with the emotion timed 4.5 s into it.
+    at_seconds = 4.5
+
+    async def speak(npc_id: str, timed: bool) -> list:
+        async with AvatarClient(server.address) as client:
+            async with client.converse(npc_id, "default", width=SIZE, height=SIZE, fps=FPS, sample_rate=RATE,
+                                       seed=7) as conv:
+                if timed:
+                    await conv.emotion("surprised", 1.0, at_voice_sample=conv.samples_sent + int(at_seconds * RATE))
+                await conv.send_audio_pcm(long_speech)
+                await conv.end_utterance()
+                # Far enough for the event's block and the next one, whichever block the voice starts in.
+                return frames_of(await collect(conv, lambda it: any(f.index >= 21 + 5 * BLOCK_FRAMES
+                                                                    for f in frames_of(it))))
+
+    async def scenario():
+        # One after the other: the same seed and voice then make the same blocks until the prompt differs, as long
+        # as the voice starts in the same block (it misses block 0 when it reaches a busy server after 0.3 s).
+        for attempt in range(3):
+            plain = await speak(f"plain-line-{attempt}", timed=False)
+            timed = await speak(f"timed-line-{attempt}", timed=True)
+            if next(f.index for f in plain if f.speaking) == next(f.index for f in timed if f.speaking):
+                return plain, timed
+        raise AssertionError("the voice started in different blocks in three attempts")
+
+    plain, timed = run(scenario())
+    voice_start = next(f for f in plain if f.speaking).audio_start
+    expected = first_frame_of_block_nearest(plain, voice_start + int(at_seconds * RATE))
+    count = min(len(plain), len(timed), expected + BLOCK_FRAMES)
+    plain_pictures, timed_pictures = pictures(plain[:count]), pictures(timed[:count])
+    changed = [k for k in range(count) if not np.array_equal(plain_pictures[k], timed_pictures[k])]
+    assert changed and changed[0] == expected, (expected, changed[:5])
+    change = face_change(timed_pictures[expected:], plain_pictures[expected:])
+    assert change > 1.0, change
