@@ -101,6 +101,13 @@ def test_grpc_errors_print_the_status_name_and_message(registered, capsys):
     assert common.format_error(error) == "error: UNAVAILABLE: draining (retry after 1000 ms)"
 
 
+def test_info_prints_what_the_server_runs_and_its_limits(registered, capsys):
+    assert cli.main(["info", "--server", registered.target]) == 0
+    out = capsys.readouterr().out
+    assert "tiny (random weights" in out and "64x64" in out
+    assert "jitter budget 500 ms; up to 64 emotions/actions may wait for their point of the voice" in out
+
+
 def test_character_and_npc_commands(registered, tmp_path, capsys):
     image = tmp_path / "smith.png"
     Image.new("RGB", (32, 32)).save(image)
