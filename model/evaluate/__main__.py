@@ -110,6 +110,10 @@ def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Pa
             "autoencoder_lip_sync_r": lip_sync(ceiling, clip.truth)["r"],
             "autoencoder_psnr_db": psnr(ceiling, clip.frames[: len(ceiling)]),
             "seam_ratio": seam_ratio(frames, starts), "psnr_db": psnr(frames, clip.frames[: len(frames)]),
+            # Identity: how much of the reference's colours the frames keep (the truth: what moving keeps).
+            "colour_similarity": colour_similarity(frames[::10], still),
+            "autoencoder_colour_similarity": colour_similarity(ceiling[::10], still),
+            "truth_colour_similarity": colour_similarity(clip.frames[: len(frames)][::10], still),
         })
         if classifier is not None:
             controls.append(response(classifier, frames, still, clip.truth, clip.entry["events"], FPS, block_frames))
@@ -145,6 +149,9 @@ def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Pa
         "swapped_truth_r": mean("swapped_truth_r"), "amplitude_ratio": mean("amplitude_ratio"), "measure_on_truth_r": mean("measure_on_truth_r"),
         "seam_ratio": mean("seam_ratio"), "psnr_db": mean("psnr_db"),
         "autoencoder_lip_sync_r": mean("autoencoder_lip_sync_r"), "autoencoder_psnr_db": mean("autoencoder_psnr_db"),
+        "colour_similarity": mean("colour_similarity"),
+        "autoencoder_colour_similarity": mean("autoencoder_colour_similarity"),
+        "truth_colour_similarity": mean("truth_colour_similarity"),
     }}
 
 
@@ -324,6 +331,9 @@ def print_table(report: dict) -> None:
         ("lip-sync r of the truth through the VAE alone", s["autoencoder_lip_sync_r"], "ceiling"),
         ("PSNR dB: generated / truth through the VAE alone", f"{s['psnr_db']:.2f} / {s['autoencoder_psnr_db']:.2f}", ""),
         ("block-seam ratio", s["seam_ratio"], "<= 1.2"),
+        ("colour similarity to the reference: generated / VAE alone / truth",
+         f"{s['colour_similarity']:.2f} / {s['autoencoder_colour_similarity']:.2f} / {s['truth_colour_similarity']:.2f}",
+         ""),
         ("emotion accuracy: generated / ground truth", _ratio(report, "emotion"), ">= 0.90"),
         ("action accuracy: generated / ground truth", _ratio(report, "action"), ">= 0.90"),
         ("  emotion, truth through the VAE alone / ground truth", _ratio(report, "emotion", "autoencoder"), "ceiling"),

@@ -27,6 +27,10 @@ def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
     # The truth through the VAE alone keeps the mouth and is nearer the truth than any generation can be (a
     # generated head blinks and sways on its own): the ceiling the report sets beside the DiT's numbers.
     assert summary["autoencoder_lip_sync_r"] >= 0.8 and summary["autoencoder_psnr_db"] > summary["psnr_db"]
+    # Identity as colours: the truth keeps the reference's (only the mouth, lids and arms move), the frames the
+    # tiny model draws keep much less of them (its colours drift towards the training average).
+    assert summary["truth_colour_similarity"] >= 0.8
+    assert summary["truth_colour_similarity"] > summary["colour_similarity"]
     stream = report["long_streams"][0]
     assert stream["minutes"] == 1 and stream["memory_bytes"]["block_2"] == stream["memory_bytes"]["last_block"]
     assert report["speed"]["real_time_factor"] > 0    # measured, not judged here: that is the benchmark's job
