@@ -137,6 +137,7 @@ class Conversation:
         #: Voice sent so far, in samples at the session rate (including the padding of utterance ends): the
         #: count that ``at_voice_sample`` of :meth:`emotion` and :meth:`action` refers to.
         self.samples_sent = 0
+        self._last_packet_samples = 0  # the duration of the last audio packet sent (0: none yet)
         #: The server's SessionEnded (the NPC's resume token) once the stream ended normally.
         self.ended: converse_pb2.SessionEnded | None = None
 
@@ -267,16 +268,17 @@ class Conversation:
         """Send one already-encoded raw Opus packet (mono, 10-60 ms); returns its sequence number.
 
         Use this when the engine or TTS produces Opus itself; do not mix it with a pending
-        :meth:`send_audio_pcm` remainder. The packet's duration counts in :attr:`samples_sent` (none when its
-        header is not valid Opus: the server treats it as lost).
+        :meth:`send_audio_pcm` remainder. The packet's duration counts in :attr:`samples_sent` (one that is not
+        valid Opus counts as long as the packet before it: the server conceals its slot with that much audio).
         """
         from avatar_backend.media.opus import OpusDecodeError, packet_samples
 
-        rate = self.accepted.audio.sample_rate if self.accepted else self._config.audio.sample_rate
+        self._require_open()
+        rate = self.accepted.audio.sample_rate
         try:
             samples = packet_samples(bytes(payload), rate)
         except OpusDecodeError:
-            samples = 0
+            samples = self._last_packet_samples or rate * AUDIO_PACKET_MS // 1000
         return await self._send_audio_packet(payload, samples)
 
     async def _send_audio_packet(self, payload: bytes, samples: int) -> int:
@@ -289,6 +291,7 @@ class Conversation:
         self.next_sequence_number = (sequence_number + 1) % _SEQUENCE_WRAP
         self.packets_sent += 1
         self.samples_sent += samples
+        self._last_packet_samples = samples
         return sequence_number
 
     async def end_utterance(self) -> None:

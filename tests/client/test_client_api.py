@@ -182,6 +182,24 @@ def test_events_timed_to_the_voice_show_with_their_words_however_early_the_voice
     assert registered.generator.intensities[2] == pytest.approx(0.5)
 
 
+def test_raw_opus_packets_count_their_duration_in_the_voice_sent(registered):
+    from avatar_backend.media.opus import OpusEncoder
+
+    async def talk():
+        async with AvatarClient(registered.target) as client:
+            async with client.converse("npc-5", "default") as conv:
+                for ms in (20, 40):
+                    voice = tone(ms / 1000).astype(np.float32) / 32768
+                    await conv.send_opus_packet(OpusEncoder(RATE, frame_ms=ms).encode_all(voice)[0])
+                after_valid = conv.samples_sent
+                # Not Opus: the server conceals its slot with as much audio as the packet before it.
+                await conv.send_opus_packet(b"\xff\xff\xff\xff not opus")
+                return after_valid, conv.samples_sent
+
+    after_valid, after_garbage = run(talk())
+    assert (after_valid, after_garbage) == (PACKET + 2 * PACKET, 5 * PACKET)
+
+
 @pytest.mark.server_options(max_timed_events=2)
 def test_timed_events_beyond_the_limits_are_refused_by_name(registered):
     async def talk():
