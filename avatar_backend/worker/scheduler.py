@@ -202,12 +202,12 @@ class VoiceQueueFull(Exception):
 
 @dataclass(eq=False)
 class TimedEvent:
-    """An emotion or action timed to a point of the session's voice."""
+    """An emotion or action, from the next block or timed to a point of the session's voice."""
 
     kind: str                   # "emotion" or "action"
     prompt: str | None          # an emotion's None: the character's base prompt
     intensity: float
-    at_voice: int               # voice samples the session received before its point
+    at_voice: int | None        # voice samples the session received before its point; None: the next block
     stream_pos: int | None = None  # its place in the voice stream (voice_consumed counts); None until it arrived
 
     def slot(self) -> tuple[str, bool, int]:
@@ -457,24 +457,24 @@ class Scheduler:
                    at_voice: int | None = None) -> None:
         """The prompt of the session's next blocks (None or empty: the character's base prompt), from the next
         block or from the point ``at_voice`` of the voice (see the module doc)."""
-        self._control(self.get(session_id), TimedEvent("emotion", prompt or None,
-                                                       intensity if intensity > 0 else 1.0, at_voice or 0), at_voice)
+        self._control(self.get(session_id),
+                      TimedEvent("emotion", prompt or None, intensity if intensity > 0 else 1.0, at_voice))
 
     def start_action(self, session_id: str, prompt: str, at_voice: int | None = None) -> None:
         """An action: its prompt conditions one block (the motion itself takes about a block), then the
         session's emotion prompt is back. That block is the next one, or the one nearest to ``at_voice``."""
-        self._control(self.get(session_id), TimedEvent("action", prompt or None, 1.0, at_voice or 0), at_voice)
+        self._control(self.get(session_id), TimedEvent("action", prompt or None, 1.0, at_voice))
 
-    def _control(self, state: SessionState, event: TimedEvent, at_voice: int | None) -> None:
+    def _control(self, state: SessionState, event: TimedEvent) -> None:
         """Apply an event now (from the next block), or keep it until its point of the voice."""
-        if at_voice is not None and at_voice <= state.voice_received:
+        due_now = event.at_voice is None
+        if not due_now and event.at_voice <= state.voice_received:
             # Its voice is here: its place in the queue. On video already (or at the end of an utterance's
             # voice that is all on video): from the next block.
-            event.stream_pos = state.voice_consumed + len(state.voice) - (state.voice_received - at_voice)
-            if event.stream_pos < state.voice_consumed or (
-                    event.stream_pos == state.voice_consumed and not len(state.voice) and not state.utterance_open):
-                at_voice = None
-        if at_voice is None:
+            event.stream_pos = state.voice_consumed + len(state.voice) - (state.voice_received - event.at_voice)
+            due_now = event.stream_pos < state.voice_consumed or (
+                event.stream_pos == state.voice_consumed and not len(state.voice) and not state.utterance_open)
+        if due_now:
             self._apply(state, event)
             return
         slot = event.slot()

@@ -33,6 +33,15 @@ std::string tiny_jpeg() {
   return bytes;
 }
 
+// The last message of a stream the client half-closed: SessionEnded with the NPC's resume token.
+grpc::Status end_normally(grpc::ServerReaderWriter<v1::ServerMessage, v1::ClientMessage>* stream,
+                          const std::string& resume_token) {
+  v1::ServerMessage ended;
+  ended.mutable_ended()->set_resume_token(resume_token);
+  stream->Write(ended);
+  return grpc::Status::OK;
+}
+
 // Stream 1: accepted, 1440 samples of echo and frames 0-4, then, once a voice packet arrives, UNAVAILABLE with a
 // resume-token trailer (a draining server). Stream 2: the NPC resumed at frame 10, the same echo and frames on
 // a clock that starts again at 0; an interrupt is acknowledged from pts 2400 (frame 11) on; the half-close ends
@@ -93,10 +102,7 @@ class ScriptedService final : public v1::AvatarService::Service {
         stream->Write(out);
       }
     }
-    out.Clear();
-    out.mutable_ended()->set_resume_token("token-ended-2");
-    stream->Write(out);
-    return grpc::Status::OK;
+    return end_normally(stream, "token-ended-2");
   }
 
   std::mutex mutex;
@@ -121,10 +127,7 @@ class RecordingService final : public v1::AvatarService::Service {
       std::lock_guard<std::mutex> lock(mutex);
       received.push_back(in);
     }
-    out.Clear();
-    out.mutable_ended()->set_resume_token("token-ended");
-    stream->Write(out);
-    return grpc::Status::OK;
+    return end_normally(stream, "token-ended");
   }
 
   std::mutex mutex;
