@@ -281,7 +281,7 @@ async def say(pcm: np.ndarray, options: SayOptions, log: Callable[[str], object]
                 await conv.send_audio_pcm(pcm, realtime=report.realtime)
                 await conv.end_utterance()
                 report.packets_sent = conv.packets_sent
-                meter.watch.end_sent(conv.samples_sent)
+                meter.watch.end_sent(conv.voice_samples_sent)
 
             sender = asyncio.create_task(send_voice())
             deadline = meter.accepted_at + options.timeout_s
@@ -311,7 +311,7 @@ async def say(pcm: np.ndarray, options: SayOptions, log: Callable[[str], object]
 
 async def send_controls(conv: Conversation, controls: list[VoiceControl]) -> None:
     """Send the emotions and actions before the voice, each timed to its point of the voice that follows."""
-    start, rate = conv.samples_sent, conv.accepted.audio.sample_rate
+    start, rate = conv.voice_samples_sent, conv.accepted.audio.sample_rate
     for control in controls:
         at = None if control.seconds is None else start + round(control.seconds * rate)
         if control.kind == "emotion":

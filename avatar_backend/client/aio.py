@@ -136,7 +136,7 @@ class Conversation:
         self.packets_sent = 0
         #: Voice sent so far, in samples at the session rate (including the padding of utterance ends): the
         #: count that ``at_voice_sample`` of :meth:`emotion` and :meth:`action` refers to.
-        self.samples_sent = 0
+        self.voice_samples_sent = 0
         self._last_packet_samples = 0  # the duration of the last audio packet sent (0: none yet)
         #: The server's SessionEnded (the NPC's resume token) once the stream ended normally.
         self.ended: converse_pb2.SessionEnded | None = None
@@ -268,7 +268,7 @@ class Conversation:
         """Send one already-encoded raw Opus packet (mono, 10-60 ms); returns its sequence number.
 
         Use this when the engine or TTS produces Opus itself; do not mix it with a pending
-        :meth:`send_audio_pcm` remainder. The packet's duration counts in :attr:`samples_sent` (one that is not
+        :meth:`send_audio_pcm` remainder. The packet's duration counts in :attr:`voice_samples_sent` (one that is not
         valid Opus counts as long as the packet before it: the server conceals its slot with that much audio).
         """
         from avatar_backend.media.opus import OpusDecodeError, packet_samples
@@ -290,7 +290,7 @@ class Conversation:
         )
         self.next_sequence_number = (sequence_number + 1) % _SEQUENCE_WRAP
         self.packets_sent += 1
-        self.samples_sent += samples
+        self.voice_samples_sent += samples
         self._last_packet_samples = samples
         return sequence_number
 
@@ -313,7 +313,7 @@ class Conversation:
 
     async def emotion(self, name: str, intensity: float = 1.0, *, at_voice_sample: int | None = None) -> None:
         """Switch to one of the character's emotion prompts (intensity 0-1) from the next block on, or from
-        the point ``at_voice_sample`` of the NPC's voice: a :attr:`samples_sent` count, e.g. the count before a
+        the point ``at_voice_sample`` of the NPC's voice: a :attr:`voice_samples_sent` count, e.g. the count before a
         TTS clip plus a word's offset in it (exact to a 20 ms packet: a remainder held by
         :meth:`send_audio_pcm` is not sent yet)."""
         await self._write(converse_pb2.ClientMessage(emotion=converse_pb2.EmotionEvent(
@@ -504,16 +504,16 @@ class Conversation:
         return self._encoder
 
     async def _pace(self) -> None:
-        """Sleep until the packet starting at ``samples_sent`` is due, as if captured live."""
+        """Sleep until the packet starting at ``voice_samples_sent`` is due, as if captured live."""
         rate = self.accepted.audio.sample_rate if self.accepted else 48000
         now = time.monotonic()
         if self._pacing_origin is None:
-            self._pacing_origin = (now, self.samples_sent)
+            self._pacing_origin = (now, self.voice_samples_sent)
             return
         origin_time, origin_samples = self._pacing_origin
-        due = origin_time + (self.samples_sent - origin_samples) / rate
+        due = origin_time + (self.voice_samples_sent - origin_samples) / rate
         if now > due + _PACING_RESYNC_S:
-            self._pacing_origin = (now, self.samples_sent)
+            self._pacing_origin = (now, self.voice_samples_sent)
         elif due > now:
             await asyncio.sleep(due - now)
 

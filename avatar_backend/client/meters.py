@@ -25,13 +25,13 @@ class UtteranceWatch:
 
     def __init__(self, samples_per_frame: float) -> None:
         self.samples_per_frame = samples_per_frame
-        self.samples_sent: int | None = None  # set once the end of utterance has been sent
+        self.voice_samples_sent: int | None = None  # set once the end of utterance has been sent
         self.voice_start: int | None = None
         self.reported_end: int | None = None
         self.covered_until = 0  # session clock sample just after the last frame received
 
-    def end_sent(self, samples_sent: int) -> None:
-        self.samples_sent = samples_sent
+    def end_sent(self, voice_samples_sent: int) -> None:
+        self.voice_samples_sent = voice_samples_sent
 
     def frame(self, frame: converse_pb2.VideoFrame) -> None:
         if frame.speaking and self.voice_start is None:
@@ -48,14 +48,14 @@ class UtteranceWatch:
     def utterance_end(self) -> int | None:
         if self.reported_end is not None:
             return self.reported_end
-        if self.samples_sent is None or self.voice_start is None:
+        if self.voice_samples_sent is None or self.voice_start is None:
             return None
-        return self.voice_start + self.samples_sent
+        return self.voice_start + self.voice_samples_sent
 
     @property
     def done(self) -> bool:
         end = self.utterance_end
-        return self.samples_sent is not None and end is not None and self.covered_until >= end
+        return self.voice_samples_sent is not None and end is not None and self.covered_until >= end
 
 
 class AvSyncCheck:

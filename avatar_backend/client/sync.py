@@ -79,8 +79,8 @@ class SyncConversation:
         return self._conversation.ended
 
     @property
-    def samples_sent(self) -> int:
-        return self._conversation.samples_sent
+    def voice_samples_sent(self) -> int:
+        return self._conversation.voice_samples_sent
 
     @property
     def done(self) -> bool:

@@ -57,7 +57,7 @@ def test_converse_sends_numbered_opus_packets_that_decode_back(registered):
                 await conv.send_audio_pcm(pcm[1000:].tobytes())
                 await conv.end_utterance()
                 # End of utterance flushes the encoder: one more packet lets its 6.5 ms look-ahead out.
-                assert conv.samples_sent == pcm.size + PACKET
+                assert conv.voice_samples_sent == pcm.size + PACKET
                 items = []
                 async for item in conv:
                     items.append(item)
@@ -125,7 +125,7 @@ def test_control_events_and_interrupt_ack(registered):
                 await conv.listening(True)
                 await conv.send_audio_pcm(tone(0.05))  # 2 packets sent, 10 ms held back
                 ack = await conv.interrupt()
-                assert conv.samples_sent == 2 * PACKET  # the held 10 ms was dropped, never sent
+                assert conv.voice_samples_sent == 2 * PACKET  # the held 10 ms was dropped, never sent
                 with pytest.raises(ValueError):
                     await conv.action()
                 items = [item async for item in _until_ack(conv)]
@@ -156,11 +156,11 @@ def test_events_timed_to_the_voice_show_with_their_words_however_early_the_voice
     async def talk():
         async with AvatarClient(registered.target) as client:
             async with client.converse("npc-3", "default") as conv:
-                start = conv.samples_sent
+                start = conv.voice_samples_sent
                 await conv.action(preset="wave", at_voice_sample=start + int(1.3 * RATE))
                 await conv.emotion("happy", 0.5, at_voice_sample=start + int(2.8 * RATE))
                 await conv.send_audio_pcm(tone(4.0))
-                await conv.emotion("", at_voice_sample=conv.samples_sent)  # back to the base prompt at its end
+                await conv.emotion("", at_voice_sample=conv.voice_samples_sent)  # back to the base prompt at its end
                 await conv.end_utterance()
                 items = []
                 async for item in conv:
@@ -191,10 +191,10 @@ def test_raw_opus_packets_count_their_duration_in_the_voice_sent(registered):
                 for ms in (20, 40):
                     voice = tone(ms / 1000).astype(np.float32) / 32768
                     await conv.send_opus_packet(OpusEncoder(RATE, frame_ms=ms).encode_all(voice)[0])
-                after_valid = conv.samples_sent
+                after_valid = conv.voice_samples_sent
                 # Not Opus: the server conceals its slot with as much audio as the packet before it.
                 await conv.send_opus_packet(b"\xff\xff\xff\xff not opus")
-                return after_valid, conv.samples_sent
+                return after_valid, conv.voice_samples_sent
 
     after_valid, after_garbage = run(talk())
     assert (after_valid, after_garbage) == (PACKET + 2 * PACKET, 5 * PACKET)

@@ -177,7 +177,7 @@ def test_an_emotion_timed_to_a_word_changes_the_picture_at_the_block_nearest_it_
             async with client.converse(npc_id, "default", width=SIZE, height=SIZE, fps=FPS, sample_rate=RATE,
                                        seed=7) as conv:
                 if timed:
-                    await conv.emotion("surprised", 1.0, at_voice_sample=conv.samples_sent + int(at_seconds * RATE))
+                    await conv.emotion("surprised", 1.0, at_voice_sample=conv.voice_samples_sent + int(at_seconds * RATE))
                 await conv.send_audio_pcm(long_speech)
                 await conv.end_utterance()
                 # Far enough for the event's block and the next one, whichever block the voice starts in.

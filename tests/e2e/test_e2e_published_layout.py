@@ -37,7 +37,7 @@ def test_serve_loads_a_weights_directory_and_talks(tmp_path, speech):
                     await conv.end_utterance()
                     items = await collect(
                         conv, lambda it: bool(events_of(it, converse_pb2.EVENT_CODE_UTTERANCE_COMPLETE)))
-                    return frames_of(items), conv.samples_sent
+                    return frames_of(items), conv.voice_samples_sent
 
         frames, _ = run(scenario())
         assert len(frames) >= 21 and sum(f.speaking for f in frames) > 0

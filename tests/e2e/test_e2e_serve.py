@@ -62,7 +62,7 @@ def test_speech_becomes_frames_then_interrupt_then_resume(server, speech):
                 done = events_of(items, converse_pb2.EVENT_CODE_UTTERANCE_COMPLETE)[0]
                 utterance_end = int(done.details["timeline_end"])
                 items += await collect(conv, lambda it: any(f.audio_end >= utterance_end for f in frames_of(it)))
-                duration_s = conv.samples_sent / RATE
+                duration_s = conv.voice_samples_sent / RATE
             frames = frames_of(items)
             for frame in frames:
                 assert frame.codec == converse_pb2.VIDEO_CODEC_JPEG and frame.keyframe
@@ -85,7 +85,7 @@ def test_speech_becomes_frames_then_interrupt_then_resume(server, speech):
                 await conv.send_audio_pcm(long_speech)
                 first = await collect(conv, lambda it: len(frames_of(it)) >= 1)
                 ack = await conv.interrupt()
-                assert 0 < ack.generated_until < conv.samples_sent
+                assert 0 < ack.generated_until < conv.voice_samples_sent
                 assert ack.dropped_samples > 0 and ack.next_frame_index > frames_of(first)[0].index
                 after = await collect(conv, lambda it: any(f.index >= ack.next_frame_index for f in frames_of(it)))
                 resumed_frames = frames_of(first + after)
