@@ -50,6 +50,17 @@ def seam_ratio(frames: np.ndarray, block_starts: list[int]) -> float:
     return float(diffs[seams].mean() / max(1e-6, diffs[inside].mean())) if seams else 1.0
 
 
+def latent_seam_ratio(frames: np.ndarray, block_starts: list[int], frames_per_latent: int = 4) -> float:
+    """Mean frame-to-frame change at block boundaries over the mean change at the latent boundaries inside
+    blocks: what the DiT's block seams add to the step that every latent boundary shows (1.0: none). A stream's
+    first latent is one frame, so latent boundaries fall on frames 1 + k * ``frames_per_latent``."""
+    diffs = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))   # diffs[t-1]: t-1 -> t
+    starts = {s for s in block_starts if 0 < s < len(frames)}
+    latent = [t - 1 for t in range(1 + frames_per_latent, len(frames), frames_per_latent) if t not in starts]
+    seams = [s - 1 for s in sorted(starts)]
+    return float(diffs[seams].mean() / max(1e-6, diffs[latent].mean())) if seams and latent else 1.0
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)

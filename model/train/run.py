@@ -27,11 +27,11 @@ from .clips import dataset_fps, load_clips, prompts_for_blocks
 from .dit_stage import DiTExample, dit_step, encode_example, stream_plans
 from .loop import ResumableStage, setup_logging
 from .recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER, TRAIN_LANGUAGES, TRAIN_SPEAKERS, TrainRecipe
-from .vae_stage import latent_statistics, vae_step
+from .vae_stage import freeze_encoder, latent_statistics, vae_step
 
 log = logging.getLogger("model.train")
 
-STAGES = ("data", "vae", "latents", "dit", "export")
+STAGES = ("data", "vae", "decoder", "latents", "dit", "export")
 
 
 def ensure_data(work: Path, recipe: TrainRecipe) -> Path:
@@ -58,7 +58,8 @@ def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
     stage.resume()
     if not stage.done:
         vae.train()
-        stage.run(lambda step, rng, gen: vae_step(vae, clips, recipe, rng, gen))
+        stage.run(lambda step, rng, gen: vae_step(vae, clips, recipe, rng, gen,
+                                                  batch=recipe.vae_batch, frames=recipe.vae_frames))
     vae.eval().requires_grad_(False)
     stats_path = work / "vae_latent_stats.json"
     if not stats_path.exists():
@@ -66,6 +67,22 @@ def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
         stats_path.write_text(json.dumps({"latent_mean": mean, "latent_std": std}))
     stats = json.loads(stats_path.read_text())
     return vae, {"steps": stage.step, "seconds": round(stage.seconds, 1), "history": stage.history[-1:], **stats}
+
+
+def train_decoder(work: Path, recipe: TrainRecipe, clips, vae: WanVAE) -> dict:
+    """The decoder on long windows, so that a stream's later frames decode as well as its first ones."""
+    parameters = freeze_encoder(vae)
+    optimizer = torch.optim.Adam(parameters, lr=recipe.decoder_lr)
+    stage = ResumableStage("decoder", work, {"vae": vae}, optimizer, total=recipe.decoder_steps, seed=recipe.seed,
+                           peak_lr=recipe.decoder_lr, warmup=50, checkpoint_every_s=recipe.checkpoint_every_s,
+                           grad_clip=recipe.grad_clip)
+    stage.resume()
+    if not stage.done:
+        vae.train()
+        stage.run(lambda step, rng, gen: vae_step(vae, clips, recipe, rng, gen,
+                                                  batch=recipe.decoder_batch, frames=recipe.decoder_frames))
+    vae.eval().requires_grad_(False)
+    return {"steps": stage.step, "seconds": round(stage.seconds, 1), "history": stage.history[-1:]}
 
 
 def main_run(work: Path, out: Path, recipe: TrainRecipe, stop_after: str | None = None) -> dict:
@@ -81,6 +98,9 @@ def main_run(work: Path, out: Path, recipe: TrainRecipe, stop_after: str | None 
     vae, vae_report = train_vae(work, recipe, clips)
     if stop_after == "vae":
         return vae_report
+    decoder_report = train_decoder(work, recipe, clips, vae)
+    if stop_after == "decoder":
+        return decoder_report
     config = trained_config(recipe, vae_report)
     fps = dataset_fps(data)
     examples = encode_examples(work, vae, clips[: recipe.dit_clips], config, recipe, fps)
@@ -91,7 +111,7 @@ def main_run(work: Path, out: Path, recipe: TrainRecipe, stop_after: str | None 
     if stop_after == "dit":
         return dit_report
     modules["vae"] = vae
-    return export(out, config, recipe, modules, vae_report, dit_report, time.perf_counter() - started)
+    return export(out, config, recipe, modules, vae_report, decoder_report, dit_report, time.perf_counter() - started)
 
 
 def trained_config(recipe: TrainRecipe, vae_report: dict) -> ModelConfig:
@@ -151,7 +171,7 @@ def train_dit(work: Path, recipe: TrainRecipe, config: ModelConfig, examples: li
 
 
 def export(out: Path, config: ModelConfig, recipe: TrainRecipe, modules: dict[str, torch.nn.Module],
-           vae_report: dict, dit_report: dict, wall_s: float) -> dict:
+           vae_report: dict, decoder_report: dict, dit_report: dict, wall_s: float) -> dict:
     """``{config}.safetensors`` (keys prefixed by module) and ``{config}.json`` (the manifest) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     tensors = {f"{name}.{key}": value.detach().contiguous()
@@ -169,6 +189,7 @@ def export(out: Path, config: ModelConfig, recipe: TrainRecipe, modules: dict[st
                  "held_out": {"language": HELD_OUT_LANGUAGE, "speaker": HELD_OUT_SPEAKER}},
         "training": {
             "vae": {k: v for k, v in vae_report.items() if k in ("steps", "seconds", "history")},
+            "decoder": decoder_report,
             "dit": {"steps": dit_report["steps"], "seconds": dit_report["seconds"],
                     "final": dit_report["history"][-1:]},
             "wall_seconds_this_run": round(wall_s, 1),

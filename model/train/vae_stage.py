@@ -1,6 +1,6 @@
-"""Stage 2: the VAE, trained as the Wan VAE is: decode a sample of the encoder's posterior, reconstruct the
-clip (L1 and squared error, the mouth weighted up so lip shapes survive the 8x compression), plus a small KL
-term."""
+"""Stages 2 and 3: the VAE, trained as the Wan VAE is: decode a sample of the encoder's posterior, reconstruct
+the clip (L1 and squared error, the mouth weighted up so lip shapes survive the 8x compression), plus a small KL
+term; then its decoder alone on windows long enough for its causal convs to reach the steady state of a stream."""
 
 from __future__ import annotations
 
@@ -14,17 +14,18 @@ from .recipe import TrainRecipe
 
 
 def vae_step(vae: WanVAE, clips: list[TrainingClip], recipe: TrainRecipe, rng: np.random.Generator,
-             generator: torch.Generator) -> dict[str, float]:
-    """One optimiser step's loss on ``vae_batch`` random windows of ``vae_frames`` frames (backward included).
+             generator: torch.Generator, *, batch: int, frames: int) -> dict[str, float]:
+    """One optimiser step's loss on ``batch`` random windows of ``frames`` frames (backward included): the VAE
+    stage's short windows, or the decoder stage's long ones with the encoder frozen.
 
     Every convolution is local, so the VAE trains on ``vae_crop``-pixel crops (about 4x faster than whole
     128-pixel frames); half of the crops are placed over the mouth.
     """
     videos, weights = [], []
-    for _ in range(recipe.vae_batch):
+    for _ in range(batch):
         clip = clips[int(rng.integers(len(clips)))]
-        start = int(rng.integers(0, len(clip.frames) - recipe.vae_frames + 1))
-        window = slice(start, start + recipe.vae_frames)
+        start = int(rng.integers(0, len(clip.frames) - frames + 1))
+        window = slice(start, start + frames)
         _, height, width, _ = clip.frames.shape
         crop = min(recipe.vae_crop, height, width)
         if rng.random() < 0.5:
@@ -55,6 +56,14 @@ def vae_step(vae: WanVAE, clips: list[TrainingClip], recipe: TrainRecipe, rng: n
     loss = l1 + recipe.vae_mse_weight * mse + recipe.vae_kl_weight * kl
     loss.backward()
     return {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+
+
+def freeze_encoder(vae: WanVAE) -> list[torch.nn.Parameter]:
+    """Freeze the encoder side (its latents stay what the DiT learns); returns the decoder side's parameters."""
+    vae.requires_grad_(True)
+    vae.encoder.requires_grad_(False)
+    vae.conv1.requires_grad_(False)
+    return [p for p in vae.parameters() if p.requires_grad]
 
 
 @torch.no_grad()

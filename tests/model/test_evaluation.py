@@ -74,3 +74,17 @@ def test_a_model_that_never_shows_an_emotion_or_an_action_scores_accuracy_but_no
     always = response(ReadsFixedLabels(emotion, action), clip.frames, still, clip.truth, entry["events"], 20, 32)
     assert recall([always], "emotion") == 1 and recall([always], "action") == 1
     assert recall([never, always], "emotion") == 0.5
+
+
+def test_block_seams_are_measured_against_the_change_every_latent_boundary_shows():
+    from model.evaluate.metrics import latent_seam_ratio, seam_ratio
+
+    starts = [0, 21, 53, 85]                        # the worker's blocks: 6 latents, then 8 (4 frames each)
+    steps = np.ones(116)                            # change from frame t to t + 1
+    steps[4::4] += 2.0                              # every latent boundary (frames 5, 9, ...) steps further
+    frames = np.cumsum(np.concatenate([[0.0], steps]))[:, None, None, None].repeat(3, axis=3)
+    assert latent_seam_ratio(frames, starts) == pytest.approx(1.0)      # a decoder's step, no block seam
+    assert seam_ratio(frames, starts) > 2.0                             # the plain ratio counts it as a seam
+    steps[[s - 1 for s in starts[1:]]] += 3.0                           # the blocks now jump too
+    frames = np.cumsum(np.concatenate([[0.0], steps]))[:, None, None, None].repeat(3, axis=3)
+    assert latent_seam_ratio(frames, starts) == pytest.approx(2.0)

@@ -1,5 +1,6 @@
 """Training: every stage runs and exports weights the serving pipeline loads, a stopped run continues exactly
-where it stopped, and the Neighbor-Forcing step lowers its loss."""
+where it stopped, the decoder stage keeps the encoder the DiT learned from, and the Neighbor-Forcing step lowers
+its loss."""
 
 import json
 
@@ -38,6 +39,24 @@ def test_a_smoke_run_exports_weights_that_the_pipeline_serves(smoke_run):
     # Every stage is done: running again loads the checkpoints and exports the same weights.
     again = main_run(root / "work", root / "weights2", SMOKE_RECIPE)
     assert again["sha256"] == manifest["sha256"]
+
+
+@needs_espeak
+@pytest.mark.slow
+def test_the_decoder_stage_trains_the_decoder_and_leaves_the_encoder_the_dit_learned_from(smoke_run):
+    from safetensors.torch import load_file
+
+    root, manifest = smoke_run
+    assert manifest["training"]["decoder"]["steps"] == SMOKE_RECIPE.decoder_steps
+    after_vae_stage = torch.load(root / "work" / "vae.ckpt", weights_only=False)["modules"]["vae"]
+    exported = {k.removeprefix("vae."): v for k, v in load_file(root / "weights" / "tiny.safetensors").items()
+                if k.startswith("vae.")}
+    assert exported.keys() == after_vae_stage.keys()
+    encoder_side = [k for k in exported if k.startswith(("encoder.", "conv1."))]
+    decoder_side = [k for k in exported if k.startswith(("decoder.", "conv2."))]
+    assert encoder_side and len(encoder_side) + len(decoder_side) == len(exported)
+    assert all(torch.equal(exported[k], after_vae_stage[k]) for k in encoder_side)
+    assert any(not torch.equal(exported[k], after_vae_stage[k]) for k in decoder_side)
 
 
 @needs_espeak
