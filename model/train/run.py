@@ -43,6 +43,20 @@ def ensure_data(work: Path, recipe: TrainRecipe) -> Path:
     return folder
 
 
+def run_vae_stage(name: str, work: Path, recipe: TrainRecipe, clips, vae: WanVAE, parameters: list[torch.nn.Parameter],
+                  *, steps: int, lr: float, batch: int, frames: int) -> ResumableStage:
+    """Train ``parameters`` of the VAE on windows of ``frames`` frames (resumed where the stage stopped)."""
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    stage = ResumableStage(name, work, {"vae": vae}, optimizer, total=steps, seed=recipe.seed, peak_lr=lr, warmup=50,
+                           checkpoint_every_s=recipe.checkpoint_every_s, grad_clip=recipe.grad_clip)
+    stage.resume()
+    if not stage.done:
+        vae.train()
+        stage.run(lambda step, rng, gen: vae_step(vae, clips, recipe, rng, gen, batch=batch, frames=frames))
+    vae.eval().requires_grad_(False)
+    return stage
+
+
 def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
     config = get_config(recipe.config)
     torch.manual_seed(recipe.seed)
@@ -51,16 +65,8 @@ def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
         # The posterior's log-variance starts at -8 (std 0.02): started at 0, the decoder first sees mostly
         # noise and learns slowly; the KL term then sets the variance it needs.
         vae.conv1.bias[config.vae.z_dim:] = -8.0
-    optimizer = torch.optim.Adam(vae.parameters(), lr=recipe.vae_lr)
-    stage = ResumableStage("vae", work, {"vae": vae}, optimizer, total=recipe.vae_steps, seed=recipe.seed,
-                           peak_lr=recipe.vae_lr, warmup=50, checkpoint_every_s=recipe.checkpoint_every_s,
-                           grad_clip=recipe.grad_clip)
-    stage.resume()
-    if not stage.done:
-        vae.train()
-        stage.run(lambda step, rng, gen: vae_step(vae, clips, recipe, rng, gen,
-                                                  batch=recipe.vae_batch, frames=recipe.vae_frames))
-    vae.eval().requires_grad_(False)
+    stage = run_vae_stage("vae", work, recipe, clips, vae, list(vae.parameters()), steps=recipe.vae_steps,
+                          lr=recipe.vae_lr, batch=recipe.vae_batch, frames=recipe.vae_frames)
     stats_path = work / "vae_latent_stats.json"
     if not stats_path.exists():
         mean, std = latent_statistics(vae, clips)
@@ -71,17 +77,8 @@ def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
 
 def train_decoder(work: Path, recipe: TrainRecipe, clips, vae: WanVAE) -> dict:
     """The decoder on long windows, so that a stream's later frames decode as well as its first ones."""
-    parameters = freeze_encoder(vae)
-    optimizer = torch.optim.Adam(parameters, lr=recipe.decoder_lr)
-    stage = ResumableStage("decoder", work, {"vae": vae}, optimizer, total=recipe.decoder_steps, seed=recipe.seed,
-                           peak_lr=recipe.decoder_lr, warmup=50, checkpoint_every_s=recipe.checkpoint_every_s,
-                           grad_clip=recipe.grad_clip)
-    stage.resume()
-    if not stage.done:
-        vae.train()
-        stage.run(lambda step, rng, gen: vae_step(vae, clips, recipe, rng, gen,
-                                                  batch=recipe.decoder_batch, frames=recipe.decoder_frames))
-    vae.eval().requires_grad_(False)
+    stage = run_vae_stage("decoder", work, recipe, clips, vae, freeze_encoder(vae), steps=recipe.decoder_steps,
+                          lr=recipe.decoder_lr, batch=recipe.decoder_batch, frames=recipe.decoder_frames)
     return {"steps": stage.step, "seconds": round(stage.seconds, 1), "history": stage.history[-1:]}
 
 
