@@ -41,9 +41,14 @@ def lip_sync(frames: np.ndarray, truth: dict[str, np.ndarray], reference_frames:
     return result
 
 
+def frame_changes(frames: np.ndarray) -> np.ndarray:
+    """Mean absolute change from each frame to the next: element t - 1 is the change into frame t."""
+    return np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
+
+
 def seam_ratio(frames: np.ndarray, block_starts: list[int]) -> float:
     """Mean frame-to-frame change at block boundaries over the mean change inside blocks (1.0: no seam)."""
-    diffs = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))   # diffs[t-1]: t-1 -> t
+    diffs = frame_changes(frames)
     seams = [s - 1 for s in block_starts if 0 < s < len(frames)]
     inside = np.ones(len(diffs), bool)
     inside[seams] = False
@@ -54,7 +59,7 @@ def latent_seam_ratio(frames: np.ndarray, block_starts: list[int], frames_per_la
     """Mean frame-to-frame change at block boundaries over the mean change at the latent boundaries inside
     blocks: what the DiT's block seams add to the step that every latent boundary shows (1.0: none). A stream's
     first latent is one frame, so latent boundaries fall on frames 1 + k * ``frames_per_latent``."""
-    diffs = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))   # diffs[t-1]: t-1 -> t
+    diffs = frame_changes(frames)
     starts = {s for s in block_starts if 0 < s < len(frames)}
     latent = [t - 1 for t in range(1 + frames_per_latent, len(frames), frames_per_latent) if t not in starts]
     seams = [s - 1 for s in sorted(starts)]

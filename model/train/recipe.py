@@ -30,7 +30,7 @@ class TrainRecipe:
     vae_kl_weight: float = 1e-4
     mouth_weight: float = 4.0
     # Decoder: the VAE's windows are too short for its causal convs to reach their steady state (a stream's
-    # frames after the ninth decoded 6-9 dB worse), so the decoder then learns long windows, encoder frozen
+    # frames after the ninth decoded 5-10 dB worse), so the decoder then learns long windows, encoder frozen
     # (its latents, which the DiT learns, stay the same).
     decoder_steps: int = 4000
     decoder_batch: int = 1
