@@ -27,23 +27,20 @@ FORMAT = "avatar-procedural-clips"
 FORMAT_VERSION = 1
 
 
-def random_events(rng: np.random.Generator, seconds: float, speech_spans: list[tuple[float, float]]) -> list[Event]:
+def random_events(rng: np.random.Generator, seconds: float, speech_spans: list[tuple[float, float]],
+                  block_starts: tuple[float, ...] | None = None) -> list[Event]:
     """A plausible timeline: a starting emotion and a change or two, a few non-overlapping actions, and
-    listening during some of the longer silences (where a real NPC would be listening to the player)."""
+    listening during some of the longer silences (where a real NPC would be listening to the player).
+
+    With ``block_starts`` (seconds where the model's blocks begin), emotion changes and actions start only
+    there, one per block start at most, as serving shows them: from the first frame of the block they condition.
+    """
     events = [Event.emotion(0.0, str(rng.choice(EMOTIONS, p=(0.4, 0.15, 0.15, 0.15, 0.15))),
                             round(float(rng.uniform(0.4, 1.0)), 2))]
-    for _ in range(int(rng.integers(0, 3))):
-        events.append(Event.emotion(round(float(rng.uniform(0.5, seconds - 0.5)), 2), str(rng.choice(EMOTIONS)),
-                                    round(float(rng.uniform(0.4, 1.0)), 2)))
-    busy_until = float(rng.uniform(0.0, 1.0))
-    while True:
-        name = str(rng.choice(ACTIONS[1:]))
-        start = busy_until + float(rng.uniform(0.3, 2.5))
-        event = Event.action(round(start, 2), name)
-        if start + event.seconds > seconds:
-            break
-        events.append(event)
-        busy_until = start + event.seconds
+    if block_starts is not None:
+        events += _events_at_block_starts(rng, seconds, block_starts, events[0])
+    else:
+        events += _events_anywhere(rng, seconds)
     silences, previous_end = [], 0.0
     for start, end in speech_spans:
         silences.append((previous_end, start))
@@ -58,17 +55,55 @@ def random_events(rng: np.random.Generator, seconds: float, speech_spans: list[t
     return sorted(events, key=lambda e: e.time)
 
 
+def _events_anywhere(rng: np.random.Generator, seconds: float) -> list[Event]:
+    events = []
+    for _ in range(int(rng.integers(0, 3))):
+        events.append(Event.emotion(round(float(rng.uniform(0.5, seconds - 0.5)), 2), str(rng.choice(EMOTIONS)),
+                                    round(float(rng.uniform(0.4, 1.0)), 2)))
+    busy_until = float(rng.uniform(0.0, 1.0))
+    while True:
+        name = str(rng.choice(ACTIONS[1:]))
+        start = busy_until + float(rng.uniform(0.3, 2.5))
+        event = Event.action(round(start, 2), name)
+        if start + event.seconds > seconds:
+            break
+        events.append(event)
+        busy_until = start + event.seconds
+    return events
+
+
+def _events_at_block_starts(rng: np.random.Generator, seconds: float, block_starts: tuple[float, ...],
+                            first: Event) -> list[Event]:
+    """At each block start: an emotion change (to another emotion), an action (unless one still runs), or
+    nothing. An action may run past the clip's end."""
+    events, emotion, busy_until = [], first.name, 0.0
+    for start in block_starts:
+        if start >= seconds:
+            break
+        draw = float(rng.random())
+        if draw < 0.45 and start >= busy_until:
+            event = Event.action(round(start, 2), str(rng.choice(ACTIONS[1:])))
+            busy_until = start + event.seconds
+            events.append(event)
+        elif draw < 0.8 and start > 0.0:
+            emotion = str(rng.choice([e for e in EMOTIONS if e != emotion]))
+            events.append(Event.emotion(round(start, 2), emotion, round(float(rng.uniform(0.4, 1.0)), 2)))
+    return events
+
+
 def clip_seed(dataset_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(dataset_seed), int(index)]).generate_state(1)[0])
 
 
 def make_clip(seed: int, *, size: int, seconds: float, fps: int = 20, languages: tuple[str, ...] | None = None,
-              speakers: tuple[str, ...] | None = None) -> tuple[Clip, dict[str, Any]]:
+              speakers: tuple[str, ...] | None = None,
+              block_starts: tuple[float, ...] | None = None) -> tuple[Clip, dict[str, Any]]:
     """One random clip (character, speech, timeline) from ``seed``, and its manifest entry. ``languages`` and
-    ``speakers`` restrict the voices (None: all), so a language or a speaker can be held out of training."""
+    ``speakers`` restrict the voices (None: all), so a language or a speaker can be held out of training;
+    ``block_starts`` as in :func:`random_events`."""
     rng = np.random.default_rng([seed, 0x5E])
     utterance = random_utterance(rng, seconds, languages=languages, speakers=speakers)
-    events = random_events(rng, seconds, utterance.spans)
+    events = random_events(rng, seconds, utterance.spans, block_starts)
     clip = render_clip(seed, utterance.audio, events, size=size, fps=fps, seconds=seconds)
     entry = {
         "seed": seed,
@@ -110,9 +145,9 @@ def iter_clips(folder: str | Path) -> Iterator[tuple[dict[str, Any], np.ndarray,
 
 def _write_one(job: tuple) -> dict[str, Any]:
     """Render and save clip ``index`` of a dataset; its manifest entry (a worker process runs this)."""
-    out, index, seed, size, seconds, fps, languages, speakers = job
+    out, index, seed, size, seconds, fps, languages, speakers, block_starts = job
     clip, entry = make_clip(clip_seed(seed, index), size=size, seconds=seconds, fps=fps, languages=languages,
-                            speakers=speakers)
+                            speakers=speakers, block_starts=block_starts)
     entry = {"file": f"clip_{index:05d}.npz", "index": index, **entry}
     save_clip(out / entry["file"], clip)
     return entry
@@ -129,9 +164,11 @@ def write_dataset(
     workers: int = 1,
     languages: tuple[str, ...] | None = None,
     speakers: tuple[str, ...] | None = None,
+    block_starts: tuple[float, ...] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Render ``clips`` random clips into ``out`` and write the manifest; returns it (with timing).
+    ``block_starts``: events only there (:func:`random_events`).
 
     Clip ``i`` depends only on ``seed`` and ``i``, so ``workers`` processes give the same files as one.
     """
@@ -143,10 +180,11 @@ def write_dataset(
         "format": FORMAT, "version": FORMAT_VERSION, "size": size, "fps": fps, "sample_rate": MODEL_SAMPLE_RATE,
         "seconds": seconds, "seed": seed,
         "languages": list(languages) if languages else None, "speakers": list(speakers) if speakers else None,
+        "block_starts": list(block_starts) if block_starts is not None else None,
         "emotions": list(EMOTIONS), "actions": list(ACTIONS),
         "truth": TRUTH_DESCRIPTION, "clips": [],
     }
-    jobs = [(out, index, seed, size, seconds, fps, languages, speakers) for index in range(clips)]
+    jobs = [(out, index, seed, size, seconds, fps, languages, speakers, block_starts) for index in range(clips)]
     started = time.perf_counter()
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:

@@ -80,16 +80,32 @@ def reading(responses: list[dict]) -> dict | None:
             "visible_within_one_block": sum(e["visible"] for r in responses for e in r["events"])}
 
 
+def swap_partners(clips: list[TrainingClip]) -> list[int]:
+    """For each clip, the other clip whose voice drives its swapped-audio control: the one whose true mouth
+    openness correlates least with this clip's. Speech and pauses of two clips are not independent (both start
+    talking, both pause between phrases), and a partner that happens to talk when this clip talks would score a
+    model that follows the voice it is given as if it leaked this clip's own mouth; with this partner such a model
+    scores about zero, and what is left measures the leak."""
+    mouths = [clip.truth["mouth_open"] for clip in clips]
+
+    def overlap(i: int, j: int) -> float:
+        n = min(len(mouths[i]), len(mouths[j]))
+        return abs(pearson(mouths[i][:n], mouths[j][:n]))
+
+    return [min((j for j in range(len(clips)) if j != i), key=lambda j: overlap(i, j)) for i in range(len(clips))]
+
+
 def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Path, classifier=None) -> dict:
     rows, controls, truth_controls, ceiling_controls = [], [], [], []
     block_frames = StreamSchedule.from_model_config(pipeline.config, pipeline.config.width,
                                                     pipeline.config.height).block_video_frames
     strip = None
+    partners = swap_partners(clips)
     for index, clip in enumerate(clips):
         still = clip.reference
         prompts = block_prompts(pipeline, clip)
         frames, starts = generate(pipeline, still, clip.audio, prompts)
-        other = clips[(index + 1) % len(clips)]
+        other = clips[partners[index]]
         # The clip's listening prompts sit in its own silences, which would tell the swapped run where the
         # clip's speech is: the swapped run keeps its emotions and actions but not its listening.
         swapped_prompts = [BlockPrompt(None) if p.prompt == ACTION_PROMPTS["listening"] else p for p in prompts]
@@ -98,7 +114,7 @@ def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Pa
         truth_check = lip_sync(clip.frames[: len(frames)], clip.truth)
         ceiling = autoencoded(pipeline, clip.frames[: len(frames)])
         # What the control scores for a model that follows the other voice perfectly: the other clip's true mouth
-        # against this clip's (speech and pauses of two clips are not independent, so this is not zero).
+        # against this clip's (near zero for the partner chosen, but not zero).
         n = min(len(frames), len(other.truth["mouth_open"]))
         swapped_truth_r = pearson(clip.truth["mouth_open"][:n], other.truth["mouth_open"][:n])
         rows.append({
@@ -277,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-guidance", type=float, default=TINY.sampler.prompt_guidance,
                         help="the sampler's prompt guidance (1: off; default the tiny config's, which serve uses)")
     args = parser.parse_args(argv)
+    if args.clips < 2:
+        parser.error("--clips must be at least 2: the swapped-audio control drives each clip by another's voice")
     torch.set_flush_denormal(True)
     weights = args.weights or shipped_weights("tiny")
     if weights is None:

@@ -44,27 +44,50 @@ def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
 
 
-def mouth_mask(truth: dict[str, np.ndarray], frames: slice, height: int, width: int, stride: int = 1,
-               margin: int = 2) -> np.ndarray:
-    """[T, height // stride, width // stride] 1.0 inside each frame's mouth box (grown by ``margin`` pixels)."""
-    boxes = truth["mouth_box"][frames]
+HAND_BOX_HALF = 10         # pixels either side of a visible hand's centre that count as the hand
+
+
+def box_mask(boxes: np.ndarray, height: int, width: int, stride: int = 1, margin: int = 2) -> np.ndarray:
+    """Boxes [T, k, 4] (x0, y0, x1, y1 in pixels; x1 <= x0: none) -> [T, height // stride, width // stride],
+    1.0 inside any of a frame's boxes grown by ``margin`` pixels."""
     mask = np.zeros((len(boxes), height // stride, width // stride), np.float32)
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
-        mask[i, max(0, (y0 - margin) // stride): (y1 + margin + stride - 1) // stride,
-             max(0, (x0 - margin) // stride): (x1 + margin + stride - 1) // stride] = 1.0
+    for i, frame_boxes in enumerate(boxes):
+        for x0, y0, x1, y1 in frame_boxes:
+            if x1 > x0 and y1 > y0:
+                mask[i, max(0, (y0 - margin) // stride): (y1 + margin + stride - 1) // stride,
+                     max(0, (x0 - margin) // stride): (x1 + margin + stride - 1) // stride] = 1.0
     return mask
 
 
-def latent_mouth_weight(truth: dict[str, np.ndarray], latent_frames: int, height: int, width: int,
-                        mouth_weight: float, vae_scale: int = 4) -> torch.Tensor:
-    """[1, 1, latent_frames, h, w] loss weights: 1, plus ``mouth_weight`` on latent cells a mouth box touches.
+def mouth_mask(truth: dict[str, np.ndarray], frames: slice, height: int, width: int, stride: int = 1,
+               margin: int = 2) -> np.ndarray:
+    """[T, height // stride, width // stride] 1.0 inside each frame's mouth box (grown by ``margin`` pixels)."""
+    return box_mask(truth["mouth_box"][frames][:, None], height, width, stride, margin)
+
+
+def expression_boxes(truth: dict[str, np.ndarray]) -> np.ndarray:
+    """[T, 4, 4] per frame: the two eyes, the brows and the visible hand (none when no hand shows): where an
+    emotion or an action shows besides the head's pose."""
+    hand = np.round(truth["hand"]).astype(np.int32)
+    visible = (truth["hand"][:, :1] >= 0)
+    hand_box = np.where(visible, np.concatenate([hand - HAND_BOX_HALF, hand + HAND_BOX_HALF], axis=1), 0)
+    return np.concatenate([truth["eye_boxes"], truth["brow_box"][:, None], hand_box[:, None]], axis=1)
+
+
+def latent_loss_weight(truth: dict[str, np.ndarray], latent_frames: int, height: int, width: int, *,
+                       mouth_weight: float, expression_weight: float = 0.0, vae_scale: int = 4) -> torch.Tensor:
+    """[1, 1, latent_frames, h, w] loss weights: 1, plus ``mouth_weight`` on latent cells a mouth box touches,
+    plus ``expression_weight`` on cells the eyes, the brows or a visible hand touch (:func:`expression_boxes`).
 
     Latent frame 0 is video frame 0; latent j >= 1 covers video frames 4j - 3 .. 4j.
     """
-    video = mouth_mask(truth, slice(0, 1 + vae_scale * (latent_frames - 1)), height, width, LATENT_STRIDE)
+    frames = slice(0, 1 + vae_scale * (latent_frames - 1))
+    video = mouth_weight * mouth_mask(truth, frames, height, width, LATENT_STRIDE)
+    if expression_weight:
+        video = video + expression_weight * box_mask(expression_boxes(truth)[frames], height, width, LATENT_STRIDE)
     per_latent = [video[0]] + [video[vae_scale * j - vae_scale + 1: vae_scale * j + 1].max(axis=0)
                                for j in range(1, latent_frames)]
-    return torch.from_numpy(1.0 + mouth_weight * np.stack(per_latent))[None, None]
+    return torch.from_numpy(1.0 + np.stack(per_latent))[None, None]
 
 
 def prompts_for_blocks(clip: TrainingClip, plans: list[BlockLayout], fps: int) -> list[BlockPrompt]:
@@ -93,5 +116,5 @@ def prompts_for_blocks(clip: TrainingClip, plans: list[BlockLayout], fps: int) -
     return prompts
 
 
-__all__ = ["TrainingClip", "latent_mouth_weight", "load_clips", "mouth_mask", "prompts_for_blocks",
-           "video_to_tensor"]
+__all__ = ["TrainingClip", "box_mask", "expression_boxes", "latent_loss_weight", "load_clips", "mouth_mask",
+           "prompts_for_blocks", "video_to_tensor"]

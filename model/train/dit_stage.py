@@ -1,12 +1,12 @@
-"""Stage 4: the DiT and the learned encoders, with Neighbor Forcing.
+"""The DiT stage and the control stage that continues it: the DiT and the learned encoders, with Neighbor Forcing.
 
 One step takes one clip of ``dit_blocks`` blocks (6 + 8 + 8 + 8 latents, so from block 2 on the ConvKV memory
 is compressed, recursively) and one of the sampler's timesteps t_i. Every block is noised to t_i with its own
 noise and run in order through one functional step cache, exactly as step i of inference runs block after
 block against the cache of step i: block b attends to block b - 1 seen at the same noise level. Audio is left
 out at step 0 as in inference. The loss is the flow-matching velocity (noise - x0), with the mouth's latent
-cells weighted up. Conditioning (reference image, prompt per block, audio window) is built by the functions
-serving uses.
+cells weighted up (and in the control stage the eyes', brows' and hand's). Conditioning (reference image,
+prompt per block, audio window) is built by the functions serving uses.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from avatar_backend.generator.schedule import BlockLayout, StreamSchedule
 from avatar_backend.generator.vae import WanVAE
 from model.data.prompts import BASE_PROMPT, BlockPrompt
 
-from .clips import TrainingClip, latent_mouth_weight, prompts_for_blocks, video_to_tensor
+from .clips import TrainingClip, latent_loss_weight, prompts_for_blocks, video_to_tensor
 from .recipe import TrainRecipe
 
 
@@ -54,7 +54,10 @@ def latent_slice(plan: BlockLayout, config: ModelConfig) -> slice:
 
 
 @torch.no_grad()
-def encode_example(vae: WanVAE, clip: TrainingClip, config: ModelConfig, recipe: TrainRecipe, fps: int) -> DiTExample:
+def encode_example(vae: WanVAE, clip: TrainingClip, config: ModelConfig, recipe: TrainRecipe, fps: int,
+                   expression_weight: float = 0.0) -> DiTExample:
+    """A clip's latents and conditioning; its loss weights with the mouth (and ``expression_weight`` on the eyes,
+    brows and hand) weighted up."""
     plans = stream_plans(config, recipe.dit_blocks)
     latent_frames = latent_slice(plans[-1], config).stop
     video_frames = 1 + config.vae.temporal_stride * (latent_frames - 1)
@@ -63,8 +66,9 @@ def encode_example(vae: WanVAE, clip: TrainingClip, config: ModelConfig, recipe:
     reference = reference_pixels(clip.reference, config.width, config.height)
     latents = vae.encode(video_to_tensor(clip.frames[:video_frames]))
     y = vae.encode_reference_image(reference, sum(config.sampler.block_sizes))
-    weight = latent_mouth_weight(clip.truth, latent_frames, config.height, config.width, recipe.mouth_weight,
-                                 config.vae.temporal_stride)
+    weight = latent_loss_weight(clip.truth, latent_frames, config.height, config.width,
+                                mouth_weight=recipe.mouth_weight, expression_weight=expression_weight,
+                                vae_scale=config.vae.temporal_stride)
     return DiTExample(latents=latents, y=y, reference=reference, audio=torch.from_numpy(clip.audio.copy()),
                       prompts=prompts_for_blocks(clip, plans, fps), weight=weight)
 

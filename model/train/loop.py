@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 log = logging.getLogger("model.train")
 
-STAGE_IDS = {"vae": 1, "dit": 2, "decoder": 3}
+STAGE_IDS = {"vae": 1, "dit": 2, "decoder": 3, "control": 4}
 
 
 def step_rngs(seed: int, stage: str, step: int) -> tuple[np.random.Generator, torch.Generator]:

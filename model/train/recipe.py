@@ -42,6 +42,16 @@ class TrainRecipe:
     dit_blocks: int = 4
     dit_lr: float = 5e-4
     dit_warmup: int = 200
+    # Control: the DiT continued on other clips whose emotion changes and actions start where serving shows
+    # them, at block starts (in the DiT stage's clips they start anywhere in a block, so a block's prompt says
+    # only that an action may start somewhere in it and little of it shows), with the eyes, brows and hand
+    # weighted up as the mouth is.
+    control_clips: int = 240
+    control_data_seed: int = 2
+    control_steps: int = 2000
+    control_lr: float = 2e-4
+    control_warmup: int = 50
+    expression_weight: float = 4.0
     grad_clip: float = 1.0
     checkpoint_every_s: float = 120.0
 
@@ -52,4 +62,5 @@ class TrainRecipe:
 TINY_RECIPE = TrainRecipe()
 # A few steps of everything on a few clips: the CI smoke test and a quick check of a changed recipe.
 SMOKE_RECIPE = TrainRecipe(clips=3, clip_seconds=6.0, vae_steps=12, vae_frames=5, decoder_steps=4, decoder_frames=9,
-                           dit_clips=3, dit_steps=12, dit_warmup=2, checkpoint_every_s=0.0)
+                           dit_clips=3, dit_steps=12, dit_warmup=2, control_clips=2, control_steps=4,
+                           control_warmup=1, checkpoint_every_s=0.0)

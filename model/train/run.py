@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ from avatar_backend.generator.audio_encoder import build_audio_encoder
 from avatar_backend.generator.config import ModelConfig, get_config
 from avatar_backend.generator.dit import WanModel
 from avatar_backend.generator.image_encoder import build_image_encoder
+from avatar_backend.generator.schedule import StreamSchedule
 from avatar_backend.generator.text_encoder import build_text_encoder
 from avatar_backend.generator.vae import WanVAE
 from model.data.dataset import write_dataset
@@ -31,16 +34,32 @@ from .vae_stage import freeze_encoder, latent_statistics, vae_step
 
 log = logging.getLogger("model.train")
 
-STAGES = ("data", "vae", "decoder", "latents", "dit", "export")
+STAGES = ("data", "vae", "decoder", "latents", "dit", "control", "export")
 
 
-def ensure_data(work: Path, recipe: TrainRecipe) -> Path:
-    folder = work / "data"
-    if not (folder / "manifest.json").exists():
-        log.info("data: rendering %d clips", recipe.clips)
-        write_dataset(folder, recipe.clips, size=get_config(recipe.config).width, seconds=recipe.clip_seconds,
-                      seed=recipe.data_seed, languages=TRAIN_LANGUAGES, speakers=TRAIN_SPEAKERS)
-    return folder
+def ensure_data(work: Path, recipe: TrainRecipe) -> tuple[Path, Path]:
+    """The two datasets: the VAE and DiT stages' clips, events anywhere; the control stage's, events at block
+    starts."""
+    config = get_config(recipe.config)
+    folders = (work / "data", work / "control_data")
+    for folder, clips, seed, starts in ((folders[0], recipe.clips, recipe.data_seed, None),
+                                        (folders[1], recipe.control_clips, recipe.control_data_seed,
+                                         block_starts(config, recipe.clip_seconds))):
+        if not (folder / "manifest.json").exists():
+            log.info("data: rendering %d clips into %s", clips, folder.name)
+            write_dataset(folder, clips, size=config.width, seconds=recipe.clip_seconds, seed=seed,
+                          languages=TRAIN_LANGUAGES, speakers=TRAIN_SPEAKERS, block_starts=starts)
+    return folders
+
+
+def block_starts(config: ModelConfig, seconds: float, fps: int = 20) -> tuple[float, ...]:
+    """Where a stream's blocks start, in seconds, up to ``seconds``."""
+    schedule = StreamSchedule.from_model_config(config, config.width, config.height)
+    starts, index = [], 0
+    while (start := schedule.block(index).video_start / fps) < seconds:
+        starts.append(round(start, 2))
+        index += 1
+    return tuple(starts)
 
 
 def run_vae_stage(name: str, work: Path, recipe: TrainRecipe, clips, vae: WanVAE, parameters: list[torch.nn.Parameter],
@@ -88,7 +107,7 @@ def main_run(work: Path, out: Path, recipe: TrainRecipe, stop_after: str | None 
     torch.set_flush_denormal(True)
     log.info("recipe %s", json.dumps(recipe.to_dict()))
     started = time.perf_counter()
-    data = ensure_data(work, recipe)
+    data, control_data = ensure_data(work, recipe)
     if stop_after == "data":
         return {}
     clips = load_clips(data)
@@ -100,15 +119,27 @@ def main_run(work: Path, out: Path, recipe: TrainRecipe, stop_after: str | None 
         return decoder_report
     config = trained_config(recipe, vae_report)
     fps = dataset_fps(data)
-    examples = encode_examples(work, vae, clips[: recipe.dit_clips], config, recipe, fps)
-    del clips
+    # Encoded (or read back) only by a stage with steps left.
+    examples = functools.partial(encode_examples, work / "latents.pt", vae, clips[: recipe.dit_clips], config,
+                                 recipe, fps)
     if stop_after == "latents":
+        examples()
         return vae_report
     modules, dit_report = train_dit(work, recipe, config, examples, fps)
+    del clips, examples
     if stop_after == "dit":
         return dit_report
+
+    def control_examples() -> list[DiTExample]:
+        return encode_examples(work / "control_latents.pt", vae, load_clips(control_data), config, recipe, fps,
+                               recipe.expression_weight)
+
+    control_report = train_control(work, recipe, config, modules, control_examples, fps)
+    if stop_after == "control":
+        return control_report
     modules["vae"] = vae
-    return export(out, config, recipe, modules, vae_report, decoder_report, dit_report, time.perf_counter() - started)
+    return export(out, config, recipe, modules, {"vae": vae_report, "decoder": decoder_report, "dit": dit_report,
+                                                 "control": control_report}, time.perf_counter() - started)
 
 
 def trained_config(recipe: TrainRecipe, vae_report: dict) -> ModelConfig:
@@ -119,16 +150,16 @@ def trained_config(recipe: TrainRecipe, vae_report: dict) -> ModelConfig:
     return dataclasses.replace(config, vae=vae)
 
 
-def encode_examples(work: Path, vae: WanVAE, clips, config: ModelConfig, recipe: TrainRecipe, fps: int) -> list[DiTExample]:
-    """Every DiT clip encoded once (latents, reference conditioning, prompts, weights), kept in the work folder."""
-    path = work / "latents.pt"
+def encode_examples(path: Path, vae: WanVAE, clips, config: ModelConfig, recipe: TrainRecipe, fps: int,
+                    expression_weight: float = 0.0) -> list[DiTExample]:
+    """Every clip encoded once (latents, reference conditioning, prompts, weights), kept at ``path``."""
     examples: list[DiTExample] = torch.load(path, weights_only=False) if path.exists() else []
     vae.latent_mean.copy_(torch.tensor(config.vae.latent_mean).view_as(vae.latent_mean))
     vae.latent_inv_std.copy_((1.0 / torch.tensor(config.vae.latent_std)).view_as(vae.latent_inv_std))
     if len(examples) < len(clips):
-        log.info("latents: encoding %d clips", len(clips) - len(examples))
+        log.info("latents: encoding %d clips into %s", len(clips) - len(examples), path.name)
         for clip in tqdm(clips[len(examples):], desc="latents", unit="clip", dynamic_ncols=True):
-            examples.append(encode_example(vae, clip, config, recipe, fps))
+            examples.append(encode_example(vae, clip, config, recipe, fps, expression_weight))
             if len(examples) % 40 == 0:
                 torch.save(examples, path)
         torch.save(examples, path)
@@ -139,7 +170,32 @@ def encode_examples(work: Path, vae: WanVAE, clips, config: ModelConfig, recipe:
     return examples
 
 
-def train_dit(work: Path, recipe: TrainRecipe, config: ModelConfig, examples: list[DiTExample], fps: int):
+def run_dit_stage(name: str, work: Path, recipe: TrainRecipe, config: ModelConfig, modules: dict[str, torch.nn.Module],
+                  examples: Callable[[], list[DiTExample]], fps: int, *, steps: int, lr: float,
+                  warmup: int) -> ResumableStage:
+    """Train the DiT and the learned encoders on ``examples()`` (encoded only if the stage has steps left)."""
+    parameters = [p for m in modules.values() for p in m.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
+    stage = ResumableStage(name, work, modules, optimizer, total=steps, seed=recipe.seed, peak_lr=lr, warmup=warmup,
+                           checkpoint_every_s=recipe.checkpoint_every_s, grad_clip=recipe.grad_clip)
+    stage.resume()
+    if not stage.done:
+        clips = examples()
+        for module in modules.values():
+            module.train().requires_grad_(True)
+
+        def step(index, rng, generator):
+            example = clips[int(rng.integers(len(clips)))]
+            return dit_step(modules, example, config, recipe, fps, rng, generator)
+
+        stage.run(step)
+    for module in modules.values():
+        module.eval().requires_grad_(False)
+    return stage
+
+
+def train_dit(work: Path, recipe: TrainRecipe, config: ModelConfig, examples: Callable[[], list[DiTExample]],
+              fps: int):
     torch.manual_seed(recipe.seed + 1)
     modules = {
         "dit": WanModel(config.dit),
@@ -147,29 +203,23 @@ def train_dit(work: Path, recipe: TrainRecipe, config: ModelConfig, examples: li
         "image_encoder": build_image_encoder(config.image_encoder),
         "text_encoder": build_text_encoder(config.text_encoder),
     }
-    parameters = [p for m in modules.values() for p in m.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=recipe.dit_lr, weight_decay=0.01)
-    stage = ResumableStage("dit", work, modules, optimizer, total=recipe.dit_steps, seed=recipe.seed,
-                           peak_lr=recipe.dit_lr, warmup=recipe.dit_warmup,
-                           checkpoint_every_s=recipe.checkpoint_every_s, grad_clip=recipe.grad_clip)
-    stage.resume()
-    if not stage.done:
-        for module in modules.values():
-            module.train()
-
-        def step(index, rng, generator):
-            example = examples[int(rng.integers(len(examples)))]
-            return dit_step(modules, example, config, recipe, fps, rng, generator)
-
-        stage.run(step)
-    for module in modules.values():
-        module.eval().requires_grad_(False)
+    stage = run_dit_stage("dit", work, recipe, config, modules, examples, fps, steps=recipe.dit_steps,
+                          lr=recipe.dit_lr, warmup=recipe.dit_warmup)
     return modules, {"steps": stage.step, "seconds": round(stage.seconds, 1), "history": stage.history}
 
 
+def train_control(work: Path, recipe: TrainRecipe, config: ModelConfig, modules: dict[str, torch.nn.Module],
+                  examples: Callable[[], list[DiTExample]], fps: int) -> dict:
+    """The DiT continued on clips whose events start at block starts, expressions and hands weighted up."""
+    stage = run_dit_stage("control", work, recipe, config, modules, examples, fps, steps=recipe.control_steps,
+                          lr=recipe.control_lr, warmup=recipe.control_warmup)
+    return {"steps": stage.step, "seconds": round(stage.seconds, 1), "history": stage.history}
+
+
 def export(out: Path, config: ModelConfig, recipe: TrainRecipe, modules: dict[str, torch.nn.Module],
-           vae_report: dict, decoder_report: dict, dit_report: dict, wall_s: float) -> dict:
-    """``{config}.safetensors`` (keys prefixed by module) and ``{config}.json`` (the manifest) into ``out``."""
+           reports: dict[str, dict], wall_s: float) -> dict:
+    """``{config}.safetensors`` (keys prefixed by module) and ``{config}.json`` (the manifest) into ``out``;
+    ``reports``: each training stage's (vae, decoder, dit, control)."""
     out.mkdir(parents=True, exist_ok=True)
     tensors = {f"{name}.{key}": value.detach().contiguous()
                for name, module in modules.items() for key, value in module.state_dict().items()}
@@ -182,13 +232,13 @@ def export(out: Path, config: ModelConfig, recipe: TrainRecipe, modules: dict[st
         "config": config.to_dict(),
         "recipe": recipe.to_dict(),
         "data": {"clips": recipe.clips, "seconds": recipe.clip_seconds, "seed": recipe.data_seed,
+                 "control_clips": recipe.control_clips, "control_seed": recipe.control_data_seed,
+                 "control_block_starts": list(block_starts(config, recipe.clip_seconds)),
                  "languages": list(TRAIN_LANGUAGES), "speakers": list(TRAIN_SPEAKERS),
                  "held_out": {"language": HELD_OUT_LANGUAGE, "speaker": HELD_OUT_SPEAKER}},
         "training": {
-            "vae": {k: v for k, v in vae_report.items() if k in ("steps", "seconds", "history")},
-            "decoder": decoder_report,
-            "dit": {"steps": dit_report["steps"], "seconds": dit_report["seconds"],
-                    "final": dit_report["history"][-1:]},
+            **{name: {"steps": report["steps"], "seconds": report["seconds"], "history": report["history"][-1:]}
+               for name, report in reports.items()},
             "wall_seconds_this_run": round(wall_s, 1),
         },
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),

@@ -62,6 +62,27 @@ def test_random_events_are_valid_and_actions_do_not_overlap():
         assert all(e.name in ACTIONS for e in actions)
 
 
+def test_events_at_block_starts_start_where_serving_shows_them():
+    """The control stage's clips: an emotion change or an action only at a block start, one at most there, as the
+    worker applies them from the first frame of the block they condition."""
+    starts = (0.0, 1.05, 2.65, 4.25, 5.85)
+    rng = np.random.default_rng(2)
+    seen = {"emotion": 0, "action": 0}
+    for _ in range(60):
+        events = random_events(rng, 6.0, [(0.2, 2.0), (3.5, 5.0)], block_starts=starts)
+        assert events[0].kind == "emotion" and events[0].time == 0.0
+        changes = [e for e in events[1:] if e.kind in ("emotion", "action")]
+        assert all(e.time in starts for e in changes)
+        assert len({e.time for e in changes if e.time > 0}) == len([e for e in changes if e.time > 0])
+        actions = [e for e in events if e.kind == "action"]
+        assert all(a.time + a.seconds <= b.time for a, b in zip(actions, actions[1:]))
+        emotions = [e for e in events if e.kind == "emotion"]
+        assert all(a.name != b.name for a, b in zip(emotions, emotions[1:]))
+        for e in changes:
+            seen[e.kind] += 1
+    assert seen["emotion"] > 30 and seen["action"] > 30
+
+
 def test_default_character_is_the_renderers_neutral_still():
     from model.make_default_character import make_image
 

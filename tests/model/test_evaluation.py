@@ -88,3 +88,17 @@ def test_block_seams_are_measured_against_the_change_every_latent_boundary_shows
     steps[[s - 1 for s in starts[1:]]] += 3.0                           # the blocks now jump too
     frames = np.cumsum(np.concatenate([[0.0], steps]))[:, None, None, None].repeat(3, axis=3)
     assert latent_seam_ratio(frames, starts) == pytest.approx(2.0)
+
+
+def test_the_swapped_audio_control_takes_the_partner_whose_mouth_moves_least_like_the_clips():
+    from model.evaluate.__main__ import swap_partners
+    from model.train.clips import TrainingClip
+
+    t = np.arange(200) / 20
+    mouths = [np.sin(t) ** 2, np.sin(t + 0.1) ** 2, np.cos(3 * t) ** 2, np.sin(t + 0.2) ** 2]
+    clips = [TrainingClip(None, None, {"mouth_open": m.astype(np.float32)}, {}) for m in mouths]
+    partners = swap_partners(clips)
+    # Clips 0, 1 and 3 speak alike; clip 2 moves unlike any of them, so it drives theirs, and theirs drive it.
+    assert partners[0] == partners[1] == partners[3] == 2
+    assert partners[2] != 2
+    assert all(p != i for i, p in enumerate(partners))

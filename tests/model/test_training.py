@@ -34,6 +34,7 @@ def test_a_smoke_run_exports_weights_that_the_pipeline_serves(smoke_run):
     assert not pipeline.random_weights
     assert pipeline.weights_sha256 == manifest["sha256"]
     assert manifest["training"]["dit"]["steps"] == SMOKE_RECIPE.dit_steps
+    assert manifest["training"]["control"]["steps"] == SMOKE_RECIPE.control_steps
     assert manifest["data"]["held_out"] == {"language": "pl", "speaker": "f5"}
 
     # Every stage is done: running again loads the checkpoints and exports the same weights.
@@ -57,6 +58,27 @@ def test_the_decoder_stage_trains_the_decoder_and_leaves_the_encoder_the_dit_lea
     assert encoder_side and len(encoder_side) + len(decoder_side) == len(exported)
     assert all(torch.equal(exported[k], after_vae_stage[k]) for k in encoder_side)
     assert any(not torch.equal(exported[k], after_vae_stage[k]) for k in decoder_side)
+
+
+@needs_espeak
+@pytest.mark.slow
+def test_the_control_stage_continues_the_dit_on_clips_whose_events_start_at_block_starts(smoke_run):
+    from safetensors.torch import load_file
+
+    from model.data.dataset import read_manifest
+
+    root, manifest = smoke_run
+    starts = manifest["data"]["control_block_starts"]
+    assert starts[:4] == [0.0, 1.05, 2.65, 4.25]          # 21 frames, then 32 per block, at 20 fps
+    control = read_manifest(root / "work" / "control_data")
+    assert len(control["clips"]) == SMOKE_RECIPE.control_clips
+    changes = [e for clip in control["clips"] for e in clip["events"][1:] if e["kind"] in ("emotion", "action")]
+    assert changes and all(e["time"] in starts for e in changes)
+    after_dit = torch.load(root / "work" / "dit.ckpt", weights_only=False)["modules"]["dit"]
+    exported = {k.removeprefix("dit."): v for k, v in load_file(root / "weights" / "tiny.safetensors").items()
+                if k.startswith("dit.")}
+    assert exported.keys() == after_dit.keys()
+    assert any(not torch.equal(exported[k], after_dit[k]) for k in exported)
 
 
 @needs_espeak
