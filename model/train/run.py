@@ -35,6 +35,7 @@ from .vae_stage import freeze_encoder, latent_statistics, vae_step
 log = logging.getLogger("model.train")
 
 STAGES = ("data", "vae", "decoder", "latents", "dit", "control", "export")
+DATA_FPS = 20               # the frame rate the clips are rendered at, which places the block starts
 
 
 def ensure_data(work: Path, recipe: TrainRecipe) -> tuple[Path, Path]:
@@ -44,15 +45,15 @@ def ensure_data(work: Path, recipe: TrainRecipe) -> tuple[Path, Path]:
     folders = (work / "data", work / "control_data")
     for folder, clips, seed, starts in ((folders[0], recipe.clips, recipe.data_seed, None),
                                         (folders[1], recipe.control_clips, recipe.control_data_seed,
-                                         block_starts(config, recipe.clip_seconds))):
+                                         block_starts(config, recipe.clip_seconds, DATA_FPS))):
         if not (folder / "manifest.json").exists():
             log.info("data: rendering %d clips into %s", clips, folder.name)
-            write_dataset(folder, clips, size=config.width, seconds=recipe.clip_seconds, seed=seed,
+            write_dataset(folder, clips, size=config.width, seconds=recipe.clip_seconds, seed=seed, fps=DATA_FPS,
                           languages=TRAIN_LANGUAGES, speakers=TRAIN_SPEAKERS, block_starts=starts)
     return folders
 
 
-def block_starts(config: ModelConfig, seconds: float, fps: int = 20) -> tuple[float, ...]:
+def block_starts(config: ModelConfig, seconds: float, fps: int) -> tuple[float, ...]:
     """Where a stream's blocks start, in seconds, up to ``seconds``."""
     schedule = StreamSchedule.from_model_config(config, config.width, config.height)
     starts, index = [], 0
@@ -233,7 +234,7 @@ def export(out: Path, config: ModelConfig, recipe: TrainRecipe, modules: dict[st
         "recipe": recipe.to_dict(),
         "data": {"clips": recipe.clips, "seconds": recipe.clip_seconds, "seed": recipe.data_seed,
                  "control_clips": recipe.control_clips, "control_seed": recipe.control_data_seed,
-                 "control_block_starts": list(block_starts(config, recipe.clip_seconds)),
+                 "control_block_starts": list(block_starts(config, recipe.clip_seconds, DATA_FPS)),
                  "languages": list(TRAIN_LANGUAGES), "speakers": list(TRAIN_SPEAKERS),
                  "held_out": {"language": HELD_OUT_LANGUAGE, "speaker": HELD_OUT_SPEAKER}},
         "training": {
