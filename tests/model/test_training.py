@@ -1,6 +1,6 @@
-"""Training: every stage runs and exports weights the serving pipeline loads, a stopped run continues exactly
-where it stopped, the decoder stage keeps the encoder the DiT learned from, and the Neighbor-Forcing step lowers
-its loss."""
+"""Training: every stage runs and exports weights the serving pipeline loads, a second run from scratch writes
+the same bits, a stopped run continues exactly where it stopped, the decoder stage keeps the encoder the DiT
+learned from, and the Neighbor-Forcing step lowers its loss."""
 
 import json
 
@@ -39,6 +39,15 @@ def test_a_smoke_run_exports_weights_that_the_pipeline_serves(smoke_run):
 
     # Every stage is done: running again loads the checkpoints and exports the same weights.
     again = main_run(root / "work", root / "weights2", SMOKE_RECIPE)
+    assert again["sha256"] == manifest["sha256"]
+
+
+@needs_espeak
+@pytest.mark.slow
+def test_a_second_run_from_scratch_writes_the_same_weights(smoke_run, tmp_path):
+    # Clips rendered anew and every stage trained anew: one seed, one set of bits.
+    _, manifest = smoke_run
+    again = main_run(tmp_path / "work", tmp_path / "weights", SMOKE_RECIPE)
     assert again["sha256"] == manifest["sha256"]
 
 
