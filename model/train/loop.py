@@ -74,6 +74,10 @@ class ResumableStage:
         log.info("%s: resumed at step %d", self.name, self.step)
         return True
 
+    def report(self) -> dict:
+        """What the manifest keeps of the stage: its steps, its wall time over every run, its last metrics line."""
+        return {"steps": self.step, "seconds": round(self.seconds, 1), "history": self.history[-1:]}
+
     def save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         torch.save({"modules": {n: m.state_dict() for n, m in self.modules.items()},

@@ -35,7 +35,6 @@ from .vae_stage import freeze_encoder, latent_statistics, vae_step
 log = logging.getLogger("model.train")
 
 STAGES = ("data", "vae", "decoder", "latents", "dit", "control", "export")
-DATA_FPS = 20               # the frame rate the clips are rendered at, which places the block starts
 
 
 def ensure_data(work: Path, recipe: TrainRecipe) -> tuple[Path, Path]:
@@ -45,19 +44,19 @@ def ensure_data(work: Path, recipe: TrainRecipe) -> tuple[Path, Path]:
     folders = (work / "data", work / "control_data")
     for folder, clips, seed, starts in ((folders[0], recipe.clips, recipe.data_seed, None),
                                         (folders[1], recipe.control_clips, recipe.control_data_seed,
-                                         block_starts(config, recipe.clip_seconds, DATA_FPS))):
+                                         block_starts(config, recipe.clip_seconds))):
         if not (folder / "manifest.json").exists():
             log.info("data: rendering %d clips into %s", clips, folder.name)
-            write_dataset(folder, clips, size=config.width, seconds=recipe.clip_seconds, seed=seed, fps=DATA_FPS,
+            write_dataset(folder, clips, size=config.width, seconds=recipe.clip_seconds, seed=seed, fps=config.fps,
                           languages=TRAIN_LANGUAGES, speakers=TRAIN_SPEAKERS, block_starts=starts)
     return folders
 
 
-def block_starts(config: ModelConfig, seconds: float, fps: int) -> tuple[float, ...]:
-    """Where a stream's blocks start, in seconds, up to ``seconds``."""
+def block_starts(config: ModelConfig, seconds: float) -> tuple[float, ...]:
+    """Where a stream's blocks start, in seconds at the model's frame rate, up to ``seconds``."""
     schedule = StreamSchedule.from_model_config(config, config.width, config.height)
     starts, index = [], 0
-    while (start := schedule.block(index).video_start / fps) < seconds:
+    while (start := schedule.block(index).video_start / config.fps) < seconds:
         starts.append(round(start, 2))
         index += 1
     return tuple(starts)
@@ -92,14 +91,14 @@ def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
         mean, std = latent_statistics(vae, clips)
         stats_path.write_text(json.dumps({"latent_mean": mean, "latent_std": std}))
     stats = json.loads(stats_path.read_text())
-    return vae, {"steps": stage.step, "seconds": round(stage.seconds, 1), "history": stage.history[-1:], **stats}
+    return vae, {**stage.report(), **stats}
 
 
 def train_decoder(work: Path, recipe: TrainRecipe, clips, vae: WanVAE) -> dict:
     """The decoder on long windows, so that a stream's later frames decode as well as its first ones."""
     stage = run_vae_stage("decoder", work, recipe, clips, vae, freeze_encoder(vae), steps=recipe.decoder_steps,
                           lr=recipe.decoder_lr, batch=recipe.decoder_batch, frames=recipe.decoder_frames)
-    return {"steps": stage.step, "seconds": round(stage.seconds, 1), "history": stage.history[-1:]}
+    return stage.report()
 
 
 def main_run(work: Path, out: Path, recipe: TrainRecipe, stop_after: str | None = None) -> dict:
@@ -206,7 +205,7 @@ def train_dit(work: Path, recipe: TrainRecipe, config: ModelConfig, examples: Ca
     }
     stage = run_dit_stage("dit", work, recipe, config, modules, examples, fps, steps=recipe.dit_steps,
                           lr=recipe.dit_lr, warmup=recipe.dit_warmup)
-    return modules, {"steps": stage.step, "seconds": round(stage.seconds, 1), "history": stage.history}
+    return modules, stage.report()
 
 
 def train_control(work: Path, recipe: TrainRecipe, config: ModelConfig, modules: dict[str, torch.nn.Module],
@@ -214,7 +213,7 @@ def train_control(work: Path, recipe: TrainRecipe, config: ModelConfig, modules:
     """The DiT continued on clips whose events start at block starts, expressions and hands weighted up."""
     stage = run_dit_stage("control", work, recipe, config, modules, examples, fps, steps=recipe.control_steps,
                           lr=recipe.control_lr, warmup=recipe.control_warmup)
-    return {"steps": stage.step, "seconds": round(stage.seconds, 1), "history": stage.history}
+    return stage.report()
 
 
 def export(out: Path, config: ModelConfig, recipe: TrainRecipe, modules: dict[str, torch.nn.Module],
@@ -234,11 +233,11 @@ def export(out: Path, config: ModelConfig, recipe: TrainRecipe, modules: dict[st
         "recipe": recipe.to_dict(),
         "data": {"clips": recipe.clips, "seconds": recipe.clip_seconds, "seed": recipe.data_seed,
                  "control_clips": recipe.control_clips, "control_seed": recipe.control_data_seed,
-                 "control_block_starts": list(block_starts(config, recipe.clip_seconds, DATA_FPS)),
+                 "control_block_starts": list(block_starts(config, recipe.clip_seconds)),
                  "languages": list(TRAIN_LANGUAGES), "speakers": list(TRAIN_SPEAKERS),
                  "held_out": {"language": HELD_OUT_LANGUAGE, "speaker": HELD_OUT_SPEAKER}},
         "training": {
-            **{name: {"steps": report["steps"], "seconds": report["seconds"], "history": report["history"][-1:]}
+            **{name: {key: report[key] for key in ("steps", "seconds", "history")}
                for name, report in reports.items()},
             "wall_seconds_this_run": round(wall_s, 1),
         },
