@@ -33,18 +33,17 @@ from .pictures import curves, frame_strip
 from .stream import generate, run_stream
 
 EVAL_DATA_SEED = 9001          # identities and voices no training run draws (training uses data seed 1)
-FPS = 20
 KINDS = ("emotion", "action")
 # The versions of the held-out clips the control classifier reads (see ``reading``).
 VERSIONS = ("generated", "autoencoder", "ground_truth")
 
 
-def held_out_clips(count: int, seconds: float, size: int) -> list[TrainingClip]:
+def held_out_clips(count: int, seconds: float, size: int, fps: int) -> list[TrainingClip]:
     """New identities; the first half voiced only by the held-out language and speaker, the rest by any."""
     clips = []
     for index in range(count):
         held_out = index < (count + 1) // 2
-        clip, entry = make_clip(clip_seed(EVAL_DATA_SEED, index), size=size, seconds=seconds, fps=FPS,
+        clip, entry = make_clip(clip_seed(EVAL_DATA_SEED, index), size=size, seconds=seconds, fps=fps,
                                 languages=(HELD_OUT_LANGUAGE,) if held_out else None,
                                 speakers=(HELD_OUT_SPEAKER,) if held_out else None)
         entry["held_out_voice"] = held_out
@@ -55,7 +54,7 @@ def held_out_clips(count: int, seconds: float, size: int) -> list[TrainingClip]:
 def block_prompts(pipeline: LiveActPipeline, clip: TrainingClip):
     schedule = StreamSchedule.from_model_config(pipeline.config, pipeline.config.width, pipeline.config.height)
     blocks = 1 + max(0, (len(clip.frames) - schedule.first_video_frames) // schedule.block_video_frames)
-    return prompts_for_blocks(clip, [schedule.block(b) for b in range(blocks)], FPS)
+    return prompts_for_blocks(clip, [schedule.block(b) for b in range(blocks)], pipeline.config.fps)
 
 
 @torch.no_grad()
@@ -97,6 +96,7 @@ def swap_partners(clips: list[TrainingClip]) -> list[int]:
 
 def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Path, classifier=None) -> dict:
     rows, controls, truth_controls, ceiling_controls = [], [], [], []
+    fps = pipeline.config.fps
     block_frames = StreamSchedule.from_model_config(pipeline.config, pipeline.config.width,
                                                     pipeline.config.height).block_video_frames
     strip = None
@@ -137,10 +137,10 @@ def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Pa
             "truth_colour_similarity": colour_similarity(clip.frames[: len(frames)][::10], still),
         })
         if classifier is not None:
-            controls.append(response(classifier, frames, still, clip.truth, clip.entry["events"], FPS, block_frames))
+            controls.append(response(classifier, frames, still, clip.truth, clip.entry["events"], fps, block_frames))
             truth_controls.append(response(classifier, clip.frames[: len(frames)], still, clip.truth,
-                                           clip.entry["events"], FPS, block_frames))
-            ceiling_controls.append(response(classifier, ceiling, still, clip.truth, clip.entry["events"], FPS,
+                                           clip.entry["events"], fps, block_frames))
+            ceiling_controls.append(response(classifier, ceiling, still, clip.truth, clip.entry["events"], fps,
                                              block_frames))
         if strip is None:
             n = min(len(frames), len(swapped))
@@ -189,7 +189,7 @@ def long_stream(pipeline: LiveActPipeline, identity_seed: int, minutes: int, out
                     for _ in range(minutes)]
     audio = np.concatenate(minute_audio + [np.zeros(MODEL_SAMPLE_RATE * 4, np.float32)])
     per_minute, pending, memory_bytes = [], [], {}
-    frames_per_minute = 60 * FPS
+    frames_per_minute = 60 * pipeline.config.fps
     blocks = 0
     for block in run_stream(pipeline, still, audio, seed=identity_seed):
         blocks = block.index + 1
@@ -203,7 +203,8 @@ def long_stream(pipeline: LiveActPipeline, identity_seed: int, minutes: int, out
             minute, rest = frames[:frames_per_minute], frames[frames_per_minute:]
             pending = [rest]
             m = len(per_minute)
-            truth_clip = render_clip(identity_seed, minute_audio[m], [], size=size, fps=FPS, identity=identity)
+            truth_clip = render_clip(identity_seed, minute_audio[m], [], size=size, fps=pipeline.config.fps,
+                                     identity=identity)
             sync = lip_sync(minute, truth_clip.truth, truth_clip.frames)
             per_minute.append({"minute": m + 1, "lip_sync_r": sync["r"], "psnr_db": psnr(minute, truth_clip.frames),
                                "ssim": ssim(minute[::20], truth_clip.frames[::20]),
@@ -258,7 +259,7 @@ def speed(pipeline: LiveActPipeline, blocks: int = 6) -> dict:
     happy = [BlockPrompt(EMOTION_PROMPTS["happy"])] * (blocks + 1)
     prompted = [b.seconds for b in run_stream(pipeline, still, audio, happy)][1: blocks + 1]
     schedule = StreamSchedule.from_model_config(pipeline.config, size, size)
-    block_seconds = schedule.block_video_frames / FPS
+    block_seconds = schedule.block_video_frames / pipeline.config.fps
     state = pipeline.vae.init_decoder_state(size, size)
     latents = torch.randn(1, pipeline.config.dit.out_dim, 6, size // 8, size // 8)
     decode = []
@@ -309,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                     "decode_precision": pipeline.decode_dtype_name,
                     "prompt_guidance": pipeline.config.sampler.prompt_guidance}
     report["speed"] = speed(pipeline)
-    clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width)
-    classifier, truth_accuracy = train_classifier(pipeline.config.width, args.classifier_clips, args.classifier_steps)
+    clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width, pipeline.config.fps)
+    classifier, truth_accuracy = train_classifier(pipeline.config.width, pipeline.config.fps, args.classifier_clips,
+                                                  args.classifier_steps)
     report["lip_sync"] = evaluate_clips(pipeline, clips, args.out, classifier)
     report["control_response"] = {"classifier_accuracy_on_ground_truth": truth_accuracy,
                                   **{k: v for k, v in report["lip_sync"].pop("controls").items()}}

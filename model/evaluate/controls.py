@@ -93,21 +93,23 @@ class ControlClassifier(nn.Module):
         return np.concatenate(emotion), np.concatenate(action)
 
 
-def ground_truth_set(count: int, size: int, seed: int = CLASSIFIER_DATA_SEED):
-    """``count`` rendered clips: (frames, still, emotion labels, action labels) per clip."""
+def ground_truth_set(count: int, size: int, fps: int, seed: int = CLASSIFIER_DATA_SEED):
+    """``count`` rendered clips at ``fps``: (frames, still, emotion labels, action labels) per clip."""
     clips = []
     for i in range(count):
-        clip = make_clip(clip_seed(seed, i), size=size, seconds=6.0)[0]
+        clip = make_clip(clip_seed(seed, i), size=size, seconds=6.0, fps=fps)[0]
         emotion, action = labels(clip.truth)
         clips.append((clip.frames, render_still(clip.identity, size), emotion, action))
     return clips
 
 
-def train_classifier(size: int, clips: int = 80, steps: int = 1200, seed: int = 0) -> tuple[ControlClassifier, dict]:
-    """Train on ground-truth renders; accuracy on held-out ground truth (other identities and voices)."""
+def train_classifier(size: int, fps: int, clips: int = 80, steps: int = 1200,
+                     seed: int = 0) -> tuple[ControlClassifier, dict]:
+    """Train on ground-truth renders at the model's size and frame rate; accuracy on held-out ground truth (other
+    identities and voices)."""
     torch.manual_seed(seed)
-    train = ground_truth_set(clips, size)
-    held_out = ground_truth_set(max(8, clips // 5), size, seed=CLASSIFIER_DATA_SEED + 1)
+    train = ground_truth_set(clips, size, fps)
+    held_out = ground_truth_set(max(8, clips // 5), size, fps, seed=CLASSIFIER_DATA_SEED + 1)
     model = ControlClassifier()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)

@@ -37,7 +37,7 @@ class StreamBlock:
 
 
 def run_stream(pipeline: LiveActPipeline, still: np.ndarray, audio: np.ndarray,
-               prompts: list[BlockPrompt] | None = None, *, seed: int = 0, fps: int = 20) -> Iterator[StreamBlock]:
+               prompts: list[BlockPrompt] | None = None, *, seed: int = 0) -> Iterator[StreamBlock]:
     """Blocks of ``still`` saying ``audio`` (16 kHz float32) under per-block ``prompts``, until the audio ends.
 
     Each block gets its samples plus the look-ahead (zeros past the end), exactly as the worker's scheduler
@@ -46,7 +46,7 @@ def run_stream(pipeline: LiveActPipeline, still: np.ndarray, audio: np.ndarray,
     height, width = pipeline.config.height, pipeline.config.width
     record = tiny_character()
     conditioning = pipeline.prepare_character(record, png_bytes(still), width, height)
-    memory = pipeline.new_memory("eval", record.character_id, width, height, fps, seed)
+    memory = pipeline.new_memory("eval", record.character_id, width, height, pipeline.config.fps, seed)
     position, first_frame = 0, 0
     while True:
         consume, lookahead = pipeline.block_audio_samples(memory)
@@ -65,7 +65,7 @@ def run_stream(pipeline: LiveActPipeline, still: np.ndarray, audio: np.ndarray,
 
 
 def generate(pipeline: LiveActPipeline, still: np.ndarray, audio: np.ndarray,
-             prompts: list[BlockPrompt] | None = None, *, seed: int = 0, fps: int = 20) -> tuple[np.ndarray, list[int]]:
+             prompts: list[BlockPrompt] | None = None, *, seed: int = 0) -> tuple[np.ndarray, list[int]]:
     """All frames of :func:`run_stream`, and the stream frame index where each block starts."""
-    blocks = list(run_stream(pipeline, still, audio, prompts, seed=seed, fps=fps))
+    blocks = list(run_stream(pipeline, still, audio, prompts, seed=seed))
     return np.concatenate([b.frames for b in blocks]), [b.first_frame for b in blocks]
