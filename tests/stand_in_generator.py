@@ -120,6 +120,7 @@ class StandInGenerator:
         self.prepared: list[tuple[str, int, int, int]] = []   # (character_id, revision, width, height) calls
         self.prompts: list[str | None] = []                   # prompt of every generated block
         self.intensities: list[float] = []                    # and its intensity
+        self.prompt_guidances: list[float | None] = []        # and its NPC's prompt guidance (None: the config's)
         self.batch_sizes: list[int] = []                      # NPCs of every generate_blocks call
 
     @classmethod
@@ -171,6 +172,7 @@ class StandInGenerator:
         if self.block_delay_s:
             time.sleep(self.block_delay_s)
         before = [dataclasses.replace(item.memory, state=item.memory.state.copy()) for item in inputs]
+        self.prompt_guidances.extend(item.prompt_guidance for item in inputs)
         try:
             return [self.generate_block(item.memory, item.conditioning, item.audio, item.prompt,
                                         intensity=item.intensity) for item in inputs]

@@ -87,6 +87,11 @@ def add_say_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, metavar="N", help="noise seed of a new NPC (default: from the NPC id)"
     )
     parser.add_argument(
+        "--prompt-guidance", type=float, default=None, metavar="FACTOR",
+        help="how strongly the NPC's emotions and actions show in this session: the prompt guidance factor "
+             "(1: off; default: the server's)",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=600.0, metavar="SECONDS", help="give up after this many seconds (default 600)"
     )
     parser.add_argument(
@@ -131,6 +136,7 @@ class SayOptions:
     fps: int = 0
     reset_memory: bool = False
     seed: int = 0
+    prompt_guidance: float | None = None   # None: the server's
     api_key: str | None = None
     timeout_s: float = 600.0
     tls: Mapping[str, object] = field(default_factory=dict)  # TLS keyword arguments of AvatarClient
@@ -168,6 +174,7 @@ class SayReport:
     voice_gaps_ms: list[int] = field(default_factory=list)   # silence the server put inside utterances
     lip_sync: LipSync | None = None                    # mouth opening on the frames vs the voice
     controls: list[VoiceControl] = field(default_factory=list)  # emotions and actions sent with the voice
+    prompt_guidance: float = 0.0                       # the session's (SessionAccepted)
 
     @property
     def received_fps(self) -> float:
@@ -197,6 +204,7 @@ class SayMeter:
         self.frame_indices: set[int] = set()
         self.generated_fps: list[float] = []
         report.width, report.height, report.fps = accepted.video.width, accepted.video.height, accepted.video.fps
+        report.prompt_guidance = accepted.prompt_guidance
         self.lip_sync = None
         if mouth_region is not None:
             self.lip_sync = LipSyncMeter(mouth_region, report.width, report.height, report.fps, self.rate)
@@ -269,6 +277,7 @@ async def say(pcm: np.ndarray, options: SayOptions, log: Callable[[str], object]
             sample_rate=SESSION_SAMPLE_RATE,
             reset_memory=options.reset_memory,
             seed=options.seed,
+            prompt_guidance=options.prompt_guidance,
         )
         async with conversation as conv:
             meter = SayMeter(report, conv.accepted, session_start, log, options.mouth_region)
@@ -382,7 +391,8 @@ def print_say_report(report: SayReport, out: Path) -> None:
             "silence)",
         ))
     if report.controls:
-        rows.append(("controls sent", "; ".join(describe_control(c) for c in report.controls)))
+        rows.append(("controls sent", "; ".join(describe_control(c) for c in report.controls)
+                     + f" (prompt guidance {report.prompt_guidance:g})"))
     unusual = [e for e in report.events if not e.startswith("UTTERANCE_COMPLETE")]
     if unusual:
         rows.append(("events", "; ".join(unusual)))
@@ -419,6 +429,7 @@ def say_options_from_args(args: argparse.Namespace, server: str) -> SayOptions:
         fps=args.fps,
         reset_memory=args.reset,
         seed=args.seed,
+        prompt_guidance=args.prompt_guidance,
         api_key=resolve_api_key(args),
         tls=client_tls_options(args),
         timeout_s=args.timeout,

@@ -56,7 +56,8 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompt-guidance", type=float, default=None, metavar="FACTOR",
         help="how far an NPC under an emotion's or action's prompt is pushed away from its character's base prompt "
-             "(one more DiT pass per block for those NPCs; 1: off; default: the model config's, 5 for tiny)",
+             "(one more DiT pass per block for those NPCs; 1: off; default: the model config's, 2 for tiny); a "
+             "session may ask for its own (SessionConfig.prompt_guidance)",
     )
     parser.add_argument(
         "--text-encoder-device", default=ExecutionConfig.text_encoder_device, metavar="DEVICE",

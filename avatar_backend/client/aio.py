@@ -627,12 +627,15 @@ class AvatarClient:
         resume_token: str = "",
         stats_interval_ms: int = 0,
         echo_audio: bool = True,
+        prompt_guidance: float | None = None,
     ) -> Conversation:
         """A conversation with NPC ``npc_id``; use it as ``async with``.
 
         ``character_id`` is required for a new NPC. ``width``/``height``/``fps`` of 0 take the model's
         defaults (see :meth:`server_info`); ``codec`` is one of :data:`VIDEO_CODECS`. The voice is sent as
-        Opus at ``sample_rate`` (16000 or 48000). The other arguments are SessionConfig's fields.
+        Opus at ``sample_rate`` (16000 or 48000). ``prompt_guidance``: how strongly emotions and actions show
+        (1 = off, None = the server's default; see ServerInfo.model.prompt_guidance and
+        ServerInfo.limits.max_prompt_guidance). The other arguments are SessionConfig's fields.
         """
         if codec not in VIDEO_CODECS:
             raise ValueError(f"codec must be one of {sorted(VIDEO_CODECS)}, got {codec!r}")
@@ -650,6 +653,7 @@ class AvatarClient:
             seed=seed,
             stats_interval_ms=stats_interval_ms,
             echo_audio=echo_audio,
+            prompt_guidance=prompt_guidance,
         )
         return Conversation(self._stub, config, self._metadata)
 

@@ -39,6 +39,7 @@ class ModelCapabilities:
     first_block_frames: int
     block_frames: int
     denoising_steps: int
+    prompt_guidance: float     # a session's factor unless it sets one
 
     @classmethod
     def from_worker_info(cls, info: worker_pb2.WorkerInfo) -> "ModelCapabilities":
@@ -53,6 +54,7 @@ class ModelCapabilities:
             first_block_frames=info.first_block_frames,
             block_frames=info.block_frames,
             denoising_steps=info.denoising_steps,
+            prompt_guidance=info.prompt_guidance,
         )
 
     def supports_size(self, width: int, height: int) -> bool:

@@ -49,6 +49,9 @@ class Limits:
     voice_jitter_budget_ms: int = DEFAULT_VOICE_JITTER_BUDGET_MS
     # Emotion and action events waiting for the voice they were timed to (at_voice_sample) per session.
     max_timed_events: int = 64
+    # The largest prompt guidance factor a session may ask for: each step up costs lip sync and smoothness (the
+    # tiny model's lip-sync r is 0.95 at factor 2 and 0.87 at 5; README, "Prompt guidance side by side").
+    max_prompt_guidance: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("max_message_bytes", "max_audio_packet_bytes", "max_sessions", "max_prompt_chars",
@@ -60,6 +63,8 @@ class Limits:
                      "voice_jitter_budget_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if not self.max_prompt_guidance >= 1.0:
+            raise ValueError(f"max_prompt_guidance must be >= 1, got {self.max_prompt_guidance}")
         if self.max_reference_image_bytes >= self.max_message_bytes:
             raise ValueError("max_reference_image_bytes must be smaller than max_message_bytes")
 
@@ -79,6 +84,7 @@ class Limits:
             npc_snapshot_interval_s=math.ceil(self.npc_snapshot_interval_s),
             voice_jitter_budget_ms=self.voice_jitter_budget_ms,
             max_timed_events=self.max_timed_events,
+            max_prompt_guidance=self.max_prompt_guidance,
         )
 
 

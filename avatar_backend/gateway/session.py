@@ -139,7 +139,8 @@ class ConverseSession:
         config = await self._read_config()
         self._meter.config_received_at = time.monotonic()
         model = self._runtime.worker.require_ready()
-        settings = resolve_session_config(config, model, self._runtime.data_dir)
+        settings = resolve_session_config(config, model, self._runtime.data_dir,
+                                          self._runtime.limits.max_prompt_guidance)
         self._settings = settings
         self.npc_id = settings.npc_id
         self._runtime.sessions.admit(self)
@@ -175,7 +176,7 @@ class ConverseSession:
             session_id=self.session_id, npc_id=settings.npc_id, character_id=settings.character_id,
             width=settings.width, height=settings.height, fps=settings.fps, seed=settings.seed,
             reset_memory=settings.reset_memory, resume_token=settings.resume_token,
-            character=spec_from_record(character),
+            character=spec_from_record(character), prompt_guidance=settings.prompt_guidance,
         ))
         # From here until the worker answers, the NPC may be open (a timeout, a cancelled call): close it then.
         self._npc_open_requested = True
@@ -210,7 +211,7 @@ class ConverseSession:
             blocks_generated=npc.blocks_generated, resume_token=npc.resume_token, memory_bytes=npc.memory_bytes,
             first_block_frames=opened.first_block_frames or model.first_block_frames,
             block_frames=opened.block_frames or model.block_frames, model=model.model_name,
-            start_frame_index=opened.start_frame_index,
+            start_frame_index=opened.start_frame_index, prompt_guidance=opened.prompt_guidance,
         )
 
     async def _npc_character(self, settings: SessionSettings) -> tuple[CharacterRecord, bytes]:

@@ -52,6 +52,7 @@ class SessionSettings:
     resume_token: str
     stats_interval_ms: int
     echo_audio: bool
+    prompt_guidance: float | None  # None: the worker's default
 
     def video_format(self, width: int, height: int, fps: int) -> converse_pb2.VideoFormat:
         """The accepted video format, given the size and fps the NPC runs at."""
@@ -77,7 +78,7 @@ def _enum_name(enum, value: int) -> str:
 
 
 def resolve_session_config(config: converse_pb2.SessionConfig, model: ModelCapabilities,
-                           data_dir: DataDir) -> SessionSettings:
+                           data_dir: DataDir, max_prompt_guidance: float) -> SessionSettings:
     """The settings the session runs with; raises RpcFailure(INVALID_ARGUMENT) naming the field."""
     _check_ids(config, data_dir)
     width, height = _resolve_size(config.video, model)
@@ -101,6 +102,7 @@ def resolve_session_config(config: converse_pb2.SessionConfig, model: ModelCapab
         resume_token=config.resume_token,
         stats_interval_ms=_resolve_stats_interval(config.stats_interval_ms),
         echo_audio=config.echo_audio if config.HasField("echo_audio") else True,
+        prompt_guidance=_resolve_prompt_guidance(config, model, max_prompt_guidance),
     )
 
 
@@ -184,3 +186,14 @@ def _resolve_stats_interval(interval_ms: int) -> int:
         raise _invalid(f"stats_interval_ms: {interval_ms} is out of range "
                        f"{MIN_STATS_INTERVAL_MS}-{MAX_STATS_INTERVAL_MS} (0 = {DEFAULT_STATS_INTERVAL_MS})")
     return interval_ms
+
+
+def _resolve_prompt_guidance(config: converse_pb2.SessionConfig, model: ModelCapabilities,
+                             maximum: float) -> float | None:
+    if not config.HasField("prompt_guidance"):
+        return None
+    factor = config.prompt_guidance
+    if not 1.0 <= factor <= maximum:  # NaN too
+        raise _invalid(f"prompt_guidance: {factor:g} is out of range 1-{maximum:g} (1 = off; unset = the server's "
+                       f"{model.prompt_guidance:g})")
+    return factor

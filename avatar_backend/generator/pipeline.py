@@ -419,6 +419,9 @@ class LiveActPipeline:
             if item.audio.shape != (consume + lookahead,):
                 raise GeneratorError(f"NPC {memory.npc_id!r}: block {memory.blocks_generated} needs "
                                      f"{consume + lookahead} audio samples, got {item.audio.shape}")
+            if item.prompt_guidance is not None and not 1.0 <= item.prompt_guidance < float("inf"):  # NaN too
+                raise GeneratorError(f"NPC {memory.npc_id!r}: prompt guidance must be finite and >= 1 (1: off), "
+                                     f"got {item.prompt_guidance}")
         if len({id(item.memory) for item in inputs}) != len(inputs):
             raise GeneratorError("an NPC can have only one block in a batch")
         for item in inputs:  # prepared here, so a prompt that cannot be encoded fails before any work
@@ -494,15 +497,17 @@ class LiveActPipeline:
         return list(frames)
 
     def _prompt_guidance(self, inputs: Sequence[BlockInput]) -> PromptGuidance | None:
-        """The batch's prompt guidance: None when it is off or every NPC is under its character's base prompt."""
-        if self.config.sampler.prompt_guidance <= 1.0:
-            return None
-        rows = [row for row, item in enumerate(inputs)
-                if not is_base_prompt(item.conditioning.base_prompt, item.prompt, item.intensity)]
+        """The batch's prompt guidance: None when every NPC is under its character's base prompt or has it off."""
+        default = self.config.sampler.prompt_guidance
+        factors = {row: default if item.prompt_guidance is None else item.prompt_guidance
+                   for row, item in enumerate(inputs)}
+        rows = [row for row, item in enumerate(inputs) if factors[row] > 1.0
+                and not is_base_prompt(item.conditioning.base_prompt, item.prompt, item.intensity)]
         if not rows:
             return None
         base = [self.context_for(inputs[row].conditioning, None).context for row in rows]
-        return PromptGuidance(CrossAttentionContext.batch(base), torch.tensor(rows, device=self.device))
+        return PromptGuidance(CrossAttentionContext.batch(base), torch.tensor(rows, device=self.device),
+                              torch.tensor([factors[row] for row in rows], dtype=torch.float32, device=self.device))
 
     def _advance(self, inputs: Sequence[BlockInput], conditioning: Sequence[BlockConditioning],
                  noises: list[GeneratorNoise]) -> None:

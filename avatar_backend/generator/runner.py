@@ -24,6 +24,8 @@ class BlockInput:
     audio: np.ndarray            # float32 16 kHz: the block's samples, then its look-ahead
     prompt: str | None = None    # None: the character's base prompt
     intensity: float = 1.0       # how strongly ``prompt`` replaces the base prompt (0-1]
+    # This NPC's prompt guidance factor (>= 1; 1: off); None: the model config's (SamplerConfig.prompt_guidance).
+    prompt_guidance: float | None = None
 
 
 class GeneratorRunner(Protocol):

@@ -6,10 +6,10 @@ x0 = x_t - v * t_i / 1000, and the next input is (1 - t_{i+1}/1000) * x0 + eps *
 second, audio-free pass on its own caches and use null + cfg * (cond - null).
 
 Prompt guidance (not in the reference): the streams of a batch whose prompt is another than their character's
-base prompt add (guidance - 1) * (v - v_base) to the last step's velocity, v_base from a pass of those streams alone
-with the base prompt, which reads the step's cache as it is and writes a scratch copy of their rows (batch-mates
-under their base prompts pay nothing for it). Only the last step: the schedule's first two steps
-move the latent from t = 1000 to 833, and guiding them did little (README, "Prompt guidance side by side").
+base prompt add (guidance - 1) * (v - v_base) to the last step's velocity, each with its own factor, v_base from a
+pass of those streams alone with the base prompt, which reads the step's cache as it is and writes a scratch copy
+of their rows (batch-mates under their base prompts pay nothing for it). Only the last step: the schedule's first
+two steps move the latent from t = 1000 to 833, and guiding them did little (README, "Prompt guidance side by side").
 
 Noise is drawn in a fixed order per block: one tensor for the initial latent, then one per step (the last one is
 multiplied by 0). Keeping that order is what lets a replayed or restored noise source reproduce a stream exactly.
@@ -101,10 +101,11 @@ class ReplayNoise:
 
 @dataclass
 class PromptGuidance:
-    """What prompt guidance needs besides its factor (``SamplerConfig.prompt_guidance``)."""
+    """Which streams of a batch prompt guidance pushes, from what, and how far."""
 
     base: CrossAttentionContext    # the guided streams' contexts under their characters' base prompts
     rows: Tensor                   # [G] long: the guided streams' rows of the batch (the others are left as they are)
+    factors: Tensor                # [G] float32: each guided stream's factor (> 1)
 
 
 @dataclass
@@ -135,7 +136,7 @@ def denoise_block(
     block's audio; None turns audio attention off altogether,
     which is not the same as silence (silent audio still has non-zero features and tokens).
     ``functional`` and ``parallel`` as in :meth:`WanModel.forward` (every rank draws the same noise).
-    ``guidance``: prompt guidance, when ``sampler.prompt_guidance`` > 1 and a stream has a prompt of its own.
+    ``guidance``: prompt guidance, for the streams that have a prompt of their own and a factor above 1.
     """
     if functional is None:
         functional = torch.is_grad_enabled()
@@ -165,7 +166,7 @@ def denoise_block(
             )
 
         tokens = audio_tokens if use_audio else None
-        guided = guidance is not None and sampler.prompt_guidance > 1.0 and i == sampler.num_steps - 1
+        guided = guidance is not None and i == sampler.num_steps - 1
         if guided:  # the guided streams alone, before the conditional pass writes the cache they read
             rows = guidance.rows
             base_velocity, _ = call(steps[i].select(rows), None if tokens is None else tokens[rows],
@@ -176,7 +177,8 @@ def denoise_block(
             null_velocity, null_steps[i] = call(null_steps[i], null_tokens)
             velocity = null_velocity + sampler.audio_cfg * (velocity - null_velocity)
         if guided:
-            push = (sampler.prompt_guidance - 1.0) * (prompted_velocity[rows] - base_velocity)
+            scale = (guidance.factors - 1.0).to(velocity.dtype).view(-1, *(1,) * (velocity.dim() - 1))
+            push = scale * (prompted_velocity[rows] - base_velocity)
             velocity = velocity.index_add(0, rows, push)
         velocities.append(velocity)
 

@@ -193,7 +193,7 @@ class Engine:
             # The model is trained at one frame rate: its audio features are aligned to it.
             fps=[config.fps], default_width=config.width, default_height=config.height, default_fps=config.fps,
             first_block_frames=config.frames_per_block(0), block_frames=config.frames_per_block(1),
-            denoising_steps=config.sampler.num_steps,
+            denoising_steps=config.sampler.num_steps, prompt_guidance=config.sampler.prompt_guidance,
         )
 
     # -- schedule -> execute -> update -------------------------------------------------------------------------
@@ -235,7 +235,8 @@ class Engine:
             self.pool.mark_updated(plan.session.npc_id)
         started = time.perf_counter()
         outputs = self.executor.execute([
-            BlockInput(p.session.memory, p.session.conditioning, p.audio, p.prompt, p.intensity) for p in plans])
+            BlockInput(p.session.memory, p.session.conditioning, p.audio, p.prompt, p.intensity,
+                       p.session.prompt_guidance) for p in plans])
         if self._aborted:
             return
         try:

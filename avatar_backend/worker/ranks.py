@@ -301,7 +301,7 @@ class LeaderRunner:
         self.pipeline.check_batch(inputs)   # a batch that cannot run fails here, before any rank starts it
         conditioning = self.pipeline.block_conditioning(inputs)
         self._send(("generate", [(item.memory.npc_id, self._handles[id(item.conditioning)], item.prompt,
-                                  item.intensity, block.audio_rows.cpu(), block.audio_start,
+                                  item.intensity, item.prompt_guidance, block.audio_rows.cpu(), block.audio_start,
                                   self._text_to_send(item, block))
                                  for item, block in zip(inputs, conditioning)]))
         try:
@@ -379,8 +379,8 @@ def follow(rank: int, init_method: str, devices: Sequence[str], pipeline_factory
             elif command == "generate":
                 items = args[0]
                 pipeline.follow_blocks(
-                    [BlockInput(live[npc_id], characters[handle], NO_AUDIO, prompt, intensity)
-                     for npc_id, handle, prompt, intensity, *_ in items],
+                    [BlockInput(live[npc_id], characters[handle], NO_AUDIO, prompt, intensity, guidance)
+                     for npc_id, handle, prompt, intensity, guidance, *_ in items],
                     [BlockConditioning(audio_rows=rows, audio_start=start, text=text) for *_, rows, start, text in items])
             else:
                 raise RankError(f"unknown command {command!r} from rank 0")

@@ -99,6 +99,10 @@ class RequestHandler:
         if not req.HasField("character") or len(payloads) != 1:
             raise RequestError("INVALID_ARGUMENT", "open_npc needs the NPC's character and its reference image")
         record = record_from_spec(req.character)
+        default_guidance = engine.runner.config.sampler.prompt_guidance
+        guidance = req.prompt_guidance if req.HasField("prompt_guidance") else default_guidance
+        if not 1.0 <= guidance < float("inf"):  # NaN too
+            raise RequestError("INVALID_ARGUMENT", f"open_npc.prompt_guidance: {guidance} is not a finite factor >= 1")
         memory, resumed = engine.pool.acquire(
             req.npc_id, req.session_id, character_id=req.character_id, width=req.width, height=req.height,
             fps=req.fps, seed=req.seed, reset=req.reset_memory, resume_token=req.resume_token)
@@ -108,7 +112,7 @@ class RequestHandler:
                                                        f"{memory.character_id!r}, not {record.character_id!r}")
             conditioning = engine.characters.get(record, bytes(payloads[0]), memory.width, memory.height)
             engine.scheduler.open_session(req.session_id, req.npc_id, memory, conditioning,
-                                          listening_prompt=listening_prompt(record))
+                                          listening_prompt=listening_prompt(record), prompt_guidance=guidance)
         except BaseException:
             engine.pool.abandon(req.npc_id)
             raise
@@ -118,7 +122,8 @@ class RequestHandler:
                  "resumed" if resumed else "new", memory.width, memory.height, memory.fps, memory.blocks_generated)
         self._answer(msg, worker_pb2.FromWorker(npc_opened=worker_pb2.NpcOpened(
             session_id=req.session_id, npc=npc, resumed=resumed, first_block_frames=config.frames_per_block(0),
-            block_frames=config.frames_per_block(1), start_frame_index=int(memory.frames_generated))))
+            block_frames=config.frames_per_block(1), start_frame_index=int(memory.frames_generated),
+            prompt_guidance=guidance)))
 
     def _push_audio(self, msg: worker_pb2.ToWorker, payloads: list[memoryview]) -> None:
         req = msg.push_audio

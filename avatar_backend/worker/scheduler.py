@@ -255,6 +255,7 @@ class SessionState:
     prompt: str | None = None             # None: the character's base prompt
     action_prompt: str | None = None      # an action's prompt, for the next block only
     intensity: float = 1.0
+    prompt_guidance: float | None = None  # the session's guidance factor; None: the generator's
     blocks: int = 0                       # blocks generated in this session
     closing_request: int | None = None    # a CloseNpc waiting for the queued voice to be generated (its id)
     last_served: int = -1                 # scheduler's serve counter when this session last ran
@@ -353,13 +354,13 @@ class Scheduler:
         return self._sessions[session_id]
 
     def open_session(self, session_id: str, npc_id: str, memory: Any, conditioning: Any,
-                     listening_prompt: str | None = None) -> SessionState:
+                     listening_prompt: str | None = None, prompt_guidance: float | None = None) -> SessionState:
         if session_id in self._sessions:
             raise ValueError(f"session {session_id!r} is already open")
         # A resumed NPC keeps the emotion or action it had when its last session ended.
         state = SessionState(session_id=session_id, npc_id=npc_id, memory=memory, conditioning=conditioning,
                              opened_at=self.clock(), prompt=memory.prompt, intensity=memory.intensity,
-                             listening_prompt=listening_prompt)
+                             listening_prompt=listening_prompt, prompt_guidance=prompt_guidance)
         self._sessions[session_id] = state
         return state
 

@@ -114,15 +114,18 @@ def test_say_times_emotions_and_actions_on_its_voice(registered, tmp_path, capsy
     out = tmp_path / "npc.mp4"
     control = say_command.VoiceControl
     controls = [control("emotion", "happy", 0.5, 2.8), control("action", "wave", 1.0, 1.3), control("emotion", "bored")]
-    options = say_command.SayOptions(server=registered.target, out=out, fast=True, timeout_s=20, controls=controls)
+    options = say_command.SayOptions(server=registered.target, out=out, fast=True, timeout_s=20, controls=controls,
+                                     prompt_guidance=3.0)
     report = asyncio.run(say_command.say(speech_like(4.0), options))
     # The voice was all sent at once, yet each event shows in the block nearest its point: block 0 holds
     # [0, 1.05 s) of the voice, block 1 [1.05, 2.65), block 2 [2.65, 4.25).
     assert registered.generator.prompts[:3] == [None, "waving", "smiling"]
     assert registered.generator.intensities[2] == pytest.approx(0.5)
+    assert set(registered.generator.prompt_guidances) == {3.0}, "the session's prompt guidance, on every block"
     say_command.print_say_report(report, out)
     text = capsys.readouterr().out
-    assert "controls sent:    emotion happy 0.5 at 2.8 s; action wave at 1.3 s; emotion bored from the start" in text
+    assert ("controls sent:    emotion happy 0.5 at 2.8 s; action wave at 1.3 s; emotion bored from the start "
+            "(prompt guidance 3)") in text
     assert "UNKNOWN_EMOTION: emotion 'bored' is not one of the character's emotions" in text
 
 

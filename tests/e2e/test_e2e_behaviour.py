@@ -203,3 +203,47 @@ def test_an_emotion_timed_to_a_word_changes_the_picture_at_the_block_nearest_it_
     assert changed and changed[0] == expected, (expected, changed[:5])
     change = face_change(timed_pictures[expected:], plain_pictures[expected:])
     assert change > 1.0, change
+
+
+def test_a_sessions_prompt_guidance_sets_how_strongly_its_emotion_shows(server, long_speech):
+    """NPCs with one seed say the same line, with the same emotion timed into it, in sessions that ask for prompt
+    guidance 1 (off), nothing (the server's, 2) and 5: until the emotion's block their frames are a plain line's
+    byte for byte (guidance acts under a prompt only), from it the emotion moves the picture further from the
+    plain line's the higher the session's factor."""
+    at_seconds = 2.0
+    sessions = {"plain": None, "off": 1.0, "default": None, "strong": 5.0}
+
+    async def speak(name: str, attempt: int):
+        async with AvatarClient(server.address) as client:
+            async with client.converse(f"guided-{name}-{attempt}", "default", width=SIZE, height=SIZE, fps=FPS,
+                                       sample_rate=RATE, seed=7, prompt_guidance=sessions[name]) as conv:
+                if name != "plain":
+                    await conv.emotion("surprised", 1.0, at_voice_sample=conv.voice_samples_sent + int(at_seconds * RATE))
+                await conv.send_audio_pcm(long_speech)
+                await conv.end_utterance()
+                frames = frames_of(await collect(conv, lambda it: any(f.index >= 21 + 4 * BLOCK_FRAMES
+                                                                      for f in frames_of(it))))
+                return conv.accepted.prompt_guidance, frames
+
+    async def scenario():
+        # As in the timed-emotion test: the same seed and voice make the same blocks while the voice starts in the
+        # same block (a busy server may start it a block later).
+        for attempt in range(3):
+            runs = {name: await speak(name, attempt) for name in sessions}
+            if len({next(f.index for f in frames if f.speaking) for _, frames in runs.values()}) == 1:
+                return runs
+        raise AssertionError("the voice started in different blocks in three attempts")
+
+    runs = run(scenario())
+    assert {name: factor for name, (factor, _) in runs.items()} == {"plain": 2.0, "off": 1.0, "default": 2.0,
+                                                                    "strong": 5.0}
+    plain = runs["plain"][1]
+    voice_start = next(f for f in plain if f.speaking).audio_start
+    expected = first_frame_of_block_nearest(plain, voice_start + int(at_seconds * RATE))
+    plain_pictures = pictures(plain[:expected + BLOCK_FRAMES])
+    change = {}
+    for name in ("off", "default", "strong"):
+        guided = pictures(runs[name][1][:expected + BLOCK_FRAMES])
+        np.testing.assert_array_equal(guided[:expected], plain_pictures[:expected], err_msg=name)
+        change[name] = face_change(guided[expected:], plain_pictures[expected:])
+    assert 0 < change["off"] < change["default"] < change["strong"], change

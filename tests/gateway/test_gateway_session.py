@@ -98,6 +98,10 @@ async def test_first_message_must_be_a_config(tmp_path):
     ({"audio": cv.AudioFormat(channels=2)}, "audio.channels"),
     ({"audio": cv.AudioFormat(codec=9)}, "audio.codec"),
     ({"stats_interval_ms": 50}, "stats_interval_ms"),
+    ({"prompt_guidance": 0.5}, "prompt_guidance"),
+    ({"prompt_guidance": 0.0}, "prompt_guidance"),
+    ({"prompt_guidance": 10.5}, "prompt_guidance"),
+    ({"prompt_guidance": float("nan")}, "prompt_guidance"),
 ])
 @async_test
 async def test_invalid_config_names_the_field(tmp_path, fields, field_name):
@@ -109,6 +113,32 @@ async def test_invalid_config_names_the_field(tmp_path, fields, field_name):
         assert code == grpc.StatusCode.INVALID_ARGUMENT, details
         assert details.startswith(f"{field_name}:"), details
         assert not h.link.requests_of("open_npc")
+
+
+@async_test
+async def test_a_sessions_prompt_guidance_reaches_its_blocks_and_is_reported(tmp_path):
+    """A session that sets prompt_guidance runs every block with it and SessionAccepted says so; one that does not
+    runs with the worker's (the tiny config's 2), and so does the NPC's next session."""
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        blocks_before = len(h.generator.prompt_guidances)
+        call, accepted = await open_session(h.stub, session_config(npc_id="vivid", prompt_guidance=4.5))
+        assert accepted.prompt_guidance == 4.5
+        await next_of(call, "frame")
+        await call.done_writing()
+        await next_of(call, "ended", timeout=10.0)
+        guided = h.generator.prompt_guidances[blocks_before:]
+        assert guided and set(guided) == {4.5}, guided
+        assert h.link.requests_of("open_npc")[-1].prompt_guidance == 4.5
+
+        blocks_before = len(h.generator.prompt_guidances)
+        call, accepted = await open_session(h.stub, session_config(npc_id="vivid", character_id=""))
+        assert accepted.resumed and accepted.prompt_guidance == 2.0
+        assert not h.link.requests_of("open_npc")[-1].HasField("prompt_guidance")
+        await next_of(call, "frame")
+        await call.done_writing()
+        await next_of(call, "ended", timeout=10.0)
+        assert set(h.generator.prompt_guidances[blocks_before:]) == {2.0}
 
 
 @async_test

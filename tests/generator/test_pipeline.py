@@ -316,6 +316,51 @@ def test_prompt_guidance_adds_a_pass_for_the_npcs_under_a_prompt_alone(pipeline,
     assert sorted(batch_sizes) == [1, 3, 3, 3]
 
 
+def test_each_npc_of_a_batch_is_guided_by_its_own_factor():
+    """Three NPCs with the same seed, voice and prompt, batched with prompt guidance 1 (off), the config's (None)
+    and 4, over 2 blocks with the shipped weights: each gets the frames it gets alone (within 1 of 255), the
+    config's factor is 2 exactly, and the factors move the frames apart in order. A factor below 1 is refused
+    before any work."""
+    from avatar_backend.generator.pipeline import BlockInput, shipped_weights
+
+    if shipped_weights("tiny") is None:
+        pytest.skip("no shipped tiny weights in this checkout")
+    pipeline = LiveActPipeline.from_config("tiny", weights=shipped_weights("tiny"))
+    character = make_character(pipeline)
+    voice = speech_like(16000 * 6, 5)
+
+    def blocks(factors, batched: bool) -> list[np.ndarray]:
+        memories = [pipeline.new_memory(f"npc{i}", "villager", SIZE, SIZE, FPS, seed=70) for i in range(len(factors))]
+        frames = [[] for _ in factors]
+        for _ in range(2):
+            items = []
+            for memory, factor in zip(memories, factors):
+                consume, lookahead = pipeline.block_audio_samples(memory)
+                start = memory.timeline_samples
+                items.append(BlockInput(memory, character, voice[start:start + consume + lookahead],
+                                        "an angry villager", 1.0, factor))
+            made = pipeline.generate_blocks(items) if batched else [pipeline.generate_blocks([i])[0] for i in items]
+            for own, block in zip(frames, made):
+                own.append(block)
+        return [np.concatenate(own).astype(int) for own in frames]
+
+    factors = [1.0, None, 4.0]
+    alone = blocks(factors, batched=False)
+    for want, got in zip(alone, blocks(factors, batched=True)):
+        assert np.abs(got - want).max() <= 1
+    np.testing.assert_array_equal(blocks([pipeline.config.sampler.prompt_guidance], batched=False)[0], alone[1])
+    assert pipeline.config.sampler.prompt_guidance == 2.0
+    assert np.abs(alone[2] - alone[0]).mean() > 2 * np.abs(alone[1] - alone[0]).mean() > 0
+
+    memory = pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=70)
+    consume, lookahead = pipeline.block_audio_samples(memory)
+    for factor in (0.5, float("nan"), float("inf")):
+        with pytest.raises(GeneratorError, match="prompt guidance"):
+            pipeline.generate_blocks([BlockInput(memory, character, voice[:consume + lookahead], "an angry villager",
+                                                 1.0, factor)])
+    assert memory.blocks_generated == 0
+
+
 def test_npcs_at_different_block_kinds_are_refused_as_one_batch(pipeline, character):
     from avatar_backend.generator.pipeline import BlockInput
 

@@ -1,5 +1,7 @@
 // avatar_client_c.cpp: the C ABI (include/avatar_backend/avatar_client.h) over the C++ core: argument checks,
 // struct_size handling, and no exception ever crossing into the engine.
+#include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -98,16 +100,25 @@ AVB_API size_t avb_client_last_error(avb_client* client, char* message, size_t c
   return copy_message(client->core.last_error(), message, capacity);
 }
 
+// avb_session_config before prompt_guidance was added: the smallest struct_size accepted.
+constexpr size_t kSessionConfigFirstSize = offsetof(avb_session_config, prompt_guidance);
+
 AVB_API avb_result avb_session_open(avb_client* client, const avb_session_config* config,
                                     avb_session** out_session) {
   if (client == nullptr || config == nullptr || out_session == nullptr ||
-      config->struct_size < sizeof(avb_session_config) || config->npc_id == nullptr || config->npc_id[0] == '\0') {
+      config->struct_size < kSessionConfigFirstSize || config->npc_id == nullptr || config->npc_id[0] == '\0') {
     if (client != nullptr) client->core.set_last_error("avb_session_open: a required argument is missing");
     return AVB_BAD_ARGUMENT;
   }
   const uint32_t rate = config->sample_rate == 0 ? 48000 : config->sample_rate;
   if (rate != 48000 && rate != 16000) {
     client->core.set_last_error("avb_session_open: sample_rate must be 48000 or 16000");
+    return AVB_BAD_ARGUMENT;
+  }
+  const bool has_guidance = config->struct_size >= offsetof(avb_session_config, prompt_guidance) + sizeof(float);
+  const float guidance = has_guidance ? config->prompt_guidance : 0.0f;
+  if (guidance != 0.0f && !(guidance >= 1.0f && std::isfinite(guidance))) {  // NaN fails every comparison
+    client->core.set_last_error("avb_session_open: prompt_guidance must be 0 (the server's) or a factor >= 1");
     return AVB_BAD_ARGUMENT;
   }
   return guarded([&] {
@@ -122,6 +133,7 @@ AVB_API avb_result avb_session_open(avb_client* client, const avb_session_config
     options.reset_memory = config->reset_memory != 0;
     options.reconnect = config->reconnect != 0;
     options.max_buffered_frames = config->max_buffered_frames == 0 ? 96 : config->max_buffered_frames;
+    options.prompt_guidance = guidance;
     avb::Session* session = client->core.open_session(options);
     {
       std::lock_guard<std::mutex> lock(g_owner_mutex);

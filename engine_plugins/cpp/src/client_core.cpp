@@ -441,6 +441,7 @@ grpc::Status Session::run_stream(std::string* trailer_token) {
     // Only the first stream may reset the memory; a reconnect continues it, from the token's state.
     config->set_reset_memory(options_.reset_memory && reconnects_ == 0);
     if (reconnects_ > 0) config->set_resume_token(resume_tokens_.for_reopen());
+    if (options_.prompt_guidance != 0.0f) config->set_prompt_guidance(options_.prompt_guidance);
   }
 
   std::unique_ptr<Stream> stream = stub_->Converse(&context);

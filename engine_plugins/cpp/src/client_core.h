@@ -43,6 +43,7 @@ struct SessionOptions {
   bool reset_memory = false;
   bool reconnect = false;
   uint32_t max_buffered_frames = 96;
+  float prompt_guidance = 0.0f;  // 0: the server's (SessionConfig.prompt_guidance left unset)
 };
 
 class Session;

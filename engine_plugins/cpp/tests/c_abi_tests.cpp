@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <thread>
 
@@ -67,6 +69,23 @@ TEST(CAbi, VersionAndArgumentChecks) {
   auto bad_rate = session_config("npc", 0);
   bad_rate.sample_rate = 44100;
   EXPECT_EQ(avb_session_open(client, &bad_rate, &session), AVB_BAD_ARGUMENT);
+  for (float guidance : {0.5f, -1.0f, std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    auto bad_guidance = session_config("npc", 0);
+    bad_guidance.prompt_guidance = guidance;
+    EXPECT_EQ(avb_session_open(client, &bad_guidance, &session), AVB_BAD_ARGUMENT) << guidance;
+  }
+  EXPECT_EQ(session, nullptr);
+  // A caller built against the header before prompt_guidance: its struct ends before the field, which is not
+  // read (here it holds a value that would be refused).
+  auto older = session_config("npc-older", 0);
+  older.struct_size = offsetof(avb_session_config, prompt_guidance);
+  older.prompt_guidance = -1.0f;
+  ASSERT_EQ(avb_session_open(client, &older, &session), AVB_OK);
+  avb_session_destroy(session);
+  session = nullptr;
+  auto too_small = session_config("npc", 0);
+  too_small.struct_size = offsetof(avb_session_config, prompt_guidance) - 4;
+  EXPECT_EQ(avb_session_open(client, &too_small, &session), AVB_BAD_ARGUMENT);
 
   EXPECT_EQ(avb_session_push_pcm(nullptr, nullptr, 0), AVB_BAD_ARGUMENT);
   EXPECT_EQ(avb_session_poll_event(nullptr, nullptr), AVB_BAD_ARGUMENT);

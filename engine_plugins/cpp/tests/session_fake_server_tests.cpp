@@ -120,6 +120,10 @@ class RecordingService final : public v1::AvatarService::Service {
                         grpc::ServerReaderWriter<v1::ServerMessage, v1::ClientMessage>* stream) override {
     v1::ClientMessage in;
     if (!stream->Read(&in) || !in.has_config()) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no config");
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      config = in.config();
+    }
     v1::ServerMessage out;
     out.mutable_accepted()->set_resume_token("token");
     stream->Write(out);
@@ -131,6 +135,7 @@ class RecordingService final : public v1::AvatarService::Service {
   }
 
   std::mutex mutex;
+  v1::SessionConfig config;
   std::vector<v1::ClientMessage> received;
 };
 
@@ -185,6 +190,7 @@ TEST(SessionAgainstAScriptedServer, ReconnectsResumesContinuesTheClockAndReplace
   options.npc_id = "npc";
   options.reset_memory = true;
   options.reconnect = true;
+  options.prompt_guidance = 3.5f;
   std::unique_ptr<Session> session = client.open_session_owned(options);
 
   avb_event event;
@@ -219,6 +225,10 @@ TEST(SessionAgainstAScriptedServer, ReconnectsResumesContinuesTheClockAndReplace
     EXPECT_FALSE(service.configs[1].reset_memory()) << "a reconnect must never reset the NPC";
     EXPECT_EQ(service.configs[1].resume_token(), "token-saved-1");
     EXPECT_EQ(service.configs[1].audio().opus_pre_skip(), 312u);
+    for (const auto& config : service.configs) {  // the session's prompt guidance, on every stream
+      ASSERT_TRUE(config.has_prompt_guidance());
+      EXPECT_FLOAT_EQ(config.prompt_guidance(), 3.5f);
+    }
   }
 
   // Stream 2's frames: the server's clock started again at 0; the session's continues after stream 1 (12000).
@@ -316,6 +326,7 @@ TEST(SessionAgainstAScriptedServer, TimedEventsCarryTheirVoiceSampleAndTheCountI
   EXPECT_EQ(event.code, 0);
 
   std::lock_guard<std::mutex> lock(service.mutex);
+  EXPECT_FALSE(service.config.has_prompt_guidance()) << "unset: the server's default";
   std::vector<v1::ClientMessage::MessageCase> kinds;
   for (const auto& message : service.received) kinds.push_back(message.message_case());
   const std::vector<v1::ClientMessage::MessageCase> expected = {

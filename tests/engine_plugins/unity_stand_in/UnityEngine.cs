@@ -155,6 +155,8 @@ namespace UnityEngine
     public class HeaderAttribute : Attribute { public HeaderAttribute(string header) { } }
     [AttributeUsage(AttributeTargets.Field)]
     public class TooltipAttribute : Attribute { public TooltipAttribute(string tooltip) { } }
+    [AttributeUsage(AttributeTargets.Field)]
+    public sealed class MinAttribute : Attribute { public MinAttribute(float min) { } }
     [AttributeUsage(AttributeTargets.Class)]
     public sealed class AddComponentMenu : Attribute { public AddComponentMenu(string menuName) { } }
     [AttributeUsage(AttributeTargets.Class)]

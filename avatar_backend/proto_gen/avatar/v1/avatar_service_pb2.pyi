@@ -200,7 +200,7 @@ class VideoSize(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., npc_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "config_json", "random_weights", "weights_sha256", "parameters", "denoising_steps", "first_block_frames", "block_frames", "default_width", "default_height", "default_fps")
+    __slots__ = ("name", "config_json", "random_weights", "weights_sha256", "parameters", "denoising_steps", "first_block_frames", "block_frames", "default_width", "default_height", "default_fps", "prompt_guidance")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +212,7 @@ class ModelInfo(_message.Message):
     DEFAULT_WIDTH_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FPS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     config_json: str
     random_weights: bool
@@ -223,10 +224,11 @@ class ModelInfo(_message.Message):
     default_width: int
     default_height: int
     default_fps: int
-    def __init__(self, name: _Optional[str] = ..., config_json: _Optional[str] = ..., random_weights: _Optional[bool] = ..., weights_sha256: _Optional[str] = ..., parameters: _Optional[int] = ..., denoising_steps: _Optional[int] = ..., first_block_frames: _Optional[int] = ..., block_frames: _Optional[int] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., default_fps: _Optional[int] = ...) -> None: ...
+    prompt_guidance: float
+    def __init__(self, name: _Optional[str] = ..., config_json: _Optional[str] = ..., random_weights: _Optional[bool] = ..., weights_sha256: _Optional[str] = ..., parameters: _Optional[int] = ..., denoising_steps: _Optional[int] = ..., first_block_frames: _Optional[int] = ..., block_frames: _Optional[int] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., default_fps: _Optional[int] = ..., prompt_guidance: _Optional[float] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_message_bytes", "max_audio_packet_bytes", "max_sessions", "max_prompt_chars", "max_reference_image_bytes", "outbound_queue_frames", "voice_jitter_budget_ms", "max_stored_npcs", "max_stored_npc_bytes", "max_parked_memory_bytes", "max_reference_image_pixels", "npc_snapshot_interval_s", "max_timed_events")
+    __slots__ = ("max_message_bytes", "max_audio_packet_bytes", "max_sessions", "max_prompt_chars", "max_reference_image_bytes", "outbound_queue_frames", "voice_jitter_budget_ms", "max_stored_npcs", "max_stored_npc_bytes", "max_parked_memory_bytes", "max_reference_image_pixels", "npc_snapshot_interval_s", "max_timed_events", "max_prompt_guidance")
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_AUDIO_PACKET_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -240,6 +242,7 @@ class Limits(_message.Message):
     MAX_REFERENCE_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     NPC_SNAPSHOT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     MAX_TIMED_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPT_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     max_message_bytes: int
     max_audio_packet_bytes: int
     max_sessions: int
@@ -253,4 +256,5 @@ class Limits(_message.Message):
     max_reference_image_pixels: int
     npc_snapshot_interval_s: int
     max_timed_events: int
-    def __init__(self, max_message_bytes: _Optional[int] = ..., max_audio_packet_bytes: _Optional[int] = ..., max_sessions: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_reference_image_bytes: _Optional[int] = ..., outbound_queue_frames: _Optional[int] = ..., voice_jitter_budget_ms: _Optional[int] = ..., max_stored_npcs: _Optional[int] = ..., max_stored_npc_bytes: _Optional[int] = ..., max_parked_memory_bytes: _Optional[int] = ..., max_reference_image_pixels: _Optional[int] = ..., npc_snapshot_interval_s: _Optional[int] = ..., max_timed_events: _Optional[int] = ...) -> None: ...
+    max_prompt_guidance: float
+    def __init__(self, max_message_bytes: _Optional[int] = ..., max_audio_packet_bytes: _Optional[int] = ..., max_sessions: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_reference_image_bytes: _Optional[int] = ..., outbound_queue_frames: _Optional[int] = ..., voice_jitter_budget_ms: _Optional[int] = ..., max_stored_npcs: _Optional[int] = ..., max_stored_npc_bytes: _Optional[int] = ..., max_parked_memory_bytes: _Optional[int] = ..., max_reference_image_pixels: _Optional[int] = ..., npc_snapshot_interval_s: _Optional[int] = ..., max_timed_events: _Optional[int] = ..., max_prompt_guidance: _Optional[float] = ...) -> None: ...

@@ -95,7 +95,7 @@ class ClientMessage(_message.Message):
     def __init__(self, config: _Optional[_Union[SessionConfig, _Mapping]] = ..., audio: _Optional[_Union[AudioPacket, _Mapping]] = ..., end_of_utterance: _Optional[_Union[EndOfUtterance, _Mapping]] = ..., emotion: _Optional[_Union[EmotionEvent, _Mapping]] = ..., action: _Optional[_Union[ActionEvent, _Mapping]] = ..., listening: _Optional[_Union[ListeningEvent, _Mapping]] = ..., interrupt: _Optional[_Union[InterruptRequest, _Mapping]] = ..., playback: _Optional[_Union[PlaybackProgress, _Mapping]] = ...) -> None: ...
 
 class SessionConfig(_message.Message):
-    __slots__ = ("npc_id", "character_id", "video", "audio", "reset_memory", "resume_token", "seed", "stats_interval_ms", "echo_audio")
+    __slots__ = ("npc_id", "character_id", "video", "audio", "reset_memory", "resume_token", "seed", "stats_interval_ms", "echo_audio", "prompt_guidance")
     NPC_ID_FIELD_NUMBER: _ClassVar[int]
     CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
     VIDEO_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class SessionConfig(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     STATS_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     ECHO_AUDIO_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     npc_id: str
     character_id: str
     video: VideoFormat
@@ -114,7 +115,8 @@ class SessionConfig(_message.Message):
     seed: int
     stats_interval_ms: int
     echo_audio: bool
-    def __init__(self, npc_id: _Optional[str] = ..., character_id: _Optional[str] = ..., video: _Optional[_Union[VideoFormat, _Mapping]] = ..., audio: _Optional[_Union[AudioFormat, _Mapping]] = ..., reset_memory: _Optional[bool] = ..., resume_token: _Optional[str] = ..., seed: _Optional[int] = ..., stats_interval_ms: _Optional[int] = ..., echo_audio: _Optional[bool] = ...) -> None: ...
+    prompt_guidance: float
+    def __init__(self, npc_id: _Optional[str] = ..., character_id: _Optional[str] = ..., video: _Optional[_Union[VideoFormat, _Mapping]] = ..., audio: _Optional[_Union[AudioFormat, _Mapping]] = ..., reset_memory: _Optional[bool] = ..., resume_token: _Optional[str] = ..., seed: _Optional[int] = ..., stats_interval_ms: _Optional[int] = ..., echo_audio: _Optional[bool] = ..., prompt_guidance: _Optional[float] = ...) -> None: ...
 
 class AudioPacket(_message.Message):
     __slots__ = ("sequence_number", "payload", "restart_sequence")
@@ -187,7 +189,7 @@ class ServerMessage(_message.Message):
     def __init__(self, accepted: _Optional[_Union[SessionAccepted, _Mapping]] = ..., frame: _Optional[_Union[VideoFrame, _Mapping]] = ..., audio_echo: _Optional[_Union[AudioEcho, _Mapping]] = ..., stats: _Optional[_Union[SessionStats, _Mapping]] = ..., event: _Optional[_Union[SessionEvent, _Mapping]] = ..., interrupt_ack: _Optional[_Union[InterruptAck, _Mapping]] = ..., ended: _Optional[_Union[SessionEnded, _Mapping]] = ...) -> None: ...
 
 class SessionAccepted(_message.Message):
-    __slots__ = ("session_id", "npc_id", "character_id", "video", "audio", "resumed", "blocks_generated", "resume_token", "memory_bytes", "first_block_frames", "block_frames", "model", "start_frame_index")
+    __slots__ = ("session_id", "npc_id", "character_id", "video", "audio", "resumed", "blocks_generated", "resume_token", "memory_bytes", "first_block_frames", "block_frames", "model", "start_frame_index", "prompt_guidance")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NPC_ID_FIELD_NUMBER: _ClassVar[int]
     CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +203,7 @@ class SessionAccepted(_message.Message):
     BLOCK_FRAMES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     START_FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     npc_id: str
     character_id: str
@@ -214,7 +217,8 @@ class SessionAccepted(_message.Message):
     block_frames: int
     model: str
     start_frame_index: int
-    def __init__(self, session_id: _Optional[str] = ..., npc_id: _Optional[str] = ..., character_id: _Optional[str] = ..., video: _Optional[_Union[VideoFormat, _Mapping]] = ..., audio: _Optional[_Union[AudioFormat, _Mapping]] = ..., resumed: _Optional[bool] = ..., blocks_generated: _Optional[int] = ..., resume_token: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., first_block_frames: _Optional[int] = ..., block_frames: _Optional[int] = ..., model: _Optional[str] = ..., start_frame_index: _Optional[int] = ...) -> None: ...
+    prompt_guidance: float
+    def __init__(self, session_id: _Optional[str] = ..., npc_id: _Optional[str] = ..., character_id: _Optional[str] = ..., video: _Optional[_Union[VideoFormat, _Mapping]] = ..., audio: _Optional[_Union[AudioFormat, _Mapping]] = ..., resumed: _Optional[bool] = ..., blocks_generated: _Optional[int] = ..., resume_token: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., first_block_frames: _Optional[int] = ..., block_frames: _Optional[int] = ..., model: _Optional[str] = ..., start_frame_index: _Optional[int] = ..., prompt_guidance: _Optional[float] = ...) -> None: ...
 
 class VideoFrame(_message.Message):
     __slots__ = ("index", "pts", "pts_us", "codec", "width", "height", "keyframe", "data", "audio_start", "audio_end", "block_index", "speaking")

@@ -87,6 +87,9 @@ namespace AvatarBackend.Client
         public bool Reconnect = true;
         /// <summary>Decoded frames held for polling; beyond it the oldest go (0: 96).</summary>
         public uint MaxBufferedFrames;
+        /// <summary>How strongly the NPC's emotions and actions show: the prompt guidance factor (0: the
+        /// server's; else 1 = off up to the server's limit, ServerInfo.limits.max_prompt_guidance).</summary>
+        public float PromptGuidance;
     }
 
     /// <summary>A connection to the server (avb_client). Thread safe; dispose it after its sessions.</summary>
@@ -169,6 +172,7 @@ namespace AvatarBackend.Client
                     reset_memory = options.ResetMemory ? 1 : 0,
                     reconnect = options.Reconnect ? 1 : 0,
                     max_buffered_frames = options.MaxBufferedFrames,
+                    prompt_guidance = options.PromptGuidance,
                 };
                 IntPtr session;
                 int result = AvatarClientNative.avb_session_open(handle, ref config, out session);

@@ -42,6 +42,10 @@ namespace AvatarBackend.Client
         public bool restartAfterErrors = true;
         [Tooltip("Decoded frames the core holds; beyond it the oldest go (0: 96)")]
         public int maxBufferedFrames;
+        [Tooltip("How strongly emotions and actions show: the prompt guidance factor (0: the server's; 1: off; " +
+                 "higher shows them sooner and clearer, at some cost in lip sync)")]
+        [Min(0f)]
+        public float promptGuidance;
         public bool startOnEnable = true;
 
         [Header("Video: any of these")]
@@ -167,6 +171,7 @@ namespace AvatarBackend.Client
                     ResetMemory = resetMemory && !afterError,
                     Reconnect = reconnect,
                     MaxBufferedFrames = (uint)Mathf.Max(0, maxBufferedFrames),
+                    PromptGuidance = promptGuidance,
                 });
                 int rate = opened.SampleRate;
                 echo = new EchoPlayback(rate);

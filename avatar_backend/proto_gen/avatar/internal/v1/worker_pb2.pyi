@@ -61,7 +61,7 @@ class FromWorker(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., npc_opened: _Optional[_Union[NpcOpened, _Mapping]] = ..., frame_block: _Optional[_Union[FrameBlock, _Mapping]] = ..., interrupt_done: _Optional[_Union[InterruptDone, _Mapping]] = ..., npc_closed: _Optional[_Union[NpcClosed, _Mapping]] = ..., npc_list: _Optional[_Union[NpcList, _Mapping]] = ..., worker_info: _Optional[_Union[WorkerInfo, _Mapping]] = ..., error: _Optional[_Union[WorkerError, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., utterance_done: _Optional[_Union[UtteranceDone, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ...) -> None: ...
 
 class OpenNpc(_message.Message):
-    __slots__ = ("session_id", "npc_id", "character_id", "width", "height", "fps", "seed", "reset_memory", "resume_token", "character")
+    __slots__ = ("session_id", "npc_id", "character_id", "width", "height", "fps", "seed", "reset_memory", "resume_token", "character", "prompt_guidance")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NPC_ID_FIELD_NUMBER: _ClassVar[int]
     CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class OpenNpc(_message.Message):
     RESET_MEMORY_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CHARACTER_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     npc_id: str
     character_id: str
@@ -82,7 +83,8 @@ class OpenNpc(_message.Message):
     reset_memory: bool
     resume_token: str
     character: CharacterSpec
-    def __init__(self, session_id: _Optional[str] = ..., npc_id: _Optional[str] = ..., character_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[int] = ..., seed: _Optional[int] = ..., reset_memory: _Optional[bool] = ..., resume_token: _Optional[str] = ..., character: _Optional[_Union[CharacterSpec, _Mapping]] = ...) -> None: ...
+    prompt_guidance: float
+    def __init__(self, session_id: _Optional[str] = ..., npc_id: _Optional[str] = ..., character_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[int] = ..., seed: _Optional[int] = ..., reset_memory: _Optional[bool] = ..., resume_token: _Optional[str] = ..., character: _Optional[_Union[CharacterSpec, _Mapping]] = ..., prompt_guidance: _Optional[float] = ...) -> None: ...
 
 class CharacterSpec(_message.Message):
     __slots__ = ("character_id", "revision", "base_prompt", "emotion_prompts", "action_prompts")
@@ -113,20 +115,22 @@ class CharacterSpec(_message.Message):
     def __init__(self, character_id: _Optional[str] = ..., revision: _Optional[int] = ..., base_prompt: _Optional[str] = ..., emotion_prompts: _Optional[_Mapping[str, str]] = ..., action_prompts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class NpcOpened(_message.Message):
-    __slots__ = ("session_id", "npc", "resumed", "first_block_frames", "block_frames", "start_frame_index")
+    __slots__ = ("session_id", "npc", "resumed", "first_block_frames", "block_frames", "start_frame_index", "prompt_guidance")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NPC_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
     FIRST_BLOCK_FRAMES_FIELD_NUMBER: _ClassVar[int]
     BLOCK_FRAMES_FIELD_NUMBER: _ClassVar[int]
     START_FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     npc: NpcState
     resumed: bool
     first_block_frames: int
     block_frames: int
     start_frame_index: int
-    def __init__(self, session_id: _Optional[str] = ..., npc: _Optional[_Union[NpcState, _Mapping]] = ..., resumed: _Optional[bool] = ..., first_block_frames: _Optional[int] = ..., block_frames: _Optional[int] = ..., start_frame_index: _Optional[int] = ...) -> None: ...
+    prompt_guidance: float
+    def __init__(self, session_id: _Optional[str] = ..., npc: _Optional[_Union[NpcState, _Mapping]] = ..., resumed: _Optional[bool] = ..., first_block_frames: _Optional[int] = ..., block_frames: _Optional[int] = ..., start_frame_index: _Optional[int] = ..., prompt_guidance: _Optional[float] = ...) -> None: ...
 
 class PushAudio(_message.Message):
     __slots__ = ("session_id", "num_samples")
@@ -305,7 +309,7 @@ class WorkerInfoQuery(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("model_name", "config_json", "random_weights", "weights_sha256", "parameters", "device", "devices", "sizes", "pid", "fps", "default_width", "default_height", "default_fps", "first_block_frames", "block_frames", "denoising_steps")
+    __slots__ = ("model_name", "config_json", "random_weights", "weights_sha256", "parameters", "device", "devices", "sizes", "pid", "fps", "default_width", "default_height", "default_fps", "first_block_frames", "block_frames", "denoising_steps", "prompt_guidance")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -322,6 +326,7 @@ class WorkerInfo(_message.Message):
     FIRST_BLOCK_FRAMES_FIELD_NUMBER: _ClassVar[int]
     BLOCK_FRAMES_FIELD_NUMBER: _ClassVar[int]
     DENOISING_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     config_json: str
     random_weights: bool
@@ -338,7 +343,8 @@ class WorkerInfo(_message.Message):
     first_block_frames: int
     block_frames: int
     denoising_steps: int
-    def __init__(self, model_name: _Optional[str] = ..., config_json: _Optional[str] = ..., random_weights: _Optional[bool] = ..., weights_sha256: _Optional[str] = ..., parameters: _Optional[int] = ..., device: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceTelemetry, _Mapping]]] = ..., sizes: _Optional[_Iterable[_Union[SizeMemory, _Mapping]]] = ..., pid: _Optional[int] = ..., fps: _Optional[_Iterable[int]] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., default_fps: _Optional[int] = ..., first_block_frames: _Optional[int] = ..., block_frames: _Optional[int] = ..., denoising_steps: _Optional[int] = ...) -> None: ...
+    prompt_guidance: float
+    def __init__(self, model_name: _Optional[str] = ..., config_json: _Optional[str] = ..., random_weights: _Optional[bool] = ..., weights_sha256: _Optional[str] = ..., parameters: _Optional[int] = ..., device: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceTelemetry, _Mapping]]] = ..., sizes: _Optional[_Iterable[_Union[SizeMemory, _Mapping]]] = ..., pid: _Optional[int] = ..., fps: _Optional[_Iterable[int]] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., default_fps: _Optional[int] = ..., first_block_frames: _Optional[int] = ..., block_frames: _Optional[int] = ..., denoising_steps: _Optional[int] = ..., prompt_guidance: _Optional[float] = ...) -> None: ...
 
 class SizeMemory(_message.Message):
     __slots__ = ("width", "height", "npc_memory_bytes")

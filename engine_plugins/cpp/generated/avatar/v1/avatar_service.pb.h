@@ -3430,6 +3430,7 @@ class ModelInfo final :
     kDefaultWidthFieldNumber = 9,
     kDefaultHeightFieldNumber = 10,
     kDefaultFpsFieldNumber = 11,
+    kPromptGuidanceFieldNumber = 12,
   };
   // string name = 1;
   void clear_name();
@@ -3545,6 +3546,15 @@ class ModelInfo final :
   void _internal_set_default_fps(uint32_t value);
   public:
 
+  // float prompt_guidance = 12;
+  void clear_prompt_guidance();
+  float prompt_guidance() const;
+  void set_prompt_guidance(float value);
+  private:
+  float _internal_prompt_guidance() const;
+  void _internal_set_prompt_guidance(float value);
+  public:
+
   // @@protoc_insertion_point(class_scope:avatar.v1.ModelInfo)
  private:
   class _Internal;
@@ -3564,6 +3574,7 @@ class ModelInfo final :
     uint32_t default_width_;
     uint32_t default_height_;
     uint32_t default_fps_;
+    float prompt_guidance_;
     mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
   };
   union { Impl_ _impl_; };
@@ -3705,6 +3716,7 @@ class Limits final :
     kMaxReferenceImagePixelsFieldNumber = 11,
     kNpcSnapshotIntervalSFieldNumber = 12,
     kMaxTimedEventsFieldNumber = 13,
+    kMaxPromptGuidanceFieldNumber = 14,
   };
   // uint32 max_message_bytes = 1;
   void clear_max_message_bytes();
@@ -3823,6 +3835,15 @@ class Limits final :
   void _internal_set_max_timed_events(uint32_t value);
   public:
 
+  // float max_prompt_guidance = 14;
+  void clear_max_prompt_guidance();
+  float max_prompt_guidance() const;
+  void set_max_prompt_guidance(float value);
+  private:
+  float _internal_max_prompt_guidance() const;
+  void _internal_set_max_prompt_guidance(float value);
+  public:
+
   // @@protoc_insertion_point(class_scope:avatar.v1.Limits)
  private:
   class _Internal;
@@ -3844,6 +3865,7 @@ class Limits final :
     uint32_t max_reference_image_pixels_;
     uint32_t npc_snapshot_interval_s_;
     uint32_t max_timed_events_;
+    float max_prompt_guidance_;
     mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
   };
   union { Impl_ _impl_; };
@@ -6039,6 +6061,26 @@ inline void ModelInfo::set_default_fps(uint32_t value) {
   // @@protoc_insertion_point(field_set:avatar.v1.ModelInfo.default_fps)
 }
 
+// float prompt_guidance = 12;
+inline void ModelInfo::clear_prompt_guidance() {
+  _impl_.prompt_guidance_ = 0;
+}
+inline float ModelInfo::_internal_prompt_guidance() const {
+  return _impl_.prompt_guidance_;
+}
+inline float ModelInfo::prompt_guidance() const {
+  // @@protoc_insertion_point(field_get:avatar.v1.ModelInfo.prompt_guidance)
+  return _internal_prompt_guidance();
+}
+inline void ModelInfo::_internal_set_prompt_guidance(float value) {
+  
+  _impl_.prompt_guidance_ = value;
+}
+inline void ModelInfo::set_prompt_guidance(float value) {
+  _internal_set_prompt_guidance(value);
+  // @@protoc_insertion_point(field_set:avatar.v1.ModelInfo.prompt_guidance)
+}
+
 // -------------------------------------------------------------------
 
 // Limits
@@ -6301,6 +6343,26 @@ inline void Limits::_internal_set_max_timed_events(uint32_t value) {
 inline void Limits::set_max_timed_events(uint32_t value) {
   _internal_set_max_timed_events(value);
   // @@protoc_insertion_point(field_set:avatar.v1.Limits.max_timed_events)
+}
+
+// float max_prompt_guidance = 14;
+inline void Limits::clear_max_prompt_guidance() {
+  _impl_.max_prompt_guidance_ = 0;
+}
+inline float Limits::_internal_max_prompt_guidance() const {
+  return _impl_.max_prompt_guidance_;
+}
+inline float Limits::max_prompt_guidance() const {
+  // @@protoc_insertion_point(field_get:avatar.v1.Limits.max_prompt_guidance)
+  return _internal_max_prompt_guidance();
+}
+inline void Limits::_internal_set_max_prompt_guidance(float value) {
+  
+  _impl_.max_prompt_guidance_ = value;
+}
+inline void Limits::set_max_prompt_guidance(float value) {
+  _internal_set_max_prompt_guidance(value);
+  // @@protoc_insertion_point(field_set:avatar.v1.Limits.max_prompt_guidance)
 }
 
 #ifdef __GNUC__

@@ -82,7 +82,8 @@ PROTOBUF_CONSTEXPR SessionConfig::SessionConfig(
   , /*decltype(_impl_.seed_)*/uint64_t{0u}
   , /*decltype(_impl_.reset_memory_)*/false
   , /*decltype(_impl_.echo_audio_)*/false
-  , /*decltype(_impl_.stats_interval_ms_)*/0u} {}
+  , /*decltype(_impl_.stats_interval_ms_)*/0u
+  , /*decltype(_impl_.prompt_guidance_)*/0} {}
 struct SessionConfigDefaultTypeInternal {
   PROTOBUF_CONSTEXPR SessionConfigDefaultTypeInternal()
       : _instance(::_pbi::ConstantInitialized{}) {}
@@ -217,8 +218,9 @@ PROTOBUF_CONSTEXPR SessionAccepted::SessionAccepted(
   , /*decltype(_impl_.resumed_)*/false
   , /*decltype(_impl_.first_block_frames_)*/0u
   , /*decltype(_impl_.memory_bytes_)*/uint64_t{0u}
-  , /*decltype(_impl_.start_frame_index_)*/uint64_t{0u}
   , /*decltype(_impl_.block_frames_)*/0u
+  , /*decltype(_impl_.prompt_guidance_)*/0
+  , /*decltype(_impl_.start_frame_index_)*/uint64_t{0u}
   , /*decltype(_impl_._cached_size_)*/{}} {}
 struct SessionAcceptedDefaultTypeInternal {
   PROTOBUF_CONSTEXPR SessionAcceptedDefaultTypeInternal()
@@ -448,6 +450,7 @@ const uint32_t TableStruct_avatar_2fv1_2fconverse_2eproto::offsets[] PROTOBUF_SE
   PROTOBUF_FIELD_OFFSET(::avatar::v1::SessionConfig, _impl_.seed_),
   PROTOBUF_FIELD_OFFSET(::avatar::v1::SessionConfig, _impl_.stats_interval_ms_),
   PROTOBUF_FIELD_OFFSET(::avatar::v1::SessionConfig, _impl_.echo_audio_),
+  PROTOBUF_FIELD_OFFSET(::avatar::v1::SessionConfig, _impl_.prompt_guidance_),
   ~0u,
   ~0u,
   ~0u,
@@ -457,6 +460,7 @@ const uint32_t TableStruct_avatar_2fv1_2fconverse_2eproto::offsets[] PROTOBUF_SE
   ~0u,
   ~0u,
   0,
+  1,
   ~0u,  // no _has_bits_
   PROTOBUF_FIELD_OFFSET(::avatar::v1::AudioPacket, _internal_metadata_),
   ~0u,  // no _extensions_
@@ -552,6 +556,7 @@ const uint32_t TableStruct_avatar_2fv1_2fconverse_2eproto::offsets[] PROTOBUF_SE
   PROTOBUF_FIELD_OFFSET(::avatar::v1::SessionAccepted, _impl_.block_frames_),
   PROTOBUF_FIELD_OFFSET(::avatar::v1::SessionAccepted, _impl_.model_),
   PROTOBUF_FIELD_OFFSET(::avatar::v1::SessionAccepted, _impl_.start_frame_index_),
+  PROTOBUF_FIELD_OFFSET(::avatar::v1::SessionAccepted, _impl_.prompt_guidance_),
   ~0u,  // no _has_bits_
   PROTOBUF_FIELD_OFFSET(::avatar::v1::VideoFrame, _internal_metadata_),
   ~0u,  // no _extensions_
@@ -665,25 +670,25 @@ static const ::_pbi::MigrationSchema schemas[] PROTOBUF_SECTION_VARIABLE(protode
   { 0, -1, -1, sizeof(::avatar::v1::VideoFormat)},
   { 11, 21, -1, sizeof(::avatar::v1::AudioFormat)},
   { 25, -1, -1, sizeof(::avatar::v1::ClientMessage)},
-  { 40, 55, -1, sizeof(::avatar::v1::SessionConfig)},
-  { 64, -1, -1, sizeof(::avatar::v1::AudioPacket)},
-  { 73, -1, -1, sizeof(::avatar::v1::EndOfUtterance)},
-  { 79, 88, -1, sizeof(::avatar::v1::EmotionEvent)},
-  { 91, 101, -1, sizeof(::avatar::v1::ActionEvent)},
-  { 104, -1, -1, sizeof(::avatar::v1::ListeningEvent)},
-  { 111, 118, -1, sizeof(::avatar::v1::InterruptRequest)},
-  { 119, -1, -1, sizeof(::avatar::v1::PlaybackProgress)},
-  { 126, -1, -1, sizeof(::avatar::v1::ServerMessage)},
-  { 140, -1, -1, sizeof(::avatar::v1::SessionAccepted)},
-  { 159, -1, -1, sizeof(::avatar::v1::VideoFrame)},
-  { 177, -1, -1, sizeof(::avatar::v1::AudioEcho)},
-  { 186, -1, -1, sizeof(::avatar::v1::SessionStats)},
-  { 202, -1, -1, sizeof(::avatar::v1::AudioCounters)},
-  { 215, 223, -1, sizeof(::avatar::v1::SessionEvent_DetailsEntry_DoNotUse)},
-  { 225, -1, -1, sizeof(::avatar::v1::SessionEvent)},
-  { 234, -1, -1, sizeof(::avatar::v1::InterruptAck)},
-  { 246, -1, -1, sizeof(::avatar::v1::SessionEnded)},
-  { 255, -1, -1, sizeof(::avatar::v1::DeviceTelemetry)},
+  { 40, 56, -1, sizeof(::avatar::v1::SessionConfig)},
+  { 66, -1, -1, sizeof(::avatar::v1::AudioPacket)},
+  { 75, -1, -1, sizeof(::avatar::v1::EndOfUtterance)},
+  { 81, 90, -1, sizeof(::avatar::v1::EmotionEvent)},
+  { 93, 103, -1, sizeof(::avatar::v1::ActionEvent)},
+  { 106, -1, -1, sizeof(::avatar::v1::ListeningEvent)},
+  { 113, 120, -1, sizeof(::avatar::v1::InterruptRequest)},
+  { 121, -1, -1, sizeof(::avatar::v1::PlaybackProgress)},
+  { 128, -1, -1, sizeof(::avatar::v1::ServerMessage)},
+  { 142, -1, -1, sizeof(::avatar::v1::SessionAccepted)},
+  { 162, -1, -1, sizeof(::avatar::v1::VideoFrame)},
+  { 180, -1, -1, sizeof(::avatar::v1::AudioEcho)},
+  { 189, -1, -1, sizeof(::avatar::v1::SessionStats)},
+  { 205, -1, -1, sizeof(::avatar::v1::AudioCounters)},
+  { 218, 226, -1, sizeof(::avatar::v1::SessionEvent_DetailsEntry_DoNotUse)},
+  { 228, -1, -1, sizeof(::avatar::v1::SessionEvent)},
+  { 237, -1, -1, sizeof(::avatar::v1::InterruptAck)},
+  { 249, -1, -1, sizeof(::avatar::v1::SessionEnded)},
+  { 258, -1, -1, sizeof(::avatar::v1::DeviceTelemetry)},
 };
 
 static const ::_pb::Message* const file_default_instances[] = {
@@ -729,95 +734,97 @@ const char descriptor_table_protodef_avatar_2fv1_2fconverse_2eproto[] PROTOBUF_S
   ".avatar.v1.ListeningEventH\000\0220\n\tinterrupt"
   "\030\007 \001(\0132\033.avatar.v1.InterruptRequestH\000\022/\n"
   "\010playback\030\010 \001(\0132\033.avatar.v1.PlaybackProg"
-  "ressH\000B\t\n\007message\"\200\002\n\rSessionConfig\022\016\n\006n"
+  "ressH\000B\t\n\007message\"\262\002\n\rSessionConfig\022\016\n\006n"
   "pc_id\030\001 \001(\t\022\024\n\014character_id\030\002 \001(\t\022%\n\005vid"
   "eo\030\003 \001(\0132\026.avatar.v1.VideoFormat\022%\n\005audi"
   "o\030\004 \001(\0132\026.avatar.v1.AudioFormat\022\024\n\014reset"
   "_memory\030\005 \001(\010\022\024\n\014resume_token\030\006 \001(\t\022\014\n\004s"
   "eed\030\007 \001(\004\022\031\n\021stats_interval_ms\030\010 \001(\r\022\027\n\n"
-  "echo_audio\030\t \001(\010H\000\210\001\001B\r\n\013_echo_audio\"Q\n\013"
-  "AudioPacket\022\027\n\017sequence_number\030\001 \001(\r\022\017\n\007"
-  "payload\030\002 \001(\014\022\030\n\020restart_sequence\030\003 \001(\010\""
-  "\020\n\016EndOfUtterance\"a\n\014EmotionEvent\022\014\n\004nam"
-  "e\030\001 \001(\t\022\021\n\tintensity\030\002 \001(\002\022\034\n\017at_voice_s"
-  "ample\030\003 \001(\004H\000\210\001\001B\022\n\020_at_voice_sample\"p\n\013"
-  "ActionEvent\022\020\n\006preset\030\001 \001(\tH\000\022\023\n\tfree_te"
-  "xt\030\002 \001(\tH\000\022\034\n\017at_voice_sample\030\003 \001(\004H\001\210\001\001"
-  "B\010\n\006actionB\022\n\020_at_voice_sample\"#\n\016Listen"
-  "ingEvent\022\021\n\tlistening\030\001 \001(\010\">\n\020Interrupt"
-  "Request\022\031\n\014played_until\030\001 \001(\004H\000\210\001\001B\017\n\r_p"
-  "layed_until\"(\n\020PlaybackProgress\022\024\n\014playe"
-  "d_until\030\001 \001(\004\"\316\002\n\rServerMessage\022.\n\010accep"
-  "ted\030\001 \001(\0132\032.avatar.v1.SessionAcceptedH\000\022"
-  "&\n\005frame\030\002 \001(\0132\025.avatar.v1.VideoFrameH\000\022"
-  "*\n\naudio_echo\030\003 \001(\0132\024.avatar.v1.AudioEch"
-  "oH\000\022(\n\005stats\030\004 \001(\0132\027.avatar.v1.SessionSt"
-  "atsH\000\022(\n\005event\030\005 \001(\0132\027.avatar.v1.Session"
-  "EventH\000\0220\n\rinterrupt_ack\030\006 \001(\0132\027.avatar."
-  "v1.InterruptAckH\000\022(\n\005ended\030\007 \001(\0132\027.avata"
-  "r.v1.SessionEndedH\000B\t\n\007message\"\314\002\n\017Sessi"
-  "onAccepted\022\022\n\nsession_id\030\001 \001(\t\022\016\n\006npc_id"
-  "\030\002 \001(\t\022\024\n\014character_id\030\003 \001(\t\022%\n\005video\030\004 "
-  "\001(\0132\026.avatar.v1.VideoFormat\022%\n\005audio\030\005 \001"
-  "(\0132\026.avatar.v1.AudioFormat\022\017\n\007resumed\030\006 "
-  "\001(\010\022\030\n\020blocks_generated\030\007 \001(\004\022\024\n\014resume_"
-  "token\030\010 \001(\t\022\024\n\014memory_bytes\030\t \001(\004\022\032\n\022fir"
-  "st_block_frames\030\n \001(\r\022\024\n\014block_frames\030\013 "
-  "\001(\r\022\r\n\005model\030\014 \001(\t\022\031\n\021start_frame_index\030"
-  "\r \001(\004\"\354\001\n\nVideoFrame\022\r\n\005index\030\001 \001(\004\022\013\n\003p"
-  "ts\030\002 \001(\004\022\016\n\006pts_us\030\003 \001(\004\022$\n\005codec\030\004 \001(\0162"
-  "\025.avatar.v1.VideoCodec\022\r\n\005width\030\005 \001(\r\022\016\n"
-  "\006height\030\006 \001(\r\022\020\n\010keyframe\030\007 \001(\010\022\014\n\004data\030"
-  "\010 \001(\014\022\023\n\013audio_start\030\t \001(\004\022\021\n\taudio_end\030"
-  "\n \001(\004\022\023\n\013block_index\030\013 \001(\004\022\020\n\010speaking\030\014"
-  " \001(\010\">\n\tAudioEcho\022\r\n\005start\030\001 \001(\004\022\023\n\013samp"
-  "le_rate\030\002 \001(\r\022\r\n\005pcm16\030\003 \001(\014\"\263\002\n\014Session"
-  "Stats\022\025\n\rgenerated_fps\030\001 \001(\001\022\023\n\013frames_s"
-  "ent\030\002 \001(\004\022\026\n\016frames_dropped\030\003 \001(\004\022\030\n\020blo"
-  "ck_compute_ms\030\004 \001(\001\022\036\n\026first_frame_laten"
-  "cy_ms\030\005 \001(\001\022\034\n\024outbound_queue_depth\030\006 \001("
-  "\r\022\027\n\017audio_queued_ms\030\007 \001(\001\022\'\n\005audio\030\010 \001("
-  "\0132\030.avatar.v1.AudioCounters\022+\n\007devices\030\t"
-  " \003(\0132\032.avatar.v1.DeviceTelemetry\022\030\n\020bloc"
-  "ks_generated\030\n \001(\004\"\220\001\n\rAudioCounters\022\020\n\010"
-  "received\030\001 \001(\004\022\022\n\nduplicates\030\002 \001(\004\022\014\n\004la"
-  "te\030\003 \001(\004\022\014\n\004lost\030\004 \001(\004\022\025\n\rconcealed_plc\030"
-  "\005 \001(\004\022\025\n\rrecovered_fec\030\006 \001(\004\022\017\n\007garbage\030"
-  "\007 \001(\004\"\252\001\n\014SessionEvent\022\"\n\004code\030\001 \001(\0162\024.a"
-  "vatar.v1.EventCode\022\017\n\007message\030\002 \001(\t\0225\n\007d"
-  "etails\030\003 \003(\0132$.avatar.v1.SessionEvent.De"
-  "tailsEntry\032.\n\014DetailsEntry\022\013\n\003key\030\001 \001(\t\022"
-  "\r\n\005value\030\002 \001(\t:\0028\001\"\243\001\n\014InterruptAck\022\027\n\017g"
-  "enerated_until\030\001 \001(\004\022\027\n\017dropped_samples\030"
-  "\002 \001(\004\022\030\n\020next_frame_index\030\003 \001(\004\022\030\n\020repla"
-  "ce_from_pts\030\004 \001(\004\022\024\n\014played_until\030\005 \001(\004\022"
-  "\027\n\017unheard_samples\030\006 \001(\004\"X\n\014SessionEnded"
-  "\022\024\n\014resume_token\030\001 \001(\t\022\030\n\020blocks_generat"
-  "ed\030\002 \001(\004\022\030\n\020frames_generated\030\003 \001(\004\"\237\001\n\017D"
-  "eviceTelemetry\022\r\n\005index\030\001 \001(\r\022\014\n\004name\030\002 "
-  "\001(\t\022\031\n\021memory_used_bytes\030\003 \001(\004\022\032\n\022memory"
-  "_total_bytes\030\004 \001(\004\022\033\n\023utilization_percen"
-  "t\030\005 \001(\r\022\033\n\023temperature_celsius\030\006 \001(\r*n\n\n"
-  "VideoCodec\022\033\n\027VIDEO_CODEC_UNSPECIFIED\020\000\022"
-  "\024\n\020VIDEO_CODEC_JPEG\020\001\022\027\n\023VIDEO_CODEC_RAW"
-  "_RGB\020\002\022\024\n\020VIDEO_CODEC_H264\020\003*V\n\nAudioCod"
-  "ec\022\033\n\027AUDIO_CODEC_UNSPECIFIED\020\000\022\024\n\020AUDIO"
-  "_CODEC_OPUS\020\001\022\025\n\021AUDIO_CODEC_PCM16\020\002*\227\002\n"
-  "\tEventCode\022\032\n\026EVENT_CODE_UNSPECIFIED\020\000\022\027"
-  "\n\023EVENT_CODE_DRAINING\020\001\022\035\n\031EVENT_CODE_FR"
-  "AMES_DROPPED\020\002\022\034\n\030EVENT_CODE_AUDIO_GARBA"
-  "GE\020\003\022\036\n\032EVENT_CODE_UNKNOWN_EMOTION\020\004\022\035\n\031"
-  "EVENT_CODE_UNKNOWN_ACTION\020\005\022!\n\035EVENT_COD"
-  "E_UTTERANCE_COMPLETE\020\006\022\030\n\024EVENT_CODE_AUD"
-  "IO_GAP\020\007\022\034\n\030EVENT_CODE_INVALID_EVENT\020\010B\225"
-  "\001\n\024dev.avatarbackend.v1B\rConverseProtoP\001"
-  "Z,avatar-backend.dev/gen/go/avatar/v1;av"
-  "atarv1\242\002\003AVB\252\002\020AvatarBackend.V1\312\002\020Avatar"
-  "Backend\\V1\352\002\021AvatarBackend::V1b\006proto3"
+  "echo_audio\030\t \001(\010H\000\210\001\001\022\034\n\017prompt_guidance"
+  "\030\n \001(\002H\001\210\001\001B\r\n\013_echo_audioB\022\n\020_prompt_gu"
+  "idance\"Q\n\013AudioPacket\022\027\n\017sequence_number"
+  "\030\001 \001(\r\022\017\n\007payload\030\002 \001(\014\022\030\n\020restart_seque"
+  "nce\030\003 \001(\010\"\020\n\016EndOfUtterance\"a\n\014EmotionEv"
+  "ent\022\014\n\004name\030\001 \001(\t\022\021\n\tintensity\030\002 \001(\002\022\034\n\017"
+  "at_voice_sample\030\003 \001(\004H\000\210\001\001B\022\n\020_at_voice_"
+  "sample\"p\n\013ActionEvent\022\020\n\006preset\030\001 \001(\tH\000\022"
+  "\023\n\tfree_text\030\002 \001(\tH\000\022\034\n\017at_voice_sample\030"
+  "\003 \001(\004H\001\210\001\001B\010\n\006actionB\022\n\020_at_voice_sample"
+  "\"#\n\016ListeningEvent\022\021\n\tlistening\030\001 \001(\010\">\n"
+  "\020InterruptRequest\022\031\n\014played_until\030\001 \001(\004H"
+  "\000\210\001\001B\017\n\r_played_until\"(\n\020PlaybackProgres"
+  "s\022\024\n\014played_until\030\001 \001(\004\"\316\002\n\rServerMessag"
+  "e\022.\n\010accepted\030\001 \001(\0132\032.avatar.v1.SessionA"
+  "cceptedH\000\022&\n\005frame\030\002 \001(\0132\025.avatar.v1.Vid"
+  "eoFrameH\000\022*\n\naudio_echo\030\003 \001(\0132\024.avatar.v"
+  "1.AudioEchoH\000\022(\n\005stats\030\004 \001(\0132\027.avatar.v1"
+  ".SessionStatsH\000\022(\n\005event\030\005 \001(\0132\027.avatar."
+  "v1.SessionEventH\000\0220\n\rinterrupt_ack\030\006 \001(\013"
+  "2\027.avatar.v1.InterruptAckH\000\022(\n\005ended\030\007 \001"
+  "(\0132\027.avatar.v1.SessionEndedH\000B\t\n\007message"
+  "\"\345\002\n\017SessionAccepted\022\022\n\nsession_id\030\001 \001(\t"
+  "\022\016\n\006npc_id\030\002 \001(\t\022\024\n\014character_id\030\003 \001(\t\022%"
+  "\n\005video\030\004 \001(\0132\026.avatar.v1.VideoFormat\022%\n"
+  "\005audio\030\005 \001(\0132\026.avatar.v1.AudioFormat\022\017\n\007"
+  "resumed\030\006 \001(\010\022\030\n\020blocks_generated\030\007 \001(\004\022"
+  "\024\n\014resume_token\030\010 \001(\t\022\024\n\014memory_bytes\030\t "
+  "\001(\004\022\032\n\022first_block_frames\030\n \001(\r\022\024\n\014block"
+  "_frames\030\013 \001(\r\022\r\n\005model\030\014 \001(\t\022\031\n\021start_fr"
+  "ame_index\030\r \001(\004\022\027\n\017prompt_guidance\030\016 \001(\002"
+  "\"\354\001\n\nVideoFrame\022\r\n\005index\030\001 \001(\004\022\013\n\003pts\030\002 "
+  "\001(\004\022\016\n\006pts_us\030\003 \001(\004\022$\n\005codec\030\004 \001(\0162\025.ava"
+  "tar.v1.VideoCodec\022\r\n\005width\030\005 \001(\r\022\016\n\006heig"
+  "ht\030\006 \001(\r\022\020\n\010keyframe\030\007 \001(\010\022\014\n\004data\030\010 \001(\014"
+  "\022\023\n\013audio_start\030\t \001(\004\022\021\n\taudio_end\030\n \001(\004"
+  "\022\023\n\013block_index\030\013 \001(\004\022\020\n\010speaking\030\014 \001(\010\""
+  ">\n\tAudioEcho\022\r\n\005start\030\001 \001(\004\022\023\n\013sample_ra"
+  "te\030\002 \001(\r\022\r\n\005pcm16\030\003 \001(\014\"\263\002\n\014SessionStats"
+  "\022\025\n\rgenerated_fps\030\001 \001(\001\022\023\n\013frames_sent\030\002"
+  " \001(\004\022\026\n\016frames_dropped\030\003 \001(\004\022\030\n\020block_co"
+  "mpute_ms\030\004 \001(\001\022\036\n\026first_frame_latency_ms"
+  "\030\005 \001(\001\022\034\n\024outbound_queue_depth\030\006 \001(\r\022\027\n\017"
+  "audio_queued_ms\030\007 \001(\001\022\'\n\005audio\030\010 \001(\0132\030.a"
+  "vatar.v1.AudioCounters\022+\n\007devices\030\t \003(\0132"
+  "\032.avatar.v1.DeviceTelemetry\022\030\n\020blocks_ge"
+  "nerated\030\n \001(\004\"\220\001\n\rAudioCounters\022\020\n\010recei"
+  "ved\030\001 \001(\004\022\022\n\nduplicates\030\002 \001(\004\022\014\n\004late\030\003 "
+  "\001(\004\022\014\n\004lost\030\004 \001(\004\022\025\n\rconcealed_plc\030\005 \001(\004"
+  "\022\025\n\rrecovered_fec\030\006 \001(\004\022\017\n\007garbage\030\007 \001(\004"
+  "\"\252\001\n\014SessionEvent\022\"\n\004code\030\001 \001(\0162\024.avatar"
+  ".v1.EventCode\022\017\n\007message\030\002 \001(\t\0225\n\007detail"
+  "s\030\003 \003(\0132$.avatar.v1.SessionEvent.Details"
+  "Entry\032.\n\014DetailsEntry\022\013\n\003key\030\001 \001(\t\022\r\n\005va"
+  "lue\030\002 \001(\t:\0028\001\"\243\001\n\014InterruptAck\022\027\n\017genera"
+  "ted_until\030\001 \001(\004\022\027\n\017dropped_samples\030\002 \001(\004"
+  "\022\030\n\020next_frame_index\030\003 \001(\004\022\030\n\020replace_fr"
+  "om_pts\030\004 \001(\004\022\024\n\014played_until\030\005 \001(\004\022\027\n\017un"
+  "heard_samples\030\006 \001(\004\"X\n\014SessionEnded\022\024\n\014r"
+  "esume_token\030\001 \001(\t\022\030\n\020blocks_generated\030\002 "
+  "\001(\004\022\030\n\020frames_generated\030\003 \001(\004\"\237\001\n\017Device"
+  "Telemetry\022\r\n\005index\030\001 \001(\r\022\014\n\004name\030\002 \001(\t\022\031"
+  "\n\021memory_used_bytes\030\003 \001(\004\022\032\n\022memory_tota"
+  "l_bytes\030\004 \001(\004\022\033\n\023utilization_percent\030\005 \001"
+  "(\r\022\033\n\023temperature_celsius\030\006 \001(\r*n\n\nVideo"
+  "Codec\022\033\n\027VIDEO_CODEC_UNSPECIFIED\020\000\022\024\n\020VI"
+  "DEO_CODEC_JPEG\020\001\022\027\n\023VIDEO_CODEC_RAW_RGB\020"
+  "\002\022\024\n\020VIDEO_CODEC_H264\020\003*V\n\nAudioCodec\022\033\n"
+  "\027AUDIO_CODEC_UNSPECIFIED\020\000\022\024\n\020AUDIO_CODE"
+  "C_OPUS\020\001\022\025\n\021AUDIO_CODEC_PCM16\020\002*\227\002\n\tEven"
+  "tCode\022\032\n\026EVENT_CODE_UNSPECIFIED\020\000\022\027\n\023EVE"
+  "NT_CODE_DRAINING\020\001\022\035\n\031EVENT_CODE_FRAMES_"
+  "DROPPED\020\002\022\034\n\030EVENT_CODE_AUDIO_GARBAGE\020\003\022"
+  "\036\n\032EVENT_CODE_UNKNOWN_EMOTION\020\004\022\035\n\031EVENT"
+  "_CODE_UNKNOWN_ACTION\020\005\022!\n\035EVENT_CODE_UTT"
+  "ERANCE_COMPLETE\020\006\022\030\n\024EVENT_CODE_AUDIO_GA"
+  "P\020\007\022\034\n\030EVENT_CODE_INVALID_EVENT\020\010B\225\001\n\024de"
+  "v.avatarbackend.v1B\rConverseProtoP\001Z,ava"
+  "tar-backend.dev/gen/go/avatar/v1;avatarv"
+  "1\242\002\003AVB\252\002\020AvatarBackend.V1\312\002\020AvatarBacke"
+  "nd\\V1\352\002\021AvatarBackend::V1b\006proto3"
   ;
 static ::_pbi::once_flag descriptor_table_avatar_2fv1_2fconverse_2eproto_once;
 const ::_pbi::DescriptorTable descriptor_table_avatar_2fv1_2fconverse_2eproto = {
-    false, false, 4078, descriptor_table_protodef_avatar_2fv1_2fconverse_2eproto,
+    false, false, 4153, descriptor_table_protodef_avatar_2fv1_2fconverse_2eproto,
     "avatar/v1/converse.proto",
     &descriptor_table_avatar_2fv1_2fconverse_2eproto_once, nullptr, 0, 22,
     schemas, file_default_instances, TableStruct_avatar_2fv1_2fconverse_2eproto::offsets,
@@ -2109,6 +2116,9 @@ class SessionConfig::_Internal {
   static void set_has_echo_audio(HasBits* has_bits) {
     (*has_bits)[0] |= 1u;
   }
+  static void set_has_prompt_guidance(HasBits* has_bits) {
+    (*has_bits)[0] |= 2u;
+  }
 };
 
 const ::avatar::v1::VideoFormat&
@@ -2139,7 +2149,8 @@ SessionConfig::SessionConfig(const SessionConfig& from)
     , decltype(_impl_.seed_){}
     , decltype(_impl_.reset_memory_){}
     , decltype(_impl_.echo_audio_){}
-    , decltype(_impl_.stats_interval_ms_){}};
+    , decltype(_impl_.stats_interval_ms_){}
+    , decltype(_impl_.prompt_guidance_){}};
 
   _internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
   _impl_.npc_id_.InitDefault();
@@ -2173,8 +2184,8 @@ SessionConfig::SessionConfig(const SessionConfig& from)
     _this->_impl_.audio_ = new ::avatar::v1::AudioFormat(*from._impl_.audio_);
   }
   ::memcpy(&_impl_.seed_, &from._impl_.seed_,
-    static_cast<size_t>(reinterpret_cast<char*>(&_impl_.stats_interval_ms_) -
-    reinterpret_cast<char*>(&_impl_.seed_)) + sizeof(_impl_.stats_interval_ms_));
+    static_cast<size_t>(reinterpret_cast<char*>(&_impl_.prompt_guidance_) -
+    reinterpret_cast<char*>(&_impl_.seed_)) + sizeof(_impl_.prompt_guidance_));
   // @@protoc_insertion_point(copy_constructor:avatar.v1.SessionConfig)
 }
 
@@ -2194,6 +2205,7 @@ inline void SessionConfig::SharedCtor(
     , decltype(_impl_.reset_memory_){false}
     , decltype(_impl_.echo_audio_){false}
     , decltype(_impl_.stats_interval_ms_){0u}
+    , decltype(_impl_.prompt_guidance_){0}
   };
   _impl_.npc_id_.InitDefault();
   #ifdef PROTOBUF_FORCE_COPY_DEFAULT_STRING
@@ -2253,6 +2265,7 @@ void SessionConfig::Clear() {
       reinterpret_cast<char*>(&_impl_.seed_)) + sizeof(_impl_.reset_memory_));
   _impl_.echo_audio_ = false;
   _impl_.stats_interval_ms_ = 0u;
+  _impl_.prompt_guidance_ = 0;
   _impl_._has_bits_.Clear();
   _internal_metadata_.Clear<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>();
 }
@@ -2340,6 +2353,15 @@ const char* SessionConfig::_InternalParse(const char* ptr, ::_pbi::ParseContext*
           _Internal::set_has_echo_audio(&has_bits);
           _impl_.echo_audio_ = ::PROTOBUF_NAMESPACE_ID::internal::ReadVarint64(&ptr);
           CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
+      // optional float prompt_guidance = 10;
+      case 10:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 85)) {
+          _Internal::set_has_prompt_guidance(&has_bits);
+          _impl_.prompt_guidance_ = ::PROTOBUF_NAMESPACE_ID::internal::UnalignedLoad<float>(ptr);
+          ptr += sizeof(float);
         } else
           goto handle_unusual;
         continue;
@@ -2441,6 +2463,12 @@ uint8_t* SessionConfig::_InternalSerialize(
     target = ::_pbi::WireFormatLite::WriteBoolToArray(9, this->_internal_echo_audio(), target);
   }
 
+  // optional float prompt_guidance = 10;
+  if (_internal_has_prompt_guidance()) {
+    target = stream->EnsureSpace(target);
+    target = ::_pbi::WireFormatLite::WriteFloatToArray(10, this->_internal_prompt_guidance(), target);
+  }
+
   if (PROTOBUF_PREDICT_FALSE(_internal_metadata_.have_unknown_fields())) {
     target = ::_pbi::WireFormat::InternalSerializeUnknownFieldsToArray(
         _internal_metadata_.unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(::PROTOBUF_NAMESPACE_ID::UnknownFieldSet::default_instance), target, stream);
@@ -2513,6 +2541,11 @@ size_t SessionConfig::ByteSizeLong() const {
     total_size += ::_pbi::WireFormatLite::UInt32SizePlusOne(this->_internal_stats_interval_ms());
   }
 
+  // optional float prompt_guidance = 10;
+  if (cached_has_bits & 0x00000002u) {
+    total_size += 1 + 4;
+  }
+
   return MaybeComputeUnknownFieldsSize(total_size, &_impl_._cached_size_);
 }
 
@@ -2560,6 +2593,9 @@ void SessionConfig::MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::
   if (from._internal_stats_interval_ms() != 0) {
     _this->_internal_set_stats_interval_ms(from._internal_stats_interval_ms());
   }
+  if (from._internal_has_prompt_guidance()) {
+    _this->_internal_set_prompt_guidance(from._internal_prompt_guidance());
+  }
   _this->_internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
 }
 
@@ -2593,8 +2629,8 @@ void SessionConfig::InternalSwap(SessionConfig* other) {
       &other->_impl_.resume_token_, rhs_arena
   );
   ::PROTOBUF_NAMESPACE_ID::internal::memswap<
-      PROTOBUF_FIELD_OFFSET(SessionConfig, _impl_.stats_interval_ms_)
-      + sizeof(SessionConfig::_impl_.stats_interval_ms_)
+      PROTOBUF_FIELD_OFFSET(SessionConfig, _impl_.prompt_guidance_)
+      + sizeof(SessionConfig::_impl_.prompt_guidance_)
       - PROTOBUF_FIELD_OFFSET(SessionConfig, _impl_.video_)>(
           reinterpret_cast<char*>(&_impl_.video_),
           reinterpret_cast<char*>(&other->_impl_.video_));
@@ -4674,8 +4710,9 @@ SessionAccepted::SessionAccepted(const SessionAccepted& from)
     , decltype(_impl_.resumed_){}
     , decltype(_impl_.first_block_frames_){}
     , decltype(_impl_.memory_bytes_){}
-    , decltype(_impl_.start_frame_index_){}
     , decltype(_impl_.block_frames_){}
+    , decltype(_impl_.prompt_guidance_){}
+    , decltype(_impl_.start_frame_index_){}
     , /*decltype(_impl_._cached_size_)*/{}};
 
   _internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
@@ -4726,8 +4763,8 @@ SessionAccepted::SessionAccepted(const SessionAccepted& from)
     _this->_impl_.audio_ = new ::avatar::v1::AudioFormat(*from._impl_.audio_);
   }
   ::memcpy(&_impl_.blocks_generated_, &from._impl_.blocks_generated_,
-    static_cast<size_t>(reinterpret_cast<char*>(&_impl_.block_frames_) -
-    reinterpret_cast<char*>(&_impl_.blocks_generated_)) + sizeof(_impl_.block_frames_));
+    static_cast<size_t>(reinterpret_cast<char*>(&_impl_.start_frame_index_) -
+    reinterpret_cast<char*>(&_impl_.blocks_generated_)) + sizeof(_impl_.start_frame_index_));
   // @@protoc_insertion_point(copy_constructor:avatar.v1.SessionAccepted)
 }
 
@@ -4747,8 +4784,9 @@ inline void SessionAccepted::SharedCtor(
     , decltype(_impl_.resumed_){false}
     , decltype(_impl_.first_block_frames_){0u}
     , decltype(_impl_.memory_bytes_){uint64_t{0u}}
-    , decltype(_impl_.start_frame_index_){uint64_t{0u}}
     , decltype(_impl_.block_frames_){0u}
+    , decltype(_impl_.prompt_guidance_){0}
+    , decltype(_impl_.start_frame_index_){uint64_t{0u}}
     , /*decltype(_impl_._cached_size_)*/{}
   };
   _impl_.session_id_.InitDefault();
@@ -4817,8 +4855,8 @@ void SessionAccepted::Clear() {
   }
   _impl_.audio_ = nullptr;
   ::memset(&_impl_.blocks_generated_, 0, static_cast<size_t>(
-      reinterpret_cast<char*>(&_impl_.block_frames_) -
-      reinterpret_cast<char*>(&_impl_.blocks_generated_)) + sizeof(_impl_.block_frames_));
+      reinterpret_cast<char*>(&_impl_.start_frame_index_) -
+      reinterpret_cast<char*>(&_impl_.blocks_generated_)) + sizeof(_impl_.start_frame_index_));
   _internal_metadata_.Clear<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>();
 }
 
@@ -4939,6 +4977,14 @@ const char* SessionAccepted::_InternalParse(const char* ptr, ::_pbi::ParseContex
         if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 104)) {
           _impl_.start_frame_index_ = ::PROTOBUF_NAMESPACE_ID::internal::ReadVarint64(&ptr);
           CHK_(ptr);
+        } else
+          goto handle_unusual;
+        continue;
+      // float prompt_guidance = 14;
+      case 14:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 117)) {
+          _impl_.prompt_guidance_ = ::PROTOBUF_NAMESPACE_ID::internal::UnalignedLoad<float>(ptr);
+          ptr += sizeof(float);
         } else
           goto handle_unusual;
         continue;
@@ -5071,6 +5117,16 @@ uint8_t* SessionAccepted::_InternalSerialize(
     target = ::_pbi::WireFormatLite::WriteUInt64ToArray(13, this->_internal_start_frame_index(), target);
   }
 
+  // float prompt_guidance = 14;
+  static_assert(sizeof(uint32_t) == sizeof(float), "Code assumes uint32_t and float are the same size.");
+  float tmp_prompt_guidance = this->_internal_prompt_guidance();
+  uint32_t raw_prompt_guidance;
+  memcpy(&raw_prompt_guidance, &tmp_prompt_guidance, sizeof(tmp_prompt_guidance));
+  if (raw_prompt_guidance != 0) {
+    target = stream->EnsureSpace(target);
+    target = ::_pbi::WireFormatLite::WriteFloatToArray(14, this->_internal_prompt_guidance(), target);
+  }
+
   if (PROTOBUF_PREDICT_FALSE(_internal_metadata_.have_unknown_fields())) {
     target = ::_pbi::WireFormat::InternalSerializeUnknownFieldsToArray(
         _internal_metadata_.unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(::PROTOBUF_NAMESPACE_ID::UnknownFieldSet::default_instance), target, stream);
@@ -5156,14 +5212,23 @@ size_t SessionAccepted::ByteSizeLong() const {
     total_size += ::_pbi::WireFormatLite::UInt64SizePlusOne(this->_internal_memory_bytes());
   }
 
-  // uint64 start_frame_index = 13;
-  if (this->_internal_start_frame_index() != 0) {
-    total_size += ::_pbi::WireFormatLite::UInt64SizePlusOne(this->_internal_start_frame_index());
-  }
-
   // uint32 block_frames = 11;
   if (this->_internal_block_frames() != 0) {
     total_size += ::_pbi::WireFormatLite::UInt32SizePlusOne(this->_internal_block_frames());
+  }
+
+  // float prompt_guidance = 14;
+  static_assert(sizeof(uint32_t) == sizeof(float), "Code assumes uint32_t and float are the same size.");
+  float tmp_prompt_guidance = this->_internal_prompt_guidance();
+  uint32_t raw_prompt_guidance;
+  memcpy(&raw_prompt_guidance, &tmp_prompt_guidance, sizeof(tmp_prompt_guidance));
+  if (raw_prompt_guidance != 0) {
+    total_size += 1 + 4;
+  }
+
+  // uint64 start_frame_index = 13;
+  if (this->_internal_start_frame_index() != 0) {
+    total_size += ::_pbi::WireFormatLite::UInt64SizePlusOne(this->_internal_start_frame_index());
   }
 
   return MaybeComputeUnknownFieldsSize(total_size, &_impl_._cached_size_);
@@ -5219,11 +5284,18 @@ void SessionAccepted::MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const 
   if (from._internal_memory_bytes() != 0) {
     _this->_internal_set_memory_bytes(from._internal_memory_bytes());
   }
-  if (from._internal_start_frame_index() != 0) {
-    _this->_internal_set_start_frame_index(from._internal_start_frame_index());
-  }
   if (from._internal_block_frames() != 0) {
     _this->_internal_set_block_frames(from._internal_block_frames());
+  }
+  static_assert(sizeof(uint32_t) == sizeof(float), "Code assumes uint32_t and float are the same size.");
+  float tmp_prompt_guidance = from._internal_prompt_guidance();
+  uint32_t raw_prompt_guidance;
+  memcpy(&raw_prompt_guidance, &tmp_prompt_guidance, sizeof(tmp_prompt_guidance));
+  if (raw_prompt_guidance != 0) {
+    _this->_internal_set_prompt_guidance(from._internal_prompt_guidance());
+  }
+  if (from._internal_start_frame_index() != 0) {
+    _this->_internal_set_start_frame_index(from._internal_start_frame_index());
   }
   _this->_internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
 }
@@ -5265,8 +5337,8 @@ void SessionAccepted::InternalSwap(SessionAccepted* other) {
       &other->_impl_.model_, rhs_arena
   );
   ::PROTOBUF_NAMESPACE_ID::internal::memswap<
-      PROTOBUF_FIELD_OFFSET(SessionAccepted, _impl_.block_frames_)
-      + sizeof(SessionAccepted::_impl_.block_frames_)
+      PROTOBUF_FIELD_OFFSET(SessionAccepted, _impl_.start_frame_index_)
+      + sizeof(SessionAccepted::_impl_.start_frame_index_)
       - PROTOBUF_FIELD_OFFSET(SessionAccepted, _impl_.video_)>(
           reinterpret_cast<char*>(&_impl_.video_),
           reinterpret_cast<char*>(&other->_impl_.video_));

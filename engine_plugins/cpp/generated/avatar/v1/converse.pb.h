@@ -1069,6 +1069,7 @@ class SessionConfig final :
     kResetMemoryFieldNumber = 5,
     kEchoAudioFieldNumber = 9,
     kStatsIntervalMsFieldNumber = 8,
+    kPromptGuidanceFieldNumber = 10,
   };
   // string npc_id = 1;
   void clear_npc_id();
@@ -1188,6 +1189,19 @@ class SessionConfig final :
   void _internal_set_stats_interval_ms(uint32_t value);
   public:
 
+  // optional float prompt_guidance = 10;
+  bool has_prompt_guidance() const;
+  private:
+  bool _internal_has_prompt_guidance() const;
+  public:
+  void clear_prompt_guidance();
+  float prompt_guidance() const;
+  void set_prompt_guidance(float value);
+  private:
+  float _internal_prompt_guidance() const;
+  void _internal_set_prompt_guidance(float value);
+  public:
+
   // @@protoc_insertion_point(class_scope:avatar.v1.SessionConfig)
  private:
   class _Internal;
@@ -1207,6 +1221,7 @@ class SessionConfig final :
     bool reset_memory_;
     bool echo_audio_;
     uint32_t stats_interval_ms_;
+    float prompt_guidance_;
   };
   union { Impl_ _impl_; };
   friend struct ::TableStruct_avatar_2fv1_2fconverse_2eproto;
@@ -2785,8 +2800,9 @@ class SessionAccepted final :
     kResumedFieldNumber = 6,
     kFirstBlockFramesFieldNumber = 10,
     kMemoryBytesFieldNumber = 9,
-    kStartFrameIndexFieldNumber = 13,
     kBlockFramesFieldNumber = 11,
+    kPromptGuidanceFieldNumber = 14,
+    kStartFrameIndexFieldNumber = 13,
   };
   // string session_id = 1;
   void clear_session_id();
@@ -2930,15 +2946,6 @@ class SessionAccepted final :
   void _internal_set_memory_bytes(uint64_t value);
   public:
 
-  // uint64 start_frame_index = 13;
-  void clear_start_frame_index();
-  uint64_t start_frame_index() const;
-  void set_start_frame_index(uint64_t value);
-  private:
-  uint64_t _internal_start_frame_index() const;
-  void _internal_set_start_frame_index(uint64_t value);
-  public:
-
   // uint32 block_frames = 11;
   void clear_block_frames();
   uint32_t block_frames() const;
@@ -2946,6 +2953,24 @@ class SessionAccepted final :
   private:
   uint32_t _internal_block_frames() const;
   void _internal_set_block_frames(uint32_t value);
+  public:
+
+  // float prompt_guidance = 14;
+  void clear_prompt_guidance();
+  float prompt_guidance() const;
+  void set_prompt_guidance(float value);
+  private:
+  float _internal_prompt_guidance() const;
+  void _internal_set_prompt_guidance(float value);
+  public:
+
+  // uint64 start_frame_index = 13;
+  void clear_start_frame_index();
+  uint64_t start_frame_index() const;
+  void set_start_frame_index(uint64_t value);
+  private:
+  uint64_t _internal_start_frame_index() const;
+  void _internal_set_start_frame_index(uint64_t value);
   public:
 
   // @@protoc_insertion_point(class_scope:avatar.v1.SessionAccepted)
@@ -2967,8 +2992,9 @@ class SessionAccepted final :
     bool resumed_;
     uint32_t first_block_frames_;
     uint64_t memory_bytes_;
-    uint64_t start_frame_index_;
     uint32_t block_frames_;
+    float prompt_guidance_;
+    uint64_t start_frame_index_;
     mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
   };
   union { Impl_ _impl_; };
@@ -5936,6 +5962,34 @@ inline void SessionConfig::set_echo_audio(bool value) {
   // @@protoc_insertion_point(field_set:avatar.v1.SessionConfig.echo_audio)
 }
 
+// optional float prompt_guidance = 10;
+inline bool SessionConfig::_internal_has_prompt_guidance() const {
+  bool value = (_impl_._has_bits_[0] & 0x00000002u) != 0;
+  return value;
+}
+inline bool SessionConfig::has_prompt_guidance() const {
+  return _internal_has_prompt_guidance();
+}
+inline void SessionConfig::clear_prompt_guidance() {
+  _impl_.prompt_guidance_ = 0;
+  _impl_._has_bits_[0] &= ~0x00000002u;
+}
+inline float SessionConfig::_internal_prompt_guidance() const {
+  return _impl_.prompt_guidance_;
+}
+inline float SessionConfig::prompt_guidance() const {
+  // @@protoc_insertion_point(field_get:avatar.v1.SessionConfig.prompt_guidance)
+  return _internal_prompt_guidance();
+}
+inline void SessionConfig::_internal_set_prompt_guidance(float value) {
+  _impl_._has_bits_[0] |= 0x00000002u;
+  _impl_.prompt_guidance_ = value;
+}
+inline void SessionConfig::set_prompt_guidance(float value) {
+  _internal_set_prompt_guidance(value);
+  // @@protoc_insertion_point(field_set:avatar.v1.SessionConfig.prompt_guidance)
+}
+
 // -------------------------------------------------------------------
 
 // AudioPacket
@@ -7494,6 +7548,26 @@ inline void SessionAccepted::_internal_set_start_frame_index(uint64_t value) {
 inline void SessionAccepted::set_start_frame_index(uint64_t value) {
   _internal_set_start_frame_index(value);
   // @@protoc_insertion_point(field_set:avatar.v1.SessionAccepted.start_frame_index)
+}
+
+// float prompt_guidance = 14;
+inline void SessionAccepted::clear_prompt_guidance() {
+  _impl_.prompt_guidance_ = 0;
+}
+inline float SessionAccepted::_internal_prompt_guidance() const {
+  return _impl_.prompt_guidance_;
+}
+inline float SessionAccepted::prompt_guidance() const {
+  // @@protoc_insertion_point(field_get:avatar.v1.SessionAccepted.prompt_guidance)
+  return _internal_prompt_guidance();
+}
+inline void SessionAccepted::_internal_set_prompt_guidance(float value) {
+  
+  _impl_.prompt_guidance_ = value;
+}
+inline void SessionAccepted::set_prompt_guidance(float value) {
+  _internal_set_prompt_guidance(value);
+  // @@protoc_insertion_point(field_set:avatar.v1.SessionAccepted.prompt_guidance)
 }
 
 // -------------------------------------------------------------------

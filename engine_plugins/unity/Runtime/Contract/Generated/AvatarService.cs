@@ -68,41 +68,43 @@ namespace AvatarBackend.V1 {
             "CSADKAsyGi5hdmF0YXIudjEuRGV2aWNlVGVsZW1ldHJ5EhUKDXdvcmtlcl9k",
             "ZXZpY2UYCiABKAkSFAoMd29ya2VyX3JlYWR5GAsgASgIIkQKCVZpZGVvU2l6",
             "ZRINCgV3aWR0aBgBIAEoDRIOCgZoZWlnaHQYAiABKA0SGAoQbnBjX21lbW9y",
-            "eV9ieXRlcxgDIAEoBCKBAgoJTW9kZWxJbmZvEgwKBG5hbWUYASABKAkSEwoL",
+            "eV9ieXRlcxgDIAEoBCKaAgoJTW9kZWxJbmZvEgwKBG5hbWUYASABKAkSEwoL",
             "Y29uZmlnX2pzb24YAiABKAkSFgoOcmFuZG9tX3dlaWdodHMYAyABKAgSFgoO",
             "d2VpZ2h0c19zaGEyNTYYBCABKAkSEgoKcGFyYW1ldGVycxgFIAEoBBIXCg9k",
             "ZW5vaXNpbmdfc3RlcHMYBiABKA0SGgoSZmlyc3RfYmxvY2tfZnJhbWVzGAcg",
             "ASgNEhQKDGJsb2NrX2ZyYW1lcxgIIAEoDRIVCg1kZWZhdWx0X3dpZHRoGAkg",
             "ASgNEhYKDmRlZmF1bHRfaGVpZ2h0GAogASgNEhMKC2RlZmF1bHRfZnBzGAsg",
-            "ASgNIowDCgZMaW1pdHMSGQoRbWF4X21lc3NhZ2VfYnl0ZXMYASABKA0SHgoW",
-            "bWF4X2F1ZGlvX3BhY2tldF9ieXRlcxgCIAEoDRIUCgxtYXhfc2Vzc2lvbnMY",
-            "AyABKA0SGAoQbWF4X3Byb21wdF9jaGFycxgEIAEoDRIhChltYXhfcmVmZXJl",
-            "bmNlX2ltYWdlX2J5dGVzGAUgASgNEh0KFW91dGJvdW5kX3F1ZXVlX2ZyYW1l",
-            "cxgGIAEoDRIeChZ2b2ljZV9qaXR0ZXJfYnVkZ2V0X21zGAcgASgNEhcKD21h",
-            "eF9zdG9yZWRfbnBjcxgIIAEoDRIcChRtYXhfc3RvcmVkX25wY19ieXRlcxgJ",
-            "IAEoBBIfChdtYXhfcGFya2VkX21lbW9yeV9ieXRlcxgKIAEoBBIiChptYXhf",
-            "cmVmZXJlbmNlX2ltYWdlX3BpeGVscxgLIAEoDRIfChducGNfc25hcHNob3Rf",
-            "aW50ZXJ2YWxfcxgMIAEoDRIYChBtYXhfdGltZWRfZXZlbnRzGA0gASgNMtwF",
-            "Cg1BdmF0YXJTZXJ2aWNlEkIKCENvbnZlcnNlEhguYXZhdGFyLnYxLkNsaWVu",
-            "dE1lc3NhZ2UaGC5hdmF0YXIudjEuU2VydmVyTWVzc2FnZSgBMAESTgoRUmVn",
-            "aXN0ZXJDaGFyYWN0ZXISIy5hdmF0YXIudjEuUmVnaXN0ZXJDaGFyYWN0ZXJS",
-            "ZXF1ZXN0GhQuYXZhdGFyLnYxLkNoYXJhY3RlchJECgxHZXRDaGFyYWN0ZXIS",
-            "Hi5hdmF0YXIudjEuR2V0Q2hhcmFjdGVyUmVxdWVzdBoULmF2YXRhci52MS5D",
-            "aGFyYWN0ZXISVQoOTGlzdENoYXJhY3RlcnMSIC5hdmF0YXIudjEuTGlzdENo",
-            "YXJhY3RlcnNSZXF1ZXN0GiEuYXZhdGFyLnYxLkxpc3RDaGFyYWN0ZXJzUmVz",
-            "cG9uc2USWAoPRGVsZXRlQ2hhcmFjdGVyEiEuYXZhdGFyLnYxLkRlbGV0ZUNo",
-            "YXJhY3RlclJlcXVlc3QaIi5hdmF0YXIudjEuRGVsZXRlQ2hhcmFjdGVyUmVz",
-            "cG9uc2USMgoGR2V0TnBjEhguYXZhdGFyLnYxLkdldE5wY1JlcXVlc3QaDi5h",
-            "dmF0YXIudjEuTnBjEkMKCExpc3ROcGNzEhouYXZhdGFyLnYxLkxpc3ROcGNz",
-            "UmVxdWVzdBobLmF2YXRhci52MS5MaXN0TnBjc1Jlc3BvbnNlEjYKCFJlc2V0",
-            "TnBjEhouYXZhdGFyLnYxLlJlc2V0TnBjUmVxdWVzdBoOLmF2YXRhci52MS5O",
-            "cGMSRgoJRGVsZXRlTnBjEhsuYXZhdGFyLnYxLkRlbGV0ZU5wY1JlcXVlc3Qa",
-            "HC5hdmF0YXIudjEuRGVsZXRlTnBjUmVzcG9uc2USRwoNR2V0U2VydmVySW5m",
-            "bxIfLmF2YXRhci52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBoVLmF2YXRhci52",
-            "MS5TZXJ2ZXJJbmZvQpoBChRkZXYuYXZhdGFyYmFja2VuZC52MUISQXZhdGFy",
-            "U2VydmljZVByb3RvUAFaLGF2YXRhci1iYWNrZW5kLmRldi9nZW4vZ28vYXZh",
-            "dGFyL3YxO2F2YXRhcnYxogIDQVZCqgIQQXZhdGFyQmFja2VuZC5WMcoCEEF2",
-            "YXRhckJhY2tlbmRcVjHqAhFBdmF0YXJCYWNrZW5kOjpWMWIGcHJvdG8z"));
+            "ASgNEhcKD3Byb21wdF9ndWlkYW5jZRgMIAEoAiKpAwoGTGltaXRzEhkKEW1h",
+            "eF9tZXNzYWdlX2J5dGVzGAEgASgNEh4KFm1heF9hdWRpb19wYWNrZXRfYnl0",
+            "ZXMYAiABKA0SFAoMbWF4X3Nlc3Npb25zGAMgASgNEhgKEG1heF9wcm9tcHRf",
+            "Y2hhcnMYBCABKA0SIQoZbWF4X3JlZmVyZW5jZV9pbWFnZV9ieXRlcxgFIAEo",
+            "DRIdChVvdXRib3VuZF9xdWV1ZV9mcmFtZXMYBiABKA0SHgoWdm9pY2Vfaml0",
+            "dGVyX2J1ZGdldF9tcxgHIAEoDRIXCg9tYXhfc3RvcmVkX25wY3MYCCABKA0S",
+            "HAoUbWF4X3N0b3JlZF9ucGNfYnl0ZXMYCSABKAQSHwoXbWF4X3BhcmtlZF9t",
+            "ZW1vcnlfYnl0ZXMYCiABKAQSIgoabWF4X3JlZmVyZW5jZV9pbWFnZV9waXhl",
+            "bHMYCyABKA0SHwoXbnBjX3NuYXBzaG90X2ludGVydmFsX3MYDCABKA0SGAoQ",
+            "bWF4X3RpbWVkX2V2ZW50cxgNIAEoDRIbChNtYXhfcHJvbXB0X2d1aWRhbmNl",
+            "GA4gASgCMtwFCg1BdmF0YXJTZXJ2aWNlEkIKCENvbnZlcnNlEhguYXZhdGFy",
+            "LnYxLkNsaWVudE1lc3NhZ2UaGC5hdmF0YXIudjEuU2VydmVyTWVzc2FnZSgB",
+            "MAESTgoRUmVnaXN0ZXJDaGFyYWN0ZXISIy5hdmF0YXIudjEuUmVnaXN0ZXJD",
+            "aGFyYWN0ZXJSZXF1ZXN0GhQuYXZhdGFyLnYxLkNoYXJhY3RlchJECgxHZXRD",
+            "aGFyYWN0ZXISHi5hdmF0YXIudjEuR2V0Q2hhcmFjdGVyUmVxdWVzdBoULmF2",
+            "YXRhci52MS5DaGFyYWN0ZXISVQoOTGlzdENoYXJhY3RlcnMSIC5hdmF0YXIu",
+            "djEuTGlzdENoYXJhY3RlcnNSZXF1ZXN0GiEuYXZhdGFyLnYxLkxpc3RDaGFy",
+            "YWN0ZXJzUmVzcG9uc2USWAoPRGVsZXRlQ2hhcmFjdGVyEiEuYXZhdGFyLnYx",
+            "LkRlbGV0ZUNoYXJhY3RlclJlcXVlc3QaIi5hdmF0YXIudjEuRGVsZXRlQ2hh",
+            "cmFjdGVyUmVzcG9uc2USMgoGR2V0TnBjEhguYXZhdGFyLnYxLkdldE5wY1Jl",
+            "cXVlc3QaDi5hdmF0YXIudjEuTnBjEkMKCExpc3ROcGNzEhouYXZhdGFyLnYx",
+            "Lkxpc3ROcGNzUmVxdWVzdBobLmF2YXRhci52MS5MaXN0TnBjc1Jlc3BvbnNl",
+            "EjYKCFJlc2V0TnBjEhouYXZhdGFyLnYxLlJlc2V0TnBjUmVxdWVzdBoOLmF2",
+            "YXRhci52MS5OcGMSRgoJRGVsZXRlTnBjEhsuYXZhdGFyLnYxLkRlbGV0ZU5w",
+            "Y1JlcXVlc3QaHC5hdmF0YXIudjEuRGVsZXRlTnBjUmVzcG9uc2USRwoNR2V0",
+            "U2VydmVySW5mbxIfLmF2YXRhci52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBoV",
+            "LmF2YXRhci52MS5TZXJ2ZXJJbmZvQpoBChRkZXYuYXZhdGFyYmFja2VuZC52",
+            "MUISQXZhdGFyU2VydmljZVByb3RvUAFaLGF2YXRhci1iYWNrZW5kLmRldi9n",
+            "ZW4vZ28vYXZhdGFyL3YxO2F2YXRhcnYxogIDQVZCqgIQQXZhdGFyQmFja2Vu",
+            "ZC5WMcoCEEF2YXRhckJhY2tlbmRcVjHqAhFBdmF0YXJCYWNrZW5kOjpWMWIG",
+            "cHJvdG8z"));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { global::AvatarBackend.V1.ConverseReflection.Descriptor, },
           new pbr::GeneratedClrTypeInfo(null, null, new pbr::GeneratedClrTypeInfo[] {
@@ -123,8 +125,8 @@ namespace AvatarBackend.V1 {
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.GetServerInfoRequest), global::AvatarBackend.V1.GetServerInfoRequest.Parser, null, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.ServerInfo), global::AvatarBackend.V1.ServerInfo.Parser, new[]{ "Version", "Model", "VideoSizes", "Fps", "VideoCodecs", "AudioCodecs", "AudioSampleRates", "Limits", "Devices", "WorkerDevice", "WorkerReady" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.VideoSize), global::AvatarBackend.V1.VideoSize.Parser, new[]{ "Width", "Height", "NpcMemoryBytes" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.ModelInfo), global::AvatarBackend.V1.ModelInfo.Parser, new[]{ "Name", "ConfigJson", "RandomWeights", "WeightsSha256", "Parameters", "DenoisingSteps", "FirstBlockFrames", "BlockFrames", "DefaultWidth", "DefaultHeight", "DefaultFps" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.Limits), global::AvatarBackend.V1.Limits.Parser, new[]{ "MaxMessageBytes", "MaxAudioPacketBytes", "MaxSessions", "MaxPromptChars", "MaxReferenceImageBytes", "OutboundQueueFrames", "VoiceJitterBudgetMs", "MaxStoredNpcs", "MaxStoredNpcBytes", "MaxParkedMemoryBytes", "MaxReferenceImagePixels", "NpcSnapshotIntervalS", "MaxTimedEvents" }, null, null, null, null)
+            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.ModelInfo), global::AvatarBackend.V1.ModelInfo.Parser, new[]{ "Name", "ConfigJson", "RandomWeights", "WeightsSha256", "Parameters", "DenoisingSteps", "FirstBlockFrames", "BlockFrames", "DefaultWidth", "DefaultHeight", "DefaultFps", "PromptGuidance" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.Limits), global::AvatarBackend.V1.Limits.Parser, new[]{ "MaxMessageBytes", "MaxAudioPacketBytes", "MaxSessions", "MaxPromptChars", "MaxReferenceImageBytes", "OutboundQueueFrames", "VoiceJitterBudgetMs", "MaxStoredNpcs", "MaxStoredNpcBytes", "MaxParkedMemoryBytes", "MaxReferenceImagePixels", "NpcSnapshotIntervalS", "MaxTimedEvents", "MaxPromptGuidance" }, null, null, null, null)
           }));
     }
     #endregion
@@ -4511,6 +4513,7 @@ namespace AvatarBackend.V1 {
       defaultWidth_ = other.defaultWidth_;
       defaultHeight_ = other.defaultHeight_;
       defaultFps_ = other.defaultFps_;
+      promptGuidance_ = other.promptGuidance_;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -4664,6 +4667,21 @@ namespace AvatarBackend.V1 {
       }
     }
 
+    /// <summary>Field number for the "prompt_guidance" field.</summary>
+    public const int PromptGuidanceFieldNumber = 12;
+    private float promptGuidance_;
+    /// <summary>
+    /// the prompt guidance of a session that sets none (1: off)
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public float PromptGuidance {
+      get { return promptGuidance_; }
+      set {
+        promptGuidance_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -4690,6 +4708,7 @@ namespace AvatarBackend.V1 {
       if (DefaultWidth != other.DefaultWidth) return false;
       if (DefaultHeight != other.DefaultHeight) return false;
       if (DefaultFps != other.DefaultFps) return false;
+      if (!pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.Equals(PromptGuidance, other.PromptGuidance)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -4708,6 +4727,7 @@ namespace AvatarBackend.V1 {
       if (DefaultWidth != 0) hash ^= DefaultWidth.GetHashCode();
       if (DefaultHeight != 0) hash ^= DefaultHeight.GetHashCode();
       if (DefaultFps != 0) hash ^= DefaultFps.GetHashCode();
+      if (PromptGuidance != 0F) hash ^= pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.GetHashCode(PromptGuidance);
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -4770,6 +4790,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(88);
         output.WriteUInt32(DefaultFps);
       }
+      if (PromptGuidance != 0F) {
+        output.WriteRawTag(101);
+        output.WriteFloat(PromptGuidance);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -4824,6 +4848,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(88);
         output.WriteUInt32(DefaultFps);
       }
+      if (PromptGuidance != 0F) {
+        output.WriteRawTag(101);
+        output.WriteFloat(PromptGuidance);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -4866,6 +4894,9 @@ namespace AvatarBackend.V1 {
       }
       if (DefaultFps != 0) {
         size += 1 + pb::CodedOutputStream.ComputeUInt32Size(DefaultFps);
+      }
+      if (PromptGuidance != 0F) {
+        size += 1 + 4;
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -4911,6 +4942,9 @@ namespace AvatarBackend.V1 {
       }
       if (other.DefaultFps != 0) {
         DefaultFps = other.DefaultFps;
+      }
+      if (other.PromptGuidance != 0F) {
+        PromptGuidance = other.PromptGuidance;
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -4969,6 +5003,10 @@ namespace AvatarBackend.V1 {
           }
           case 88: {
             DefaultFps = input.ReadUInt32();
+            break;
+          }
+          case 101: {
+            PromptGuidance = input.ReadFloat();
             break;
           }
         }
@@ -5030,6 +5068,10 @@ namespace AvatarBackend.V1 {
             DefaultFps = input.ReadUInt32();
             break;
           }
+          case 101: {
+            PromptGuidance = input.ReadFloat();
+            break;
+          }
         }
       }
     }
@@ -5084,6 +5126,7 @@ namespace AvatarBackend.V1 {
       maxReferenceImagePixels_ = other.maxReferenceImagePixels_;
       npcSnapshotIntervalS_ = other.npcSnapshotIntervalS_;
       maxTimedEvents_ = other.maxTimedEvents_;
+      maxPromptGuidance_ = other.maxPromptGuidance_;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -5277,6 +5320,21 @@ namespace AvatarBackend.V1 {
       }
     }
 
+    /// <summary>Field number for the "max_prompt_guidance" field.</summary>
+    public const int MaxPromptGuidanceFieldNumber = 14;
+    private float maxPromptGuidance_;
+    /// <summary>
+    /// the largest SessionConfig.prompt_guidance accepted
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public float MaxPromptGuidance {
+      get { return maxPromptGuidance_; }
+      set {
+        maxPromptGuidance_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -5305,6 +5363,7 @@ namespace AvatarBackend.V1 {
       if (MaxReferenceImagePixels != other.MaxReferenceImagePixels) return false;
       if (NpcSnapshotIntervalS != other.NpcSnapshotIntervalS) return false;
       if (MaxTimedEvents != other.MaxTimedEvents) return false;
+      if (!pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.Equals(MaxPromptGuidance, other.MaxPromptGuidance)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -5325,6 +5384,7 @@ namespace AvatarBackend.V1 {
       if (MaxReferenceImagePixels != 0) hash ^= MaxReferenceImagePixels.GetHashCode();
       if (NpcSnapshotIntervalS != 0) hash ^= NpcSnapshotIntervalS.GetHashCode();
       if (MaxTimedEvents != 0) hash ^= MaxTimedEvents.GetHashCode();
+      if (MaxPromptGuidance != 0F) hash ^= pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.GetHashCode(MaxPromptGuidance);
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -5395,6 +5455,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(104);
         output.WriteUInt32(MaxTimedEvents);
       }
+      if (MaxPromptGuidance != 0F) {
+        output.WriteRawTag(117);
+        output.WriteFloat(MaxPromptGuidance);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -5457,6 +5521,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(104);
         output.WriteUInt32(MaxTimedEvents);
       }
+      if (MaxPromptGuidance != 0F) {
+        output.WriteRawTag(117);
+        output.WriteFloat(MaxPromptGuidance);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -5505,6 +5573,9 @@ namespace AvatarBackend.V1 {
       }
       if (MaxTimedEvents != 0) {
         size += 1 + pb::CodedOutputStream.ComputeUInt32Size(MaxTimedEvents);
+      }
+      if (MaxPromptGuidance != 0F) {
+        size += 1 + 4;
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -5556,6 +5627,9 @@ namespace AvatarBackend.V1 {
       }
       if (other.MaxTimedEvents != 0) {
         MaxTimedEvents = other.MaxTimedEvents;
+      }
+      if (other.MaxPromptGuidance != 0F) {
+        MaxPromptGuidance = other.MaxPromptGuidance;
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -5624,6 +5698,10 @@ namespace AvatarBackend.V1 {
             MaxTimedEvents = input.ReadUInt32();
             break;
           }
+          case 117: {
+            MaxPromptGuidance = input.ReadFloat();
+            break;
+          }
         }
       }
     #endif
@@ -5689,6 +5767,10 @@ namespace AvatarBackend.V1 {
           }
           case 104: {
             MaxTimedEvents = input.ReadUInt32();
+            break;
+          }
+          case 117: {
+            MaxPromptGuidance = input.ReadFloat();
             break;
           }
         }

@@ -39,89 +39,91 @@ namespace AvatarBackend.V1 {
             "LgoJbGlzdGVuaW5nGAYgASgLMhkuYXZhdGFyLnYxLkxpc3RlbmluZ0V2ZW50",
             "SAASMAoJaW50ZXJydXB0GAcgASgLMhsuYXZhdGFyLnYxLkludGVycnVwdFJl",
             "cXVlc3RIABIvCghwbGF5YmFjaxgIIAEoCzIbLmF2YXRhci52MS5QbGF5YmFj",
-            "a1Byb2dyZXNzSABCCQoHbWVzc2FnZSKAAgoNU2Vzc2lvbkNvbmZpZxIOCgZu",
+            "a1Byb2dyZXNzSABCCQoHbWVzc2FnZSKyAgoNU2Vzc2lvbkNvbmZpZxIOCgZu",
             "cGNfaWQYASABKAkSFAoMY2hhcmFjdGVyX2lkGAIgASgJEiUKBXZpZGVvGAMg",
             "ASgLMhYuYXZhdGFyLnYxLlZpZGVvRm9ybWF0EiUKBWF1ZGlvGAQgASgLMhYu",
             "YXZhdGFyLnYxLkF1ZGlvRm9ybWF0EhQKDHJlc2V0X21lbW9yeRgFIAEoCBIU",
             "CgxyZXN1bWVfdG9rZW4YBiABKAkSDAoEc2VlZBgHIAEoBBIZChFzdGF0c19p",
-            "bnRlcnZhbF9tcxgIIAEoDRIXCgplY2hvX2F1ZGlvGAkgASgISACIAQFCDQoL",
-            "X2VjaG9fYXVkaW8iUQoLQXVkaW9QYWNrZXQSFwoPc2VxdWVuY2VfbnVtYmVy",
-            "GAEgASgNEg8KB3BheWxvYWQYAiABKAwSGAoQcmVzdGFydF9zZXF1ZW5jZRgD",
-            "IAEoCCIQCg5FbmRPZlV0dGVyYW5jZSJhCgxFbW90aW9uRXZlbnQSDAoEbmFt",
-            "ZRgBIAEoCRIRCglpbnRlbnNpdHkYAiABKAISHAoPYXRfdm9pY2Vfc2FtcGxl",
-            "GAMgASgESACIAQFCEgoQX2F0X3ZvaWNlX3NhbXBsZSJwCgtBY3Rpb25FdmVu",
-            "dBIQCgZwcmVzZXQYASABKAlIABITCglmcmVlX3RleHQYAiABKAlIABIcCg9h",
-            "dF92b2ljZV9zYW1wbGUYAyABKARIAYgBAUIICgZhY3Rpb25CEgoQX2F0X3Zv",
-            "aWNlX3NhbXBsZSIjCg5MaXN0ZW5pbmdFdmVudBIRCglsaXN0ZW5pbmcYASAB",
-            "KAgiPgoQSW50ZXJydXB0UmVxdWVzdBIZCgxwbGF5ZWRfdW50aWwYASABKARI",
-            "AIgBAUIPCg1fcGxheWVkX3VudGlsIigKEFBsYXliYWNrUHJvZ3Jlc3MSFAoM",
-            "cGxheWVkX3VudGlsGAEgASgEIs4CCg1TZXJ2ZXJNZXNzYWdlEi4KCGFjY2Vw",
-            "dGVkGAEgASgLMhouYXZhdGFyLnYxLlNlc3Npb25BY2NlcHRlZEgAEiYKBWZy",
-            "YW1lGAIgASgLMhUuYXZhdGFyLnYxLlZpZGVvRnJhbWVIABIqCgphdWRpb19l",
-            "Y2hvGAMgASgLMhQuYXZhdGFyLnYxLkF1ZGlvRWNob0gAEigKBXN0YXRzGAQg",
-            "ASgLMhcuYXZhdGFyLnYxLlNlc3Npb25TdGF0c0gAEigKBWV2ZW50GAUgASgL",
-            "MhcuYXZhdGFyLnYxLlNlc3Npb25FdmVudEgAEjAKDWludGVycnVwdF9hY2sY",
-            "BiABKAsyFy5hdmF0YXIudjEuSW50ZXJydXB0QWNrSAASKAoFZW5kZWQYByAB",
-            "KAsyFy5hdmF0YXIudjEuU2Vzc2lvbkVuZGVkSABCCQoHbWVzc2FnZSLMAgoP",
-            "U2Vzc2lvbkFjY2VwdGVkEhIKCnNlc3Npb25faWQYASABKAkSDgoGbnBjX2lk",
-            "GAIgASgJEhQKDGNoYXJhY3Rlcl9pZBgDIAEoCRIlCgV2aWRlbxgEIAEoCzIW",
-            "LmF2YXRhci52MS5WaWRlb0Zvcm1hdBIlCgVhdWRpbxgFIAEoCzIWLmF2YXRh",
-            "ci52MS5BdWRpb0Zvcm1hdBIPCgdyZXN1bWVkGAYgASgIEhgKEGJsb2Nrc19n",
-            "ZW5lcmF0ZWQYByABKAQSFAoMcmVzdW1lX3Rva2VuGAggASgJEhQKDG1lbW9y",
-            "eV9ieXRlcxgJIAEoBBIaChJmaXJzdF9ibG9ja19mcmFtZXMYCiABKA0SFAoM",
-            "YmxvY2tfZnJhbWVzGAsgASgNEg0KBW1vZGVsGAwgASgJEhkKEXN0YXJ0X2Zy",
-            "YW1lX2luZGV4GA0gASgEIuwBCgpWaWRlb0ZyYW1lEg0KBWluZGV4GAEgASgE",
-            "EgsKA3B0cxgCIAEoBBIOCgZwdHNfdXMYAyABKAQSJAoFY29kZWMYBCABKA4y",
-            "FS5hdmF0YXIudjEuVmlkZW9Db2RlYxINCgV3aWR0aBgFIAEoDRIOCgZoZWln",
-            "aHQYBiABKA0SEAoIa2V5ZnJhbWUYByABKAgSDAoEZGF0YRgIIAEoDBITCgth",
-            "dWRpb19zdGFydBgJIAEoBBIRCglhdWRpb19lbmQYCiABKAQSEwoLYmxvY2tf",
-            "aW5kZXgYCyABKAQSEAoIc3BlYWtpbmcYDCABKAgiPgoJQXVkaW9FY2hvEg0K",
-            "BXN0YXJ0GAEgASgEEhMKC3NhbXBsZV9yYXRlGAIgASgNEg0KBXBjbTE2GAMg",
-            "ASgMIrMCCgxTZXNzaW9uU3RhdHMSFQoNZ2VuZXJhdGVkX2ZwcxgBIAEoARIT",
-            "CgtmcmFtZXNfc2VudBgCIAEoBBIWCg5mcmFtZXNfZHJvcHBlZBgDIAEoBBIY",
-            "ChBibG9ja19jb21wdXRlX21zGAQgASgBEh4KFmZpcnN0X2ZyYW1lX2xhdGVu",
-            "Y3lfbXMYBSABKAESHAoUb3V0Ym91bmRfcXVldWVfZGVwdGgYBiABKA0SFwoP",
-            "YXVkaW9fcXVldWVkX21zGAcgASgBEicKBWF1ZGlvGAggASgLMhguYXZhdGFy",
-            "LnYxLkF1ZGlvQ291bnRlcnMSKwoHZGV2aWNlcxgJIAMoCzIaLmF2YXRhci52",
-            "MS5EZXZpY2VUZWxlbWV0cnkSGAoQYmxvY2tzX2dlbmVyYXRlZBgKIAEoBCKQ",
-            "AQoNQXVkaW9Db3VudGVycxIQCghyZWNlaXZlZBgBIAEoBBISCgpkdXBsaWNh",
-            "dGVzGAIgASgEEgwKBGxhdGUYAyABKAQSDAoEbG9zdBgEIAEoBBIVCg1jb25j",
-            "ZWFsZWRfcGxjGAUgASgEEhUKDXJlY292ZXJlZF9mZWMYBiABKAQSDwoHZ2Fy",
-            "YmFnZRgHIAEoBCKqAQoMU2Vzc2lvbkV2ZW50EiIKBGNvZGUYASABKA4yFC5h",
-            "dmF0YXIudjEuRXZlbnRDb2RlEg8KB21lc3NhZ2UYAiABKAkSNQoHZGV0YWls",
-            "cxgDIAMoCzIkLmF2YXRhci52MS5TZXNzaW9uRXZlbnQuRGV0YWlsc0VudHJ5",
-            "Gi4KDERldGFpbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6",
-            "AjgBIqMBCgxJbnRlcnJ1cHRBY2sSFwoPZ2VuZXJhdGVkX3VudGlsGAEgASgE",
-            "EhcKD2Ryb3BwZWRfc2FtcGxlcxgCIAEoBBIYChBuZXh0X2ZyYW1lX2luZGV4",
-            "GAMgASgEEhgKEHJlcGxhY2VfZnJvbV9wdHMYBCABKAQSFAoMcGxheWVkX3Vu",
-            "dGlsGAUgASgEEhcKD3VuaGVhcmRfc2FtcGxlcxgGIAEoBCJYCgxTZXNzaW9u",
-            "RW5kZWQSFAoMcmVzdW1lX3Rva2VuGAEgASgJEhgKEGJsb2Nrc19nZW5lcmF0",
-            "ZWQYAiABKAQSGAoQZnJhbWVzX2dlbmVyYXRlZBgDIAEoBCKfAQoPRGV2aWNl",
-            "VGVsZW1ldHJ5Eg0KBWluZGV4GAEgASgNEgwKBG5hbWUYAiABKAkSGQoRbWVt",
-            "b3J5X3VzZWRfYnl0ZXMYAyABKAQSGgoSbWVtb3J5X3RvdGFsX2J5dGVzGAQg",
-            "ASgEEhsKE3V0aWxpemF0aW9uX3BlcmNlbnQYBSABKA0SGwoTdGVtcGVyYXR1",
-            "cmVfY2Vsc2l1cxgGIAEoDSpuCgpWaWRlb0NvZGVjEhsKF1ZJREVPX0NPREVD",
-            "X1VOU1BFQ0lGSUVEEAASFAoQVklERU9fQ09ERUNfSlBFRxABEhcKE1ZJREVP",
-            "X0NPREVDX1JBV19SR0IQAhIUChBWSURFT19DT0RFQ19IMjY0EAMqVgoKQXVk",
-            "aW9Db2RlYxIbChdBVURJT19DT0RFQ19VTlNQRUNJRklFRBAAEhQKEEFVRElP",
-            "X0NPREVDX09QVVMQARIVChFBVURJT19DT0RFQ19QQ00xNhACKpcCCglFdmVu",
-            "dENvZGUSGgoWRVZFTlRfQ09ERV9VTlNQRUNJRklFRBAAEhcKE0VWRU5UX0NP",
-            "REVfRFJBSU5JTkcQARIdChlFVkVOVF9DT0RFX0ZSQU1FU19EUk9QUEVEEAIS",
-            "HAoYRVZFTlRfQ09ERV9BVURJT19HQVJCQUdFEAMSHgoaRVZFTlRfQ09ERV9V",
-            "TktOT1dOX0VNT1RJT04QBBIdChlFVkVOVF9DT0RFX1VOS05PV05fQUNUSU9O",
-            "EAUSIQodRVZFTlRfQ09ERV9VVFRFUkFOQ0VfQ09NUExFVEUQBhIYChRFVkVO",
-            "VF9DT0RFX0FVRElPX0dBUBAHEhwKGEVWRU5UX0NPREVfSU5WQUxJRF9FVkVO",
-            "VBAIQpUBChRkZXYuYXZhdGFyYmFja2VuZC52MUINQ29udmVyc2VQcm90b1AB",
-            "WixhdmF0YXItYmFja2VuZC5kZXYvZ2VuL2dvL2F2YXRhci92MTthdmF0YXJ2",
-            "MaICA0FWQqoCEEF2YXRhckJhY2tlbmQuVjHKAhBBdmF0YXJCYWNrZW5kXFYx",
-            "6gIRQXZhdGFyQmFja2VuZDo6VjFiBnByb3RvMw=="));
+            "bnRlcnZhbF9tcxgIIAEoDRIXCgplY2hvX2F1ZGlvGAkgASgISACIAQESHAoP",
+            "cHJvbXB0X2d1aWRhbmNlGAogASgCSAGIAQFCDQoLX2VjaG9fYXVkaW9CEgoQ",
+            "X3Byb21wdF9ndWlkYW5jZSJRCgtBdWRpb1BhY2tldBIXCg9zZXF1ZW5jZV9u",
+            "dW1iZXIYASABKA0SDwoHcGF5bG9hZBgCIAEoDBIYChByZXN0YXJ0X3NlcXVl",
+            "bmNlGAMgASgIIhAKDkVuZE9mVXR0ZXJhbmNlImEKDEVtb3Rpb25FdmVudBIM",
+            "CgRuYW1lGAEgASgJEhEKCWludGVuc2l0eRgCIAEoAhIcCg9hdF92b2ljZV9z",
+            "YW1wbGUYAyABKARIAIgBAUISChBfYXRfdm9pY2Vfc2FtcGxlInAKC0FjdGlv",
+            "bkV2ZW50EhAKBnByZXNldBgBIAEoCUgAEhMKCWZyZWVfdGV4dBgCIAEoCUgA",
+            "EhwKD2F0X3ZvaWNlX3NhbXBsZRgDIAEoBEgBiAEBQggKBmFjdGlvbkISChBf",
+            "YXRfdm9pY2Vfc2FtcGxlIiMKDkxpc3RlbmluZ0V2ZW50EhEKCWxpc3Rlbmlu",
+            "ZxgBIAEoCCI+ChBJbnRlcnJ1cHRSZXF1ZXN0EhkKDHBsYXllZF91bnRpbBgB",
+            "IAEoBEgAiAEBQg8KDV9wbGF5ZWRfdW50aWwiKAoQUGxheWJhY2tQcm9ncmVz",
+            "cxIUCgxwbGF5ZWRfdW50aWwYASABKAQizgIKDVNlcnZlck1lc3NhZ2USLgoI",
+            "YWNjZXB0ZWQYASABKAsyGi5hdmF0YXIudjEuU2Vzc2lvbkFjY2VwdGVkSAAS",
+            "JgoFZnJhbWUYAiABKAsyFS5hdmF0YXIudjEuVmlkZW9GcmFtZUgAEioKCmF1",
+            "ZGlvX2VjaG8YAyABKAsyFC5hdmF0YXIudjEuQXVkaW9FY2hvSAASKAoFc3Rh",
+            "dHMYBCABKAsyFy5hdmF0YXIudjEuU2Vzc2lvblN0YXRzSAASKAoFZXZlbnQY",
+            "BSABKAsyFy5hdmF0YXIudjEuU2Vzc2lvbkV2ZW50SAASMAoNaW50ZXJydXB0",
+            "X2FjaxgGIAEoCzIXLmF2YXRhci52MS5JbnRlcnJ1cHRBY2tIABIoCgVlbmRl",
+            "ZBgHIAEoCzIXLmF2YXRhci52MS5TZXNzaW9uRW5kZWRIAEIJCgdtZXNzYWdl",
+            "IuUCCg9TZXNzaW9uQWNjZXB0ZWQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIOCgZu",
+            "cGNfaWQYAiABKAkSFAoMY2hhcmFjdGVyX2lkGAMgASgJEiUKBXZpZGVvGAQg",
+            "ASgLMhYuYXZhdGFyLnYxLlZpZGVvRm9ybWF0EiUKBWF1ZGlvGAUgASgLMhYu",
+            "YXZhdGFyLnYxLkF1ZGlvRm9ybWF0Eg8KB3Jlc3VtZWQYBiABKAgSGAoQYmxv",
+            "Y2tzX2dlbmVyYXRlZBgHIAEoBBIUCgxyZXN1bWVfdG9rZW4YCCABKAkSFAoM",
+            "bWVtb3J5X2J5dGVzGAkgASgEEhoKEmZpcnN0X2Jsb2NrX2ZyYW1lcxgKIAEo",
+            "DRIUCgxibG9ja19mcmFtZXMYCyABKA0SDQoFbW9kZWwYDCABKAkSGQoRc3Rh",
+            "cnRfZnJhbWVfaW5kZXgYDSABKAQSFwoPcHJvbXB0X2d1aWRhbmNlGA4gASgC",
+            "IuwBCgpWaWRlb0ZyYW1lEg0KBWluZGV4GAEgASgEEgsKA3B0cxgCIAEoBBIO",
+            "CgZwdHNfdXMYAyABKAQSJAoFY29kZWMYBCABKA4yFS5hdmF0YXIudjEuVmlk",
+            "ZW9Db2RlYxINCgV3aWR0aBgFIAEoDRIOCgZoZWlnaHQYBiABKA0SEAoIa2V5",
+            "ZnJhbWUYByABKAgSDAoEZGF0YRgIIAEoDBITCgthdWRpb19zdGFydBgJIAEo",
+            "BBIRCglhdWRpb19lbmQYCiABKAQSEwoLYmxvY2tfaW5kZXgYCyABKAQSEAoI",
+            "c3BlYWtpbmcYDCABKAgiPgoJQXVkaW9FY2hvEg0KBXN0YXJ0GAEgASgEEhMK",
+            "C3NhbXBsZV9yYXRlGAIgASgNEg0KBXBjbTE2GAMgASgMIrMCCgxTZXNzaW9u",
+            "U3RhdHMSFQoNZ2VuZXJhdGVkX2ZwcxgBIAEoARITCgtmcmFtZXNfc2VudBgC",
+            "IAEoBBIWCg5mcmFtZXNfZHJvcHBlZBgDIAEoBBIYChBibG9ja19jb21wdXRl",
+            "X21zGAQgASgBEh4KFmZpcnN0X2ZyYW1lX2xhdGVuY3lfbXMYBSABKAESHAoU",
+            "b3V0Ym91bmRfcXVldWVfZGVwdGgYBiABKA0SFwoPYXVkaW9fcXVldWVkX21z",
+            "GAcgASgBEicKBWF1ZGlvGAggASgLMhguYXZhdGFyLnYxLkF1ZGlvQ291bnRl",
+            "cnMSKwoHZGV2aWNlcxgJIAMoCzIaLmF2YXRhci52MS5EZXZpY2VUZWxlbWV0",
+            "cnkSGAoQYmxvY2tzX2dlbmVyYXRlZBgKIAEoBCKQAQoNQXVkaW9Db3VudGVy",
+            "cxIQCghyZWNlaXZlZBgBIAEoBBISCgpkdXBsaWNhdGVzGAIgASgEEgwKBGxh",
+            "dGUYAyABKAQSDAoEbG9zdBgEIAEoBBIVCg1jb25jZWFsZWRfcGxjGAUgASgE",
+            "EhUKDXJlY292ZXJlZF9mZWMYBiABKAQSDwoHZ2FyYmFnZRgHIAEoBCKqAQoM",
+            "U2Vzc2lvbkV2ZW50EiIKBGNvZGUYASABKA4yFC5hdmF0YXIudjEuRXZlbnRD",
+            "b2RlEg8KB21lc3NhZ2UYAiABKAkSNQoHZGV0YWlscxgDIAMoCzIkLmF2YXRh",
+            "ci52MS5TZXNzaW9uRXZlbnQuRGV0YWlsc0VudHJ5Gi4KDERldGFpbHNFbnRy",
+            "eRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqMBCgxJbnRlcnJ1",
+            "cHRBY2sSFwoPZ2VuZXJhdGVkX3VudGlsGAEgASgEEhcKD2Ryb3BwZWRfc2Ft",
+            "cGxlcxgCIAEoBBIYChBuZXh0X2ZyYW1lX2luZGV4GAMgASgEEhgKEHJlcGxh",
+            "Y2VfZnJvbV9wdHMYBCABKAQSFAoMcGxheWVkX3VudGlsGAUgASgEEhcKD3Vu",
+            "aGVhcmRfc2FtcGxlcxgGIAEoBCJYCgxTZXNzaW9uRW5kZWQSFAoMcmVzdW1l",
+            "X3Rva2VuGAEgASgJEhgKEGJsb2Nrc19nZW5lcmF0ZWQYAiABKAQSGAoQZnJh",
+            "bWVzX2dlbmVyYXRlZBgDIAEoBCKfAQoPRGV2aWNlVGVsZW1ldHJ5Eg0KBWlu",
+            "ZGV4GAEgASgNEgwKBG5hbWUYAiABKAkSGQoRbWVtb3J5X3VzZWRfYnl0ZXMY",
+            "AyABKAQSGgoSbWVtb3J5X3RvdGFsX2J5dGVzGAQgASgEEhsKE3V0aWxpemF0",
+            "aW9uX3BlcmNlbnQYBSABKA0SGwoTdGVtcGVyYXR1cmVfY2Vsc2l1cxgGIAEo",
+            "DSpuCgpWaWRlb0NvZGVjEhsKF1ZJREVPX0NPREVDX1VOU1BFQ0lGSUVEEAAS",
+            "FAoQVklERU9fQ09ERUNfSlBFRxABEhcKE1ZJREVPX0NPREVDX1JBV19SR0IQ",
+            "AhIUChBWSURFT19DT0RFQ19IMjY0EAMqVgoKQXVkaW9Db2RlYxIbChdBVURJ",
+            "T19DT0RFQ19VTlNQRUNJRklFRBAAEhQKEEFVRElPX0NPREVDX09QVVMQARIV",
+            "ChFBVURJT19DT0RFQ19QQ00xNhACKpcCCglFdmVudENvZGUSGgoWRVZFTlRf",
+            "Q09ERV9VTlNQRUNJRklFRBAAEhcKE0VWRU5UX0NPREVfRFJBSU5JTkcQARId",
+            "ChlFVkVOVF9DT0RFX0ZSQU1FU19EUk9QUEVEEAISHAoYRVZFTlRfQ09ERV9B",
+            "VURJT19HQVJCQUdFEAMSHgoaRVZFTlRfQ09ERV9VTktOT1dOX0VNT1RJT04Q",
+            "BBIdChlFVkVOVF9DT0RFX1VOS05PV05fQUNUSU9OEAUSIQodRVZFTlRfQ09E",
+            "RV9VVFRFUkFOQ0VfQ09NUExFVEUQBhIYChRFVkVOVF9DT0RFX0FVRElPX0dB",
+            "UBAHEhwKGEVWRU5UX0NPREVfSU5WQUxJRF9FVkVOVBAIQpUBChRkZXYuYXZh",
+            "dGFyYmFja2VuZC52MUINQ29udmVyc2VQcm90b1ABWixhdmF0YXItYmFja2Vu",
+            "ZC5kZXYvZ2VuL2dvL2F2YXRhci92MTthdmF0YXJ2MaICA0FWQqoCEEF2YXRh",
+            "ckJhY2tlbmQuVjHKAhBBdmF0YXJCYWNrZW5kXFYx6gIRQXZhdGFyQmFja2Vu",
+            "ZDo6VjFiBnByb3RvMw=="));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { },
           new pbr::GeneratedClrTypeInfo(new[] {typeof(global::AvatarBackend.V1.VideoCodec), typeof(global::AvatarBackend.V1.AudioCodec), typeof(global::AvatarBackend.V1.EventCode), }, null, new pbr::GeneratedClrTypeInfo[] {
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.VideoFormat), global::AvatarBackend.V1.VideoFormat.Parser, new[]{ "Width", "Height", "Fps", "Codec", "JpegQuality" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.AudioFormat), global::AvatarBackend.V1.AudioFormat.Parser, new[]{ "Codec", "SampleRate", "Channels", "OpusPreSkip" }, new[]{ "OpusPreSkip" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.ClientMessage), global::AvatarBackend.V1.ClientMessage.Parser, new[]{ "Config", "Audio", "EndOfUtterance", "Emotion", "Action", "Listening", "Interrupt", "Playback" }, new[]{ "Message" }, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.SessionConfig), global::AvatarBackend.V1.SessionConfig.Parser, new[]{ "NpcId", "CharacterId", "Video", "Audio", "ResetMemory", "ResumeToken", "Seed", "StatsIntervalMs", "EchoAudio" }, new[]{ "EchoAudio" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.SessionConfig), global::AvatarBackend.V1.SessionConfig.Parser, new[]{ "NpcId", "CharacterId", "Video", "Audio", "ResetMemory", "ResumeToken", "Seed", "StatsIntervalMs", "EchoAudio", "PromptGuidance" }, new[]{ "EchoAudio", "PromptGuidance" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.AudioPacket), global::AvatarBackend.V1.AudioPacket.Parser, new[]{ "SequenceNumber", "Payload", "RestartSequence" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.EndOfUtterance), global::AvatarBackend.V1.EndOfUtterance.Parser, null, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.EmotionEvent), global::AvatarBackend.V1.EmotionEvent.Parser, new[]{ "Name", "Intensity", "AtVoiceSample" }, new[]{ "AtVoiceSample" }, null, null, null),
@@ -130,7 +132,7 @@ namespace AvatarBackend.V1 {
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.InterruptRequest), global::AvatarBackend.V1.InterruptRequest.Parser, new[]{ "PlayedUntil" }, new[]{ "PlayedUntil" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.PlaybackProgress), global::AvatarBackend.V1.PlaybackProgress.Parser, new[]{ "PlayedUntil" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.ServerMessage), global::AvatarBackend.V1.ServerMessage.Parser, new[]{ "Accepted", "Frame", "AudioEcho", "Stats", "Event", "InterruptAck", "Ended" }, new[]{ "Message" }, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.SessionAccepted), global::AvatarBackend.V1.SessionAccepted.Parser, new[]{ "SessionId", "NpcId", "CharacterId", "Video", "Audio", "Resumed", "BlocksGenerated", "ResumeToken", "MemoryBytes", "FirstBlockFrames", "BlockFrames", "Model", "StartFrameIndex" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.SessionAccepted), global::AvatarBackend.V1.SessionAccepted.Parser, new[]{ "SessionId", "NpcId", "CharacterId", "Video", "Audio", "Resumed", "BlocksGenerated", "ResumeToken", "MemoryBytes", "FirstBlockFrames", "BlockFrames", "Model", "StartFrameIndex", "PromptGuidance" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.VideoFrame), global::AvatarBackend.V1.VideoFrame.Parser, new[]{ "Index", "Pts", "PtsUs", "Codec", "Width", "Height", "Keyframe", "Data", "AudioStart", "AudioEnd", "BlockIndex", "Speaking" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.AudioEcho), global::AvatarBackend.V1.AudioEcho.Parser, new[]{ "Start", "SampleRate", "Pcm16" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.SessionStats), global::AvatarBackend.V1.SessionStats.Parser, new[]{ "GeneratedFps", "FramesSent", "FramesDropped", "BlockComputeMs", "FirstFrameLatencyMs", "OutboundQueueDepth", "AudioQueuedMs", "Audio", "Devices", "BlocksGenerated" }, null, null, null, null),
@@ -1565,6 +1567,7 @@ namespace AvatarBackend.V1 {
       seed_ = other.seed_;
       statsIntervalMs_ = other.statsIntervalMs_;
       echoAudio_ = other.echoAudio_;
+      promptGuidance_ = other.promptGuidance_;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -1720,6 +1723,38 @@ namespace AvatarBackend.V1 {
       _hasBits0 &= ~1;
     }
 
+    /// <summary>Field number for the "prompt_guidance" field.</summary>
+    public const int PromptGuidanceFieldNumber = 10;
+    private float promptGuidance_;
+    /// <summary>
+    /// How strongly the NPC's emotion and action prompts show: the factor of prompt guidance, which pushes each
+    /// block under a prompt away from the character's base prompt at the cost of one more model pass per block.
+    /// 1 turns it off; at most ServerInfo.limits.max_prompt_guidance. Unset: the server's
+    /// (ServerInfo.model.prompt_guidance). Higher shows emotions and actions sooner and more clearly, at some cost
+    /// in lip sync and smoothness between blocks; SessionAccepted.prompt_guidance says what the session runs with.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public float PromptGuidance {
+      get { if ((_hasBits0 & 2) != 0) { return promptGuidance_; } else { return 0F; } }
+      set {
+        _hasBits0 |= 2;
+        promptGuidance_ = value;
+      }
+    }
+    /// <summary>Gets whether the "prompt_guidance" field is set</summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool HasPromptGuidance {
+      get { return (_hasBits0 & 2) != 0; }
+    }
+    /// <summary>Clears the value of the "prompt_guidance" field</summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void ClearPromptGuidance() {
+      _hasBits0 &= ~2;
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -1744,6 +1779,7 @@ namespace AvatarBackend.V1 {
       if (Seed != other.Seed) return false;
       if (StatsIntervalMs != other.StatsIntervalMs) return false;
       if (EchoAudio != other.EchoAudio) return false;
+      if (!pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.Equals(PromptGuidance, other.PromptGuidance)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -1760,6 +1796,7 @@ namespace AvatarBackend.V1 {
       if (Seed != 0UL) hash ^= Seed.GetHashCode();
       if (StatsIntervalMs != 0) hash ^= StatsIntervalMs.GetHashCode();
       if (HasEchoAudio) hash ^= EchoAudio.GetHashCode();
+      if (HasPromptGuidance) hash ^= pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.GetHashCode(PromptGuidance);
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -1814,6 +1851,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(72);
         output.WriteBool(EchoAudio);
       }
+      if (HasPromptGuidance) {
+        output.WriteRawTag(85);
+        output.WriteFloat(PromptGuidance);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -1860,6 +1901,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(72);
         output.WriteBool(EchoAudio);
       }
+      if (HasPromptGuidance) {
+        output.WriteRawTag(85);
+        output.WriteFloat(PromptGuidance);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -1896,6 +1941,9 @@ namespace AvatarBackend.V1 {
       }
       if (HasEchoAudio) {
         size += 1 + 1;
+      }
+      if (HasPromptGuidance) {
+        size += 1 + 4;
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -1941,6 +1989,9 @@ namespace AvatarBackend.V1 {
       }
       if (other.HasEchoAudio) {
         EchoAudio = other.EchoAudio;
+      }
+      if (other.HasPromptGuidance) {
+        PromptGuidance = other.PromptGuidance;
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -1999,6 +2050,10 @@ namespace AvatarBackend.V1 {
             EchoAudio = input.ReadBool();
             break;
           }
+          case 85: {
+            PromptGuidance = input.ReadFloat();
+            break;
+          }
         }
       }
     #endif
@@ -2054,6 +2109,10 @@ namespace AvatarBackend.V1 {
           }
           case 72: {
             EchoAudio = input.ReadBool();
+            break;
+          }
+          case 85: {
+            PromptGuidance = input.ReadFloat();
             break;
           }
         }
@@ -4331,6 +4390,7 @@ namespace AvatarBackend.V1 {
       blockFrames_ = other.blockFrames_;
       model_ = other.model_;
       startFrameIndex_ = other.startFrameIndex_;
+      promptGuidance_ = other.promptGuidance_;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -4526,6 +4586,21 @@ namespace AvatarBackend.V1 {
       }
     }
 
+    /// <summary>Field number for the "prompt_guidance" field.</summary>
+    public const int PromptGuidanceFieldNumber = 14;
+    private float promptGuidance_;
+    /// <summary>
+    /// the prompt guidance factor the session runs with (1: off)
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public float PromptGuidance {
+      get { return promptGuidance_; }
+      set {
+        promptGuidance_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -4554,6 +4629,7 @@ namespace AvatarBackend.V1 {
       if (BlockFrames != other.BlockFrames) return false;
       if (Model != other.Model) return false;
       if (StartFrameIndex != other.StartFrameIndex) return false;
+      if (!pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.Equals(PromptGuidance, other.PromptGuidance)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -4574,6 +4650,7 @@ namespace AvatarBackend.V1 {
       if (BlockFrames != 0) hash ^= BlockFrames.GetHashCode();
       if (Model.Length != 0) hash ^= Model.GetHashCode();
       if (StartFrameIndex != 0UL) hash ^= StartFrameIndex.GetHashCode();
+      if (PromptGuidance != 0F) hash ^= pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.GetHashCode(PromptGuidance);
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -4644,6 +4721,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(104);
         output.WriteUInt64(StartFrameIndex);
       }
+      if (PromptGuidance != 0F) {
+        output.WriteRawTag(117);
+        output.WriteFloat(PromptGuidance);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -4706,6 +4787,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(104);
         output.WriteUInt64(StartFrameIndex);
       }
+      if (PromptGuidance != 0F) {
+        output.WriteRawTag(117);
+        output.WriteFloat(PromptGuidance);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -4754,6 +4839,9 @@ namespace AvatarBackend.V1 {
       }
       if (StartFrameIndex != 0UL) {
         size += 1 + pb::CodedOutputStream.ComputeUInt64Size(StartFrameIndex);
+      }
+      if (PromptGuidance != 0F) {
+        size += 1 + 4;
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -4811,6 +4899,9 @@ namespace AvatarBackend.V1 {
       }
       if (other.StartFrameIndex != 0UL) {
         StartFrameIndex = other.StartFrameIndex;
+      }
+      if (other.PromptGuidance != 0F) {
+        PromptGuidance = other.PromptGuidance;
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -4885,6 +4976,10 @@ namespace AvatarBackend.V1 {
             StartFrameIndex = input.ReadUInt64();
             break;
           }
+          case 117: {
+            PromptGuidance = input.ReadFloat();
+            break;
+          }
         }
       }
     #endif
@@ -4956,6 +5051,10 @@ namespace AvatarBackend.V1 {
           }
           case 104: {
             StartFrameIndex = input.ReadUInt64();
+            break;
+          }
+          case 117: {
+            PromptGuidance = input.ReadFloat();
             break;
           }
         }

@@ -84,6 +84,7 @@ namespace AvatarBackend.Client.Native
         public int reset_memory;
         public int reconnect;
         public uint max_buffered_frames;
+        public float prompt_guidance;
     }
 
     /// <summary>avb_frame_info: where a decoded frame sits on the session clock.</summary>

@@ -100,6 +100,7 @@ bool UAvatarNpcComponent::StartSession()
 	Config.reset_memory = bResetMemory ? 1 : 0;
 	Config.reconnect = bReconnect ? 1 : 0;
 	Config.max_buffered_frames = FMath::Max(0, MaxBufferedFrames);
+	Config.prompt_guidance = PromptGuidance;
 	const avb_result Result = avb_session_open(Client, &Config, &Session);
 	if (Result != AVB_OK)
 	{

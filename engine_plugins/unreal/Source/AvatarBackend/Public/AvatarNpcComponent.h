@@ -100,6 +100,9 @@ public:
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Avatar Backend|NPC") bool bReconnect = true;
 	/** Decoded frames the core holds; beyond it the oldest go (0: 96). */
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Avatar Backend|NPC") int32 MaxBufferedFrames = 0;
+	/** How strongly emotions and actions show: the prompt guidance factor (0: the server's; 1: off; higher shows
+	 * them sooner and clearer, at some cost in lip sync). */
+	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Avatar Backend|NPC", meta = (ClampMin = "0.0")) float PromptGuidance = 0.0f;
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Avatar Backend|NPC") bool bStartOnBeginPlay = true;
 
 	// --- voice output ---

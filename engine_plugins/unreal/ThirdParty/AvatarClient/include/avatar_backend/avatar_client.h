@@ -84,6 +84,10 @@ typedef struct avb_session_config {
   int32_t reset_memory;             /* 1: start the NPC from a fresh memory */
   int32_t reconnect;                /* 1: after a dropped connection, reopen with the NPC's resume token */
   uint32_t max_buffered_frames;     /* decoded frames held for polling; beyond it the oldest go (0: 96) */
+  /* How strongly the NPC's emotions and actions show: SessionConfig.prompt_guidance (0: the server's; else
+   * 1 = off up to ServerInfo.limits.max_prompt_guidance). Read only when struct_size covers it, so callers
+   * built against the header without it keep working. */
+  float prompt_guidance;
 } avb_session_config;
 
 /* Starts opening the session and returns at once; AVB_EVENT_STATE events report its progress. */
