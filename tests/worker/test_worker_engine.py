@@ -131,6 +131,9 @@ def test_request_errors_carry_grpc_codes(harness):
     assert code(harness.open(character_id="nobody")) == "INVALID_ARGUMENT"
     assert harness.worker.pool.live_ids == []          # the failed open released the NPC
     assert code(harness.open(npc_id="bad/id", character_id="villager")) == "INVALID_ARGUMENT"
+    for factor in (0.5, float("nan"), float("inf")):
+        assert code(harness.open(character_id="villager", prompt_guidance=factor)) == "INVALID_ARGUMENT"
+    assert harness.worker.pool.live_ids == []
     assert harness.open(character_id="villager").WhichOneof("body") == "npc_opened"
     assert code(harness.open("s2", character_id="villager")) == "ABORTED"
     assert code(harness.open("s1", npc_id="other", character_id="villager")) == "ALREADY_EXISTS"
