@@ -60,6 +60,12 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
              "session may ask for its own (SessionConfig.prompt_guidance)",
     )
     parser.add_argument(
+        "--max-prompt-guidance", type=float, default=None, metavar="FACTOR",
+        help="the largest prompt guidance a session may ask for (1: sessions cannot turn it on; default 10 for a "
+             "model that guides by default, as tiny does, else 1: liveact-18b's guided pass needs an 11.7 GB "
+             "scratch copy of a step's cache per NPC at 512x512)",
+    )
+    parser.add_argument(
         "--text-encoder-device", default=ExecutionConfig.text_encoder_device, metavar="DEVICE",
         help="where the published model's umT5 text encoder runs; each prompt is encoded once "
              f"(default {ExecutionConfig.text_encoder_device}: keeps 11 GB off the GPU)",
@@ -106,7 +112,7 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command_serve(args: argparse.Namespace) -> int:
     try:
-        from avatar_backend.gateway.server import ServerOptions, StartupRefused, check_startup, run_server
+        from avatar_backend.gateway.server import StartupRefused, check_startup, run_server
     except ImportError as error:
         raise CliError(f"the server is not available in this installation ({error})") from None
     data_dir = (args.data_dir or default_data_dir()).expanduser()
@@ -120,7 +126,32 @@ def command_serve(args: argparse.Namespace) -> int:
         raise CliError(f"model {model_config.name!r} runs the published encoders and needs the published files: "
                        "--weights <directory> (README: 'The published model')")
     api_key = resolve_api_key(args)
-    options = ServerOptions(
+    try:
+        options = server_options(args, data_dir, api_key)
+        options.limits()  # checked here: a value out of range is a usage error, not a traceback from the server
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    try:
+        check_startup(options)  # refuse before the data dir is touched or anything is bound
+    except StartupRefused as error:
+        raise CliError(str(error)) from None
+
+    def on_ready(port: int) -> None:
+        # Called on the server's event loop: ask the server itself what it loaded, without blocking it.
+        # Not over TLS: the server's certificate may not name the loopback address, nor can this process
+        # present a client certificate.
+        if options.tls_cert is None:
+            target = local_target(args.host, port)
+            asyncio.get_running_loop().create_task(print_served_model(target, data_dir, api_key))
+
+    return run_server(options, ready_callback=on_ready) or 0
+
+
+def server_options(args: argparse.Namespace, data_dir: Path, api_key: str | None):
+    """`serve`'s ServerOptions from its arguments (ValueError for a value out of range)."""
+    from avatar_backend.gateway.server import ServerOptions
+
+    return ServerOptions(
         host=args.host,
         port=args.port,
         data_dir=data_dir,
@@ -138,24 +169,11 @@ def command_serve(args: argparse.Namespace) -> int:
         max_stored_npcs=args.max_stored_npcs,
         max_stored_npc_bytes=args.max_stored_npc_bytes,
         max_parked_memory_bytes=args.max_parked_memory_bytes,
+        max_prompt_guidance=args.max_prompt_guidance,
         npc_snapshot_interval_s=args.npc_snapshot_interval_s,
         voice_jitter_budget_ms=args.voice_jitter_budget_ms,
         max_batch=args.max_batch,
     )
-    try:
-        check_startup(options)  # refuse before the data dir is touched or anything is bound
-    except StartupRefused as error:
-        raise CliError(str(error)) from None
-
-    def on_ready(port: int) -> None:
-        # Called on the server's event loop: ask the server itself what it loaded, without blocking it.
-        # Not over TLS: the server's certificate may not name the loopback address, nor can this process
-        # present a client certificate.
-        if options.tls_cert is None:
-            target = local_target(args.host, port)
-            asyncio.get_running_loop().create_task(print_served_model(target, data_dir, api_key))
-
-    return run_server(options, ready_callback=on_ready) or 0
 
 
 def local_target(host: str, port: int) -> str:

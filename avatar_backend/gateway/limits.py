@@ -18,6 +18,9 @@ from avatar_backend.store import (
 __all__ = ["Limits", "parse_byte_size"]
 
 MIB = 1 << 20
+# Each step of prompt guidance costs lip sync and smoothness (the tiny model's lip-sync r is 0.95 at factor 2 and
+# 0.87 at 5; README, "Prompt guidance side by side"): beyond 10 a session gets little but damage.
+DEFAULT_MAX_PROMPT_GUIDANCE = 10.0
 
 
 @dataclass(frozen=True)
@@ -49,9 +52,10 @@ class Limits:
     voice_jitter_budget_ms: int = DEFAULT_VOICE_JITTER_BUDGET_MS
     # Emotion and action events waiting for the voice they were timed to (at_voice_sample) per session.
     max_timed_events: int = 64
-    # The largest prompt guidance factor a session may ask for: each step up costs lip sync and smoothness (the
-    # tiny model's lip-sync r is 0.95 at factor 2 and 0.87 at 5; README, "Prompt guidance side by side").
-    max_prompt_guidance: float = 10.0
+    # The largest prompt guidance factor a session may ask for; None: DEFAULT_MAX_PROMPT_GUIDANCE where the model
+    # guides by default (tiny), 1 where it does not (liveact-18b, whose guided pass needs an 11.7 GB scratch copy
+    # of a step's cache per NPC at 512x512: a client must not be able to turn that on). See prompt_guidance_limit.
+    max_prompt_guidance: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_message_bytes", "max_audio_packet_bytes", "max_sessions", "max_prompt_chars",
@@ -63,8 +67,8 @@ class Limits:
                      "voice_jitter_budget_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
-        if not self.max_prompt_guidance >= 1.0:
-            raise ValueError(f"max_prompt_guidance must be >= 1, got {self.max_prompt_guidance}")
+        if self.max_prompt_guidance is not None and not 1.0 <= self.max_prompt_guidance < math.inf:
+            raise ValueError(f"max_prompt_guidance must be a factor >= 1, got {self.max_prompt_guidance}")
         if self.max_reference_image_bytes >= self.max_message_bytes:
             raise ValueError("max_reference_image_bytes must be smaller than max_message_bytes")
 
@@ -84,8 +88,15 @@ class Limits:
             npc_snapshot_interval_s=math.ceil(self.npc_snapshot_interval_s),
             voice_jitter_budget_ms=self.voice_jitter_budget_ms,
             max_timed_events=self.max_timed_events,
-            max_prompt_guidance=self.max_prompt_guidance,
+            max_prompt_guidance=self.max_prompt_guidance or 0.0,  # the model's rule applies: see GetServerInfo
         )
+
+    def prompt_guidance_limit(self, model_default: float) -> float:
+        """The largest prompt guidance a session may ask for, on a model whose default factor is
+        ``model_default``."""
+        if self.max_prompt_guidance is not None:
+            return self.max_prompt_guidance
+        return DEFAULT_MAX_PROMPT_GUIDANCE if model_default > 1.0 else 1.0
 
 
 _BYTE_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)\s*", re.IGNORECASE)

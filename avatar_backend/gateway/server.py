@@ -77,6 +77,7 @@ class ServerOptions:
     npc_snapshot_interval_s: float = Limits.npc_snapshot_interval_s  # 0: live memories saved at session end only
     voice_jitter_budget_ms: int = Limits.voice_jitter_budget_ms    # an utterance's voice may stall this long
     max_timed_events: int = Limits.max_timed_events  # per session, waiting for their voice
+    max_prompt_guidance: float | None = None  # a session's largest; None: 10 if the model guides by default, else 1
     max_batch: int = DEFAULT_MAX_BATCH     # NPCs whose blocks the worker generates in one call at most
     api_key: str | None = None             # when set, AvatarService calls need "authorization: Bearer <key>"
     tls_cert: Path | str | None = None     # PEM certificate chain; with tls_key the port speaks TLS only
@@ -97,7 +98,7 @@ class ServerOptions:
             max_reference_image_pixels=self.max_reference_image_pixels, max_stored_npcs=self.max_stored_npcs,
             max_stored_npc_bytes=self.max_stored_npc_bytes, max_parked_memory_bytes=self.max_parked_memory_bytes,
             npc_snapshot_interval_s=self.npc_snapshot_interval_s, voice_jitter_budget_ms=self.voice_jitter_budget_ms,
-            max_timed_events=self.max_timed_events,
+            max_timed_events=self.max_timed_events, max_prompt_guidance=self.max_prompt_guidance,
         )
 
     def tls(self) -> ServerTls | None:

@@ -279,6 +279,7 @@ class AvatarService(avatar_service_pb2_grpc.AvatarServiceServicer):
                 default_height=model.default_height, default_fps=model.default_fps,
                 prompt_guidance=model.prompt_guidance,
             ))
+            server_info.limits.max_prompt_guidance = self._runtime.limits.prompt_guidance_limit(model.prompt_guidance)
             server_info.video_sizes.extend(model.video_sizes_proto())
             server_info.fps.extend(model.fps)
             server_info.devices.extend(public_devices(info.devices))

@@ -140,7 +140,7 @@ class ConverseSession:
         self._meter.config_received_at = time.monotonic()
         model = self._runtime.worker.require_ready()
         settings = resolve_session_config(config, model, self._runtime.data_dir,
-                                          self._runtime.limits.max_prompt_guidance)
+                                          self._runtime.limits.prompt_guidance_limit(model.prompt_guidance))
         self._settings = settings
         self.npc_id = settings.npc_id
         self._runtime.sessions.admit(self)

@@ -193,7 +193,10 @@ def _resolve_prompt_guidance(config: converse_pb2.SessionConfig, model: ModelCap
     if not config.HasField("prompt_guidance"):
         return None
     factor = config.prompt_guidance
-    if not 1.0 <= factor <= maximum:  # NaN too
-        raise _invalid(f"prompt_guidance: {factor:g} is out of range 1-{maximum:g} (1 = off; unset = the server's "
-                       f"{model.prompt_guidance:g})")
-    return factor
+    if factor == 1.0 or 1.0 < factor <= maximum:  # NaN fails both
+        return factor
+    if maximum == 1.0 and factor > 1.0:
+        raise _invalid(f"prompt_guidance: {factor:g} is refused: this server does not let sessions turn prompt "
+                       "guidance on (its operator can, with serve --max-prompt-guidance)")
+    raise _invalid(f"prompt_guidance: {factor:g} is out of range 1-{maximum:g} (1 = off; unset = the server's "
+                   f"{model.prompt_guidance:g})")

@@ -207,3 +207,16 @@ def test_serve_refuses_the_published_model_without_its_files_before_starting(tmp
     assert cli.main(["serve", "--config", "no-such-model", "--data-dir", str(data_dir)]) == 1
     assert "unknown model config 'no-such-model'" in capsys.readouterr().err
     assert not data_dir.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-prompt-guidance", "0.5"], "max_prompt_guidance must be a factor >= 1, got 0.5"),
+    (["--prompt-guidance", "0"], "prompt_guidance must be >= 1 (1 turns it off), got 0.0"),
+    (["--max-stored-npcs", "-1"], "max_stored_npcs must be 0 or more, got -1"),
+])
+def test_serve_names_a_value_out_of_range_before_starting(tmp_path, capsys, flags, message):
+    data_dir = tmp_path / "data"
+    assert cli.main(["serve", "--data-dir", str(data_dir), *flags]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not data_dir.exists()

@@ -18,7 +18,7 @@ from PIL import Image
 from stand_in_generator import StandInGenerator
 
 from avatar_backend.gateway.server import Gateway, ServerOptions
-from avatar_backend.generator.config import TINY
+from avatar_backend.generator.config import TINY, ModelConfig
 from avatar_backend.proto_gen import avatar_service_pb2 as pb
 from avatar_backend.proto_gen import avatar_service_pb2_grpc, converse_pb2, worker_pb2
 from avatar_backend.worker.config import WorkerConfig
@@ -115,12 +115,12 @@ async def start_worker(link: GatewayLink, data_dir: Path, generator: StandInGene
 
 @contextlib.asynccontextmanager
 async def running_gateway(tmp_path, *, block_delay_s: float = 0.0, worker_options: dict | None = None,
-                          **options):
+                          generator_config: ModelConfig = TINY, **options):
     """The gateway and its worker; ``block_delay_s`` makes each generator call take that long,
-    ``worker_options`` are SchedulerConfig fields."""
+    ``worker_options`` are SchedulerConfig fields, ``generator_config`` the model the stand-in generator runs."""
     link = inproc_link()
     await link.start()
-    generator = StandInGenerator(TINY, block_delay_s=block_delay_s)
+    generator = StandInGenerator(generator_config, block_delay_s=block_delay_s)
     worker = await start_worker(link, tmp_path, generator, **(worker_options or {}))
     tapped = TappedLink(link)
     gateway = Gateway(ServerOptions(host="127.0.0.1", port=0, data_dir=tmp_path, **options), tapped)

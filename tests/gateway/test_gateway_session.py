@@ -5,6 +5,7 @@ memory pool in a thread of this process, with the stand-in generator: frame k is
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import grpc
@@ -24,6 +25,7 @@ from gateway_harness import (
 )
 
 from avatar_backend.client.errors import AvatarError
+from avatar_backend.generator.config import TINY
 from avatar_backend.media.opus import OpusEncoder
 from avatar_backend.proto_gen import avatar_service_pb2 as pb
 from avatar_backend.proto_gen import converse_pb2 as cv
@@ -139,6 +141,38 @@ async def test_a_sessions_prompt_guidance_reaches_its_blocks_and_is_reported(tmp
         await call.done_writing()
         await next_of(call, "ended", timeout=10.0)
         assert set(h.generator.prompt_guidances[blocks_before:]) == {2.0}
+
+
+@async_test
+async def test_a_model_that_does_not_guide_lets_no_session_turn_guidance_on_unless_the_operator_does(tmp_path):
+    """liveact-18b's guided pass needs a scratch copy of a step's cache per NPC: on a model whose default is 1 (off),
+    sessions may not ask for more unless `serve --max-prompt-guidance` allows it."""
+    unguided = dataclasses.replace(TINY, sampler=dataclasses.replace(TINY.sampler, prompt_guidance=1.0))
+    async with running_gateway(tmp_path / "default", generator_config=unguided) as h:
+        info = await h.stub.GetServerInfo(pb.GetServerInfoRequest())
+        assert info.model.prompt_guidance == 1.0 and info.limits.max_prompt_guidance == 1.0
+        await register_character(h.stub)
+        call = h.stub.Converse()
+        await call.write(session_config(prompt_guidance=2.0))
+        code, details, _ = await final_status(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.startswith("prompt_guidance: 2 is refused") and "serve --max-prompt-guidance" in details
+        call, accepted = await open_session(h.stub, session_config(prompt_guidance=1.0))
+        assert accepted.prompt_guidance == 1.0
+        await call.done_writing()
+        await next_of(call, "ended", timeout=10.0)
+    async with running_gateway(tmp_path / "allowed", generator_config=unguided, max_prompt_guidance=3.0) as h:
+        info = await h.stub.GetServerInfo(pb.GetServerInfoRequest())
+        assert info.limits.max_prompt_guidance == 3.0
+        await register_character(h.stub)
+        call, accepted = await open_session(h.stub, session_config(prompt_guidance=3.0))
+        assert accepted.prompt_guidance == 3.0
+        await call.done_writing()
+        await next_of(call, "ended", timeout=10.0)
+        call = h.stub.Converse()
+        await call.write(session_config(npc_id="npc-2", prompt_guidance=3.5))
+        code, details, _ = await final_status(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("prompt_guidance: 3.5 is out of range 1-3")
 
 
 @async_test

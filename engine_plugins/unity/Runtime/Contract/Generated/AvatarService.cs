@@ -5324,7 +5324,7 @@ namespace AvatarBackend.V1 {
     public const int MaxPromptGuidanceFieldNumber = 14;
     private float maxPromptGuidance_;
     /// <summary>
-    /// the largest SessionConfig.prompt_guidance accepted
+    /// the largest SessionConfig.prompt_guidance accepted (1: none)
     /// </summary>
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
