@@ -114,6 +114,8 @@ def command_info(args: argparse.Namespace) -> int:
         ("video codecs", codecs or "-"),
         ("audio rates", ", ".join(str(r) for r in info.audio_sample_rates) or "-"),
         ("max sessions", info.limits.max_sessions),
+        ("prompt guidance", f"{model.prompt_guidance:g} by default; a session may ask for 1 to "
+                            f"{info.limits.max_prompt_guidance:g}"),
         ("voice", f"jitter budget {info.limits.voice_jitter_budget_ms} ms; up to "
                   f"{info.limits.max_timed_events} emotions/actions may wait for their point of the voice"),
         ("devices", ", ".join(d.name for d in info.devices) or "none"),
