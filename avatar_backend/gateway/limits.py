@@ -52,7 +52,7 @@ class Limits:
     voice_jitter_budget_ms: int = DEFAULT_VOICE_JITTER_BUDGET_MS
     # Emotion and action events waiting for the voice they were timed to (at_voice_sample) per session.
     max_timed_events: int = 64
-    # The largest prompt guidance factor a session may ask for; None: DEFAULT_MAX_PROMPT_GUIDANCE where the model
+    # The largest prompt guidance factor a session may ask for; None: DEFAULT_MAX_PROMPT_GUIDANCE where the server
     # guides by default (tiny), 1 where it does not (liveact-18b, whose guided pass needs an 11.7 GB scratch copy
     # of a step's cache per NPC at 512x512: a client must not be able to turn that on). See prompt_guidance_limit.
     max_prompt_guidance: float | None = None
@@ -88,15 +88,19 @@ class Limits:
             npc_snapshot_interval_s=math.ceil(self.npc_snapshot_interval_s),
             voice_jitter_budget_ms=self.voice_jitter_budget_ms,
             max_timed_events=self.max_timed_events,
-            max_prompt_guidance=self.max_prompt_guidance or 0.0,  # the model's rule applies: see GetServerInfo
+            # 0 until the worker says its default factor (GetServerInfo fills in prompt_guidance_limit's answer).
+            max_prompt_guidance=0.0,
         )
 
     def prompt_guidance_limit(self, model_default: float) -> float:
-        """The largest prompt guidance a session may ask for, on a model whose default factor is
-        ``model_default``."""
+        """The largest prompt guidance a session may ask for on a server whose default factor is ``model_default``:
+        the operator's, else DEFAULT_MAX_PROMPT_GUIDANCE where the server guides by default and 1 where it does
+        not; never below the default itself (a session may always ask for what it gets by asking nothing)."""
         if self.max_prompt_guidance is not None:
-            return self.max_prompt_guidance
-        return DEFAULT_MAX_PROMPT_GUIDANCE if model_default > 1.0 else 1.0
+            limit = self.max_prompt_guidance
+        else:
+            limit = DEFAULT_MAX_PROMPT_GUIDANCE if model_default > 1.0 else 1.0
+        return max(limit, model_default)
 
 
 _BYTE_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)\s*", re.IGNORECASE)

@@ -9,6 +9,7 @@ one size) or, for a new NPC, to the model's default; SessionAccepted reports wha
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import grpc
@@ -193,7 +194,9 @@ def _resolve_prompt_guidance(config: converse_pb2.SessionConfig, model: ModelCap
     if not config.HasField("prompt_guidance"):
         return None
     factor = config.prompt_guidance
-    if factor == 1.0 or 1.0 < factor <= maximum:  # NaN fails both
+    # The limit is advertised as a float32 (ServerInfo.limits): a client that sends it back is within it.
+    advertised = struct.unpack("f", struct.pack("f", maximum))[0]
+    if factor == 1.0 or 1.0 < factor <= max(maximum, advertised):  # NaN fails both
         return factor
     if maximum == 1.0 and factor > 1.0:
         raise _invalid(f"prompt_guidance: {factor:g} is refused: this server does not let sessions turn prompt "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,8 @@ class SamplerConfig:
     audio_cfg: float = 1.0                       # > 1 runs a second, audio-free pass at steps 1 and 2
     # > 1: streams under a prompt other than their character's base prompt run a second pass at the last step
     # with the base prompt, and their velocity moves away from it by this factor (see sampler.py). A serving
-    # choice, like ``kv_cache``: any value works with any weights.
+    # choice, like ``kv_cache``: any value works with any weights. The default of a stream whose session asks
+    # for none (BlockInput.prompt_guidance).
     prompt_guidance: float = 1.0
 
     @property
@@ -105,8 +107,9 @@ class SamplerConfig:
             raise ValueError(f"v_compression must be one of {V_COMPRESSIONS}, got {self.v_compression!r}")
         if self.kv_cache not in KV_CACHE_FORMATS:
             raise ValueError(f"kv_cache must be one of {KV_CACHE_FORMATS}, got {self.kv_cache!r}")
-        if not self.prompt_guidance >= 1.0:  # NaN too
-            raise ValueError(f"prompt_guidance must be >= 1 (1 turns it off), got {self.prompt_guidance}")
+        if not 1.0 <= self.prompt_guidance < math.inf:  # NaN too
+            raise ValueError("prompt_guidance must be a finite factor >= 1 (1 turns it off), "
+                             f"got {self.prompt_guidance}")
 
 
 @dataclass(frozen=True)
@@ -245,8 +248,9 @@ class ExecutionConfig:
             raise ValueError(f"gemm must be one of {GEMM_FORMATS}, got {self.gemm!r}")
         if self.decode_precision not in DECODE_PRECISIONS:
             raise ValueError(f"decode_precision must be one of {DECODE_PRECISIONS}, got {self.decode_precision!r}")
-        if self.prompt_guidance is not None and not self.prompt_guidance >= 1.0:  # NaN too
-            raise ValueError(f"prompt_guidance must be >= 1 (1 turns it off), got {self.prompt_guidance}")
+        if self.prompt_guidance is not None and not 1.0 <= self.prompt_guidance < math.inf:  # NaN too
+            raise ValueError("prompt_guidance must be a finite factor >= 1 (1 turns it off), "
+                             f"got {self.prompt_guidance}")
 
     def serving(self, config: "ModelConfig") -> "ModelConfig":
         """``config`` with the sampler choices made here."""

@@ -177,8 +177,9 @@ def denoise_block(
             null_velocity, null_steps[i] = call(null_steps[i], null_tokens)
             velocity = null_velocity + sampler.audio_cfg * (velocity - null_velocity)
         if guided:
-            scale = (guidance.factors - 1.0).to(velocity.dtype).view(-1, *(1,) * (velocity.dim() - 1))
-            push = scale * (prompted_velocity[rows] - base_velocity)
+            # In float32: a bf16 factor would round (2.3 acts as 2.296875).
+            scale = (guidance.factors - 1.0).view(-1, *(1,) * (velocity.dim() - 1))
+            push = (scale * (prompted_velocity[rows] - base_velocity)).to(velocity.dtype)
             velocity = velocity.index_add(0, rows, push)
         velocities.append(velocity)
 

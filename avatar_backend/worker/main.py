@@ -139,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--decode-precision", default=ExecutionConfig.decode_precision, choices=DECODE_PRECISIONS,
                         help="what the VAE decoder computes in")
     parser.add_argument("--prompt-guidance", type=float, default=None,
-                        help="the sampler's prompt guidance (default: the model config's; 1: off)")
+                        help="the prompt guidance of a session that asks for none (default: the model config's; "
+                             "1: off)")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process (the gateway) is gone")
     parser.add_argument("--max-parked-memory-bytes", type=int, default=DEFAULT_MAX_PARKED_MEMORY_BYTES,
                         help="host memory for parked NPC memories; beyond it they stay on disk only")

@@ -212,7 +212,8 @@ def test_serve_refuses_the_published_model_without_its_files_before_starting(tmp
 
 @pytest.mark.parametrize("flags, message", [
     (["--max-prompt-guidance", "0.5"], "max_prompt_guidance must be a factor >= 1, got 0.5"),
-    (["--prompt-guidance", "0"], "prompt_guidance must be >= 1 (1 turns it off), got 0.0"),
+    (["--prompt-guidance", "0"], "prompt_guidance must be a finite factor >= 1 (1 turns it off), got 0.0"),
+    (["--prompt-guidance", "inf"], "prompt_guidance must be a finite factor >= 1 (1 turns it off), got inf"),
     (["--max-stored-npcs", "-1"], "max_stored_npcs must be 0 or more, got -1"),
 ])
 def test_serve_names_a_value_out_of_range_before_starting(tmp_path, capsys, flags, message):

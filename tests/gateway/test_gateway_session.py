@@ -104,6 +104,7 @@ async def test_first_message_must_be_a_config(tmp_path):
     ({"prompt_guidance": 0.0}, "prompt_guidance"),
     ({"prompt_guidance": 10.5}, "prompt_guidance"),
     ({"prompt_guidance": float("nan")}, "prompt_guidance"),
+    ({"prompt_guidance": float("inf")}, "prompt_guidance"),
 ])
 @async_test
 async def test_invalid_config_names_the_field(tmp_path, fields, field_name):
@@ -161,18 +162,24 @@ async def test_a_model_that_does_not_guide_lets_no_session_turn_guidance_on_unle
         assert accepted.prompt_guidance == 1.0
         await call.done_writing()
         await next_of(call, "ended", timeout=10.0)
-    async with running_gateway(tmp_path / "allowed", generator_config=unguided, max_prompt_guidance=3.0) as h:
+    async with running_gateway(tmp_path / "allowed", generator_config=unguided, max_prompt_guidance=2.2) as h:
         info = await h.stub.GetServerInfo(pb.GetServerInfoRequest())
-        assert info.limits.max_prompt_guidance == 3.0
+        assert info.limits.max_prompt_guidance == pytest.approx(2.2)
         await register_character(h.stub)
-        call, accepted = await open_session(h.stub, session_config(prompt_guidance=3.0))
-        assert accepted.prompt_guidance == 3.0
+        # The limit as advertised (a float32 a little above 2.2) is within the limit.
+        call, accepted = await open_session(h.stub, session_config(prompt_guidance=info.limits.max_prompt_guidance))
+        assert accepted.prompt_guidance == pytest.approx(2.2)
         await call.done_writing()
         await next_of(call, "ended", timeout=10.0)
         call = h.stub.Converse()
-        await call.write(session_config(npc_id="npc-2", prompt_guidance=3.5))
+        await call.write(session_config(npc_id="npc-2", prompt_guidance=2.5))
         code, details, _ = await final_status(call)
-        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("prompt_guidance: 3.5 is out of range 1-3")
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.startswith("prompt_guidance: 2.5 is out of range 1-2.2"), details
+    # A server whose default is above the operator's limit still lets a session ask for its default.
+    async with running_gateway(tmp_path / "below", max_prompt_guidance=1.5) as h:
+        info = await h.stub.GetServerInfo(pb.GetServerInfoRequest())
+        assert (info.model.prompt_guidance, info.limits.max_prompt_guidance) == (2.0, 2.0)
 
 
 @async_test

@@ -198,8 +198,8 @@ def test_execution_config_refuses_unknown_choices():
         ExecutionConfig(gemm="int8")
     with pytest.raises(ValueError, match="decode_precision must be one of"):
         ExecutionConfig(decode_precision="float16")
-    for factor in (0.5, float("nan")):
-        with pytest.raises(ValueError, match="prompt_guidance must be >= 1"):
+    for factor in (0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="prompt_guidance must be a finite factor >= 1"):
             ExecutionConfig(prompt_guidance=factor)
     with pytest.raises(ValueError, match="attention must be one of"):
         dataclasses.replace(ExecutionConfig(), attention="xformers")

@@ -45,12 +45,13 @@ def voice(samples: int, seed: int) -> np.ndarray:
 
 
 async def talk(link: GatewayLink, data_dir: DataDir, session: str, pcm: np.ndarray, blocks: int,
-               emotion_prompt: str = "") -> list[np.ndarray]:
-    """One session of the NPC "guard": its voice (under ``emotion_prompt`` from the start, when given), then its
-    first ``blocks`` blocks' frames; the session closed."""
+               emotion_prompt: str = "", prompt_guidance: float | None = None) -> list[np.ndarray]:
+    """One session of the NPC "guard": its voice (under ``emotion_prompt`` from the start, when given, and the
+    session's ``prompt_guidance``), then its first ``blocks`` blocks' frames; the session closed."""
     queue = link.subscribe(session)
+    guidance = {} if prompt_guidance is None else {"prompt_guidance": prompt_guidance}
     reply, _ = await link.request(*open_npc(data_dir, "villager", session_id=session, npc_id="guard",
-                                            character_id="villager", width=SIZE, height=SIZE), timeout=60)
+                                            character_id="villager", width=SIZE, height=SIZE, **guidance), timeout=60)
     assert reply.WhichOneof("body") == "npc_opened", reply
     if emotion_prompt:
         link.send(pb.ToWorker(control=pb.Control(session_id=session, emotion_prompt=emotion_prompt, intensity=1.0)))
@@ -89,9 +90,11 @@ def run_worker_stream(root: Path, devices: str, model_config: str = "tiny") -> l
     async def main():
         async with running_worker(data_dir, devices, model_config) as link:
             # Three blocks (compression starts at block 2), parked, resumed, two more under an emotion's prompt
-            # (its text embedding goes to the followers; the base prompt's they hold) with prompt guidance.
+            # (its text embedding goes to the followers; the base prompt's they hold) with the session's own
+            # prompt guidance (its factor goes to the followers too).
             first = await talk(link, data_dir, "s1", voice(BLOCK0 + 2 * BLOCK, 1), 3)
-            second = await talk(link, data_dir, "s2", voice(2 * BLOCK, 2), 2, emotion_prompt="an angry villager")
+            second = await talk(link, data_dir, "s2", voice(2 * BLOCK, 2), 2, emotion_prompt="an angry villager",
+                                prompt_guidance=5.0)
             return first + second
 
     return asyncio.run(asyncio.wait_for(main(), 300))

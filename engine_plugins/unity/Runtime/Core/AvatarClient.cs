@@ -88,7 +88,8 @@ namespace AvatarBackend.Client
         /// <summary>Decoded frames held for polling; beyond it the oldest go (0: 96).</summary>
         public uint MaxBufferedFrames;
         /// <summary>How strongly the NPC's emotions and actions show: the prompt guidance factor (0: the
-        /// server's; else 1 = off up to the server's limit, ServerInfo.limits.max_prompt_guidance).</summary>
+        /// server's; else 1 = off up to the server's limit, ServerInfo.limits.max_prompt_guidance; between 0
+        /// and 1 OpenSession throws).</summary>
         public float PromptGuidance;
     }
 

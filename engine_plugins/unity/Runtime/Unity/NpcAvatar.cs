@@ -42,8 +42,8 @@ namespace AvatarBackend.Client
         public bool restartAfterErrors = true;
         [Tooltip("Decoded frames the core holds; beyond it the oldest go (0: 96)")]
         public int maxBufferedFrames;
-        [Tooltip("How strongly emotions and actions show: the prompt guidance factor (0: the server's; 1: off; " +
-                 "higher shows them sooner and clearer, at some cost in lip sync)")]
+        [Tooltip("How strongly emotions and actions show: the prompt guidance factor (0: the server's; else 1 = " +
+                 "off or more: higher shows them sooner and clearer, at some cost in lip sync)")]
         [Min(0f)]
         public float promptGuidance;
         public bool startOnEnable = true;

@@ -5324,7 +5324,8 @@ namespace AvatarBackend.V1 {
     public const int MaxPromptGuidanceFieldNumber = 14;
     private float maxPromptGuidance_;
     /// <summary>
-    /// the largest SessionConfig.prompt_guidance accepted (1: none)
+    /// The largest SessionConfig.prompt_guidance accepted (1: sessions cannot turn it on; 0 while the worker is
+    /// not ready, as ServerInfo.model is empty then).
     /// </summary>
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]

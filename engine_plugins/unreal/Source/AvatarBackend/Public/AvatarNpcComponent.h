@@ -100,8 +100,8 @@ public:
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Avatar Backend|NPC") bool bReconnect = true;
 	/** Decoded frames the core holds; beyond it the oldest go (0: 96). */
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Avatar Backend|NPC") int32 MaxBufferedFrames = 0;
-	/** How strongly emotions and actions show: the prompt guidance factor (0: the server's; 1: off; higher shows
-	 * them sooner and clearer, at some cost in lip sync). */
+	/** How strongly emotions and actions show: the prompt guidance factor (0: the server's; else 1 = off or more:
+	 * higher shows them sooner and clearer, at some cost in lip sync; between 0 and 1 the session is refused). */
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Avatar Backend|NPC", meta = (ClampMin = "0.0")) float PromptGuidance = 0.0f;
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Avatar Backend|NPC") bool bStartOnBeginPlay = true;
 
