@@ -61,9 +61,9 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-prompt-guidance", type=float, default=None, metavar="FACTOR",
-        help="the largest prompt guidance a session may ask for (1: sessions cannot turn it on; default 10 for a "
-             "model that guides by default, as tiny does, else 1: liveact-18b's guided pass needs an 11.7 GB "
-             "scratch copy of a step's cache per NPC at 512x512)",
+        help="the largest prompt guidance a session may ask for, never below the server's default (1: sessions "
+             "cannot turn it on; default 10 where the server guides by default, as for tiny, else 1: liveact-18b's "
+             "guided pass needs an 11.7 GB scratch copy of a step's cache per NPC at 512x512)",
     )
     parser.add_argument(
         "--text-encoder-device", default=ExecutionConfig.text_encoder_device, metavar="DEVICE",

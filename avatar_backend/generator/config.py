@@ -78,6 +78,11 @@ class DiTConfig:
 SERVING_CHOICES = ("kv_cache", "prompt_guidance")
 
 
+def is_prompt_guidance(factor: float) -> bool:
+    """Whether ``factor`` can be a prompt guidance factor: finite and at least 1 (1 turns it off)."""
+    return 1.0 <= factor < math.inf  # NaN fails both
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     """The streaming loop: block sizes, the 3-step schedule and the memory layout options."""
@@ -107,7 +112,7 @@ class SamplerConfig:
             raise ValueError(f"v_compression must be one of {V_COMPRESSIONS}, got {self.v_compression!r}")
         if self.kv_cache not in KV_CACHE_FORMATS:
             raise ValueError(f"kv_cache must be one of {KV_CACHE_FORMATS}, got {self.kv_cache!r}")
-        if not 1.0 <= self.prompt_guidance < math.inf:  # NaN too
+        if not is_prompt_guidance(self.prompt_guidance):
             raise ValueError("prompt_guidance must be a finite factor >= 1 (1 turns it off), "
                              f"got {self.prompt_guidance}")
 
@@ -248,7 +253,7 @@ class ExecutionConfig:
             raise ValueError(f"gemm must be one of {GEMM_FORMATS}, got {self.gemm!r}")
         if self.decode_precision not in DECODE_PRECISIONS:
             raise ValueError(f"decode_precision must be one of {DECODE_PRECISIONS}, got {self.decode_precision!r}")
-        if self.prompt_guidance is not None and not 1.0 <= self.prompt_guidance < math.inf:  # NaN too
+        if self.prompt_guidance is not None and not is_prompt_guidance(self.prompt_guidance):
             raise ValueError("prompt_guidance must be a finite factor >= 1 (1 turns it off), "
                              f"got {self.prompt_guidance}")
 

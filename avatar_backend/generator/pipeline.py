@@ -47,7 +47,7 @@ from .attention import set_attention_backend
 from .audio_encoder import build_audio_encoder
 from .conditioning import (audio_tail_frames, block_audio_rows, blended_text, is_base_prompt, padded_text,
                            quantized_intensity, reference_pixels)
-from .config import SERVING_CHOICES, ExecutionConfig, ModelConfig, load_model_config
+from .config import SERVING_CHOICES, ExecutionConfig, ModelConfig, is_prompt_guidance, load_model_config
 from .convkv import ConvKVMemory, SlotLayout, cache_bytes
 from .dit import CrossAttentionContext, WanModel
 from .fp8 import fp8_gemm_supported, quantize_linears
@@ -419,7 +419,7 @@ class LiveActPipeline:
             if item.audio.shape != (consume + lookahead,):
                 raise GeneratorError(f"NPC {memory.npc_id!r}: block {memory.blocks_generated} needs "
                                      f"{consume + lookahead} audio samples, got {item.audio.shape}")
-            if item.prompt_guidance is not None and not 1.0 <= item.prompt_guidance < float("inf"):  # NaN too
+            if item.prompt_guidance is not None and not is_prompt_guidance(item.prompt_guidance):
                 raise GeneratorError(f"NPC {memory.npc_id!r}: prompt guidance must be finite and >= 1 (1: off), "
                                      f"got {item.prompt_guidance}")
         if len({id(item.memory) for item in inputs}) != len(inputs):

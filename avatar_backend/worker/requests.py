@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from avatar_backend.generator.config import is_prompt_guidance
 from avatar_backend.proto_gen import worker_pb2
 
 from .character_spec import record_from_spec
@@ -101,7 +102,7 @@ class RequestHandler:
         record = record_from_spec(req.character)
         default_guidance = engine.runner.config.sampler.prompt_guidance
         guidance = req.prompt_guidance if req.HasField("prompt_guidance") else default_guidance
-        if not 1.0 <= guidance < float("inf"):  # NaN too
+        if not is_prompt_guidance(guidance):
             raise RequestError("INVALID_ARGUMENT", f"open_npc.prompt_guidance: {guidance} is not a finite factor >= 1")
         memory, resumed = engine.pool.acquire(
             req.npc_id, req.session_id, character_id=req.character_id, width=req.width, height=req.height,

@@ -115,7 +115,7 @@ AVB_API avb_result avb_session_open(avb_client* client, const avb_session_config
     client->core.set_last_error("avb_session_open: sample_rate must be 48000 or 16000");
     return AVB_BAD_ARGUMENT;
   }
-  const bool has_guidance = config->struct_size >= offsetof(avb_session_config, prompt_guidance) + sizeof(float);
+  const bool has_guidance = config->struct_size >= kSessionConfigFirstSize + sizeof(float);
   const float guidance = has_guidance ? config->prompt_guidance : 0.0f;
   if (guidance != 0.0f && !(guidance >= 1.0f && std::isfinite(guidance))) {  // NaN fails every comparison
     client->core.set_last_error("avb_session_open: prompt_guidance must be 0 (the server's) or a factor >= 1");
