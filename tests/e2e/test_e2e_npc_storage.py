@@ -47,13 +47,10 @@ def test_storage_flags_snapshots_survive_a_killed_worker_and_the_npc_cap_refuses
             while len(worker_pids(server)) < 2:           # the gateway restarts its worker
                 assert time.monotonic() < deadline, "".join(server.output[-40:])
                 await asyncio.sleep(0.2)
-            while True:                                   # and serves again once it answers
-                try:
-                    keeper = await client.get_npc("keeper")
-                    break
-                except AvatarError as err:
-                    assert err.code is grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
-                    await asyncio.sleep(0.2)
+            while not (await client.server_info()).worker_ready:   # and serves again once it is ready
+                assert time.monotonic() < deadline, "".join(server.output[-40:])
+                await asyncio.sleep(0.2)
+            keeper = await client.get_npc("keeper")
             assert keeper.character_id == "default" and keeper.blocks_generated >= 1
 
             with pytest.raises(AvatarError) as refused:
