@@ -19,6 +19,9 @@ constexpr size_t kMaxEvents = 1024;
 constexpr auto kProgressInterval = std::chrono::milliseconds(100);
 constexpr auto kBackoffFirst = std::chrono::milliseconds(200);
 constexpr auto kBackoffMax = std::chrono::milliseconds(2000);
+// How long after a drop a reopen refused with ABORTED (the NPC's old stream still live on the server) is
+// retried: past the server's keepalive timeout (30 s + 10 s), after which it has ended the old stream.
+constexpr auto kOldStreamGrace = std::chrono::seconds(60);
 // The server refuses keepalive pings more often than every 10 s (grpc.http2.min_ping_interval_without_data_ms).
 constexpr uint32_t kMinKeepaliveMs = 10000;
 
@@ -26,6 +29,18 @@ void copy_text(char* out, size_t capacity, const std::string& text) {
   const size_t n = std::min(capacity - 1, text.size());
   std::memcpy(out, text.data(), n);
   out[n] = '\0';
+}
+
+// The frame's numbers for the caller (also when its buffer is too small: the size to allocate).
+void describe(const EncodedFrame& frame, avb_frame_info* info) {
+  if (info == nullptr) return;
+  info->index = frame.index;
+  info->pts = frame.pts;
+  info->audio_start = frame.audio_start;
+  info->audio_end = frame.audio_end;
+  info->width = frame.width;
+  info->height = frame.height;
+  info->speaking = frame.speaking ? 1 : 0;
 }
 
 avb_event make_event(int32_t type, int32_t code) {
@@ -139,7 +154,7 @@ Session::Session(const Client& client, const SessionOptions& options)
       echo_(options.sample_rate),
       opened_at_(Clock::now()) {
   push_event(make_event(AVB_EVENT_STATE, AVB_STATE_OPENING));
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] { run_guarded(); });
 }
 
 Session::~Session() {
@@ -293,15 +308,7 @@ avb_result Session::poll_decoded(std::optional<EncodedFrame> frame, PixelFormat 
     std::lock_guard<std::mutex> lock(decoder_mutex_);
     decoded = decoder_.decode(*frame, format, pixels, capacity, &error);
   }
-  if (info != nullptr) {
-    info->index = frame->index;
-    info->pts = frame->pts;
-    info->audio_start = frame->audio_start;
-    info->audio_end = frame->audio_end;
-    info->width = frame->width;
-    info->height = frame->height;
-    info->speaking = frame->speaking ? 1 : 0;
-  }
+  describe(*frame, info);
   if (!decoded) {
     std::lock_guard<std::mutex> lock(mutex_);
     last_error_ = "frame " + std::to_string(frame->index) + ": " + error;
@@ -318,6 +325,7 @@ avb_result Session::poll_frame(PixelFormat format, uint8_t* pixels, size_t capac
     const EncodedFrame* oldest = frames_.oldest();
     if (oldest == nullptr) return state_ == AVB_STATE_CLOSED ? AVB_CLOSED : AVB_NOT_READY;
     if (capacity < static_cast<size_t>(oldest->width) * oldest->height * bytes_per_pixel(format)) {
+      describe(*oldest, info);
       return AVB_BUFFER_TOO_SMALL;
     }
     frame = frames_.take_oldest();
@@ -336,6 +344,7 @@ avb_result Session::poll_due_frame(uint64_t playback_pts, PixelFormat format, ui
       return state_ == AVB_STATE_CLOSED && frames_.size() == 0 ? AVB_CLOSED : AVB_NOT_READY;
     }
     if (capacity < static_cast<size_t>(due->width) * due->height * bytes_per_pixel(format)) {
+      describe(*due, info);
       return AVB_BUFFER_TOO_SMALL;
     }
     frame = frames_.take_due(playback_pts);
@@ -438,17 +447,24 @@ grpc::Status Session::run_stream(std::string* trailer_token) {
     config->mutable_audio()->set_channels(1);
     config->mutable_audio()->set_opus_pre_skip(
         static_cast<uint32_t>(packetizer_.lookahead_samples()) * 48000 / options_.sample_rate);
-    // Only the first stream may reset the memory; a reconnect continues it, from the token's state.
-    config->set_reset_memory(options_.reset_memory && reconnects_ == 0);
-    if (reconnects_ > 0) config->set_resume_token(resume_tokens_.for_reopen());
+    // Only until a stream was accepted may it reset the memory (a first open that never reached the server
+    // still must); a reconnect continues it, from the saved token's state when the server gave one.
+    config->set_reset_memory(options_.reset_memory && !accepted_once_);
+    config->set_resume_token(resume_tokens_.for_reopen());
     if (options_.prompt_guidance != 0.0f) config->set_prompt_guidance(options_.prompt_guidance);
   }
 
   std::unique_ptr<Stream> stream = stub_->Converse(&context);
   bool writable = stream->Write(config_message);
+  std::string reader_failure;
   std::thread reader([&] {
     v1::ServerMessage message;
-    while (stream->Read(&message)) handle(message);
+    try {
+      while (stream->Read(&message)) handle(message);
+    } catch (const std::exception& err) {  // e.g. no memory for a frame: this stream ends, not the game
+      reader_failure = err.what();
+      context.TryCancel();
+    }
     std::lock_guard<std::mutex> lock(mutex_);
     reader_done_ = true;
     wake_.notify_all();
@@ -492,7 +508,25 @@ grpc::Status Session::run_stream(std::string* trailer_token) {
   const auto& trailers = context.GetServerTrailingMetadata();
   auto token = trailers.find("resume-token");
   if (token != trailers.end()) trailer_token->assign(token->second.data(), token->second.size());
+  if (!reader_failure.empty()) {
+    return grpc::Status(grpc::StatusCode::INTERNAL, "the client core failed on a server message: " + reader_failure);
+  }
   return status;
+}
+
+void Session::run_guarded() {
+  try {
+    run();
+  } catch (const std::exception& err) {  // an exception must not leave this thread: it would end the game
+    std::lock_guard<std::mutex> lock(mutex_);
+    last_error_ = std::string("INTERNAL: the client core failed: ") + err.what();
+    stream_failed_for_good_ = true;
+    avb_event ended = make_event(AVB_EVENT_ENDED, static_cast<int32_t>(grpc::StatusCode::INTERNAL));
+    copy_text(ended.text, sizeof ended.text, last_error_);
+    copy_text(ended.detail, sizeof ended.detail, resume_tokens_.latest());
+    push_event(ended);
+    set_state(AVB_STATE_CLOSED);
+  }
 }
 
 void Session::run() {
@@ -508,9 +542,14 @@ void Session::run() {
     }
     // A dropped connection shows as UNAVAILABLE, or as CANCELLED when a stopping server cancels the stream
     // (this client cancels only on destroy, handled above).
-    const bool dropped = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                         status.error_code() == grpc::StatusCode::CANCELLED;
-    const bool reconnectable = dropped && options_.reconnect && !close_requested_;
+    const grpc::StatusCode code = status.error_code();
+    const bool dropped = code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::CANCELLED;
+    if (dropped && state_ == AVB_STATE_LIVE) dropped_at_ = Clock::now();
+    // A reopen can reach the server before it has noticed the drop (at once for a closed connection, after its
+    // keepalive timeout for a silent one): until then the NPC's old stream is live and the reopen is ABORTED.
+    const bool old_stream_still_live = code == grpc::StatusCode::ABORTED && dropped_at_ &&
+                                       Clock::now() - *dropped_at_ < kOldStreamGrace;
+    const bool reconnectable = (dropped || old_stream_still_live) && options_.reconnect && !close_requested_;
     if (!status.ok()) {
       last_error_ = std::string(status_code_name(status.error_code())) + ": " + status.error_message();
     }
@@ -534,10 +573,18 @@ void Session::run() {
     outbox_.erase(std::remove_if(outbox_.begin(), outbox_.end(),
                                  [](const v1::ClientMessage& m) { return m.has_audio(); }),
                   outbox_.end());
-    wake_.wait_for(lock, backoff, [this] { return destroy_requested_; });
+    wake_.wait_for(lock, backoff, [this] { return destroy_requested_ || close_requested_; });
     backoff = std::min(backoff * 2, std::chrono::duration_cast<std::chrono::milliseconds>(kBackoffMax));
     if (destroy_requested_) {
       state_ = AVB_STATE_CLOSED;
+      return;
+    }
+    if (close_requested_) {  // closed while reconnecting: no stream is open to half-close, the session ends here
+      stream_failed_for_good_ = true;
+      avb_event ended = make_event(AVB_EVENT_ENDED, 0);
+      copy_text(ended.detail, sizeof ended.detail, resume_tokens_.latest());
+      push_event(ended);
+      set_state(AVB_STATE_CLOSED);
       return;
     }
   }
@@ -548,6 +595,8 @@ void Session::handle(const v1::ServerMessage& message) {
   switch (message.message_case()) {
     case v1::ServerMessage::kAccepted: {
       resume_tokens_.on_accepted(message.accepted().resume_token());
+      accepted_once_ = true;
+      dropped_at_.reset();
       avb_event live = make_event(AVB_EVENT_STATE, AVB_STATE_LIVE);
       live.values[0] = message.accepted().start_frame_index();
       live.values[1] = message.accepted().video().width();

@@ -102,6 +102,7 @@ class Session {
   using Stream = grpc::ClientReaderWriter<avatar::v1::ClientMessage, avatar::v1::ServerMessage>;
 
   void run();
+  void run_guarded();  // run(), an exception ending the session with INTERNAL instead of the process
   // One stream, from SessionConfig to its final status.
   grpc::Status run_stream(std::string* trailer_token);
   bool wait_connected();
@@ -161,6 +162,8 @@ class Session {
   double generated_fps_ = 0;
   double first_frame_latency_ms_ = 0;
   uint32_t reconnects_ = 0;
+  bool accepted_once_ = false;                    // a stream of this session was accepted
+  std::optional<std::chrono::steady_clock::time_point> dropped_at_;  // when a live stream dropped, until reopened
   std::chrono::steady_clock::time_point opened_at_;
   std::string last_error_;
 

@@ -5,16 +5,39 @@
 
 namespace avb {
 
+namespace {
+// A gapless echo grows one run for the whole session: its polled front is released once it is this long.
+constexpr size_t kReleasePolledAt = 16384;
+}  // namespace
+
 void EchoAudioBuffer::append(uint64_t start, const int16_t* samples, size_t count) {
   if (count == 0) return;
-  if (!runs_.empty()) {
+  if (!runs_.empty() && runs_.back().start + runs_.back().samples.size() == start) {
     Run& last = runs_.back();
-    if (last.start + last.samples.size() == start) {
-      last.samples.insert(last.samples.end(), samples, samples + count);
-      return;
+    last.samples.insert(last.samples.end(), samples, samples + count);
+  } else {
+    runs_.push_back(Run{start, std::vector<int16_t>(samples, samples + count), 0});
+  }
+  drop_oldest_beyond_cap();
+}
+
+void EchoAudioBuffer::drop_oldest_beyond_cap() {
+  const uint64_t cap = static_cast<uint64_t>(kMaxBufferedSeconds) * session_rate_;
+  uint64_t excess = buffered_samples();
+  excess = excess > cap ? excess - cap : 0;
+  while (excess > 0 && !runs_.empty()) {
+    Run& front = runs_.front();
+    const uint64_t drop = std::min<uint64_t>(excess, front.samples.size() - front.read);
+    front.read += drop;
+    excess -= drop;
+    if (front.read >= front.samples.size()) {
+      runs_.pop_front();
+    } else if (front.read >= kReleasePolledAt) {
+      front.samples.erase(front.samples.begin(), front.samples.begin() + static_cast<std::ptrdiff_t>(front.read));
+      front.start += front.read;
+      front.read = 0;
     }
   }
-  runs_.push_back(Run{start, std::vector<int16_t>(samples, samples + count), 0});
 }
 
 void EchoAudioBuffer::flush_pending_hold() {
@@ -69,7 +92,14 @@ size_t EchoAudioBuffer::poll(int16_t* out, size_t capacity, uint64_t* out_start)
   std::copy_n(run.samples.begin() + static_cast<std::ptrdiff_t>(run.read), count, out);
   if (out_start != nullptr) *out_start = run.start + run.read;
   run.read += count;
-  if (run.read >= run.samples.size()) runs_.pop_front();
+  if (run.read >= run.samples.size()) {
+    runs_.pop_front();
+  } else if (run.read >= kReleasePolledAt && run.read >= run.samples.size() / 2) {
+    // Release the polled front (at most as many samples moved as released: amortised constant per sample).
+    run.samples.erase(run.samples.begin(), run.samples.begin() + static_cast<std::ptrdiff_t>(run.read));
+    run.start += run.read;
+    run.read = 0;
+  }
   return count;
 }
 
@@ -91,6 +121,12 @@ void EchoAudioBuffer::drop_from(uint64_t from) {
 uint64_t EchoAudioBuffer::buffered_samples() const {
   uint64_t total = 0;
   for (const Run& run : runs_) total += run.samples.size() - run.read;
+  return total;
+}
+
+uint64_t EchoAudioBuffer::held_samples() const {
+  uint64_t total = 0;
+  for (const Run& run : runs_) total += run.samples.size();
   return total;
 }
 

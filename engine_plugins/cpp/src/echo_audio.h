@@ -24,6 +24,12 @@ class EchoAudioBuffer {
   void drop_from(uint64_t from);
 
   uint64_t buffered_samples() const;
+  // Samples held in memory, polled ones not yet released included (bounded: see kMaxBufferedSeconds).
+  uint64_t held_samples() const;
+
+  // Unpolled echo beyond this many seconds drops its oldest samples (an engine that never polls the echo, a
+  // video-only NPC, must not grow the session's memory for hours).
+  static constexpr uint32_t kMaxBufferedSeconds = 30;
 
  private:
   struct Run {
@@ -32,6 +38,7 @@ class EchoAudioBuffer {
     size_t read = 0;  // samples already polled from the front
   };
   void append(uint64_t start, const int16_t* samples, size_t count);
+  void drop_oldest_beyond_cap();
   void flush_pending_hold();
 
   uint32_t session_rate_;

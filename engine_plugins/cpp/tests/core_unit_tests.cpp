@@ -308,6 +308,41 @@ TEST(EchoAudio, InterruptDropsTheAudioFromTheReplacePointAndTheNewAudioFollowsIt
   EXPECT_EQ(echo.buffered_samples(), 0u);
 }
 
+TEST(EchoAudio, TenMinutesOfGaplessEchoPolledAsPlayedHoldOnlyWhatIsUnplayed) {
+  // The server sends 100 ms echoes back to back; the engine plays (polls) 100 ms in pieces as they come. The
+  // run never empties (a slice always waits for the next echo), so it must release its played front itself.
+  EchoAudioBuffer echo(48000);
+  std::vector<int16_t> out(4800);
+  uint64_t start = 0, expected_start = 0;
+  for (int k = 0; k < 6000; ++k) {
+    auto pcm = ramp(1600, k % 7, 1);
+    ASSERT_TRUE(echo.push(uint64_t(k) * 4800, 16000, pcm.data(), pcm.size()));
+    for (size_t piece : {1000u, 1000u, 2800u}) {
+      const size_t n = echo.poll(out.data(), piece, &start);
+      if (n == 0) continue;
+      ASSERT_EQ(start, expected_start) << "gapless, on the clock";
+      expected_start += n;
+    }
+  }
+  EXPECT_GT(expected_start, 6000u * 4800 - 4800);
+  EXPECT_LT(echo.held_samples(), 48000u) << "held " << echo.held_samples() << " samples after 10 minutes";
+}
+
+TEST(EchoAudio, AnEchoNobodyPollsKeepsOnlyItsLastThirtySeconds) {
+  EchoAudioBuffer echo(48000);
+  for (int k = 0; k < 6000; ++k) {  // ten minutes, never polled (a video-only NPC)
+    auto pcm = ramp(1600, 0, 1);
+    ASSERT_TRUE(echo.push(uint64_t(k) * 4800, 16000, pcm.data(), pcm.size()));
+  }
+  const uint64_t cap = uint64_t(EchoAudioBuffer::kMaxBufferedSeconds) * 48000;
+  EXPECT_EQ(echo.buffered_samples(), cap);
+  EXPECT_LT(echo.held_samples(), cap + 48000);
+  uint64_t start = 0;
+  std::vector<int16_t> out(10);
+  ASSERT_EQ(echo.poll(out.data(), out.size(), &start), 10u);
+  EXPECT_EQ(start, 6000u * 4800 - 3 - cap) << "the newest 30 s, up to the slice that waits for the next echo";
+}
+
 TEST(EchoAudio, RefusesRatesThatDoNotDivide) {
   EchoAudioBuffer echo(48000);
   int16_t one = 1;
@@ -317,17 +352,22 @@ TEST(EchoAudio, RefusesRatesThatDoNotDivide) {
 
 // --- resume tokens -----------------------------------------------------------------------------------------
 
-TEST(ResumeTokenBook, TheLatestSavedStateWinsAndAnEmptyTokenNeverErasesOne) {
+TEST(ResumeTokenBook, AReopenSendsOnlyATokenTheServerSavedAndAnEmptyTokenNeverErasesOne) {
   ResumeTokenBook book;
   EXPECT_EQ(book.for_reopen(), "");
   book.on_accepted("accepted-1");
-  EXPECT_EQ(book.for_reopen(), "accepted-1");
+  // Cut before the server said what it saved: the memory has moved past accepted-1, which would be refused.
+  EXPECT_EQ(book.for_reopen(), "");
+  EXPECT_EQ(book.latest(), "accepted-1");
   book.on_trailer("");  // a stream cut before the server saved anything
-  EXPECT_EQ(book.for_reopen(), "accepted-1");
-  book.on_trailer("saved-2");
+  EXPECT_EQ(book.for_reopen(), "");
+  EXPECT_EQ(book.latest(), "accepted-1");
+  book.on_trailer("saved-2");  // a draining server's word: exactly where the memory stands
   EXPECT_EQ(book.for_reopen(), "saved-2");
-  book.on_accepted("saved-2");
+  book.on_accepted("saved-2");  // the reopened stream generates again
+  EXPECT_EQ(book.for_reopen(), "");
   book.on_ended("ended-3");
+  EXPECT_EQ(book.for_reopen(), "ended-3");
   EXPECT_EQ(book.latest(), "ended-3");
 }
 

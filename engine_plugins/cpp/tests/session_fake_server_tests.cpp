@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -139,6 +140,56 @@ class RecordingService final : public v1::AvatarService::Service {
   std::vector<v1::ClientMessage> received;
 };
 
+// Each stream is answered by the script's entry for its number (1, 2, ...; the last entry for all later ones),
+// after its config was recorded.
+class StreamScriptService final : public v1::AvatarService::Service {
+ public:
+  using Stream = grpc::ServerReaderWriter<v1::ServerMessage, v1::ClientMessage>;
+  using Script = std::function<grpc::Status(const v1::SessionConfig&, Stream*)>;
+  explicit StreamScriptService(std::vector<Script> script) : script_(std::move(script)) {}
+
+  grpc::Status Converse(grpc::ServerContext*, Stream* stream) override {
+    v1::ClientMessage in;
+    if (!stream->Read(&in) || !in.has_config()) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "no config");
+    size_t number;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      configs.push_back(in.config());
+      number = configs.size();
+    }
+    return script_[std::min(number, script_.size()) - 1](in.config(), stream);
+  }
+
+  size_t streams() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return configs.size();
+  }
+
+  std::mutex mutex;
+  std::vector<v1::SessionConfig> configs;
+
+ private:
+  std::vector<Script> script_;
+};
+
+// Accepted with `token` from frame `first_index` on; ends as the server does after the client's half-close.
+StreamScriptService::Script accept_then_end(std::string token, uint64_t first_index) {
+  return [=](const v1::SessionConfig&, StreamScriptService::Stream* stream) {
+    v1::ServerMessage out;
+    out.mutable_accepted()->set_resume_token(token);
+    out.mutable_accepted()->set_start_frame_index(first_index);
+    stream->Write(out);
+    v1::ClientMessage in;
+    while (stream->Read(&in)) {
+    }
+    return end_normally(stream, token + "-ended");
+  };
+}
+
+StreamScriptService::Script refuse(grpc::StatusCode code, std::string message) {
+  return [=](const v1::SessionConfig&, StreamScriptService::Stream*) { return grpc::Status(code, message); };
+}
+
 bool next_event(Session& session, avb_event* event, double timeout_s = 10) {
   const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
   while (Clock::now() < deadline) {
@@ -205,6 +256,15 @@ TEST(SessionAgainstAScriptedServer, ReconnectsResumesContinuesTheClockAndReplace
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   ASSERT_EQ(stats.frames_received, 5u);
+  // A buffer too small for the frame: nothing is taken, and the frame's size says what to allocate.
+  std::vector<uint8_t> small(4);
+  avb_frame_info sized{};
+  ASSERT_EQ(session->poll_frame(PixelFormat::kRgba, small.data(), small.size(), &sized), AVB_BUFFER_TOO_SMALL);
+  EXPECT_EQ(sized.width, 8u);
+  EXPECT_EQ(sized.height, 8u);
+  EXPECT_EQ(sized.index, 0u);
+  ASSERT_EQ(session->poll_due_frame(0, PixelFormat::kRgb, small.data(), small.size(), &sized), AVB_BUFFER_TOO_SMALL);
+  EXPECT_EQ(sized.width * sized.height * 3, 192u);
   auto first = drain_frames(*session);
   ASSERT_EQ(first.size(), 5u);
   EXPECT_EQ(first.back().pts, 9600u);
@@ -355,6 +415,132 @@ TEST(SessionAgainstAScriptedServer, TimedEventsCarryTheirVoiceSampleAndTheCountI
   EXPECT_NE(wire.find(std::string("\x18\x80\x0f", 3)), std::string::npos)  // field 3, varint 1920
       << "at_voice_sample as ActionEvent field 3";
 
+  session.reset();
+  server->Shutdown();
+}
+
+TEST(SessionAgainstAScriptedServer, ACutConnectionReopensWithoutItsStaleTokenAndWaitsOutTheOldStream) {
+  StreamScriptService service({
+      // Stream 1: accepted, then cut once a voice packet arrives: no trailer, no word on what was saved.
+      [](const v1::SessionConfig&, StreamScriptService::Stream* stream) {
+        v1::ServerMessage out;
+        out.mutable_accepted()->set_resume_token("lineage-0");
+        stream->Write(out);
+        v1::ClientMessage in;
+        while (stream->Read(&in) && !in.has_audio()) {
+        }
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "Socket closed");
+      },
+      // Stream 2: the server has not noticed the cut yet.
+      refuse(grpc::StatusCode::ABORTED, "npc_id: NPC 'npc' is already in a live session (one session per NPC)"),
+      // Stream 3: the server saved the memory past lineage-0 when it noticed: that token is refused as stale.
+      [](const v1::SessionConfig& config, StreamScriptService::Stream* stream) {
+        if (!config.resume_token().empty()) {
+          return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "resume_token does not match");
+        }
+        return accept_then_end("lineage-3", 96)(config, stream);
+      },
+  });
+  int port = 0;
+  std::unique_ptr<grpc::Server> server = start_local_server(service, &port);
+  ASSERT_GT(port, 0);
+  Client client(client_for_port(port));
+  SessionOptions options;
+  options.npc_id = "npc";
+  options.reset_memory = true;
+  options.reconnect = true;
+  std::unique_ptr<Session> session = client.open_session_owned(options);
+  avb_event event;
+  ASSERT_TRUE(wait_for(*session, AVB_EVENT_STATE, AVB_STATE_LIVE, &event));
+  std::vector<int16_t> voice(960, 100);
+  ASSERT_EQ(session->push_pcm(voice.data(), voice.size()), AVB_OK);
+  ASSERT_TRUE(wait_for(*session, AVB_EVENT_STATE, AVB_STATE_RECONNECTING, &event));
+  ASSERT_TRUE(wait_for(*session, AVB_EVENT_STATE, AVB_STATE_LIVE, &event));
+  EXPECT_EQ(event.values[0], 96u) << "the NPC continues from the memory the server saved";
+  {
+    std::lock_guard<std::mutex> lock(service.mutex);
+    ASSERT_EQ(service.configs.size(), 3u);
+    EXPECT_TRUE(service.configs[0].reset_memory());
+    for (size_t i = 1; i < 3; ++i) {
+      EXPECT_FALSE(service.configs[i].reset_memory()) << "a reconnect must never reset the NPC";
+      EXPECT_EQ(service.configs[i].resume_token(), "") << "the accepted token is stale after a cut";
+    }
+  }
+  ASSERT_EQ(session->close(), AVB_OK);
+  ASSERT_TRUE(wait_for(*session, AVB_EVENT_ENDED, -1, &event));
+  EXPECT_EQ(event.code, 0);
+  EXPECT_STREQ(event.detail, "lineage-3-ended");
+  session.reset();
+  server->Shutdown();
+}
+
+TEST(SessionAgainstAScriptedServer, AnAbortedFirstOpenEndsTheSession) {
+  // No stream of this session was live: the NPC is in someone else's session, which no retry changes.
+  StreamScriptService service({refuse(grpc::StatusCode::ABORTED, "npc_id: NPC 'npc' is already in a live session")});
+  int port = 0;
+  std::unique_ptr<grpc::Server> server = start_local_server(service, &port);
+  ASSERT_GT(port, 0);
+  Client client(client_for_port(port));
+  SessionOptions options;
+  options.npc_id = "npc";
+  options.reconnect = true;
+  std::unique_ptr<Session> session = client.open_session_owned(options);
+  avb_event event;
+  ASSERT_TRUE(wait_for(*session, AVB_EVENT_ENDED, -1, &event));
+  EXPECT_EQ(event.code, static_cast<int32_t>(grpc::StatusCode::ABORTED));
+  EXPECT_NE(std::string(event.text).find("already in a live session"), std::string::npos) << event.text;
+  EXPECT_EQ(service.streams(), 1u);
+  session.reset();
+  server->Shutdown();
+}
+
+TEST(SessionAgainstAScriptedServer, AResetIsSentUntilAStreamIsAcceptedAndACloseWhileReconnectingEndsAtOnce) {
+  StreamScriptService service({
+      refuse(grpc::StatusCode::UNAVAILABLE, "generator worker stopped; it is being restarted, retry"),
+      // Accepted, then dropped once a voice packet arrives; every reopen after it is refused.
+      [](const v1::SessionConfig&, StreamScriptService::Stream* stream) {
+        v1::ServerMessage out;
+        out.mutable_accepted()->set_resume_token("lineage-1");
+        stream->Write(out);
+        v1::ClientMessage in;
+        while (stream->Read(&in) && !in.has_audio()) {
+        }
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is draining");
+      },
+      refuse(grpc::StatusCode::UNAVAILABLE, "generator worker stopped; it is being restarted, retry"),
+  });
+  int port = 0;
+  std::unique_ptr<grpc::Server> server = start_local_server(service, &port);
+  ASSERT_GT(port, 0);
+  Client client(client_for_port(port));
+  SessionOptions options;
+  options.npc_id = "npc";
+  options.reset_memory = true;
+  options.reconnect = true;
+  std::unique_ptr<Session> session = client.open_session_owned(options);
+  avb_event event;
+  ASSERT_TRUE(wait_for(*session, AVB_EVENT_STATE, AVB_STATE_LIVE, &event));
+  {
+    std::lock_guard<std::mutex> lock(service.mutex);
+    ASSERT_EQ(service.configs.size(), 2u);
+    EXPECT_TRUE(service.configs[1].reset_memory()) << "the first open never reached the NPC: the reset still applies";
+  }
+  std::vector<int16_t> voice(960, 100);
+  ASSERT_EQ(session->push_pcm(voice.data(), voice.size()), AVB_OK);
+  ASSERT_TRUE(wait_for(*session, AVB_EVENT_STATE, AVB_STATE_RECONNECTING, &event));
+  // Three refused reopens (0.2 + 0.4 + 0.8 s of backoff): the session now waits 1.6 s before the next one.
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (service.streams() < 5 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_EQ(service.streams(), 5u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const size_t streams_at_close = service.streams();
+  const auto closed_at = Clock::now();
+  ASSERT_EQ(session->close(), AVB_OK);
+  ASSERT_TRUE(wait_for(*session, AVB_EVENT_ENDED, -1, &event));
+  EXPECT_EQ(event.code, 0);
+  EXPECT_STREQ(event.detail, "lineage-1");
+  EXPECT_LT(Clock::now() - closed_at, std::chrono::seconds(1)) << "a close does not wait out the backoff";
+  EXPECT_EQ(service.streams(), streams_at_close) << "no new stream is opened only to be closed";
   session.reset();
   server->Shutdown();
 }

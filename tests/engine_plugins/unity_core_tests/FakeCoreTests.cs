@@ -189,6 +189,9 @@ namespace AvatarBackend.Client.Tests
                 Check.Equal("calm@1.00", session.PollEvent().Text, "an untimed emotion stays untimed");
                 session.Dispose();
                 Check.Equal(0UL, session.VoiceSamplesSent, "a disposed session has sent nothing more");
+                // An audio thread may still push and end its utterance as the main thread disposes the session.
+                Check.Equal(AvatarResult.Closed, session.PushPcm(new short[960], 960), "push after dispose");
+                Check.Equal(AvatarResult.Closed, session.EndUtterance(), "end of utterance after dispose");
             }
         }
 

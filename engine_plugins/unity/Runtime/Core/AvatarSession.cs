@@ -120,9 +120,18 @@ namespace AvatarBackend.Client
             }
         }
 
+        /// <summary>Ends the utterance; like <see cref="PushPcm"/>, safe from an audio thread while the session is
+        /// disposed (Closed then).</summary>
         public AvatarResult EndUtterance()
         {
-            return (AvatarResult)AvatarClientNative.avb_session_end_utterance(handle);
+            try
+            {
+                return (AvatarResult)AvatarClientNative.avb_session_end_utterance(handle);
+            }
+            catch (ObjectDisposedException)
+            {
+                return AvatarResult.Closed;
+            }
         }
 
         /// <summary>The voice sent so far, in samples at <see cref="SampleRate"/>: what the atVoiceSample of

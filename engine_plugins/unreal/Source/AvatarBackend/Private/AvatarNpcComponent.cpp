@@ -158,6 +158,9 @@ void UAvatarNpcComponent::StopSession()
 
 void UAvatarNpcComponent::DestroySession()
 {
+	// The capture thread pushes to the session: its stream closes before the session can go (an Ended event
+	// or the close timeout destroys it while the microphone may still be open).
+	StopMicrophone();
 	CloseDeadline = -1;
 	if (Session != nullptr)
 	{
