@@ -355,11 +355,13 @@ class Conversation:
         self._pacing_origin = None
         ack: asyncio.Future[converse_pb2.InterruptAck] = asyncio.get_running_loop().create_future()
         self._pending_acks.append(ack)
+        sent = False
         try:
             request = converse_pb2.InterruptRequest()
             if played_until is not None:
                 request.played_until = played_until
             await self._write(converse_pb2.ClientMessage(interrupt=request))
+            sent = True
             return await asyncio.wait_for(asyncio.shield(ack), timeout)
         except asyncio.TimeoutError:
             raise AvatarError(
@@ -368,10 +370,12 @@ class Conversation:
         finally:
             if not ack.done():
                 ack.cancel()
-                try:
-                    self._pending_acks.remove(ack)
-                except ValueError:
-                    pass
+                # A sent interrupt is still answered: its cancelled waiter keeps its place and takes that ack.
+                if not sent:
+                    try:
+                        self._pending_acks.remove(ack)
+                    except ValueError:
+                        pass
 
     # -- receiving ------------------------------------------------------------------------------------
 
@@ -442,11 +446,11 @@ class Conversation:
         self._items.put_nowait(end)
 
     def _resolve_ack(self, ack: converse_pb2.InterruptAck) -> None:
-        while self._pending_acks:
+        # Acks come in the order the interrupts were sent: the oldest waiter's, even when it stopped waiting.
+        if self._pending_acks:
             waiter = self._pending_acks.popleft()
             if not waiter.done():
                 waiter.set_result(ack)
-                return
 
     async def _final_status_error(self) -> AvatarError | None:
         code = await self._call.code()

@@ -393,6 +393,15 @@ class ConverseSession:
     # -- worker output -------------------------------------------------------------------------------------
 
     async def _pump_worker_output(self) -> None:
+        try:
+            await self._take_worker_output()
+        except Exception:
+            # Nothing awaits this task before cleanup: without this the session would go on with stats and
+            # no frames while the worker's output piles up.
+            log.exception("session %s: delivering the worker's output failed", self.session_id)
+            self._fail(RpcFailure(grpc.StatusCode.INTERNAL, "the server failed to deliver the generated video"))
+
+    async def _take_worker_output(self) -> None:
         queue = self._worker_queue
         while True:
             item = await queue.get()

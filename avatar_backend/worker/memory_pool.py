@@ -361,15 +361,16 @@ class MemoryPool:
                 fps: int, resume_token: str) -> Any:
         if character_id and character_id != existing["character_id"]:
             raise PoolError("INVALID_ARGUMENT",
-                            f"character_id {character_id!r} differs from NPC {npc_id!r}'s character "
+                            f"character_id: {character_id!r} differs from NPC {npc_id!r}'s character "
                             f"{existing['character_id']!r} (leave it empty, or reset the NPC)")
         if (width or height) and (width, height) != (existing["width"], existing["height"]):
             raise PoolError("INVALID_ARGUMENT",
-                            f"video size {width}x{height}: NPC {npc_id!r}'s memory was made for "
-                            f"{existing['width']}x{existing['height']} (use that size, or reset the NPC)")
+                            f"{'video.width' if width != existing['width'] else 'video.height'}: {width}x{height}, "
+                            f"but NPC {npc_id!r}'s memory was made for {existing['width']}x{existing['height']} "
+                            "(use that size, or reset the NPC)")
         if fps and fps != existing["fps"]:
             raise PoolError("INVALID_ARGUMENT",
-                            f"fps {fps}: NPC {npc_id!r}'s memory was made at {existing['fps']} fps")
+                            f"video.fps: {fps}, but NPC {npc_id!r}'s memory was made at {existing['fps']} fps")
         model_name = existing.get("model_name")
         if model_name and model_name != self.pipeline.config.name:
             raise PoolError("FAILED_PRECONDITION",

@@ -47,7 +47,8 @@ When a session's next block may run (``consume`` samples plus ``lookahead`` samp
     whichever comes first; then pad the missing part with silence.
 
 Interrupts rewind the timeline to the client's playback position: video made beyond what the player heard is
-discarded by the client, and the next block continues the timeline from there.
+discarded by the client, and the next block continues the timeline from there. An utterance whose voice an
+interrupt cut is never reported done, even when its end of utterance comes after the interrupt.
 
 Prompts. An emotion or action applies from the next block planned, or, timed to a point of the voice
 (``at_voice``: voice samples received before it), from the block that starts nearest to that point (the block
@@ -241,6 +242,7 @@ class SessionState:
     # Positions in the voice stream (voice_consumed counts) where announced utterances end.
     utterance_ends: collections.deque[int] = field(default_factory=collections.deque)
     last_voice_end: int = 0               # timeline position just after the last voice sample generated
+    utterance_cut: bool = False           # an interrupt cut the voice: no utterance completes until new voice
     # An utterance that arrived at real-time pace ended with voice still queued, which rule (b) holds for the
     # next utterance: the queued samples that belong to it (then also the pause after it), and when (scheduler
     # clock) its last sample was due, until the next utterance's voice comes and follows after the pause.
@@ -399,6 +401,7 @@ class Scheduler:
                 state.voice_origin = max(state.voice_origin, late_origin)
             state.voice.push(pcm)
             state.voice_received += len(pcm)
+            state.utterance_cut = False
             queue_end = state.voice_consumed + len(state.voice)
             for event in state.timed_events:
                 if event.stream_pos is None and event.at_voice < state.voice_received:
@@ -433,6 +436,8 @@ class Scheduler:
         if len(state.voice):
             state.utterance_ends.append(queued_end)
             return []
+        if state.utterance_cut:
+            return []  # the utterance was interrupted: its voice never all went on video
         # Everything this utterance said is already on video (or it said nothing).
         return [UtteranceEnd(session_id, state.last_voice_end)]
 
@@ -451,6 +456,8 @@ class Scheduler:
         position = generated_until if played_until is None else min(max(played_until, state.replace_floor),
                                                                      generated_until)
         state.timeline_pos = state.replace_floor = position
+        # Voice dropped, or on video the player will not see: an end of utterance sent after this completes nothing.
+        state.utterance_cut = state.utterance_cut or dropped > 0 or position < state.last_voice_end
         return InterruptResult(session_id, generated_until, dropped, int(state.memory.frames_generated),
                                replace_from=position, played_until=position)
 

@@ -382,3 +382,35 @@ def test_next_item_times_out_and_interrupt_without_an_ack_fails_cleanly(register
             return caught.value
 
     assert run(talk()).code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_an_interrupt_after_one_that_timed_out_gets_its_own_ack(registered):
+    # Both interrupts reach the worker inside one slow generator call, so the first one's ack comes only after its
+    # caller gave up; the second caller must get the second ack, not the first one's positions and voice.
+    registered.generator.block_delay_s = 1.0
+    heard = 10 * SAMPLES_PER_FRAME
+
+    async def talk():
+        async with AvatarClient(registered.target) as client:
+            conv = client.converse("npc-acks", "default")
+            await conv.open()
+            registered.wait_until(lambda: registered.generator.batch_sizes)  # the worker is in its first call
+            await conv.send_audio_pcm(tone(0.5))
+            with pytest.raises(AvatarError):
+                await conv.interrupt(played_until=heard, timeout=0.1)
+            second = await conv.interrupt()
+            acks = []
+            async for item in conv:  # both acks, in stream order
+                if isinstance(item, converse_pb2.InterruptAck):
+                    acks.append(item)
+                    if len(acks) == 2:
+                        break
+            await conv.cancel()
+            return second, acks
+
+    second, (first_ack, second_ack) = run(talk())
+    # The first interrupt dropped the voice and replaced the first block's frames from the position heard.
+    assert first_ack.dropped_samples > 0 and first_ack.generated_until > first_ack.replace_from_pts == heard
+    # The second found nothing more made or queued since.
+    assert second == second_ack
+    assert second.dropped_samples == 0 and second.generated_until == second.replace_from_pts == heard

@@ -26,6 +26,8 @@ from gateway_harness import (
 
 from avatar_backend.client.errors import AvatarError
 from avatar_backend.generator.config import TINY
+from avatar_backend.media import encoders
+from avatar_backend.media.encoders import JpegEncoder
 from avatar_backend.media.opus import OpusEncoder
 from avatar_backend.proto_gen import avatar_service_pb2 as pb
 from avatar_backend.proto_gen import converse_pb2 as cv
@@ -211,8 +213,11 @@ async def test_worker_refusals_keep_their_codes(tmp_path):
         assert code == grpc.StatusCode.FAILED_PRECONDITION
         call = h.stub.Converse()
         await call.write(session_config(video=cv.VideoFormat(width=64, height=64)))
-        code, _, _ = await final_status(call)
+        code, details, _ = await final_status(call)
         assert code == grpc.StatusCode.INVALID_ARGUMENT  # the memory was made at the default 128x128
+        # The worker's refusal names the field in the status details, as the gateway's own refusals do.
+        error = AvatarError.from_status(code, details, await call.trailing_metadata())
+        assert error.field == "video.width" and "made for 128x128" in details, details
 
 
 @async_test
@@ -673,6 +678,34 @@ async def test_client_cancel_closes_the_npc(tmp_path):
         assert accepted.resumed and accepted.start_frame_index > 0
         frame = (await next_of(again, "frame")).frame
         assert frame.index == accepted.start_frame_index and frame.pts == 0
+        again.cancel()
+
+
+@async_test
+async def test_a_failure_delivering_the_video_ends_the_session_with_internal_and_closes_the_npc(tmp_path, monkeypatch):
+    """The encoder (anything between the worker's output and the client) raises: the stream ends INTERNAL
+    instead of streaming stats without frames, and the NPC is closed, so it continues in the next session."""
+    broken = [True]
+
+    class BreakingEncoder(JpegEncoder):
+        def encode(self, rgb):
+            if broken[0]:
+                raise RuntimeError("the encoder broke")
+            return super().encode(rgb)
+
+    monkeypatch.setitem(encoders._FACTORIES, "jpeg", lambda settings: BreakingEncoder())
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        call, accepted = await open_session(h.stub)
+        code, details, messages = await final_status(call)
+        assert code == grpc.StatusCode.INTERNAL and details == "the server failed to deliver the generated video"
+        assert not [m for m in messages if _kind(m) == "frame"]
+        assert [c.session_id for c in h.link.requests_of("close_npc")] == [accepted.session_id]
+        assert not (await h.stub.GetNpc(pb.GetNpcRequest(npc_id="npc-1"))).live
+        broken[0] = False
+        again, accepted = await open_session(h.stub)
+        assert accepted.resumed and accepted.start_frame_index > 0
+        assert (await next_of(again, "frame")).frame.index == accepted.start_frame_index
         again.cancel()
 
 

@@ -354,12 +354,44 @@ def test_end_of_utterance_pads_with_silence_and_reports_the_end(pipeline, clock)
 
 def test_end_of_utterance_with_nothing_left_is_reported_at_once(pipeline, clock):
     sched = Scheduler(pipeline, clock=clock)
-    open_session(sched, pipeline)
+    s = open_session(sched, pipeline)
     sched.push_voice("s1", voice(BLOCK0 + LOOKAHEAD))
     run_one(sched, pipeline, clock)                   # consumes BLOCK0, LOOKAHEAD stays queued
-    sched.interrupt("s1")
+    clock.t = s.video_end(RATE)                       # no more voice came: the rest went on video, padded
+    plan, _ = run_one(sched, pipeline, clock)
+    assert plan.reason == "underrun" and s.queued_samples == 0
     ended = sched.end_of_utterance("s1")
-    assert [e.timeline_end for e in ended] == [BLOCK0]
+    assert [e.timeline_end for e in ended] == [BLOCK0 + LOOKAHEAD]
+
+
+@pytest.mark.parametrize("voice_queued", [True, False])
+def test_an_utterance_an_interrupt_cut_never_completes_and_the_next_one_does(pipeline, clock, voice_queued):
+    # The player heard 0.5 s of a line and interrupted; the line's end of utterance comes after the interrupt.
+    # Whether some of its voice was still queued (dropped) or all of it was on video beyond what the player
+    # heard, the line did not complete.
+    sched = Scheduler(pipeline, clock=clock)
+    s = open_session(sched, pipeline)
+    sched.push_voice("s1", voice(5 * RATE if voice_queued else BLOCK0 + LOOKAHEAD))
+    run_one(sched, pipeline, clock)
+    if not voice_queued:
+        clock.t = s.video_end(RATE)
+        run_one(sched, pipeline, clock)               # the rest of the voice, padded
+    heard = 10 * 800
+    result = sched.interrupt("s1", played_until=heard)
+    assert result.replace_from == heard and (result.dropped_samples > 0) == voice_queued
+    assert sched.end_of_utterance("s1") == []
+    assert sched.end_of_utterance("s1") == []         # repeated: still nothing
+    clock.advance(5.0)
+    ends = []
+    while (step := run_one(sched, pipeline, clock))[0] is not None:
+        assert not step[0].speaking
+        ends += step[1]
+    assert ends == []
+    # The next line completes where its voice ends.
+    sched.push_voice("s1", voice(RATE))
+    assert sched.end_of_utterance("s1") == []          # queued: reported once on video
+    plan, ended = run_one(sched, pipeline, clock)
+    assert plan.voice_samples == RATE and [e.timeline_end for e in ended] == [plan.audio_start + RATE]
 
 
 def test_two_utterances_queued_back_to_back_report_both_ends(pipeline, clock):
