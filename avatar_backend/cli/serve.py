@@ -99,6 +99,11 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
              f"(default {Limits.voice_jitter_budget_ms})",
     )
     parser.add_argument(
+        "--max-sessions", type=parse_positive_int, default=Limits.max_sessions, metavar="N",
+        help=f"NPC sessions live at once; one more is refused with RESOURCE_EXHAUSTED until one ends "
+             f"(default {Limits.max_sessions}; on a GPU keep it to the NPCs that fit: `avatar-backend memory-plan`)",
+    )
+    parser.add_argument(
         "--max-batch", type=parse_positive_int, default=DEFAULT_MAX_BATCH, metavar="N",
         help=f"NPCs whose next blocks the worker generates in one call at most, when they are due together and "
              f"none of them is made late by it (default {DEFAULT_MAX_BATCH}; 1: one NPC per call)",
@@ -173,6 +178,7 @@ def server_options(args: argparse.Namespace, data_dir: Path, api_key: str | None
         npc_snapshot_interval_s=args.npc_snapshot_interval_s,
         voice_jitter_budget_ms=args.voice_jitter_budget_ms,
         max_batch=args.max_batch,
+        max_sessions=args.max_sessions,
     )
 
 

@@ -26,8 +26,10 @@ Errors are :class:`PoolError` with a grpc status code name, which the worker pas
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import logging
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -384,18 +386,21 @@ class MemoryPool:
         if resume_token and resume_token != existing["resume_token"]:
             raise PoolError("FAILED_PRECONDITION",
                             f"resume_token does not match the memory of NPC {npc_id!r} (it changed since)")
-        entry = self._resident.pop(npc_id, None)
+        entry = self._resident.get(npc_id)
         if entry is not None:
-            return self.pipeline.activate(entry.memory)
+            with self._device_room(npc_id):   # refused, it stays parked as it was
+                memory = self.pipeline.activate(entry.memory)
+            del self._resident[npc_id]
+            return memory
         path = self.data_dir.npc_memory_path(npc_id)
         try:
-            return self.pipeline.activate(self.codec.load(path, "cpu"))
-        except ExecutorLost:
-            raise
+            stored = self.codec.load(path, "cpu")
         except FileNotFoundError:
             raise PoolError("NOT_FOUND", f"the memory of NPC {npc_id!r} disappeared") from None
         except Exception as err:
             raise PoolError("DATA_LOSS", f"the memory snapshot of NPC {npc_id!r} cannot be loaded: {err}") from None
+        with self._device_room(npc_id):
+            return self.pipeline.activate(stored)
 
     def _video_size(self, width: int, height: int) -> tuple[int, int]:
         """The requested size, or the model's default for 0x0."""
@@ -431,9 +436,24 @@ class MemoryPool:
             raise PoolError("INVALID_ARGUMENT", f"video size {width}x{height} is not supported (one of: {sizes})")
         fps = fps or config.fps
         try:
-            return self.pipeline.new_memory(npc_id, character_id, width, height, fps, seed or derive_seed(npc_id))
+            with self._device_room(npc_id):
+                return self.pipeline.new_memory(npc_id, character_id, width, height, fps, seed or derive_seed(npc_id))
         except ValueError as err:
             raise PoolError("INVALID_ARGUMENT", str(err)) from None
+
+    @contextlib.contextmanager
+    def _device_room(self, npc_id: str):
+        """A memory that does not fit on the device refuses its NPC (the live ones go on), not the worker."""
+        try:
+            yield
+        except Exception as err:
+            torch = sys.modules.get("torch")  # no torch loaded (a stand-in generator): no device to run out of
+            if torch is None or not isinstance(err, torch.OutOfMemoryError):
+                raise
+            raise PoolError("RESOURCE_EXHAUSTED",
+                            f"no device memory left for NPC {npc_id!r} beside the {len(self._live)} live on this "
+                            "worker; retry when a session ends, or serve fewer NPCs at once (serve "
+                            "--max-sessions; `avatar-backend memory-plan` says how many fit)") from None
 
     def _save(self, npc_id: str, entry: _Entry) -> bool:
         self._settle_snapshot(npc_id)

@@ -5,6 +5,7 @@ the least recently used goes to disk, never refused)."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -86,6 +87,32 @@ def test_a_new_npc_beyond_the_stored_bytes_is_refused_counting_files_already_the
     session(pipeline, pool, "a")                          # existing NPCs keep working
 
 
+@pytest.mark.parametrize("parked", ["resident", "on disk"])
+def test_an_npc_whose_memory_does_not_fit_on_the_device_is_refused_and_nothing_is_lost(pipeline, data_dir,
+                                                                                      monkeypatch, parked):
+    torch = pytest.importorskip("torch")
+    pool = MemoryPool(pipeline, data_dir, StandInGenerator.codec,
+                      resident_budget_bytes=1 << 30 if parked == "resident" else 0)
+    session(pipeline, pool, "a", character_id="villager")
+    assert pool.resident_ids == (["a"] if parked == "resident" else [])
+
+    def device_full(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 35.20 GiB")
+
+    with monkeypatch.context() as device:
+        device.setattr(pipeline, "new_memory", device_full)
+        device.setattr(pipeline, "activate", device_full)
+        for npc_id, kw in (("b", {"character_id": "villager"}), ("a", {})):
+            with pytest.raises(PoolError) as err:
+                pool.acquire(npc_id, f"s-{npc_id}", **kw)
+            # Busy, not broken: RESOURCE_EXHAUSTED (retry later), never INTERNAL or DATA_LOSS for a stored NPC.
+            assert err.value.code == "RESOURCE_EXHAUSTED" and "no device memory left" in err.value.message
+            assert "--max-sessions" in err.value.message and not pool.is_live(npc_id)
+    assert pool.resident_ids == (["a"] if parked == "resident" else [])
+    memory, resumed = pool.acquire("a", "s-a")             # room again: the NPC continues where it was
+    assert resumed and memory.blocks_generated == 1
+
+
 def test_parked_memories_stay_within_their_bytes_and_the_rest_goes_to_disk(pipeline, data_dir):
     one = pipeline.memory_bytes(64, 64)
     pool = MemoryPool(pipeline, data_dir, StandInGenerator.codec, resident_budget_bytes=3 * one + one // 2)
@@ -158,10 +185,15 @@ def test_limits_publish_the_caps_and_the_serve_flags_set_them():
 
     args = build_parser().parse_args(["serve", "--max-stored-npcs", "10", "--max-stored-npc-bytes", "2G",
                                       "--max-parked-memory-bytes", "512M", "--npc-snapshot-interval-s", "15",
-                                      "--voice-jitter-budget-ms", "300"])
+                                      "--voice-jitter-budget-ms", "300", "--max-sessions", "3"])
     assert (args.max_stored_npcs, args.max_stored_npc_bytes, args.max_parked_memory_bytes,
             args.npc_snapshot_interval_s, args.voice_jitter_budget_ms) == (10, 2 << 30, 512 << 20, 15.0, 300)
+    # The session cap reaches the server (and ServerInfo.limits.max_sessions), the default too.
+    from avatar_backend.cli.serve import server_options
+
+    assert server_options(args, Path("data"), None).limits().max_sessions == 3
     defaults = build_parser().parse_args(["serve"])
+    assert server_options(defaults, Path("data"), None).limits().max_sessions == Limits.max_sessions
     assert defaults.max_stored_npcs == Limits.max_stored_npcs > 0
     assert defaults.npc_snapshot_interval_s == Limits.npc_snapshot_interval_s > 0
 
