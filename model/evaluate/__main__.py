@@ -113,6 +113,8 @@ def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Pa
         own = lip_sync(frames, clip.truth, clip.frames)
         truth_check = lip_sync(clip.frames[: len(frames)], clip.truth)
         ceiling = autoencoded(pipeline, clip.frames[: len(frames)])
+        prompt_change = {start for b, start in enumerate(starts) if b > 0 and prompts[b] != prompts[b - 1]}
+        same_prompt = set(starts[1:]) - prompt_change
         # What the control scores for a model that follows the other voice perfectly: the other clip's true mouth
         # against this clip's (near zero for the partner chosen, but not zero).
         n = min(len(frames), len(other.truth["mouth_open"]))
@@ -126,6 +128,13 @@ def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Pa
             "autoencoder_lip_sync_r": lip_sync(ceiling, clip.truth)["r"],
             "autoencoder_psnr_db": psnr(ceiling, clip.frames[: len(ceiling)]),
             "seam_ratio": seam_ratio(frames, starts), "psnr_db": psnr(frames, clip.frames[: len(frames)]),
+            # Split by whether the block's prompt is its predecessor's: where a control starts, the prompt changes
+            # at the block's first frame and the picture with it (by design); elsewhere a seam is only a seam.
+            "seams": len(prompt_change) + len(same_prompt), "seams_with_a_prompt_change": len(prompt_change),
+            "seam_ratio_same_prompt": seam_ratio(frames, starts, same_prompt),
+            "seam_ratio_prompt_change": seam_ratio(frames, starts, prompt_change),
+            "autoencoder_seam_ratio_same_prompt": seam_ratio(ceiling, starts, same_prompt),
+            "autoencoder_seam_ratio_prompt_change": seam_ratio(ceiling, starts, prompt_change),
             # The same boundaries in the truth (where nothing is generated: motion alone) and through the VAE
             # alone (what its decoder adds): the references the generated seams compare with.
             "truth_seam_ratio": seam_ratio(clip.frames[: len(frames)], starts),
@@ -150,7 +159,7 @@ def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Pa
             strip = str(out / "strip.png")
 
     def mean(key, subset=None):
-        values = [r[key] for r in rows if subset is None or r["held_out_voice"] == subset]
+        values = [r[key] for r in rows if (subset is None or r["held_out_voice"] == subset) and r[key] is not None]
         return float(np.mean(values)) if values else float("nan")
 
     events = [e for c in controls for e in c["events"]]
@@ -170,6 +179,10 @@ def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Pa
         "swapped_truth_r": mean("swapped_truth_r"), "amplitude_ratio": mean("amplitude_ratio"), "measure_on_truth_r": mean("measure_on_truth_r"),
         "seam_ratio": mean("seam_ratio"), "truth_seam_ratio": mean("truth_seam_ratio"),
         "autoencoder_seam_ratio": mean("autoencoder_seam_ratio"), "latent_seam_ratio": mean("latent_seam_ratio"),
+        **{key: mean(key) for key in ("seam_ratio_same_prompt", "seam_ratio_prompt_change",
+                                      "autoencoder_seam_ratio_same_prompt", "autoencoder_seam_ratio_prompt_change")},
+        "seams": sum(r["seams"] for r in rows),
+        "seams_with_a_prompt_change": sum(r["seams_with_a_prompt_change"] for r in rows),
         "psnr_db": mean("psnr_db"),
         "autoencoder_lip_sync_r": mean("autoencoder_lip_sync_r"), "autoencoder_psnr_db": mean("autoencoder_psnr_db"),
         "colour_similarity": mean("colour_similarity"),
@@ -361,6 +374,10 @@ def print_table(report: dict) -> None:
         ("  the same boundaries: truth through the VAE alone / truth",
          f"{s['autoencoder_seam_ratio']:.2f} / {s['truth_seam_ratio']:.2f}", ""),
         ("  generated, against the latent boundaries inside blocks", s["latent_seam_ratio"], ""),
+        (f"  where the prompt stays / changes (changes: {s['seams_with_a_prompt_change']} of {s['seams']}), generated",
+         f"{s['seam_ratio_same_prompt']:.2f} / {s['seam_ratio_prompt_change']:.2f}", ""),
+        ("    the truth through the VAE alone",
+         f"{s['autoencoder_seam_ratio_same_prompt']:.2f} / {s['autoencoder_seam_ratio_prompt_change']:.2f}", ""),
         ("colour similarity to the reference: generated / VAE alone / truth",
          f"{s['colour_similarity']:.2f} / {s['autoencoder_colour_similarity']:.2f} / {s['truth_colour_similarity']:.2f}",
          ""),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
 from model.data.measure import measure_mouth_openness
@@ -46,13 +48,19 @@ def frame_changes(frames: np.ndarray) -> np.ndarray:
     return np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
 
 
-def seam_ratio(frames: np.ndarray, block_starts: list[int]) -> float:
-    """Mean frame-to-frame change at block boundaries over the mean change inside blocks (1.0: no seam)."""
+def seam_ratio(frames: np.ndarray, block_starts: list[int], counted: Collection[int] | None = None) -> float | None:
+    """Mean frame-to-frame change at block boundaries over the mean change inside blocks (1.0: no seam).
+
+    ``counted``: the block starts whose boundaries are measured (default all of them; None when none of them is
+    inside the frames); the inside of the blocks leaves out every boundary either way."""
     diffs = frame_changes(frames)
     seams = [s - 1 for s in block_starts if 0 < s < len(frames)]
     inside = np.ones(len(diffs), bool)
     inside[seams] = False
-    return float(diffs[seams].mean() / max(1e-6, diffs[inside].mean())) if seams else 1.0
+    if counted is None:
+        return float(diffs[seams].mean() / max(1e-6, diffs[inside].mean())) if seams else 1.0
+    measured = [s - 1 for s in block_starts if 0 < s < len(frames) and s in counted]
+    return float(diffs[measured].mean() / max(1e-6, diffs[inside].mean())) if measured else None
 
 
 def latent_seam_ratio(frames: np.ndarray, block_starts: list[int], frames_per_latent: int = 4) -> float:

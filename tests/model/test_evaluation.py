@@ -31,6 +31,13 @@ def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
     # tiny model draws keep much less of them (its colours drift towards the training average).
     assert summary["truth_colour_similarity"] >= 0.8
     assert summary["truth_colour_similarity"] > summary["colour_similarity"]
+    # Every block boundary is either a prompt change or not; the split ratios are there when boundaries are.
+    assert 0 <= summary["seams_with_a_prompt_change"] <= summary["seams"] and summary["seams"] >= 2 * 3
+    for clip in report["lip_sync"]["clips"]:
+        assert (clip["seam_ratio_prompt_change"] is None) == (clip["seams_with_a_prompt_change"] == 0)
+        assert (clip["seam_ratio_same_prompt"] is None) == (clip["seams_with_a_prompt_change"] == clip["seams"])
+        split = [clip[k] for k in ("seam_ratio_same_prompt", "seam_ratio_prompt_change") if clip[k] is not None]
+        assert min(split) - 1e-9 <= clip["seam_ratio"] <= max(split) + 1e-9     # the whole ratio mixes the two
     stream = report["long_streams"][0]
     assert stream["minutes"] == 1 and stream["memory_bytes"]["block_2"] == stream["memory_bytes"]["last_block"]
     assert report["speed"]["real_time_factor"] > 0    # measured, not judged here: that is the benchmark's job
@@ -88,6 +95,19 @@ def test_block_seams_are_measured_against_the_change_every_latent_boundary_shows
     steps[[s - 1 for s in starts[1:]]] += 3.0                           # the blocks now jump too
     frames = np.cumsum(np.concatenate([[0.0], steps]))[:, None, None, None].repeat(3, axis=3)
     assert latent_seam_ratio(frames, starts) == pytest.approx(2.0)
+
+
+def test_seams_where_the_prompt_changes_are_measured_apart_from_the_others():
+    from model.evaluate.metrics import seam_ratio
+
+    starts = [0, 21, 53, 85]
+    steps = np.ones(116)
+    steps[52] += 4.0                                # the block at frame 53 (a new prompt) jumps, the others do not
+    frames = np.cumsum(np.concatenate([[0.0], steps]))[:, None, None, None].repeat(3, axis=3)
+    assert seam_ratio(frames, starts, {21, 85}) == pytest.approx(1.0)
+    assert seam_ratio(frames, starts, {53}) == pytest.approx(5.0)
+    assert seam_ratio(frames, starts) == pytest.approx(7.0 / 3.0)      # all three together
+    assert seam_ratio(frames, starts, set()) is None                   # no such boundary: nothing to average
 
 
 def test_the_swapped_audio_control_takes_the_partner_whose_mouth_moves_least_like_the_clips():
