@@ -1,6 +1,6 @@
 // client_core.cpp: the channel (credentials, keepalive, reconnect backoff) and the session thread that owns the
 // Converse stream: sends what the engine queued, receives into the frame queue, the echo buffer and the
-// events, and reopens the stream with the NPC's resume token when the connection drops.
+// events, and reopens the stream when the connection drops (see resume_token.h for the token it sends).
 #include "client_core.h"
 
 #include <grpcpp/grpcpp.h>

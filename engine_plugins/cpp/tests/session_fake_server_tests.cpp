@@ -186,6 +186,20 @@ StreamScriptService::Script accept_then_end(std::string token, uint64_t first_in
   };
 }
 
+// Accepted with `token`, then ended with UNAVAILABLE and no trailer once a voice packet arrives: a cut
+// connection or a crashed worker, with no word on what the server saved.
+StreamScriptService::Script accept_then_drop_on_voice(std::string token, std::string message) {
+  return [=](const v1::SessionConfig&, StreamScriptService::Stream* stream) {
+    v1::ServerMessage out;
+    out.mutable_accepted()->set_resume_token(token);
+    stream->Write(out);
+    v1::ClientMessage in;
+    while (stream->Read(&in) && !in.has_audio()) {
+    }
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, message);
+  };
+}
+
 StreamScriptService::Script refuse(grpc::StatusCode code, std::string message) {
   return [=](const v1::SessionConfig&, StreamScriptService::Stream*) { return grpc::Status(code, message); };
 }
@@ -229,6 +243,28 @@ std::vector<avb_frame_info> drain_frames(Session& session) {
   }
   return frames;
 }
+
+// A server answering by `script`, and a reconnecting session of NPC "npc" against it.
+struct ScriptedRun {
+  explicit ScriptedRun(std::vector<StreamScriptService::Script> script, bool reset_memory = false)
+      : service(std::move(script)), server(start_local_server(service, &port)), client(client_for_port(port)) {
+    SessionOptions options;
+    options.npc_id = "npc";
+    options.reset_memory = reset_memory;
+    options.reconnect = true;
+    session = client.open_session_owned(options);
+  }
+  ~ScriptedRun() {
+    session.reset();
+    if (server) server->Shutdown();
+  }
+
+  StreamScriptService service;
+  int port = 0;
+  std::unique_ptr<grpc::Server> server;
+  Client client;
+  std::unique_ptr<Session> session;
+};
 
 TEST(SessionAgainstAScriptedServer, ReconnectsResumesContinuesTheClockAndReplacesOnInterrupt) {
   ScriptedService service;
@@ -420,17 +456,8 @@ TEST(SessionAgainstAScriptedServer, TimedEventsCarryTheirVoiceSampleAndTheCountI
 }
 
 TEST(SessionAgainstAScriptedServer, ACutConnectionReopensWithoutItsStaleTokenAndWaitsOutTheOldStream) {
-  StreamScriptService service({
-      // Stream 1: accepted, then cut once a voice packet arrives: no trailer, no word on what was saved.
-      [](const v1::SessionConfig&, StreamScriptService::Stream* stream) {
-        v1::ServerMessage out;
-        out.mutable_accepted()->set_resume_token("lineage-0");
-        stream->Write(out);
-        v1::ClientMessage in;
-        while (stream->Read(&in) && !in.has_audio()) {
-        }
-        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "Socket closed");
-      },
+  ScriptedRun run({
+      accept_then_drop_on_voice("lineage-0", "Socket closed"),
       // Stream 2: the server has not noticed the cut yet.
       refuse(grpc::StatusCode::ABORTED, "npc_id: NPC 'npc' is already in a live session (one session per NPC)"),
       // Stream 3: the server saved the memory past lineage-0 when it noticed: that token is refused as stale.
@@ -440,16 +467,10 @@ TEST(SessionAgainstAScriptedServer, ACutConnectionReopensWithoutItsStaleTokenAnd
         }
         return accept_then_end("lineage-3", 96)(config, stream);
       },
-  });
-  int port = 0;
-  std::unique_ptr<grpc::Server> server = start_local_server(service, &port);
-  ASSERT_GT(port, 0);
-  Client client(client_for_port(port));
-  SessionOptions options;
-  options.npc_id = "npc";
-  options.reset_memory = true;
-  options.reconnect = true;
-  std::unique_ptr<Session> session = client.open_session_owned(options);
+  }, /*reset_memory=*/true);
+  ASSERT_GT(run.port, 0);
+  StreamScriptService& service = run.service;
+  Session* session = run.session.get();
   avb_event event;
   ASSERT_TRUE(wait_for(*session, AVB_EVENT_STATE, AVB_STATE_LIVE, &event));
   std::vector<int16_t> voice(960, 100);
@@ -470,54 +491,29 @@ TEST(SessionAgainstAScriptedServer, ACutConnectionReopensWithoutItsStaleTokenAnd
   ASSERT_TRUE(wait_for(*session, AVB_EVENT_ENDED, -1, &event));
   EXPECT_EQ(event.code, 0);
   EXPECT_STREQ(event.detail, "lineage-3-ended");
-  session.reset();
-  server->Shutdown();
 }
 
 TEST(SessionAgainstAScriptedServer, AnAbortedFirstOpenEndsTheSession) {
   // No stream of this session was live: the NPC is in someone else's session, which no retry changes.
-  StreamScriptService service({refuse(grpc::StatusCode::ABORTED, "npc_id: NPC 'npc' is already in a live session")});
-  int port = 0;
-  std::unique_ptr<grpc::Server> server = start_local_server(service, &port);
-  ASSERT_GT(port, 0);
-  Client client(client_for_port(port));
-  SessionOptions options;
-  options.npc_id = "npc";
-  options.reconnect = true;
-  std::unique_ptr<Session> session = client.open_session_owned(options);
+  ScriptedRun run({refuse(grpc::StatusCode::ABORTED, "npc_id: NPC 'npc' is already in a live session")});
+  ASSERT_GT(run.port, 0);
+  Session* session = run.session.get();
   avb_event event;
   ASSERT_TRUE(wait_for(*session, AVB_EVENT_ENDED, -1, &event));
   EXPECT_EQ(event.code, static_cast<int32_t>(grpc::StatusCode::ABORTED));
   EXPECT_NE(std::string(event.text).find("already in a live session"), std::string::npos) << event.text;
-  EXPECT_EQ(service.streams(), 1u);
-  session.reset();
-  server->Shutdown();
+  EXPECT_EQ(run.service.streams(), 1u);
 }
 
 TEST(SessionAgainstAScriptedServer, AResetIsSentUntilAStreamIsAcceptedAndACloseWhileReconnectingEndsAtOnce) {
-  StreamScriptService service({
+  ScriptedRun run({
       refuse(grpc::StatusCode::UNAVAILABLE, "generator worker stopped; it is being restarted, retry"),
-      // Accepted, then dropped once a voice packet arrives; every reopen after it is refused.
-      [](const v1::SessionConfig&, StreamScriptService::Stream* stream) {
-        v1::ServerMessage out;
-        out.mutable_accepted()->set_resume_token("lineage-1");
-        stream->Write(out);
-        v1::ClientMessage in;
-        while (stream->Read(&in) && !in.has_audio()) {
-        }
-        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is draining");
-      },
+      accept_then_drop_on_voice("lineage-1", "server is draining"),  // every reopen after it is refused
       refuse(grpc::StatusCode::UNAVAILABLE, "generator worker stopped; it is being restarted, retry"),
-  });
-  int port = 0;
-  std::unique_ptr<grpc::Server> server = start_local_server(service, &port);
-  ASSERT_GT(port, 0);
-  Client client(client_for_port(port));
-  SessionOptions options;
-  options.npc_id = "npc";
-  options.reset_memory = true;
-  options.reconnect = true;
-  std::unique_ptr<Session> session = client.open_session_owned(options);
+  }, /*reset_memory=*/true);
+  ASSERT_GT(run.port, 0);
+  StreamScriptService& service = run.service;
+  Session* session = run.session.get();
   avb_event event;
   ASSERT_TRUE(wait_for(*session, AVB_EVENT_STATE, AVB_STATE_LIVE, &event));
   {
@@ -541,8 +537,6 @@ TEST(SessionAgainstAScriptedServer, AResetIsSentUntilAStreamIsAcceptedAndACloseW
   EXPECT_STREQ(event.detail, "lineage-1");
   EXPECT_LT(Clock::now() - closed_at, std::chrono::seconds(1)) << "a close does not wait out the backoff";
   EXPECT_EQ(service.streams(), streams_at_close) << "no new stream is opened only to be closed";
-  session.reset();
-  server->Shutdown();
 }
 
 }  // namespace

@@ -148,7 +148,9 @@ typedef struct avb_frame_info {
   int32_t speaking;                 /* the NPC's voice is in this frame's slice */
 } avb_frame_info;
 
-/* The oldest buffered frame, into pixels (width * height * 4 or 3 bytes, rows top to bottom, no padding). */
+/* The oldest buffered frame, into pixels (width * height * 4 or 3 bytes, rows top to bottom, no padding).
+ * AVB_BUFFER_TOO_SMALL leaves the frame buffered and fills *info (when given) with its numbers: width and height
+ * say how much to allocate before polling again. Likewise for avb_session_poll_due_frame. */
 AVB_API avb_result avb_session_poll_frame(avb_session* session, int32_t pixel_format, uint8_t* pixels,
                                           size_t capacity, avb_frame_info* info);
 /* The A/V clock: the newest buffered frame whose pts <= playback_pts (older ones are dropped and counted);
