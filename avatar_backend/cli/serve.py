@@ -60,6 +60,12 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
              "session may ask for its own (SessionConfig.prompt_guidance)",
     )
     parser.add_argument(
+        "--prompt-onset", type=int, default=None, metavar="LATENTS",
+        help="over how many latent frames (4 video frames each) an emotion's or action's prompt sets in and goes "
+             "again at the start of its block, rather than at the block's first frame (0: at once; default: the "
+             "model config's, 3 for tiny, 0 for liveact-18b)",
+    )
+    parser.add_argument(
         "--max-prompt-guidance", type=float, default=None, metavar="FACTOR",
         help="the largest prompt guidance a session may ask for, never below the server's default (1: sessions "
              "cannot turn it on; default 10 where the server guides by default, as for tiny, else 1: liveact-18b's "
@@ -134,6 +140,7 @@ def command_serve(args: argparse.Namespace) -> int:
     try:
         options = server_options(args, data_dir, api_key)
         options.limits()  # checked here: a value out of range is a usage error, not a traceback from the server
+        options.execution.serving(model_config)   # and a serving choice this model cannot take
     except ValueError as error:
         raise CliError(str(error)) from None
     try:
@@ -165,7 +172,8 @@ def server_options(args: argparse.Namespace, data_dir: Path, api_key: str | None
         weights=args.weights,
         execution=ExecutionConfig(attention=args.attention, gemm=args.gemm, compile=args.compile,
                                   text_encoder_device=args.text_encoder_device,
-                                  decode_precision=args.decode_precision, prompt_guidance=args.prompt_guidance),
+                                  decode_precision=args.decode_precision, prompt_guidance=args.prompt_guidance,
+                                  prompt_onset_latents=args.prompt_onset),
         api_key=api_key,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

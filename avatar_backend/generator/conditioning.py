@@ -56,6 +56,14 @@ def is_base_prompt(base_prompt: str, prompt: str | None, intensity: float) -> bo
     return prompt is None or prompt == base_prompt or quantized_intensity(intensity) == 0.0
 
 
+def prompt_key(base_prompt: str, prompt: str | None, intensity: float) -> tuple[str | None, float]:
+    """What a block is drawn under, one way for every spelling of it: (None, 1.0) for the base prompt, else the
+    prompt and its quantized intensity."""
+    if is_base_prompt(base_prompt, prompt, intensity):
+        return None, 1.0
+    return prompt, quantized_intensity(intensity)
+
+
 def blended_text(base: Tensor, prompt: Tensor, intensity: float) -> Tensor:
     """A prompt at ``intensity``: the base prompt's padded embedding moved towards the prompt's (1: the prompt)."""
     intensity = quantized_intensity(intensity)

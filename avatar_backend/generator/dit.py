@@ -10,6 +10,9 @@ One call denoises one block of latent frames at one timestep:
                                     per-frame audio cross-attention, FFN
     head + unpatchify  -->  velocity [B, 16, T, h, w]
 
+A prompt onset (not in the reference; :class:`PromptOnset`) gives a stream's tokens a second cross-attention, to
+its previous prompt's context, and blends the two per latent frame.
+
 Module and parameter names are those of the published checkpoint, so its state dict loads with strict=True.
 Runs in plain float32 (or bf16 weights); norms compute in fp32 and RoPE in float64, as the reference does.
 """
@@ -230,6 +233,14 @@ class CrossKV(NamedTuple):
     image_v: Tensor
 
 
+class LayerOnset(NamedTuple):
+    """One layer's view of a :class:`PromptOnset`: the onset rows' previous K/V and each of their tokens' weight."""
+
+    previous_kv: CrossKV
+    rows: Tensor            # [R] long
+    token_weights: Tensor   # [R, tokens, 1], the model's dtype
+
+
 class WanI2VCrossAttention(nn.Module):
     """Cross-attention to the text tokens and, with a separate softmax, to the CLIP image tokens; outputs summed."""
 
@@ -321,6 +332,7 @@ class WanAttentionBlock(nn.Module):
         parallel: SequenceParallel | None = None,
         first_frame: int = 0,
         scales: tuple[Tensor, Tensor] | None = None,
+        onset: LayerOnset | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``x`` holds the block's latent frames from ``first_frame`` on (all of them without ``parallel``)."""
         modulation = self.modulation.float() + e0.float()
@@ -332,7 +344,12 @@ class WanAttentionBlock(nn.Module):
         x = x + out * gate_sa.to(out.dtype)
 
         # Cross-attention and audio attention are neither modulated nor gated.
-        x = x + self.cross_attn(self.norm3(x), cross_kv)
+        normed = self.norm3(x)
+        cross = self.cross_attn(normed, cross_kv)
+        if onset is not None:
+            previous = self.cross_attn(normed[onset.rows], onset.previous_kv)
+            cross = cross.index_copy(0, onset.rows, torch.lerp(previous, cross[onset.rows], onset.token_weights))
+        x = x + cross
 
         if audio_tokens is not None:
             audio_out = self.audio_cross_attn(self.norm_x(x), audio_tokens)
@@ -460,9 +477,30 @@ class CrossAttentionContext:
                    layer_kv=layer_kv)
 
 
+@dataclass
+class PromptOnset:
+    """The streams of a batch whose prompt changed at this block, and how the change sets in over its frames.
+
+    Their tokens cross-attend to the previous prompt's context as well as to the new one, and latent frame j takes
+    ``weights[:, j]`` of the new prompt's output and the rest of the previous one's: the change sets in over the
+    block's first frames instead of all at its first frame, where the block meets the last one (a seam).
+    """
+
+    previous: CrossAttentionContext   # [R] the onset streams' contexts under the previous block's prompt
+    rows: Tensor                      # [R] long: their rows of the batch
+    weights: Tensor                   # [R, T] float32: the new prompt's share of each of the block's latent frames
+
+
 class DiTOutput(NamedTuple):
     velocity: Tensor       # [B, out_dim, T, h, w], flow-matching velocity (noise - x0)
     cache: StepCache       # the step cache after this call (the same object unless functional)
+
+
+def _layer_kv(block: WanAttentionBlock, context: CrossAttentionContext, index: int) -> CrossKV:
+    """Layer ``index``'s cross-attention K/V of ``context``: precomputed, or computed now."""
+    if context.layer_kv:
+        return context.layer_kv[index]
+    return block.cross_attn.context_kv(context.text, context.image)
 
 
 class WanModel(nn.Module):
@@ -556,6 +594,7 @@ class WanModel(nn.Module):
         audio_tokens: Tensor | None = None,
         functional: bool | None = None,
         parallel: SequenceParallel | None = None,
+        onset: PromptOnset | None = None,
     ) -> DiTOutput:
         """Velocity for one block at one timestep, reading and updating one step cache.
 
@@ -569,7 +608,9 @@ class WanModel(nn.Module):
         ``slice(start_frame, start_frame + T)``), or None to skip audio attention.
         ``functional`` builds a new cache instead of writing in place; by default it follows grad mode.
         With ``parallel``, this rank computes its share of the block's frames and holds its heads' shard of the
-        cache (see :mod:`.parallel`); every rank returns the whole velocity.
+        cache (see :mod:`.parallel`); every rank returns the whole velocity. ``onset``: the streams whose prompt
+        changes at this block, blended per latent frame from their previous prompt (None: every frame follows
+        ``context``).
         """
         if functional is None:
             functional = torch.is_grad_enabled()
@@ -598,16 +639,24 @@ class WanModel(nn.Module):
         rope_q = self.rope.grid(start_frame, frames, rows, cols, x.device)
         rope_k = self.rope.grid(0, write.end_frame, rows, cols, x.device)
 
+        token_weights = None
+        if onset is not None:
+            if onset.weights.shape != (onset.rows.shape[0], frames):
+                raise ValueError(f"onset weights of shape {tuple(onset.weights.shape)} for {onset.rows.shape[0]} "
+                                 f"rows of a {frames}-frame block")
+            token_weights = onset.weights[:, local].to(x.device, self.dtype)
+            token_weights = token_weights.repeat_interleave(frame_tokens, dim=1).unsqueeze(-1)
+
         new_k, new_v = [], []
         for index, block in enumerate(self.blocks):
-            if context.layer_kv:
-                cross_kv = context.layer_kv[index]
-            else:
-                cross_kv = block.cross_attn.context_kv(context.text, context.image)
+            layer_onset = None
+            if onset is not None:
+                layer_onset = LayerOnset(_layer_kv(block, onset.previous, index), onset.rows, token_weights)
             x, k_layer, v_layer = block(
-                x, e0, cross_kv=cross_kv, audio_tokens=audio_tokens, k_cache=cache.k[index], v_cache=cache.v[index],
+                x, e0, cross_kv=_layer_kv(block, context, index), audio_tokens=audio_tokens,
+                k_cache=cache.k[index], v_cache=cache.v[index],
                 write=write, rope_q=rope_q, rope_k=rope_k, parallel=parallel, first_frame=local.start,
-                scales=(cache.k_scale[index], cache.v_scale[index]) if cache.quantized else None,
+                scales=(cache.k_scale[index], cache.v_scale[index]) if cache.quantized else None, onset=layer_onset,
             )
             if functional:   # in place, the caches are already written
                 new_k.append(k_layer)

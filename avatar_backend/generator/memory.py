@@ -78,6 +78,10 @@ class NpcMemory:
     timeline_samples: int = 0            # 16 kHz samples of the timeline the generated video covers
     prompt: str | None = None            # the active prompt; None means the character's base prompt
     intensity: float = 1.0               # how strongly the active prompt replaces the base prompt
+    # The prompt the last block was drawn under (an action's or listening's as well; None: the base prompt), which
+    # the next block's prompt onset sets in from.
+    last_block_prompt: str | None = None
+    last_block_intensity: float = 1.0
     memory_layout: str = ""              # ConvKV grouping and V compression the caches were made with
     lineage: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # new for every fresh memory
     updated_unix_ms: int = field(default_factory=now_ms)
@@ -125,6 +129,7 @@ class NpcMemory:
             "width": self.width, "height": self.height, "fps": self.fps, "seed": self.seed,
             "blocks_generated": self.blocks_generated, "frames_generated": self.frames_generated,
             "timeline_samples": self.timeline_samples, "prompt": self.prompt, "intensity": self.intensity,
+            "last_block_prompt": self.last_block_prompt, "last_block_intensity": self.last_block_intensity,
             "memory_layout": self.memory_layout, "lineage": self.lineage,
             "updated_unix_ms": self.updated_unix_ms, "memory_bytes": self.nbytes(),
             "resume_token": self.resume_token(),
@@ -166,6 +171,9 @@ class NpcMemory:
             blocks_generated=header["blocks_generated"], frames_generated=header["frames_generated"],
             timeline_samples=header["timeline_samples"], prompt=header.get("prompt"),
             intensity=header.get("intensity", 1.0), memory_layout=layout,
+            # A snapshot from before prompt onsets: its last block was under its mood's prompt, as far as it says.
+            last_block_prompt=header.get("last_block_prompt", header.get("prompt")),
+            last_block_intensity=header.get("last_block_intensity", header.get("intensity", 1.0)),
             lineage=header["lineage"],
             updated_unix_ms=header["updated_unix_ms"],
         )

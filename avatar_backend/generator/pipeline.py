@@ -46,17 +46,17 @@ from avatar_backend.store import CharacterRecord, now_ms
 from .attention import set_attention_backend
 from .audio_encoder import build_audio_encoder
 from .conditioning import (audio_tail_frames, block_audio_rows, blended_text, is_base_prompt, padded_text,
-                           quantized_intensity, reference_pixels)
+                           prompt_key, reference_pixels)
 from .config import SERVING_CHOICES, ExecutionConfig, ModelConfig, is_prompt_guidance, load_model_config
 from .convkv import ConvKVMemory, SlotLayout, cache_bytes
-from .dit import CrossAttentionContext, WanModel
+from .dit import CrossAttentionContext, PromptOnset, WanModel
 from .fp8 import fp8_gemm_supported, quantize_linears
 from .image_encoder import build_image_encoder
 from .memory import NpcMemory, memory_layout_name
 from .parallel import SequenceParallel
 from .published import load_published
 from .runner import BlockInput
-from .sampler import BatchNoise, GeneratorNoise, PromptGuidance, denoise_block
+from .sampler import BatchNoise, GeneratorNoise, PromptGuidance, denoise_block, onset_weights
 from .schedule import BlockLayout, StreamSchedule, audio_window
 from .text_encoder import build_text_encoder
 from .vae import CausalCache, WanVAE, decoder_state_bytes, frames_to_uint8
@@ -96,6 +96,8 @@ class BlockConditioning:
     audio_rows: torch.Tensor                # [rows, layers, channels], the DiT's dtype: the features the
     audio_start: int                        # block's audio window reads, and the row of its first frame
     text: torch.Tensor | None               # [text_len, text_dim]: the block's prompt, blended by intensity
+    # [text_len, text_dim]: the last block's prompt, when this block's prompt onset sets in from it (else None)
+    previous_text: torch.Tensor | None = None
     pcm: torch.Tensor | None = None         # rank 0: [tail | block | look-ahead], the next tail is cut from it
 
     def audio_window(self, plan: BlockLayout, radius: int, device: str) -> torch.Tensor:
@@ -295,10 +297,7 @@ class LiveActPipeline:
         model's text length, as the model pads them anyway), in steps of 0.05 so the cache stays small.
         ``text``: that embedding as rank 0 computed it (a follower rank has no text encoder).
         """
-        intensity = quantized_intensity(intensity)
-        if is_base_prompt(conditioning.base_prompt, prompt, intensity):
-            prompt, intensity = None, 1.0
-        key = (prompt, intensity)
+        key = prompt, intensity = prompt_key(conditioning.base_prompt, prompt, intensity)
         cached = conditioning.contexts.get(key)
         if cached is not None:
             conditioning.contexts.move_to_end(key)
@@ -443,8 +442,34 @@ class LiveActPipeline:
             first_frame = plan.video_start - tail.shape[0] // self.samples_per_frame(memory.fps)  # of features[0]
             rows, start = block_audio_rows(features, first_frame, plan, schedule.audio_radius)
             text = self.context_for(item.conditioning, item.prompt, item.intensity).text
-            out.append(BlockConditioning(audio_rows=rows.to(self.dit.dtype), audio_start=start, text=text, pcm=pcm))
+            previous_text = None
+            if self._onset(item):
+                previous_text = self.context_for(item.conditioning, memory.last_block_prompt,
+                                                 memory.last_block_intensity).text
+            out.append(BlockConditioning(audio_rows=rows.to(self.dit.dtype), audio_start=start, text=text,
+                                         previous_text=previous_text, pcm=pcm))
         return out
+
+    def _onset(self, item: BlockInput) -> bool:
+        """Whether ``item``'s block sets its prompt in over its first frames: its prompt is not the last block's
+        and the sampler has a prompt onset."""
+        memory, base = item.memory, item.conditioning.base_prompt
+        return self.config.sampler.prompt_onset_latents > 0 and (
+            prompt_key(base, item.prompt, item.intensity)
+            != prompt_key(base, memory.last_block_prompt, memory.last_block_intensity))
+
+    def _prompt_onset(self, inputs: Sequence[BlockInput], conditioning: Sequence[BlockConditioning],
+                      frames: int) -> PromptOnset | None:
+        """The batch's prompt onset: None when every NPC's block is under the same prompt as its last."""
+        rows = [row for row, item in enumerate(inputs) if self._onset(item)]
+        if not rows:
+            return None
+        previous = [self.context_for(inputs[row].conditioning, inputs[row].memory.last_block_prompt,
+                                     inputs[row].memory.last_block_intensity,
+                                     text=conditioning[row].previous_text).context for row in rows]
+        weights = onset_weights(frames, self.config.sampler.prompt_onset_latents)
+        return PromptOnset(CrossAttentionContext.batch(previous), torch.tensor(rows, device=self.device),
+                           torch.tensor([weights] * len(rows), dtype=torch.float32, device=self.device))
 
     @torch.inference_mode()
     def _generate(self, inputs: Sequence[BlockInput], conditioning: Sequence[BlockConditioning],
@@ -471,6 +496,7 @@ class LiveActPipeline:
                                     for block in conditioning]),
             noise=noises[0] if single else BatchNoise(noises), sampler=self.config.sampler, functional=False,
             parallel=self.parallel, guidance=self._prompt_guidance(inputs),
+            onset=self._prompt_onset(inputs, conditioning, plan.latent_frames),
         )
         dit_done = time.perf_counter()
         if self.follower:
@@ -501,8 +527,13 @@ class LiveActPipeline:
         default = self.config.sampler.prompt_guidance
         factors = {row: default if item.prompt_guidance is None else item.prompt_guidance
                    for row, item in enumerate(inputs)}
-        rows = [row for row, item in enumerate(inputs) if factors[row] > 1.0
-                and not is_base_prompt(item.conditioning.base_prompt, item.prompt, item.intensity)]
+        # A block whose prompt sets in from another than the base prompt is guided as well: its first frames
+        # still show the last block's prompt, which was guided.
+        rows = [row for row, item in enumerate(inputs) if factors[row] > 1.0 and (
+                not is_base_prompt(item.conditioning.base_prompt, item.prompt, item.intensity)
+                or self._onset(item) and not is_base_prompt(item.conditioning.base_prompt,
+                                                            item.memory.last_block_prompt,
+                                                            item.memory.last_block_intensity))]
         if not rows:
             return None
         base = [self.context_for(inputs[row].conditioning, None).context for row in rows]
@@ -518,6 +549,8 @@ class LiveActPipeline:
             if block.pcm is not None:
                 memory.audio_tail = block.pcm[: block.pcm.shape[0] - lookahead][-memory.audio_tail.shape[0]:].clone()
             memory.noise_state = noise.get_state()
+            memory.last_block_prompt, memory.last_block_intensity = prompt_key(
+                item.conditioning.base_prompt, item.prompt, item.intensity)
             memory.blocks_generated += 1
             memory.frames_generated += self.config.frames_per_block(memory.blocks_generated - 1)
             memory.timeline_samples += consume

@@ -11,6 +11,11 @@ pass of those streams alone with the base prompt, which reads the step's cache a
 of their rows (batch-mates under their base prompts pay nothing for it). Only the last step: the schedule's first
 two steps move the latent from t = 1000 to 833, and guiding them did little (README, "Prompt guidance side by side").
 
+Prompt onset (not in the reference either): a stream whose prompt is not its last block's blends the two prompts'
+cross-attention per latent frame at every step, the new one's share rising over the block's first frames
+(:func:`onset_weights`), so that an emotion or action sets in over a few frames as a face changes, rather than
+all at the block's first frame. Prompt guidance's base pass reads the base prompt alone.
+
 Noise is drawn in a fixed order per block: one tensor for the initial latent, then one per step (the last one is
 multiplied by 0). Keeping that order is what lets a replayed or restored noise source reproduce a stream exactly.
 """
@@ -27,7 +32,7 @@ from torch import Tensor
 
 from .config import SamplerConfig
 from .convkv import ConvKVMemory
-from .dit import CrossAttentionContext, WanModel
+from .dit import CrossAttentionContext, PromptOnset, WanModel
 from .parallel import SequenceParallel
 from .schedule import BlockLayout
 
@@ -108,6 +113,12 @@ class PromptGuidance:
     factors: Tensor                # [G] float32: each guided stream's factor (> 1)
 
 
+def onset_weights(frames: int, onset_latents: int) -> list[float]:
+    """The new prompt's share of each latent frame of a block whose prompt changes, when the change sets in over
+    its first ``onset_latents`` frames: 1/(n+1), 2/(n+1), ..., then 1 (0: all 1, the change at the first frame)."""
+    return [min(1.0, (j + 1) / (onset_latents + 1)) for j in range(frames)]
+
+
 @dataclass
 class BlockResult:
     x0: Tensor                 # [B, out_dim, T, h, w] the block's clean latent
@@ -128,6 +139,7 @@ def denoise_block(
     functional: bool | None = None,
     parallel: SequenceParallel | None = None,
     guidance: PromptGuidance | None = None,
+    onset: PromptOnset | None = None,
 ) -> BlockResult:
     """Generate one block: draw its initial noise, run the denoising steps, return x0 and the updated memory.
 
@@ -137,6 +149,8 @@ def denoise_block(
     which is not the same as silence (silent audio still has non-zero features and tokens).
     ``functional`` and ``parallel`` as in :meth:`WanModel.forward` (every rank draws the same noise).
     ``guidance``: prompt guidance, for the streams that have a prompt of their own and a factor above 1.
+    ``onset``: the streams whose prompt changes at this block, blended in at every step (:func:`onset_weights`);
+    prompt guidance's base pass reads the base prompt alone.
     """
     if functional is None:
         functional = torch.is_grad_enabled()
@@ -159,10 +173,10 @@ def denoise_block(
         timestep = torch.tensor([t_now], dtype=torch.float32, device=latent.device)
         use_audio = audio_tokens is not None and not (i == 0 and sampler.skip_audio_at_first_step)
 
-        def call(cache, tokens, *, x=latent, y=y_block, context=context):
+        def call(cache, tokens, *, x=latent, y=y_block, context=context, onset=onset):
             return model(
                 x, timestep, y, cache=cache, start_frame=plan.window_start, compress=plan.update_cache,
-                context=context, audio_tokens=tokens, functional=functional, parallel=parallel,
+                context=context, audio_tokens=tokens, functional=functional, parallel=parallel, onset=onset,
             )
 
         tokens = audio_tokens if use_audio else None
@@ -170,7 +184,7 @@ def denoise_block(
         if guided:  # the guided streams alone, before the conditional pass writes the cache they read
             rows = guidance.rows
             base_velocity, _ = call(steps[i].select(rows), None if tokens is None else tokens[rows],
-                                    x=latent[rows], y=y_block[rows], context=guidance.base)
+                                    x=latent[rows], y=y_block[rows], context=guidance.base, onset=None)
         velocity, steps[i] = call(steps[i], tokens)
         prompted_velocity = velocity
         if use_audio and i in null_steps:

@@ -44,4 +44,6 @@ def execution_flags(execution: ExecutionConfig) -> list[str]:
              "--text-encoder-device", execution.text_encoder_device, "--decode-precision", execution.decode_precision]
     if execution.prompt_guidance is not None:
         flags += ["--prompt-guidance", str(execution.prompt_guidance)]
+    if execution.prompt_onset_latents is not None:
+        flags += ["--prompt-onset", str(execution.prompt_onset_latents)]
     return flags + (["--compile"] if execution.compile else [])

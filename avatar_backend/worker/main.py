@@ -141,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt-guidance", type=float, default=None,
                         help="the prompt guidance of a session that asks for none (default: the model config's; "
                              "1: off)")
+    parser.add_argument("--prompt-onset", type=int, default=None,
+                        help="latent frames over which a block's new prompt sets in (default: the model config's; "
+                             "0: at its first frame)")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process (the gateway) is gone")
     parser.add_argument("--max-parked-memory-bytes", type=int, default=DEFAULT_MAX_PARKED_MEMORY_BYTES,
                         help="host memory for parked NPC memories; beyond it they stay on disk only")
@@ -192,7 +195,7 @@ def _config_of(args: argparse.Namespace) -> WorkerConfig:
 def _execution_of(args: argparse.Namespace) -> ExecutionConfig:
     return ExecutionConfig(attention=args.attention, gemm=args.gemm, compile=args.compile,
                            text_encoder_device=args.text_encoder_device, decode_precision=args.decode_precision,
-                           prompt_guidance=args.prompt_guidance)
+                           prompt_guidance=args.prompt_guidance, prompt_onset_latents=args.prompt_onset)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

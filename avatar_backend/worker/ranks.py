@@ -15,7 +15,8 @@ every rank at once:
   state (noise state, counters) is broadcast; a follower holds only its shard;
 - ``generate``: the next blocks of a batch, by NPC, with each block's conditioning (the audio features its
   window reads, about 1 MB per NPC and block for liveact-18b by their shapes, and the text embedding of a
-  prompt other than the base prompt, 4 MB); only rank 0 decodes frames;
+  prompt other than the base prompt, 4 MB, as well as the last block's when a prompt onset blends it in); only
+  rank 0 decodes frames;
 - ``gather``: rank 0 collects the shards into a whole memory (a snapshot, or parking: the followers drop theirs);
 - ``discard``: the followers drop an NPC's shard without collecting it (a failed session);
 - ``ping`` (an idle worker's heartbeat, so the followers' wait for a command never times out) and ``stop``.
@@ -163,7 +164,8 @@ def _cache_tensors(convkv: Any) -> list[torch.Tensor]:
 def _stream_state(memory: NpcMemory) -> dict[str, Any]:
     """What a follower needs besides its cache shard to run the NPC's blocks (small: no decoder state)."""
     fields = ("npc_id", "character_id", "model_name", "width", "height", "fps", "seed", "blocks_generated",
-              "frames_generated", "timeline_samples", "prompt", "intensity", "memory_layout", "lineage")
+              "frames_generated", "timeline_samples", "prompt", "intensity", "last_block_prompt",
+              "last_block_intensity", "memory_layout", "lineage")
     return {"fields": {f: getattr(memory, f) for f in fields}, "noise_state": memory.noise_state.cpu()}
 
 
@@ -288,12 +290,13 @@ class LeaderRunner:
         self._live.clear()
 
     @staticmethod
-    def _text_to_send(item: BlockInput, block: BlockConditioning) -> torch.Tensor | None:
-        """A block's prompt embedding for the followers: None for the base prompt's, which ``prepare`` gave them
-        (most blocks; 4 MB each for liveact-18b)."""
-        if is_base_prompt(item.conditioning.base_prompt, item.prompt, item.intensity):
+    def _text_to_send(item: BlockInput, prompt: str | None, intensity: float,
+                      text: torch.Tensor | None) -> torch.Tensor | None:
+        """A prompt's embedding for the followers: None for the base prompt's, which ``prepare`` gave them (most
+        blocks; 4 MB each for liveact-18b), or when there is none to send."""
+        if text is None or is_base_prompt(item.conditioning.base_prompt, prompt, intensity):
             return None
-        return block.text.cpu()
+        return text.cpu()
 
     def generate_blocks(self, inputs: Sequence[BlockInput]) -> list[np.ndarray]:
         if not inputs:
@@ -302,7 +305,9 @@ class LeaderRunner:
         conditioning = self.pipeline.block_conditioning(inputs)
         self._send(("generate", [(item.memory.npc_id, self._handles[id(item.conditioning)], item.prompt,
                                   item.intensity, item.prompt_guidance, block.audio_rows.cpu(), block.audio_start,
-                                  self._text_to_send(item, block))
+                                  self._text_to_send(item, item.prompt, item.intensity, block.text),
+                                  self._text_to_send(item, item.memory.last_block_prompt,
+                                                     item.memory.last_block_intensity, block.previous_text))
                                  for item, block in zip(inputs, conditioning)]))
         try:
             return self.pipeline.generate_blocks(inputs, conditioning)
@@ -381,7 +386,8 @@ def follow(rank: int, init_method: str, devices: Sequence[str], pipeline_factory
                 pipeline.follow_blocks(
                     [BlockInput(live[npc_id], characters[handle], NO_AUDIO, prompt, intensity, guidance)
                      for npc_id, handle, prompt, intensity, guidance, *_ in items],
-                    [BlockConditioning(audio_rows=rows, audio_start=start, text=text) for *_, rows, start, text in items])
+                    [BlockConditioning(audio_rows=rows, audio_start=start, text=text, previous_text=previous_text)
+                     for *_, rows, start, text, previous_text in items])
             else:
                 raise RankError(f"unknown command {command!r} from rank 0")
     finally:

@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="what the VAE decoder computes in, as `serve --decode-precision` (default auto)")
     parser.add_argument("--prompt-guidance", type=float, default=TINY.sampler.prompt_guidance,
                         help="the sampler's prompt guidance (1: off; default the tiny config's, which serve uses)")
+    parser.add_argument("--prompt-onset", type=int, default=TINY.sampler.prompt_onset_latents, metavar="LATENTS",
+                        help="latent frames over which a block's new prompt sets in (0: at its first frame; default "
+                             "the tiny config's, which serve uses)")
     args = parser.parse_args(argv)
     if args.clips < 2:
         parser.error("--clips must be at least 2: the swapped-audio control drives each clip by another's voice")
@@ -315,13 +318,15 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no weights (train with python -m model.train, or pass --weights)", file=sys.stderr)
         return 1
     # Weights from another training run carry their own config (their VAE's latent statistics differ).
-    execution = ExecutionConfig(decode_precision=args.decode_precision, prompt_guidance=args.prompt_guidance)
+    execution = ExecutionConfig(decode_precision=args.decode_precision, prompt_guidance=args.prompt_guidance,
+                                prompt_onset_latents=args.prompt_onset)
     pipeline = LiveActPipeline.from_config(weights_config(weights) or "tiny", weights=weights, execution=execution)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     report: dict = {"weights": Path(weights).name, "weights_sha256": pipeline.weights_sha256,
                     "decode_precision": pipeline.decode_dtype_name,
-                    "prompt_guidance": pipeline.config.sampler.prompt_guidance}
+                    "prompt_guidance": pipeline.config.sampler.prompt_guidance,
+                    "prompt_onset_latents": pipeline.config.sampler.prompt_onset_latents}
     report["speed"] = speed(pipeline)
     clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width, pipeline.config.fps)
     classifier, truth_accuracy = train_classifier(pipeline.config.width, pipeline.config.fps, args.classifier_clips,

@@ -215,6 +215,9 @@ def test_serve_refuses_the_published_model_without_its_files_before_starting(tmp
     (["--prompt-guidance", "0"], "prompt_guidance must be a finite factor >= 1 (1 turns it off), got 0.0"),
     (["--prompt-guidance", "inf"], "prompt_guidance must be a finite factor >= 1 (1 turns it off), got inf"),
     (["--max-stored-npcs", "-1"], "max_stored_npcs must be 0 or more, got -1"),
+    (["--prompt-onset", "-1"], "prompt_onset_latents must be a whole number of latent frames >= 0 (0 turns it off), "
+                               "got -1"),
+    (["--prompt-onset", "9"], "prompt_onset_latents must be 0-8 latent frames, got 9"),
 ])
 def test_serve_names_a_value_out_of_range_before_starting(tmp_path, capsys, flags, message):
     data_dir = tmp_path / "data"

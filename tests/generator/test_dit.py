@@ -1,4 +1,4 @@
-"""The DiT: checkpoint names and shapes, cached conditioning, audio routing, bf16 without autocast."""
+"""The DiT: checkpoint names and shapes, cached conditioning, audio routing, prompt onsets, bf16 without autocast."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from avatar_backend.generator.config import LIVEACT_18B, DiTConfig, SamplerConfig
 from avatar_backend.generator.convkv import ConvKVMemory
-from avatar_backend.generator.dit import WanModel
+from avatar_backend.generator.dit import CrossAttentionContext, PromptOnset, WanModel
 
 SMALL = DiTConfig(dim=16, ffn_dim=32, num_heads=2, num_layers=2, freq_dim=16, text_len=4, text_dim=8, clip_dim=8,
                   clip_tokens=3, audio_layers=2, audio_channels=4, intermediate_dim=8, output_dim=8, context_tokens=2)
@@ -67,7 +67,8 @@ def inputs(config: DiTConfig = SMALL, frames: int = 6):
 
 
 def call(model, latent, y, tokens, *, dtype=torch.float32, **conditioning):
-    memory = ConvKVMemory.allocate_for(model.config, SAMPLER, frame_tokens=16, dtype=dtype)
+    memory = ConvKVMemory.allocate_for(model.config, SAMPLER, frame_tokens=16, dtype=dtype,
+                                       batch_size=latent.shape[0])
     with torch.no_grad():
         out = model(latent, torch.tensor([937.5]), y, cache=memory.steps[1], start_frame=0, compress=False,
                     audio_tokens=tokens, **conditioning)
@@ -105,6 +106,36 @@ def test_audio_reaches_every_frame_but_the_reference_frame_of_block_zero():
     later[:, 6:] += 1.0
     torch.testing.assert_close(call(model, latent, y, later, text=text, clip_fea=clip), base)
     assert not torch.allclose(call(model, latent, y, None, text=text, clip_fea=clip), base)
+
+
+def test_a_prompt_onset_blends_the_previous_prompt_into_its_rows_alone():
+    """Two streams, the second under a new prompt with an onset: at weight 1 everywhere it is drawn as without
+    one, at weight 0 as under its previous prompt, and a ramp lands in between; the first stream never changes."""
+    model = random_model()
+    latent, y, text, clip, tokens = inputs()
+    latent, y, tokens = (torch.cat([t, t.flip(-1)]) for t in (latent, y, tokens))
+    with torch.no_grad():
+        contexts = [model.encode_context(t, clip) for t in (text, text.flip(0))]
+        previous = model.encode_context(text * 2, clip)
+    now = CrossAttentionContext.batch(contexts)
+    before = CrossAttentionContext.batch([contexts[0], previous])
+    rows = torch.tensor([1])
+
+    def onset(weights):
+        return PromptOnset(previous, rows, torch.tensor([weights]))
+
+    plain = call(model, latent, y, tokens, context=now)
+    under_previous = call(model, latent, y, tokens, context=before)
+    torch.testing.assert_close(call(model, latent, y, tokens, context=now, onset=onset([1.0] * 6)), plain)
+    set_in = call(model, latent, y, tokens, context=now, onset=onset([0.0] * 6))
+    torch.testing.assert_close(set_in, under_previous)
+    ramp = call(model, latent, y, tokens, context=now, onset=onset([1 / 3, 2 / 3, 1, 1, 1, 1]))
+    assert torch.equal(ramp[0], plain[0])
+    first_frame = slice(0, 1)   # latent frame 0: a third of the new prompt
+    assert ((ramp[1, :, first_frame] - under_previous[1, :, first_frame]).norm()
+            < (plain[1, :, first_frame] - under_previous[1, :, first_frame]).norm())
+    with pytest.raises(ValueError, match="onset weights"):
+        call(model, latent, y, tokens, context=now, onset=onset([1.0] * 5))
 
 
 def test_bf16_weights_run_without_autocast():

@@ -157,6 +157,55 @@ def test_prompt_guidance_moves_the_frames_under_another_prompt_and_nothing_else(
                 assert torch.equal(guided[prompt][1][name], tensor), (prompt, name)
 
 
+def test_a_new_prompt_sets_in_over_the_first_frames_of_its_block_and_a_snapshot_keeps_where_it_came_from(tmp_path):
+    """With the shipped weights, an NPC talks under its base prompt, turns angry at block 2 and back at block 4.
+    With a prompt onset of 2 latent frames (against none, ``serve --prompt-onset 0``) the blocks before the change
+    are the same, the angry block's first frames stay nearer to the base prompt's picture than its last ones, and
+    the step from block 1's last frame into block 2 is smaller. A snapshot taken after the angry block records
+    that prompt, so the resumed NPC sets the base prompt back in exactly as the uninterrupted one does."""
+    from avatar_backend.generator.config import ExecutionConfig
+    from avatar_backend.generator.pipeline import shipped_weights
+
+    if shipped_weights("tiny") is None:
+        pytest.skip("no shipped tiny weights in this checkout")
+    prompts = [None, None, "an angry villager", "an angry villager", None]
+    voice = speech_like(16000 * 8, 6)
+
+    def stream(pipeline, memory, character, blocks):
+        out = []
+        for prompt in blocks:
+            consume, lookahead = pipeline.block_audio_samples(memory)
+            start = memory.timeline_samples
+            out.append(pipeline.generate_block(memory, character, voice[start:start + consume + lookahead],
+                                               prompt).astype(int))
+        return out
+
+    def pipeline_with(onset):
+        pipeline = LiveActPipeline.from_config("tiny", weights=shipped_weights("tiny"),
+                                               execution=ExecutionConfig(prompt_onset_latents=onset))
+        return pipeline, make_character(pipeline)
+
+    runs = {}
+    for onset in (0, 2):
+        pipeline, character = pipeline_with(onset)
+        runs[onset] = stream(pipeline, pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=8), character,
+                             prompts)
+    calm = stream(pipeline, pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=8), character, [None] * 3)
+    for block in (0, 1):
+        np.testing.assert_array_equal(runs[2][block], runs[0][block])
+    angry = runs[2][2]
+    assert np.abs(angry[:4] - calm[2][:4]).mean() < np.abs(angry[-4:] - calm[2][-4:]).mean()
+    assert np.abs(angry[0] - runs[2][1][-1]).mean() < np.abs(runs[0][2][0] - runs[0][1][-1]).mean()
+
+    memory = pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=8)
+    stream(pipeline, memory, character, prompts[:4])
+    assert (memory.last_block_prompt, memory.last_block_intensity) == ("an angry villager", 1.0)
+    memory.save(tmp_path / "npc.npcmem")
+    resumed = NpcMemory.load(tmp_path / "npc.npcmem")
+    assert resumed.last_block_prompt == "an angry villager"
+    np.testing.assert_array_equal(stream(pipeline, resumed, character, prompts[4:])[0], runs[2][4])
+
+
 def test_unsupported_format_and_wrong_audio_length_are_named(pipeline, character):
     with pytest.raises(GeneratorError, match="size 100x100"):
         pipeline.new_memory("npc", "villager", 100, 100, FPS, seed=0)

@@ -28,7 +28,7 @@ class FakeModel:
         return tokens[:, frames]
 
     def __call__(self, latent, timestep, y, *, cache, start_frame, compress, context, audio_tokens, functional,
-                 parallel=None):
+                 parallel=None, onset=None):
         self.calls.append(
             dict(t=float(timestep), cache=cache, audio=audio_tokens, start=start_frame, compress=compress)
         )

@@ -1,5 +1,6 @@
 """Sequence parallelism on 2 CPU processes (gloo): the same latents and frames as one process, over 6 blocks
-(so the ConvKV memory is compressed four times, two blocks under prompt guidance), for both memory groupings,
+(so the ConvKV memory is compressed four times, two blocks under prompt guidance, whose prompt sets in and goes
+again over the first frames of a block: the prompt onset), for both memory groupings,
 with head-sharded caches and a follower rank that holds the DiT alone and runs on what rank 0 encoded."""
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ LATENT_TOLERANCE = 1e-5     # measured: 1.5e-7
 def config(grouping: str, kv_cache: str = "model"):
     tiny = get_config("tiny")
     return dataclasses.replace(tiny, sampler=dataclasses.replace(tiny.sampler, memory_grouping=grouping,
-                                                                 kv_cache=kv_cache))
+                                                                 kv_cache=kv_cache, prompt_onset_latents=2))
 
 
 def villager_png() -> bytes:
@@ -81,19 +82,21 @@ def run_stream(pipeline: LiveActPipeline) -> tuple[list[np.ndarray], list[torch.
     for index in range(BLOCKS):
         consume, lookahead = pipeline.block_audio_samples(memory)
         start = memory.timeline_samples
-        # Blocks 2 and 3 under an emotion's prompt: prompt guidance's extra pass runs on every rank.
+        # Blocks 2 and 3 under an emotion's prompt: prompt guidance's extra pass runs on every rank, and blocks 2
+        # and 4 set their prompt in from the last block's (the followers are sent its text at block 4).
         prompt = "a happy villager" if index in (2, 3) else None
         block = [BlockInput(memory, character, voice[start:start + consume + lookahead], prompt)]
         if pipeline.parallel is None:
             frames.append(pipeline.generate_blocks(block)[0])
         elif rank == 0:
             conditioning = pipeline.block_conditioning(block)
-            share([(c.audio_rows, c.audio_start, c.text) for c in conditioning], rank)
+            share([(c.audio_rows, c.audio_start, c.text, c.previous_text) for c in conditioning], rank)
             frames.append(pipeline.generate_blocks(block, conditioning)[0])
         else:
             sent = share(None, rank)
-            pipeline.follow_blocks(block, [BlockConditioning(audio_rows=rows, audio_start=start, text=text)
-                                           for rows, start, text in sent])
+            pipeline.follow_blocks(block, [BlockConditioning(audio_rows=rows, audio_start=start, text=text,
+                                                             previous_text=previous_text)
+                                           for rows, start, text, previous_text in sent])
             frames.append([])
     return frames, latents
 

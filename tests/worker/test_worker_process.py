@@ -118,12 +118,15 @@ def test_how_the_model_runs_reaches_the_worker_and_its_follower_ranks(data_dir):
 
     serve = build_parser().parse_args(["serve", "--attention", "math", "--gemm", "fp8", "--compile",
                                        "--text-encoder-device", "cuda:1", "--decode-precision", "bfloat16",
-                                       "--prompt-guidance", "2.5", "--weights", str(data_dir.root)])
+                                       "--prompt-guidance", "2.5", "--prompt-onset", "3", "--weights",
+                                       str(data_dir.root)])
     execution = ExecutionConfig(attention=serve.attention, gemm=serve.gemm, compile=serve.compile,
                                 text_encoder_device=serve.text_encoder_device,
-                                decode_precision=serve.decode_precision, prompt_guidance=serve.prompt_guidance)
+                                decode_precision=serve.decode_precision, prompt_guidance=serve.prompt_guidance,
+                                prompt_onset_latents=serve.prompt_onset)
     assert build_parser().parse_args(["serve"]).gemm == "model"
     assert build_parser().parse_args(["serve"]).prompt_guidance is None   # the model config's
+    assert build_parser().parse_args(["serve"]).prompt_onset is None
 
     async def main():
         async with GatewayLink() as link:
@@ -135,7 +138,8 @@ def test_how_the_model_runs_reaches_the_worker_and_its_follower_ranks(data_dir):
     # Rank 0 starts its followers with the same flags (execution_flags), which their parser reads back.
     follower = _parser().parse_args(["--follow-rank", "1", *execution_flags(execution)])
     assert (follower.attention, follower.gemm, follower.compile, follower.text_encoder_device,
-            follower.decode_precision, follower.prompt_guidance) == ("math", "fp8", True, "cuda:1", "bfloat16", 2.5)
+            follower.decode_precision, follower.prompt_guidance, follower.prompt_onset) == (
+        "math", "fp8", True, "cuda:1", "bfloat16", 2.5, 3)
 
 
 def test_a_hung_worker_is_killed_and_restarted(data_dir):
