@@ -7,6 +7,9 @@ block had voice: RGB (index % 256, index // 256 % 256, 255 if voiced else 0). Me
 JSON-plus-bytes files in the ``.npcmem`` place (not the real format).
 
 ``AVATAR_STAND_IN_BLOCK_DELAY_S`` (seconds per generator call) simulates a slow generator.
+``AVATAR_STAND_IN_FOLLOWER_PID_FILE`` makes the worker start a stand-in for a follower rank, as rank 0 of a
+multi-device worker starts its followers (a child in the worker's process group, on the worker's output), blocked
+as one waiting in a collective for a rank 0 that is gone; its pid is appended to that file.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Hashable, Sequence
@@ -205,6 +210,11 @@ class StandInGenerator:
 
 def make_generator(model_config: str, weights: str | None, device: str) -> tuple[StandInGenerator, MemoryCodec]:
     """What a worker started with ``AVATAR_TEST_GENERATOR`` set to this file runs."""
+    follower_pid_file = os.environ.get("AVATAR_STAND_IN_FOLLOWER_PID_FILE")
+    if follower_pid_file:
+        follower = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], stdin=subprocess.DEVNULL)
+        with open(follower_pid_file, "a") as f:
+            f.write(f"{follower.pid}\n")
     return StandInGenerator.from_config(model_config, weights, device), StandInGenerator.codec
 
 

@@ -204,6 +204,7 @@ class AvatarService(avatar_service_pb2_grpc.AvatarServiceServicer):
 
     async def _require_npc(self, npc_id: str) -> worker_pb2.NpcState:
         _check_id("npc_id", npc_id)
+        # An NPC whose snapshot the worker cannot read is DATA_LOSS (its error passes through), not missing.
         npcs = await self._query_npcs(npc_id=npc_id)
         if not npcs:
             raise _not_found(f"npc_id: no NPC {npc_id!r} exists (an NPC is created by its first Converse)",

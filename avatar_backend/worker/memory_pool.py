@@ -291,16 +291,23 @@ class MemoryPool:
     # -- management -------------------------------------------------------------------------------------------
 
     def query(self, npc_id: str = "", character_id: str = "") -> list[worker_pb2.NpcState]:
-        """Live, resident and on-disk NPCs (one NPC when ``npc_id`` is set), sorted by id. Unknown: []."""
+        """Live, resident and on-disk NPCs (one NPC when ``npc_id`` is set), sorted by id. Unknown: [].
+
+        One NPC whose snapshot is unreadable is DATA_LOSS, as opening a session on it is. A listing leaves such
+        NPCs out with a warning, so that one corrupt file does not hide the others; DeleteNpc still removes it.
+        """
         if npc_id:
             if not valid_id(npc_id):
                 raise PoolError("INVALID_ARGUMENT", f"npc_id {npc_id!r} is not valid")
-            ids = [npc_id]
-        else:
-            ids = sorted(set(self._live) | set(self._resident) | set(self.data_dir.list_npc_ids()))
+            state = self._state_of(npc_id)
+            return [state] if state is not None and (not character_id or state.character_id == character_id) else []
         states = []
-        for nid in ids:
-            state = self._state_of(nid)
+        for nid in sorted(set(self._live) | set(self._resident) | set(self.data_dir.list_npc_ids())):
+            try:
+                state = self._state_of(nid)
+            except PoolError as err:
+                log.warning("NPC %r left out of the listing: %s", nid, err.message)
+                continue
             if state is not None and (not character_id or state.character_id == character_id):
                 states.append(state)
         return states
@@ -520,20 +527,20 @@ class MemoryPool:
         entry = self._resident.get(npc_id)
         if entry is not None:
             return self._state(npc_id, entry.memory, live=False, updated_ms=entry.updated_ms)
-        path = self.data_dir.npc_memory_path(npc_id)
-        if not path.is_file():
+        h = self._describe(npc_id)   # DATA_LOSS when the snapshot cannot be read
+        if h is None:
             return None
         try:
-            h = self.codec.read_header(path)
-        except Exception as err:
-            log.warning("skipping the unreadable memory snapshot %s: %s", path, err)
-            return None
-        return worker_pb2.NpcState(
-            npc_id=npc_id, character_id=h["character_id"], memory_bytes=int(h.get("memory_bytes", 0)),
-            blocks_generated=int(h.get("blocks_generated", 0)), frames_generated=int(h.get("frames_generated", 0)),
-            live=False, resume_token=str(h.get("resume_token", "")), width=int(h["width"]),
-            height=int(h["height"]), updated_unix_ms=int(h.get("updated_unix_ms", 0)),
-        )
+            return worker_pb2.NpcState(
+                npc_id=npc_id, character_id=h["character_id"], memory_bytes=int(h.get("memory_bytes", 0)),
+                blocks_generated=int(h.get("blocks_generated", 0)),
+                frames_generated=int(h.get("frames_generated", 0)), live=False,
+                resume_token=str(h.get("resume_token", "")), width=int(h["width"]), height=int(h["height"]),
+                updated_unix_ms=int(h.get("updated_unix_ms", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise PoolError("DATA_LOSS", f"the memory snapshot of NPC {npc_id!r} is unreadable: its header is "
+                                         f"incomplete ({type(err).__name__}: {err})") from None
 
     def _state(self, npc_id: str, memory: Any, *, live: bool, updated_ms: int) -> worker_pb2.NpcState:
         # A live memory may be split over ranks: its whole size is the model's figure for its frame size.

@@ -1,9 +1,14 @@
 """The gateway's supervisor of one worker process: start it, know when it is ready, restart it when it dies.
 
-The worker runs as ``python -m avatar_backend.worker ...`` in its own process group (a Ctrl-C in the
-terminal reaches the gateway, which then stops the worker in order, saving every NPC memory) and exits by
-itself if the gateway disappears (``--parent-pid``). Its stdout and stderr go to this process's log, one
-record per line, prefixed with the worker's pid.
+The worker runs as ``python -m avatar_backend.worker ...`` in its own session and process group. A Ctrl-C in
+the terminal therefore reaches the gateway alone, which stops the worker in order (``stop``: the worker saves
+every NPC memory); the worker exits by itself if the gateway disappears (``--parent-pid``). Its stdout and
+stderr go to this process's log, one record per line, prefixed with the worker's pid.
+
+Killing a worker (hung, or not ready in time, or deaf to SIGTERM) kills its whole process group: the follower
+ranks a multi-device worker started (``--devices cpu,cpu``) may be blocked in a collective that never returns
+and would hold their devices. A worker that exits by any path has what is left of its group killed too, so a
+restarted worker never meets its predecessor's followers.
 
 When the worker dies unexpectedly the supervisor fails everything that depended on it (the link's
 ``worker_lost``: pending requests raise, session queues get a WorkerLost), calls ``on_lost(reason)`` so the
@@ -49,6 +54,8 @@ __all__ = ["WorkerProcess", "WorkerProcessConfig", "WorkerStartError"]
 log = logging.getLogger(__name__)
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding avatar_backend/
+# How often the supervisor looks whether the worker has exited (see _exited).
+_EXIT_POLL_S = 0.05
 
 
 class WorkerStartError(RuntimeError):
@@ -169,8 +176,9 @@ class WorkerProcess:
                 _signal(proc, signal.SIGTERM)
                 if not await self._wait_exit(proc, 5.0):
                     log.error("worker pid %d ignored SIGTERM; killing it", proc.pid)
-                    _signal(proc, signal.SIGKILL)
+                    _kill_group(proc)
                     await self._wait_exit(proc, 5.0)
+            _kill_group(proc)   # followers of a worker stopped before it could tell them to stop
         self._ready.clear()
         if self._pump is not None:
             await asyncio.gather(self._pump, return_exceptions=True)
@@ -193,7 +201,7 @@ class WorkerProcess:
         self._proc = proc
         self._pump = asyncio.get_running_loop().create_task(self._pump_output(proc), name=f"worker-{proc.pid}-log")
         started = time.monotonic()
-        exited = asyncio.ensure_future(proc.wait())
+        exited = asyncio.ensure_future(_exited(proc))
         ready = asyncio.ensure_future(self._until_ready(proc.pid, self.config.ready_timeout_s))
         try:
             await asyncio.wait({exited, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -210,8 +218,9 @@ class WorkerProcess:
             reason = f"{_describe_exit(proc.pid, proc.returncode)} before it was ready"
         else:
             reason = f"worker pid {proc.pid} did not become ready: {ready.exception()}"
-            _signal(proc, signal.SIGKILL)
+            _kill_group(proc)
             await self._wait_exit(proc, 5.0)
+        _kill_group(proc)
         await asyncio.gather(self._pump, return_exceptions=True)
         tail = "\n".join(self._tail)
         raise WorkerStartError(f"{reason}; its last output:\n{tail}" if tail else reason)
@@ -243,12 +252,13 @@ class WorkerProcess:
             self._hang_reason = ""
             heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(proc), name="worker-heartbeat")
             try:
-                await proc.wait()
+                await _exited(proc)
             finally:
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)
             if self._stopping:
                 return
+            _kill_group(proc)   # its follower ranks, which may wait for it in a collective
             self._ready.clear()
             await asyncio.gather(self._pump, return_exceptions=True)
             reason = self._hang_reason or _describe_exit(proc.pid, proc.returncode)
@@ -275,7 +285,7 @@ class WorkerProcess:
                     continue  # unreachable rather than silent: it is exiting, and its exit tells why
                 self._hang_reason = f"worker pid {proc.pid} did not answer for {timeout:.0f}s and was killed ({err})"
                 log.error("%s", self._hang_reason)
-                _signal(proc, signal.SIGKILL)
+                _kill_group(proc)
                 return
             except WorkerLinkError:
                 continue
@@ -326,7 +336,7 @@ class WorkerProcess:
     @staticmethod
     async def _wait_exit(proc: asyncio.subprocess.Process, timeout: float) -> bool:
         try:
-            await asyncio.wait_for(proc.wait(), timeout)
+            await asyncio.wait_for(_exited(proc), timeout)
         except asyncio.TimeoutError:
             return False
         return True
@@ -354,3 +364,19 @@ def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
         proc.send_signal(sig)
     except ProcessLookupError:
         pass
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> int:
+    """The worker's exit status once it has exited. Not ``proc.wait()``: that also waits for the worker's output
+    pipe to close, and follower ranks inherit it, so a follower that outlives rank 0 would hide its death."""
+    while proc.returncode is None:
+        await asyncio.sleep(_EXIT_POLL_S)
+    return proc.returncode
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the worker and every process left in its group (it leads the group: start_new_session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the worker exited and nothing of its group is left

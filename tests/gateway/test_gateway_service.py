@@ -140,6 +140,31 @@ async def test_an_npc_with_an_unreadable_snapshot_can_be_deleted_not_reset(tmp_p
 
 
 @async_test
+async def test_get_npc_of_a_corrupt_snapshot_is_data_loss_and_the_listing_keeps_the_others(tmp_path):
+    async with running_gateway(tmp_path) as h:
+        await register_character(h.stub)
+        call, _ = await open_session(h.stub)
+        await next_of(call, "frame")
+        await call.done_writing()
+        await final_status(call)
+        DataDir(h.data_dir).npc_memory_path("broken").write_bytes(b"\x00 not an NPC memory \xff" * 10)
+
+        err = await expect_rpc_error(h.stub.GetNpc(pb.GetNpcRequest(npc_id="broken")), grpc.StatusCode.DATA_LOSS)
+        assert "'broken'" in err.details() and "is not a stand-in NPC memory" in err.details()
+        # The same answer as opening a session on it.
+        opening = h.stub.Converse()
+        await opening.write(session_config(npc_id="broken"))
+        code, details, _ = await final_status(opening)
+        assert (code, details) == (grpc.StatusCode.DATA_LOSS, err.details())
+
+        listed = await h.stub.ListNpcs(pb.ListNpcsRequest())
+        assert [n.npc_id for n in listed.npcs] == ["npc-1"]
+        hero = await h.stub.GetCharacter(pb.GetCharacterRequest(character_id="hero"))
+        assert hero.npc_count == 1
+        await expect_rpc_error(h.stub.GetNpc(pb.GetNpcRequest(npc_id="ghost")), grpc.StatusCode.NOT_FOUND)
+
+
+@async_test
 async def test_npc_calls_while_the_worker_is_down_are_unavailable(tmp_path):
     async with running_gateway(tmp_path) as h:
         await h.kill_worker("worker pid 7 exited with code 1")

@@ -188,6 +188,9 @@ def test_unreadable_snapshot(pipeline, data_dir):
     data_dir.npc_memory_path("broken").write_bytes(b"garbage")
     assert pool.query() == []                          # listed NPCs skip it (with a warning)
     with pytest.raises(PoolError) as err:
+        pool.query("broken")                           # asked for by name, it is reported
+    assert code_of(err) == "DATA_LOSS" and "'broken'" in err.value.message
+    with pytest.raises(PoolError) as err:
         pool.acquire("broken", "s1")
     assert code_of(err) == "DATA_LOSS"
     memory, resumed = pool.acquire("broken", "s1", character_id="villager", reset=True)
@@ -195,6 +198,24 @@ def test_unreadable_snapshot(pipeline, data_dir):
     pool.abandon("broken")
     pool.delete("broken")
     assert not data_dir.npc_memory_path("broken").exists()
+
+
+def test_a_snapshot_header_without_its_fields_is_data_loss_and_does_not_break_the_listing(pipeline, data_dir):
+    pool = make_pool(pipeline, data_dir)
+    for npc_id in ("guard", "smith"):
+        pool.acquire(npc_id, "s1", character_id="villager")
+        pool.release(npc_id)
+
+    def header_without_size_for_the_smith(path):
+        header = StandInGenerator.codec.read_header(path)
+        return {k: v for k, v in header.items() if k != "width"} if path.stem == "smith" else header
+
+    restarted = make_pool(pipeline, data_dir, codec=MemoryCodec(StandInGenerator.codec.load,
+                                                                header_without_size_for_the_smith))
+    assert [s.npc_id for s in restarted.query()] == ["guard"]
+    with pytest.raises(PoolError) as err:
+        restarted.query("smith")
+    assert code_of(err) == "DATA_LOSS" and "'smith'" in err.value.message and "incomplete" in err.value.message
 
 
 def test_resume_token_of_an_npc_that_does_not_exist(pipeline, data_dir):

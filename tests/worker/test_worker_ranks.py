@@ -1,5 +1,6 @@
 """A worker on two devices (``--devices cpu,cpu``, gloo): the frames of a one-device worker, an NPC parked
-from two ranks and resumed on them, and a rank that dies takes the worker down so that it is restarted."""
+from two ranks and resumed on them, a rank that dies takes the worker down so that it is restarted, and a
+worker that hangs or dies takes its follower rank with it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from worker_helpers import BLOCK, BLOCK0, open_npc
+from worker_helpers import BLOCK, BLOCK0, open_npc, until_process_gone
 
 from avatar_backend.generator.config import get_config
 from avatar_backend.proto_gen import worker_pb2 as pb
@@ -201,3 +202,55 @@ def test_a_rank_that_dies_takes_the_worker_down_and_it_is_restarted(tmp_path, ca
 
     asyncio.run(asyncio.wait_for(main(), 300))
     assert any("lost a rank (rank 1 (cpu) exited" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the follower rank through /proc")
+def test_a_hung_or_dead_worker_takes_its_follower_rank_with_it(tmp_path):
+    data_dir = real_character(tmp_path / "data")
+    # Stopped followers stand for ranks blocked in a collective that never returns (NCCL waiting for a peer).
+    stopped: list[int] = []
+
+    async def restarted(worker: WorkerProcess, old_pid: int) -> None:
+        for _ in range(1200):
+            if worker.ready and worker.pid not in (0, old_pid):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("the worker was not restarted")
+
+    async def main():
+        lost: list[str] = []
+        async with GatewayLink() as link:
+            worker = WorkerProcess(link, WorkerProcessConfig(
+                data_dir=data_dir.root, device="cpu,cpu", ready_timeout_s=120, restart_backoff_s=0.1,
+                heartbeat_interval_s=0.2, hang_timeout_s=3.0), on_lost=lost.append)
+            await worker.start()
+            try:
+                # Hung: rank 0 and its follower stop answering; the supervisor kills the worker.
+                hung_pid = worker.pid
+                [follower] = _children(hung_pid)
+                for pid in (follower, hung_pid):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+                await restarted(worker, hung_pid)
+                assert len(lost) == 1 and "did not answer" in lost[0], lost
+                assert await until_process_gone(follower), f"follower rank pid {follower} outlived its hung worker"
+
+                # Dead: rank 0 is killed from outside while its follower waits for it.
+                dead_pid = worker.pid
+                [follower] = _children(dead_pid)
+                os.kill(follower, signal.SIGSTOP)
+                stopped.append(follower)
+                os.kill(dead_pid, signal.SIGKILL)
+                await restarted(worker, dead_pid)
+                assert len(lost) == 2 and "SIGKILL" in lost[1], lost
+                assert await until_process_gone(follower), f"follower rank pid {follower} outlived its dead worker"
+                assert len(_children(worker.pid)) == 1, "the new worker has its follower rank again"
+            finally:
+                await worker.stop(timeout=60)
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 300))
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from pathlib import Path
 
 from avatar_backend.generator.config import ModelConfig, get_config
 from avatar_backend.proto_gen import worker_pb2
@@ -38,3 +40,21 @@ def open_npc(data_dir: DataDir, character: str, request_id: int = 0,
     spec = spec_from_record(data_dir.read_character(character))
     message = worker_pb2.ToWorker(request_id=request_id, open_npc=worker_pb2.OpenNpc(character=spec, **fields))
     return message, [data_dir.read_reference_image(character)]
+
+
+def process_gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for whoever adopted it counts as exited); reads /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+async def until_process_gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether the process exits within ``timeout`` (a SIGKILL takes a moment to land)."""
+    for _ in range(int(timeout / 0.05)):
+        if process_gone(pid):
+            return True
+        await asyncio.sleep(0.05)
+    return process_gone(pid)
