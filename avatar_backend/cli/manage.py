@@ -116,6 +116,7 @@ def command_info(args: argparse.Namespace) -> int:
         ("max sessions", info.limits.max_sessions),
         ("prompt guidance", f"{model.prompt_guidance:g} by default; a session may ask for 1 to "
                             f"{info.limits.max_prompt_guidance:g}" if model.name else "-"),
+        ("prompt onset", f"{model.prompt_onset_latents} latent frames" if model.name else "-"),
         ("voice", f"jitter budget {info.limits.voice_jitter_budget_ms} ms; up to "
                   f"{info.limits.max_timed_events} emotions/actions may wait for their point of the voice"),
         ("devices", ", ".join(d.name for d in info.devices) or "none"),

@@ -40,6 +40,7 @@ class ModelCapabilities:
     block_frames: int
     denoising_steps: int
     prompt_guidance: float     # a session's factor unless it sets one
+    prompt_onset_latents: int  # latent frames over which a block's new prompt sets in
 
     @classmethod
     def from_worker_info(cls, info: worker_pb2.WorkerInfo) -> "ModelCapabilities":
@@ -55,6 +56,7 @@ class ModelCapabilities:
             block_frames=info.block_frames,
             denoising_steps=info.denoising_steps,
             prompt_guidance=info.prompt_guidance,
+            prompt_onset_latents=info.prompt_onset_latents,
         )
 
     def supports_size(self, width: int, height: int) -> bool:

@@ -278,7 +278,7 @@ class AvatarService(avatar_service_pb2_grpc.AvatarServiceServicer):
                 denoising_steps=model.denoising_steps, first_block_frames=model.first_block_frames,
                 block_frames=model.block_frames, default_width=model.default_width,
                 default_height=model.default_height, default_fps=model.default_fps,
-                prompt_guidance=model.prompt_guidance,
+                prompt_guidance=model.prompt_guidance, prompt_onset_latents=model.prompt_onset_latents,
             ))
             server_info.limits.max_prompt_guidance = self._runtime.limits.prompt_guidance_limit(model.prompt_guidance)
             server_info.video_sizes.extend(model.video_sizes_proto())

@@ -194,6 +194,7 @@ class Engine:
             fps=[config.fps], default_width=config.width, default_height=config.height, default_fps=config.fps,
             first_block_frames=config.frames_per_block(0), block_frames=config.frames_per_block(1),
             denoising_steps=config.sampler.num_steps, prompt_guidance=config.sampler.prompt_guidance,
+            prompt_onset_latents=config.sampler.prompt_onset_latents,
         )
 
     # -- schedule -> execute -> update -------------------------------------------------------------------------

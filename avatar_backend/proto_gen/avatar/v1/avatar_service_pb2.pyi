@@ -200,7 +200,7 @@ class VideoSize(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., npc_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "config_json", "random_weights", "weights_sha256", "parameters", "denoising_steps", "first_block_frames", "block_frames", "default_width", "default_height", "default_fps", "prompt_guidance")
+    __slots__ = ("name", "config_json", "random_weights", "weights_sha256", "parameters", "denoising_steps", "first_block_frames", "block_frames", "default_width", "default_height", "default_fps", "prompt_guidance", "prompt_onset_latents")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +213,7 @@ class ModelInfo(_message.Message):
     DEFAULT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FPS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_ONSET_LATENTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     config_json: str
     random_weights: bool
@@ -225,7 +226,8 @@ class ModelInfo(_message.Message):
     default_height: int
     default_fps: int
     prompt_guidance: float
-    def __init__(self, name: _Optional[str] = ..., config_json: _Optional[str] = ..., random_weights: _Optional[bool] = ..., weights_sha256: _Optional[str] = ..., parameters: _Optional[int] = ..., denoising_steps: _Optional[int] = ..., first_block_frames: _Optional[int] = ..., block_frames: _Optional[int] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., default_fps: _Optional[int] = ..., prompt_guidance: _Optional[float] = ...) -> None: ...
+    prompt_onset_latents: int
+    def __init__(self, name: _Optional[str] = ..., config_json: _Optional[str] = ..., random_weights: _Optional[bool] = ..., weights_sha256: _Optional[str] = ..., parameters: _Optional[int] = ..., denoising_steps: _Optional[int] = ..., first_block_frames: _Optional[int] = ..., block_frames: _Optional[int] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., default_fps: _Optional[int] = ..., prompt_guidance: _Optional[float] = ..., prompt_onset_latents: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_message_bytes", "max_audio_packet_bytes", "max_sessions", "max_prompt_chars", "max_reference_image_bytes", "outbound_queue_frames", "voice_jitter_budget_ms", "max_stored_npcs", "max_stored_npc_bytes", "max_parked_memory_bytes", "max_reference_image_pixels", "npc_snapshot_interval_s", "max_timed_events", "max_prompt_guidance")

@@ -309,7 +309,7 @@ class WorkerInfoQuery(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("model_name", "config_json", "random_weights", "weights_sha256", "parameters", "device", "devices", "sizes", "pid", "fps", "default_width", "default_height", "default_fps", "first_block_frames", "block_frames", "denoising_steps", "prompt_guidance")
+    __slots__ = ("model_name", "config_json", "random_weights", "weights_sha256", "parameters", "device", "devices", "sizes", "pid", "fps", "default_width", "default_height", "default_fps", "first_block_frames", "block_frames", "denoising_steps", "prompt_guidance", "prompt_onset_latents")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +327,7 @@ class WorkerInfo(_message.Message):
     BLOCK_FRAMES_FIELD_NUMBER: _ClassVar[int]
     DENOISING_STEPS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_GUIDANCE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_ONSET_LATENTS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     config_json: str
     random_weights: bool
@@ -344,7 +345,8 @@ class WorkerInfo(_message.Message):
     block_frames: int
     denoising_steps: int
     prompt_guidance: float
-    def __init__(self, model_name: _Optional[str] = ..., config_json: _Optional[str] = ..., random_weights: _Optional[bool] = ..., weights_sha256: _Optional[str] = ..., parameters: _Optional[int] = ..., device: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceTelemetry, _Mapping]]] = ..., sizes: _Optional[_Iterable[_Union[SizeMemory, _Mapping]]] = ..., pid: _Optional[int] = ..., fps: _Optional[_Iterable[int]] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., default_fps: _Optional[int] = ..., first_block_frames: _Optional[int] = ..., block_frames: _Optional[int] = ..., denoising_steps: _Optional[int] = ..., prompt_guidance: _Optional[float] = ...) -> None: ...
+    prompt_onset_latents: int
+    def __init__(self, model_name: _Optional[str] = ..., config_json: _Optional[str] = ..., random_weights: _Optional[bool] = ..., weights_sha256: _Optional[str] = ..., parameters: _Optional[int] = ..., device: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceTelemetry, _Mapping]]] = ..., sizes: _Optional[_Iterable[_Union[SizeMemory, _Mapping]]] = ..., pid: _Optional[int] = ..., fps: _Optional[_Iterable[int]] = ..., default_width: _Optional[int] = ..., default_height: _Optional[int] = ..., default_fps: _Optional[int] = ..., first_block_frames: _Optional[int] = ..., block_frames: _Optional[int] = ..., denoising_steps: _Optional[int] = ..., prompt_guidance: _Optional[float] = ..., prompt_onset_latents: _Optional[int] = ...) -> None: ...
 
 class SizeMemory(_message.Message):
     __slots__ = ("width", "height", "npc_memory_bytes")

@@ -333,6 +333,7 @@ PROTOBUF_CONSTEXPR ModelInfo::ModelInfo(
   , /*decltype(_impl_.default_height_)*/0u
   , /*decltype(_impl_.default_fps_)*/0u
   , /*decltype(_impl_.prompt_guidance_)*/0
+  , /*decltype(_impl_.prompt_onset_latents_)*/0u
   , /*decltype(_impl_._cached_size_)*/{}} {}
 struct ModelInfoDefaultTypeInternal {
   PROTOBUF_CONSTEXPR ModelInfoDefaultTypeInternal()
@@ -584,6 +585,7 @@ const uint32_t TableStruct_avatar_2fv1_2favatar_5fservice_2eproto::offsets[] PRO
   PROTOBUF_FIELD_OFFSET(::avatar::v1::ModelInfo, _impl_.default_height_),
   PROTOBUF_FIELD_OFFSET(::avatar::v1::ModelInfo, _impl_.default_fps_),
   PROTOBUF_FIELD_OFFSET(::avatar::v1::ModelInfo, _impl_.prompt_guidance_),
+  PROTOBUF_FIELD_OFFSET(::avatar::v1::ModelInfo, _impl_.prompt_onset_latents_),
   ~0u,  // no _has_bits_
   PROTOBUF_FIELD_OFFSET(::avatar::v1::Limits, _internal_metadata_),
   ~0u,  // no _extensions_
@@ -628,7 +630,7 @@ static const ::_pbi::MigrationSchema schemas[] PROTOBUF_SECTION_VARIABLE(protode
   { 164, -1, -1, sizeof(::avatar::v1::ServerInfo)},
   { 181, -1, -1, sizeof(::avatar::v1::VideoSize)},
   { 190, -1, -1, sizeof(::avatar::v1::ModelInfo)},
-  { 208, -1, -1, sizeof(::avatar::v1::Limits)},
+  { 209, -1, -1, sizeof(::avatar::v1::Limits)},
 };
 
 static const ::_pb::Message* const file_default_instances[] = {
@@ -707,55 +709,55 @@ const char descriptor_table_protodef_avatar_2fv1_2favatar_5fservice_2eproto[] PR
   "ices\030\t \003(\0132\032.avatar.v1.DeviceTelemetry\022\025"
   "\n\rworker_device\030\n \001(\t\022\024\n\014worker_ready\030\013 "
   "\001(\010\"D\n\tVideoSize\022\r\n\005width\030\001 \001(\r\022\016\n\006heigh"
-  "t\030\002 \001(\r\022\030\n\020npc_memory_bytes\030\003 \001(\004\"\232\002\n\tMo"
+  "t\030\002 \001(\r\022\030\n\020npc_memory_bytes\030\003 \001(\004\"\270\002\n\tMo"
   "delInfo\022\014\n\004name\030\001 \001(\t\022\023\n\013config_json\030\002 \001"
   "(\t\022\026\n\016random_weights\030\003 \001(\010\022\026\n\016weights_sh"
   "a256\030\004 \001(\t\022\022\n\nparameters\030\005 \001(\004\022\027\n\017denois"
   "ing_steps\030\006 \001(\r\022\032\n\022first_block_frames\030\007 "
   "\001(\r\022\024\n\014block_frames\030\010 \001(\r\022\025\n\rdefault_wid"
   "th\030\t \001(\r\022\026\n\016default_height\030\n \001(\r\022\023\n\013defa"
-  "ult_fps\030\013 \001(\r\022\027\n\017prompt_guidance\030\014 \001(\002\"\251"
-  "\003\n\006Limits\022\031\n\021max_message_bytes\030\001 \001(\r\022\036\n\026"
-  "max_audio_packet_bytes\030\002 \001(\r\022\024\n\014max_sess"
-  "ions\030\003 \001(\r\022\030\n\020max_prompt_chars\030\004 \001(\r\022!\n\031"
-  "max_reference_image_bytes\030\005 \001(\r\022\035\n\025outbo"
-  "und_queue_frames\030\006 \001(\r\022\036\n\026voice_jitter_b"
-  "udget_ms\030\007 \001(\r\022\027\n\017max_stored_npcs\030\010 \001(\r\022"
-  "\034\n\024max_stored_npc_bytes\030\t \001(\004\022\037\n\027max_par"
-  "ked_memory_bytes\030\n \001(\004\022\"\n\032max_reference_"
-  "image_pixels\030\013 \001(\r\022\037\n\027npc_snapshot_inter"
-  "val_s\030\014 \001(\r\022\030\n\020max_timed_events\030\r \001(\r\022\033\n"
-  "\023max_prompt_guidance\030\016 \001(\0022\334\005\n\rAvatarSer"
-  "vice\022B\n\010Converse\022\030.avatar.v1.ClientMessa"
-  "ge\032\030.avatar.v1.ServerMessage(\0010\001\022N\n\021Regi"
-  "sterCharacter\022#.avatar.v1.RegisterCharac"
-  "terRequest\032\024.avatar.v1.Character\022D\n\014GetC"
-  "haracter\022\036.avatar.v1.GetCharacterRequest"
-  "\032\024.avatar.v1.Character\022U\n\016ListCharacters"
-  "\022 .avatar.v1.ListCharactersRequest\032!.ava"
-  "tar.v1.ListCharactersResponse\022X\n\017DeleteC"
-  "haracter\022!.avatar.v1.DeleteCharacterRequ"
-  "est\032\".avatar.v1.DeleteCharacterResponse\022"
-  "2\n\006GetNpc\022\030.avatar.v1.GetNpcRequest\032\016.av"
-  "atar.v1.Npc\022C\n\010ListNpcs\022\032.avatar.v1.List"
-  "NpcsRequest\032\033.avatar.v1.ListNpcsResponse"
-  "\0226\n\010ResetNpc\022\032.avatar.v1.ResetNpcRequest"
-  "\032\016.avatar.v1.Npc\022F\n\tDeleteNpc\022\033.avatar.v"
-  "1.DeleteNpcRequest\032\034.avatar.v1.DeleteNpc"
-  "Response\022G\n\rGetServerInfo\022\037.avatar.v1.Ge"
-  "tServerInfoRequest\032\025.avatar.v1.ServerInf"
-  "oB\232\001\n\024dev.avatarbackend.v1B\022AvatarServic"
-  "eProtoP\001Z,avatar-backend.dev/gen/go/avat"
-  "ar/v1;avatarv1\242\002\003AVB\252\002\020AvatarBackend.V1\312"
-  "\002\020AvatarBackend\\V1\352\002\021AvatarBackend::V1b\006"
-  "proto3"
+  "ult_fps\030\013 \001(\r\022\027\n\017prompt_guidance\030\014 \001(\002\022\034"
+  "\n\024prompt_onset_latents\030\r \001(\r\"\251\003\n\006Limits\022"
+  "\031\n\021max_message_bytes\030\001 \001(\r\022\036\n\026max_audio_"
+  "packet_bytes\030\002 \001(\r\022\024\n\014max_sessions\030\003 \001(\r"
+  "\022\030\n\020max_prompt_chars\030\004 \001(\r\022!\n\031max_refere"
+  "nce_image_bytes\030\005 \001(\r\022\035\n\025outbound_queue_"
+  "frames\030\006 \001(\r\022\036\n\026voice_jitter_budget_ms\030\007"
+  " \001(\r\022\027\n\017max_stored_npcs\030\010 \001(\r\022\034\n\024max_sto"
+  "red_npc_bytes\030\t \001(\004\022\037\n\027max_parked_memory"
+  "_bytes\030\n \001(\004\022\"\n\032max_reference_image_pixe"
+  "ls\030\013 \001(\r\022\037\n\027npc_snapshot_interval_s\030\014 \001("
+  "\r\022\030\n\020max_timed_events\030\r \001(\r\022\033\n\023max_promp"
+  "t_guidance\030\016 \001(\0022\334\005\n\rAvatarService\022B\n\010Co"
+  "nverse\022\030.avatar.v1.ClientMessage\032\030.avata"
+  "r.v1.ServerMessage(\0010\001\022N\n\021RegisterCharac"
+  "ter\022#.avatar.v1.RegisterCharacterRequest"
+  "\032\024.avatar.v1.Character\022D\n\014GetCharacter\022\036"
+  ".avatar.v1.GetCharacterRequest\032\024.avatar."
+  "v1.Character\022U\n\016ListCharacters\022 .avatar."
+  "v1.ListCharactersRequest\032!.avatar.v1.Lis"
+  "tCharactersResponse\022X\n\017DeleteCharacter\022!"
+  ".avatar.v1.DeleteCharacterRequest\032\".avat"
+  "ar.v1.DeleteCharacterResponse\0222\n\006GetNpc\022"
+  "\030.avatar.v1.GetNpcRequest\032\016.avatar.v1.Np"
+  "c\022C\n\010ListNpcs\022\032.avatar.v1.ListNpcsReques"
+  "t\032\033.avatar.v1.ListNpcsResponse\0226\n\010ResetN"
+  "pc\022\032.avatar.v1.ResetNpcRequest\032\016.avatar."
+  "v1.Npc\022F\n\tDeleteNpc\022\033.avatar.v1.DeleteNp"
+  "cRequest\032\034.avatar.v1.DeleteNpcResponse\022G"
+  "\n\rGetServerInfo\022\037.avatar.v1.GetServerInf"
+  "oRequest\032\025.avatar.v1.ServerInfoB\232\001\n\024dev."
+  "avatarbackend.v1B\022AvatarServiceProtoP\001Z,"
+  "avatar-backend.dev/gen/go/avatar/v1;avat"
+  "arv1\242\002\003AVB\252\002\020AvatarBackend.V1\312\002\020AvatarBa"
+  "ckend\\V1\352\002\021AvatarBackend::V1b\006proto3"
   ;
 static const ::_pbi::DescriptorTable* const descriptor_table_avatar_2fv1_2favatar_5fservice_2eproto_deps[1] = {
   &::descriptor_table_avatar_2fv1_2fconverse_2eproto,
 };
 static ::_pbi::once_flag descriptor_table_avatar_2fv1_2favatar_5fservice_2eproto_once;
 const ::_pbi::DescriptorTable descriptor_table_avatar_2fv1_2favatar_5fservice_2eproto = {
-    false, false, 3606, descriptor_table_protodef_avatar_2fv1_2favatar_5fservice_2eproto,
+    false, false, 3636, descriptor_table_protodef_avatar_2fv1_2favatar_5fservice_2eproto,
     "avatar/v1/avatar_service.proto",
     &descriptor_table_avatar_2fv1_2favatar_5fservice_2eproto_once, descriptor_table_avatar_2fv1_2favatar_5fservice_2eproto_deps, 1, 23,
     schemas, file_default_instances, TableStruct_avatar_2fv1_2favatar_5fservice_2eproto::offsets,
@@ -5044,6 +5046,7 @@ ModelInfo::ModelInfo(const ModelInfo& from)
     , decltype(_impl_.default_height_){}
     , decltype(_impl_.default_fps_){}
     , decltype(_impl_.prompt_guidance_){}
+    , decltype(_impl_.prompt_onset_latents_){}
     , /*decltype(_impl_._cached_size_)*/{}};
 
   _internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
@@ -5072,8 +5075,8 @@ ModelInfo::ModelInfo(const ModelInfo& from)
       _this->GetArenaForAllocation());
   }
   ::memcpy(&_impl_.random_weights_, &from._impl_.random_weights_,
-    static_cast<size_t>(reinterpret_cast<char*>(&_impl_.prompt_guidance_) -
-    reinterpret_cast<char*>(&_impl_.random_weights_)) + sizeof(_impl_.prompt_guidance_));
+    static_cast<size_t>(reinterpret_cast<char*>(&_impl_.prompt_onset_latents_) -
+    reinterpret_cast<char*>(&_impl_.random_weights_)) + sizeof(_impl_.prompt_onset_latents_));
   // @@protoc_insertion_point(copy_constructor:avatar.v1.ModelInfo)
 }
 
@@ -5094,6 +5097,7 @@ inline void ModelInfo::SharedCtor(
     , decltype(_impl_.default_height_){0u}
     , decltype(_impl_.default_fps_){0u}
     , decltype(_impl_.prompt_guidance_){0}
+    , decltype(_impl_.prompt_onset_latents_){0u}
     , /*decltype(_impl_._cached_size_)*/{}
   };
   _impl_.name_.InitDefault();
@@ -5140,8 +5144,8 @@ void ModelInfo::Clear() {
   _impl_.config_json_.ClearToEmpty();
   _impl_.weights_sha256_.ClearToEmpty();
   ::memset(&_impl_.random_weights_, 0, static_cast<size_t>(
-      reinterpret_cast<char*>(&_impl_.prompt_guidance_) -
-      reinterpret_cast<char*>(&_impl_.random_weights_)) + sizeof(_impl_.prompt_guidance_));
+      reinterpret_cast<char*>(&_impl_.prompt_onset_latents_) -
+      reinterpret_cast<char*>(&_impl_.random_weights_)) + sizeof(_impl_.prompt_onset_latents_));
   _internal_metadata_.Clear<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>();
 }
 
@@ -5250,6 +5254,14 @@ const char* ModelInfo::_InternalParse(const char* ptr, ::_pbi::ParseContext* ctx
         if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 101)) {
           _impl_.prompt_guidance_ = ::PROTOBUF_NAMESPACE_ID::internal::UnalignedLoad<float>(ptr);
           ptr += sizeof(float);
+        } else
+          goto handle_unusual;
+        continue;
+      // uint32 prompt_onset_latents = 13;
+      case 13:
+        if (PROTOBUF_PREDICT_TRUE(static_cast<uint8_t>(tag) == 104)) {
+          _impl_.prompt_onset_latents_ = ::PROTOBUF_NAMESPACE_ID::internal::ReadVarint32(&ptr);
+          CHK_(ptr);
         } else
           goto handle_unusual;
         continue;
@@ -5370,6 +5382,12 @@ uint8_t* ModelInfo::_InternalSerialize(
     target = ::_pbi::WireFormatLite::WriteFloatToArray(12, this->_internal_prompt_guidance(), target);
   }
 
+  // uint32 prompt_onset_latents = 13;
+  if (this->_internal_prompt_onset_latents() != 0) {
+    target = stream->EnsureSpace(target);
+    target = ::_pbi::WireFormatLite::WriteUInt32ToArray(13, this->_internal_prompt_onset_latents(), target);
+  }
+
   if (PROTOBUF_PREDICT_FALSE(_internal_metadata_.have_unknown_fields())) {
     target = ::_pbi::WireFormat::InternalSerializeUnknownFieldsToArray(
         _internal_metadata_.unknown_fields<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(::PROTOBUF_NAMESPACE_ID::UnknownFieldSet::default_instance), target, stream);
@@ -5456,6 +5474,11 @@ size_t ModelInfo::ByteSizeLong() const {
     total_size += 1 + 4;
   }
 
+  // uint32 prompt_onset_latents = 13;
+  if (this->_internal_prompt_onset_latents() != 0) {
+    total_size += ::_pbi::WireFormatLite::UInt32SizePlusOne(this->_internal_prompt_onset_latents());
+  }
+
   return MaybeComputeUnknownFieldsSize(total_size, &_impl_._cached_size_);
 }
 
@@ -5514,6 +5537,9 @@ void ModelInfo::MergeImpl(::PROTOBUF_NAMESPACE_ID::Message& to_msg, const ::PROT
   if (raw_prompt_guidance != 0) {
     _this->_internal_set_prompt_guidance(from._internal_prompt_guidance());
   }
+  if (from._internal_prompt_onset_latents() != 0) {
+    _this->_internal_set_prompt_onset_latents(from._internal_prompt_onset_latents());
+  }
   _this->_internal_metadata_.MergeFrom<::PROTOBUF_NAMESPACE_ID::UnknownFieldSet>(from._internal_metadata_);
 }
 
@@ -5546,8 +5572,8 @@ void ModelInfo::InternalSwap(ModelInfo* other) {
       &other->_impl_.weights_sha256_, rhs_arena
   );
   ::PROTOBUF_NAMESPACE_ID::internal::memswap<
-      PROTOBUF_FIELD_OFFSET(ModelInfo, _impl_.prompt_guidance_)
-      + sizeof(ModelInfo::_impl_.prompt_guidance_)
+      PROTOBUF_FIELD_OFFSET(ModelInfo, _impl_.prompt_onset_latents_)
+      + sizeof(ModelInfo::_impl_.prompt_onset_latents_)
       - PROTOBUF_FIELD_OFFSET(ModelInfo, _impl_.random_weights_)>(
           reinterpret_cast<char*>(&_impl_.random_weights_),
           reinterpret_cast<char*>(&other->_impl_.random_weights_));

@@ -3431,6 +3431,7 @@ class ModelInfo final :
     kDefaultHeightFieldNumber = 10,
     kDefaultFpsFieldNumber = 11,
     kPromptGuidanceFieldNumber = 12,
+    kPromptOnsetLatentsFieldNumber = 13,
   };
   // string name = 1;
   void clear_name();
@@ -3555,6 +3556,15 @@ class ModelInfo final :
   void _internal_set_prompt_guidance(float value);
   public:
 
+  // uint32 prompt_onset_latents = 13;
+  void clear_prompt_onset_latents();
+  uint32_t prompt_onset_latents() const;
+  void set_prompt_onset_latents(uint32_t value);
+  private:
+  uint32_t _internal_prompt_onset_latents() const;
+  void _internal_set_prompt_onset_latents(uint32_t value);
+  public:
+
   // @@protoc_insertion_point(class_scope:avatar.v1.ModelInfo)
  private:
   class _Internal;
@@ -3575,6 +3585,7 @@ class ModelInfo final :
     uint32_t default_height_;
     uint32_t default_fps_;
     float prompt_guidance_;
+    uint32_t prompt_onset_latents_;
     mutable ::PROTOBUF_NAMESPACE_ID::internal::CachedSize _cached_size_;
   };
   union { Impl_ _impl_; };
@@ -6079,6 +6090,26 @@ inline void ModelInfo::_internal_set_prompt_guidance(float value) {
 inline void ModelInfo::set_prompt_guidance(float value) {
   _internal_set_prompt_guidance(value);
   // @@protoc_insertion_point(field_set:avatar.v1.ModelInfo.prompt_guidance)
+}
+
+// uint32 prompt_onset_latents = 13;
+inline void ModelInfo::clear_prompt_onset_latents() {
+  _impl_.prompt_onset_latents_ = 0u;
+}
+inline uint32_t ModelInfo::_internal_prompt_onset_latents() const {
+  return _impl_.prompt_onset_latents_;
+}
+inline uint32_t ModelInfo::prompt_onset_latents() const {
+  // @@protoc_insertion_point(field_get:avatar.v1.ModelInfo.prompt_onset_latents)
+  return _internal_prompt_onset_latents();
+}
+inline void ModelInfo::_internal_set_prompt_onset_latents(uint32_t value) {
+  
+  _impl_.prompt_onset_latents_ = value;
+}
+inline void ModelInfo::set_prompt_onset_latents(uint32_t value) {
+  _internal_set_prompt_onset_latents(value);
+  // @@protoc_insertion_point(field_set:avatar.v1.ModelInfo.prompt_onset_latents)
 }
 
 // -------------------------------------------------------------------

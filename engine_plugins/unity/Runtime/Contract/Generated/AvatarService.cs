@@ -68,43 +68,43 @@ namespace AvatarBackend.V1 {
             "CSADKAsyGi5hdmF0YXIudjEuRGV2aWNlVGVsZW1ldHJ5EhUKDXdvcmtlcl9k",
             "ZXZpY2UYCiABKAkSFAoMd29ya2VyX3JlYWR5GAsgASgIIkQKCVZpZGVvU2l6",
             "ZRINCgV3aWR0aBgBIAEoDRIOCgZoZWlnaHQYAiABKA0SGAoQbnBjX21lbW9y",
-            "eV9ieXRlcxgDIAEoBCKaAgoJTW9kZWxJbmZvEgwKBG5hbWUYASABKAkSEwoL",
+            "eV9ieXRlcxgDIAEoBCK4AgoJTW9kZWxJbmZvEgwKBG5hbWUYASABKAkSEwoL",
             "Y29uZmlnX2pzb24YAiABKAkSFgoOcmFuZG9tX3dlaWdodHMYAyABKAgSFgoO",
             "d2VpZ2h0c19zaGEyNTYYBCABKAkSEgoKcGFyYW1ldGVycxgFIAEoBBIXCg9k",
             "ZW5vaXNpbmdfc3RlcHMYBiABKA0SGgoSZmlyc3RfYmxvY2tfZnJhbWVzGAcg",
             "ASgNEhQKDGJsb2NrX2ZyYW1lcxgIIAEoDRIVCg1kZWZhdWx0X3dpZHRoGAkg",
             "ASgNEhYKDmRlZmF1bHRfaGVpZ2h0GAogASgNEhMKC2RlZmF1bHRfZnBzGAsg",
-            "ASgNEhcKD3Byb21wdF9ndWlkYW5jZRgMIAEoAiKpAwoGTGltaXRzEhkKEW1h",
-            "eF9tZXNzYWdlX2J5dGVzGAEgASgNEh4KFm1heF9hdWRpb19wYWNrZXRfYnl0",
-            "ZXMYAiABKA0SFAoMbWF4X3Nlc3Npb25zGAMgASgNEhgKEG1heF9wcm9tcHRf",
-            "Y2hhcnMYBCABKA0SIQoZbWF4X3JlZmVyZW5jZV9pbWFnZV9ieXRlcxgFIAEo",
-            "DRIdChVvdXRib3VuZF9xdWV1ZV9mcmFtZXMYBiABKA0SHgoWdm9pY2Vfaml0",
-            "dGVyX2J1ZGdldF9tcxgHIAEoDRIXCg9tYXhfc3RvcmVkX25wY3MYCCABKA0S",
-            "HAoUbWF4X3N0b3JlZF9ucGNfYnl0ZXMYCSABKAQSHwoXbWF4X3BhcmtlZF9t",
-            "ZW1vcnlfYnl0ZXMYCiABKAQSIgoabWF4X3JlZmVyZW5jZV9pbWFnZV9waXhl",
-            "bHMYCyABKA0SHwoXbnBjX3NuYXBzaG90X2ludGVydmFsX3MYDCABKA0SGAoQ",
-            "bWF4X3RpbWVkX2V2ZW50cxgNIAEoDRIbChNtYXhfcHJvbXB0X2d1aWRhbmNl",
-            "GA4gASgCMtwFCg1BdmF0YXJTZXJ2aWNlEkIKCENvbnZlcnNlEhguYXZhdGFy",
-            "LnYxLkNsaWVudE1lc3NhZ2UaGC5hdmF0YXIudjEuU2VydmVyTWVzc2FnZSgB",
-            "MAESTgoRUmVnaXN0ZXJDaGFyYWN0ZXISIy5hdmF0YXIudjEuUmVnaXN0ZXJD",
-            "aGFyYWN0ZXJSZXF1ZXN0GhQuYXZhdGFyLnYxLkNoYXJhY3RlchJECgxHZXRD",
-            "aGFyYWN0ZXISHi5hdmF0YXIudjEuR2V0Q2hhcmFjdGVyUmVxdWVzdBoULmF2",
-            "YXRhci52MS5DaGFyYWN0ZXISVQoOTGlzdENoYXJhY3RlcnMSIC5hdmF0YXIu",
-            "djEuTGlzdENoYXJhY3RlcnNSZXF1ZXN0GiEuYXZhdGFyLnYxLkxpc3RDaGFy",
-            "YWN0ZXJzUmVzcG9uc2USWAoPRGVsZXRlQ2hhcmFjdGVyEiEuYXZhdGFyLnYx",
-            "LkRlbGV0ZUNoYXJhY3RlclJlcXVlc3QaIi5hdmF0YXIudjEuRGVsZXRlQ2hh",
-            "cmFjdGVyUmVzcG9uc2USMgoGR2V0TnBjEhguYXZhdGFyLnYxLkdldE5wY1Jl",
-            "cXVlc3QaDi5hdmF0YXIudjEuTnBjEkMKCExpc3ROcGNzEhouYXZhdGFyLnYx",
-            "Lkxpc3ROcGNzUmVxdWVzdBobLmF2YXRhci52MS5MaXN0TnBjc1Jlc3BvbnNl",
-            "EjYKCFJlc2V0TnBjEhouYXZhdGFyLnYxLlJlc2V0TnBjUmVxdWVzdBoOLmF2",
-            "YXRhci52MS5OcGMSRgoJRGVsZXRlTnBjEhsuYXZhdGFyLnYxLkRlbGV0ZU5w",
-            "Y1JlcXVlc3QaHC5hdmF0YXIudjEuRGVsZXRlTnBjUmVzcG9uc2USRwoNR2V0",
-            "U2VydmVySW5mbxIfLmF2YXRhci52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBoV",
-            "LmF2YXRhci52MS5TZXJ2ZXJJbmZvQpoBChRkZXYuYXZhdGFyYmFja2VuZC52",
-            "MUISQXZhdGFyU2VydmljZVByb3RvUAFaLGF2YXRhci1iYWNrZW5kLmRldi9n",
-            "ZW4vZ28vYXZhdGFyL3YxO2F2YXRhcnYxogIDQVZCqgIQQXZhdGFyQmFja2Vu",
-            "ZC5WMcoCEEF2YXRhckJhY2tlbmRcVjHqAhFBdmF0YXJCYWNrZW5kOjpWMWIG",
-            "cHJvdG8z"));
+            "ASgNEhcKD3Byb21wdF9ndWlkYW5jZRgMIAEoAhIcChRwcm9tcHRfb25zZXRf",
+            "bGF0ZW50cxgNIAEoDSKpAwoGTGltaXRzEhkKEW1heF9tZXNzYWdlX2J5dGVz",
+            "GAEgASgNEh4KFm1heF9hdWRpb19wYWNrZXRfYnl0ZXMYAiABKA0SFAoMbWF4",
+            "X3Nlc3Npb25zGAMgASgNEhgKEG1heF9wcm9tcHRfY2hhcnMYBCABKA0SIQoZ",
+            "bWF4X3JlZmVyZW5jZV9pbWFnZV9ieXRlcxgFIAEoDRIdChVvdXRib3VuZF9x",
+            "dWV1ZV9mcmFtZXMYBiABKA0SHgoWdm9pY2Vfaml0dGVyX2J1ZGdldF9tcxgH",
+            "IAEoDRIXCg9tYXhfc3RvcmVkX25wY3MYCCABKA0SHAoUbWF4X3N0b3JlZF9u",
+            "cGNfYnl0ZXMYCSABKAQSHwoXbWF4X3BhcmtlZF9tZW1vcnlfYnl0ZXMYCiAB",
+            "KAQSIgoabWF4X3JlZmVyZW5jZV9pbWFnZV9waXhlbHMYCyABKA0SHwoXbnBj",
+            "X3NuYXBzaG90X2ludGVydmFsX3MYDCABKA0SGAoQbWF4X3RpbWVkX2V2ZW50",
+            "cxgNIAEoDRIbChNtYXhfcHJvbXB0X2d1aWRhbmNlGA4gASgCMtwFCg1BdmF0",
+            "YXJTZXJ2aWNlEkIKCENvbnZlcnNlEhguYXZhdGFyLnYxLkNsaWVudE1lc3Nh",
+            "Z2UaGC5hdmF0YXIudjEuU2VydmVyTWVzc2FnZSgBMAESTgoRUmVnaXN0ZXJD",
+            "aGFyYWN0ZXISIy5hdmF0YXIudjEuUmVnaXN0ZXJDaGFyYWN0ZXJSZXF1ZXN0",
+            "GhQuYXZhdGFyLnYxLkNoYXJhY3RlchJECgxHZXRDaGFyYWN0ZXISHi5hdmF0",
+            "YXIudjEuR2V0Q2hhcmFjdGVyUmVxdWVzdBoULmF2YXRhci52MS5DaGFyYWN0",
+            "ZXISVQoOTGlzdENoYXJhY3RlcnMSIC5hdmF0YXIudjEuTGlzdENoYXJhY3Rl",
+            "cnNSZXF1ZXN0GiEuYXZhdGFyLnYxLkxpc3RDaGFyYWN0ZXJzUmVzcG9uc2US",
+            "WAoPRGVsZXRlQ2hhcmFjdGVyEiEuYXZhdGFyLnYxLkRlbGV0ZUNoYXJhY3Rl",
+            "clJlcXVlc3QaIi5hdmF0YXIudjEuRGVsZXRlQ2hhcmFjdGVyUmVzcG9uc2US",
+            "MgoGR2V0TnBjEhguYXZhdGFyLnYxLkdldE5wY1JlcXVlc3QaDi5hdmF0YXIu",
+            "djEuTnBjEkMKCExpc3ROcGNzEhouYXZhdGFyLnYxLkxpc3ROcGNzUmVxdWVz",
+            "dBobLmF2YXRhci52MS5MaXN0TnBjc1Jlc3BvbnNlEjYKCFJlc2V0TnBjEhou",
+            "YXZhdGFyLnYxLlJlc2V0TnBjUmVxdWVzdBoOLmF2YXRhci52MS5OcGMSRgoJ",
+            "RGVsZXRlTnBjEhsuYXZhdGFyLnYxLkRlbGV0ZU5wY1JlcXVlc3QaHC5hdmF0",
+            "YXIudjEuRGVsZXRlTnBjUmVzcG9uc2USRwoNR2V0U2VydmVySW5mbxIfLmF2",
+            "YXRhci52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBoVLmF2YXRhci52MS5TZXJ2",
+            "ZXJJbmZvQpoBChRkZXYuYXZhdGFyYmFja2VuZC52MUISQXZhdGFyU2Vydmlj",
+            "ZVByb3RvUAFaLGF2YXRhci1iYWNrZW5kLmRldi9nZW4vZ28vYXZhdGFyL3Yx",
+            "O2F2YXRhcnYxogIDQVZCqgIQQXZhdGFyQmFja2VuZC5WMcoCEEF2YXRhckJh",
+            "Y2tlbmRcVjHqAhFBdmF0YXJCYWNrZW5kOjpWMWIGcHJvdG8z"));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { global::AvatarBackend.V1.ConverseReflection.Descriptor, },
           new pbr::GeneratedClrTypeInfo(null, null, new pbr::GeneratedClrTypeInfo[] {
@@ -125,7 +125,7 @@ namespace AvatarBackend.V1 {
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.GetServerInfoRequest), global::AvatarBackend.V1.GetServerInfoRequest.Parser, null, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.ServerInfo), global::AvatarBackend.V1.ServerInfo.Parser, new[]{ "Version", "Model", "VideoSizes", "Fps", "VideoCodecs", "AudioCodecs", "AudioSampleRates", "Limits", "Devices", "WorkerDevice", "WorkerReady" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.VideoSize), global::AvatarBackend.V1.VideoSize.Parser, new[]{ "Width", "Height", "NpcMemoryBytes" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.ModelInfo), global::AvatarBackend.V1.ModelInfo.Parser, new[]{ "Name", "ConfigJson", "RandomWeights", "WeightsSha256", "Parameters", "DenoisingSteps", "FirstBlockFrames", "BlockFrames", "DefaultWidth", "DefaultHeight", "DefaultFps", "PromptGuidance" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.ModelInfo), global::AvatarBackend.V1.ModelInfo.Parser, new[]{ "Name", "ConfigJson", "RandomWeights", "WeightsSha256", "Parameters", "DenoisingSteps", "FirstBlockFrames", "BlockFrames", "DefaultWidth", "DefaultHeight", "DefaultFps", "PromptGuidance", "PromptOnsetLatents" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::AvatarBackend.V1.Limits), global::AvatarBackend.V1.Limits.Parser, new[]{ "MaxMessageBytes", "MaxAudioPacketBytes", "MaxSessions", "MaxPromptChars", "MaxReferenceImageBytes", "OutboundQueueFrames", "VoiceJitterBudgetMs", "MaxStoredNpcs", "MaxStoredNpcBytes", "MaxParkedMemoryBytes", "MaxReferenceImagePixels", "NpcSnapshotIntervalS", "MaxTimedEvents", "MaxPromptGuidance" }, null, null, null, null)
           }));
     }
@@ -4514,6 +4514,7 @@ namespace AvatarBackend.V1 {
       defaultHeight_ = other.defaultHeight_;
       defaultFps_ = other.defaultFps_;
       promptGuidance_ = other.promptGuidance_;
+      promptOnsetLatents_ = other.promptOnsetLatents_;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -4682,6 +4683,22 @@ namespace AvatarBackend.V1 {
       }
     }
 
+    /// <summary>Field number for the "prompt_onset_latents" field.</summary>
+    public const int PromptOnsetLatentsFieldNumber = 13;
+    private uint promptOnsetLatents_;
+    /// <summary>
+    /// Latent frames (4 video frames each) over which an emotion's or action's prompt, or its end, sets in at the
+    /// start of its block (0: the whole block under the new prompt from its first frame).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public uint PromptOnsetLatents {
+      get { return promptOnsetLatents_; }
+      set {
+        promptOnsetLatents_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -4709,6 +4726,7 @@ namespace AvatarBackend.V1 {
       if (DefaultHeight != other.DefaultHeight) return false;
       if (DefaultFps != other.DefaultFps) return false;
       if (!pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.Equals(PromptGuidance, other.PromptGuidance)) return false;
+      if (PromptOnsetLatents != other.PromptOnsetLatents) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -4728,6 +4746,7 @@ namespace AvatarBackend.V1 {
       if (DefaultHeight != 0) hash ^= DefaultHeight.GetHashCode();
       if (DefaultFps != 0) hash ^= DefaultFps.GetHashCode();
       if (PromptGuidance != 0F) hash ^= pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.GetHashCode(PromptGuidance);
+      if (PromptOnsetLatents != 0) hash ^= PromptOnsetLatents.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -4794,6 +4813,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(101);
         output.WriteFloat(PromptGuidance);
       }
+      if (PromptOnsetLatents != 0) {
+        output.WriteRawTag(104);
+        output.WriteUInt32(PromptOnsetLatents);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -4852,6 +4875,10 @@ namespace AvatarBackend.V1 {
         output.WriteRawTag(101);
         output.WriteFloat(PromptGuidance);
       }
+      if (PromptOnsetLatents != 0) {
+        output.WriteRawTag(104);
+        output.WriteUInt32(PromptOnsetLatents);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -4897,6 +4924,9 @@ namespace AvatarBackend.V1 {
       }
       if (PromptGuidance != 0F) {
         size += 1 + 4;
+      }
+      if (PromptOnsetLatents != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt32Size(PromptOnsetLatents);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -4945,6 +4975,9 @@ namespace AvatarBackend.V1 {
       }
       if (other.PromptGuidance != 0F) {
         PromptGuidance = other.PromptGuidance;
+      }
+      if (other.PromptOnsetLatents != 0) {
+        PromptOnsetLatents = other.PromptOnsetLatents;
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -5009,6 +5042,10 @@ namespace AvatarBackend.V1 {
             PromptGuidance = input.ReadFloat();
             break;
           }
+          case 104: {
+            PromptOnsetLatents = input.ReadUInt32();
+            break;
+          }
         }
       }
     #endif
@@ -5070,6 +5107,10 @@ namespace AvatarBackend.V1 {
           }
           case 101: {
             PromptGuidance = input.ReadFloat();
+            break;
+          }
+          case 104: {
+            PromptOnsetLatents = input.ReadUInt32();
             break;
           }
         }
