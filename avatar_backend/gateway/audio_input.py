@@ -62,12 +62,12 @@ class AudioInput:
         return np.concatenate([audio, tail]) if tail.size else audio
 
     def interrupt(self) -> int:
-        """Drop everything not yet handed out; returns the 16 kHz samples dropped that were ready."""
-        dropped = self.pull().size
-        self._jitter.discard()
-        if self._resampler is not None:
-            dropped += self._resampler.flush().size
-        return dropped
+        """Drop everything not yet handed out; returns the 16 kHz samples dropped.
+
+        Packets held behind a missing one are played out first and the missing one is concealed as lost, as
+        at the end of an utterance: every packet the client sent then lands in the counters, and the samples
+        dropped are as many as the client counted for that voice (its ``at_voice_sample`` count)."""
+        return self.end_utterance().size
 
     def _convert(self, audio: np.ndarray) -> np.ndarray:
         if self._skip and audio.size:

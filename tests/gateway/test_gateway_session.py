@@ -398,6 +398,47 @@ async def test_audio_controls_and_interrupt_reach_the_worker(tmp_path):
 
 
 @async_test
+async def test_an_interrupt_counts_the_packets_held_behind_a_lost_one_and_keeps_the_voice_count(tmp_path):
+    """Packets held behind a missing one when an interrupt comes are dropped with the voice it replaced (in
+    dropped_samples, the missing one lost), so the voice count that times events stays the client's."""
+    async with running_gateway(tmp_path, worker_options=VOICE_FIRST) as h:
+        await register_character(h.stub)
+        call, _ = await open_session(h.stub, session_config(
+            video=cv.VideoFormat(width=64, height=64), audio=PCM16_16K, stats_interval_ms=100))
+        packet = 8000  # half a second per packet
+        pcm = (8000 * np.sin(np.arange(packet) * 2 * np.pi * 220 / 16000)).astype("<i2").tobytes()
+        for seq in (0, 2, 3):  # packet 1 is late: 2 and 3 wait for it
+            await call.write(cv.ClientMessage(audio=cv.AudioPacket(sequence_number=seq, payload=pcm)))
+        # Timed to a word in packet 2: voice the interrupt drops, so the event never shows.
+        await call.write(cv.ClientMessage(emotion=cv.EmotionEvent(name="angry", at_voice_sample=2 * packet + 100)))
+        await call.write(cv.ClientMessage(interrupt=cv.InterruptRequest()))
+        ack = (await next_of(call, "interrupt_ack")).interrupt_ack
+        assert sum(p.num_samples for p in h.link.requests_of("push_audio")) == packet, \
+            "packets 2 and 3 were still held at the interrupt"
+        # No block was made: packet 0 queued at the worker, and 1 (concealed), 2 and 3 in the gateway.
+        assert ack.dropped_samples == 4 * packet
+        session = h.worker_session("npc-1")
+        assert session.timed_events == []
+
+        await call.write(cv.ClientMessage(audio=cv.AudioPacket(sequence_number=1, payload=pcm)))
+        while (stats := (await next_of(call, "stats")).stats).audio.received < 4:
+            pass
+        assert (stats.audio.lost, stats.audio.late, stats.audio.duplicates) == (1, 1, 0)
+
+        # The client counted every packet it sent: the next line starts at 4 packets. An emotion timed 6000
+        # samples into its second block conditions that block.
+        await call.write(cv.ClientMessage(emotion=cv.EmotionEvent(
+            name="happy", at_voice_sample=4 * packet + FIRST_BLOCK_SAMPLES + 6000)))
+        await say(call, 4, FIRST_BLOCK_SAMPLES + BLOCK_SAMPLES, packet_samples=packet)
+        await call.write(cv.ClientMessage(end_of_utterance=cv.EndOfUtterance()))
+        while (await next_of(call, "event")).event.code != cv.EVENT_CODE_UTTERANCE_COMPLETE:
+            pass
+        assert h.generator.prompts[:2] == [None, EMOTIONS["happy"]]
+        assert EMOTIONS["angry"] not in h.generator.prompts and session.timed_events == []
+        call.cancel()
+
+
+@async_test
 async def test_garbage_audio_is_counted_and_the_stream_goes_on(tmp_path):
     async with running_gateway(tmp_path) as h:
         await register_character(h.stub)
