@@ -178,17 +178,6 @@ class JitterBuffer:
         """
         self._release(self._clock(), declare_all_lost=True)
 
-    def discard(self) -> None:
-        """Drop buffered and ready audio (an interrupt). Play-out continues after the newest packet seen;
-        packets older than that which arrive afterwards are counted as late."""
-        if self._newest is not None:
-            for extended in self._pending:
-                self._remember_received(extended)
-            self._next = self._newest + 1
-        self._pending.clear()
-        self._ready.clear()
-        self._ready_samples = 0
-
     # -- output ------------------------------------------------------------------------------------------
 
     def pull(self) -> np.ndarray:

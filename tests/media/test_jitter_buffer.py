@@ -140,19 +140,6 @@ def test_flush_declares_missing_packets_lost_and_the_next_utterance_continues() 
     assert buffer.stats.lost == 1
 
 
-def test_discard_drops_queued_audio_and_continues_after_the_newest_packet() -> None:
-    buffer = pcm_buffer()
-    for sequence in (0, 2, 3):
-        buffer.push(sequence, ramp_packet(sequence))
-    buffer.discard()
-    assert buffer.ready_samples == 0 and buffer.buffered_packets == 0
-    buffer.push(1, ramp_packet(1))
-    buffer.push(3, ramp_packet(3))
-    buffer.push(4, ramp_packet(4))
-    np.testing.assert_array_equal(buffer.pull(), expected_ramp([4]))
-    assert (buffer.stats.late, buffer.stats.duplicates, buffer.stats.lost) == (1, 1, 0)
-
-
 def test_concealed_pcm_packets_take_the_length_of_the_last_good_packet() -> None:
     buffer = pcm_buffer(reorder_depth=1)
     buffer.push(0, np.zeros(320, "<i2").tobytes())
