@@ -83,9 +83,9 @@ def is_prompt_guidance(factor: float) -> bool:
     return 1.0 <= factor < math.inf  # NaN fails both
 
 
-def is_prompt_onset(latents: int, block_sizes: tuple[int, ...]) -> bool:
-    """Whether ``latents`` can be a prompt onset: a whole number of latent frames, at most a block's."""
-    return isinstance(latents, int) and not isinstance(latents, bool) and 0 <= latents <= max(block_sizes)
+def is_prompt_onset(latents: int, most: float = math.inf) -> bool:
+    """Whether ``latents`` can be a prompt onset: a whole number of latent frames, at most ``most`` (a block's)."""
+    return isinstance(latents, int) and not isinstance(latents, bool) and 0 <= latents <= most
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ class SamplerConfig:
         if not is_prompt_guidance(self.prompt_guidance):
             raise ValueError("prompt_guidance must be a finite factor >= 1 (1 turns it off), "
                              f"got {self.prompt_guidance}")
-        if not is_prompt_onset(self.prompt_onset_latents, self.block_sizes):
+        if not is_prompt_onset(self.prompt_onset_latents, max(self.block_sizes)):
             raise ValueError(f"prompt_onset_latents must be 0-{max(self.block_sizes)} latent frames, "
                              f"got {self.prompt_onset_latents}")
 
@@ -271,7 +271,7 @@ class ExecutionConfig:
         if self.prompt_guidance is not None and not is_prompt_guidance(self.prompt_guidance):
             raise ValueError("prompt_guidance must be a finite factor >= 1 (1 turns it off), "
                              f"got {self.prompt_guidance}")
-        if self.prompt_onset_latents is not None and not is_prompt_onset(self.prompt_onset_latents, (math.inf,)):
+        if self.prompt_onset_latents is not None and not is_prompt_onset(self.prompt_onset_latents):
             raise ValueError(f"prompt_onset_latents must be a whole number of latent frames >= 0 (0 turns it off), "
                              f"got {self.prompt_onset_latents}")
 
