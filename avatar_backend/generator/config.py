@@ -389,8 +389,8 @@ TINY = ModelConfig(
     # The tiny model shows emotions and actions faintly; guided away from the base prompt at factor 2 it shows 9
     # of 36 events within a block instead of 2, with seams as sharp as factor 5 made them before the control
     # stage (README, "Prompt guidance side by side"). Setting each new prompt in over 3 latent frames brings the
-    # seams to within 0.02 of the decoder's own (1.22 against 1.47) and shows as many events (README, "Prompt
-    # onset side by side").
+    # seams within the decoder's own (1.19 against 1.47) and shows as many events (README, "Prompt onset side by
+    # side").
     sampler=SamplerConfig(prompt_guidance=2.0, prompt_onset_latents=3),
     width=128,
     height=128,
