@@ -259,6 +259,17 @@ struct ScriptedRun {
     if (server) server->Shutdown();
   }
 
+  // Whether the server started and the session went live (its state event in ``event``).
+  bool until_live(avb_event* event) {
+    return port > 0 && wait_for(*session, AVB_EVENT_STATE, AVB_STATE_LIVE, event);
+  }
+
+  // One packet of voice: what the scripted streams that drop on voice wait for.
+  bool push_voice() {
+    std::vector<int16_t> voice(960, 100);
+    return session->push_pcm(voice.data(), voice.size()) == AVB_OK;
+  }
+
   StreamScriptService service;
   int port = 0;
   std::unique_ptr<grpc::Server> server;
@@ -468,13 +479,11 @@ TEST(SessionAgainstAScriptedServer, ACutConnectionReopensWithoutItsStaleTokenAnd
         return accept_then_end("lineage-3", 96)(config, stream);
       },
   }, /*reset_memory=*/true);
-  ASSERT_GT(run.port, 0);
+  avb_event event;
+  ASSERT_TRUE(run.until_live(&event));
   StreamScriptService& service = run.service;
   Session* session = run.session.get();
-  avb_event event;
-  ASSERT_TRUE(wait_for(*session, AVB_EVENT_STATE, AVB_STATE_LIVE, &event));
-  std::vector<int16_t> voice(960, 100);
-  ASSERT_EQ(session->push_pcm(voice.data(), voice.size()), AVB_OK);
+  ASSERT_TRUE(run.push_voice());
   ASSERT_TRUE(wait_for(*session, AVB_EVENT_STATE, AVB_STATE_RECONNECTING, &event));
   ASSERT_TRUE(wait_for(*session, AVB_EVENT_STATE, AVB_STATE_LIVE, &event));
   EXPECT_EQ(event.values[0], 96u) << "the NPC continues from the memory the server saved";
@@ -511,18 +520,16 @@ TEST(SessionAgainstAScriptedServer, AResetIsSentUntilAStreamIsAcceptedAndACloseW
       accept_then_drop_on_voice("lineage-1", "server is draining"),  // every reopen after it is refused
       refuse(grpc::StatusCode::UNAVAILABLE, "generator worker stopped; it is being restarted, retry"),
   }, /*reset_memory=*/true);
-  ASSERT_GT(run.port, 0);
+  avb_event event;
+  ASSERT_TRUE(run.until_live(&event));
   StreamScriptService& service = run.service;
   Session* session = run.session.get();
-  avb_event event;
-  ASSERT_TRUE(wait_for(*session, AVB_EVENT_STATE, AVB_STATE_LIVE, &event));
   {
     std::lock_guard<std::mutex> lock(service.mutex);
     ASSERT_EQ(service.configs.size(), 2u);
     EXPECT_TRUE(service.configs[1].reset_memory()) << "the first open never reached the NPC: the reset still applies";
   }
-  std::vector<int16_t> voice(960, 100);
-  ASSERT_EQ(session->push_pcm(voice.data(), voice.size()), AVB_OK);
+  ASSERT_TRUE(run.push_voice());
   ASSERT_TRUE(wait_for(*session, AVB_EVENT_STATE, AVB_STATE_RECONNECTING, &event));
   // Three refused reopens (0.2 + 0.4 + 0.8 s of backoff): the session now waits 1.6 s before the next one.
   const auto deadline = Clock::now() + std::chrono::seconds(10);
