@@ -10,6 +10,12 @@ namespace {
 constexpr size_t kReleasePolledAt = 16384;
 }  // namespace
 
+void EchoAudioBuffer::release_read_front(Run& run) {
+  run.samples.erase(run.samples.begin(), run.samples.begin() + static_cast<std::ptrdiff_t>(run.read));
+  run.start += run.read;
+  run.read = 0;
+}
+
 void EchoAudioBuffer::append(uint64_t start, const int16_t* samples, size_t count) {
   if (count == 0) return;
   if (!runs_.empty() && runs_.back().start + runs_.back().samples.size() == start) {
@@ -33,9 +39,7 @@ void EchoAudioBuffer::drop_oldest_beyond_cap() {
     if (front.read >= front.samples.size()) {
       runs_.pop_front();
     } else if (front.read >= kReleasePolledAt) {
-      front.samples.erase(front.samples.begin(), front.samples.begin() + static_cast<std::ptrdiff_t>(front.read));
-      front.start += front.read;
-      front.read = 0;
+      release_read_front(front);
     }
   }
 }
@@ -96,9 +100,7 @@ size_t EchoAudioBuffer::poll(int16_t* out, size_t capacity, uint64_t* out_start)
     runs_.pop_front();
   } else if (run.read >= kReleasePolledAt && run.read >= run.samples.size() / 2) {
     // Release the polled front (at most as many samples moved as released: amortised constant per sample).
-    run.samples.erase(run.samples.begin(), run.samples.begin() + static_cast<std::ptrdiff_t>(run.read));
-    run.start += run.read;
-    run.read = 0;
+    release_read_front(run);
   }
   return count;
 }

@@ -39,6 +39,7 @@ class EchoAudioBuffer {
   };
   void append(uint64_t start, const int16_t* samples, size_t count);
   void drop_oldest_beyond_cap();
+  static void release_read_front(Run& run);  // frees the samples already read (or dropped) from a run's front
   void flush_pending_hold();
 
   uint32_t session_rate_;
