@@ -109,6 +109,8 @@ DEFAULT_VOICE_JITTER_BUDGET_MS = 500
 DEFAULT_MAX_QUEUED_VOICE_S = 120.0
 # Timed events of one kind closer than this on the voice stream (50 ms at 16 kHz) apply together.
 TIMED_EVENT_GRANULARITY = 800
+# The voice the latest interrupts dropped is remembered this many times over, for events timed into it that come late.
+DROPPED_VOICE_RANGES = 32
 DEFAULT_MAX_BATCH = 8
 # A batch size found not to pay is measured again after this many generator calls.
 REMEASURE_CALLS = 200
@@ -252,6 +254,9 @@ class SessionState:
     pauses: collections.deque[tuple[int, int]] = field(default_factory=collections.deque)
     voice_received: int = 0               # voice samples pushed in this session (the pauses not counted)
     timed_events: list[TimedEvent] = field(default_factory=list)  # waiting for their voice, in arrival order
+    # [start, end) of the voice (voice_received counts) each of the latest interrupts dropped.
+    dropped_voice: collections.deque[tuple[int, int]] = field(
+        default_factory=lambda: collections.deque(maxlen=DROPPED_VOICE_RANGES))
     listening: bool = False
     listening_prompt: str | None = None   # the prompt of silent blocks while listening
     prompt: str | None = None             # None: the character's base prompt
@@ -445,7 +450,12 @@ class Scheduler:
         """Drop queued voice and continue the timeline from the playback position (on a frame boundary;
         None: the end of the video made so far), clamped to [the previous interrupt's point, video end]."""
         state = self.get(session_id)
+        # The pauses queued between held utterances are silence the client never sent: not voice it could time to.
+        queue_end = state.voice_consumed + len(state.voice)
+        paused = sum(max(0, min(stop, queue_end) - max(start, state.voice_consumed)) for start, stop in state.pauses)
         dropped = state.voice.clear()
+        if dropped > paused:
+            state.dropped_voice.append((state.voice_received - (dropped - paused), state.voice_received))
         state.utterance_ends.clear()
         state.utterance_open = False
         state.speaking, state.gap_from, state.waiting_since, state.voice_origin = False, None, None, None
@@ -474,7 +484,10 @@ class Scheduler:
         self._control(self.get(session_id), TimedEvent("action", prompt or None, 1.0, at_voice))
 
     def _control(self, state: SessionState, event: TimedEvent) -> None:
-        """Apply an event now (from the next block), or keep it until its point of the voice."""
+        """Apply an event now (from the next block), or keep it until its point of the voice; drop one timed into
+        voice an interrupt dropped."""
+        if event.at_voice is not None and any(start <= event.at_voice < end for start, end in state.dropped_voice):
+            return
         due_now = event.at_voice is None
         if not due_now and event.at_voice <= state.voice_received:
             # Its voice is here: its place in the queue. On video already (or at the end of an utterance's

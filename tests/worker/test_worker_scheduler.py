@@ -583,9 +583,37 @@ def test_an_interrupt_cancels_the_timed_events_not_yet_shown(pipeline, clock):
     run_one(sched, pipeline, clock)
     sched.interrupt("s1")
     assert not s.timed_events
+    # Events that come after the interrupt, timed into the voice it dropped (block 0 made [0, 16800) of 80000),
+    # are never shown; one timed to voice already on video still applies from the next block.
+    sched.set_prompt("s1", "sad", at_voice=50_000)
+    sched.start_action("s1", "nodding", at_voice=79_999)
     clock.advance(10.0)
     plans = run_all(sched, pipeline, clock)
     assert plans and all(p.prompt is None for p in plans)
+    sched.set_prompt("s1", "calm", at_voice=16_000)
+    clock.advance(10.0)
+    assert sched.next_block().prompt == "calm"
+
+
+def test_an_event_timed_into_dropped_voice_is_known_by_the_voice_alone_not_the_pauses(pipeline, clock):
+    # Two utterances at real-time pace: the first is held at its end and the second queues behind silence as
+    # long as the speaker's pause. An interrupt drops all of it; the pause was never voice: the second
+    # utterance's last sample is the last dropped one.
+    sched = Scheduler(pipeline, clock=clock)
+    s = open_session(sched, pipeline)
+    for _ in range(10):
+        sched.push_voice("s1", voice(1600))
+        clock.advance(0.1)
+    sched.end_of_utterance("s1")
+    clock.advance(0.5)
+    sched.push_voice("s1", voice(8000))
+    assert s.pauses
+    sched.interrupt("s1")
+    assert list(s.dropped_voice) == [(0, 24_000)]
+    sched.set_prompt("s1", "sad", at_voice=23_999)
+    assert s.prompt is None and not s.timed_events
+    sched.set_prompt("s1", "calm", at_voice=24_000)        # the end of the voice received: from the next block
+    assert s.prompt == "calm"
 
 
 def test_timed_events_closer_than_the_granularity_apply_together_and_stay_bounded(pipeline, clock):

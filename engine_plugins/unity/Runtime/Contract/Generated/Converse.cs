@@ -2653,8 +2653,9 @@ namespace AvatarBackend.V1 {
     /// from the block that starts nearest to that sample (the block holding it when it lies in the block's
     /// first half, else the next one); a point already on video applies from the next block. The server counts
     /// the voice it receives, so the count stays exact across utterances and pauses; an interrupt cancels the
-    /// timed events not yet shown, and the voice it drops still counts (packets held back for reordering, and a
-    /// missing packet they wait for as the samples it would have held), so the count stays the client's. At most
+    /// timed events not yet shown (and those sent after it for the voice it dropped), and the voice it drops
+    /// still counts (packets held back for reordering, and a missing packet they wait for as the samples it would
+    /// have held), so the count stays the client's. At most
     /// ServerInfo.limits.max_timed_events wait for their voice at once, none more than 120 s of voice beyond the
     /// voice received (AudioPacket's limit); others are ignored with EVENT_CODE_INVALID_EVENT.
     /// </summary>
