@@ -11,6 +11,7 @@ UNKNOWN_ACTION, AUDIO_GARBAGE); a message over the limits ends it, through ``fai
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from avatar_backend.media.resample import MODEL_SAMPLE_RATE
 from avatar_backend.proto_gen import converse_pb2, worker_pb2
 from avatar_backend.store import CharacterRecord
 from avatar_backend.worker.link import WorkerUnavailableError
-from avatar_backend.worker.scheduler import DEFAULT_MAX_QUEUED_VOICE_S
+from avatar_backend.worker.scheduler import DEFAULT_MAX_QUEUED_VOICE_S, DROPPED_VOICE_RANGES
 
 from .audio_input import AudioInput
 from .runtime import GatewayRuntime
@@ -63,6 +64,8 @@ class ClientInput:
         # The session's voice so far (16 kHz): pushed to the worker or dropped here by interrupts.
         self._voice_received = 0
         self._voice_dropped = 0
+        # [start, end) of the voice each of the latest interrupts dropped here (held for reordering), on that count.
+        self._dropped_voice: collections.deque[tuple[int, int]] = collections.deque(maxlen=DROPPED_VOICE_RANGES)
         self._timed_ahead: list[int] = []          # heap: points of timed events beyond the voice received
         self._garbage_seen = 0
         self.garbage_events = RateLimitedEvent(
@@ -174,6 +177,8 @@ class ClientInput:
         self.stop()
         dropped = self.audio.interrupt()
         self._interrupt_drops.append(dropped)
+        if dropped:
+            self._dropped_voice.append((self._voice_received, self._voice_received + dropped))
         self._voice_received += dropped
         self._voice_dropped += dropped
         self._timed_ahead.clear()  # the worker cancels the timed events not yet applied
@@ -225,11 +230,14 @@ class ClientInput:
 
     def _timing(self, kind: str, event: converse_pb2.EmotionEvent | converse_pb2.ActionEvent) -> dict | None:
         """The worker's ``at_voice_sample`` of an event (empty: not timed); None when it is refused (answered
-        with INVALID_EVENT)."""
+        with INVALID_EVENT) or timed into voice an interrupt dropped here (never shown, as the events that were
+        waiting for that voice; the worker does the same for the voice it dropped)."""
         if not event.HasField("at_voice_sample"):
             return {}
         field = f"{kind}.at_voice_sample"
         point = event.at_voice_sample * MODEL_SAMPLE_RATE // self._media.clock.sample_rate
+        if any(start <= point < end for start, end in self._dropped_voice):
+            return None
         ahead_s = (point - self._voice_received) / MODEL_SAMPLE_RATE
         if ahead_s > DEFAULT_MAX_QUEUED_VOICE_S:
             self._invalid_event(field, f"{field}: {event.at_voice_sample} is {ahead_s:.0f} s of voice beyond the "
@@ -242,8 +250,9 @@ class ClientInput:
                                            "(ServerInfo.limits.max_timed_events)")
                 return None
             heapq.heappush(self._timed_ahead, point)
-        # The worker counts only the voice it was sent.
-        return {"at_voice_sample": max(0, point - self._voice_dropped)}
+        # The worker counts only the voice it was sent: less what was dropped here before the point.
+        dropped_after = sum(end - start for start, end in self._dropped_voice if start >= point)
+        return {"at_voice_sample": max(0, point - (self._voice_dropped - dropped_after))}
 
     def _character_prompt(self, kind: str, name: str, unknown_code: int) -> str | None:
         """The character's ``kind`` ("emotion" or "action") prompt of that name; an event when it has none."""

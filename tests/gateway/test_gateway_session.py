@@ -419,6 +419,10 @@ async def test_an_interrupt_counts_the_packets_held_behind_a_lost_one_and_keeps_
         assert ack.dropped_samples == 4 * packet
         session = h.worker_session("npc-1")
         assert session.timed_events == []
+        # Sent after the interrupt, timed into the voice it dropped here (packet 3) or at the worker (packet 0):
+        # never shown either.
+        for point in (3 * packet + 100, 100):
+            await call.write(cv.ClientMessage(emotion=cv.EmotionEvent(name="angry", at_voice_sample=point)))
 
         await call.write(cv.ClientMessage(audio=cv.AudioPacket(sequence_number=1, payload=pcm)))
         while (stats := (await next_of(call, "stats")).stats).audio.received < 4:
