@@ -117,6 +117,8 @@ AVB_API avb_result avb_session_open(avb_client* client, const avb_session_config
   }
   const bool has_guidance = config->struct_size >= kSessionConfigFirstSize + sizeof(float);
   const float guidance = has_guidance ? config->prompt_guidance : 0.0f;
+  const bool has_reconnect_timeout =
+      config->struct_size >= offsetof(avb_session_config, reconnect_timeout_ms) + sizeof(uint32_t);
   if (guidance != 0.0f && !(guidance >= 1.0f && std::isfinite(guidance))) {  // NaN fails every comparison
     client->core.set_last_error("avb_session_open: prompt_guidance must be 0 (the server's) or a factor >= 1");
     return AVB_BAD_ARGUMENT;
@@ -134,6 +136,7 @@ AVB_API avb_result avb_session_open(avb_client* client, const avb_session_config
     options.reconnect = config->reconnect != 0;
     options.max_buffered_frames = config->max_buffered_frames == 0 ? 96 : config->max_buffered_frames;
     options.prompt_guidance = guidance;
+    options.reconnect_timeout_ms = has_reconnect_timeout ? config->reconnect_timeout_ms : 0;
     avb::Session* session = client->core.open_session(options);
     {
       std::lock_guard<std::mutex> lock(g_owner_mutex);

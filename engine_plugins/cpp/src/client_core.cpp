@@ -531,6 +531,7 @@ void Session::run_guarded() {
 
 void Session::run() {
   auto backoff = kBackoffFirst;
+  std::optional<Clock::time_point> trying_since;  // since when no stream has been live (reconnect_timeout_ms)
   while (true) {
     std::string trailer_token;
     const grpc::Status status = run_stream(&trailer_token);
@@ -549,9 +550,17 @@ void Session::run() {
     // keepalive timeout for a silent one): until then the NPC's old stream is live and the reopen is ABORTED.
     const bool old_stream_still_live = code == grpc::StatusCode::ABORTED && dropped_at_ &&
                                        Clock::now() - *dropped_at_ < kOldStreamGrace;
-    const bool reconnectable = (dropped || old_stream_still_live) && options_.reconnect && !close_requested_;
+    if (state_ == AVB_STATE_LIVE || !trying_since) trying_since = Clock::now();
+    const auto timeout = std::chrono::milliseconds(options_.reconnect_timeout_ms);
+    const bool given_up = options_.reconnect_timeout_ms > 0 && Clock::now() - *trying_since >= timeout;
+    const bool reconnectable =
+        (dropped || old_stream_still_live) && options_.reconnect && !close_requested_ && !given_up;
     if (!status.ok()) {
       last_error_ = std::string(status_code_name(status.error_code())) + ": " + status.error_message();
+      if (given_up && options_.reconnect) {
+        last_error_ = "no stream for " + std::to_string(options_.reconnect_timeout_ms) +
+                      " ms (reconnect_timeout_ms), the last attempt: " + last_error_;
+      }
     }
     if (!reconnectable) {
       stream_failed_for_good_ = true;
@@ -573,7 +582,13 @@ void Session::run() {
     outbox_.erase(std::remove_if(outbox_.begin(), outbox_.end(),
                                  [](const v1::ClientMessage& m) { return m.has_audio(); }),
                   outbox_.end());
-    wake_.wait_for(lock, backoff, [this] { return destroy_requested_ || close_requested_; });
+    // Never wait past the give-up time: the next attempt is the last one then.
+    auto wait = backoff;
+    if (options_.reconnect_timeout_ms > 0) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*trying_since + timeout - Clock::now());
+      wait = std::max(std::chrono::milliseconds(0), std::min(wait, left));
+    }
+    wake_.wait_for(lock, wait, [this] { return destroy_requested_ || close_requested_; });
     backoff = std::min(backoff * 2, std::chrono::duration_cast<std::chrono::milliseconds>(kBackoffMax));
     if (destroy_requested_) {
       state_ = AVB_STATE_CLOSED;

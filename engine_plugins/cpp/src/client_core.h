@@ -44,6 +44,7 @@ struct SessionOptions {
   bool reconnect = false;
   uint32_t max_buffered_frames = 96;
   float prompt_guidance = 0.0f;  // 0: the server's (SessionConfig.prompt_guidance left unset)
+  uint32_t reconnect_timeout_ms = 0;  // with reconnect: give up after this long without a live stream (0: never)
 };
 
 class Session;

@@ -169,4 +169,38 @@ TEST(CAbi, WithReconnectItKeepsTryingAndDestroyStopsItPromptly) {
   avb_client_destroy(client);
 }
 
+TEST(CAbi, WithAReconnectTimeoutItGivesUpAndEndsTheSession) {
+  avb_client* client = unreachable_client();
+  auto config = session_config("npc", 1);
+  config.reconnect_timeout_ms = 700;
+  avb_session* session = nullptr;
+  const auto opened = Clock::now();
+  ASSERT_EQ(avb_session_open(client, &config, &session), AVB_OK);
+  avb_event event;
+  ASSERT_TRUE(wait_event(session, AVB_EVENT_STATE, AVB_STATE_RECONNECTING, &event, 10.0));
+  ASSERT_TRUE(wait_event(session, AVB_EVENT_ENDED, -1, &event, 10.0));
+  const double ended_after_s = std::chrono::duration<double>(Clock::now() - opened).count();
+  EXPECT_GE(ended_after_s, 0.7);
+  EXPECT_LT(ended_after_s, 5.0);
+  EXPECT_EQ(event.code, 14);  // UNAVAILABLE, the last attempt's status
+  EXPECT_NE(std::string(event.text).find("reconnect_timeout_ms"), std::string::npos) << event.text;
+  avb_stats stats;
+  std::memset(&stats, 0, sizeof stats);
+  stats.struct_size = sizeof stats;
+  ASSERT_EQ(avb_session_get_stats(session, &stats), AVB_OK);
+  EXPECT_GE(stats.reconnects, 1u);
+  EXPECT_EQ(stats.state, AVB_STATE_CLOSED);
+  // A caller built against the header before reconnect_timeout_ms keeps reconnecting for ever.
+  auto older = session_config("npc-older", 1);
+  older.struct_size = offsetof(avb_session_config, reconnect_timeout_ms);
+  older.reconnect_timeout_ms = 1;
+  avb_session* older_session = nullptr;
+  ASSERT_EQ(avb_session_open(client, &older, &older_session), AVB_OK);
+  ASSERT_TRUE(wait_event(older_session, AVB_EVENT_STATE, AVB_STATE_RECONNECTING, &event, 10.0));
+  EXPECT_FALSE(wait_event(older_session, AVB_EVENT_ENDED, -1, &event, 1.0));
+  avb_session_destroy(older_session);
+  avb_session_destroy(session);
+  avb_client_destroy(client);
+}
+
 }  // namespace

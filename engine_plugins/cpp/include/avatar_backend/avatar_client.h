@@ -88,6 +88,10 @@ typedef struct avb_session_config {
    * 1 = off up to ServerInfo.limits.max_prompt_guidance). Read only when struct_size covers it, so callers
    * built against the header without it keep working. */
   float prompt_guidance;
+  /* With reconnect: how long the core keeps reopening a dropped stream before it gives up and ends the session
+   * (AVB_EVENT_ENDED with the last error, as without reconnect); 0: it never gives up. Read only when struct_size
+   * covers it. */
+  uint32_t reconnect_timeout_ms;
 } avb_session_config;
 
 /* Starts opening the session and returns at once; AVB_EVENT_STATE events report its progress. */

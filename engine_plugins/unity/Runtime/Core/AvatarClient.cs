@@ -85,6 +85,9 @@ namespace AvatarBackend.Client
         public bool ResetMemory;
         /// <summary>After a dropped connection, the core reopens the stream with the NPC's resume token.</summary>
         public bool Reconnect = true;
+        /// <summary>With Reconnect: how long the core keeps reopening a dropped stream before the session ends
+        /// with its last error (its Ended event); 0: it never gives up.</summary>
+        public uint ReconnectTimeoutMs;
         /// <summary>Decoded frames held for polling; beyond it the oldest go (0: 96).</summary>
         public uint MaxBufferedFrames;
         /// <summary>How strongly the NPC's emotions and actions show: the prompt guidance factor (0: the
@@ -174,6 +177,7 @@ namespace AvatarBackend.Client
                     reconnect = options.Reconnect ? 1 : 0,
                     max_buffered_frames = options.MaxBufferedFrames,
                     prompt_guidance = options.PromptGuidance,
+                    reconnect_timeout_ms = options.ReconnectTimeoutMs,
                 };
                 IntPtr session;
                 int result = AvatarClientNative.avb_session_open(handle, ref config, out session);

@@ -38,6 +38,10 @@ namespace AvatarBackend.Client
         public bool resetMemory;
         [Tooltip("After a dropped connection, reopen with the NPC's resume token")]
         public bool reconnect = true;
+        [Tooltip("With reconnect: milliseconds without a live stream before the session gives up and ends " +
+                 "(0: never); restartAfterErrors may then open a new one")]
+        [Min(0)]
+        public int reconnectTimeoutMs;
         [Tooltip("Open a new session after one ended with a retryable error (server restart, draining)")]
         public bool restartAfterErrors = true;
         [Tooltip("Decoded frames the core holds; beyond it the oldest go (0: 96)")]
@@ -170,6 +174,7 @@ namespace AvatarBackend.Client
                     // A session reopened after an error continues the NPC; only the first one may reset it.
                     ResetMemory = resetMemory && !afterError,
                     Reconnect = reconnect,
+                    ReconnectTimeoutMs = (uint)Mathf.Max(0, reconnectTimeoutMs),
                     MaxBufferedFrames = (uint)Mathf.Max(0, maxBufferedFrames),
                     PromptGuidance = promptGuidance,
                 });

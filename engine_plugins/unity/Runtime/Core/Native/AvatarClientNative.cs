@@ -85,6 +85,7 @@ namespace AvatarBackend.Client.Native
         public int reconnect;
         public uint max_buffered_frames;
         public float prompt_guidance;
+        public uint reconnect_timeout_ms;
     }
 
     /// <summary>avb_frame_info: where a decoded frame sits on the session clock.</summary>

@@ -101,6 +101,7 @@ bool UAvatarNpcComponent::StartSession()
 	Config.reconnect = bReconnect ? 1 : 0;
 	Config.max_buffered_frames = FMath::Max(0, MaxBufferedFrames);
 	Config.prompt_guidance = PromptGuidance;
+	Config.reconnect_timeout_ms = static_cast<uint32_t>(FMath::Max(0, ReconnectTimeoutMs));
 	const avb_result Result = avb_session_open(Client, &Config, &Session);
 	if (Result != AVB_OK)
 	{

@@ -98,6 +98,9 @@ public:
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Avatar Backend|NPC") bool bResetMemory = false;
 	/** After a dropped connection the core reopens the stream with the NPC's resume token. */
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Avatar Backend|NPC") bool bReconnect = true;
+	/** With bReconnect: how long the core keeps reopening a dropped stream before the session closes with its last
+	 * error (OnSessionStateChanged, OnError); 0: it never gives up. */
+	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Avatar Backend|NPC", meta = (ClampMin = "0")) int32 ReconnectTimeoutMs = 0;
 	/** Decoded frames the core holds; beyond it the oldest go (0: 96). */
 	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "Avatar Backend|NPC") int32 MaxBufferedFrames = 0;
 	/** How strongly emotions and actions show: the prompt guidance factor (0: the server's; else 1 = off or more:
