@@ -23,7 +23,7 @@ from model.data.identity import identity_from_seed
 from model.data.prompts import ACTION_PROMPTS, EMOTION_PROMPTS, BlockPrompt
 from model.data.render import render_clip, render_still
 from model.data.speech import random_utterance
-from model.train.clips import TrainingClip, prompts_for_blocks, video_to_tensor
+from model.train.clips import TrainingClip, prompts_for_blocks, timed_prompts_for_blocks, video_to_tensor
 from model.train.dit_stage import latent_slice
 from model.train.recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER
 
@@ -51,10 +51,14 @@ def held_out_clips(count: int, seconds: float, size: int, fps: int) -> list[Trai
     return clips
 
 
-def block_prompts(pipeline: LiveActPipeline, clip: TrainingClip):
+# How the clips' emotions and actions reach the worker: sent live as they happen, or ahead, timed to the voice.
+EVENT_FLOWS = {"live": prompts_for_blocks, "timed": timed_prompts_for_blocks}
+
+
+def block_prompts(pipeline: LiveActPipeline, clip: TrainingClip, events: str = "live"):
     schedule = StreamSchedule.from_model_config(pipeline.config, pipeline.config.width, pipeline.config.height)
     blocks = 1 + max(0, (len(clip.frames) - schedule.first_video_frames) // schedule.block_video_frames)
-    return prompts_for_blocks(clip, [schedule.block(b) for b in range(blocks)], pipeline.config.fps)
+    return EVENT_FLOWS[events](clip, [schedule.block(b) for b in range(blocks)], pipeline.config.fps)
 
 
 @torch.no_grad()
@@ -94,7 +98,8 @@ def swap_partners(clips: list[TrainingClip]) -> list[int]:
     return [min((j for j in range(len(clips)) if j != i), key=lambda j: overlap(i, j)) for i in range(len(clips))]
 
 
-def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Path, classifier=None) -> dict:
+def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Path, classifier=None,
+                   events: str = "live") -> dict:
     rows, controls, truth_controls, ceiling_controls = [], [], [], []
     fps = pipeline.config.fps
     block_frames = StreamSchedule.from_model_config(pipeline.config, pipeline.config.width,
@@ -103,7 +108,7 @@ def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Pa
     partners = swap_partners(clips)
     for index, clip in enumerate(clips):
         still = clip.reference
-        prompts = block_prompts(pipeline, clip)
+        prompts = block_prompts(pipeline, clip, events)
         frames, starts = generate(pipeline, still, clip.audio, prompts)
         other = clips[partners[index]]
         # The clip's listening prompts sit in its own silences, which would tell the swapped run where the
@@ -309,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-onset", type=int, default=TINY.sampler.prompt_onset_latents, metavar="LATENTS",
                         help="latent frames over which a block's new prompt sets in (0: at its first frame; default "
                              "the tiny config's, which serve uses)")
+    parser.add_argument("--events", choices=tuple(EVENT_FLOWS), default="live",
+                        help="how the clips' emotions and actions reach the worker: live, as they happen (each from "
+                             "the block it falls in), or timed to the voice and sent ahead (from the block nearest "
+                             "its point); default live")
     args = parser.parse_args(argv)
     if args.clips < 2:
         parser.error("--clips must be at least 2: the swapped-audio control drives each clip by another's voice")
@@ -326,12 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"weights": Path(weights).name, "weights_sha256": pipeline.weights_sha256,
                     "decode_precision": pipeline.decode_dtype_name,
                     "prompt_guidance": pipeline.config.sampler.prompt_guidance,
-                    "prompt_onset_latents": pipeline.config.sampler.prompt_onset_latents}
+                    "prompt_onset_latents": pipeline.config.sampler.prompt_onset_latents, "events": args.events}
     report["speed"] = speed(pipeline)
     clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width, pipeline.config.fps)
     classifier, truth_accuracy = train_classifier(pipeline.config.width, pipeline.config.fps, args.classifier_clips,
                                                   args.classifier_steps)
-    report["lip_sync"] = evaluate_clips(pipeline, clips, args.out, classifier)
+    report["lip_sync"] = evaluate_clips(pipeline, clips, args.out, classifier, args.events)
     report["control_response"] = {"classifier_accuracy_on_ground_truth": truth_accuracy,
                                   **{k: v for k, v in report["lip_sync"].pop("controls").items()}}
     report["long_streams"] = [long_stream(pipeline, clip_seed(EVAL_DATA_SEED, 1000 + i), args.long_minutes, args.out)
@@ -393,7 +402,8 @@ def print_table(report: dict) -> None:
         *[(f"  frames showing an {kind}, read as it: generated / VAE alone / truth",
            " / ".join(_share(c[version][f"{kind}_recall"]) for version in VERSIONS), "")
           for kind in KINDS],
-        ("events visible within one block", f"{c['generated']['visible_within_one_block']} of {c['events']}", "all"),
+        (f"events visible within one block (sent {report['events']})",
+         f"{c['generated']['visible_within_one_block']} of {c['events']}", "all"),
         ("  the same events on ground truth", f"{c['ground_truth']['visible_within_one_block']} of {c['events']}", ""),
         ("  on the truth through the VAE alone", f"{c['autoencoder']['visible_within_one_block']} of {c['events']}",
          "ceiling"),

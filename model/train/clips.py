@@ -97,24 +97,44 @@ def prompts_for_blocks(clip: TrainingClip, plans: list[BlockLayout], fps: int) -
     reached the worker before it: the block shows the latest emotion, the action that started in it, and
     listening if it was on and the block is silent.
     """
+    return _prompts_for_blocks(clip, [(p.video_end / fps, p.video_start / fps, p.video_end / fps) for p in plans],
+                               plans, fps, latest_action=False)
+
+
+def timed_prompts_for_blocks(clip: TrainingClip, plans: list[BlockLayout], fps: int) -> list[BlockPrompt]:
+    """Per block, the prompt serving uses when the clip's emotions and actions are sent ahead, timed to points of
+    its voice (a TTS flow with word timings; listening is sent as it happens, as in :func:`prompts_for_blocks`).
+
+    The worker's scheduler applies a timed event from the block holding its point when the point lies in the
+    block's first half, else from the next block: the block shows the latest such emotion, and the last action
+    so placed in it (``tests/model/test_training.py`` drives the scheduler itself to check that this is its rule).
+    """
+    middles = [(p.video_start + p.video_frames / 2) / fps for p in plans]
+    return _prompts_for_blocks(clip, [(middle, middles[i - 1] if i else 0.0, middle)
+                                      for i, middle in enumerate(middles)], plans, fps, latest_action=True)
+
+
+def _prompts_for_blocks(clip: TrainingClip, windows: list[tuple[float, float, float]], plans: list[BlockLayout],
+                        fps: int, *, latest_action: bool) -> list[BlockPrompt]:
+    """Per block: the latest emotion before its window's first time, the first (or the latest) action in
+    [its second, third), listening if it was on before the block's end and the block is silent."""
     speech = clip.entry["speech"]["spans"]
     events = sorted(clip.entry["events"], key=lambda e: e["time"])
     prompts = []
-    for plan in plans:
+    for plan, (emotions_until, actions_from, actions_until) in zip(plans, windows):
         start_s, end_s = plan.video_start / fps, plan.video_end / fps
-        before_end = [e for e in events if e["time"] < end_s]
-        started = [e for e in before_end if e["kind"] == "action" and e["time"] >= start_s]
-        moods = [e for e in before_end if e["kind"] == "emotion"]
-        switches = [e for e in before_end if e["kind"] == "listening"]
+        actions = [e for e in events if e["kind"] == "action" and actions_from <= e["time"] < actions_until]
+        moods = [e for e in events if e["kind"] == "emotion" and e["time"] < emotions_until]
+        switches = [e for e in events if e["kind"] == "listening" and e["time"] < end_s]
         silent = not any(s < end_s and e > start_s for s, e in speech)
         prompts.append(block_prompt(
             emotion=moods[-1]["name"] if moods else "neutral",
             intensity=float(moods[-1]["intensity"]) if moods else 0.0,
-            action_started=started[0]["name"] if started else None,
+            action_started=(actions[-1 if latest_action else 0]["name"] if actions else None),
             listening_silent=bool(switches and switches[-1]["on"]) and silent,
         ))
     return prompts
 
 
 __all__ = ["TrainingClip", "box_mask", "expression_boxes", "latent_loss_weight", "load_clips", "mouth_mask",
-           "prompts_for_blocks", "video_to_tensor"]
+           "prompts_for_blocks", "timed_prompts_for_blocks", "video_to_tensor"]

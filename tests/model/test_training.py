@@ -174,3 +174,52 @@ def test_a_block_is_prompted_with_the_events_that_reached_the_worker_before_it_w
     clip = TrainingClip(np.zeros((117, 8, 8, 3), np.uint8), np.zeros(16000 * 6, np.float32), {}, entry)
     assert prompts_for_blocks(clip, plans, 20) == [
         BlockPrompt(None), BlockPrompt("angry", 0.8), BlockPrompt("wave"), BlockPrompt("listening")]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_evaluation_of_timed_events_prompts_each_block_as_the_worker_does(seed):
+    """A clip's emotions and actions, timed to its voice and sent to the worker's scheduler before the whole voice
+    at once (a TTS flow), give its blocks the prompts and intensities the evaluation's ``--events timed`` drives
+    the generator with."""
+    import numpy as np
+    from stand_in_generator import StandInGenerator
+
+    from avatar_backend.generator.config import get_config
+    from avatar_backend.worker.scheduler import Scheduler
+    from model.data.dataset import random_events
+    from model.data.prompts import ACTION_PROMPTS, EMOTION_PROMPTS
+    from model.train.clips import TrainingClip, prompts_for_blocks, timed_prompts_for_blocks
+    from model.train.dit_stage import stream_plans
+
+    seconds, rate, fps = 12.0, 16_000, 20
+    events = [e.to_dict() for e in random_events(np.random.default_rng(seed), seconds, [(0.0, seconds)])
+              if e.kind != "listening"]
+    config = get_config("tiny")
+    plans = stream_plans(config, 7)
+    clip = TrainingClip(np.zeros((plans[-1].video_end, 8, 8, 3), np.uint8), np.zeros(int(seconds * rate), np.float32),
+                        {}, {"speech": {"spans": [[0.0, seconds]]}, "events": events})
+    expected = [(p.prompt, p.intensity) for p in timed_prompts_for_blocks(clip, plans, fps)]
+
+    generator = StandInGenerator(config)
+    scheduler = Scheduler(generator, clock=lambda: 0.0)
+    memory = generator.new_memory("npc", "villager", 64, 64, fps, seed=0)
+    scheduler.open_session("s", "npc", memory, conditioning=None)
+    for event in events:
+        at_voice = round(event["time"] * rate)
+        if event["kind"] == "emotion":
+            neutral = event["name"] == "neutral"
+            scheduler.set_prompt("s", None if neutral else EMOTION_PROMPTS[event["name"]],
+                                 1.0 if neutral else event["intensity"], at_voice=at_voice)
+        else:
+            scheduler.start_action("s", ACTION_PROMPTS[event["name"]], at_voice=at_voice)
+    scheduler.push_voice("s", clip.audio)
+    scheduler.end_of_utterance("s")
+    served = []
+    for _ in plans:
+        plan = scheduler.next_block()
+        generator.generate_block(memory, None, plan.audio, plan.prompt, intensity=plan.intensity)
+        scheduler.complete_block(plan)
+        served.append((plan.prompt, plan.intensity))
+    assert served == expected
+    # Sent live instead (the evaluation's default), an event in a block's second half shows from that block.
+    assert expected != [(p.prompt, p.intensity) for p in prompts_for_blocks(clip, plans, fps)]
