@@ -109,7 +109,7 @@ DEFAULT_VOICE_JITTER_BUDGET_MS = 500
 DEFAULT_MAX_QUEUED_VOICE_S = 120.0
 # Timed events of one kind closer than this on the voice stream (50 ms at 16 kHz) apply together.
 TIMED_EVENT_GRANULARITY = 800
-# The voice the latest interrupts dropped is remembered this many times over, for events timed into it that come late.
+# How many interrupts' dropped voice a session remembers, for events timed into it that arrive after them.
 DROPPED_VOICE_RANGES = 32
 DEFAULT_MAX_BATCH = 8
 # A batch size found not to pay is measured again after this many generator calls.
