@@ -50,10 +50,12 @@ namespace AvatarBackend.Client.Tests
             {
                 NpcId = "keeper.2", CharacterId = "", Width = 64, Height = 48, Fps = 20, SampleRate = 16000,
                 JpegQuality = 70, ResetMemory = true, Reconnect = false, MaxBufferedFrames = 12, PromptGuidance = 3.5f,
+                ReconnectTimeoutMs = 9000,
             }))
             {
                 Check.Equal("npc_id=keeper.2 character_id=(null) width=64 height=48 fps=20 sample_rate=16000 " +
-                            "jpeg_quality=70 reset_memory=1 reconnect=0 max_buffered_frames=12 prompt_guidance=3.50",
+                            "jpeg_quality=70 reset_memory=1 reconnect=0 max_buffered_frames=12 prompt_guidance=3.50 " +
+                            "reconnect_timeout_ms=9000",
                             session.LastError,
                             "what the core received");
                 Check.Equal(16000, session.SampleRate, "session clock rate");

@@ -156,10 +156,10 @@ avb_result avb_session_open(avb_client* client, const avb_session_config* config
   if (!s->config.height) s->config.height = 8;
   snprintf(s->description, sizeof s->description,
            "npc_id=%s character_id=%s width=%u height=%u fps=%u sample_rate=%u jpeg_quality=%u reset_memory=%d "
-           "reconnect=%d max_buffered_frames=%u prompt_guidance=%.2f",
+           "reconnect=%d max_buffered_frames=%u prompt_guidance=%.2f reconnect_timeout_ms=%u",
            config->npc_id, text_or_null(config->character_id), config->width, config->height, config->fps,
            config->sample_rate, config->jpeg_quality, config->reset_memory, config->reconnect,
-           config->max_buffered_frames, (double)config->prompt_guidance);
+           config->max_buffered_frames, (double)config->prompt_guidance, config->reconnect_timeout_ms);
   push_event(s, AVB_EVENT_STATE, AVB_STATE_OPENING, NULL, NULL);
   push_event(s, AVB_EVENT_STATE, AVB_STATE_LIVE, NULL, NULL);
   track(s);
