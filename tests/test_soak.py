@@ -13,6 +13,7 @@ pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="soak reads /proc")
 
 from avatar_backend.cli import main  # noqa: E402
+from avatar_backend.cli.soak import growth_of, slope_of  # noqa: E402
 
 
 def test_soak_reports_memory_frames_and_a_bounded_video_lead(tmp_path, capsys):
@@ -38,5 +39,20 @@ def test_soak_reports_memory_frames_and_a_bounded_video_lead(tmp_path, capsys):
     # err short, so it shrinks, until an utterance has to wait for its block again.
     assert max(row["video_lead_median_ms"] for row in windows) < 4200
     assert set(report["rss_growth_mib"]) >= {"gateway", "worker"}
+    assert set(report["rss_slope_mib_per_min"]) >= {"gateway", "worker"}
     printed = capsys.readouterr().out
     assert "RSS from the second window to the last: gateway" in printed
+    assert "RSS trend, MiB per minute (least squares from the second window): gateway" in printed
+
+
+def test_the_trend_sees_through_one_windows_spike_that_the_two_point_growth_reports():
+    def window(index: int, mib: float) -> dict:
+        return {"start_s": 60.0 * index, "end_s": 60.0 * (index + 1), "rss_mib": {"worker": mib}}
+
+    # Flat for 12 minutes after the warm-up window, then one window's allocator holds 30 MiB more.
+    flat_then_spike = [window(i, mib) for i, mib in enumerate([400] + [500, 501, 499] * 4 + [530])]
+    assert growth_of(flat_then_spike) == {"worker": 30.0}
+    assert abs(slope_of(flat_then_spike)["worker"]) < 1.5
+    leaking = [window(i, 500 + 2.5 * i) for i in range(8)]
+    assert slope_of(leaking) == {"worker": 2.5}
+    assert slope_of(leaking[:2]) == {}

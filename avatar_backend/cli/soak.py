@@ -12,7 +12,7 @@ Per window (``--window-seconds``, a minute by default) it reports each process's
 received against the frames due at the stream's rate, the video's lead (a frame's pts minus its arrival on the
 session's clock: flat while the server keeps real time; falling when it falls behind, rising when each reply
 comes later than the one before) and the sessions opened and resumed; then each process's growth from the
-second window (the first is warm-up) to the last.
+second window (the first is warm-up) to the last, and its trend (least squares over those windows).
 """
 
 from __future__ import annotations
@@ -220,6 +220,21 @@ def growth_of(rows: list[dict]) -> dict[str, float]:
     return {label: round(last[label] - first[label], 1) for label in first if label in last}
 
 
+def slope_of(rows: list[dict]) -> dict[str, float]:
+    """RSS trend per process, MiB per minute: the least-squares line through the window medians from the second
+    window on. Two points say what one window's allocator happened to hold; the line says whether memory grows."""
+    if len(rows) < 3:
+        return {}
+    slopes = {}
+    for label in rows[1]["rss_mib"]:
+        points = [((row["start_s"] + row["end_s"]) / 120.0, row["rss_mib"][label]) for row in rows[1:]
+                  if label in row["rss_mib"]]
+        if len(points) >= 2:
+            minutes, mib = np.array(points).T
+            slopes[label] = round(float(np.polyfit(minutes, mib, 1)[0]), 2)
+    return slopes
+
+
 def print_report(report: dict) -> None:
     labels = sorted({label for row in report["windows"] for label in row["rss_mib"]})
     print(format_table(
@@ -231,6 +246,8 @@ def print_report(report: dict) -> None:
           f"{row['sessions_opened']} ({row['sessions_resumed']})"] for row in report["windows"]]))
     growth = ", ".join(f"{label} {mib:+.1f} MiB" for label, mib in report["rss_growth_mib"].items())
     print(f"RSS from the second window to the last: {growth or 'needs 3 windows or more'}")
+    slope = ", ".join(f"{label} {mib:+.2f}" for label, mib in report["rss_slope_mib_per_min"].items())
+    print(f"RSS trend, MiB per minute (least squares from the second window): {slope or 'needs 3 windows or more'}")
     print(f"frames missing (dropped by the server): {report['frames_missing']}")
 
 
@@ -261,7 +278,8 @@ def command_soak(args: argparse.Namespace) -> int:
               "config": args.config, "device": args.device, "weights_sha256": model.weights_sha256,
               "random_weights": model.random_weights, "npcs": args.npcs, "minutes": args.minutes,
               "session_seconds": args.session_seconds, "window_seconds": args.window_seconds, "fps": fps,
-              "windows": windows, "rss_growth_mib": growth_of(windows), "frames_missing": log.frames_missing}
+              "windows": windows, "rss_growth_mib": growth_of(windows),
+              "rss_slope_mib_per_min": slope_of(windows), "frames_missing": log.frames_missing}
     print_report(report)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
