@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,8 @@ from model.data.identity import identity_from_seed
 from model.data.prompts import ACTION_PROMPTS, EMOTION_PROMPTS, BlockPrompt
 from model.data.render import render_clip, render_still
 from model.data.speech import random_utterance
-from model.train.clips import TrainingClip, prompts_for_blocks, timed_prompts_for_blocks, video_to_tensor
+from model.train.clips import (TrainingClip, box_mask, expression_boxes, mouth_mask, prompts_for_blocks,
+                               timed_prompts_for_blocks, video_to_tensor)
 from model.train.dit_stage import latent_slice
 from model.train.recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER
 
@@ -267,6 +269,35 @@ def ablation(pipeline: LiveActPipeline, identity_seed: int, minutes: int, out: P
     return results
 
 
+def evaluate_autoencoders(pipeline: LiveActPipeline, clips: list[TrainingClip], classifier,
+                          vaes: dict[str, dict[str, torch.Tensor]]) -> dict:
+    """The clips' truth through each VAE alone (state dicts by name; the pipeline's VAE takes each in turn and
+    keeps the last): what any DiT trained on its latents could show at best. PSNR over the frame, the eyes and
+    brows, and the mouth; lip-sync r; the classifier's reading; and its reading of the truth itself."""
+    fps, size = pipeline.config.fps, pipeline.config.width
+    schedule = StreamSchedule.from_model_config(pipeline.config, size, size)
+    first, block_frames = schedule.first_video_frames, schedule.block_video_frames
+    # As long as the generated clip would be: whole blocks.
+    lengths = [first + block_frames * ((len(c.frames) - first) // block_frames) for c in clips]
+    report: dict = {"ground_truth": reading([response(classifier, c.frames[:n], c.reference, c.truth,
+                                                      c.entry["events"], fps, block_frames)
+                                             for c, n in zip(clips, lengths)])}
+    for name, state in vaes.items():
+        pipeline.vae.load_state_dict(state)
+        rows, controls = [], []
+        for clip, n in zip(clips, lengths):
+            frames = autoencoded(pipeline, clip.frames[:n])
+            truth = clip.frames[: len(frames)]
+            eyes_and_brows = box_mask(expression_boxes(clip.truth)[: len(frames), :3], size, size)
+            mouth = mouth_mask(clip.truth, slice(0, len(frames)), size, size)
+            rows.append({"psnr_db": psnr(frames, truth), "psnr_db_eyes_and_brows": psnr(frames, truth, eyes_and_brows),
+                         "psnr_db_mouth": psnr(frames, truth, mouth), "lip_sync_r": lip_sync(frames, clip.truth)["r"]})
+            controls.append(response(classifier, frames, clip.reference, clip.truth, clip.entry["events"], fps,
+                                     block_frames))
+        report[name] = {**{key: float(np.mean([r[key] for r in rows])) for key in rows[0]}, **reading(controls)}
+    return report
+
+
 def speed(pipeline: LiveActPipeline, blocks: int = 6) -> dict:
     """Real-time factor at the default size: the whole block (under the base prompt, and under another prompt,
     which runs prompt guidance's extra pass), and the streaming decode alone."""
@@ -318,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="how the clips' emotions and actions reach the worker: live, as they happen (each from "
                              "the block it falls in), or timed to the voice and sent ahead (from the block nearest "
                              "its point); default live")
+    parser.add_argument("--vae-checkpoint", type=Path, action="append", default=[], metavar="CKPT",
+                        help="evaluate only autoencoders: the VAE of a training run's checkpoint (runs/X/vae.ckpt or "
+                             "decoder.ckpt; repeatable) beside the weights' own, on the same clips and classifier: "
+                             "the ceiling a DiT trained on its latents would have, before one is trained")
     args = parser.parse_args(argv)
     if args.clips < 2:
         parser.error("--clips must be at least 2: the swapped-audio control drives each clip by another's voice")
@@ -336,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                     "decode_precision": pipeline.decode_dtype_name,
                     "prompt_guidance": pipeline.config.sampler.prompt_guidance,
                     "prompt_onset_latents": pipeline.config.sampler.prompt_onset_latents, "events": args.events}
+    if args.vae_checkpoint:
+        return evaluate_vae_checkpoints(pipeline, args, report)
     report["speed"] = speed(pipeline)
     clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width, pipeline.config.fps)
     classifier, truth_accuracy = train_classifier(pipeline.config.width, pipeline.config.fps, args.classifier_clips,
@@ -355,6 +392,45 @@ def main(argv: list[str] | None = None) -> int:
     report["seconds"] = round(time.perf_counter() - started, 1)
     (args.out / "eval.json").write_text(json.dumps(report, indent=1, default=float))
     print_table(report)
+    print(f"wrote {args.out / 'eval.json'}")
+    return 0
+
+
+def evaluate_vae_checkpoints(pipeline: LiveActPipeline, args: argparse.Namespace, report: dict) -> int:
+    """``--vae-checkpoint``: the weights' VAE and each checkpoint's side by side (:func:`evaluate_autoencoders`),
+    one column each (the weights' first, then the checkpoints by their paths)."""
+    own = {key: value.clone() for key, value in pipeline.vae.state_dict().items()}
+    vaes = {"weights": own}
+    for path in args.vae_checkpoint:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)["modules"]["vae"]
+        except (OSError, EOFError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as error:
+            print(f"error: {path} is not a training checkpoint with a VAE ({error})", file=sys.stderr)
+            return 1
+        if own.keys() != state.keys():
+            print(f"error: {path} holds a VAE of another config", file=sys.stderr)
+            return 1
+        vaes[str(path)] = state
+    clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width, pipeline.config.fps)
+    classifier, truth_accuracy = train_classifier(pipeline.config.width, pipeline.config.fps, args.classifier_clips,
+                                                  args.classifier_steps)
+    report["classifier_accuracy_on_ground_truth"] = truth_accuracy
+    report["autoencoders"] = evaluate_autoencoders(pipeline, clips, classifier, vaes)
+    (args.out / "eval.json").write_text(json.dumps(report, indent=1, default=float))
+    rows = report["autoencoders"]
+    for index, name in enumerate(vaes):
+        print(f"[{index}] {name}")
+    print(f"{'the truth through the VAE alone':<52}" + "".join(f"{f'[{i}]':>8}" for i in range(len(vaes))))
+    for label, key in (("PSNR dB", "psnr_db"), ("  eyes and brows", "psnr_db_eyes_and_brows"), ("  mouth", "psnr_db_mouth"),
+                       ("lip-sync r", "lip_sync_r"), ("emotion accuracy / ground truth's", "emotion"),
+                       ("action accuracy / ground truth's", "action"), ("emotion frames read as theirs", "emotion_recall"),
+                       ("action frames read as theirs", "action_recall"),
+                       (f"events visible within one block (truth: {rows['ground_truth']['visible_within_one_block']})",
+                        "visible_within_one_block")):
+        values = [rows[name][f"{key}_accuracy"] / truth_accuracy[key] if key in KINDS else rows[name][key]
+                  for name in vaes]
+        cells = ("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in values)
+        print(f"{label:<52}" + "".join(f"{cell:>8}" for cell in cells))
     print(f"wrote {args.out / 'eval.json'}")
     return 0
 

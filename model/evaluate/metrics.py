@@ -74,8 +74,10 @@ def latent_seam_ratio(frames: np.ndarray, block_starts: list[int], frames_per_la
     return float(diffs[seams].mean() / max(1e-6, diffs[latent].mean())) if seams and latent else 1.0
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+def psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None) -> float:
+    """PSNR of uint8 frames [T, H, W, 3]; over the pixels where ``region`` ([T, H, W]) is non-zero if given."""
+    error = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=-1)
+    mse = float(error.mean() if region is None else error[region[: len(error)] > 0].mean())
     return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 

@@ -7,8 +7,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .recipe import SMOKE_RECIPE, TINY_RECIPE
-from .run import STAGES, main_run
+from .recipe import SMOKE_RECIPE, TINY_RECIPE, with_overrides
+from .run import STAGES, RecipeMismatch, main_run
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "weights"
 
@@ -21,9 +21,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=TINY_RECIPE.seed)
     parser.add_argument("--smoke", action="store_true", help="a few steps of every stage on a few clips")
     parser.add_argument("--stop-after", choices=STAGES, help="stop after this stage (continue later)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="settings",
+                        help="change one field of the recipe (model/train/recipe.py), e.g. vae_expression_weight=4; "
+                             "repeatable; the manifest records the recipe run")
     args = parser.parse_args(argv)
-    recipe = dataclasses.replace(SMOKE_RECIPE if args.smoke else TINY_RECIPE, seed=args.seed)
-    main_run(args.work, args.out, recipe, stop_after=args.stop_after)
+    try:
+        recipe = with_overrides(dataclasses.replace(SMOKE_RECIPE if args.smoke else TINY_RECIPE, seed=args.seed),
+                                args.settings)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        main_run(args.work, args.out, recipe, stop_after=args.stop_after)
+    except RecipeMismatch as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -11,6 +11,9 @@ HELD_OUT_SPEAKER = "f5"
 TRAIN_LANGUAGES = ("en", "fr", "de", "es", "it", "pt", "nl")
 TRAIN_SPEAKERS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4")
 
+# Where the VAE stage centres half of its crops: on the mouth, or on the face from the brows to the mouth.
+VAE_CROP_CENTRES = ("mouth", "face")
+
 
 @dataclass(frozen=True)
 class TrainRecipe:
@@ -20,7 +23,8 @@ class TrainRecipe:
     clips: int = 480
     clip_seconds: float = 6.0
     data_seed: int = 1
-    # VAE: clips of vae_frames frames, the mouth region weighted up
+    # VAE: clips of vae_frames frames, the mouth region weighted up (vae_expression_weight: the eyes, brows and a
+    # visible hand too, and half of the crops centred on the face instead of the mouth: vae_crop_centre "face")
     vae_steps: int = 5400
     vae_batch: int = 4
     vae_frames: int = 9
@@ -29,6 +33,8 @@ class TrainRecipe:
     vae_mse_weight: float = 10.0
     vae_kl_weight: float = 1e-4
     mouth_weight: float = 4.0
+    vae_expression_weight: float = 0.0
+    vae_crop_centre: str = "mouth"
     # Decoder: the VAE's windows are too short for its causal convs to reach their steady state (a stream's
     # frames after the ninth decoded 5-10 dB worse), so the decoder then learns long windows, encoder frozen
     # (its latents, which the DiT learns, stay the same).
@@ -55,6 +61,10 @@ class TrainRecipe:
     grad_clip: float = 1.0
     checkpoint_every_s: float = 120.0
 
+    def __post_init__(self) -> None:
+        if self.vae_crop_centre not in VAE_CROP_CENTRES:
+            raise ValueError(f"vae_crop_centre must be one of {', '.join(VAE_CROP_CENTRES)}, got {self.vae_crop_centre!r}")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -64,3 +74,25 @@ TINY_RECIPE = TrainRecipe()
 SMOKE_RECIPE = TrainRecipe(clips=3, clip_seconds=6.0, vae_steps=12, vae_frames=5, decoder_steps=4, decoder_frames=9,
                            dit_clips=3, dit_steps=12, dit_warmup=2, control_clips=2, control_steps=4,
                            control_warmup=1, checkpoint_every_s=0.0)
+
+
+def with_overrides(recipe: TrainRecipe, settings: list[str]) -> TrainRecipe:
+    """``recipe`` with ``FIELD=VALUE`` settings applied, each value parsed as the field's type; ValueError names an
+    unknown field or a value that does not parse."""
+    defaults = recipe.to_dict()
+    changes: dict = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or key not in defaults:
+            raise ValueError(f"{setting!r}: expected FIELD=VALUE with FIELD one of {', '.join(defaults)}")
+        kind = type(defaults[key])
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{key}: expected true or false, got {text!r}")
+            changes[key] = text.lower() in ("true", "1")
+        else:
+            try:
+                changes[key] = kind(text)
+            except ValueError:
+                raise ValueError(f"{key}: expected a {kind.__name__}, got {text!r}") from None
+    return dataclasses.replace(recipe, **changes)

@@ -101,8 +101,29 @@ def train_decoder(work: Path, recipe: TrainRecipe, clips, vae: WanVAE) -> dict:
     return stage.report()
 
 
-def main_run(work: Path, out: Path, recipe: TrainRecipe, stop_after: str | None = None) -> dict:
+class RecipeMismatch(ValueError):
+    """The work folder holds a run of another recipe: continuing it would mix two recipes in one set of weights."""
+
+
+def claim_work_folder(work: Path, recipe: TrainRecipe) -> None:
+    """Record ``recipe`` in ``work`` (recipe.json), or check that the run there used it; RecipeMismatch names the
+    fields that differ."""
+    recorded = work / "recipe.json"
+    ours = recipe.to_dict()
+    if recorded.exists():
+        theirs = json.loads(recorded.read_text())
+        changed = [key for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key)]
+        if changed:
+            differences = ", ".join(f"{key} {theirs.get(key)!r} there, {ours.get(key)!r} here" for key in changed)
+            raise RecipeMismatch(f"{work} holds a run of another recipe ({differences}): continue it with its "
+                                 f"recipe, or give this one a new --work folder")
+        return
     work.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(ours, indent=1) + "\n")
+
+
+def main_run(work: Path, out: Path, recipe: TrainRecipe, stop_after: str | None = None) -> dict:
+    claim_work_folder(work, recipe)
     setup_logging(work / "train.log")
     torch.set_flush_denormal(True)
     log.info("recipe %s", json.dumps(recipe.to_dict()))

@@ -1,6 +1,7 @@
 """Stages 2 and 3: the VAE, trained as the Wan VAE is: decode a sample of the encoder's posterior, reconstruct
-the clip (L1 and squared error, the mouth weighted up so lip shapes survive the 8x compression), plus a small KL
-term; then its decoder alone on windows long enough for its causal convs to reach the steady state of a stream."""
+the clip (L1 and squared error, the mouth weighted up so lip shapes survive the 8x compression, and optionally the
+eyes, brows and a visible hand), plus a small KL term; then its decoder alone on windows long enough for its
+causal convs to reach the steady state of a stream."""
 
 from __future__ import annotations
 
@@ -9,8 +10,37 @@ import torch
 
 from avatar_backend.generator.vae import WanVAE
 
-from .clips import TrainingClip, mouth_mask, video_to_tensor
+from .clips import TrainingClip, box_mask, expression_boxes, mouth_mask, video_to_tensor
 from .recipe import TrainRecipe
+
+
+def vae_crop(truth: dict[str, np.ndarray], start: int, height: int, width: int, crop: int, centre: str | None,
+             rng: np.random.Generator) -> tuple[slice, slice]:
+    """Rows and columns of a ``crop``-pixel crop on the latent grid for a window from frame ``start``: anywhere
+    (``centre`` None), or centred, with some jitter, on the mouth ("mouth") or on the face from the brows' top to
+    the mouth's bottom ("face")."""
+    if centre is None:
+        top, left = int(rng.integers(0, height - crop + 1)), int(rng.integers(0, width - crop + 1))
+    else:
+        x0, y0, x1, y1 = truth["mouth_box"][start]
+        jitter = crop // 4
+        if centre == "face":
+            # Brows to mouth fit a 64-pixel crop at 128x128 with less jitter.
+            y0, jitter = truth["brow_box"][start][1], crop // 8
+        top = int(np.clip((y0 + y1) // 2 - crop // 2 + rng.integers(-jitter, jitter + 1), 0, height - crop))
+        left = int(np.clip((x0 + x1) // 2 - crop // 2 + rng.integers(-jitter, jitter + 1), 0, width - crop))
+    top, left = top // 8 * 8, left // 8 * 8
+    return slice(top, top + crop), slice(left, left + crop)
+
+
+def vae_loss_weight(truth: dict[str, np.ndarray], window: slice, height: int, width: int,
+                    recipe: TrainRecipe) -> np.ndarray:
+    """[T, height, width] per-pixel loss weights of a window: 1, plus ``mouth_weight`` in the mouth box, plus
+    ``vae_expression_weight`` in the eye, brow and visible-hand boxes."""
+    weight = 1.0 + recipe.mouth_weight * mouth_mask(truth, window, height, width)
+    if recipe.vae_expression_weight:
+        weight += recipe.vae_expression_weight * box_mask(expression_boxes(truth)[window], height, width)
+    return weight
 
 
 def vae_step(vae: WanVAE, clips: list[TrainingClip], recipe: TrainRecipe, rng: np.random.Generator,
@@ -19,7 +49,7 @@ def vae_step(vae: WanVAE, clips: list[TrainingClip], recipe: TrainRecipe, rng: n
     stage's short windows, or the decoder stage's long ones with the encoder frozen.
 
     Every convolution is local, so the VAE trains on ``vae_crop``-pixel crops (about 4x faster than whole
-    128-pixel frames); half of the crops are placed over the mouth.
+    128-pixel frames); half of the crops are centred on ``vae_crop_centre`` (:func:`vae_crop`).
     """
     videos, weights = [], []
     for _ in range(batch):
@@ -28,17 +58,10 @@ def vae_step(vae: WanVAE, clips: list[TrainingClip], recipe: TrainRecipe, rng: n
         window = slice(start, start + frames)
         _, height, width, _ = clip.frames.shape
         crop = min(recipe.vae_crop, height, width)
-        if rng.random() < 0.5:
-            x0, y0, x1, y1 = clip.truth["mouth_box"][start]
-            top = int(np.clip((y0 + y1) // 2 - crop // 2 + rng.integers(-crop // 4, crop // 4 + 1), 0, height - crop))
-            left = int(np.clip((x0 + x1) // 2 - crop // 2 + rng.integers(-crop // 4, crop // 4 + 1), 0, width - crop))
-        else:
-            top, left = int(rng.integers(0, height - crop + 1)), int(rng.integers(0, width - crop + 1))
-        top, left = top // 8 * 8, left // 8 * 8
-        rows, cols = slice(top, top + crop), slice(left, left + crop)
+        centre = recipe.vae_crop_centre if rng.random() < 0.5 else None
+        rows, cols = vae_crop(clip.truth, start, height, width, crop, centre, rng)
         videos.append(video_to_tensor(clip.frames[window, rows, cols]))
-        mask = mouth_mask(clip.truth, window, height, width)[:, rows, cols]
-        weights.append(torch.from_numpy(1.0 + recipe.mouth_weight * mask))
+        weights.append(torch.from_numpy(vae_loss_weight(clip.truth, window, height, width, recipe)[:, rows, cols]))
     video = torch.cat(videos)
     weight = torch.stack(weights)[:, None]                                   # [B, 1, T, H, W]
 

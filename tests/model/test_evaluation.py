@@ -5,8 +5,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from avatar_backend.generator.config import TINY
 from avatar_backend.generator.pipeline import shipped_weights
+from avatar_backend.generator.vae import WanVAE
 from model.data.dataset import make_clip
 from model.data.speech import espeak_available
 from model.evaluate.__main__ import main
@@ -54,6 +58,32 @@ def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
         assert all(read[f"{kind}_recall"] is None or 0 <= read[f"{kind}_recall"] <= 1 for kind in ("emotion", "action"))
     assert (tmp_path / "strip.png").stat().st_size > 0 and (tmp_path / "long_stream.png").stat().st_size > 0
     assert "lip-sync r" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+@pytest.mark.skipif(shipped_weights("tiny") is None, reason="no shipped tiny weights")
+def test_a_vae_checkpoint_is_judged_beside_the_shipped_vae_before_any_dit_is_trained_on_it(tmp_path, capsys):
+    # A training checkpoint holding the shipped VAE's encoder with a decoder that has not been trained yet.
+    vae = {key[len("vae."):]: value for key, value in load_file(shipped_weights("tiny")).items()
+           if key.startswith("vae.")}
+    torch.manual_seed(0)
+    untrained = WanVAE(TINY.vae).state_dict()
+    vae.update({key: value for key, value in untrained.items() if key.startswith("decoder.")})
+    torch.save({"modules": {"vae": vae}, "step": 1}, tmp_path / "decoder.ckpt")
+    assert main(["--out", str(tmp_path), "--vae-checkpoint", str(tmp_path / "decoder.ckpt"), "--clips", "2",
+                 "--clip-seconds", "3", "--classifier-clips", "4", "--classifier-steps", "20"]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())["autoencoders"]
+    shipped, disturbed = report["weights"], report[str(tmp_path / "decoder.ckpt")]
+    assert shipped["lip_sync_r"] >= 0.8
+    for key in ("psnr_db", "psnr_db_eyes_and_brows", "psnr_db_mouth"):
+        assert shipped[key] > disturbed[key] + 5.0
+    assert disturbed["lip_sync_r"] < shipped["lip_sync_r"]
+    assert {"emotion_accuracy", "action_recall", "visible_within_one_block"} <= shipped.keys() & disturbed.keys()
+    assert "events visible within one block" in capsys.readouterr().out
+
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    assert main(["--out", str(tmp_path), "--vae-checkpoint", str(tmp_path / "junk.ckpt")]) == 1
+    assert "is not a training checkpoint with a VAE" in capsys.readouterr().err
 
 
 class ReadsFixedLabels:

@@ -1,11 +1,18 @@
-"""The DiT's loss weights: the mouth weighted up always; the eyes, brows and a visible hand as well in the
-control stage, where an emotion or an action shows."""
+"""The loss weights: the DiT's, the mouth weighted up always, the eyes, brows and a visible hand as well in the
+control stage, where an emotion or an action shows; the VAE's, the mouth always, the face when the recipe asks,
+with crops placed over the mouth or the whole face."""
+
+import dataclasses
 
 import numpy as np
+import pytest
 
 from model.data import Event
 from model.data.render import render_clip
-from model.train.clips import LATENT_STRIDE, box_mask, expression_boxes, latent_loss_weight
+from model.train.clips import LATENT_STRIDE, box_mask, expression_boxes, latent_loss_weight, mouth_mask
+from model.train.__main__ import main as train_main
+from model.train.recipe import TINY_RECIPE, with_overrides
+from model.train.vae_stage import vae_crop, vae_loss_weight
 
 
 def _cells(boxes: np.ndarray) -> set[tuple[int, int]]:
@@ -36,3 +43,45 @@ def test_expression_weight_covers_the_eyes_brows_and_a_waving_hand_and_only_adds
     hand_x, hand_y = (truth["hand"][frame] // LATENT_STRIDE).astype(int)
     latent = (frame + 3) // 4
     assert weighted[latent, hand_y, hand_x] > mouth_only[latent, hand_y, hand_x]
+
+
+def _inside(box: np.ndarray, rows: slice, cols: slice) -> bool:
+    x0, y0, x1, y1 = box
+    return rows.start <= y0 and y1 <= rows.stop and cols.start <= x0 and x1 <= cols.stop
+
+
+def test_vae_crops_centred_on_the_face_hold_brows_eyes_and_mouth_and_those_on_the_mouth_the_mouth():
+    truth = render_clip(5, None, [Event.emotion(0.0, "surprised")], size=128, seconds=1.6).truth
+    rng = np.random.default_rng(0)
+    for start in range(0, 30, 3):
+        rows, cols = vae_crop(truth, start, 128, 128, 64, "face", rng)
+        assert rows.stop - rows.start == cols.stop - cols.start == 64 and rows.start % 8 == cols.start % 8 == 0
+        assert _inside(truth["brow_box"][start], rows, cols) and _inside(truth["mouth_box"][start], rows, cols)
+        assert all(_inside(eye, rows, cols) for eye in truth["eye_boxes"][start])
+        assert _inside(truth["mouth_box"][start], *vae_crop(truth, start, 128, 128, 64, "mouth", rng))
+
+
+def test_the_vae_weights_the_eyes_and_brows_only_when_the_recipe_asks():
+    truth = render_clip(5, None, [Event.emotion(0.0, "angry")], size=128, seconds=0.5).truth
+    window = slice(0, 9)
+    shipped = vae_loss_weight(truth, window, 128, 128, TINY_RECIPE)
+    np.testing.assert_array_equal(shipped, 1.0 + TINY_RECIPE.mouth_weight * mouth_mask(truth, window, 128, 128))
+    face = vae_loss_weight(truth, window, 128, 128, with_overrides(TINY_RECIPE, ["vae_expression_weight=4"]))
+    x0, y0, x1, y1 = truth["brow_box"][0]
+    assert face[0, (y0 + y1) // 2, (x0 + x1) // 2] == shipped[0, (y0 + y1) // 2, (x0 + x1) // 2] + 4.0
+    assert (face >= shipped).all() and (face > shipped).mean() < 0.15
+
+
+def test_recipe_settings_parse_as_their_fields_types_and_bad_ones_are_named(tmp_path, capsys):
+    recipe = with_overrides(TINY_RECIPE, ["vae_expression_weight=4", "vae_crop_centre=face", "dit_steps=10"])
+    assert (recipe.vae_expression_weight, recipe.vae_crop_centre, recipe.dit_steps) == (4.0, "face", 10)
+    assert dataclasses.replace(recipe, vae_expression_weight=0.0, vae_crop_centre="mouth", dit_steps=7200) == TINY_RECIPE
+    for setting, named in (("vae_weight=4", "vae_expression_weight"), ("dit_steps=many", "dit_steps"),
+                           ("vae_crop_centre=eyes", "mouth, face"), ("dit_steps", "FIELD=VALUE")):
+        with pytest.raises(ValueError, match=named):
+            with_overrides(TINY_RECIPE, [setting])
+    # The command refuses before it writes anything.
+    with pytest.raises(SystemExit) as refused:
+        train_main(["--work", str(tmp_path / "work"), "--set", "vae_weight=4"])
+    assert refused.value.code == 2 and "vae_expression_weight" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()

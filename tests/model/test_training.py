@@ -11,8 +11,8 @@ from avatar_backend.generator.config import ModelConfig
 from avatar_backend.generator.pipeline import LiveActPipeline
 from model.data.speech import espeak_available
 from model.train.loop import ResumableStage, step_rngs
-from model.train.recipe import SMOKE_RECIPE
-from model.train.run import main_run
+from model.train.recipe import SMOKE_RECIPE, with_overrides
+from model.train.run import RecipeMismatch, main_run
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 
@@ -40,6 +40,10 @@ def test_a_smoke_run_exports_weights_that_the_pipeline_serves(smoke_run):
     # Every stage is done: running again loads the checkpoints and exports the same weights.
     again = main_run(root / "work", root / "weights2", SMOKE_RECIPE)
     assert again["sha256"] == manifest["sha256"]
+    # Another recipe does not continue this run's checkpoints: refused, naming what differs, nothing written.
+    with pytest.raises(RecipeMismatch, match="vae_expression_weight 0.0 there, 4.0 here"):
+        main_run(root / "work", root / "weights3", with_overrides(SMOKE_RECIPE, ["vae_expression_weight=4"]))
+    assert not (root / "weights3").exists()
 
 
 @needs_espeak
