@@ -74,17 +74,26 @@ def expression_boxes(truth: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([truth["eye_boxes"], truth["brow_box"][:, None], hand_box[:, None]], axis=1)
 
 
+def face_weight(truth: dict[str, np.ndarray], frames: slice, height: int, width: int, *, mouth_weight: float,
+                expression_weight: float, stride: int = 1) -> np.ndarray:
+    """[T, height // stride, width // stride] extra loss weight: ``mouth_weight`` where a mouth box touches, plus
+    ``expression_weight`` where the eyes, the brows or a visible hand touch (:func:`expression_boxes`)."""
+    weight = mouth_weight * mouth_mask(truth, frames, height, width, stride)
+    if expression_weight:
+        weight = weight + expression_weight * box_mask(expression_boxes(truth)[frames], height, width, stride)
+    return weight
+
+
 def latent_loss_weight(truth: dict[str, np.ndarray], latent_frames: int, height: int, width: int, *,
                        mouth_weight: float, expression_weight: float = 0.0, vae_scale: int = 4) -> torch.Tensor:
-    """[1, 1, latent_frames, h, w] loss weights: 1, plus ``mouth_weight`` on latent cells a mouth box touches,
-    plus ``expression_weight`` on cells the eyes, the brows or a visible hand touch (:func:`expression_boxes`).
+    """[1, 1, latent_frames, h, w] loss weights: 1 plus :func:`face_weight` on the latent grid, each latent cell
+    taking its video frames' largest.
 
     Latent frame 0 is video frame 0; latent j >= 1 covers video frames 4j - 3 .. 4j.
     """
     frames = slice(0, 1 + vae_scale * (latent_frames - 1))
-    video = mouth_weight * mouth_mask(truth, frames, height, width, LATENT_STRIDE)
-    if expression_weight:
-        video = video + expression_weight * box_mask(expression_boxes(truth)[frames], height, width, LATENT_STRIDE)
+    video = face_weight(truth, frames, height, width, mouth_weight=mouth_weight,
+                        expression_weight=expression_weight, stride=LATENT_STRIDE)
     per_latent = [video[0]] + [video[vae_scale * j - vae_scale + 1: vae_scale * j + 1].max(axis=0)
                                for j in range(1, latent_frames)]
     return torch.from_numpy(1.0 + np.stack(per_latent))[None, None]

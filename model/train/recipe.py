@@ -33,8 +33,8 @@ class TrainRecipe:
     vae_mse_weight: float = 10.0
     vae_kl_weight: float = 1e-4
     mouth_weight: float = 4.0
-    vae_expression_weight: float = 0.0
-    vae_crop_centre: str = "mouth"
+    vae_expression_weight: float = 4.0
+    vae_crop_centre: str = "face"
     # Decoder: the VAE's windows are too short for its causal convs to reach their steady state (a stream's
     # frames after the ninth decoded 5-10 dB worse), so the decoder then learns long windows, encoder frozen
     # (its latents, which the DiT learns, stay the same).

@@ -10,7 +10,7 @@ import torch
 
 from avatar_backend.generator.vae import WanVAE
 
-from .clips import TrainingClip, box_mask, expression_boxes, mouth_mask, video_to_tensor
+from .clips import TrainingClip, face_weight, video_to_tensor
 from .recipe import TrainRecipe
 
 
@@ -35,12 +35,10 @@ def vae_crop(truth: dict[str, np.ndarray], start: int, height: int, width: int, 
 
 def vae_loss_weight(truth: dict[str, np.ndarray], window: slice, height: int, width: int,
                     recipe: TrainRecipe) -> np.ndarray:
-    """[T, height, width] per-pixel loss weights of a window: 1, plus ``mouth_weight`` in the mouth box, plus
-    ``vae_expression_weight`` in the eye, brow and visible-hand boxes."""
-    weight = 1.0 + recipe.mouth_weight * mouth_mask(truth, window, height, width)
-    if recipe.vae_expression_weight:
-        weight += recipe.vae_expression_weight * box_mask(expression_boxes(truth)[window], height, width)
-    return weight
+    """[T, height, width] per-pixel loss weights of a window: 1 plus :func:`face_weight` under the recipe's
+    ``mouth_weight`` and ``vae_expression_weight``."""
+    return 1.0 + face_weight(truth, window, height, width, mouth_weight=recipe.mouth_weight,
+                             expression_weight=recipe.vae_expression_weight)
 
 
 def vae_step(vae: WanVAE, clips: list[TrainingClip], recipe: TrainRecipe, rng: np.random.Generator,

@@ -41,8 +41,8 @@ def test_a_smoke_run_exports_weights_that_the_pipeline_serves(smoke_run):
     again = main_run(root / "work", root / "weights2", SMOKE_RECIPE)
     assert again["sha256"] == manifest["sha256"]
     # Another recipe does not continue this run's checkpoints: refused, naming what differs, nothing written.
-    with pytest.raises(RecipeMismatch, match="vae_expression_weight 0.0 there, 4.0 here"):
-        main_run(root / "work", root / "weights3", with_overrides(SMOKE_RECIPE, ["vae_expression_weight=4"]))
+    with pytest.raises(RecipeMismatch, match="vae_expression_weight 4.0 there, 0.0 here"):
+        main_run(root / "work", root / "weights3", with_overrides(SMOKE_RECIPE, ["vae_expression_weight=0"]))
     assert not (root / "weights3").exists()
 
 
