@@ -11,7 +11,6 @@ UNKNOWN_ACTION, AUDIO_GARBAGE); a message over the limits ends it, through ``fai
 from __future__ import annotations
 
 import asyncio
-import collections
 import heapq
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from avatar_backend.media.resample import MODEL_SAMPLE_RATE
 from avatar_backend.proto_gen import converse_pb2, worker_pb2
 from avatar_backend.store import CharacterRecord
 from avatar_backend.worker.link import WorkerUnavailableError
-from avatar_backend.worker.scheduler import DEFAULT_MAX_QUEUED_VOICE_S, DROPPED_VOICE_RANGES
+from avatar_backend.worker.scheduler import DEFAULT_MAX_QUEUED_VOICE_S, DroppedVoice
 
 from .audio_input import AudioInput
 from .runtime import GatewayRuntime
@@ -64,8 +63,8 @@ class ClientInput:
         # The session's voice so far (16 kHz): pushed to the worker or dropped here by interrupts.
         self._voice_received = 0
         self._voice_dropped = 0
-        # [start, end) of the voice each of the latest interrupts dropped here (held for reordering), on that count.
-        self._dropped_voice: collections.deque[tuple[int, int]] = collections.deque(maxlen=DROPPED_VOICE_RANGES)
+        # The voice the latest interrupts dropped here (held for reordering), on that count.
+        self._dropped_voice = DroppedVoice()
         self._timed_ahead: list[int] = []          # heap: points of timed events beyond the voice received
         self._garbage_seen = 0
         self.garbage_events = RateLimitedEvent(
@@ -177,8 +176,7 @@ class ClientInput:
         self.stop()
         dropped = self.audio.interrupt()
         self._interrupt_drops.append(dropped)
-        if dropped:
-            self._dropped_voice.append((self._voice_received, self._voice_received + dropped))
+        self._dropped_voice.add(self._voice_received, self._voice_received + dropped)
         self._voice_received += dropped
         self._voice_dropped += dropped
         self._timed_ahead.clear()  # the worker cancels the timed events not yet applied
@@ -236,7 +234,7 @@ class ClientInput:
             return {}
         field = f"{kind}.at_voice_sample"
         point = event.at_voice_sample * MODEL_SAMPLE_RATE // self._media.clock.sample_rate
-        if any(start <= point < end for start, end in self._dropped_voice):
+        if self._dropped_voice.holds(point):
             return None
         ahead_s = (point - self._voice_received) / MODEL_SAMPLE_RATE
         if ahead_s > DEFAULT_MAX_QUEUED_VOICE_S:
@@ -251,8 +249,7 @@ class ClientInput:
                 return None
             heapq.heappush(self._timed_ahead, point)
         # The worker counts only the voice it was sent: less what was dropped here before the point.
-        dropped_after = sum(end - start for start, end in self._dropped_voice if start >= point)
-        return {"at_voice_sample": max(0, point - (self._voice_dropped - dropped_after))}
+        return {"at_voice_sample": max(0, point - (self._voice_dropped - self._dropped_voice.after(point)))}
 
     def _character_prompt(self, kind: str, name: str, unknown_code: int) -> str | None:
         """The character's ``kind`` ("emotion" or "action") prompt of that name; an event when it has none."""

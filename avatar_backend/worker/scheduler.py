@@ -77,7 +77,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -91,6 +91,7 @@ __all__ = [
     "DEFAULT_VOICE_JITTER_BUDGET_MS",
     "BlockAudioSource",
     "BlockPlan",
+    "DroppedVoice",
     "InterruptResult",
     "PcmQueue",
     "Scheduler",
@@ -114,6 +115,29 @@ DROPPED_VOICE_RANGES = 32
 DEFAULT_MAX_BATCH = 8
 # A batch size found not to pay is measured again after this many generator calls.
 REMEASURE_CALLS = 200
+
+
+class DroppedVoice:
+    """The voice the latest interrupts dropped, as [start, end) ranges of a voice count: an event timed into it is
+    never shown. The gateway keeps one on the voice the client sent, the worker one on the voice it was sent."""
+
+    def __init__(self) -> None:
+        self._ranges: collections.deque[tuple[int, int]] = collections.deque(maxlen=DROPPED_VOICE_RANGES)
+
+    def add(self, start: int, end: int) -> None:
+        if end > start:
+            self._ranges.append((start, end))
+
+    def holds(self, point: int) -> bool:
+        """Whether an interrupt dropped the voice at ``point``."""
+        return any(start <= point < end for start, end in self._ranges)
+
+    def after(self, point: int) -> int:
+        """Samples dropped from ``point`` on (by the interrupts whose voice starts there or later)."""
+        return sum(end - start for start, end in self._ranges if start >= point)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self._ranges)
 
 
 class BlockAudioSource(Protocol):
@@ -254,9 +278,7 @@ class SessionState:
     pauses: collections.deque[tuple[int, int]] = field(default_factory=collections.deque)
     voice_received: int = 0               # voice samples pushed in this session (the pauses not counted)
     timed_events: list[TimedEvent] = field(default_factory=list)  # waiting for their voice, in arrival order
-    # [start, end) of the voice (voice_received counts) each of the latest interrupts dropped.
-    dropped_voice: collections.deque[tuple[int, int]] = field(
-        default_factory=lambda: collections.deque(maxlen=DROPPED_VOICE_RANGES))
+    dropped_voice: DroppedVoice = field(default_factory=DroppedVoice)  # on voice_received counts
     listening: bool = False
     listening_prompt: str | None = None   # the prompt of silent blocks while listening
     prompt: str | None = None             # None: the character's base prompt
@@ -454,8 +476,7 @@ class Scheduler:
         queue_end = state.voice_consumed + len(state.voice)
         paused = sum(max(0, min(stop, queue_end) - max(start, state.voice_consumed)) for start, stop in state.pauses)
         dropped = state.voice.clear()
-        if dropped > paused:
-            state.dropped_voice.append((state.voice_received - (dropped - paused), state.voice_received))
+        state.dropped_voice.add(state.voice_received - (dropped - paused), state.voice_received)
         state.utterance_ends.clear()
         state.utterance_open = False
         state.speaking, state.gap_from, state.waiting_since, state.voice_origin = False, None, None, None
@@ -486,7 +507,7 @@ class Scheduler:
     def _control(self, state: SessionState, event: TimedEvent) -> None:
         """Apply an event now (from the next block), or keep it until its point of the voice; drop one timed into
         voice an interrupt dropped."""
-        if event.at_voice is not None and any(start <= event.at_voice < end for start, end in state.dropped_voice):
+        if event.at_voice is not None and state.dropped_voice.holds(event.at_voice):
             return
         due_now = event.at_voice is None
         if not due_now and event.at_voice <= state.voice_received:
