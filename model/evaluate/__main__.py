@@ -365,18 +365,24 @@ def main(argv: list[str] | None = None) -> int:
     execution = ExecutionConfig(decode_precision=args.decode_precision, prompt_guidance=args.prompt_guidance,
                                 prompt_onset_latents=args.prompt_onset)
     pipeline = LiveActPipeline.from_config(weights_config(weights) or "tiny", weights=weights, execution=execution)
+    vaes = None
+    if args.vae_checkpoint:  # read before any slow work, so a wrong path fails at once
+        vaes = checkpoint_vaes(pipeline, args.vae_checkpoint)
+        if vaes is None:
+            return 1
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     report: dict = {"weights": Path(weights).name, "weights_sha256": pipeline.weights_sha256,
-                    "decode_precision": pipeline.decode_dtype_name,
-                    "prompt_guidance": pipeline.config.sampler.prompt_guidance,
-                    "prompt_onset_latents": pipeline.config.sampler.prompt_onset_latents, "events": args.events}
-    if args.vae_checkpoint:
-        return evaluate_vae_checkpoints(pipeline, args, report)
-    report["speed"] = speed(pipeline)
+                    "decode_precision": pipeline.decode_dtype_name}
+    if vaes is None:  # the generator runs: what it ran under
+        report.update(prompt_guidance=pipeline.config.sampler.prompt_guidance,
+                      prompt_onset_latents=pipeline.config.sampler.prompt_onset_latents, events=args.events)
+        report["speed"] = speed(pipeline)
     clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width, pipeline.config.fps)
     classifier, truth_accuracy = train_classifier(pipeline.config.width, pipeline.config.fps, args.classifier_clips,
                                                   args.classifier_steps)
+    if vaes is not None:
+        return evaluate_vae_checkpoints(pipeline, vaes, clips, classifier, truth_accuracy, args.out, report)
     report["lip_sync"] = evaluate_clips(pipeline, clips, args.out, classifier, args.events)
     report["control_response"] = {"classifier_accuracy_on_ground_truth": truth_accuracy,
                                   **{k: v for k, v in report["lip_sync"].pop("controls").items()}}
@@ -396,27 +402,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def evaluate_vae_checkpoints(pipeline: LiveActPipeline, args: argparse.Namespace, report: dict) -> int:
-    """``--vae-checkpoint``: the weights' VAE and each checkpoint's side by side (:func:`evaluate_autoencoders`),
-    one column each (the weights' first, then the checkpoints by their paths)."""
+def checkpoint_vaes(pipeline: LiveActPipeline, paths: list[Path]) -> dict[str, dict] | None:
+    """``--vae-checkpoint``: the VAE state dicts to judge, the weights' own first, then each checkpoint's by its
+    path; None (after saying why) when a checkpoint holds no VAE of this config."""
     own = {key: value.clone() for key, value in pipeline.vae.state_dict().items()}
     vaes = {"weights": own}
-    for path in args.vae_checkpoint:
+    for path in paths:
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)["modules"]["vae"]
         except (OSError, EOFError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as error:
             print(f"error: {path} is not a training checkpoint with a VAE ({error})", file=sys.stderr)
-            return 1
+            return None
         if own.keys() != state.keys():
             print(f"error: {path} holds a VAE of another config", file=sys.stderr)
-            return 1
+            return None
         vaes[str(path)] = state
-    clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width, pipeline.config.fps)
-    classifier, truth_accuracy = train_classifier(pipeline.config.width, pipeline.config.fps, args.classifier_clips,
-                                                  args.classifier_steps)
+    return vaes
+
+
+def evaluate_vae_checkpoints(pipeline: LiveActPipeline, vaes: dict[str, dict], clips, classifier,
+                             truth_accuracy: dict, out: Path, report: dict) -> int:
+    """The autoencoders side by side (:func:`evaluate_autoencoders`) on the clips, one column each."""
     report["classifier_accuracy_on_ground_truth"] = truth_accuracy
     report["autoencoders"] = evaluate_autoencoders(pipeline, clips, classifier, vaes)
-    (args.out / "eval.json").write_text(json.dumps(report, indent=1, default=float))
+    (out / "eval.json").write_text(json.dumps(report, indent=1, default=float))
     rows = report["autoencoders"]
     for index, name in enumerate(vaes):
         print(f"[{index}] {name}")
@@ -431,7 +440,7 @@ def evaluate_vae_checkpoints(pipeline: LiveActPipeline, args: argparse.Namespace
                   for name in vaes]
         cells = ("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in values)
         print(f"{label:<52}" + "".join(f"{cell:>8}" for cell in cells))
-    print(f"wrote {args.out / 'eval.json'}")
+    print(f"wrote {out / 'eval.json'}")
     return 0
 
 
