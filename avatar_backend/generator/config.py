@@ -387,10 +387,10 @@ TINY = ModelConfig(
     image_encoder=ImageEncoderConfig(kind="learned", image_size=64, patch_size=16, tokens=17, dim=64),
     text_encoder=TextEncoderConfig(kind="learned", max_len=16, dim=64, layers=1),
     # The tiny model shows emotions and actions faintly; guided away from the base prompt at factor 2 the weights
-    # before the shipped ones showed 9 of 36 events within a block instead of 2, with seams as sharp as factor 5 made them before the control
-    # stage (README, "Prompt guidance side by side"). Setting each new prompt in over 3 latent frames brings the
-    # seams within the decoder's own (1.19 against 1.47) and shows as many events (README, "Prompt onset side by
-    # side").
+    # before the shipped ones showed 9 of 36 events within a block instead of 2, with seams as sharp as factor 5
+    # made them before the control stage. Setting each new prompt in over 3 latent frames brings the seams within
+    # the decoder's own (1.19 against 1.47) and shows as many events (docs/TINY_EXPERIMENTS.md, "Prompt guidance
+    # side by side" and "Prompt onset side by side").
     sampler=SamplerConfig(prompt_guidance=2.0, prompt_onset_latents=3),
     width=128,
     height=128,

@@ -9,7 +9,8 @@ Prompt guidance (not in the reference): the streams of a batch whose prompt is a
 base prompt add (guidance - 1) * (v - v_base) to the last step's velocity, each with its own factor, v_base from a
 pass of those streams alone with the base prompt, which reads the step's cache as it is and writes a scratch copy
 of their rows (batch-mates under their base prompts pay nothing for it). Only the last step: the schedule's first
-two steps move the latent from t = 1000 to 833, and guiding them did little (README, "Prompt guidance side by side").
+two steps move the latent from t = 1000 to 833, and guiding them did little (docs/TINY_EXPERIMENTS.md, "Prompt
+guidance side by side").
 
 Prompt onset (not in the reference either): a stream whose prompt is not its last block's blends the two prompts'
 cross-attention per latent frame at every step, the new one's share rising from none over the block's first
@@ -119,7 +120,8 @@ def onset_weights(frames: int, onset_latents: int) -> list[float]:
 
     The first frame is the last block's prompt alone, so the block joins the last one as if the prompt stayed,
     and the change comes in equal steps inside the block. (Starting at 1/(n+1) instead left a quarter of the
-    change on the block boundary at n = 3: seams 1.22 against 1.19; README, "Prompt onset side by side".)
+    change on the block boundary at n = 3: seams 1.22 against 1.19; docs/TINY_EXPERIMENTS.md, "Prompt onset side by
+    side".)
     """
     return [min(1.0, j / onset_latents) if onset_latents else 1.0 for j in range(frames)]
 
