@@ -5,8 +5,12 @@ frame size and variant, streams blocks through the real sampler and ConvKV cache
 on, those that compress, median), frames per second, time to the first block (of a new NPC, after warm-up
 blocks on a memory thrown away), the warm-up's time (a fresh model's first block of each kind: kernels loaded,
 graphs compiled), TFLOP per frame counted from the shapes, the TFLOP/s that makes, peak GPU memory, and the VAE's
-streaming decode in ms per frame in fp32 and bf16 (with the bf16 frames' error). Writes the numbers as JSON
-(after every row) and one row per variant to docs/PERFORMANCE.md with the device and the date.
+streaming decode as serving runs it (float32 weights, float32 or bfloat16 autocast, 1, 2 or 8 latents per pass) in
+ms per frame, and compiled, with each setting's frames' error. One variant's stream (``--end-to-end``) then goes on
+through DiT and decode together, one after the other and overlapped (each block's decode beside the next block's
+DiT), with the fastest eager float32 and bfloat16 decode and the compiled one: the end-to-end FPS of one GPU.
+Writes the numbers as JSON (after every row) and one row per variant to docs/PERFORMANCE.md with the device and
+the date.
 
 Variants: ``bf16`` (the default path), ``fp8-kv`` (the FP8 ConvKV cache), ``fp8-gemm`` (the transformer blocks'
 linear layers as FP8 GEMMs), ``compiled`` (torch.compile of the transformer blocks) and ``fastest`` (all three).
@@ -21,15 +25,19 @@ with ``--sp-devices cpu,cpu`` over gloo): the same code paths, no meaningful num
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import dataclasses
 import datetime
 import gc
+import itertools
 import json
 import socket
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +49,7 @@ from avatar_backend.generator.config import ATTENTION_BACKENDS, LIVEACT_18B, TIN
 from avatar_backend.generator.convkv import ConvKVMemory
 from avatar_backend.generator.dit import WanModel
 from avatar_backend.generator.parallel import SequenceParallel
-from avatar_backend.generator.pipeline import apply_execution
+from avatar_backend.generator.pipeline import DECODE_LATENTS_PER_PASS, apply_execution, decode_block
 from avatar_backend.generator.sampler import GeneratorNoise, denoise_block
 from avatar_backend.generator.schedule import StreamSchedule
 from avatar_backend.generator.vae import WanVAE
@@ -61,6 +69,8 @@ VARIANTS = {
     "compiled": Variant(compile=True),
     "fastest": Variant(kv_cache="fp8", gemm="fp8", compile=True),
 }
+# Later blocks per decode setting and mode in the end-to-end measurement.
+END_TO_END_BLOCKS = 5
 PERFORMANCE_FILE = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 
 
@@ -84,8 +94,15 @@ def dit_flops_per_call(config: ModelConfig, width: int, height: int, latent_fram
 
 
 def bench_variant(config: ModelConfig, name: str, width: int, height: int, blocks: int, device: str,
-                  attention: str = "sdpa", parallel: SequenceParallel | None = None) -> dict:
-    """Stream ``blocks`` blocks of one variant; its numbers, and each block's latents (on the host) as "x0s"."""
+                  attention: str = "sdpa", parallel: SequenceParallel | None = None,
+                  end_to_end: tuple[dict[bool, WanVAE], list[DecodeSetting]] | None = None,
+                  resident_bytes: int = 0) -> dict:
+    """Stream ``blocks`` blocks of one variant; its numbers, and each block's latents (on the host) as "x0s".
+
+    With ``end_to_end`` (the VAEs of :func:`build_vaes` and decode settings), the stream then goes on through DiT
+    and decode for each setting: one after the other, and with a block's decode beside the next block's DiT (see
+    :func:`_end_to_end`). ``resident_bytes`` (the VAEs' weights on the device) are left out of the peak.
+    """
     variant = VARIANTS[name]
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     config = dataclasses.replace(config, sampler=dataclasses.replace(config.sampler, kv_cache=variant.kv_cache))
@@ -121,13 +138,14 @@ def bench_variant(config: ModelConfig, name: str, width: int, height: int, block
     times, x0s = [], []
     with torch.inference_mode():
         context = model.encode_context(text, clip)
-        # Blocks 0 and 1 (one of each kind) once on a memory thrown away: the timed block 0 is then what a new
-        # NPC meets on a running server (kernels loaded, graphs compiled), not the start of a process. Their
-        # time is what a server spends on its first NPC's first blocks, compiling included.
+        # Blocks 0, 1 and 2 (one of each kind: the first, the first after it, the first that compresses) once on
+        # a memory thrown away: the timed blocks are then what a new NPC meets on a running server (kernels
+        # loaded, graphs compiled), not the start of a process. Their time is what a server spends on its first
+        # NPC's first blocks, compiling included.
         _sync(device)
         started = time.perf_counter()
         warm_up, warm_up_noise = allocate(), GeneratorNoise(0)
-        for index in (0, 1):
+        for index in (0, 1, 2):
             denoise_block(model, warm_up, schedule.block(index), y=y, context=context, audio_window=audio,
                           noise=warm_up_noise, sampler=config.sampler, functional=False, parallel=parallel)
         _sync(device)
@@ -136,15 +154,30 @@ def bench_variant(config: ModelConfig, name: str, width: int, height: int, block
         memory, noise = allocate(), GeneratorNoise(0)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(device)
+
+        def denoise(index: int) -> torch.Tensor:
+            return denoise_block(model, memory, schedule.block(index), y=y, context=context, audio_window=audio,
+                                 noise=noise, sampler=config.sampler, functional=False, parallel=parallel).x0
+
         for index in range(blocks):
-            plan = schedule.block(index)
             _sync(device)
             started = time.perf_counter()
-            result = denoise_block(model, memory, plan, y=y, context=context, audio_window=audio, noise=noise,
-                                   sampler=config.sampler, functional=False, parallel=parallel)
+            x0 = denoise(index)
             _sync(device)
             times.append(time.perf_counter() - started)
-            x0s.append(result.x0.float().cpu())
+            x0s.append(x0.float().cpu())
+        # The rows' peak: weights, one NPC's caches and activations.
+        peak_gpu_bytes = torch.cuda.max_memory_allocated(device) - resident_bytes if device.startswith("cuda") else 0
+        end_to_end_s = {}
+        if end_to_end is not None:
+            vaes, settings = end_to_end
+            start = blocks
+            for setting in settings:
+                for overlap in (False, True):
+                    indices = range(start, start + END_TO_END_BLOCKS)
+                    end_to_end_s[setting.name, overlap] = _end_to_end(
+                        denoise, indices, vaes, setting, overlap, width, height, config.sampler.block_sizes[1], device)
+                    start = indices.stop
     later = times[2:] or times[-1:]
     block_s = statistics.median(later)
     frames = config.frames_per_block(2)
@@ -158,9 +191,78 @@ def bench_variant(config: ModelConfig, name: str, width: int, height: int, block
         "warm_up_s": round(warm_up_s, 2),
         "flop_per_frame": flops / frames, "tflop_per_frame": round(flops / frames / 1e12, 2),
         "tflops": round(flops / block_s / 1e12, 1),
-        "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.startswith("cuda") else 0,
+        "peak_gpu_bytes": peak_gpu_bytes,
         "blocks_s": [round(t, 4) for t in times], "x0s": x0s,
+        **({"end_to_end": _end_to_end_report(end_to_end_s, frames)} if end_to_end_s else {}),
     }
+
+
+def _resident_bytes(vaes: dict[bool, WanVAE]) -> int:
+    """Bytes of the VAEs' weights (they stay on the device through every variant: moving a compiled decoder
+    recompiles it)."""
+    return sum(t.numel() * t.element_size() for vae in vaes.values()
+               for t in itertools.chain(vae.parameters(), vae.buffers()))
+
+
+def _end_to_end_report(seconds: dict[tuple[str, bool], list[float]], frames: int) -> dict:
+    """Per decode setting: seconds per block (median) and FPS, one after the other and overlapped."""
+    report = {}
+    for (setting, overlap), times in seconds.items():
+        block_s = statistics.median(times)
+        report.setdefault(setting, {})["overlapped" if overlap else "sequential"] = {
+            "block_s": round(block_s, 4), "fps": round(frames / block_s, 2), "blocks_s": [round(t, 4) for t in times]}
+    return report
+
+
+def _end_to_end(denoise, indices: range, vaes: dict[bool, WanVAE], setting: DecodeSetting, overlap: bool,
+                width: int, height: int, block_latents: int, device: str) -> list[float]:
+    """Seconds per block of DiT and decode together over the blocks ``indices`` (later blocks, ``block_latents``
+    latent frames each).
+
+    One after the other: a block's DiT, then its decode. Overlapped: a block's DiT on this thread while the
+    previous block's latents decode on a second thread and (on a GPU) its own CUDA stream, as a server that
+    decodes beside the DiT would; each block waits for both. This measures whether the GPU has room for both at
+    once, which the per-part timings cannot say.
+    """
+    config = vaes[False].config
+    state = vaes[False].init_decoder_state(width, height, device=device)
+    h, w = height // config.spatial_stride, width // config.spatial_stride
+    stream = torch.cuda.Stream(device) if device.startswith("cuda") and overlap else None
+
+    def decode(latents: torch.Tensor) -> None:
+        # Inference mode and autocast are per thread: set them again here.
+        with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
+            setting.decode(vaes, latents, state)
+            if stream is not None:
+                stream.synchronize()
+
+    times = []
+    with ThreadPoolExecutor(max_workers=1) as decoder_thread:
+        # The stream's first latent (decoded alone), then a later block, untimed, where the timed decodes will run:
+        # a compiled decoder compiles its graphs here, before anything runs beside it (a graph traced on one thread
+        # while a compiled function runs on another fails: the tracer patches every module's call).
+        for latents in (1, block_latents):
+            warm_up = torch.zeros(1, config.z_dim, latents, h, w, device=device)
+            if overlap:
+                decoder_thread.submit(decode, warm_up).result()
+            else:
+                decode(warm_up)
+        previous = warm_up
+        for index in indices:
+            _sync(device)
+            started = time.perf_counter()
+            if overlap:
+                decoded = decoder_thread.submit(decode, previous)
+                x0 = denoise(index)
+                _sync(device)
+                decoded.result()
+            else:
+                x0 = denoise(index)
+                decode(x0)
+                _sync(device)
+            times.append(time.perf_counter() - started)
+            previous = x0   # held until its decode next block, so its memory is not reused under it
+    return times
 
 
 def latent_error(x0s: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
@@ -208,24 +310,77 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_decode(config: ModelConfig, width: int, height: int, device: str, dtype: torch.dtype = torch.float32,
-                 latents: int = 8) -> tuple[float, torch.Tensor]:
-    """The VAE's streaming decode in ``dtype``: ms per video frame (a later block) and the frames it made (on the
-    host, fp32). Every dtype decodes the same weights and latents."""
+@dataclass(frozen=True)
+class DecodeSetting:
+    """How a block is decoded: the VAE's compute dtype under autocast (None: float32), latents per pass, and whether
+    the decoder runs compiled (torch.compile; serving does not yet)."""
+    autocast: torch.dtype | None
+    latents_per_pass: int
+    compiled: bool = False
+
+    @property
+    def name(self) -> str:
+        dtype = str(self.autocast or torch.float32).removeprefix("torch.")
+        return f"{dtype} x{self.latents_per_pass}{' compiled' if self.compiled else ''}"
+
+    def decode(self, vaes: dict[bool, WanVAE], latents: torch.Tensor, state) -> torch.Tensor:
+        return decode_block(vaes[self.compiled], latents, state, self.autocast, self.latents_per_pass)
+
+
+DECODE_SETTINGS = ([DecodeSetting(dtype, n) for dtype in (None, torch.bfloat16)
+                    for n in (1, DECODE_LATENTS_PER_PASS, 8)]
+                   + [DecodeSetting(torch.bfloat16, 8, compiled=True)])
+
+
+def build_vaes(config: ModelConfig, device: str) -> dict[bool, WanVAE]:
+    """The VAE with random weights (seeded), float32 as serving holds it, by whether its decoder is compiled (two
+    copies of the same weights: compiling is in place)."""
     torch.manual_seed(0)
     with torch.device(device):
-        vae = WanVAE(config.vae).eval().to(dtype)
-    state = vae.init_decoder_state(width, height, device=device)
-    h, w = height // config.vae.spatial_stride, width // config.vae.spatial_stride
-    z = torch.randn(1, config.vae.z_dim, 1 + latents, h, w, generator=torch.Generator().manual_seed(2))
-    z = z.to(device, dtype)
+        vae = WanVAE(config.vae).eval()
+    compiled = copy.deepcopy(vae)
+    compiled.decoder.compile()
+    return {False: vae, True: compiled}
+
+
+def bench_decode(vaes: dict[bool, WanVAE], width: int, height: int, device: str, setting: DecodeSetting,
+                 latents: int = 8) -> tuple[float, torch.Tensor]:
+    """The streaming decode of a later block (``setting``): ms per video frame and the frames it made (on the host,
+    fp32). Every setting decodes the same weights and latents; a compiled one is timed after a first block."""
+    config = vaes[False].config
+    h, w = height // config.spatial_stride, width // config.spatial_stride
+    z = torch.randn(1, config.z_dim, 1 + latents, h, w, generator=torch.Generator().manual_seed(2)).to(device)
     with torch.inference_mode():
-        vae.decode_stream(z[:, :, :1], state)
+        if setting.compiled:   # compiles the graphs of both kinds of call
+            warm_up = vaes[False].init_decoder_state(width, height, device=device)
+            setting.decode(vaes, z[:, :, :1], warm_up)
+            setting.decode(vaes, z[:, :, 1:], warm_up)
+        state = vaes[False].init_decoder_state(width, height, device=device)
+        setting.decode(vaes, z[:, :, :1], state)
         _sync(device)
         started = time.perf_counter()
-        frames = vae.decode_stream(z[:, :, 1:], state)
+        frames = setting.decode(vaes, z[:, :, 1:], state)
         _sync(device)
     return (time.perf_counter() - started) * 1000 / frames.shape[2], frames.float().cpu()
+
+
+def bench_decodes(vaes: dict[bool, WanVAE], width: int, height: int, device: str) -> dict:
+    """Every decode setting's ms per frame and its frames' relative L2 error against float32 one latent per pass."""
+    reference, timings = None, {}
+    for setting in DECODE_SETTINGS:
+        ms, frames = bench_decode(vaes, width, height, device, setting)
+        reference = frames if reference is None else reference
+        timings[setting.name] = {"ms_per_frame": round(ms, 2),
+                                 "error": float((frames - reference).norm() / reference.norm())}
+    return timings
+
+
+def end_to_end_decodes(timings: dict) -> list[DecodeSetting]:
+    """The decode settings an end-to-end stream runs: the fastest eager one of each dtype, and the compiled one."""
+    eager = [s for s in DECODE_SETTINGS if not s.compiled]
+    fastest = [min((s for s in eager if s.autocast == dtype), key=lambda s: timings[s.name]["ms_per_frame"])
+               for dtype in (None, torch.bfloat16)]
+    return fastest + [s for s in DECODE_SETTINGS if s.compiled]
 
 
 def _sync(device: str) -> None:
@@ -266,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sp-devices", default="", metavar="DEV,DEV",
                         help="also run bf16 sequence-parallel on these devices and report the speed-up")
     parser.add_argument("--blocks", type=int, default=6, help="blocks per run (the median is over blocks 2 on)")
+    parser.add_argument("--end-to-end", default="fastest", metavar="VARIANT",
+                        help="the variant whose stream goes on through DiT and decode, one after the other and "
+                             "overlapped, with the fastest eager float32 and bfloat16 decode and the compiled one "
+                             "(if it is among --variants)")
     parser.add_argument("--json", type=Path, default=Path("out/gpu_bench.json"))
     parser.add_argument("--no-docs", action="store_true", help="do not append rows to docs/PERFORMANCE.md")
     parser.add_argument("--smoke", action="store_true", help="the tiny config on the CPU: the code path only")
@@ -282,17 +441,22 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")] if not args.smoke else [(64, 64)]
     results = []
     for width, height in sizes:
-        decode_ms, frames = bench_decode(config, width, height, device)
-        decode_bf16_ms, frames_bf16 = bench_decode(config, width, height, device, torch.bfloat16)
-        decode = {"vae_ms_per_frame": round(decode_ms, 2), "vae_bf16_ms_per_frame": round(decode_bf16_ms, 2),
-                  "vae_bf16_error": float((frames_bf16 - frames).norm() / frames.norm())}
-        print(f"{width}x{height} VAE decode: {decode_ms:.2f} ms/frame fp32, {decode_bf16_ms:.2f} ms/frame bf16 "
-              f"({decode['vae_bf16_error']:.2%} off fp32)", flush=True)
-        del frames, frames_bf16
+        vaes = build_vaes(config, device)
+        decodes = bench_decodes(vaes, width, height, device)
+        for setting, timing in decodes.items():
+            print(f"{width}x{height} VAE decode ({setting} latents per pass): {timing['ms_per_frame']:.2f} ms/frame "
+                  f"({timing['error']:.2%} off float32 x1)", flush=True)
+        serving = {dtype: DecodeSetting(dtype, DECODE_LATENTS_PER_PASS).name for dtype in (None, torch.bfloat16)}
+        decode = {"vae_ms_per_frame": decodes[serving[None]]["ms_per_frame"],
+                  "vae_bf16_ms_per_frame": decodes[serving[torch.bfloat16]]["ms_per_frame"],
+                  "vae_bf16_error": decodes[serving[torch.bfloat16]]["error"], "vae_decode": decodes}
+        end_to_end = (vaes, end_to_end_decodes(decodes))
         _release(device)
         baseline = None
         for variant in variants:
-            result = bench_variant(config, variant, width, height, args.blocks, device, args.attention)
+            result = bench_variant(config, variant, width, height, args.blocks, device, args.attention,
+                                   end_to_end=end_to_end if variant == args.end_to_end else None,
+                                   resident_bytes=_resident_bytes(vaes))
             x0s = result.pop("x0s")
             baseline = x0s if variant == "bf16" else baseline
             if baseline is not None and variant != "bf16":
@@ -302,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
             _report(result)
             _write_json(args.json, config, results)   # after every row: a run stopped early keeps what it measured
             _release(device)
+        del vaes, end_to_end
+        _release(device)
         if args.sp_devices:
             result = bench_sequence_parallel(config, width, height, args.blocks, args.sp_devices.split(","),
                                              args.attention)
@@ -332,6 +498,9 @@ def _report(r: dict) -> None:
           f"{r['tflop_per_frame']} TFLOP/frame = "
           f"{r['tflops']} TFLOP/s, peak {r['peak_gpu_bytes'] / 1e9:.1f} GB, VAE {r['vae_ms_per_frame']} ms/frame"
           f"{extra}", flush=True)
+    for setting, modes in r.get("end_to_end", {}).items():
+        print(f"  with decode {setting}: " + ", ".join(f"{mode} {m['block_s']:.3f} s/block = {m['fps']:.1f} FPS"
+                                                     for mode, m in modes.items()), flush=True)
 
 
 if __name__ == "__main__":

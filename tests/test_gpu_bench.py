@@ -35,7 +35,24 @@ def test_smoke_mode_runs_the_variants_and_sequence_parallelism_on_the_cpu(tmp_pa
     assert "latent_error" not in results["bf16", 1]
     assert all(0 < results[v, 1]["latent_error"] < 0.1 for v in ("fp8-kv", "fp8-gemm", "fastest"))
     assert results["bf16", 2]["latent_error"] < 1e-4 and results["bf16", 2]["speedup"] > 0
-    assert "fp8-gemm on 1 device(s)" in capsys.readouterr().out
+    # Every decode setting serving can run, and the decoder compiled, each with its frames' error against float32
+    # one latent per pass.
+    decodes = results["bf16", 1]["vae_decode"]
+    assert set(decodes) == ({f"{dtype} x{n}" for dtype in ("float32", "bfloat16") for n in (1, 2, 8)}
+                            | {"bfloat16 x8 compiled"})
+    assert decodes["float32 x1"]["error"] == 0 and 0 < decodes["bfloat16 x2"]["error"] < 0.05
+    assert abs(decodes["bfloat16 x8 compiled"]["error"] - decodes["bfloat16 x8"]["error"]) < 0.01
+    # The end-to-end stream (the fastest variant's, by default): the fastest eager decode of each dtype and the
+    # compiled one (compiled on the thread that decodes beside the DiT), one after the other and overlapped, every
+    # block timed.
+    end_to_end = results["fastest", 1]["end_to_end"]
+    assert [setting.split()[0] for setting in end_to_end] == ["float32", "bfloat16", "bfloat16"]
+    assert list(end_to_end)[-1] == "bfloat16 x8 compiled"
+    assert all(len(m["blocks_s"]) == 5 and m["fps"] > 0 for modes in end_to_end.values()
+               for m in (modes["sequential"], modes["overlapped"]))
+    assert all("end_to_end" not in r for key, r in results.items() if key != ("fastest", 1))
+    out = capsys.readouterr().out
+    assert "fp8-gemm on 1 device(s)" in out and "overlapped" in out
 
 
 def test_unknown_variants_are_refused():

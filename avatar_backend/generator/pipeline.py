@@ -163,9 +163,7 @@ class LiveActPipeline:
 
     def decode_stream(self, latents: torch.Tensor, state: CausalCache) -> torch.Tensor:
         """The VAE's streaming decode of a block's latents in the decode precision this pipeline runs."""
-        with torch.autocast(torch.device(self.device).type, dtype=self.decode_autocast or torch.float32,
-                            enabled=self.decode_autocast is not None):
-            return self.vae.decode_stream(latents.float(), state, latents_per_pass=DECODE_LATENTS_PER_PASS)
+        return decode_block(self.vae, latents, state, self.decode_autocast)
 
     # -- construction ---------------------------------------------------------------------------------------
 
@@ -570,6 +568,14 @@ def apply_execution(dit: WanModel, execution: ExecutionConfig, device: str) -> N
         quantize_linears(dit)
     if execution.compile:
         dit.compile_blocks()
+
+
+def decode_block(vae: WanVAE, latents: torch.Tensor, state: CausalCache, autocast: torch.dtype | None,
+                 latents_per_pass: int = DECODE_LATENTS_PER_PASS) -> torch.Tensor:
+    """The VAE's streaming decode of a block's latents as serving runs it: float32 weights and state, computed under
+    ``autocast`` (None: float32), ``latents_per_pass`` latents per decoder pass."""
+    with torch.autocast(latents.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        return vae.decode_stream(latents.float(), state, latents_per_pass=latents_per_pass)
 
 
 def decode_autocast_dtype(precision: str, device: str) -> torch.dtype | None:
