@@ -49,7 +49,8 @@ from avatar_backend.generator.config import ATTENTION_BACKENDS, LIVEACT_18B, TIN
 from avatar_backend.generator.convkv import ConvKVMemory
 from avatar_backend.generator.dit import WanModel
 from avatar_backend.generator.parallel import SequenceParallel
-from avatar_backend.generator.pipeline import DECODE_LATENTS_PER_PASS, apply_execution, decode_block
+from avatar_backend.generator.pipeline import (DECODE_LATENTS_PER_PASS, GPU_DECODE_LATENTS_PER_PASS,
+                                               apply_execution, decode_block, decode_latents_per_pass)
 from avatar_backend.generator.sampler import GeneratorNoise, denoise_block
 from avatar_backend.generator.schedule import StreamSchedule
 from avatar_backend.generator.vae import WanVAE
@@ -328,8 +329,8 @@ class DecodeSetting:
 
 
 DECODE_SETTINGS = ([DecodeSetting(dtype, n) for dtype in (None, torch.bfloat16)
-                    for n in (1, DECODE_LATENTS_PER_PASS, 8)]
-                   + [DecodeSetting(torch.bfloat16, 8, compiled=True)])
+                    for n in sorted({1, DECODE_LATENTS_PER_PASS, GPU_DECODE_LATENTS_PER_PASS})]
+                   + [DecodeSetting(torch.bfloat16, GPU_DECODE_LATENTS_PER_PASS, compiled=True)])
 
 
 def build_vaes(config: ModelConfig, device: str) -> dict[bool, WanVAE]:
@@ -446,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         for setting, timing in decodes.items():
             print(f"{width}x{height} VAE decode ({setting} latents per pass): {timing['ms_per_frame']:.2f} ms/frame "
                   f"({timing['error']:.2%} off float32 x1)", flush=True)
-        serving = {dtype: DecodeSetting(dtype, DECODE_LATENTS_PER_PASS).name for dtype in (None, torch.bfloat16)}
+        # The rows' decode: fp32 and bf16 autocast, at the latents per pass serving takes on this device.
+        serving = {dtype: DecodeSetting(dtype, decode_latents_per_pass(device)).name for dtype in (None, torch.bfloat16)}
         decode = {"vae_ms_per_frame": decodes[serving[None]]["ms_per_frame"],
                   "vae_bf16_ms_per_frame": decodes[serving[torch.bfloat16]]["ms_per_frame"],
                   "vae_bf16_error": decodes[serving[torch.bfloat16]]["error"], "vae_decode": decodes}

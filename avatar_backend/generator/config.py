@@ -245,8 +245,8 @@ class ExecutionConfig:
     where umT5 runs (prompts are encoded once each and cached, so the CPU saves 11 GB of GPU memory).
     ``decode_precision``: what the VAE decoder computes in. Its weights and streaming state stay float32, so an
     NPC's memory is the same file either way; ``bfloat16`` runs it under autocast (frames within one level of
-    255 of float32's on the tiny model, its decode 1.5x as fast on a CPU with bf16 matrix units); ``auto``
-    takes bfloat16 on CPUs with AMX or AVX512-BF16 and float32 elsewhere. ``prompt_guidance``: the sampler's
+    255 of float32's on the tiny model, its decode 1.5x as fast on a CPU with bf16 matrix units, 1.3x on an
+    H200); ``auto`` takes bfloat16 on GPUs and on CPUs with AMX or AVX512-BF16, float32 on other CPUs. ``prompt_guidance``: the sampler's
     (``SamplerConfig.prompt_guidance``; None keeps the model config's, 1 turns it off), the one choice here meant
     to change what is drawn: the frames of NPCs under a prompt other than their character's base prompt.
     ``prompt_onset_latents``: the sampler's as well (None keeps the model config's, 0 turns it off): over how

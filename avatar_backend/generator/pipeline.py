@@ -124,6 +124,9 @@ class CharacterConditioning:
 # Latents per decoder pass when a block is decoded. With the light decoder at 128x128 on 2 CPU cores two per pass
 # decode a block 1.1-1.2x faster than one, for one NPC or four at once; four or eight per pass are slower for four.
 DECODE_LATENTS_PER_PASS = 2
+# On a GPU, a whole block per pass: the Wan VAE at 512x512 on an H200 decodes 5-7% faster with eight per pass than
+# with two (docs/PERFORMANCE.md, 2026-12-04).
+GPU_DECODE_LATENTS_PER_PASS = 8
 
 
 class LiveActPipeline:
@@ -134,6 +137,7 @@ class LiveActPipeline:
         self.device = device
         # The VAE decoder's compute dtype under autocast (its weights and states stay float32); None: float32.
         self.decode_autocast = decode_autocast_dtype(decode_precision, device)
+        self.decode_latents_per_pass = decode_latents_per_pass(device)
         # Sequence parallelism: this rank's place among the ranks that run each DiT call together. Every rank
         # holds its heads' shard of each NPC's ConvKV caches and draws the same noise; rank 0 decodes.
         self.parallel = parallel
@@ -163,7 +167,7 @@ class LiveActPipeline:
 
     def decode_stream(self, latents: torch.Tensor, state: CausalCache) -> torch.Tensor:
         """The VAE's streaming decode of a block's latents in the decode precision this pipeline runs."""
-        return decode_block(self.vae, latents, state, self.decode_autocast)
+        return decode_block(self.vae, latents, state, self.decode_autocast, self.decode_latents_per_pass)
 
     # -- construction ---------------------------------------------------------------------------------------
 
@@ -578,12 +582,18 @@ def decode_block(vae: WanVAE, latents: torch.Tensor, state: CausalCache, autocas
         return vae.decode_stream(latents.float(), state, latents_per_pass=latents_per_pass)
 
 
+def decode_latents_per_pass(device: str) -> int:
+    """Latents per decoder pass when a block is decoded on ``device``."""
+    return GPU_DECODE_LATENTS_PER_PASS if torch.device(device).type == "cuda" else DECODE_LATENTS_PER_PASS
+
+
 def decode_autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     """The autocast dtype of the VAE decoder for an ExecutionConfig.decode_precision on ``device`` (None: run in
-    float32). ``auto`` takes bfloat16 only where it is fast: CPUs with bf16 matrix units (AMX, AVX512-BF16)."""
+    float32). ``auto`` takes bfloat16 where it is fast: GPUs, and CPUs with bf16 matrix units (AMX, AVX512-BF16)."""
     if precision == "bfloat16":
         return torch.bfloat16
-    if precision == "auto" and torch.device(device).type == "cpu" and cpu_has_bf16_units():
+    kind = torch.device(device).type
+    if precision == "auto" and (kind == "cuda" or kind == "cpu" and cpu_has_bf16_units()):
         return torch.bfloat16
     return None
 

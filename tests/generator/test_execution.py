@@ -173,11 +173,12 @@ def test_bf16_decode_gives_the_float32_frames_within_a_level_and_the_same_memory
     assert layout(full_memory) == layout(half_memory) and full_memory.nbytes() == half_memory.nbytes()
 
 
-def test_decode_precision_auto_takes_bf16_only_on_cpus_with_bf16_units():
+def test_decode_precision_auto_takes_bf16_on_gpus_and_on_cpus_with_bf16_units():
     bf16_units = "amx_bf16" in CPU_FLAGS or "avx512_bf16" in CPU_FLAGS
     assert cpu_has_bf16_units() == bf16_units or not CPU_FLAGS
     assert decode_autocast_dtype("auto", "cpu") == (torch.bfloat16 if cpu_has_bf16_units() else None)
-    assert decode_autocast_dtype("auto", "cuda:0") is None
+    assert decode_autocast_dtype("auto", "cuda:0") == torch.bfloat16
+    assert decode_autocast_dtype("float32", "cuda:0") is None
     assert decode_autocast_dtype("float32", "cpu") is None
     assert decode_autocast_dtype("bfloat16", "cuda:1") == torch.bfloat16
 
