@@ -68,6 +68,8 @@ __all__ = ["BlockConditioning", "BlockInput", "CharacterConditioning", "Generato
 SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "model" / "weights"
 MODULE_PREFIXES = ("dit", "vae", "audio_encoder", "image_encoder", "text_encoder")
 RANDOM_WEIGHTS_SEED = 0
+# The compiled graphs of the DiT's block a process keeps (``--compile``): six per batch size and frame size.
+COMPILED_GRAPHS_LIMIT = 64
 # Cross-attention contexts kept per character. Each holds every layer's text/image K/V: small for tiny,
 # about 0.6 GB for liveact-18b, so keep few.
 PROMPT_CACHE_SIZE = 8
@@ -571,6 +573,9 @@ def apply_execution(dit: WanModel, execution: ExecutionConfig, device: str) -> N
                                  f"Blackwell); {device} has none")
         quantize_linears(dit)
     if execution.compile:
+        # Each block kind, with and without audio, is a graph (six), and so is each batch size and frame size
+        # after: past dynamo's default limit of 8 a new one would run uncompiled, silently.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_GRAPHS_LIMIT)
         dit.compile_blocks()
 
 

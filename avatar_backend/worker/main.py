@@ -35,6 +35,7 @@ from .link import WorkerLink
 from .memory_pool import MemoryCodec
 from .process import RANDOM_WEIGHTS
 from .scheduler import DEFAULT_VOICE_JITTER_BUDGET_MS, SchedulerConfig
+from .warm_up import warm_up
 
 __all__ = ["build_runner", "main", "parse_args"]
 
@@ -60,7 +61,8 @@ def _weights_file(model_config: str, weights: str | None) -> str | None:
 
 def build_executor(config: WorkerConfig) -> tuple[Executor, MemoryCodec]:
     """The executor of this worker's devices and the snapshot codec (a test generator when AVATAR_TEST_GENERATOR
-    names its file). Several devices: this process becomes rank 0 and starts the others."""
+    names its file). Several devices: this process becomes rank 0 and starts the others. A compiled model
+    (``--compile``) has compiled its graphs when this returns (:mod:`.warm_up`)."""
     test_generator = os.environ.get(TEST_GENERATOR_ENV)
     if test_generator:
         log.warning("%s: running the test generator %s, not the model", TEST_GENERATOR_ENV, test_generator)
@@ -76,13 +78,18 @@ def build_executor(config: WorkerConfig) -> tuple[Executor, MemoryCodec]:
     weights = _weights_file(config.model_config, config.weights)
     if len(devices) == 1:
         pipeline = LiveActPipeline.from_config(config.model_config, weights, devices[0], execution=config.execution)
-        return InProcessExecutor(pipeline), codec
-    model_args = ["--config", config.model_config, "--device", config.device, "--weights", weights or RANDOM_WEIGHTS,
-                  *execution_flags(config.execution), "--log-level", logging.getLevelName(logging.getLogger().level)]
-    group = RankGroup(devices, model_args)
-    pipeline = LiveActPipeline.from_config(config.model_config, weights, devices[0], parallel=group.parallel,
-                                           execution=config.execution)
-    return RankExecutor(LeaderRunner(pipeline, group)), codec
+        executor = InProcessExecutor(pipeline)
+    else:
+        model_args = ["--config", config.model_config, "--device", config.device, "--weights",
+                      weights or RANDOM_WEIGHTS, *execution_flags(config.execution),
+                      "--log-level", logging.getLevelName(logging.getLogger().level)]
+        group = RankGroup(devices, model_args)
+        pipeline = LiveActPipeline.from_config(config.model_config, weights, devices[0], parallel=group.parallel,
+                                               execution=config.execution)
+        executor = RankExecutor(LeaderRunner(pipeline, group))
+    if config.execution.compile:
+        warm_up(executor.runner)
+    return executor, codec
 
 
 def _load_test_generator(path: str) -> Any:
