@@ -314,7 +314,7 @@ def _free_port() -> int:
 @dataclass(frozen=True)
 class DecodeSetting:
     """How a block is decoded: the VAE's compute dtype under autocast (None: float32), latents per pass, and whether
-    the decoder runs compiled (torch.compile; serving does not yet)."""
+    the decoder runs compiled (torch.compile, as serving's ``--compile`` runs it)."""
     autocast: torch.dtype | None
     latents_per_pass: int
     compiled: bool = False
@@ -340,7 +340,7 @@ def build_vaes(config: ModelConfig, device: str) -> dict[bool, WanVAE]:
     with torch.device(device):
         vae = WanVAE(config.vae).eval()
     compiled = copy.deepcopy(vae)
-    compiled.decoder.compile()
+    compiled.compile_decoder()
     return {False: vae, True: compiled}
 
 

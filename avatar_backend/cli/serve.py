@@ -47,7 +47,8 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
              "(fp8: Ada, Hopper or Blackwell GPUs) (default model)",
     )
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the DiT's transformer blocks (minutes at start, faster blocks on GPUs)")
+                        help="torch.compile the DiT's transformer blocks and the VAE decoder (minutes at start, faster "
+                             "blocks on GPUs)")
     parser.add_argument(
         "--decode-precision", default=ExecutionConfig.decode_precision, choices=DECODE_PRECISIONS,
         help="what the VAE decoder computes in (weights and NPC memories stay float32): auto takes bfloat16 on "

@@ -241,8 +241,9 @@ class ExecutionConfig:
 
     ``attention``: the backend behind the DiT's attention dispatch (attention.py). ``gemm``: ``model`` runs the
     DiT's linear layers in the model's dtype, ``fp8`` as FP8 GEMMs (fp8.py; the weights drop to e4m3).
-    ``compile``: torch.compile each transformer block (one graph, reused by all layers). ``text_encoder_device``:
-    where umT5 runs (prompts are encoded once each and cached, so the CPU saves 11 GB of GPU memory).
+    ``compile``: torch.compile each transformer block (one graph, reused by all layers) and the VAE decoder.
+    ``text_encoder_device``: where umT5 runs (prompts are encoded once each and cached, so the CPU saves 11 GB of
+    GPU memory).
     ``decode_precision``: what the VAE decoder computes in. Its weights and streaming state stay float32, so an
     NPC's memory is the same file either way; ``bfloat16`` runs it under autocast (frames within one level of
     255 of float32's on the tiny model, its decode 1.5x as fast on a CPU with bf16 matrix units, 1.3x on an

@@ -217,6 +217,8 @@ class LiveActPipeline:
         if pipeline.vae is not None:
             # One-time costs (decoder cache shapes, lazy torch imports) here rather than in the first session.
             pipeline.vae.init_decoder_state(config.width, config.height, device="meta")
+            if execution.compile:
+                pipeline.vae.compile_decoder()
         return pipeline
 
     # -- sizes ----------------------------------------------------------------------------------------------

@@ -454,6 +454,11 @@ class WanVAE(nn.Module):
             if isinstance(module, CausalConv3d):
                 module.cache_key = name
 
+    def compile_decoder(self) -> None:
+        """torch.compile the decoder in place. A stream's first latent (empty state) and the passes after it are
+        graphs of their own, as is each batch size and frame size; weights and streaming state stay float32."""
+        self.decoder.compile()
+
     # ---------------------------------------------------------------------------------------------- encoding
 
     def encode(self, video: Tensor) -> Tensor:

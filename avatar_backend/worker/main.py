@@ -140,7 +140,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="attention backend of the DiT")
     parser.add_argument("--gemm", default=ExecutionConfig.gemm, choices=GEMM_FORMATS,
                         help="the DiT's linear layers in the model's dtype, or as FP8 GEMMs")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the DiT's transformer blocks")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the DiT's transformer blocks and the VAE decoder")
     parser.add_argument("--text-encoder-device", default=ExecutionConfig.text_encoder_device,
                         help="where the published text encoder (umT5) runs")
     parser.add_argument("--decode-precision", default=ExecutionConfig.decode_precision, choices=DECODE_PRECISIONS,

@@ -1,11 +1,12 @@
 """Compiling before serving: a compiled generator runs one block of each kind before the worker says it is ready.
 
-torch.compile builds a block kind's graphs the first time that kind runs: block 0, block 1 and the first block
-that compresses its memory (block 2), each with and without audio. Without a warm-up the first NPC a player meets
-waits for all of them (69 s for the published model on an H200, docs/PERFORMANCE.md); with it, that wait moves
-into the worker's start, and every NPC's first block takes what it takes on a running server. The warm-up NPC is
-the embedded default character at the model's default size, voiced with silence, and is discarded: nothing is
-stored. Batches of several NPCs and other frame sizes compile the first time they run.
+torch.compile builds a block kind's graphs the first time that kind runs: block 0, block 1 and the first block that
+compresses its memory (block 2), each with and without audio, and the decoder's for a stream's first latent and the
+passes after it. Without a warm-up the first NPC a player meets waits for all of them (69 s for the published model
+on an H200, docs/PERFORMANCE.md); with it, that wait moves into the worker's start, and every NPC's first block
+takes what it takes on a running server. The warm-up NPC is the embedded default character at the model's default
+size, voiced with silence, and is discarded: nothing is stored. Batches of several NPCs and other frame sizes
+compile the first time they run.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from avatar_backend.generator.convkv import ConvKVMemory
 from avatar_backend.generator.dit import WanModel
 from avatar_backend.generator.fp8 import FP8, FP8Linear, quantize_linears
 from avatar_backend.generator.pipeline import (GeneratorError, LiveActPipeline, cpu_has_bf16_units, decode_autocast_dtype,
-                                               shipped_weights)
+                                               decode_block, shipped_weights)
 from avatar_backend.generator.sampler import GeneratorNoise, denoise_block
 from avatar_backend.generator.schedule import StreamSchedule
 from avatar_backend.store import CharacterRecord
@@ -192,6 +192,29 @@ def test_compiled_blocks_give_the_eager_latents(trained_dit):
     compiled = copy.deepcopy(trained_dit)
     compiled.compile_blocks()
     assert relative_error(stream_latents(compiled, 1)[0], stream_latents(trained_dit, 1)[0]) < 1e-4
+
+
+@pytest.mark.slow
+def test_compiled_decoder_gives_the_eager_frames_over_a_stream():
+    """The quality guard of the compiled decoder (serving's ``--compile``): a stream of three blocks, the first
+    latent alone and the passes after it (each its own graph), against eager, both float32."""
+    eager = LiveActPipeline.from_config(TINY, weights=shipped_weights("tiny")).vae
+    compiled = copy.deepcopy(eager)
+    compiled.compile_decoder()
+    side = SIZE // TINY.vae.spatial_stride
+    latents = torch.randn(1, TINY.vae.z_dim, sum(TINY.sampler.block_sizes) + 8, side, side,
+                          generator=torch.Generator().manual_seed(5))
+    blocks = latents.split([TINY.sampler.block_sizes[0], 8, 8], dim=2)
+
+    def stream(vae):
+        state = vae.init_decoder_state(SIZE, SIZE)
+        with torch.inference_mode():
+            return torch.cat([decode_block(vae, block, state, None) for block in blocks], dim=2)
+
+    expected, actual = stream(eager), stream(compiled)
+    assert actual.shape == expected.shape == (1, 3, 21 + 2 * 32, SIZE, SIZE)
+    print(f"compiled decoder vs eager: max {float((actual - expected).abs().max()):.2e} (frames in [-1, 1])")
+    assert float((actual - expected).abs().max()) < 1e-3
 
 
 def test_execution_config_refuses_unknown_choices():
