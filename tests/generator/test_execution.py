@@ -202,9 +202,10 @@ def test_compiled_decoder_gives_the_eager_frames_over_a_stream():
     compiled = copy.deepcopy(eager)
     compiled.compile_decoder()
     side = SIZE // TINY.vae.spatial_stride
-    latents = torch.randn(1, TINY.vae.z_dim, sum(TINY.sampler.block_sizes) + 8, side, side,
-                          generator=torch.Generator().manual_seed(5))
-    blocks = latents.split([TINY.sampler.block_sizes[0], 8, 8], dim=2)
+    first, later = TINY.sampler.block_sizes
+    sizes = [first, later, later]
+    latents = torch.randn(1, TINY.vae.z_dim, sum(sizes), side, side, generator=torch.Generator().manual_seed(5))
+    blocks = latents.split(sizes, dim=2)
 
     def stream(vae):
         state = vae.init_decoder_state(SIZE, SIZE)
