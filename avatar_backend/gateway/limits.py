@@ -18,8 +18,8 @@ from avatar_backend.store import (
 __all__ = ["Limits", "parse_byte_size"]
 
 MIB = 1 << 20
-# Each step of prompt guidance costs lip sync and smoothness (the tiny model's lip-sync r is 0.95 at factor 2 and
-# 0.87 at 5; docs/TINY_EXPERIMENTS.md, "Prompt guidance side by side"): beyond 10 a session gets little but damage.
+# Each step of prompt guidance costs lip sync and smoothness (the tiny model's lip-sync r is 0.94 at factor 3 and
+# 0.91 at 4, and earlier weights' 0.87 at 10; docs/TINY_EXPERIMENTS.md): beyond 10 a session gets little but damage.
 DEFAULT_MAX_PROMPT_GUIDANCE = 10.0
 
 

@@ -30,7 +30,7 @@ from model.train.dit_stage import latent_slice
 from model.train.recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER
 
 from .controls import recall, response, train_classifier
-from .metrics import colour_similarity, latent_seam_ratio, lip_sync, pearson, psnr, seam_ratio, ssim
+from .metrics import colour_similarity, latent_changes, latent_seam_ratio, lip_sync, pearson, psnr, seam_ratio, ssim
 from .pictures import curves, frame_strip
 from .stream import generate, run_stream
 
@@ -273,15 +273,20 @@ def evaluate_autoencoders(pipeline: LiveActPipeline, clips: list[TrainingClip], 
                           vaes: dict[str, dict[str, torch.Tensor]]) -> dict:
     """The clips' truth through each VAE alone (state dicts by name; the pipeline's VAE takes each in turn and
     keeps the last): what any DiT trained on its latents could show at best. PSNR over the frame, the eyes and
-    brows, and the mouth; lip-sync r; the classifier's reading; and its reading of the truth itself."""
+    brows, and the mouth; lip-sync r; the block-seam ratio and the frame change inside latents and into each
+    latent's first frame; the classifier's reading; and its reading and frame changes of the truth itself."""
     fps, size = pipeline.config.fps, pipeline.config.width
     schedule = StreamSchedule.from_model_config(pipeline.config, size, size)
     first, block_frames = schedule.first_video_frames, schedule.block_video_frames
     # As long as the generated clip would be: whole blocks.
     lengths = [first + block_frames * ((len(c.frames) - first) // block_frames) for c in clips]
-    report: dict = {"ground_truth": reading([response(classifier, c.frames[:n], c.reference, c.truth,
-                                                      c.entry["events"], fps, block_frames)
-                                             for c, n in zip(clips, lengths)])}
+    stride = pipeline.config.vae.temporal_stride
+    truth_changes = np.mean([latent_changes(c.frames[:n], stride) for c, n in zip(clips, lengths)], axis=0)
+    report: dict = {"ground_truth": {**reading([response(classifier, c.frames[:n], c.reference, c.truth,
+                                                         c.entry["events"], fps, block_frames)
+                                                for c, n in zip(clips, lengths)]),
+                                     "change_inside_latents": float(truth_changes[0]),
+                                     "change_at_latent_boundaries": float(truth_changes[1])}}
     for name, state in vaes.items():
         pipeline.vae.load_state_dict(state)
         rows, controls = [], []
@@ -291,7 +296,10 @@ def evaluate_autoencoders(pipeline: LiveActPipeline, clips: list[TrainingClip], 
             eyes_and_brows = box_mask(expression_boxes(clip.truth)[: len(frames), :3], size, size)
             mouth = mouth_mask(clip.truth, slice(0, len(frames)), size, size)
             rows.append({"psnr_db": psnr(frames, truth), "psnr_db_eyes_and_brows": psnr(frames, truth, eyes_and_brows),
-                         "psnr_db_mouth": psnr(frames, truth, mouth), "lip_sync_r": lip_sync(frames, clip.truth)["r"]})
+                         "psnr_db_mouth": psnr(frames, truth, mouth), "lip_sync_r": lip_sync(frames, clip.truth)["r"],
+                         "seam_ratio": seam_ratio(frames, list(range(first, len(frames), block_frames))),
+                         **dict(zip(("change_inside_latents", "change_at_latent_boundaries"),
+                                    latent_changes(frames, stride)))})
             controls.append(response(classifier, frames, clip.reference, clip.truth, clip.entry["events"], fps,
                                      block_frames))
         report[name] = {**{key: float(np.mean([r[key] for r in rows])) for key in rows[0]}, **reading(controls)}
@@ -427,11 +435,17 @@ def evaluate_vae_checkpoints(pipeline: LiveActPipeline, vaes: dict[str, dict], c
     report["autoencoders"] = evaluate_autoencoders(pipeline, clips, classifier, vaes)
     (out / "eval.json").write_text(json.dumps(report, indent=1, default=float))
     rows = report["autoencoders"]
+    truth = rows["ground_truth"]
     for index, name in enumerate(vaes):
         print(f"[{index}] {name}")
     print(f"{'the truth through the VAE alone':<52}" + "".join(f"{f'[{i}]':>8}" for i in range(len(vaes))))
     for label, key in (("PSNR dB", "psnr_db"), ("  eyes and brows", "psnr_db_eyes_and_brows"), ("  mouth", "psnr_db_mouth"),
-                       ("lip-sync r", "lip_sync_r"), ("emotion accuracy / ground truth's", "emotion"),
+                       ("lip-sync r", "lip_sync_r"), ("block-seam ratio", "seam_ratio"),
+                       (f"frame change inside latents (truth: {truth['change_inside_latents']:.2f})",
+                        "change_inside_latents"),
+                       (f"  into a latent's first frame (truth: {truth['change_at_latent_boundaries']:.2f})",
+                        "change_at_latent_boundaries"),
+                       ("emotion accuracy / ground truth's", "emotion"),
                        ("action accuracy / ground truth's", "action"), ("emotion frames read as theirs", "emotion_recall"),
                        ("action frames read as theirs", "action_recall"),
                        (f"events visible within one block (truth: {rows['ground_truth']['visible_within_one_block']})",

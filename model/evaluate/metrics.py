@@ -74,6 +74,15 @@ def latent_seam_ratio(frames: np.ndarray, block_starts: list[int], frames_per_la
     return float(diffs[seams].mean() / max(1e-6, diffs[latent].mean())) if seams and latent else 1.0
 
 
+def latent_changes(frames: np.ndarray, frames_per_latent: int = 4) -> tuple[float, float]:
+    """Mean frame-to-frame change (levels of 255) into the frames inside latents and into each latent's first frame
+    (frames 1 + k * ``frames_per_latent``): a decoder whose error moves with each latent steps at the second."""
+    diffs = frame_changes(frames)
+    boundary = np.zeros(len(diffs), bool)
+    boundary[::frames_per_latent] = True
+    return float(diffs[~boundary].mean()), float(diffs[boundary].mean())
+
+
 def psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None) -> float:
     """PSNR of uint8 frames [T, H, W, 3]; over the pixels where ``region`` ([T, H, W]) is non-zero if given."""
     error = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=-1)

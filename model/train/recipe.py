@@ -25,7 +25,7 @@ class TrainRecipe:
     data_seed: int = 1
     # VAE: clips of vae_frames frames, the mouth region weighted up (vae_expression_weight: the eyes, brows and a
     # visible hand too, and half of the crops centred on the face instead of the mouth: vae_crop_centre "face")
-    vae_steps: int = 5400
+    vae_steps: int = 16200
     vae_batch: int = 4
     vae_frames: int = 9
     vae_crop: int = 64
@@ -42,6 +42,12 @@ class TrainRecipe:
     decoder_batch: int = 1
     decoder_frames: int = 33
     decoder_lr: float = 3e-4
+    # Each latent decodes to 4 frames from one code, so the decoder's error moves with each latent: fit frame by
+    # frame, it flickers inside latents and steps into each latent's first frame, and a stream shows that step at
+    # every block start. An L1 term on the decoded frame-to-frame changes against the clip's, the changes into each
+    # latent's first frame weighted up (docs/TINY_EXPERIMENTS.md, "A decoder that does not step between latents").
+    decoder_motion_weight: float = 6.0
+    decoder_boundary_weight: float = 8.0
     # DiT: one 4-block clip per step (6 + 8 + 8 + 8 latents), every block at the same step's noise level
     dit_clips: int = 480           # clips encoded once for the DiT
     dit_steps: int = 7200

@@ -63,7 +63,8 @@ def block_starts(config: ModelConfig, seconds: float) -> tuple[float, ...]:
 
 
 def run_vae_stage(name: str, work: Path, recipe: TrainRecipe, clips, vae: WanVAE, parameters: list[torch.nn.Parameter],
-                  *, steps: int, lr: float, batch: int, frames: int) -> ResumableStage:
+                  *, steps: int, lr: float, batch: int, frames: int, motion_weight: float = 0.0,
+                  boundary_weight: float = 1.0) -> ResumableStage:
     """Train ``parameters`` of the VAE on windows of ``frames`` frames (resumed where the stage stopped)."""
     optimizer = torch.optim.Adam(parameters, lr=lr)
     stage = ResumableStage(name, work, {"vae": vae}, optimizer, total=steps, seed=recipe.seed, peak_lr=lr, warmup=50,
@@ -71,7 +72,8 @@ def run_vae_stage(name: str, work: Path, recipe: TrainRecipe, clips, vae: WanVAE
     stage.resume()
     if not stage.done:
         vae.train()
-        stage.run(lambda step, rng, gen: vae_step(vae, clips, recipe, rng, gen, batch=batch, frames=frames))
+        stage.run(lambda step, rng, gen: vae_step(vae, clips, recipe, rng, gen, batch=batch, frames=frames,
+                                                  motion_weight=motion_weight, boundary_weight=boundary_weight))
     vae.eval().requires_grad_(False)
     return stage
 
@@ -97,7 +99,8 @@ def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
 def train_decoder(work: Path, recipe: TrainRecipe, clips, vae: WanVAE) -> dict:
     """The decoder on long windows, so that a stream's later frames decode as well as its first ones."""
     stage = run_vae_stage("decoder", work, recipe, clips, vae, freeze_encoder(vae), steps=recipe.decoder_steps,
-                          lr=recipe.decoder_lr, batch=recipe.decoder_batch, frames=recipe.decoder_frames)
+                          lr=recipe.decoder_lr, batch=recipe.decoder_batch, frames=recipe.decoder_frames,
+                          motion_weight=recipe.decoder_motion_weight, boundary_weight=recipe.decoder_boundary_weight)
     return stage.report()
 
 

@@ -1,7 +1,8 @@
 """Stages 2 and 3: the VAE, trained as the Wan VAE is: decode a sample of the encoder's posterior, reconstruct
 the clip (L1 and squared error, the mouth weighted up so lip shapes survive the 8x compression, and optionally the
 eyes, brows and a visible hand), plus a small KL term; then its decoder alone on windows long enough for its
-causal convs to reach the steady state of a stream."""
+causal convs to reach the steady state of a stream, its frame-to-frame changes held to the clip's so that it does
+not step at latent boundaries."""
 
 from __future__ import annotations
 
@@ -42,9 +43,13 @@ def vae_loss_weight(truth: dict[str, np.ndarray], window: slice, height: int, wi
 
 
 def vae_step(vae: WanVAE, clips: list[TrainingClip], recipe: TrainRecipe, rng: np.random.Generator,
-             generator: torch.Generator, *, batch: int, frames: int) -> dict[str, float]:
+             generator: torch.Generator, *, batch: int, frames: int, motion_weight: float = 0.0,
+             boundary_weight: float = 1.0) -> dict[str, float]:
     """One optimiser step's loss on ``batch`` random windows of ``frames`` frames (backward included): the VAE
     stage's short windows, or the decoder stage's long ones with the encoder frozen.
+
+    ``motion_weight``, ``boundary_weight``: :func:`motion_error`'s term and its latent boundaries' weight (the
+    decoder stage's; see ``TrainRecipe.decoder_motion_weight``).
 
     Every convolution is local, so the VAE trains on ``vae_crop``-pixel crops (about 4x faster than whole
     128-pixel frames); half of the crops are centred on ``vae_crop_centre`` (:func:`vae_crop`).
@@ -75,8 +80,26 @@ def vae_step(vae: WanVAE, clips: list[TrainingClip], recipe: TrainRecipe, rng: n
     mse = (error.square() * weight).mean() / weight.mean()
     kl = 0.5 * (mu.square() + log_var.exp() - 1.0 - log_var).mean()
     loss = l1 + recipe.vae_mse_weight * mse + recipe.vae_kl_weight * kl
+    metrics = {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+    if motion_weight:
+        motion = motion_error(error, weight, boundary_weight, vae.config.temporal_stride)
+        loss = loss + motion_weight * motion
+        metrics["motion"] = motion.item()
     loss.backward()
-    return {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+    return {"loss": loss.item(), **metrics}
+
+
+def motion_error(error: torch.Tensor, weight: torch.Tensor, boundary_weight: float = 1.0,
+                 stride: int = 4) -> torch.Tensor:
+    """Weighted L1 of the reconstruction's frame-to-frame changes against the clip's, from the reconstruction
+    error [B, C, T, H, W] (the error's change is the one minus the other) and the per-pixel weights [B, 1, T, H, W]:
+    zero for an error that holds still, however large, and large for a picture that steps between frames the
+    clip moves smoothly through. The changes into each latent's first frame (a window's first latent is one
+    frame, then every ``stride``-th frame starts one) weigh ``boundary_weight`` times the others: the error of one
+    latent's frames moves together, so a decoder steps there."""
+    pair_weight = torch.maximum(weight[:, :, 1:], weight[:, :, :-1]).clone()
+    pair_weight[:, :, ::stride] *= boundary_weight
+    return ((error[:, :, 1:] - error[:, :, :-1]).abs() * pair_weight).mean() / pair_weight.mean()
 
 
 def freeze_encoder(vae: WanVAE) -> list[torch.nn.Parameter]:

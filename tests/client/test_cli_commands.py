@@ -106,7 +106,7 @@ def test_info_prints_what_the_server_runs_and_its_limits(registered, capsys):
     out = capsys.readouterr().out
     assert "tiny (random weights" in out and "64x64" in out
     assert "jitter budget 500 ms; up to 64 emotions/actions may wait for their point of the voice" in out
-    assert "prompt guidance:  2 by default; a session may ask for 1 to 10" in out
+    assert "prompt guidance:  3 by default; a session may ask for 1 to 10" in out
     assert "prompt onset:     3 latent frames" in out
 
 

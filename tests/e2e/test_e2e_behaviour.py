@@ -207,7 +207,7 @@ def test_an_emotion_timed_to_a_word_changes_the_picture_at_the_block_nearest_it_
 
 def test_a_sessions_prompt_guidance_sets_how_strongly_its_emotion_shows(server, long_speech):
     """NPCs with one seed say the same line, with the same emotion timed into it, in sessions that ask for prompt
-    guidance 1 (off), nothing (the server's, 2) and 5: until the emotion's block their frames are a plain line's
+    guidance 1 (off), nothing (the server's, 3) and 5: until the emotion's block their frames are a plain line's
     byte for byte (guidance acts under a prompt only), from it the emotion moves the picture further from the
     plain line's the higher the session's factor."""
     at_seconds = 2.0
@@ -235,7 +235,7 @@ def test_a_sessions_prompt_guidance_sets_how_strongly_its_emotion_shows(server, 
         raise AssertionError("the voice started in different blocks in three attempts")
 
     runs = run(scenario())
-    assert {name: factor for name, (factor, _) in runs.items()} == {"plain": 2.0, "off": 1.0, "default": 2.0,
+    assert {name: factor for name, (factor, _) in runs.items()} == {"plain": 3.0, "off": 1.0, "default": 3.0,
                                                                     "strong": 5.0}
     plain = runs["plain"][1]
     voice_start = next(f for f in plain if f.speaking).audio_start

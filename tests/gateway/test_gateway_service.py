@@ -181,7 +181,7 @@ async def test_server_info(tmp_path):
         assert list(info.audio_codecs) == [cv.AUDIO_CODEC_OPUS, cv.AUDIO_CODEC_PCM16]
         assert list(info.audio_sample_rates) == [16000, 48000]
         assert info.limits.max_sessions == 3 and info.limits.max_message_bytes == 4 << 20
-        assert info.model.prompt_guidance == 2.0 and info.limits.max_prompt_guidance == 10.0
+        assert info.model.prompt_guidance == 3.0 and info.limits.max_prompt_guidance == 10.0
         assert info.model.prompt_onset_latents == 3
 
 

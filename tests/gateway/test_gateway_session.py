@@ -123,7 +123,7 @@ async def test_invalid_config_names_the_field(tmp_path, fields, field_name):
 @async_test
 async def test_a_sessions_prompt_guidance_reaches_its_blocks_and_is_reported(tmp_path):
     """A session that sets prompt_guidance runs every block with it and SessionAccepted says so; one that does not
-    runs with the worker's (the tiny config's 2), and so does the NPC's next session."""
+    runs with the worker's (the tiny config's 3), and so does the NPC's next session."""
     async with running_gateway(tmp_path) as h:
         await register_character(h.stub)
         blocks_before = len(h.generator.prompt_guidances)
@@ -138,12 +138,12 @@ async def test_a_sessions_prompt_guidance_reaches_its_blocks_and_is_reported(tmp
 
         blocks_before = len(h.generator.prompt_guidances)
         call, accepted = await open_session(h.stub, session_config(npc_id="vivid", character_id=""))
-        assert accepted.resumed and accepted.prompt_guidance == 2.0
+        assert accepted.resumed and accepted.prompt_guidance == 3.0
         assert not h.link.requests_of("open_npc")[-1].HasField("prompt_guidance")
         await next_of(call, "frame")
         await call.done_writing()
         await next_of(call, "ended", timeout=10.0)
-        assert set(h.generator.prompt_guidances[blocks_before:]) == {2.0}
+        assert set(h.generator.prompt_guidances[blocks_before:]) == {3.0}
 
 
 @async_test
@@ -181,7 +181,7 @@ async def test_a_model_that_does_not_guide_lets_no_session_turn_guidance_on_unle
     # A server whose default is above the operator's limit still lets a session ask for its default.
     async with running_gateway(tmp_path / "below", max_prompt_guidance=1.5) as h:
         info = await h.stub.GetServerInfo(pb.GetServerInfoRequest())
-        assert (info.model.prompt_guidance, info.limits.max_prompt_guidance) == (2.0, 2.0)
+        assert (info.model.prompt_guidance, info.limits.max_prompt_guidance) == (3.0, 3.0)
 
 
 @async_test

@@ -299,8 +299,8 @@ def test_the_worker_serves_the_shipped_weights_unless_told_random():
 
 def test_a_batch_of_npcs_gets_the_frames_each_would_get_alone(pipeline, character):
     """Three NPCs (own seeds, voices and prompts) batched over 5 blocks (compression from block 2) against each
-    run alone: frames within 1 of 255, the DiT's caches within 1e-4, the decoder states within 1e-4 (1e-2 for the
-    NPC under prompt guidance), and a batched NPC's snapshot resumes bit-exactly."""
+    run alone: frames within 1 of 255, the DiT's caches within 1e-4, the decoder states within a bf16 decoder's
+    rounding step (5e-2 for the NPC under prompt guidance), and a batched NPC's snapshot resumes bit-exactly."""
     from avatar_backend.generator.pipeline import BlockInput
 
     voices = [speech_like(16000 * 12, seed) for seed in (21, 22, 23)]
@@ -327,12 +327,14 @@ def test_a_batch_of_npcs_gets_the_frames_each_would_get_alone(pipeline, characte
         assert (got.blocks_generated, got.frames_generated, got.timeline_samples) == (
             want.blocks_generated, want.frames_generated, want.timeline_samples)
         for name, tensor in want.state_tensors().items():
-            # The guided NPC's (the angry one's) decoder state carries its decoded latent, in which prompt guidance
-            # multiplies the batch's rounding by its factor: enough to tip a bf16 decoder's roundings (measured
-            # here: 8e-3 at most). Its batch-mates under their base prompts come out as they would alone.
-            guided_decoder = want.npc_id == "npc1" and name.startswith("vae_decoder")
-            tolerance = 1e-2 if guided_decoder else 1e-4
-            torch.testing.assert_close(got.state_tensors()[name], tensor, rtol=tolerance, atol=tolerance, msg=name)
+            # A decoder state carries its NPC's decoded latent, which the batch's float32 rounding moves by ~1e-6:
+            # enough, on CPUs where the decoder runs in bf16, to tip some of its roundings by one step (2^-7 at
+            # these magnitudes, measured here: 7.8e-3). For the guided NPC (the angry one) prompt guidance multiplies
+            # that rounding by its factor (measured here at factor 3: 3.4e-2 at most, in 2 of 8192 elements).
+            decoder = name.startswith("vae_decoder")
+            tolerance = (5e-2 if want.npc_id == "npc1" else 1e-2) if decoder else 1e-4
+            torch.testing.assert_close(got.state_tensors()[name], tensor, rtol=tolerance, atol=tolerance,
+                                       msg=lambda message, name=name, npc=want.npc_id: f"{npc} {name}: {message}")
     # Per NPC, a snapshot taken after batched blocks continues exactly like the memory itself.
     snapshot = batched[1].host_copy()
     item = inputs(batched)[1]
@@ -367,8 +369,8 @@ def test_prompt_guidance_adds_a_pass_for_the_npcs_under_a_prompt_alone(pipeline,
 
 def test_each_npc_of_a_batch_is_guided_by_its_own_factor():
     """Three NPCs with the same seed, voice and prompt, batched with prompt guidance 1 (off), the config's (None)
-    and 4, over 2 blocks with the shipped weights: each gets the frames it gets alone (within 1 of 255), the
-    config's factor is 2 exactly, and the factors move the frames apart in order. A factor below 1 is refused
+    and 7, over 2 blocks with the shipped weights: each gets the frames it gets alone (within 1 of 255), the
+    config's factor is 3 exactly, and the factors move the frames apart in order. A factor below 1 is refused
     before any work."""
     from avatar_backend.generator.pipeline import BlockInput, shipped_weights
 
@@ -393,12 +395,12 @@ def test_each_npc_of_a_batch_is_guided_by_its_own_factor():
                 own.append(block)
         return [np.concatenate(own).astype(int) for own in frames]
 
-    factors = [1.0, None, 4.0]
+    factors = [1.0, None, 7.0]
     alone = blocks(factors, batched=False)
     for want, got in zip(alone, blocks(factors, batched=True)):
         assert np.abs(got - want).max() <= 1
     np.testing.assert_array_equal(blocks([pipeline.config.sampler.prompt_guidance], batched=False)[0], alone[1])
-    assert pipeline.config.sampler.prompt_guidance == 2.0
+    assert pipeline.config.sampler.prompt_guidance == 3.0
     assert np.abs(alone[2] - alone[0]).mean() > 2 * np.abs(alone[1] - alone[0]).mean() > 0
 
     memory = pipeline.new_memory("npc", "villager", SIZE, SIZE, FPS, seed=70)

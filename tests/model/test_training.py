@@ -124,6 +124,23 @@ def test_the_neighbor_forcing_step_lowers_its_loss(smoke_run):
     assert sum(after) < 0.8 * sum(before)
 
 
+def test_the_decoder_motion_term_scores_steps_between_frames_not_a_steady_error():
+    from model.train.vae_stage import motion_error
+
+    clip = torch.linspace(-1, 1, 9).view(1, 1, 9, 1, 1).expand(1, 3, 9, 4, 4)      # a smooth fade
+    weight = torch.ones(1, 1, 9, 4, 4)
+    held = clip + 0.5                                                              # off by a steady colour
+    stepped = clip.clone()
+    stepped[:, :, 1:5] = clip[:, :, 1:2]                                           # frozen within each latent's
+    stepped[:, :, 5:9] = clip[:, :, 5:6]                                           # four frames, then a jump
+    assert motion_error(held - clip, weight).item() == pytest.approx(0.0, abs=1e-7)
+    assert motion_error(stepped - clip, weight).item() > 0.1
+    # Weighting the latent boundaries up scores the jump into frame 5 more than the drift inside the latents.
+    assert motion_error(stepped - clip, weight, boundary_weight=4).item() > motion_error(stepped - clip, weight).item()
+    # The L1 of the steady error is the larger one: the term tells apart what the frame error does not.
+    assert (held - clip).abs().mean() > (stepped - clip).abs().mean()
+
+
 def test_a_stopped_run_continues_with_exactly_the_steps_it_would_have_taken(tmp_path):
     def run(work, stop_at=None):
         torch.manual_seed(0)
