@@ -38,6 +38,9 @@ __all__ = ["Engine"]
 
 log = logging.getLogger("avatar_backend.worker")
 
+# Rounds of reading the link in one turn of the loop before a batch runs.
+MAX_POLLS_PER_STEP = 4
+
 
 class Engine:
     """The worker: link in, scheduler and memory pool as state, executor for the blocks, FrameBlocks out."""
@@ -142,10 +145,18 @@ class Engine:
         wait_s = self.scheduler.seconds_until_ready()
         timeout_ms = self.config.idle_poll_ms if wait_s is None else min(self.config.idle_poll_ms,
                                                                         math.ceil(wait_s * 1000))
-        for msg, payloads in self.link.poll(timeout_ms):
-            self.handle(msg, payloads)
-            if self._stopping:
-                return
+        received = self.link.poll(timeout_ms)
+        for round_ in range(1, MAX_POLLS_PER_STEP + 1):
+            for msg, payloads in received:
+                self.handle(msg, payloads)
+                if self._stopping:
+                    return
+            if not received or round_ == MAX_POLLS_PER_STEP:
+                break
+            # What came in while those were handled (opening an NPC takes a while) joins this turn: a voice or an
+            # interrupt sent right behind a request does not wait a whole batch. Bounded, so that input cannot
+            # starve the generator.
+            received = self.link.poll(0)
         self.executor.check()
         self.run_next_batch()
         self._close_finished_sessions()

@@ -455,3 +455,21 @@ def test_npcs_due_together_are_generated_in_one_call(harness, pipeline, clock):
     assert sorted(blocks) == ["s1", "s2"]
     assert all(b.batch_size == 2 and b.num_frames == 21 and b.speaking for b in blocks.values())
     assert blocks["s1"].compute_ms == blocks["s2"].compute_ms   # one call made both
+
+
+def test_messages_that_come_in_while_requests_are_handled_join_the_same_turn(harness, pipeline, data_dir):
+    """Two NPCs opened and voiced right behind each other, the link handing over one message per read: one turn of
+    the loop takes all four, so the two first blocks are one generator call."""
+    voice = [memoryview(np.full(BLOCK0 + LOOKAHEAD, 0.3, np.float32)).cast("B")]
+    arriving = []
+    for rid, (session, npc, character) in enumerate((("s1", "guard", "villager"), ("s2", "smith-npc", "smith")), 1):
+        message, payloads = open_npc(data_dir, character, request_id=rid, session_id=session, npc_id=npc,
+                                     character_id=character)
+        arriving.append((message, [memoryview(p) for p in payloads]))
+    for session in ("s1", "s2"):
+        arriving.append((pb.ToWorker(push_audio=pb.PushAudio(session_id=session, num_samples=BLOCK0 + LOOKAHEAD)),
+                         voice))
+    harness.link.poll = lambda timeout_ms=0: [arriving.pop(0)] if arriving else []
+    harness.worker.step()
+    assert not arriving and pipeline.batch_sizes == [2]
+    assert sorted(m.frame_block.session_id for m, _ in harness.link.take("frame_block")) == ["s1", "s2"]

@@ -125,17 +125,24 @@ def run_two_npcs(root: Path, devices: str) -> tuple[dict[str, list[np.ndarray]],
         sizes: set[int] = set()
         queues = {}
         async with running_worker(data_dir, devices) as link:
+            # Both NPCs open and get their voice before the worker runs a block for either: the two stay in step
+            # (same block sizes), so their blocks can share generator calls from the first one, whatever the
+            # machine's speed. A request goes out when its task first runs, hence the yield before the voices.
+            opening = []
             for index, npc in enumerate(("guard", "smith")):
-                # Each NPC's voice right after it opens: every block of it is voiced, whatever the timing.
                 session = f"s-{npc}"
                 queues[npc] = link.subscribe(session)
-                reply, _ = await link.request(*open_npc(
+                opening.append(asyncio.ensure_future(link.request(*open_npc(
                     data_dir, "villager", session_id=session, npc_id=npc, character_id="villager",
-                    width=SIZE, height=SIZE, seed=index + 1), timeout=60)
-                assert reply.WhichOneof("body") == "npc_opened", reply
+                    width=SIZE, height=SIZE, seed=index + 1), timeout=60)))
+            await asyncio.sleep(0)
+            for index, npc in enumerate(("guard", "smith")):
+                session = f"s-{npc}"
                 pcm = voice(BLOCK0 + 3 * BLOCK, 10 + index)
                 link.send(pb.ToWorker(push_audio=pb.PushAudio(session_id=session, num_samples=pcm.size)), [pcm])
                 link.send(pb.ToWorker(control=pb.Control(session_id=session, end_of_utterance=True)))
+            for reply, _ in await asyncio.gather(*opening):
+                assert reply.WhichOneof("body") == "npc_opened", reply
             for npc, queue in queues.items():
                 frames[npc] = []
                 while len(frames[npc]) < 4:
