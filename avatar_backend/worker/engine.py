@@ -141,7 +141,8 @@ class Engine:
             log.error("NPCs back at their last snapshots: %s", ", ".join(dropped))
 
     def step(self) -> None:
-        """One turn of the loop: take every waiting message, then run at most one batch."""
+        """One turn of the loop: take every waiting message (and what comes in while they are handled, up to
+        ``MAX_POLLS_PER_STEP`` reads), then run at most one batch."""
         wait_s = self.scheduler.seconds_until_ready()
         timeout_ms = self.config.idle_poll_ms if wait_s is None else min(self.config.idle_poll_ms,
                                                                         math.ceil(wait_s * 1000))

@@ -7,6 +7,7 @@ from collections.abc import Collection
 import numpy as np
 
 from model.data.measure import measure_mouth_openness
+from model.train.clips import latent_first_frames
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -69,7 +70,8 @@ def latent_seam_ratio(frames: np.ndarray, block_starts: list[int], frames_per_la
     first latent is one frame, so latent boundaries fall on frames 1 + k * ``frames_per_latent``."""
     diffs = frame_changes(frames)
     starts = {s for s in block_starts if 0 < s < len(frames)}
-    latent = [t - 1 for t in range(1 + frames_per_latent, len(frames), frames_per_latent) if t not in starts]
+    # Frame 1 left out: the step from frame 0 (a latent alone) into it is unlike the other latent boundaries.
+    latent = [t - 1 for t in latent_first_frames(len(frames), frames_per_latent)[1:] if t not in starts]
     seams = [s - 1 for s in sorted(starts)]
     return float(diffs[seams].mean() / max(1e-6, diffs[latent].mean())) if seams and latent else 1.0
 
@@ -79,7 +81,7 @@ def latent_changes(frames: np.ndarray, frames_per_latent: int = 4) -> tuple[floa
     (frames 1 + k * ``frames_per_latent``): a decoder whose error moves with each latent steps at the second."""
     diffs = frame_changes(frames)
     boundary = np.zeros(len(diffs), bool)
-    boundary[::frames_per_latent] = True
+    boundary[latent_first_frames(len(frames), frames_per_latent) - 1] = True
     return float(diffs[~boundary].mean()), float(diffs[boundary].mean())
 
 

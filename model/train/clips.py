@@ -44,6 +44,13 @@ def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
 
 
+def latent_first_frames(num_frames: int, stride: int = 4) -> np.ndarray:
+    """The frames after frame 0 that open a latent, among ``num_frames``: a stream's first latent is frame 0 alone,
+    then every ``stride``-th frame from frame 1 opens one (1, 1 + stride, ...). A decoder whose error moves with
+    each latent steps into these frames."""
+    return np.arange(1, num_frames, stride)
+
+
 HAND_BOX_HALF = 10         # pixels either side of a visible hand's centre that count as the hand
 
 

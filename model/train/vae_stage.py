@@ -11,7 +11,7 @@ import torch
 
 from avatar_backend.generator.vae import WanVAE
 
-from .clips import TrainingClip, face_weight, video_to_tensor
+from .clips import TrainingClip, face_weight, latent_first_frames, video_to_tensor
 from .recipe import TrainRecipe
 
 
@@ -98,7 +98,8 @@ def motion_error(error: torch.Tensor, weight: torch.Tensor, boundary_weight: flo
     frame, then every ``stride``-th frame starts one) weigh ``boundary_weight`` times the others: the error of one
     latent's frames moves together, so a decoder steps there."""
     pair_weight = torch.maximum(weight[:, :, 1:], weight[:, :, :-1]).clone()
-    pair_weight[:, :, ::stride] *= boundary_weight
+    # Change k is the change into frame k + 1.
+    pair_weight[:, :, torch.from_numpy(latent_first_frames(error.shape[2], stride) - 1)] *= boundary_weight
     return ((error[:, :, 1:] - error[:, :, :-1]).abs() * pair_weight).mean() / pair_weight.mean()
 
 

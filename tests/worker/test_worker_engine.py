@@ -11,7 +11,7 @@ from avatar_backend.proto_gen import worker_pb2 as pb
 from avatar_backend.store import CharacterRecord
 from avatar_backend.worker.characters import listening_prompt
 from avatar_backend.worker.config import WorkerConfig
-from avatar_backend.worker.engine import Engine
+from avatar_backend.worker.engine import MAX_POLLS_PER_STEP, Engine
 from avatar_backend.worker.executor import InProcessExecutor
 from avatar_backend.worker.telemetry import DeviceTelemetry
 
@@ -459,7 +459,7 @@ def test_npcs_due_together_are_generated_in_one_call(harness, pipeline, clock):
 
 def test_messages_that_come_in_while_requests_are_handled_join_the_same_turn(harness, pipeline, data_dir):
     """Two NPCs opened and voiced right behind each other, the link handing over one message per read: one turn of
-    the loop takes all four, so the two first blocks are one generator call."""
+    the loop takes them (up to its bound of reads), so the two first blocks are one generator call."""
     voice = [memoryview(np.full(BLOCK0 + LOOKAHEAD, 0.3, np.float32)).cast("B")]
     arriving = []
     for rid, (session, npc, character) in enumerate((("s1", "guard", "villager"), ("s2", "smith-npc", "smith")), 1):
@@ -469,7 +469,11 @@ def test_messages_that_come_in_while_requests_are_handled_join_the_same_turn(har
     for session in ("s1", "s2"):
         arriving.append((pb.ToWorker(push_audio=pb.PushAudio(session_id=session, num_samples=BLOCK0 + LOOKAHEAD)),
                          voice))
+    assert len(arriving) == MAX_POLLS_PER_STEP
+    # One more behind them waits for the next turn: input cannot hold a due batch back for long.
+    arriving.append((pb.ToWorker(control=pb.Control(session_id="s1", end_of_utterance=True)), []))
     harness.link.poll = lambda timeout_ms=0: [arriving.pop(0)] if arriving else []
     harness.worker.step()
-    assert not arriving and pipeline.batch_sizes == [2]
+    assert len(arriving) == 1 and pipeline.batch_sizes == [2]
+    assert all(harness.link.replies[rid][0].WhichOneof("body") == "npc_opened" for rid in (1, 2))
     assert sorted(m.frame_block.session_id for m, _ in harness.link.take("frame_block")) == ["s1", "s2"]

@@ -125,9 +125,10 @@ def run_two_npcs(root: Path, devices: str) -> tuple[dict[str, list[np.ndarray]],
         sizes: set[int] = set()
         queues = {}
         async with running_worker(data_dir, devices) as link:
-            # Both NPCs open and get their voice before the worker runs a block for either: the two stay in step
-            # (same block sizes), so their blocks can share generator calls from the first one, whatever the
-            # machine's speed. A request goes out when its task first runs, hence the yield before the voices.
+            # Both NPCs open and get their voice before the worker runs a block for either (the sends take
+            # microseconds, an open far longer, and the worker reads what came in meanwhile before it runs a batch):
+            # the two stay in step (same block sizes), so their blocks share generator calls from the first one on.
+            # A request goes out when its task first runs, hence the yield before the voices.
             opening = []
             for index, npc in enumerate(("guard", "smith")):
                 session = f"s-{npc}"
