@@ -329,8 +329,9 @@ def test_a_batch_of_npcs_gets_the_frames_each_would_get_alone(pipeline, characte
         for name, tensor in want.state_tensors().items():
             # A decoder state carries its NPC's decoded latent, which the batch's float32 rounding moves a little
             # (the DiT caches above agree within 1e-4): enough, on CPUs where the decoder runs in bf16 (this one),
-            # to tip some of its roundings by one step (2^-7 at these magnitudes, measured here: 7.8e-3). For the guided NPC (the angry one) prompt guidance multiplies
-            # that rounding by its factor (measured here at factor 3: 3.4e-2 at most, in 2 of 8192 elements).
+            # to tip some of its roundings by one step (2^-7 at these magnitudes, measured here: 7.8e-3). For the
+            # guided NPC (the angry one) prompt guidance multiplies that rounding by its factor (measured here at
+            # factor 3: 3.4e-2 at most, in 2 of 8192 elements).
             decoder = name.startswith("vae_decoder")
             tolerance = (5e-2 if want.npc_id == "npc1" else 1e-2) if decoder else 1e-4
             torch.testing.assert_close(got.state_tensors()[name], tensor, rtol=tolerance, atol=tolerance,
