@@ -367,12 +367,12 @@ def _tuplify(value: Any) -> Any:
 # Latent statistics of the tiny model's trained VAE (``python -m model.train`` computes them; its manifest in
 # model/weights records them too, and the shipped weights are refused under any other values).
 TINY_LATENT_MEAN = (
-    0.27, -0.3227, -0.5868, 0.2928, -0.183, 0.0894, -0.37, 0.1456,
-    -0.1137, 0.1532, -0.0047, -0.3312, -0.601, -0.0488, 0.1153, 0.1257,
+    0.2003, -0.1365, -0.2621, 0.1624, -0.2779, 0.0978, 0.3787, -0.0701,
+    0.0592, 0.0294, -0.3097, -0.4046, -0.3126, 0.102, 0.5247, -0.3121,
 )
 TINY_LATENT_STD = (
-    0.6158, 0.5998, 0.6466, 0.4555, 0.4966, 0.5207, 0.9052, 0.9246,
-    0.6904, 0.4791, 0.4289, 0.9403, 0.7472, 0.371, 0.6764, 1.2561,
+    0.4217, 0.526, 0.6993, 0.6003, 0.4863, 0.75, 0.8188, 1.0002,
+    0.6362, 0.4335, 0.5018, 0.8054, 0.6472, 0.5381, 0.6787, 0.9017,
 )
 
 TINY = ModelConfig(

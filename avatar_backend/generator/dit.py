@@ -549,11 +549,16 @@ class WanModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.patch_embedding.weight.dtype
 
-    def compile_blocks(self) -> None:
+    def compile_blocks(self, *, for_training: bool = False) -> None:
         """torch.compile each transformer block in place. The blocks run the same code with their weights as
-        inputs, so they share compiled graphs: one per block kind (first, second, compressing), not per layer."""
+        inputs, so they share compiled graphs: one per block kind (first, second, compressing), not per layer.
+
+        ``for_training``: with horizontal fusion off in the CPU code generator, which otherwise makes torch
+        2.13's backward pass of these blocks wrong (by 70-100 % of some parameters' gradients; the forward
+        pass is exact either way)."""
+        options = {"cpp.max_horizontal_fusion_size": 1} if for_training else None
         for block in self.blocks:
-            block.compile(dynamic=False)
+            block.compile(dynamic=False, options=options)
 
     # -- per-character and per-block conditioning ----------------------------------------------------------------
 

@@ -65,6 +65,9 @@ class TrainRecipe:
     control_warmup: int = 50
     expression_weight: float = 4.0
     grad_clip: float = 1.0
+    # The DiT's blocks compiled for the DiT and control stages (WanModel.compile_blocks): the same gradients to
+    # float rounding, about 1.25x faster steps here, and a minute of compiling.
+    compile_dit: bool = True
     checkpoint_every_s: float = 120.0
 
     def __post_init__(self) -> None:
@@ -79,7 +82,7 @@ TINY_RECIPE = TrainRecipe()
 # A few steps of everything on a few clips: the CI smoke test and a quick check of a changed recipe.
 SMOKE_RECIPE = TrainRecipe(clips=3, clip_seconds=6.0, vae_steps=12, vae_frames=5, decoder_steps=4, decoder_frames=9,
                            dit_clips=3, dit_steps=12, dit_warmup=2, control_clips=2, control_steps=4,
-                           control_warmup=1, checkpoint_every_s=0.0)
+                           control_warmup=1, checkpoint_every_s=0.0, compile_dit=False)
 
 
 def with_overrides(recipe: TrainRecipe, settings: list[str]) -> TrainRecipe:

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -48,7 +49,8 @@ def ensure_data(work: Path, recipe: TrainRecipe) -> tuple[Path, Path]:
         if not (folder / "manifest.json").exists():
             log.info("data: rendering %d clips into %s", clips, folder.name)
             write_dataset(folder, clips, size=config.width, seconds=recipe.clip_seconds, seed=seed, fps=config.fps,
-                          languages=TRAIN_LANGUAGES, speakers=TRAIN_SPEAKERS, block_starts=starts)
+                          languages=TRAIN_LANGUAGES, speakers=TRAIN_SPEAKERS, block_starts=starts,
+                          workers=os.cpu_count() or 1)
     return folders
 
 
@@ -218,15 +220,22 @@ def run_dit_stage(name: str, work: Path, recipe: TrainRecipe, config: ModelConfi
     return stage
 
 
-def train_dit(work: Path, recipe: TrainRecipe, config: ModelConfig, examples: Callable[[], list[DiTExample]],
-              fps: int):
-    torch.manual_seed(recipe.seed + 1)
-    modules = {
+def dit_modules(config: ModelConfig) -> dict[str, torch.nn.Module]:
+    """What the DiT and control stages train: the DiT and the three learned encoders, freshly initialised."""
+    return {
         "dit": WanModel(config.dit),
         "audio_encoder": build_audio_encoder(config.audio_encoder),
         "image_encoder": build_image_encoder(config.image_encoder),
         "text_encoder": build_text_encoder(config.text_encoder),
     }
+
+
+def train_dit(work: Path, recipe: TrainRecipe, config: ModelConfig, examples: Callable[[], list[DiTExample]],
+              fps: int):
+    torch.manual_seed(recipe.seed + 1)
+    modules = dit_modules(config)
+    if recipe.compile_dit:
+        modules["dit"].compile_blocks(for_training=True)  # compiled at the first step; the control stage reuses it
     stage = run_dit_stage("dit", work, recipe, config, modules, examples, fps, steps=recipe.dit_steps,
                           lr=recipe.dit_lr, warmup=recipe.dit_warmup)
     return modules, stage.report()

@@ -1,6 +1,6 @@
 """Training: every stage runs and exports weights the serving pipeline loads, a second run from scratch writes
 the same bits, a stopped run continues exactly where it stopped, the decoder stage keeps the encoder the DiT
-learned from, and the Neighbor-Forcing step lowers its loss."""
+learned from, the Neighbor-Forcing step lowers its loss, and compiled blocks train with eager gradients."""
 
 import json
 
@@ -97,19 +97,14 @@ def test_the_control_stage_continues_the_dit_on_clips_whose_events_start_at_bloc
 @needs_espeak
 @pytest.mark.slow
 def test_the_neighbor_forcing_step_lowers_its_loss(smoke_run):
-    from avatar_backend.generator.audio_encoder import build_audio_encoder
-    from avatar_backend.generator.dit import WanModel
-    from avatar_backend.generator.image_encoder import build_image_encoder
-    from avatar_backend.generator.text_encoder import build_text_encoder
     from model.train.dit_stage import dit_step
+    from model.train.run import dit_modules
 
     root, manifest = smoke_run
     config = ModelConfig.from_dict(manifest["config"])
     example = torch.load(root / "work" / "latents.pt", weights_only=False)[0]
     torch.manual_seed(0)
-    modules = {"dit": WanModel(config.dit), "audio_encoder": build_audio_encoder(config.audio_encoder),
-               "image_encoder": build_image_encoder(config.image_encoder),
-               "text_encoder": build_text_encoder(config.text_encoder)}
+    modules = dit_modules(config)
     optimizer = torch.optim.Adam([p for m in modules.values() for p in m.parameters()], lr=1e-3)
 
     def loss_at(step):  # the same noise and timestep each time it is asked
@@ -122,6 +117,23 @@ def test_the_neighbor_forcing_step_lowers_its_loss(smoke_run):
         optimizer.step()
     after = [loss_at(s) for s in range(3)]
     assert sum(after) < 0.8 * sum(before)
+
+
+@needs_espeak
+@pytest.mark.slow
+def test_compiled_blocks_train_with_the_gradients_of_eager_blocks(smoke_run, capsys):
+    """The recipe compiles the DiT's blocks for its DiT and control stages; the benchmark of that step runs both
+    on a run's clips, and every gradient of a Neighbor-Forcing step (4 blocks, the ConvKV cache threaded
+    through, compression included) must be the eager one to float rounding."""
+    from model.train import bench
+
+    root, _ = smoke_run
+    assert bench.main(["--work", str(root / "work"), "--steps", "3", "--first", "1",
+                       "--out", str(root / "bench.json")]) == 0
+    report = json.loads((root / "bench.json").read_text())
+    assert report["from_checkpoint"] and report["largest_gradient_difference"] < 1e-3
+    assert report["eager_median_s"] > 0 and report["compiled_median_s"] > 0
+    assert "speed-up" in capsys.readouterr().out
 
 
 def test_the_decoder_motion_term_scores_steps_between_frames_not_a_steady_error():
