@@ -554,8 +554,8 @@ class WanModel(nn.Module):
         inputs, so they share compiled graphs: one per block kind (first, second, compressing), not per layer.
 
         ``for_training``: with horizontal fusion off in the CPU code generator, which otherwise makes torch
-        2.13's backward pass of these blocks wrong (by 70-100 % of some parameters' gradients; the forward
-        pass is exact either way)."""
+        2.13's backward pass of these blocks wrong (some parameters' gradients off by up to twice their norm;
+        the forward pass is exact either way)."""
         options = {"cpp.max_horizontal_fusion_size": 1} if for_training else None
         for block in self.blocks:
             block.compile(dynamic=False, options=options)
