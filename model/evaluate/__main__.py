@@ -269,12 +269,20 @@ def ablation(pipeline: LiveActPipeline, identity_seed: int, minutes: int, out: P
     return results
 
 
+def hand_frames(truth: dict[str, np.ndarray], size: int, count: int = 8) -> list[int]:
+    """``count`` frames spread over those that show a hand inside the picture (none when no frame does)."""
+    x, y = truth["hand"].T
+    shown = np.flatnonzero((x >= 0) & (x < size) & (y >= 0) & (y < size))
+    return [int(shown[i]) for i in np.linspace(0, len(shown) - 1, count).round().astype(int)] if len(shown) else []
+
+
 def evaluate_autoencoders(pipeline: LiveActPipeline, clips: list[TrainingClip], classifier,
-                          vaes: dict[str, dict[str, torch.Tensor]]) -> dict:
+                          vaes: dict[str, dict[str, torch.Tensor]], strip: Path | None = None) -> dict:
     """The clips' truth through each VAE alone (state dicts by name; the pipeline's VAE takes each in turn and
     keeps the last): what any DiT trained on its latents could show at best. PSNR over the frame, the eyes and
-    brows, and the mouth; lip-sync r; the block-seam ratio and the frame change inside latents and into each
-    latent's first frame; the classifier's reading; and its reading and frame changes of the truth itself."""
+    brows, the mouth and a visible hand; lip-sync r; the block-seam ratio and the frame change inside latents and
+    into each latent's first frame; the classifier's reading; and its reading and frame changes of the truth itself.
+    ``strip``: where to draw the first clip that shows a hand, the truth and each VAE's frames of it."""
     fps, size = pipeline.config.fps, pipeline.config.width
     schedule = StreamSchedule.from_model_config(pipeline.config, size, size)
     first, block_frames = schedule.first_video_frames, schedule.block_video_frames
@@ -287,22 +295,35 @@ def evaluate_autoencoders(pipeline: LiveActPipeline, clips: list[TrainingClip], 
                                                 for c, n in zip(clips, lengths)]),
                                      "change_inside_latents": float(truth_changes[0]),
                                      "change_at_latent_boundaries": float(truth_changes[1])}}
-    for name, state in vaes.items():
+    shown = next(((index, picks) for index, clip in enumerate(clips) if (picks := hand_frames(clip.truth, size))),
+                 None)
+    strip_rows = {"truth": clips[shown[0]].frames} if shown else {}
+    for column, (name, state) in enumerate(vaes.items()):
         pipeline.vae.load_state_dict(state)
         rows, controls = [], []
-        for clip, n in zip(clips, lengths):
+        for index, (clip, n) in enumerate(zip(clips, lengths)):
             frames = autoencoded(pipeline, clip.frames[:n])
+            if shown and index == shown[0]:
+                strip_rows[f"[{column}]"] = frames
             truth = clip.frames[: len(frames)]
             eyes_and_brows = box_mask(expression_boxes(clip.truth)[: len(frames), :3], size, size)
             mouth = mouth_mask(clip.truth, slice(0, len(frames)), size, size)
+            hand = box_mask(expression_boxes(clip.truth)[: len(frames), 3:], size, size)
             rows.append({"psnr_db": psnr(frames, truth), "psnr_db_eyes_and_brows": psnr(frames, truth, eyes_and_brows),
-                         "psnr_db_mouth": psnr(frames, truth, mouth), "lip_sync_r": lip_sync(frames, clip.truth)["r"],
+                         "psnr_db_mouth": psnr(frames, truth, mouth),
+                         "psnr_db_hand": psnr(frames, truth, hand) if hand.any() else None,
+                         "lip_sync_r": lip_sync(frames, clip.truth)["r"],
                          "seam_ratio": seam_ratio(frames, list(range(first, len(frames), block_frames))),
                          **dict(zip(("change_inside_latents", "change_at_latent_boundaries"),
                                     latent_changes(frames, stride)))})
             controls.append(response(classifier, frames, clip.reference, clip.truth, clip.entry["events"], fps,
                                      block_frames))
-        report[name] = {**{key: float(np.mean([r[key] for r in rows])) for key in rows[0]}, **reading(controls)}
+        # Over the clips that have the region (a hand shows in some clips only; None when in none).
+        measured = {key: [r[key] for r in rows if r[key] is not None] for key in rows[0]}
+        report[name] = {**{key: float(np.mean(values)) if values else None for key, values in measured.items()},
+                        **reading(controls)}
+    if strip is not None and shown:
+        frame_strip(strip_rows, shown[1], strip)
     return report
 
 
@@ -432,7 +453,7 @@ def evaluate_vae_checkpoints(pipeline: LiveActPipeline, vaes: dict[str, dict], c
                              truth_accuracy: dict, out: Path, report: dict) -> int:
     """The autoencoders side by side (:func:`evaluate_autoencoders`) on the clips, one column each."""
     report["classifier_accuracy_on_ground_truth"] = truth_accuracy
-    report["autoencoders"] = evaluate_autoencoders(pipeline, clips, classifier, vaes)
+    report["autoencoders"] = evaluate_autoencoders(pipeline, clips, classifier, vaes, out / "autoencoders_hand.png")
     (out / "eval.json").write_text(json.dumps(report, indent=1, default=float))
     rows = report["autoencoders"]
     truth = rows["ground_truth"]
@@ -440,6 +461,7 @@ def evaluate_vae_checkpoints(pipeline: LiveActPipeline, vaes: dict[str, dict], c
         print(f"[{index}] {name}")
     print(f"{'the truth through the VAE alone':<52}" + "".join(f"{f'[{i}]':>8}" for i in range(len(vaes))))
     for label, key in (("PSNR dB", "psnr_db"), ("  eyes and brows", "psnr_db_eyes_and_brows"), ("  mouth", "psnr_db_mouth"),
+                       ("  a visible hand (clips that show one)", "psnr_db_hand"),
                        ("lip-sync r", "lip_sync_r"), ("block-seam ratio", "seam_ratio"),
                        (f"frame change inside latents (truth: {truth['change_inside_latents']:.2f})",
                         "change_inside_latents"),
@@ -455,6 +477,8 @@ def evaluate_vae_checkpoints(pipeline: LiveActPipeline, vaes: dict[str, dict], c
         cells = ("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in values)
         print(f"{label:<52}" + "".join(f"{cell:>8}" for cell in cells))
     print(f"wrote {out / 'eval.json'}")
+    if (out / "autoencoders_hand.png").exists():
+        print(f"wrote {out / 'autoencoders_hand.png'} (the first clip that shows a hand: the truth, then each VAE)")
     return 0
 
 

@@ -35,6 +35,10 @@ class TrainRecipe:
     mouth_weight: float = 4.0
     vae_expression_weight: float = 4.0
     vae_crop_centre: str = "face"
+    # This share of the windows starts on a frame that shows a hand, their crop centred on it: a wave's raised arm
+    # reaches the frame's edge, where crops centred on the face never look. The shipped weights have none
+    # (docs/TINY_EXPERIMENTS.md, "Crops on the raised hand").
+    vae_hand_crops: float = 0.0
     # Decoder: the VAE's windows are too short for its causal convs to reach their steady state (a stream's
     # frames after the ninth decoded 5-10 dB worse), so the decoder then learns long windows, encoder frozen
     # (its latents, which the DiT learns, stay the same).
@@ -73,6 +77,8 @@ class TrainRecipe:
     def __post_init__(self) -> None:
         if self.vae_crop_centre not in VAE_CROP_CENTRES:
             raise ValueError(f"vae_crop_centre must be one of {', '.join(VAE_CROP_CENTRES)}, got {self.vae_crop_centre!r}")
+        if not 0.0 <= self.vae_hand_crops <= 1.0:
+            raise ValueError(f"vae_hand_crops must be a share from 0 to 1, got {self.vae_hand_crops}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -18,10 +18,17 @@ from .recipe import TrainRecipe
 def vae_crop(truth: dict[str, np.ndarray], start: int, height: int, width: int, crop: int, centre: str | None,
              rng: np.random.Generator) -> tuple[slice, slice]:
     """Rows and columns of a ``crop``-pixel crop on the latent grid for a window from frame ``start``: anywhere
-    (``centre`` None), or centred, with some jitter, on the mouth ("mouth") or on the face from the brows' top to
-    the mouth's bottom ("face")."""
+    (``centre`` None), or centred, with some jitter, on the mouth ("mouth"), on the face from the brows' top to
+    the mouth's bottom ("face") or on the hand that frame shows ("hand")."""
     if centre is None:
         top, left = int(rng.integers(0, height - crop + 1)), int(rng.integers(0, width - crop + 1))
+    elif centre == "hand":
+        x, y = truth["hand"][start]
+        if x < 0:
+            raise ValueError(f"frame {start} shows no hand to centre a crop on")
+        jitter = crop // 4
+        top = int(np.clip(round(y) - crop // 2 + rng.integers(-jitter, jitter + 1), 0, height - crop))
+        left = int(np.clip(round(x) - crop // 2 + rng.integers(-jitter, jitter + 1), 0, width - crop))
     else:
         x0, y0, x1, y1 = truth["mouth_box"][start]
         jitter = crop // 4
@@ -32,6 +39,19 @@ def vae_crop(truth: dict[str, np.ndarray], start: int, height: int, width: int, 
         left = int(np.clip((x0 + x1) // 2 - crop // 2 + rng.integers(-jitter, jitter + 1), 0, width - crop))
     top, left = top // 8 * 8, left // 8 * 8
     return slice(top, top + crop), slice(left, left + crop)
+
+
+def hand_window(clips: list[TrainingClip], frames: int, rng: np.random.Generator) -> tuple[TrainingClip, int] | None:
+    """A random clip and start of a ``frames``-frame window whose first frame shows a hand inside the picture, or
+    None when no clip has one."""
+    for index in rng.permutation(len(clips)):
+        clip = clips[int(index)]
+        _, height, width, _ = clip.frames.shape
+        x, y = clip.truth["hand"][:len(clip.frames) - frames + 1].T
+        starts = np.flatnonzero((x >= 0) & (x < width) & (y >= 0) & (y < height))
+        if len(starts):
+            return clip, int(rng.choice(starts))
+    return None
 
 
 def vae_loss_weight(truth: dict[str, np.ndarray], window: slice, height: int, width: int,
@@ -52,16 +72,23 @@ def vae_step(vae: WanVAE, clips: list[TrainingClip], recipe: TrainRecipe, rng: n
     decoder stage's; see ``TrainRecipe.decoder_motion_weight``).
 
     Every convolution is local, so the VAE trains on ``vae_crop``-pixel crops (about 4x faster than whole
-    128-pixel frames); half of the crops are centred on ``vae_crop_centre`` (:func:`vae_crop`).
+    128-pixel frames); ``vae_hand_crops`` of them are centred on a hand (:func:`hand_window`), half of the others
+    on ``vae_crop_centre`` (:func:`vae_crop`).
     """
     videos, weights = [], []
     for _ in range(batch):
-        clip = clips[int(rng.integers(len(clips)))]
-        start = int(rng.integers(0, len(clip.frames) - frames + 1))
+        # Drawn only when asked, so that a recipe without hand crops samples the windows it always did.
+        on_hand = hand_window(clips, frames, rng) if recipe.vae_hand_crops and rng.random() < recipe.vae_hand_crops \
+            else None
+        if on_hand is not None:
+            (clip, start), centre = on_hand, "hand"
+        else:
+            clip = clips[int(rng.integers(len(clips)))]
+            start = int(rng.integers(0, len(clip.frames) - frames + 1))
+            centre = recipe.vae_crop_centre if rng.random() < 0.5 else None
         window = slice(start, start + frames)
         _, height, width, _ = clip.frames.shape
         crop = min(recipe.vae_crop, height, width)
-        centre = recipe.vae_crop_centre if rng.random() < 0.5 else None
         rows, cols = vae_crop(clip.truth, start, height, width, crop, centre, rng)
         videos.append(video_to_tensor(clip.frames[window, rows, cols]))
         weights.append(torch.from_numpy(vae_loss_weight(clip.truth, window, height, width, recipe)[:, rows, cols]))

@@ -11,9 +11,11 @@ from safetensors.torch import load_file
 from avatar_backend.generator.config import TINY
 from avatar_backend.generator.pipeline import shipped_weights
 from avatar_backend.generator.vae import WanVAE
+from model.data import Event
 from model.data.dataset import make_clip
+from model.data.render import render_clip
 from model.data.speech import espeak_available
-from model.evaluate.__main__ import main
+from model.evaluate.__main__ import hand_frames, main
 from model.evaluate.controls import labels, recall, response
 
 pytestmark = pytest.mark.slow
@@ -77,8 +79,10 @@ def test_a_vae_checkpoint_is_judged_beside_the_shipped_vae_before_any_dit_is_tra
     assert shipped["lip_sync_r"] >= 0.8
     for key in ("psnr_db", "psnr_db_eyes_and_brows", "psnr_db_mouth"):
         assert shipped[key] > disturbed[key] + 5.0
+    # Neither clip shows a hand: no PSNR over one, and no strip of one.
+    assert shipped["psnr_db_hand"] is None and not (tmp_path / "autoencoders_hand.png").exists()
     assert disturbed["lip_sync_r"] < shipped["lip_sync_r"]
-    measures = {"emotion_accuracy", "action_recall", "visible_within_one_block", "seam_ratio"}
+    measures = {"emotion_accuracy", "action_recall", "visible_within_one_block", "seam_ratio", "psnr_db_hand"}
     assert measures <= shipped.keys() & disturbed.keys()
     # The shipped decoder does not step into each latent's first frame: 1.01x its change inside latents on these
     # clips, where the same VAE's decoder trained without the motion term changes the picture 1.42x as much there.
@@ -102,6 +106,18 @@ class ReadsFixedLabels:
 
 
 @pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+def test_the_vae_comparisons_strip_spreads_its_frames_over_those_where_the_hand_is_in_the_picture():
+    truth = render_clip(3, None, [Event.action(0.2, "wave")], size=128, seconds=2.4).truth
+    picks = hand_frames(truth, 128)
+    x, y = truth["hand"].T
+    inside = np.flatnonzero((x >= 0) & (x < 128) & (y >= 0) & (y < 128))
+    assert len(picks) == 8 and picks == sorted(picks) and set(picks) <= set(inside.tolist())
+    assert (picks[0], picks[-1]) == (inside[0], inside[-1])
+    # A wave's hand drops below the picture before the arm is down: those frames are not picked.
+    assert ((y >= 128) & (x >= 0)).any()
+    assert hand_frames(render_clip(3, None, [Event.action(0.2, "nod")], size=128, seconds=2.4).truth, 128) == []
+
+
 def test_a_model_that_never_shows_an_emotion_or_an_action_scores_accuracy_but_no_recall():
     clip, entry = make_clip(5, size=64, seconds=6.0)
     emotion, action = labels(clip.truth)

@@ -1,6 +1,6 @@
 """The loss weights: the DiT's, the mouth weighted up always, the eyes, brows and a visible hand as well in the
 control stage, where an emotion or an action shows; the VAE's, the mouth always, the face when the recipe asks,
-with crops placed over the mouth or the whole face."""
+with crops placed over the mouth, the whole face or a raised hand."""
 
 import dataclasses
 
@@ -9,10 +9,10 @@ import pytest
 
 from model.data import Event
 from model.data.render import render_clip
-from model.train.clips import LATENT_STRIDE, box_mask, expression_boxes, latent_loss_weight, mouth_mask
+from model.train.clips import LATENT_STRIDE, TrainingClip, box_mask, expression_boxes, latent_loss_weight, mouth_mask
 from model.train.__main__ import main as train_main
-from model.train.recipe import TINY_RECIPE, with_overrides
-from model.train.vae_stage import vae_crop, vae_loss_weight
+from model.train.recipe import TINY_RECIPE, TrainRecipe, with_overrides
+from model.train.vae_stage import hand_window, vae_crop, vae_loss_weight
 
 
 def _cells(boxes: np.ndarray) -> set[tuple[int, int]]:
@@ -59,6 +59,32 @@ def test_vae_crops_centred_on_the_face_hold_brows_eyes_and_mouth_and_those_on_th
         assert _inside(truth["brow_box"][start], rows, cols) and _inside(truth["mouth_box"][start], rows, cols)
         assert all(_inside(eye, rows, cols) for eye in truth["eye_boxes"][start])
         assert _inside(truth["mouth_box"][start], *vae_crop(truth, start, 128, 128, 64, "mouth", rng))
+
+
+def test_vae_crops_on_a_hand_start_where_a_hand_shows_and_hold_it_even_at_the_frames_edge():
+    def training_clip(clip):
+        return TrainingClip(clip.frames, np.zeros(1, np.float32), clip.truth, {})
+
+    waving = training_clip(render_clip(3, None, [Event.action(0.2, "wave")], size=128, seconds=2.4))
+    still = training_clip(render_clip(5, None, [Event.emotion(0.0, "happy")], size=128, seconds=2.4))
+    rng = np.random.default_rng(0)
+    assert hand_window([still], 9, rng) is None
+    with pytest.raises(ValueError, match="no hand"):
+        vae_crop(still.truth, 0, 128, 128, 64, "hand", rng)
+    edges = set()
+    for _ in range(40):
+        clip, start = hand_window([still, waving], 9, rng)
+        assert clip is waving and start + 9 <= len(clip.frames)
+        x, y = clip.truth["hand"][start]
+        assert x >= 0 and y >= 0
+        rows, cols = vae_crop(clip.truth, start, 128, 128, 64, "hand", rng)
+        assert rows.stop - rows.start == cols.stop - cols.start == 64 and rows.start % 8 == cols.start % 8 == 0
+        assert rows.start <= y < rows.stop and cols.start <= x < cols.stop
+        edges.add(cols.start)
+    # The raised arm is at the frame's left edge, which crops centred on the face (columns 32-96) never reach.
+    assert 0 in edges
+    with pytest.raises(ValueError, match="vae_hand_crops"):
+        TrainRecipe(vae_hand_crops=1.5)
 
 
 def test_the_vae_weights_the_eyes_and_brows_only_when_the_recipe_asks():
