@@ -24,8 +24,8 @@ from model.data.identity import identity_from_seed
 from model.data.prompts import ACTION_PROMPTS, EMOTION_PROMPTS, BlockPrompt
 from model.data.render import render_clip, render_still
 from model.data.speech import random_utterance
-from model.train.clips import (TrainingClip, box_mask, expression_boxes, mouth_mask, prompts_for_blocks,
-                               timed_prompts_for_blocks, video_to_tensor)
+from model.train.clips import (TrainingClip, box_mask, expression_boxes, hand_in_picture, mouth_mask,
+                               prompts_for_blocks, timed_prompts_for_blocks, video_to_tensor)
 from model.train.dit_stage import latent_slice
 from model.train.recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER
 
@@ -271,8 +271,7 @@ def ablation(pipeline: LiveActPipeline, identity_seed: int, minutes: int, out: P
 
 def hand_frames(truth: dict[str, np.ndarray], size: int, count: int = 8) -> list[int]:
     """``count`` frames spread over those that show a hand inside the picture (none when no frame does)."""
-    x, y = truth["hand"].T
-    shown = np.flatnonzero((x >= 0) & (x < size) & (y >= 0) & (y < size))
+    shown = np.flatnonzero(hand_in_picture(truth, size, size))
     return [int(shown[i]) for i in np.linspace(0, len(shown) - 1, count).round().astype(int)] if len(shown) else []
 
 

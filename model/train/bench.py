@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (stats.exists() and latents.exists() and data.exists()):
         parser.error(f"{args.work} holds no encoded latents (run model.train there with --stop-after latents)")
     torch.set_flush_denormal(True)
-    recipe, fps = TINY_RECIPE, dataset_fps(data)
+    # The folder's own recipe (its clip length in blocks, its loss weights), the tiny one where it records none.
+    recorded = args.work / "recipe.json"
+    recipe = TrainRecipe(**json.loads(recorded.read_text())) if recorded.exists() else TINY_RECIPE
+    fps = dataset_fps(data)
     config = trained_config(recipe, json.loads(stats.read_text()))
     examples: list[DiTExample] = torch.load(latents, weights_only=False)
     eager = dit_modules(config)

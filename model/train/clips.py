@@ -72,6 +72,13 @@ def mouth_mask(truth: dict[str, np.ndarray], frames: slice, height: int, width: 
     return box_mask(truth["mouth_box"][frames][:, None], height, width, stride, margin)
 
 
+def hand_in_picture(truth: dict[str, np.ndarray], height: int, width: int) -> np.ndarray:
+    """[T] per frame: whether its hand's centre lies inside the picture (a hand below the frame counts as shown in
+    the truth's ``hand`` while the arm rises or falls)."""
+    x, y = truth["hand"].T
+    return (x >= 0) & (x < width) & (y >= 0) & (y < height)
+
+
 def expression_boxes(truth: dict[str, np.ndarray]) -> np.ndarray:
     """[T, 4, 4] per frame: the two eyes, the brows and the visible hand (none when no hand shows): where an
     emotion or an action shows besides the head's pose."""

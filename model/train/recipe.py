@@ -36,7 +36,7 @@ class TrainRecipe:
     vae_expression_weight: float = 4.0
     vae_crop_centre: str = "face"
     # This share of the windows starts on a frame that shows a hand, their crop centred on it: a wave's raised arm
-    # reaches the frame's edge, where crops centred on the face never look. The shipped weights have none
+    # swings at the frame's edge, left of the crops centred on the face. The shipped weights have none
     # (docs/TINY_EXPERIMENTS.md, "Crops on the raised hand").
     vae_hand_crops: float = 0.0
     # Decoder: the VAE's windows are too short for its causal convs to reach their steady state (a stream's

@@ -11,7 +11,7 @@ import torch
 
 from avatar_backend.generator.vae import WanVAE
 
-from .clips import TrainingClip, face_weight, latent_first_frames, video_to_tensor
+from .clips import TrainingClip, face_weight, hand_in_picture, latent_first_frames, video_to_tensor
 from .recipe import TrainRecipe
 
 
@@ -47,8 +47,7 @@ def hand_window(clips: list[TrainingClip], frames: int, rng: np.random.Generator
     for index in rng.permutation(len(clips)):
         clip = clips[int(index)]
         _, height, width, _ = clip.frames.shape
-        x, y = clip.truth["hand"][:len(clip.frames) - frames + 1].T
-        starts = np.flatnonzero((x >= 0) & (x < width) & (y >= 0) & (y < height))
+        starts = np.flatnonzero(hand_in_picture(clip.truth, height, width)[:len(clip.frames) - frames + 1])
         if len(starts):
             return clip, int(rng.choice(starts))
     return None
