@@ -29,7 +29,7 @@ from model.train.clips import (TrainingClip, box_mask, expression_boxes, hand_in
 from model.train.dit_stage import latent_slice
 from model.train.recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER
 
-from .controls import recall, response, train_classifier
+from .controls import confusion, recall, response, train_classifier
 from .metrics import colour_similarity, latent_changes, latent_seam_ratio, lip_sync, pearson, psnr, seam_ratio, ssim
 from .pictures import curves, frame_strip
 from .stream import generate, run_stream
@@ -77,12 +77,16 @@ def autoencoded(pipeline: LiveActPipeline, frames: np.ndarray) -> np.ndarray:
 def reading(responses: list[dict]) -> dict | None:
     """How the classifier reads one version of the clips (:func:`controls.response` per clip): frame accuracy
     and, of the frames whose truth shows an emotion (an action), the share read as it; the events it sees
-    within one block. None without a classifier."""
+    within one block; what each true label's frames were read as; and the frames read as an action where the
+    truth shows none, the clip's own action drawn early or late apart from one it did not ask for there. None
+    without a classifier."""
     if not responses:
         return None
     return {**{f"{kind}_accuracy": float(np.mean([r[f"{kind}_accuracy"] for r in responses])) for kind in KINDS},
             **{f"{kind}_recall": recall(responses, kind) for kind in KINDS},
-            "visible_within_one_block": sum(e["visible"] for r in responses for e in r["events"])}
+            "visible_within_one_block": sum(e["visible"] for r in responses for e in r["events"]),
+            **{f"{kind}_confusion": confusion(responses, kind) for kind in KINDS},
+            **{key: sum(r[key] for r in responses) for key in ("action_read_out_of_time", "action_read_unasked")}}
 
 
 def swap_partners(clips: list[TrainingClip]) -> list[int]:
@@ -524,6 +528,10 @@ def print_table(report: dict) -> None:
         *[(f"  frames showing an {kind}, read as it: generated / VAE alone / truth",
            " / ".join(_share(c[version][f"{kind}_recall"]) for version in VERSIONS), "")
           for kind in KINDS],
+        *[(f"  frames without an action read as {what}: generated / VAE alone / truth",
+           " / ".join(str(c[version][key]) for version in VERSIONS), "")
+          for what, key in (("the clip's own, early or late", "action_read_out_of_time"),
+                            ("one it did not ask for there", "action_read_unasked"))],
         (f"events visible within one block (sent {report['events']})",
          f"{c['generated']['visible_within_one_block']} of {c['events']}", "all"),
         ("  the same events on ground truth", f"{c['ground_truth']['visible_within_one_block']} of {c['events']}", ""),

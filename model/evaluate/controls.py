@@ -18,7 +18,7 @@ from torch import nn
 
 from model.data.dataset import clip_seed, make_clip
 from model.data.render import render_still
-from model.data.timeline import ACTIONS, EMOTIONS
+from model.data.timeline import ACTIONS, EMOTIONS, Event
 
 CLASSIFIER_DATA_SEED = 9101
 LAG = 4                       # frames between the frame and the one its motion is measured from
@@ -144,8 +144,10 @@ def train_classifier(size: int, fps: int, clips: int = 80, steps: int = 1200,
 
 def response(classifier: ControlClassifier, frames: np.ndarray, still: np.ndarray, truth: dict[str, np.ndarray],
              events: list[dict], fps: int, within_frames: int) -> dict:
-    """Frame accuracy of the classifier on ``frames`` against the clip's truth, and per event whether (and how
-    soon) the frames show it within ``within_frames`` of the event."""
+    """Frame accuracy of the classifier on ``frames`` against the clip's truth, per event whether (and how soon)
+    the frames show it within ``within_frames`` of the event, what each true label's frames were read as, and the
+    frames read as an action where the truth shows none, by whether the clip asked for it within
+    ``within_frames``."""
     n = len(frames)
     emotion, action = classifier.predict(frames, still)
     true_emotion, true_action = labels({k: v[:n] for k, v in truth.items()})
@@ -166,10 +168,38 @@ def response(classifier: ControlClassifier, frames: np.ndarray, still: np.ndarra
     # Most frames are neutral and without an action, so frame accuracy rewards a model that never shows one;
     # the frames that do show an emotion or an action in the truth, and how many of them read as it, do not.
     emotional, acting = true_emotion > 0, true_action > 0
+    # An action read where the truth shows none is the clip's own action drawn early or late (within one block of
+    # that action's time in the truth: a matter of when) or one the clip did not ask for there (of what is drawn).
+    near_its_event = np.zeros((len(ACTIONS), n), bool)
+    for event in events:
+        if event["kind"] == "action":
+            start = int(round(event["time"] * fps))
+            end = start + int(round(Event.from_dict(event).seconds * fps))
+            near_its_event[ACTIONS.index(event["name"]), max(0, start - within_frames): end + within_frames] = True
+    misread = ~acting & (action > 0)
+    drawn_out_of_time = misread & near_its_event[action, np.arange(n)]
     return {"emotion_accuracy": float((emotion == true_emotion).mean()),
             "action_accuracy": float((action == true_action).mean()), "events": shown,
             "emotion_frames": int(emotional.sum()), "emotion_frames_read": int((emotion == true_emotion)[emotional].sum()),
-            "action_frames": int(acting.sum()), "action_frames_read": int((action == true_action)[acting].sum())}
+            "action_frames": int(acting.sum()), "action_frames_read": int((action == true_action)[acting].sum()),
+            "emotion_confusion": _confusion(true_emotion, emotion, len(EMOTIONS)),
+            "action_confusion": _confusion(true_action, action, len(ACTIONS)),
+            "action_read_out_of_time": int(drawn_out_of_time.sum()),
+            "action_read_unasked": int((misread & ~drawn_out_of_time).sum())}
+
+
+def _confusion(truth: np.ndarray, read: np.ndarray, classes: int) -> list[list[int]]:
+    """Frames per (true label, label read): row = truth, column = reading."""
+    return np.bincount(truth * classes + read, minlength=classes * classes).reshape(classes, classes).tolist()
+
+
+def confusion(responses: list[dict], kind: str) -> dict[str, dict[str, int]]:
+    """Pooled over :func:`response` results: for each true emotion (``kind`` "emotion") or action ("action"),
+    how many of its frames the classifier read as each label; labels no frame had or was read as are left out."""
+    names = EMOTIONS if kind == "emotion" else ACTIONS
+    counts = np.sum([r[f"{kind}_confusion"] for r in responses], axis=0)
+    return {names[t]: {names[r]: int(counts[t, r]) for r in range(len(names)) if counts[t, r]}
+            for t in range(len(names)) if counts[t].any()}
 
 
 def recall(responses: list[dict], kind: str) -> float | None:

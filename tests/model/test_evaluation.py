@@ -14,9 +14,10 @@ from avatar_backend.generator.vae import WanVAE
 from model.data import Event
 from model.data.dataset import make_clip
 from model.data.render import render_clip
+from model.data.timeline import ACTIONS, EMOTIONS
 from model.data.speech import espeak_available
 from model.evaluate.__main__ import hand_frames, main
-from model.evaluate.controls import labels, recall, response
+from model.evaluate.controls import confusion, labels, recall, response
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +59,11 @@ def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
         assert 0 <= read["visible_within_one_block"] <= controls["events"]
         assert 0 < read["emotion_accuracy"] <= 1 and 0 < read["action_accuracy"] <= 1
         assert all(read[f"{kind}_recall"] is None or 0 <= read[f"{kind}_recall"] <= 1 for kind in ("emotion", "action"))
+        # Every frame is in the confusion once, and the frames without an action read as one are split in two.
+        frames = sum(sum(row.values()) for row in read["action_confusion"].values())
+        assert frames == sum(sum(row.values()) for row in read["emotion_confusion"].values()) > 0
+        misread = sum(n for name, n in read["action_confusion"].get("none", {}).items() if name != "none")
+        assert read["action_read_out_of_time"] + read["action_read_unasked"] == misread
     assert (tmp_path / "strip.png").stat().st_size > 0 and (tmp_path / "long_stream.png").stat().st_size > 0
     assert "lip-sync r" in capsys.readouterr().out
 
@@ -132,6 +138,34 @@ def test_a_model_that_never_shows_an_emotion_or_an_action_scores_accuracy_but_no
     always = response(ReadsFixedLabels(emotion, action), clip.frames, still, clip.truth, entry["events"], 20, 32)
     assert recall([always], "emotion") == 1 and recall([always], "action") == 1
     assert recall([never, always], "emotion") == 0.5
+
+
+def test_actions_read_where_the_truth_has_none_are_told_apart_by_whether_the_clip_asked_for_them_nearby():
+    clip, entry = make_clip(5, size=64, seconds=6.0)
+    emotion, action = labels(clip.truth)
+    asked = {e["name"] for e in entry["events"] if e["kind"] == "action"}
+    frames = np.flatnonzero(action > 0)
+    assert len(asked) and len(frames)
+    # The clip's own actions drawn 10 frames early: the frames before each starts are out of time, none unasked.
+    early = np.roll(action, -10)
+    drawn_early = response(ReadsFixedLabels(emotion, early), clip.frames, clip.frames[0], clip.truth, entry["events"],
+                           20, 32)
+    misread = int(((action == 0) & (early > 0)).sum())
+    assert misread >= 10 and drawn_early["action_read_out_of_time"] == misread
+    assert drawn_early["action_read_unasked"] == 0
+    # An action the clip never asked for, read on every frame: each frame without an action is unasked.
+    other = next(i for i, name in enumerate(ACTIONS) if i and name not in asked)
+    wrong = response(ReadsFixedLabels(emotion, np.full_like(action, other)), clip.frames, clip.frames[0], clip.truth,
+                     entry["events"], 20, 32)
+    assert wrong["action_read_unasked"] == int((action == 0).sum()) and wrong["action_read_out_of_time"] == 0
+    # What each true label's frames were read as: all of them as the one action, and none missing.
+    table = confusion([wrong], "action")
+    assert {truth: list(read) for truth, read in table.items()} == {
+        ACTIONS[a]: [ACTIONS[other]] for a in np.unique(action)}
+    assert sum(read[ACTIONS[other]] for read in table.values()) == len(action)
+    # Emotions read as the truth has them: every frame on the diagonal.
+    assert confusion([drawn_early], "emotion") == {EMOTIONS[e]: {EMOTIONS[e]: int((emotion == e).sum())}
+                                                   for e in np.unique(emotion)}
 
 
 def test_block_seams_are_measured_against_the_change_every_latent_boundary_shows():
