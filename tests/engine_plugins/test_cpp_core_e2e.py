@@ -189,10 +189,15 @@ def test_interrupt_replaces_the_unheard_frames_with_the_acknowledged_video(avata
     assert all(f[1] <= played_until for f in frames if f[4] == 0)
     replaced = [f for f in frames if f[4] > 0 and f[0] < ack["next_frame_index"] and f[1] >= ack["replace_from_pts"]]
     assert not replaced, replaced
-    # The new video starts exactly at the replace point and follows the clock from there.
+    # The new video starts at the replace point and follows the clock from there: every new frame's pts is the
+    # replace point plus its place after next_frame_index. A loaded machine may show the first new frame late;
+    # the queue then skips it for the next one due, and counts the skipped frames as dropped.
     after = [f for f in frames if f[0] >= ack["next_frame_index"]]
     assert len(after) >= 5 and all(f[4] == 2 for f in after)
-    assert after[0][:2] == (ack["next_frame_index"], ack["replace_from_pts"])
+    on_the_clock = [ack["replace_from_pts"] + (f[0] - ack["next_frame_index"]) * SAMPLES_PER_FRAME for f in after]
+    assert [f[1] for f in after] == on_the_clock, (ack, after[:5])
+    skipped = after[0][0] - ack["next_frame_index"]
+    assert skipped < FPS // 2 and skipped <= summary["frames_dropped"], (ack, after[0], summary["frames_dropped"])
     pts = [f[1] for f in frames]
     assert pts == sorted(pts), "pts went backwards around the interrupt"
     # The echoed voice was cut at the replace point too: the track goes on with the new audio, silent after

@@ -275,7 +275,10 @@ avb_result Session::interrupt() {
   packetizer_.drop_remainder();  // held voice would never be heard
   v1::ClientMessage message;
   auto* request = message.mutable_interrupt();
-  if (played_until_) request->set_played_until(to_server_clock(*played_until_));
+  if (played_until_) {
+    request->set_played_until(to_server_clock(*played_until_));
+    frames_.hold_from(*played_until_);  // not heard: the ack replaces them
+  }
   enqueue(std::move(message));
   return AVB_OK;
 }
@@ -537,6 +540,7 @@ void Session::run() {
     const grpc::Status status = run_stream(&trailer_token);
     std::unique_lock<std::mutex> lock(mutex_);
     resume_tokens_.on_trailer(trailer_token);
+    frames_.release_hold();  // an interrupt's ack never comes after its stream ended
     if (destroy_requested_) {
       state_ = AVB_STATE_CLOSED;
       return;

@@ -1,4 +1,4 @@
-// frame_queue.cpp: drop-oldest, the A/V clock and interrupt replacement over the buffered frames.
+// frame_queue.cpp: drop-oldest, the A/V clock, interrupt replacement and its hold over the buffered frames.
 #include "frame_queue.h"
 
 #include <algorithm>
@@ -16,14 +16,23 @@ void FrameQueue::push(EncodedFrame frame) {
 const EncodedFrame* FrameQueue::due(uint64_t playback_pts) const {
   // Frames arrive in pts order, except after an interrupt's jump: scan all and keep the newest due.
   const EncodedFrame* newest = nullptr;
+  if (held_from_) {
+    if (*held_from_ == 0) return nullptr;
+    playback_pts = std::min(playback_pts, *held_from_ - 1);
+  }
   for (const EncodedFrame& frame : frames_) {
     if (frame.pts <= playback_pts && (newest == nullptr || frame.pts >= newest->pts)) newest = &frame;
   }
   return newest;
 }
 
+const EncodedFrame* FrameQueue::oldest() const {
+  if (frames_.empty() || (held_from_ && frames_.front().pts >= *held_from_)) return nullptr;
+  return &frames_.front();
+}
+
 std::optional<EncodedFrame> FrameQueue::take_oldest() {
-  if (frames_.empty()) return std::nullopt;
+  if (oldest() == nullptr) return std::nullopt;
   EncodedFrame frame = std::move(frames_.front());
   frames_.pop_front();
   return frame;
@@ -58,6 +67,7 @@ size_t FrameQueue::replace(uint64_t next_frame_index, uint64_t replace_from_pts)
                 frames_.end());
   const size_t removed = before - frames_.size();
   replaced_ += removed;
+  held_from_.reset();
   return removed;
 }
 

@@ -1,5 +1,6 @@
 // frame_queue.h: the session's received frames, still encoded, until the engine polls them: bounded with
-// drop-oldest, the A/V clock (the newest frame due at a playback position) and interrupt replacement.
+// drop-oldest, the A/V clock (the newest frame due at a playback position), interrupt replacement and the hold
+// between an interrupt and its ack.
 // Not thread-safe: the session guards it with its mutex.
 #pragma once
 
@@ -28,15 +29,21 @@ class FrameQueue {
 
   // Appends a frame; when full, the oldest goes first (counted in dropped()).
   void push(EncodedFrame frame);
-  // The oldest frame, without taking it.
-  const EncodedFrame* oldest() const { return frames_.empty() ? nullptr : &frames_.front(); }
-  // The newest frame whose pts <= playback_pts, without taking it; nullptr when none is due.
+  // The oldest frame, without taking it; nullptr when none, or when it is held.
+  const EncodedFrame* oldest() const;
+  // The newest frame whose pts <= playback_pts and is not held, without taking it; nullptr when none is due.
   const EncodedFrame* due(uint64_t playback_pts) const;
-  // Takes the oldest frame.
+  // Takes the oldest frame (none while it is held).
   std::optional<EncodedFrame> take_oldest();
   // Takes the newest due frame and drops (and counts) the older ones it overtakes.
   std::optional<EncodedFrame> take_due(uint64_t playback_pts);
-  // An InterruptAck: drops the frames with index < next_frame_index and pts >= replace_from_pts.
+  // An interrupt sent when playback had reached played_until: the frames from there on were not heard and the
+  // ack is about to replace them, so none of them is given out until replace() or release_hold().
+  void hold_from(uint64_t played_until) { held_from_ = played_until; }
+  // The interrupt's ack will not come (its stream ended): the held frames are given out again.
+  void release_hold() { held_from_.reset(); }
+  // An InterruptAck: drops the frames with index < next_frame_index and pts >= replace_from_pts, and ends
+  // the hold.
   size_t replace(uint64_t next_frame_index, uint64_t replace_from_pts);
 
   size_t size() const { return frames_.size(); }
@@ -48,6 +55,7 @@ class FrameQueue {
   std::deque<EncodedFrame> frames_;
   uint64_t dropped_ = 0;
   uint64_t replaced_ = 0;
+  std::optional<uint64_t> held_from_;
 };
 
 }  // namespace avb

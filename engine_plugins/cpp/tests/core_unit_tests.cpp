@@ -223,6 +223,36 @@ TEST(FrameQueue, InterruptReplacesOnlyTheUnheardOldVideo) {
   EXPECT_EQ(indices, (std::vector<uint64_t>{0, 1, 2, 3, 4, 10}));
 }
 
+TEST(FrameQueue, FramesNotHeardAtAnInterruptAreHeldUntilItsAck) {
+  FrameQueue queue(32);
+  for (uint64_t i = 0; i < 6; ++i) queue.push(frame(i, i * 2400));
+  EXPECT_EQ(queue.take_due(2400)->index, 1u);
+  // Interrupted at playback 4800: frame 2 starts there, so its voice was not heard; the clock stops before it.
+  queue.hold_from(4800);
+  EXPECT_EQ(queue.due(4800), nullptr);
+  EXPECT_EQ(queue.due(9000), nullptr);
+  EXPECT_FALSE(queue.take_due(9000).has_value());
+  EXPECT_EQ(queue.oldest(), nullptr);
+  EXPECT_FALSE(queue.take_oldest().has_value());
+  EXPECT_EQ(queue.dropped(), 1u);  // frame 0, overtaken before the interrupt; nothing held is dropped
+  // The ack replaces frames 2-5 and ends the hold; the new video plays from the replace point.
+  EXPECT_EQ(queue.replace(6, 4800), 4u);
+  queue.push(frame(6, 4800));
+  EXPECT_EQ(queue.take_due(4800)->index, 6u);
+}
+
+TEST(FrameQueue, AnInterruptBeforeAnythingWasHeardHoldsEveryFrameAndAnEndedStreamReleasesThem) {
+  FrameQueue queue(32);
+  for (uint64_t i = 0; i < 3; ++i) queue.push(frame(i, i * 2400));
+  queue.hold_from(0);
+  EXPECT_EQ(queue.due(0), nullptr);
+  EXPECT_EQ(queue.due(4800), nullptr);
+  EXPECT_EQ(queue.oldest(), nullptr);
+  queue.release_hold();  // no ack will come
+  EXPECT_EQ(queue.take_oldest()->index, 0u);
+  EXPECT_EQ(queue.take_due(4800)->index, 2u);
+}
+
 TEST(FrameQueue, TheClockFollowsTheReplacementVideo) {
   FrameQueue queue(32);
   for (uint64_t i = 0; i < 4; ++i) queue.push(frame(i, i * 2400));

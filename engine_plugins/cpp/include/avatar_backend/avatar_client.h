@@ -137,8 +137,9 @@ AVB_API avb_result avb_session_set_listening(avb_session* session, int32_t liste
 /* Where playback is (what the player has heard), on the session clock. The core reports it to the server
  * (PlaybackProgress, at most every 100 ms) and uses it for the A/V clock and for interrupts. */
 AVB_API avb_result avb_session_playback_progress(avb_session* session, uint64_t played_until);
-/* Stop talking now: answered by AVB_EVENT_INTERRUPT_ACK. The core also drops the buffered frames and echoed
- * audio that the answer replaces. */
+/* Stop talking now: answered by AVB_EVENT_INTERRUPT_ACK. Until then no frame at or past the last reported
+ * playback position is given out; with the answer the core drops the buffered frames and echoed audio that it
+ * replaces. */
 AVB_API avb_result avb_session_interrupt(avb_session* session);
 
 /* Frames, decoded by the core. */
