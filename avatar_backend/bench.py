@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -429,9 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--decoders: unknown {unknown}; known: {', '.join(VAE_PARTS)}")
 
+    from avatar_backend.machine import describe_machine  # imports torch, which this module imports lazily
+
     results: dict = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": describe_machine(),
         "command": "avatar-backend bench " + " ".join(argv or []),
     }
     if not args.skip_generator:

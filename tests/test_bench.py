@@ -73,3 +73,17 @@ def test_unknown_decoders_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--decoders", "light,tiny", "--skip-generator"])
     assert "--decoders: unknown ['tiny']" in capsys.readouterr().err
+
+
+def test_measurements_record_the_cpu_and_its_vector_units():
+    import platform
+
+    from avatar_backend.machine import describe_machine
+
+    machine = describe_machine()
+    if platform.system() == "Linux" and platform.machine() == "x86_64":
+        assert machine["cpu"] not in ("", "x86_64"), machine  # the model name, not the architecture
+        assert machine["cpu_capability"] in ("DEFAULT", "AVX2", "AVX512"), machine
+    # bf16 matrix units (AMX, AVX512-BF16) come only with AVX512: a speed measured without them is the slow case.
+    assert not (machine["bf16_matrix_units"] and machine["cpu_capability"] == "AVX2"), machine
+    assert machine["threads"] >= 1 and machine["cpus"] >= 1

@@ -18,6 +18,7 @@ from avatar_backend.generator.convkv import cache_bytes
 from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights, weights_config
 from avatar_backend.generator.schedule import StreamSchedule
 from avatar_backend.generator.vae import frames_to_uint8
+from avatar_backend.machine import describe_machine
 from avatar_backend.media.resample import MODEL_SAMPLE_RATE
 from model.data.dataset import clip_seed, make_clip
 from model.data.identity import identity_from_seed
@@ -405,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     report: dict = {"weights": Path(weights).name, "weights_sha256": pipeline.weights_sha256,
-                    "decode_precision": pipeline.decode_dtype_name}
+                    "decode_precision": pipeline.decode_dtype_name, "machine": describe_machine()}
     if vaes is None:  # the generator runs: what it ran under
         report.update(prompt_guidance=pipeline.config.sampler.prompt_guidance,
                       prompt_onset_latents=pipeline.config.sampler.prompt_onset_latents, events=args.events)

@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from avatar_backend.generator.image_encoder import build_image_encoder
 from avatar_backend.generator.schedule import StreamSchedule
 from avatar_backend.generator.text_encoder import build_text_encoder
 from avatar_backend.generator.vae import WanVAE
+from avatar_backend.machine import describe_machine
 from model.data.dataset import write_dataset
 
 from .clips import dataset_fps, load_clips, prompts_for_blocks
@@ -274,8 +274,7 @@ def export(out: Path, config: ModelConfig, recipe: TrainRecipe, modules: dict[st
                for name, report in reports.items()},
             "wall_seconds_this_run": round(wall_s, 1),
         },
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": describe_machine(),
     }
     (out / f"{recipe.config}.json").write_text(json.dumps(manifest, indent=1))
     log.info("export: %s (%s)", weights, manifest["sha256"])
