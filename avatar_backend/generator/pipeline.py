@@ -632,8 +632,12 @@ def _load_weights(modules: dict[str, torch.nn.Module], path: Path, expected_conf
     state = load_file(str(path))
     trained = weights_config(path)
     if trained is not None and expected_config is not None:
-        # How the weights are served (the cache format, prompt guidance), not what they learned: any works.
-        trained = dataclasses.replace(trained, sampler=dataclasses.replace(
+        # How the weights are served (the cache format, prompt guidance, the default frame size among the sizes
+        # the model accepts), not what they learned: any works.
+        default_size = {"width": expected_config.width, "height": expected_config.height}
+        if (expected_config.width, expected_config.height) not in trained.sizes:
+            default_size = {}
+        trained = dataclasses.replace(trained, **default_size, sampler=dataclasses.replace(
             trained.sampler, **{name: getattr(expected_config.sampler, name) for name in SERVING_CHOICES}))
         if trained != expected_config:
             raise ValueError(f"{path} was trained for config {trained.name!r} with other settings than "

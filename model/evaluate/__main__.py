@@ -364,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__.split(": ", 1)[-1])
     parser.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped tiny weights)")
     parser.add_argument("--out", type=Path, default=Path("out/eval"), help="folder for eval.json and the pictures")
+    parser.add_argument("--size", type=int, default=None, metavar="PIXELS",
+                        help="square frame size, one the model accepts (default: its default size, 128 for tiny)")
     parser.add_argument("--clips", type=int, default=8, help="held-out clips for lip sync (default 8)")
     parser.add_argument("--clip-seconds", type=float, default=12.0)
     parser.add_argument("--long-minutes", type=int, default=60, help="length of each long stream (default 60)")
@@ -397,7 +399,14 @@ def main(argv: list[str] | None = None) -> int:
     # Weights from another training run carry their own config (their VAE's latent statistics differ).
     execution = ExecutionConfig(decode_precision=args.decode_precision, prompt_guidance=args.prompt_guidance,
                                 prompt_onset_latents=args.prompt_onset)
-    pipeline = LiveActPipeline.from_config(weights_config(weights) or "tiny", weights=weights, execution=execution)
+    config = weights_config(weights) or TINY
+    if args.size is not None:
+        if (args.size, args.size) not in config.sizes:
+            print(f"error: --size {args.size}: the model takes {', '.join(f'{w}x{h}' for w, h in config.sizes)}",
+                  file=sys.stderr)
+            return 2
+        config = dataclasses.replace(config, width=args.size, height=args.size)
+    pipeline = LiveActPipeline.from_config(config, weights=weights, execution=execution)
     vaes = None
     if args.vae_checkpoint:  # read before any slow work, so a wrong path fails at once
         vaes = checkpoint_vaes(pipeline, args.vae_checkpoint)

@@ -278,9 +278,13 @@ def test_weights_trained_for_other_settings_are_refused_by_name(tmp_path):
         LiveActPipeline.from_config("tiny", weights=path)
     loaded = LiveActPipeline.from_config(other, weights=path)
     assert not loaded.random_weights and len(loaded.weights_sha256) == 64
-    # How weights are served is not what they learned: any cache format and prompt guidance serve them.
-    served = dataclasses.replace(other, sampler=dataclasses.replace(other.sampler, kv_cache="fp8", prompt_guidance=3.0))
+    # How weights are served is not what they learned: any cache format, prompt guidance and default size among
+    # the accepted ones serve them; a size the model does not accept is a different model.
+    served = dataclasses.replace(other, sampler=dataclasses.replace(other.sampler, kv_cache="fp8", prompt_guidance=3.0),
+                                 width=64, height=64)
     assert LiveActPipeline.from_config(served, weights=path).weights_sha256 == loaded.weights_sha256
+    with pytest.raises(ValueError, match="trained for config 'tiny' with other settings"):
+        LiveActPipeline.from_config(dataclasses.replace(other, width=96, height=96), weights=path)
 
 
 def test_the_worker_serves_the_shipped_weights_unless_told_random():

@@ -96,6 +96,9 @@ def test_a_vae_checkpoint_is_judged_beside_the_shipped_vae_before_any_dit_is_tra
     out = capsys.readouterr().out
     assert "events visible within one block" in out and "into a latent's first frame" in out
 
+    assert main(["--out", str(tmp_path), "--size", "100"]) == 2
+    assert "--size 100: the model takes 128x128, 64x64" in capsys.readouterr().err
+
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     assert main(["--out", str(tmp_path), "--vae-checkpoint", str(tmp_path / "junk.ckpt")]) == 1
     assert "is not a training checkpoint with a VAE" in capsys.readouterr().err
