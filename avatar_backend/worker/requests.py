@@ -43,6 +43,7 @@ class RequestHandler:
     def __init__(self, engine: "Engine"):
         self.engine = engine
         self._interrupt_log = RateLimitedLog(log, INTERRUPT_LOG_INTERVAL_S, clock=engine.clock)
+        self._untrained_sizes_told: set[tuple[int, int]] = set()
         self._handlers: dict[str, Handler] = {
             "open_npc": self._open_npc, "push_audio": self._push_audio, "control": self._control,
             "close_npc": self._close_npc, "npc_query": self._npc_query, "reset_npc": self._reset_npc,
@@ -121,6 +122,13 @@ class RequestHandler:
         config = engine.runner.config
         log.info("session %s: NPC %s %s (%dx%d @ %d fps, block %d)", req.session_id, req.npc_id,
                  "resumed" if resumed else "new", memory.width, memory.height, memory.fps, memory.blocks_generated)
+        size = (memory.width, memory.height)
+        if not engine.runner.random_weights and size != (config.width, config.height) \
+                and size not in self._untrained_sizes_told:
+            self._untrained_sizes_told.add(size)  # once per size: tests and benchmarks open many NPCs at one size
+            log.warning("NPCs at %dx%d: the weights were trained at the model's default size, %dx%d; at other sizes "
+                        "the face may not talk (the shipped tiny weights do not at 64x64)", *size, config.width,
+                        config.height)
         self._answer(msg, worker_pb2.FromWorker(npc_opened=worker_pb2.NpcOpened(
             session_id=req.session_id, npc=npc, resumed=resumed, first_block_frames=config.frames_per_block(0),
             block_frames=config.frames_per_block(1), start_frame_index=int(memory.frames_generated),

@@ -1,5 +1,5 @@
-"""A client that floods InterruptRequests cannot flood the worker's log: one line per session per interval,
-then a count of what was left out."""
+"""The worker's log: a client that floods InterruptRequests cannot flood it (one line per session per interval,
+then a count of what was left out), and NPCs at a size the weights were not trained at are told once."""
 
 from __future__ import annotations
 
@@ -57,6 +57,20 @@ def test_a_flood_of_interrupts_logs_one_line_per_session_per_interval(pipeline, 
     lines = interrupt_lines(caplog)
     assert len(lines) == 3 and lines[0].startswith("session s1") and lines[1].startswith("session s2")
     assert "999 more like this" in lines[2]
+
+
+def test_npcs_at_a_size_the_weights_were_not_trained_at_are_told_once_per_size(pipeline, data_dir, caplog):
+    pipeline.random_weights = False  # trained weights, trained at the config's default size (64x64 here)
+    worker = Engine(WorkerConfig(endpoint="inproc://unused", data_dir=data_dir.root), InProcessExecutor(pipeline),
+                    StandInGenerator.codec, QuietLink(), telemetry=DeviceTelemetry(nvml_loader=_no_nvml),
+                    clock=FakeClock())
+    with caplog.at_level(logging.INFO, logger="avatar_backend.worker"):
+        for rid, size in enumerate((64, 128, 128, 256), start=1):
+            worker.handle(*open_npc(data_dir, "villager", request_id=rid, session_id=f"s{rid}", npc_id=f"npc-{rid}",
+                                    character_id="villager", width=size, height=size))
+    told = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "trained at" in r.getMessage()]
+    assert [line.split(":")[0] for line in told] == ["NPCs at 128x128", "NPCs at 256x256"]
+    assert "the model's default size, 64x64" in told[0]
 
 
 def test_rate_limited_log_counts_per_key_and_stays_bounded(caplog):
