@@ -122,9 +122,10 @@ class RequestHandler:
         config = engine.runner.config
         log.info("session %s: NPC %s %s (%dx%d @ %d fps, block %d)", req.session_id, req.npc_id,
                  "resumed" if resumed else "new", memory.width, memory.height, memory.fps, memory.blocks_generated)
+        # model/train trains at the config's default size only (the published model knows all its sizes).
         size = (memory.width, memory.height)
-        if not engine.runner.random_weights and size != (config.width, config.height) \
-                and size not in self._untrained_sizes_told:
+        if not engine.runner.random_weights and not config.runs_published_encoders \
+                and size != (config.width, config.height) and size not in self._untrained_sizes_told:
             self._untrained_sizes_told.add(size)  # once per size: tests and benchmarks open many NPCs at one size
             log.warning("NPCs at %dx%d: the weights were trained at the model's default size, %dx%d; at other sizes "
                         "the face may not talk (the shipped tiny weights do not at 64x64)", *size, config.width,
