@@ -315,6 +315,14 @@ class ModelConfig:
         """Pixels per DiT token side: VAE spatial stride times the patch size."""
         return self.vae.spatial_stride * self.dit.patch_size[1]
 
+    def accepts_size(self, width: int, height: int) -> bool:
+        """Whether ``width`` x ``height`` is one of the frame sizes this model generates."""
+        return (width, height) in {tuple(size) for size in self.sizes}
+
+    def sizes_text(self) -> str:
+        """The accepted sizes for an error message: "128x128, 64x64, ..."."""
+        return ", ".join(f"{w}x{h}" for w, h in self.sizes)
+
     def frame_tokens(self, width: int, height: int) -> int:
         """Tokens per latent frame (``frame_len`` in the reference)."""
         return (height // self.pixel_stride) * (width // self.pixel_stride)

@@ -224,9 +224,9 @@ class LiveActPipeline:
     # -- sizes ----------------------------------------------------------------------------------------------
 
     def check_format(self, width: int, height: int, fps: int) -> None:
-        if (width, height) not in self.config.sizes:
-            sizes = ", ".join(f"{w}x{h}" for w, h in self.config.sizes)
-            raise GeneratorError(f"size {width}x{height} is not supported by model {self.config.name}; supported: {sizes}")
+        if not self.config.accepts_size(width, height):
+            raise GeneratorError(f"size {width}x{height} is not supported by model {self.config.name}; "
+                                 f"supported: {self.config.sizes_text()}")
         if fps <= 0 or self.sample_rate % fps:
             raise GeneratorError(f"fps {fps} does not divide the {self.sample_rate} Hz audio clock")
 
@@ -634,10 +634,9 @@ def _load_weights(modules: dict[str, torch.nn.Module], path: Path, expected_conf
     if trained is not None and expected_config is not None:
         # How the weights are served (the cache format, prompt guidance, the default frame size among the sizes
         # the model accepts), not what they learned: any works.
-        default_size = {"width": expected_config.width, "height": expected_config.height}
-        if (expected_config.width, expected_config.height) not in trained.sizes:
-            default_size = {}
-        trained = dataclasses.replace(trained, **default_size, sampler=dataclasses.replace(
+        if trained.accepts_size(expected_config.width, expected_config.height):
+            trained = dataclasses.replace(trained, width=expected_config.width, height=expected_config.height)
+        trained = dataclasses.replace(trained, sampler=dataclasses.replace(
             trained.sampler, **{name: getattr(expected_config.sampler, name) for name in SERVING_CHOICES}))
         if trained != expected_config:
             raise ValueError(f"{path} was trained for config {trained.name!r} with other settings than "

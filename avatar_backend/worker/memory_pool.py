@@ -438,9 +438,9 @@ class MemoryPool:
     def _new(self, npc_id: str, character_id: str, width: int, height: int, fps: int, seed: int) -> Any:
         config = self.pipeline.config
         width, height = self._video_size(width, height)
-        if (width, height) not in {tuple(s) for s in config.sizes}:
-            sizes = ", ".join(f"{w}x{h}" for w, h in config.sizes)
-            raise PoolError("INVALID_ARGUMENT", f"video size {width}x{height} is not supported (one of: {sizes})")
+        if not config.accepts_size(width, height):
+            raise PoolError("INVALID_ARGUMENT",
+                            f"video size {width}x{height} is not supported (one of: {config.sizes_text()})")
         fps = fps or config.fps
         try:
             with self._device_room(npc_id):

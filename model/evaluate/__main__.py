@@ -401,9 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                                 prompt_onset_latents=args.prompt_onset)
     config = weights_config(weights) or TINY
     if args.size is not None:
-        if (args.size, args.size) not in config.sizes:
-            print(f"error: --size {args.size}: the model takes {', '.join(f'{w}x{h}' for w, h in config.sizes)}",
-                  file=sys.stderr)
+        if not config.accepts_size(args.size, args.size):
+            print(f"error: --size {args.size}: the model takes {config.sizes_text()}", file=sys.stderr)
             return 2
         config = dataclasses.replace(config, width=args.size, height=args.size)
     pipeline = LiveActPipeline.from_config(config, weights=weights, execution=execution)
