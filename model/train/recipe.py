@@ -36,8 +36,9 @@ class TrainRecipe:
     vae_expression_weight: float = 4.0
     vae_crop_centre: str = "face"
     # This share of the windows starts on a frame that shows a hand, their crop centred on it: a wave's raised arm
-    # swings at the frame's edge, left of the crops centred on the face. The shipped weights have none
-    # (docs/TINY_EXPERIMENTS.md, "Crops on the raised hand").
+    # swings at the frame's edge, left of the crops centred on the face. At 0.25 the VAE keeps the arm, but the DiT
+    # still draws none, so the shipped weights have none (docs/TINY_EXPERIMENTS.md, "The whole recipe with hand
+    # crops").
     vae_hand_crops: float = 0.0
     # Decoder: the VAE's windows are too short for its causal convs to reach their steady state (a stream's
     # frames after the ninth decoded 5-10 dB worse), so the decoder then learns long windows, encoder frozen
