@@ -315,7 +315,7 @@ class ModelConfig:
         """Pixels per DiT token side: VAE spatial stride times the patch size."""
         return self.vae.spatial_stride * self.dit.patch_size[1]
 
-    def accepts_size(self, width: int, height: int) -> bool:
+    def supports_size(self, width: int, height: int) -> bool:
         """Whether ``width`` x ``height`` is one of the frame sizes this model generates."""
         return (width, height) in {tuple(size) for size in self.sizes}
 

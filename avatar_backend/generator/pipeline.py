@@ -224,7 +224,7 @@ class LiveActPipeline:
     # -- sizes ----------------------------------------------------------------------------------------------
 
     def check_format(self, width: int, height: int, fps: int) -> None:
-        if not self.config.accepts_size(width, height):
+        if not self.config.supports_size(width, height):
             raise GeneratorError(f"size {width}x{height} is not supported by model {self.config.name}; "
                                  f"supported: {self.config.sizes_text()}")
         if fps <= 0 or self.sample_rate % fps:
@@ -634,7 +634,7 @@ def _load_weights(modules: dict[str, torch.nn.Module], path: Path, expected_conf
     if trained is not None and expected_config is not None:
         # How the weights are served (the cache format, prompt guidance, the default frame size among the sizes
         # the model accepts), not what they learned: any works.
-        if trained.accepts_size(expected_config.width, expected_config.height):
+        if trained.supports_size(expected_config.width, expected_config.height):
             trained = dataclasses.replace(trained, width=expected_config.width, height=expected_config.height)
         trained = dataclasses.replace(trained, sampler=dataclasses.replace(
             trained.sampler, **{name: getattr(expected_config.sampler, name) for name in SERVING_CHOICES}))

@@ -438,7 +438,7 @@ class MemoryPool:
     def _new(self, npc_id: str, character_id: str, width: int, height: int, fps: int, seed: int) -> Any:
         config = self.pipeline.config
         width, height = self._video_size(width, height)
-        if not config.accepts_size(width, height):
+        if not config.supports_size(width, height):
             raise PoolError("INVALID_ARGUMENT",
                             f"video size {width}x{height} is not supported (one of: {config.sizes_text()})")
         fps = fps or config.fps

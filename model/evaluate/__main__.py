@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                                 prompt_onset_latents=args.prompt_onset)
     config = weights_config(weights) or TINY
     if args.size is not None:
-        if not config.accepts_size(args.size, args.size):
+        if not config.supports_size(args.size, args.size):
             print(f"error: --size {args.size}: the model takes {config.sizes_text()}", file=sys.stderr)
             return 2
         config = dataclasses.replace(config, width=args.size, height=args.size)
