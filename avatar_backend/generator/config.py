@@ -88,12 +88,21 @@ def is_prompt_onset(latents: int, most: float = math.inf) -> bool:
     return isinstance(latents, int) and not isinstance(latents, bool) and 0 <= latents <= most
 
 
+def flow_timesteps(shift: float, grid: tuple[float, ...] = (1.0, 0.75, 0.5)) -> tuple[float, ...]:
+    """The sampler's timesteps (of 1000, then 0): the flow sigmas of ``grid`` shifted by ``shift``,
+    shift * s / (1 + (shift - 1) * s). Shift 5 gives LiveAct's 1000, 937.5, 833.33 (LIVEACT_SPEC.md); a smaller
+    shift ends the last step at less noise."""
+    if not shift > 0.0:
+        raise ValueError(f"a timestep shift must be positive, got {shift}")
+    return (*(round(1000.0 * shift * s / (1.0 + (shift - 1.0) * s), 8) for s in grid), 0.0)
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     """The streaming loop: block sizes, the 3-step schedule and the memory layout options."""
 
     block_sizes: tuple[int, int] = (6, 8)        # latent frames in block 0, then in every later block
-    timesteps: tuple[float, ...] = (1000.0, 937.5, 833.33333333, 0.0)
+    timesteps: tuple[float, ...] = flow_timesteps(5.0)   # 1000, 937.5, 833.33333333, then 0
     memory_slots: int = 14                       # latent frames held per layer per step cache
     memory_grouping: str = "single-device"       # how ConvKV groups compressed frames (see convkv.py)
     v_compression: str = "k_conv"                # the reference compresses V with the K conv

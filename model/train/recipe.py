@@ -59,6 +59,11 @@ class TrainRecipe:
     dit_blocks: int = 4
     dit_lr: float = 5e-4
     dit_warmup: int = 200
+    # The shift of the sampler's timesteps (generator.config.flow_timesteps), which the DiT and control stages
+    # train at and the weights are served with. 5 is LiveAct's (1000, 937.5, 833.33); 1 (1000, 750, 500) drew
+    # cleaner frames with fewer emotions and events shown, and no arm either (docs/TINY_EXPERIMENTS.md, "A sampler
+    # that ends at less noise").
+    sampler_shift: float = 5.0
     # Control: the DiT continued on other clips whose emotion changes and actions start where serving shows
     # them, at block starts (in the DiT stage's clips they start anywhere in a block, so a block's prompt says
     # only that an action may start somewhere in it and little of it shows), with the eyes, brows and hand
@@ -80,6 +85,8 @@ class TrainRecipe:
             raise ValueError(f"vae_crop_centre must be one of {', '.join(VAE_CROP_CENTRES)}, got {self.vae_crop_centre!r}")
         if not 0.0 <= self.vae_hand_crops <= 1.0:
             raise ValueError(f"vae_hand_crops must be a share from 0 to 1, got {self.vae_hand_crops}")
+        if not self.sampler_shift > 0.0:
+            raise ValueError(f"sampler_shift must be positive, got {self.sampler_shift}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from avatar_backend.generator.audio_encoder import build_audio_encoder
-from avatar_backend.generator.config import ModelConfig, get_config
+from avatar_backend.generator.config import ModelConfig, flow_timesteps, get_config
 from avatar_backend.generator.dit import WanModel
 from avatar_backend.generator.image_encoder import build_image_encoder
 from avatar_backend.generator.schedule import StreamSchedule
@@ -112,11 +112,12 @@ class RecipeMismatch(ValueError):
 
 def claim_work_folder(work: Path, recipe: TrainRecipe) -> None:
     """Record ``recipe`` in ``work`` (recipe.json), or check that the run there used it; RecipeMismatch names the
-    fields that differ."""
+    fields that differ. A field added since the run was recorded counts as its default, which keeps the recipe as
+    it was before the field existed."""
     recorded = work / "recipe.json"
     ours = recipe.to_dict()
     if recorded.exists():
-        theirs = json.loads(recorded.read_text())
+        theirs = {**TrainRecipe().to_dict(), **json.loads(recorded.read_text())}
         changed = [key for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key)]
         if changed:
             differences = ", ".join(f"{key} {theirs.get(key)!r} there, {ours.get(key)!r} here" for key in changed)
@@ -169,11 +170,13 @@ def main_run(work: Path, out: Path, recipe: TrainRecipe, stop_after: str | None 
 
 
 def trained_config(recipe: TrainRecipe, vae_report: dict) -> ModelConfig:
-    """The config with the trained VAE's latent statistics (what the shipped config must say)."""
+    """The config with the trained VAE's latent statistics and the recipe's timesteps (what the shipped config must
+    say)."""
     config = get_config(recipe.config)
     vae = dataclasses.replace(config.vae, latent_mean=tuple(vae_report["latent_mean"]),
                               latent_std=tuple(vae_report["latent_std"]))
-    return dataclasses.replace(config, vae=vae)
+    sampler = dataclasses.replace(config.sampler, timesteps=flow_timesteps(recipe.sampler_shift))
+    return dataclasses.replace(config, vae=vae, sampler=sampler)
 
 
 def encode_examples(path: Path, vae: WanVAE, clips, config: ModelConfig, recipe: TrainRecipe, fps: int,

@@ -1,11 +1,12 @@
-"""The 3-step sampler: update rule, noise order, audio skipping, audio CFG and its caches, noise sources."""
+"""The 3-step sampler: update rule, noise order, audio skipping, audio CFG and its caches, noise sources, the
+timesteps a shift gives."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from avatar_backend.generator.config import DiTConfig, SamplerConfig
+from avatar_backend.generator.config import DiTConfig, SamplerConfig, flow_timesteps
 from avatar_backend.generator.convkv import ConvKVMemory
 from avatar_backend.generator.dit import DiTOutput
 from avatar_backend.generator.sampler import GeneratorNoise, ReplayNoise, denoise_block
@@ -66,6 +67,20 @@ def test_update_rule_and_noise_order():
     assert [c["t"] for c in model.calls] == pytest.approx([1000.0, 937.5, 833.33333333])
     assert [c["cache"] for c in model.calls] == memory.steps  # step i uses cache i (Neighbor Forcing)
     assert all(c["start"] == plan.window_start == 6 and c["compress"] for c in model.calls)
+
+
+def test_a_smaller_shift_runs_the_three_steps_at_less_noise():
+    # LiveAct's schedule is the shift-5 flow sigmas of [1, 0.75, 0.5] (LIVEACT_SPEC.md); shift 1 is the grid itself.
+    assert flow_timesteps(5.0) == SamplerConfig().timesteps == (1000.0, 937.5, 833.33333333, 0.0)
+    assert flow_timesteps(1.25) == (1000.0, 789.47368421, 555.55555556, 0.0)
+    sampler = SamplerConfig(timesteps=flow_timesteps(1.0))
+    result, noises, model, _, _ = run_block(sampler)
+    assert [c["t"] for c in model.calls] == [1000.0, 750.0, 500.0]
+    x = (1 - 0.75) * (noises[0] - result.velocities[0]) + 0.75 * noises[1]  # step 0's x0, re-noised to t = 750
+    torch.testing.assert_close(result.velocities[1], 0.5 * x + 0.75 + 3.0)
+    for shift in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="shift must be positive"):
+            flow_timesteps(shift)
 
 
 def test_audio_cfg_uses_the_null_caches_at_steps_with_audio():

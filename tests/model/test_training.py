@@ -1,6 +1,7 @@
 """Training: every stage runs and exports weights the serving pipeline loads, a second run from scratch writes
 the same bits, a stopped run continues exactly where it stopped, the decoder stage keeps the encoder the DiT
-learned from, the Neighbor-Forcing step lowers its loss, and compiled blocks train with eager gradients."""
+learned from, the Neighbor-Forcing step lowers its loss at the timesteps of the recipe's shift, and compiled
+blocks train with eager gradients."""
 
 import json
 
@@ -121,6 +122,36 @@ def test_the_neighbor_forcing_step_lowers_its_loss(smoke_run):
 
 @needs_espeak
 @pytest.mark.slow
+def test_the_dit_trains_at_the_timesteps_of_the_recipes_shift(smoke_run, monkeypatch):
+    from model.train.dit_stage import dit_step
+    from model.train.run import dit_modules, trained_config
+
+    root, manifest = smoke_run
+    stats = {key: manifest["config"]["vae"][key] for key in ("latent_mean", "latent_std")}
+    assert trained_config(SMOKE_RECIPE, stats).sampler.timesteps == (1000.0, 937.5, 833.33333333, 0.0)
+    recipe = with_overrides(SMOKE_RECIPE, ["sampler_shift=1"])
+    config = trained_config(recipe, stats)
+    assert config.sampler.timesteps == (1000.0, 750.0, 500.0, 0.0)
+    with pytest.raises(ValueError, match="sampler_shift must be positive"):
+        with_overrides(SMOKE_RECIPE, ["sampler_shift=0"])
+
+    example = torch.load(root / "work" / "latents.pt", weights_only=False)[0]
+    modules = dit_modules(config)
+    seen = []
+    forward = type(modules["dit"]).forward
+
+    def recording(self, x, t, *args, **kwargs):
+        seen.append(float(t))
+        return forward(self, x, t, *args, **kwargs)
+
+    monkeypatch.setattr(type(modules["dit"]), "forward", recording)
+    for step in range(12):
+        dit_step(modules, example, config, recipe, 20, *step_rngs(0, "dit", step))
+    assert set(seen) == {1000.0, 750.0, 500.0}
+
+
+@needs_espeak
+@pytest.mark.slow
 def test_compiled_blocks_train_with_the_gradients_of_eager_blocks(smoke_run, capsys):
     """The recipe compiles the DiT's blocks for its DiT and control stages; the benchmark of that step runs both
     on a run's clips, and every gradient of a Neighbor-Forcing step (4 blocks, the ConvKV cache threaded
@@ -134,6 +165,18 @@ def test_compiled_blocks_train_with_the_gradients_of_eager_blocks(smoke_run, cap
     assert report["from_checkpoint"] and report["largest_gradient_difference"] < 1e-3
     assert report["eager_median_s"] > 0 and report["compiled_median_s"] > 0
     assert "speed-up" in capsys.readouterr().out
+
+
+def test_a_run_recorded_before_a_recipe_field_existed_continues_under_its_default(tmp_path):
+    from model.train.run import claim_work_folder
+
+    claim_work_folder(tmp_path, SMOKE_RECIPE)
+    recorded = json.loads((tmp_path / "recipe.json").read_text())
+    del recorded["sampler_shift"]                       # a run from before the shift could be set
+    (tmp_path / "recipe.json").write_text(json.dumps(recorded))
+    claim_work_folder(tmp_path, SMOKE_RECIPE)           # it ran at the default, 5: the same recipe
+    with pytest.raises(RecipeMismatch, match="sampler_shift 5.0 there, 1.0 here"):
+        claim_work_folder(tmp_path, with_overrides(SMOKE_RECIPE, ["sampler_shift=1"]))
 
 
 def test_the_decoder_motion_term_scores_steps_between_frames_not_a_steady_error():
