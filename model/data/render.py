@@ -499,8 +499,7 @@ class CharacterPainter:
             shoulder = np.array([0.5 - 0.3 * ident.shoulder_width, 0.86])
             rest_hand = np.array([0.14, 1.25])
             up_hand = np.array([0.16, 0.42])
-            rest_elbow, up_elbow = np.array([0.25, 1.08]), np.array([0.2, 0.72])
-            elbow = rest_elbow + (up_elbow - rest_elbow) * raise_
+            elbow = wave_elbow(raise_)
             swing = 0.45 * float(state["wave"])
             hand = rest_hand + (up_hand - rest_hand) * raise_
             hand = _rotate(hand[None], swing, tuple(elbow))[0]
@@ -550,6 +549,12 @@ TRUTH_DESCRIPTION = {
     "mouth_box": "mouth region (x0, y0, x1, y1) in pixels", "eye_boxes": "eye regions [2, 4] in pixels",
     "brow_box": "brow region in pixels", "hand": "visible hand centre (x, y) in pixels, -1 when none",
 }
+
+
+def wave_elbow(arm_raise: float | np.ndarray) -> np.ndarray:
+    """The waving arm's elbow, (x, y) in image fractions, as the arm is raised 0-1 (several raises: [N, 2])."""
+    rest, up = np.array([0.25, 1.08]), np.array([0.2, 0.72])
+    return rest + (up - rest) * np.asarray(arm_raise, np.float64)[..., None]
 
 
 def render_clip(

@@ -12,7 +12,7 @@ from avatar_backend.generator.schedule import BlockLayout
 from model.data.dataset import iter_clips, read_manifest
 from model.data.identity import CharacterIdentity
 from model.data.prompts import BlockPrompt, block_prompt
-from model.data.render import render_still
+from model.data.render import render_still, wave_elbow
 
 LATENT_STRIDE = 8          # pixels per latent cell (the VAE's spatial stride)
 
@@ -88,18 +88,35 @@ def expression_boxes(truth: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([truth["eye_boxes"], truth["brow_box"][:, None], hand_box[:, None]], axis=1)
 
 
+def hand_and_forearm_boxes(truth: dict[str, np.ndarray], height: int, width: int) -> np.ndarray:
+    """[T, 1, 4] per frame: the box from a visible hand to its elbow while a wave raises the arm, the hand's box
+    alone while it shows otherwise (at the chin), none when no hand shows."""
+    hand = truth["hand"].astype(np.float64)
+    visible = hand[:, 0] >= 0
+    raised = truth["arm_raise"] > 0
+    elbow = np.where(raised[:, None], wave_elbow(truth["arm_raise"]) * (width, height), hand)
+    low = np.round(np.minimum(hand, elbow)).astype(np.int32) - HAND_BOX_HALF
+    high = np.round(np.maximum(hand, elbow)).astype(np.int32) + HAND_BOX_HALF
+    return np.where(visible[:, None], np.concatenate([low, high], axis=1), 0)[:, None]
+
+
 def face_weight(truth: dict[str, np.ndarray], frames: slice, height: int, width: int, *, mouth_weight: float,
-                expression_weight: float, stride: int = 1) -> np.ndarray:
+                expression_weight: float, hand_weight: float = 0.0, stride: int = 1) -> np.ndarray:
     """[T, height // stride, width // stride] extra loss weight: ``mouth_weight`` where a mouth box touches, plus
-    ``expression_weight`` where the eyes, the brows or a visible hand touch (:func:`expression_boxes`)."""
+    ``expression_weight`` where the eyes, the brows or a visible hand touch (:func:`expression_boxes`), plus
+    ``hand_weight`` where a hand or a waving forearm touches (:func:`hand_and_forearm_boxes`)."""
     weight = mouth_weight * mouth_mask(truth, frames, height, width, stride)
     if expression_weight:
         weight = weight + expression_weight * box_mask(expression_boxes(truth)[frames], height, width, stride)
+    if hand_weight:
+        weight = weight + hand_weight * box_mask(hand_and_forearm_boxes(truth, height, width)[frames], height, width,
+                                                 stride)
     return weight
 
 
 def latent_loss_weight(truth: dict[str, np.ndarray], latent_frames: int, height: int, width: int, *,
-                       mouth_weight: float, expression_weight: float = 0.0, vae_scale: int = 4) -> torch.Tensor:
+                       mouth_weight: float, expression_weight: float = 0.0, hand_weight: float = 0.0,
+                       vae_scale: int = 4) -> torch.Tensor:
     """[1, 1, latent_frames, h, w] loss weights: 1 plus :func:`face_weight` on the latent grid, each latent cell
     taking its video frames' largest.
 
@@ -107,7 +124,7 @@ def latent_loss_weight(truth: dict[str, np.ndarray], latent_frames: int, height:
     """
     frames = slice(0, 1 + vae_scale * (latent_frames - 1))
     video = face_weight(truth, frames, height, width, mouth_weight=mouth_weight,
-                        expression_weight=expression_weight, stride=LATENT_STRIDE)
+                        expression_weight=expression_weight, hand_weight=hand_weight, stride=LATENT_STRIDE)
     per_latent = [video[0]] + [video[vae_scale * j - vae_scale + 1: vae_scale * j + 1].max(axis=0)
                                for j in range(1, latent_frames)]
     return torch.from_numpy(1.0 + np.stack(per_latent))[None, None]
@@ -159,5 +176,5 @@ def _prompts_for_blocks(clip: TrainingClip, windows: list[tuple[float, float, fl
     return prompts
 
 
-__all__ = ["TrainingClip", "box_mask", "expression_boxes", "latent_loss_weight", "load_clips", "mouth_mask",
-           "prompts_for_blocks", "timed_prompts_for_blocks", "video_to_tensor"]
+__all__ = ["TrainingClip", "box_mask", "expression_boxes", "hand_and_forearm_boxes", "latent_loss_weight",
+           "load_clips", "mouth_mask", "prompts_for_blocks", "timed_prompts_for_blocks", "video_to_tensor"]

@@ -53,11 +53,20 @@ def latent_slice(plan: BlockLayout, config: ModelConfig) -> slice:
     return slice(start, start + plan.latent_frames)
 
 
+def example_weight(clip: TrainingClip, config: ModelConfig, recipe: TrainRecipe,
+                   expression_weight: float = 0.0) -> torch.Tensor:
+    """A clip's DiT loss weights over its ``dit_blocks`` blocks: the mouth, the recipe's hand and forearm, and
+    ``expression_weight`` on the eyes, brows and hand weighted up."""
+    latent_frames = latent_slice(stream_plans(config, recipe.dit_blocks)[-1], config).stop
+    return latent_loss_weight(clip.truth, latent_frames, config.height, config.width,
+                              mouth_weight=recipe.mouth_weight, expression_weight=expression_weight,
+                              hand_weight=recipe.hand_weight, vae_scale=config.vae.temporal_stride)
+
+
 @torch.no_grad()
 def encode_example(vae: WanVAE, clip: TrainingClip, config: ModelConfig, recipe: TrainRecipe, fps: int,
                    expression_weight: float = 0.0) -> DiTExample:
-    """A clip's latents and conditioning; its loss weights with the mouth (and ``expression_weight`` on the eyes,
-    brows and hand) weighted up."""
+    """A clip's latents and conditioning, and its loss weights (:func:`example_weight`)."""
     plans = stream_plans(config, recipe.dit_blocks)
     latent_frames = latent_slice(plans[-1], config).stop
     video_frames = 1 + config.vae.temporal_stride * (latent_frames - 1)
@@ -66,9 +75,7 @@ def encode_example(vae: WanVAE, clip: TrainingClip, config: ModelConfig, recipe:
     reference = reference_pixels(clip.reference, config.width, config.height)
     latents = vae.encode(video_to_tensor(clip.frames[:video_frames]))
     y = vae.encode_reference_image(reference, sum(config.sampler.block_sizes))
-    weight = latent_loss_weight(clip.truth, latent_frames, config.height, config.width,
-                                mouth_weight=recipe.mouth_weight, expression_weight=expression_weight,
-                                vae_scale=config.vae.temporal_stride)
+    weight = example_weight(clip, config, recipe, expression_weight)
     return DiTExample(latents=latents, y=y, reference=reference, audio=torch.from_numpy(clip.audio.copy()),
                       prompts=prompts_for_blocks(clip, plans, fps), weight=weight)
 

@@ -64,6 +64,10 @@ class TrainRecipe:
     # cleaner frames with fewer emotions and events shown, and no arm either (docs/TINY_EXPERIMENTS.md, "A sampler
     # that ends at less noise").
     sampler_shift: float = 5.0
+    # Extra loss weight in the DiT and control stages on a visible hand, and while a wave raises the arm on the
+    # box from the hand to the elbow (the arm is a few latent cells in a tenth of the frames). At 8 the DiT still
+    # drew no arm and lip sync fell (docs/TINY_EXPERIMENTS.md, "The hand and forearm weighted up in the DiT's loss").
+    hand_weight: float = 0.0
     # Control: the DiT continued on other clips whose emotion changes and actions start where serving shows
     # them, at block starts (in the DiT stage's clips they start anywhere in a block, so a block's prompt says
     # only that an action may start somewhere in it and little of it shows), with the eyes, brows and hand
@@ -85,6 +89,8 @@ class TrainRecipe:
             raise ValueError(f"vae_crop_centre must be one of {', '.join(VAE_CROP_CENTRES)}, got {self.vae_crop_centre!r}")
         if not 0.0 <= self.vae_hand_crops <= 1.0:
             raise ValueError(f"vae_hand_crops must be a share from 0 to 1, got {self.vae_hand_crops}")
+        if not self.hand_weight >= 0.0:
+            raise ValueError(f"hand_weight must be 0 or more, got {self.hand_weight}")
         if not self.sampler_shift > 0.0:
             raise ValueError(f"sampler_shift must be positive, got {self.sampler_shift}")
 

@@ -28,7 +28,7 @@ from avatar_backend.machine import describe_machine
 from model.data.dataset import write_dataset
 
 from .clips import dataset_fps, load_clips, prompts_for_blocks
-from .dit_stage import DiTExample, dit_step, encode_example, stream_plans
+from .dit_stage import DiTExample, dit_step, encode_example, example_weight, stream_plans
 from .loop import ResumableStage, setup_logging
 from .recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER, TRAIN_LANGUAGES, TRAIN_SPEAKERS, TrainRecipe
 from .vae_stage import freeze_encoder, latent_statistics, vae_step
@@ -192,10 +192,12 @@ def encode_examples(path: Path, vae: WanVAE, clips, config: ModelConfig, recipe:
             if len(examples) % 40 == 0:
                 torch.save(examples, path)
         torch.save(examples, path)
-    # Prompts follow the current rule, not the one the cache was written under (they cost nothing to rebuild).
+    # Prompts and loss weights follow the current rule and recipe, not the ones the cache was written under (they
+    # cost nothing to rebuild).
     plans = stream_plans(config, recipe.dit_blocks)
     for example, clip in zip(examples, clips):
         example.prompts = prompts_for_blocks(clip, plans, fps)
+        example.weight = example_weight(clip, config, recipe, expression_weight)
     return examples
 
 

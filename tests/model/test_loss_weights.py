@@ -1,6 +1,6 @@
 """The loss weights: the DiT's, the mouth weighted up always, the eyes, brows and a visible hand as well in the
-control stage, where an emotion or an action shows; the VAE's, the mouth always, the face when the recipe asks,
-with crops placed over the mouth, the whole face or a raised hand."""
+control stage, where an emotion or an action shows, and a waving forearm when the recipe asks; the VAE's, the
+mouth always, the face when the recipe asks, with crops placed over the mouth, the whole face or a raised hand."""
 
 import dataclasses
 
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from model.data import Event
-from model.data.render import render_clip
-from model.train.clips import LATENT_STRIDE, TrainingClip, box_mask, expression_boxes, latent_loss_weight, mouth_mask
+from model.data.render import render_clip, render_still
+from model.train.clips import (LATENT_STRIDE, TrainingClip, box_mask, expression_boxes, hand_and_forearm_boxes,
+                               latent_loss_weight, mouth_mask)
 from model.train.__main__ import main as train_main
 from model.train.recipe import TINY_RECIPE, TrainRecipe, with_overrides
 from model.train.vae_stage import hand_window, vae_crop, vae_loss_weight
@@ -43,6 +44,39 @@ def test_expression_weight_covers_the_eyes_brows_and_a_waving_hand_and_only_adds
     hand_x, hand_y = (truth["hand"][frame] // LATENT_STRIDE).astype(int)
     latent = (frame + 3) // 4
     assert weighted[latent, hand_y, hand_x] > mouth_only[latent, hand_y, hand_x]
+
+
+def test_hand_weight_covers_the_drawn_waving_arm_from_hand_to_elbow_and_a_thinking_hand_alone():
+    clip = render_clip(3, None, [Event.action(0.1, "wave"), Event.action(2.2, "think")], size=128, seconds=4.4)
+    truth = clip.truth
+    boxes = hand_and_forearm_boxes(truth, 128, 128)
+    still = render_still(clip.identity, 128).astype(int)
+
+    # Mid-wave: the pixels the arm changes beside the face (left of it) lie in the box, and the box is no
+    # taller than the forearm needs.
+    frame = int(np.argmax(truth["arm_raise"]))
+    arm = np.abs(clip.frames[frame].astype(int) - still).sum(-1) > 90
+    arm[:, 36:] = False
+    arm[104:] = False
+    inside = box_mask(boxes[frame:frame + 1], 128, 128)[0] > 0
+    assert arm.sum() > 150 and (arm & inside).sum() >= 0.9 * arm.sum()
+    x0, y0, x1, y1 = boxes[frame, 0]
+    assert y1 - y0 < 70 and (truth["hand"][frame] >= (x0, y0)).all() and (truth["hand"][frame] <= (x1, y1)).all()
+
+    # Thinking: the hand at the chin, its box alone; before any action, no box.
+    thinking = int(np.argmax(truth["hand_chin"]))
+    x0, y0, x1, y1 = boxes[thinking, 0]
+    assert truth["arm_raise"][thinking] == 0 and x1 - x0 == y1 - y0 == 20
+    assert (boxes[0] == 0).all()
+
+    latents = 1 + (len(clip.frames) - 1) // 4
+    plain = latent_loss_weight(truth, latents, 128, 128, mouth_weight=4.0)[0, 0].numpy()
+    weighted = latent_loss_weight(truth, latents, 128, 128, mouth_weight=4.0, hand_weight=8.0)[0, 0].numpy()
+    hand_x, hand_y = (truth["hand"][frame] // LATENT_STRIDE).astype(int)
+    assert weighted[(frame + 3) // 4, hand_y, hand_x] == plain[(frame + 3) // 4, hand_y, hand_x] + 8.0
+    np.testing.assert_array_equal(weighted[0], plain[0])
+    with pytest.raises(ValueError, match="hand_weight"):
+        TrainRecipe(hand_weight=-1.0)
 
 
 def _inside(box: np.ndarray, rows: slice, cols: slice) -> bool:

@@ -152,6 +152,30 @@ def test_the_dit_trains_at_the_timesteps_of_the_recipes_shift(smoke_run, monkeyp
 
 @needs_espeak
 @pytest.mark.slow
+def test_cached_latents_are_weighted_by_the_current_recipe(smoke_run):
+    from avatar_backend.generator.vae import WanVAE
+    from model.train.clips import dataset_fps, load_clips
+    from model.train.dit_stage import example_weight
+    from model.train.run import encode_examples
+
+    root, manifest = smoke_run
+    config = ModelConfig.from_dict(manifest["config"])
+    data = root / "work" / "data"
+    clips = load_clips(data)[: SMOKE_RECIPE.dit_clips]
+    cached = torch.load(root / "work" / "latents.pt", weights_only=False)
+    recipe = with_overrides(SMOKE_RECIPE, ["hand_weight=8"])
+    examples = encode_examples(root / "work" / "latents.pt", WanVAE(config.vae), clips, config, recipe,
+                               dataset_fps(data))
+    assert any((clip.truth["hand"][:, 0] >= 0).any() for clip in clips)  # the smoke clips show a hand
+    for example, before, clip in zip(examples, cached, clips, strict=True):
+        assert torch.equal(example.latents, before.latents)             # read back, not encoded again
+        assert torch.equal(example.weight, example_weight(clip, config, recipe))
+        shows_hand = bool((clip.truth["hand"][: 1 + 4 * (example.latents.shape[2] - 1), 0] >= 0).any())
+        assert torch.equal(example.weight, before.weight) != shows_hand
+
+
+@needs_espeak
+@pytest.mark.slow
 def test_compiled_blocks_train_with_the_gradients_of_eager_blocks(smoke_run, capsys):
     """The recipe compiles the DiT's blocks for its DiT and control stages; the benchmark of that step runs both
     on a run's clips, and every gradient of a Neighbor-Forcing step (4 blocks, the ConvKV cache threaded
