@@ -79,25 +79,28 @@ def hand_in_picture(truth: dict[str, np.ndarray], height: int, width: int) -> np
     return (x >= 0) & (x < width) & (y >= 0) & (y < height)
 
 
+def _hand_boxes(truth: dict[str, np.ndarray], reach: np.ndarray) -> np.ndarray:
+    """[T, 4] per frame: the box from a visible hand to ``reach`` [T, 2] (pixels), grown by ``HAND_BOX_HALF``;
+    none when no hand shows."""
+    hand = truth["hand"].astype(np.float64)
+    low = np.round(np.minimum(hand, reach)).astype(np.int32) - HAND_BOX_HALF
+    high = np.round(np.maximum(hand, reach)).astype(np.int32) + HAND_BOX_HALF
+    return np.where(hand[:, :1] >= 0, np.concatenate([low, high], axis=1), 0)
+
+
 def expression_boxes(truth: dict[str, np.ndarray]) -> np.ndarray:
     """[T, 4, 4] per frame: the two eyes, the brows and the visible hand (none when no hand shows): where an
     emotion or an action shows besides the head's pose."""
-    hand = np.round(truth["hand"]).astype(np.int32)
-    visible = (truth["hand"][:, :1] >= 0)
-    hand_box = np.where(visible, np.concatenate([hand - HAND_BOX_HALF, hand + HAND_BOX_HALF], axis=1), 0)
+    hand_box = _hand_boxes(truth, truth["hand"])
     return np.concatenate([truth["eye_boxes"], truth["brow_box"][:, None], hand_box[:, None]], axis=1)
 
 
 def hand_and_forearm_boxes(truth: dict[str, np.ndarray], height: int, width: int) -> np.ndarray:
     """[T, 1, 4] per frame: the box from a visible hand to its elbow while a wave raises the arm, the hand's box
     alone while it shows otherwise (at the chin), none when no hand shows."""
-    hand = truth["hand"].astype(np.float64)
-    visible = hand[:, 0] >= 0
-    raised = truth["arm_raise"] > 0
-    elbow = np.where(raised[:, None], wave_elbow(truth["arm_raise"]) * (width, height), hand)
-    low = np.round(np.minimum(hand, elbow)).astype(np.int32) - HAND_BOX_HALF
-    high = np.round(np.maximum(hand, elbow)).astype(np.int32) + HAND_BOX_HALF
-    return np.where(visible[:, None], np.concatenate([low, high], axis=1), 0)[:, None]
+    raised = truth["arm_raise"][:, None] > 0
+    elbow = np.where(raised, wave_elbow(truth["arm_raise"]) * (width, height), truth["hand"])
+    return _hand_boxes(truth, elbow)[:, None]
 
 
 def face_weight(truth: dict[str, np.ndarray], frames: slice, height: int, width: int, *, mouth_weight: float,

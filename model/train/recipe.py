@@ -65,7 +65,7 @@ class TrainRecipe:
     # that ends at less noise").
     sampler_shift: float = 5.0
     # Extra loss weight in the DiT and control stages on a visible hand, and while a wave raises the arm on the
-    # box from the hand to the elbow (the arm is a few latent cells in a tenth of the frames). At 8 the DiT still
+    # box from the hand to the elbow (a few latent cells; a hand shows in a tenth of the frames). At 8 the DiT still
     # drew no arm and lip sync fell (docs/TINY_EXPERIMENTS.md, "The hand and forearm weighted up in the DiT's loss").
     hand_weight: float = 0.0
     # Control: the DiT continued on other clips whose emotion changes and actions start where serving shows
