@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .recipe import SMOKE_RECIPE, TINY_RECIPE, with_overrides
-from .run import STAGES, RecipeMismatch, main_run
+from .run import STAGES, RecipeMismatch, check_recipe_fits_config, main_run
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "weights"
 
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = with_overrides(dataclasses.replace(SMOKE_RECIPE if args.smoke else TINY_RECIPE, seed=args.seed),
                                 args.settings)
+        check_recipe_fits_config(recipe)
     except ValueError as error:
         parser.error(str(error))
     try:

@@ -68,6 +68,12 @@ class TrainRecipe:
     # box from the hand to the elbow (a few latent cells; a hand shows in a tenth of the frames). At 8 the DiT still
     # drew no arm and lip sync fell (docs/TINY_EXPERIMENTS.md, "The hand and forearm weighted up in the DiT's loss").
     hand_weight: float = 0.0
+    # The DiT's width and depth, 0 for the config's. A wider DiT keeps the config's head width (more heads) and
+    # its feed-forward width per unit of width; the weights' config records what was trained. At width 192 the DiT
+    # fit its clips better and still drew no arm, and crossed the seam target (docs/TINY_EXPERIMENTS.md, "A wider
+    # DiT").
+    dit_dim: int = 0
+    dit_layers: int = 0
     # Control: the DiT continued on other clips whose emotion changes and actions start where serving shows
     # them, at block starts (in the DiT stage's clips they start anywhere in a block, so a block's prompt says
     # only that an action may start somewhere in it and little of it shows), with the eyes, brows and hand
@@ -93,6 +99,9 @@ class TrainRecipe:
             raise ValueError(f"hand_weight must be 0 or more, got {self.hand_weight}")
         if not self.sampler_shift > 0.0:
             raise ValueError(f"sampler_shift must be positive, got {self.sampler_shift}")
+        if self.dit_dim < 0 or self.dit_layers < 0:
+            raise ValueError(f"dit_dim and dit_layers must be 0 (the config's) or more, got {self.dit_dim} and "
+                             f"{self.dit_layers}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from avatar_backend.generator.audio_encoder import build_audio_encoder
-from avatar_backend.generator.config import ModelConfig, flow_timesteps, get_config
+from avatar_backend.generator.config import DiTConfig, ModelConfig, flow_timesteps, get_config
 from avatar_backend.generator.dit import WanModel
 from avatar_backend.generator.image_encoder import build_image_encoder
 from avatar_backend.generator.schedule import StreamSchedule
@@ -129,6 +129,7 @@ def claim_work_folder(work: Path, recipe: TrainRecipe) -> None:
 
 
 def main_run(work: Path, out: Path, recipe: TrainRecipe, stop_after: str | None = None) -> dict:
+    check_recipe_fits_config(recipe)
     claim_work_folder(work, recipe)
     setup_logging(work / "train.log")
     torch.set_flush_denormal(True)
@@ -176,7 +177,22 @@ def trained_config(recipe: TrainRecipe, vae_report: dict) -> ModelConfig:
     vae = dataclasses.replace(config.vae, latent_mean=tuple(vae_report["latent_mean"]),
                               latent_std=tuple(vae_report["latent_std"]))
     sampler = dataclasses.replace(config.sampler, timesteps=flow_timesteps(recipe.sampler_shift))
-    return dataclasses.replace(config, vae=vae, sampler=sampler)
+    return dataclasses.replace(config, vae=vae, sampler=sampler, dit=recipe_dit(recipe, config.dit))
+
+
+def check_recipe_fits_config(recipe: TrainRecipe) -> None:
+    """ValueError before any work when the recipe asks its config for a DiT it cannot build."""
+    recipe_dit(recipe, get_config(recipe.config).dit)
+
+
+def recipe_dit(recipe: TrainRecipe, dit: DiTConfig) -> DiTConfig:
+    """``dit`` at the recipe's width and depth: heads of the config's width, the feed-forward widened alike."""
+    dim, layers = recipe.dit_dim or dit.dim, recipe.dit_layers or dit.num_layers
+    head_dim = dit.dim // dit.num_heads
+    if dim % head_dim or (dit.ffn_dim * dim) % dit.dim:
+        raise ValueError(f"dit_dim {dim} must be a multiple of the {recipe.config} config's head width {head_dim}")
+    return dataclasses.replace(dit, dim=dim, num_heads=dim // head_dim, ffn_dim=dit.ffn_dim * dim // dit.dim,
+                               num_layers=layers)
 
 
 def encode_examples(path: Path, vae: WanVAE, clips, config: ModelConfig, recipe: TrainRecipe, fps: int,

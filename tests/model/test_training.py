@@ -1,7 +1,7 @@
 """Training: every stage runs and exports weights the serving pipeline loads, a second run from scratch writes
 the same bits, a stopped run continues exactly where it stopped, the decoder stage keeps the encoder the DiT
-learned from, the Neighbor-Forcing step lowers its loss at the timesteps of the recipe's shift, and compiled
-blocks train with eager gradients."""
+learned from, the Neighbor-Forcing step lowers its loss at the timesteps of the recipe's shift, a DiT of the
+recipe's width and depth is trained and served, and compiled blocks train with eager gradients."""
 
 import json
 
@@ -148,6 +148,34 @@ def test_the_dit_trains_at_the_timesteps_of_the_recipes_shift(smoke_run, monkeyp
     for step in range(12):
         dit_step(modules, example, config, recipe, 20, *step_rngs(0, "dit", step))
     assert set(seen) == {1000.0, 750.0, 500.0}
+
+
+@needs_espeak
+@pytest.mark.slow
+def test_a_dit_of_another_width_and_depth_is_trained_recorded_and_served(smoke_run, tmp_path):
+    import shutil
+
+    from avatar_backend.generator.pipeline import weights_config
+
+    root, manifest = smoke_run
+    work = tmp_path / "work"
+    shutil.copytree(root / "work", work, ignore=shutil.ignore_patterns("dit.ckpt", "control.ckpt", "recipe.json"))
+    recipe = with_overrides(SMOKE_RECIPE, ["dit_dim=64", "dit_layers=2"])
+    narrow = main_run(work, tmp_path / "weights", recipe)
+    dit = narrow["config"]["dit"]
+    assert (dit["dim"], dit["num_heads"], dit["ffn_dim"], dit["num_layers"]) == (64, 2, 128, 2)
+    assert narrow["parameters"] < manifest["parameters"]
+    weights = tmp_path / "weights" / "tiny.safetensors"
+    trained = weights_config(weights)
+    assert trained.dit == ModelConfig.from_dict(narrow["config"]).dit
+    pipeline = LiveActPipeline.from_config(trained, weights=weights)
+    assert not pipeline.random_weights and len(pipeline.dit.blocks) == 2
+    # Served under the tiny config's own DiT, these weights are refused by name, not loaded into the wrong shapes.
+    with pytest.raises(ValueError, match="trained for config 'tiny' with other settings"):
+        LiveActPipeline.from_config(ModelConfig.from_dict(manifest["config"]), weights=weights)
+    with pytest.raises(ValueError, match="multiple of the tiny config's head width 32"):
+        main_run(tmp_path / "other", tmp_path / "weights2", with_overrides(SMOKE_RECIPE, ["dit_dim=100"]))
+    assert not (tmp_path / "other").exists()
 
 
 @needs_espeak
