@@ -8,7 +8,7 @@ from pathlib import Path
 
 from avatar_backend.client import AvatarClient, AvatarError
 from avatar_backend.generator.config import (ATTENTION_BACKENDS, DECODE_PRECISIONS, GEMM_FORMATS, ExecutionConfig,
-                                             load_model_config)
+                                             config_for_weights, load_model_config)
 from avatar_backend.gateway.limits import Limits
 from avatar_backend.store import default_data_dir
 from avatar_backend.worker.process import RANDOM_WEIGHTS
@@ -134,6 +134,11 @@ def command_serve(args: argparse.Namespace) -> int:
         model_config = load_model_config(args.config)
     except (KeyError, ValueError) as error:
         raise CliError(f"config {args.config!r}: {error}") from None
+    if args.weights not in (None, RANDOM_WEIGHTS) and Path(args.weights).is_file():
+        try:
+            config_for_weights(model_config, Path(args.weights))  # weights for another model: refused before starting
+        except ValueError as error:
+            raise CliError(str(error)) from None
     if args.weights in (None, RANDOM_WEIGHTS) and model_config.runs_published_encoders:
         raise CliError(f"model {model_config.name!r} runs the published encoders and needs the published files: "
                        "--weights <directory> (README: 'The published model')")

@@ -436,6 +436,38 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     return get_config(str(name_or_path))
 
 
+def weights_config(path: str | Path) -> ModelConfig | None:
+    """The config a weights file was trained with (recorded in its metadata), or None when it does not say;
+    ValueError when the file is not safetensors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:  # the header alone: no torch
+            text = (f.metadata() or {}).get("config")
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a safetensors weights file ({error})") from None
+    return ModelConfig.from_json(text) if text else None
+
+
+def config_for_weights(config: ModelConfig, path: Path) -> ModelConfig:
+    """The config that serves the weights file ``path`` under ``config``: what the file records of its training
+    (the DiT's shape, the VAE's latent statistics, the timesteps), which a retrained model changes, with
+    ``config``'s serving choices (its frame size, dtype, cache format, prompt guidance and onset); ``config``
+    itself when the file records none. ValueError when the file was trained for another model or does not take
+    ``config``'s frame size."""
+    trained = weights_config(path)
+    if trained is None:
+        return config
+    if trained.name != config.name:
+        raise ValueError(f"{path} was trained for config {trained.name!r}, not {config.name!r}; serve it with "
+                         f"--config {trained.name}")
+    if not trained.supports_size(config.width, config.height):
+        raise ValueError(f"{path} was trained for config {trained.name!r} at {trained.sizes_text()}, not "
+                         f"{config.width}x{config.height}")
+    sampler = dataclasses.replace(trained.sampler, **{name: getattr(config.sampler, name) for name in SERVING_CHOICES})
+    return dataclasses.replace(trained, width=config.width, height=config.height, dtype=config.dtype, sampler=sampler)
+
+
 def get_config(name: str) -> ModelConfig:
     """A named configuration, or a clear error listing the known names."""
     try:

@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from avatar_backend.store import CharacterRecord, now_ms
@@ -47,7 +46,7 @@ from .attention import set_attention_backend
 from .audio_encoder import build_audio_encoder
 from .conditioning import (audio_tail_frames, block_audio_rows, blended_text, is_base_prompt, padded_text,
                            prompt_key, reference_pixels)
-from .config import SERVING_CHOICES, ExecutionConfig, ModelConfig, is_prompt_guidance, load_model_config
+from .config import ExecutionConfig, ModelConfig, config_for_weights, is_prompt_guidance, load_model_config
 from .convkv import ConvKVMemory, SlotLayout, cache_bytes
 from .dit import CrossAttentionContext, PromptOnset, WanModel
 from .fp8 import fp8_gemm_supported, quantize_linears
@@ -62,7 +61,7 @@ from .text_encoder import build_text_encoder
 from .vae import CausalCache, WanVAE, decoder_state_bytes, frames_to_uint8
 
 __all__ = ["BlockConditioning", "BlockInput", "CharacterConditioning", "GeneratorError", "LiveActPipeline",
-           "PromptContext", "shipped_weights", "weights_config"]
+           "PromptContext", "shipped_weights"]
 
 # Weights trained in this repository (model/train), by config name: ``<name>.safetensors`` beside its manifest.
 SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "model" / "weights"
@@ -178,10 +177,13 @@ class LiveActPipeline:
                     device: str = "cpu", parallel: SequenceParallel | None = None,
                     execution: ExecutionConfig | None = None, dit_only: bool = False) -> "LiveActPipeline":
         """The pipeline of ``config`` on ``device``: ``weights`` is a prefixed safetensors file, a directory of
-        the published files, or None (random weights from a fixed seed). ``dit_only``: a follower rank's
-        pipeline, the DiT alone (no encoders, no VAE; see :meth:`follow_blocks`)."""
+        the published files, or None (random weights from a fixed seed); a file that records the config it was
+        trained with is served with it (:func:`config_for_weights`). ``dit_only``: a follower rank's pipeline, the
+        DiT alone (no encoders, no VAE; see :meth:`follow_blocks`)."""
         if not isinstance(config, ModelConfig):
             config = load_model_config(config)
+        if weights is not None and Path(weights).is_file():
+            config = config_for_weights(config, Path(weights))
         execution = execution or ExecutionConfig()
         config = execution.serving(config)
         dtype = getattr(torch, config.dtype)
@@ -208,7 +210,7 @@ class LiveActPipeline:
                 modules = {"dit": modules["dit"]}
             sha = ""
             if weights is not None:
-                sha = _load_weights(modules, Path(weights), config)
+                sha = _load_weights(modules, Path(weights))
             for name, module in modules.items():
                 module.to(device=device, dtype=dtype if name == "dit" else torch.float32).eval().requires_grad_(False)
         apply_execution(modules["dit"], execution, device)
@@ -612,35 +614,17 @@ def cpu_has_bf16_units() -> bool:
     return any(probe() for probe in probes if probe is not None)
 
 
-def weights_config(path: str | Path) -> ModelConfig | None:
-    """The config a weights file was trained with (recorded in its metadata), or None when it does not say."""
-    with safe_open(str(path), framework="pt") as f:
-        text = (f.metadata() or {}).get("config")
-    return ModelConfig.from_json(text) if text else None
-
-
 def shipped_weights(config_name: str | Path) -> Path | None:
     """The shipped weights of a named config, or None when there are none."""
     path = SHIPPED_WEIGHTS_DIR / f"{Path(config_name).name}.safetensors"
     return path if path.is_file() and str(config_name) == path.stem else None
 
 
-def _load_weights(modules: dict[str, torch.nn.Module], path: Path, expected_config: ModelConfig | None = None) -> str:
+def _load_weights(modules: dict[str, torch.nn.Module], path: Path) -> str:
     """Load a prefixed safetensors file strictly into the modules; returns its SHA-256."""
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     state = load_file(str(path))
-    trained = weights_config(path)
-    if trained is not None and expected_config is not None:
-        # How the weights are served (the cache format, prompt guidance, the default frame size among the sizes
-        # the model accepts), not what they learned: any works.
-        if trained.supports_size(expected_config.width, expected_config.height):
-            trained = dataclasses.replace(trained, width=expected_config.width, height=expected_config.height)
-        trained = dataclasses.replace(trained, sampler=dataclasses.replace(
-            trained.sampler, **{name: getattr(expected_config.sampler, name) for name in SERVING_CHOICES}))
-        if trained != expected_config:
-            raise ValueError(f"{path} was trained for config {trained.name!r} with other settings than "
-                             f"{expected_config.name!r}; use the config it was trained with")
     for name, module in modules.items():
         prefix = f"{name}."
         module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avatar_backend.generator.config import DECODE_PRECISIONS, TINY, ExecutionConfig
+from avatar_backend.generator.config import DECODE_PRECISIONS, TINY, ExecutionConfig, weights_config
 from avatar_backend.generator.convkv import cache_bytes
-from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights, weights_config
+from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights
 from avatar_backend.generator.schedule import StreamSchedule
 from avatar_backend.generator.vae import frames_to_uint8
 from avatar_backend.machine import describe_machine

@@ -211,6 +211,25 @@ def test_serve_refuses_the_published_model_without_its_files_before_starting(tmp
     assert not data_dir.exists()
 
 
+def test_serve_refuses_weights_trained_for_another_model_before_starting(tmp_path, capsys):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from avatar_backend.generator.config import TINY
+
+    data_dir = tmp_path / "data"
+    weights = tmp_path / "tiny.safetensors"
+    save_file({"dit.head": np.zeros(2, np.float32)}, str(weights), metadata={"config": TINY.to_json()})
+    assert cli.main(["serve", "--config", "liveact-18b", "--weights", str(weights), "--data-dir", str(data_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "was trained for config 'tiny', not 'liveact-18b'; serve it with --config tiny" in err
+    weights.write_bytes(b"not weights")
+    assert cli.main(["serve", "--weights", str(weights), "--data-dir", str(data_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "is not a safetensors weights file" in err and "Traceback" not in err
+    assert not data_dir.exists()
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--max-prompt-guidance", "0.5"], "max_prompt_guidance must be a factor >= 1, got 0.5"),
     (["--prompt-guidance", "0"], "prompt_guidance must be a finite factor >= 1 (1 turns it off), got 0.0"),

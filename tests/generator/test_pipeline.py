@@ -259,7 +259,10 @@ def test_a_long_stream_runs_in_flat_memory():
     assert growth < 16 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB from blocks 30-60 to blocks 120-150"
 
 
-def test_weights_trained_for_other_settings_are_refused_by_name(tmp_path):
+def test_retrained_weights_are_served_with_what_they_learned_and_refused_for_another_model(tmp_path):
+    """A retrained tiny model (here: other VAE latent statistics and timesteps) is served under ``tiny`` with the
+    settings its file records, the request's serving choices kept; under another model, or at a size it does not
+    take, it is refused by name."""
     import dataclasses
 
     from safetensors.torch import save_file
@@ -271,20 +274,27 @@ def test_weights_trained_for_other_settings_are_refused_by_name(tmp_path):
         ("dit", source.dit), ("vae", source.vae), ("audio_encoder", source.audio_encoder),
         ("image_encoder", source.image_encoder), ("text_encoder", source.text_encoder))
         for key, value in module.state_dict().items()}
-    other = dataclasses.replace(TINY, vae=dataclasses.replace(TINY.vae, latent_std=(2.0,) * 16))
+    other = dataclasses.replace(TINY, vae=dataclasses.replace(TINY.vae, latent_std=(2.0,) * 16),
+                                sampler=dataclasses.replace(TINY.sampler, timesteps=(1000.0, 750.0, 500.0, 0.0)))
     path = tmp_path / "other.safetensors"
     save_file(tensors, str(path), metadata={"config": other.to_json()})
-    with pytest.raises(ValueError, match="trained for config 'tiny' with other settings"):
-        LiveActPipeline.from_config("tiny", weights=path)
-    loaded = LiveActPipeline.from_config(other, weights=path)
+    loaded = LiveActPipeline.from_config("tiny", weights=path)
     assert not loaded.random_weights and len(loaded.weights_sha256) == 64
-    # How weights are served is not what they learned: any cache format, prompt guidance and default size among
-    # the accepted ones serve them; a size the model does not accept is a different model.
-    served = dataclasses.replace(other, sampler=dataclasses.replace(other.sampler, kv_cache="fp8", prompt_guidance=3.0),
+    assert loaded.config.vae.latent_std == (2.0,) * 16
+    assert loaded.config.sampler.timesteps == (1000.0, 750.0, 500.0, 0.0)
+    assert torch.allclose(loaded.vae.latent_inv_std, torch.full_like(loaded.vae.latent_inv_std, 0.5))
+    # How weights are served is the request's: cache format, prompt guidance and a default size they accept.
+    served = dataclasses.replace(TINY, sampler=dataclasses.replace(TINY.sampler, kv_cache="fp8", prompt_guidance=2.0),
                                  width=64, height=64)
-    assert LiveActPipeline.from_config(served, weights=path).weights_sha256 == loaded.weights_sha256
-    with pytest.raises(ValueError, match="trained for config 'tiny' with other settings"):
-        LiveActPipeline.from_config(dataclasses.replace(other, width=96, height=96), weights=path)
+    pipeline = LiveActPipeline.from_config(served, weights=path)
+    assert pipeline.weights_sha256 == loaded.weights_sha256
+    assert (pipeline.config.width, pipeline.config.sampler.kv_cache, pipeline.config.sampler.prompt_guidance) == (
+        64, "fp8", 2.0)
+    assert pipeline.config.vae.latent_std == (2.0,) * 16
+    with pytest.raises(ValueError, match="trained for config 'tiny' at 128x128.*not 96x96"):
+        LiveActPipeline.from_config(dataclasses.replace(TINY, width=96, height=96), weights=path)
+    with pytest.raises(ValueError, match="trained for config 'tiny', not 'tiny-renamed'; serve it with --config tiny"):
+        LiveActPipeline.from_config(dataclasses.replace(TINY, name="tiny-renamed"), weights=path)
 
 
 def test_the_worker_serves_the_shipped_weights_unless_told_random():
