@@ -190,7 +190,8 @@ def recipe_dit(recipe: TrainRecipe, dit: DiTConfig) -> DiTConfig:
     dim, layers = recipe.dit_dim or dit.dim, recipe.dit_layers or dit.num_layers
     head_dim = dit.dim // dit.num_heads
     if dim % head_dim or (dit.ffn_dim * dim) % dit.dim:
-        raise ValueError(f"dit_dim {dim} must be a multiple of the {recipe.config} config's head width {head_dim}")
+        raise ValueError(f"dit_dim {dim} must be a multiple of the {recipe.config} config's head width {head_dim} "
+                         f"that widens its feed-forward ({dit.ffn_dim} at {dit.dim}) to a whole width")
     return dataclasses.replace(dit, dim=dim, num_heads=dim // head_dim, ffn_dim=dit.ffn_dim * dim // dit.dim,
                                num_layers=layers)
 
