@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avatar_backend.generator.config import DECODE_PRECISIONS, TINY, ExecutionConfig, weights_config
+from avatar_backend.generator.config import DECODE_PRECISIONS, TINY, ExecutionConfig
 from avatar_backend.generator.convkv import cache_bytes
 from avatar_backend.generator.pipeline import LiveActPipeline, shipped_weights
 from avatar_backend.generator.schedule import StreamSchedule
@@ -362,7 +362,9 @@ def speed(pipeline: LiveActPipeline, blocks: int = 6) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__.split(": ", 1)[-1])
-    parser.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped tiny weights)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="weights file (default: the shipped tiny weights), served as `serve --weights` serves "
+                             "it: with the settings its training recorded")
     parser.add_argument("--out", type=Path, default=Path("out/eval"), help="folder for eval.json and the pictures")
     parser.add_argument("--size", type=int, default=None, metavar="PIXELS",
                         help="square frame size, one the model accepts (default: its default size, 128 for tiny)")
@@ -396,16 +398,19 @@ def main(argv: list[str] | None = None) -> int:
     if weights is None:
         print("error: no weights (train with python -m model.train, or pass --weights)", file=sys.stderr)
         return 1
-    # Weights from another training run carry their own config (their VAE's latent statistics differ).
     execution = ExecutionConfig(decode_precision=args.decode_precision, prompt_guidance=args.prompt_guidance,
                                 prompt_onset_latents=args.prompt_onset)
-    config = weights_config(weights) or TINY
+    config = TINY
     if args.size is not None:
         if not config.supports_size(args.size, args.size):
             print(f"error: --size {args.size}: the model takes {config.sizes_text()}", file=sys.stderr)
             return 2
         config = dataclasses.replace(config, width=args.size, height=args.size)
-    pipeline = LiveActPipeline.from_config(config, weights=weights, execution=execution)
+    try:  # served as `serve --weights` serves them: with what their training recorded (config_for_weights)
+        pipeline = LiveActPipeline.from_config(config, weights=weights, execution=execution)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     vaes = None
     if args.vae_checkpoint:  # read before any slow work, so a wrong path fails at once
         vaes = checkpoint_vaes(pipeline, args.vae_checkpoint)

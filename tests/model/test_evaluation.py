@@ -104,6 +104,21 @@ def test_a_vae_checkpoint_is_judged_beside_the_shipped_vae_before_any_dit_is_tra
     assert "is not a training checkpoint with a VAE" in capsys.readouterr().err
 
 
+def test_weights_trained_for_another_model_are_refused_by_name_before_any_work(tmp_path, capsys):
+    """The evaluation serves weights as ``serve --weights`` does, so weights it could not serve stop it at once."""
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "other.safetensors"
+    save_file({"dit.unused": torch.zeros(1)}, str(weights),
+              metadata={"config": dataclasses.replace(TINY, name="tiny-renamed").to_json()})
+    assert main(["--out", str(tmp_path / "eval"), "--weights", str(weights)]) == 2
+    assert ("trained for config 'tiny-renamed', not 'tiny'; serve it with --config tiny-renamed"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "eval").exists()
+
+
 class ReadsFixedLabels:
     """In place of the classifier: reads every frame as the given per-frame labels."""
 
