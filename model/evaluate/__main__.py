@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         config = dataclasses.replace(config, width=args.size, height=args.size)
     try:  # served as `serve --weights` serves them: with what their training recorded (config_for_weights)
         pipeline = LiveActPipeline.from_config(config, weights=weights, execution=execution)
-    except ValueError as error:
+    except (OSError, ValueError) as error:  # unreadable, or trained for another model or size
         print(f"error: {error}", file=sys.stderr)
         return 2
     vaes = None

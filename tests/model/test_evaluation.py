@@ -104,8 +104,9 @@ def test_a_vae_checkpoint_is_judged_beside_the_shipped_vae_before_any_dit_is_tra
     assert "is not a training checkpoint with a VAE" in capsys.readouterr().err
 
 
-def test_weights_trained_for_another_model_are_refused_by_name_before_any_work(tmp_path, capsys):
-    """The evaluation serves weights as ``serve --weights`` does, so weights it could not serve stop it at once."""
+def test_weights_it_cannot_serve_are_refused_by_name_before_any_work(tmp_path, capsys):
+    """The evaluation serves weights as ``serve --weights`` does, so weights trained for another model, or a file that
+    is not there, stop it at once with the reason."""
     import dataclasses
 
     from safetensors.torch import save_file
@@ -116,6 +117,8 @@ def test_weights_trained_for_another_model_are_refused_by_name_before_any_work(t
     assert main(["--out", str(tmp_path / "eval"), "--weights", str(weights)]) == 2
     assert ("trained for config 'tiny-renamed', not 'tiny'; serve it with --config tiny-renamed"
             in capsys.readouterr().err)
+    assert main(["--out", str(tmp_path / "eval"), "--weights", str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
     assert not (tmp_path / "eval").exists()
 
 
