@@ -34,6 +34,7 @@ from .controls import confusion, recall, response, train_classifier
 from .metrics import colour_similarity, latent_changes, latent_seam_ratio, lip_sync, pearson, psnr, seam_ratio, ssim
 from .pictures import curves, frame_strip
 from .stream import generate, run_stream
+from .teacher_forced import teacher_forced_arm
 
 EVAL_DATA_SEED = 9001          # identities and voices no training run draws (training uses data seed 1)
 KINDS = ("emotion", "action")
@@ -390,7 +391,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate only autoencoders: the VAE of a training run's checkpoint (runs/X/vae.ckpt or "
                              "decoder.ckpt; repeatable) beside the weights' own, on the same clips and classifier: "
                              "the ceiling a DiT trained on its latents would have, before one is trained")
+    parser.add_argument("--teacher-forced", action="store_true",
+                        help="only how much of a raised arm the DiT draws from the clips' own noised latents, each "
+                             "sampler step as training runs it (seconds: no sampling, no classifier); a full "
+                             "evaluation reports it too")
     args = parser.parse_args(argv)
+    if args.teacher_forced and args.vae_checkpoint:
+        parser.error("--teacher-forced judges the DiT and --vae-checkpoint the autoencoders: one at a time")
     if args.clips < 2:
         parser.error("--clips must be at least 2: the swapped-audio control drives each clip by another's voice")
     torch.set_flush_denormal(True)
@@ -420,6 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     report: dict = {"weights": Path(weights).name, "weights_sha256": pipeline.weights_sha256,
                     "decode_precision": pipeline.decode_dtype_name, "machine": describe_machine()}
+    if args.teacher_forced:
+        clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width, pipeline.config.fps)
+        report["teacher_forced_arm"] = teacher_forced_arm(pipeline, clips)
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        (args.out / "eval.json").write_text(json.dumps(report, indent=1, default=float))
+        print(teacher_forced_row(report["teacher_forced_arm"]))
+        print(f"wrote {args.out / 'eval.json'}")
+        return 0
     if vaes is None:  # the generator runs: what it ran under
         report.update(prompt_guidance=pipeline.config.sampler.prompt_guidance,
                       prompt_onset_latents=pipeline.config.sampler.prompt_onset_latents, events=args.events)
@@ -430,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     if vaes is not None:
         return evaluate_vae_checkpoints(pipeline, vaes, clips, classifier, truth_accuracy, args.out, report)
     report["lip_sync"] = evaluate_clips(pipeline, clips, args.out, classifier, args.events)
+    report["teacher_forced_arm"] = teacher_forced_arm(pipeline, clips)
     report["control_response"] = {"classifier_accuracy_on_ground_truth": truth_accuracy,
                                   **{k: v for k, v in report["lip_sync"].pop("controls").items()}}
     report["long_streams"] = [long_stream(pipeline, clip_seed(EVAL_DATA_SEED, 1000 + i), args.long_minutes, args.out)
@@ -511,6 +527,18 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def teacher_forced_row(arm: dict) -> str:
+    head = f"raised arm drawn from its own noised latents ({arm['raised_arm_latents']} latents)"
+    if arm["truth_arm_change"] is None:
+        return f"{head}: no clip raises an arm"
+    if arm["arm_score"][0] is None:
+        return (f"{head}: not scored, the VAE keeps too little of the arm (its latents change by "
+                f"{arm['truth_arm_change']:.3f} there)")
+    steps = " / ".join(f"{t:g}" for t in arm["timesteps"])
+    scores = " / ".join(f"{score:.2f}" for score in arm["arm_score"])
+    return f"{head} at t = {steps} (0 none, 1 the truth's): {scores}"
+
+
 def print_table(report: dict) -> None:
     s = report["lip_sync"]["summary"]
     c = report["control_response"]
@@ -571,6 +599,7 @@ def print_table(report: dict) -> None:
     for name, value, target in rows:
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
         print(f"{name:<{width}}  {shown:>24}  {target}")
+    print(teacher_forced_row(report["teacher_forced_arm"]))
 
 
 if __name__ == "__main__":

@@ -80,12 +80,30 @@ def encode_example(vae: WanVAE, clip: TrainingClip, config: ModelConfig, recipe:
                       prompts=prompts_for_blocks(clip, plans, fps), weight=weight)
 
 
-def dit_step(modules: dict[str, torch.nn.Module], example: DiTExample, config: ModelConfig, recipe: TrainRecipe,
-             fps: int, rng: np.random.Generator, generator: torch.Generator) -> dict[str, float]:
-    """One clip's Neighbor-Forcing loss at one random sampler step (backward included)."""
+@dataclass
+class BlockPrediction:
+    """One block of a Neighbor-Forcing pass: its clean latents, the noise they were mixed with, the DiT's velocity."""
+
+    plan: BlockLayout
+    x0: torch.Tensor
+    noise: torch.Tensor
+    noisy: torch.Tensor
+    sigma: float                   # the noise level, t / 1000
+    velocity: torch.Tensor
+
+    @property
+    def predicted_x0(self) -> torch.Tensor:
+        """The clean block the velocity points to (what the sampler's last step returns)."""
+        return self.noisy - self.sigma * self.velocity
+
+
+def neighbor_forcing(modules: dict[str, torch.nn.Module], example: DiTExample, config: ModelConfig, blocks: int,
+                     step: int, fps: int, generator: torch.Generator) -> list[BlockPrediction]:
+    """The DiT's velocity for each of the example's first ``blocks`` blocks, every block noised to sampler step
+    ``step``'s level with its own noise and run in order through one functional step cache (the module docstring):
+    what a training step learns from, and what a teacher-forced measure reads."""
     dit: WanModel = modules["dit"]
     sampler = config.sampler
-    step = int(rng.integers(sampler.num_steps))
     t = sampler.timesteps[step]
     timestep = torch.tensor([t], dtype=torch.float32)
     use_audio = not (step == 0 and sampler.skip_audio_at_first_step)
@@ -104,14 +122,13 @@ def dit_step(modules: dict[str, torch.nn.Module], example: DiTExample, config: M
     cache = ConvKVMemory.allocate_for(config.dit, sampler, frame_tokens).steps[0]
     radius = config.dit.audio_window // 2
 
-    losses = []
-    for plan in stream_plans(config, recipe.dit_blocks):
+    predictions = []
+    for plan in stream_plans(config, blocks):
         prompt = example.prompts[plan.index]
         text = base if prompt.prompt is None else blended_text(base, padded_text(encode_text(prompt.prompt), text_len),
                                                              prompt.intensity)
         context = dit.encode_context(text, clip_fea, precompute_kv=False)
-        frames = latent_slice(plan, config)
-        x0 = example.latents[:, :, frames]
+        x0 = example.latents[:, :, latent_slice(plan, config)]
         noise = torch.randn(x0.shape, generator=generator)
         noisy = (1.0 - t / 1000.0) * x0 + (t / 1000.0) * noise
         tokens = None
@@ -120,8 +137,18 @@ def dit_step(modules: dict[str, torch.nn.Module], example: DiTExample, config: M
         out = dit(noisy, timestep, example.y[:, :, plan.window_frames], cache=cache, start_frame=plan.window_start,
                   compress=plan.update_cache, context=context, audio_tokens=tokens, functional=True)
         cache = out.cache
-        weight = example.weight[:, :, frames]
-        losses.append(((out.velocity - (noise - x0)).square() * weight).mean() / weight.mean())
+        predictions.append(BlockPrediction(plan, x0, noise, noisy, t / 1000.0, out.velocity))
+    return predictions
+
+
+def dit_step(modules: dict[str, torch.nn.Module], example: DiTExample, config: ModelConfig, recipe: TrainRecipe,
+             fps: int, rng: np.random.Generator, generator: torch.Generator) -> dict[str, float]:
+    """One clip's Neighbor-Forcing loss at one random sampler step (backward included)."""
+    step = int(rng.integers(config.sampler.num_steps))
+    losses = []
+    for block in neighbor_forcing(modules, example, config, recipe.dit_blocks, step, fps, generator):
+        weight = example.weight[:, :, latent_slice(block.plan, config)]
+        losses.append(((block.velocity - (block.noise - block.x0)).square() * weight).mean() / weight.mean())
     loss = torch.stack(losses).mean()
     loss.backward()
     return {"loss": loss.item(), f"loss_t{step}": loss.item()}

@@ -48,6 +48,7 @@ def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
     stream = report["long_streams"][0]
     assert stream["minutes"] == 1 and stream["memory_bytes"]["block_2"] == stream["memory_bytes"]["last_block"]
     assert report["speed"]["real_time_factor"] > 0    # measured, not judged here: that is the benchmark's job
+    assert len(report["teacher_forced_arm"]["arm_score"]) == 3     # the DiT's arm, from the clips' own latents
     ablation = report["ablation"]
     assert ablation["convkv"]["memory_bytes"] == ablation["sink_sliding_window"]["memory_bytes"]
     assert ablation["convkv"]["psnr_db_mean"] != ablation["sink_sliding_window"]["psnr_db_mean"]  # other memory
