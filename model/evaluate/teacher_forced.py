@@ -4,8 +4,9 @@ Each clip is encoded by the weights' VAE; every block is noised to one sampler s
 through that step's cache, exactly as a training step runs it (``model.train.dit_stage.neighbor_forcing``), and the
 DiT's prediction of the clean block is compared with the truth over the hand-and-forearm cells of each latent whose
 frame raises the arm more than halfway. The score is one minus the prediction's squared error there over that of
-the latent before the arm rose: 0 draws no arm, 1 draws the truth's. A DiT that draws no arm here draws none when
-sampled either, and the measure takes seconds, where generating and classifying the clips takes minutes.
+the latent before the arm rose: 0 draws no arm, 1 draws the truth's. Blocks are prompted as the evaluation sends
+events live. A DiT that takes the arm out of a block's own latents has none to give the sampler, and the measure
+takes seconds, where generating and classifying the clips takes minutes.
 """
 
 from __future__ import annotations
@@ -74,9 +75,9 @@ def teacher_forced_arm(pipeline: LiveActPipeline, clips: list[TrainingClip], tim
     first, later = config.sampler.block_sizes
     for clip in clips:
         latent_frames = 1 + (len(clip.frames) - 1) // config.vae.temporal_stride
-        blocks = 1 + max(0, (latent_frames - first) // later)
-        if blocks < 2:
+        if latent_frames < first:
             continue
+        blocks = 1 + (latent_frames - first) // later
         recipe = TrainRecipe(dit_blocks=blocks)
         example = encode_example(pipeline.vae, clip, config, recipe, fps)
         truth = example.latents[0]
