@@ -427,19 +427,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     report: dict = {"weights": Path(weights).name, "weights_sha256": pipeline.weights_sha256,
                     "decode_precision": pipeline.decode_dtype_name, "machine": describe_machine()}
+    clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width, pipeline.config.fps)
     if args.teacher_forced:
-        clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width, pipeline.config.fps)
         report["teacher_forced_arm"] = teacher_forced_arm(pipeline, clips)
         report["seconds"] = round(time.perf_counter() - started, 1)
-        (args.out / "eval.json").write_text(json.dumps(report, indent=1, default=float))
         print(teacher_forced_row(report["teacher_forced_arm"]))
-        print(f"wrote {args.out / 'eval.json'}")
+        print(f"wrote {write_report(report, args.out)}")
         return 0
     if vaes is None:  # the generator runs: what it ran under
         report.update(prompt_guidance=pipeline.config.sampler.prompt_guidance,
                       prompt_onset_latents=pipeline.config.sampler.prompt_onset_latents, events=args.events)
         report["speed"] = speed(pipeline)
-    clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width, pipeline.config.fps)
     classifier, truth_accuracy = train_classifier(pipeline.config.width, pipeline.config.fps, args.classifier_clips,
                                                   args.classifier_steps)
     if vaes is not None:
@@ -458,10 +456,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablation_minutes > 0:
         report["ablation"] = ablation(pipeline, clip_seed(EVAL_DATA_SEED, 2000), args.ablation_minutes, args.out)
     report["seconds"] = round(time.perf_counter() - started, 1)
-    (args.out / "eval.json").write_text(json.dumps(report, indent=1, default=float))
+    path = write_report(report, args.out)
     print_table(report)
-    print(f"wrote {args.out / 'eval.json'}")
+    print(f"wrote {path}")
     return 0
+
+
+def write_report(report: dict, out: Path) -> Path:
+    path = out / "eval.json"
+    path.write_text(json.dumps(report, indent=1, default=float))
+    return path
 
 
 def checkpoint_vaes(pipeline: LiveActPipeline, paths: list[Path]) -> dict[str, dict] | None:
@@ -487,7 +491,7 @@ def evaluate_vae_checkpoints(pipeline: LiveActPipeline, vaes: dict[str, dict], c
     """The autoencoders side by side (:func:`evaluate_autoencoders`) on the clips, one column each."""
     report["classifier_accuracy_on_ground_truth"] = truth_accuracy
     report["autoencoders"] = evaluate_autoencoders(pipeline, clips, classifier, vaes, out / "autoencoders_hand.png")
-    (out / "eval.json").write_text(json.dumps(report, indent=1, default=float))
+    write_report(report, out)
     rows = report["autoencoders"]
     truth = rows["ground_truth"]
     for index, name in enumerate(vaes):
