@@ -4,8 +4,9 @@
    size) on this machine, median over blocks after a warm-up, with the torch thread count stated; then the
    same for batches of NPCs generated in one call (1, 2, 4, 8): blocks per second, per-NPC real-time factor
    and how many NPCs one worker keeps in real time; then one NPC with each decoder precision
-   (``--decode-precision``) in alternating rounds, the VAE decoders (Wan and light) on one block, and NPCs
-   talking at real-time pace through a real worker.
+   (``--decode-precision``) in alternating rounds, the VAE decoders (Wan and light) on one block (with
+   ``--compiled``, both of these compiled as well, as ``serve --compile`` runs), and NPCs talking at real-time
+   pace through a real worker.
 2. Gateway CPU per video frame at 512x512: Opus decode of the frame's audio + JPEG encode (the media path)
    + sending the VideoFrame over a real gRPC stream on loopback (this process's CPU time per frame; the
    reading client runs in another process so its CPU is not counted).
@@ -33,6 +34,7 @@ from avatar_backend.generator.config import DECODE_PRECISIONS, VAE_PARTS
 
 class TimedBlock(NamedTuple):
     seconds: float      # the whole generate_block call
+    dit_s: float        # its DiT (the sampler's steps)
     decode_s: float     # its streaming decode
     frames: int
 
@@ -46,7 +48,8 @@ def time_blocks(pipeline, memory, conditioning, blocks: int) -> list[TimedBlock]
         audio = (0.1 * rng.standard_normal(consume + lookahead)).astype(np.float32)
         started = time.perf_counter()
         frames = pipeline.generate_block(memory, conditioning, audio).shape[0]
-        timed.append(TimedBlock(time.perf_counter() - started, pipeline.last_timings["decode_s"], frames))
+        timings = pipeline.last_timings
+        timed.append(TimedBlock(time.perf_counter() - started, timings["dit_s"], timings["decode_s"], frames))
     return timed
 
 
@@ -139,10 +142,13 @@ def bench_batches(config: str, sizes: tuple[int, ...], blocks: int, threads: int
 
 
 def bench_decode_precisions(config: str, precisions: tuple[str, ...], blocks: int, threads: int,
-                            rounds: int = 3) -> dict:
+                            rounds: int = 3, compiled: bool = False) -> dict:
     """One NPC's blocks with each decoder precision (``serve --decode-precision``), side by side: the
     precisions take turns, ``rounds`` times, each a fresh NPC of ``blocks`` blocks (the first two warm-up);
-    medians over all rounds of the whole block and of its decode, and each one's speed-up over the first."""
+    medians over all rounds of the whole block, its DiT and its decode, and each one's speed-up over the first.
+
+    ``compiled``: each precision also with ``serve --compile`` (the DiT's blocks, and on GPUs the decoder), after
+    one untimed round in which every variant builds its graphs."""
     import torch
 
     from avatar_backend.generator.config import ExecutionConfig
@@ -150,25 +156,30 @@ def bench_decode_precisions(config: str, precisions: tuple[str, ...], blocks: in
     from avatar_backend.store import CharacterRecord
 
     torch.set_num_threads(threads)
-    pipelines = {p: LiveActPipeline.from_config(config, weights=shipped_weights(config),
-                                                execution=ExecutionConfig(decode_precision=p)) for p in precisions}
-    first = pipelines[precisions[0]]
+    variants = [(p, False) for p in precisions] + ([(p, True) for p in precisions] if compiled else [])
+    pipelines = {v: LiveActPipeline.from_config(config, weights=shipped_weights(config), execution=ExecutionConfig(
+        decode_precision=v[0], compile=v[1])) for v in variants}
+    first = pipelines[variants[0]]
     width, height, fps = first.config.width, first.config.height, first.config.fps
     png = (Path(__file__).parent / "assets" / "default_character.png").read_bytes()
-    conditionings = {p: pipeline.prepare_character(CharacterRecord("bench", "talking"), png, width, height)
-                     for p, pipeline in pipelines.items()}
-    timings: dict[str, list[TimedBlock]] = {p: [] for p in precisions}
-    for _ in range(rounds):
-        for precision, pipeline in pipelines.items():
+    conditionings = {v: pipeline.prepare_character(CharacterRecord("bench", "talking"), png, width, height)
+                     for v, pipeline in pipelines.items()}
+    timings: dict[tuple[str, bool], list[TimedBlock]] = {v: [] for v in variants}
+    for round_index in range(rounds + compiled):
+        for variant, pipeline in pipelines.items():
             memory = pipeline.new_memory("bench", "bench", width, height, fps, seed=0)
-            timings[precision] += time_blocks(pipeline, memory, conditionings[precision], 2 + blocks)[2:]
+            timed = time_blocks(pipeline, memory, conditionings[variant], 2 + blocks)[2:]
+            if round_index >= compiled:
+                timings[variant] += timed
     rows = []
-    for precision in precisions:
-        block_s = statistics.median(t.seconds for t in timings[precision])
-        rows.append({"decode_precision": precision, "decode_dtype": pipelines[precision].decode_dtype_name,
+    for variant in variants:
+        block_s = statistics.median(t.seconds for t in timings[variant])
+        rows.append({"decode_precision": variant[0], "compiled": variant[1],
+                     "decode_dtype": pipelines[variant].decode_dtype_name,
                      "block_s_median": round(block_s, 4),
-                     "decode_s_median": round(statistics.median(t.decode_s for t in timings[precision]), 4),
-                     "realtime_factor": round(timings[precision][-1].frames / fps / block_s, 2)})
+                     "dit_s_median": round(statistics.median(t.dit_s for t in timings[variant]), 4),
+                     "decode_s_median": round(statistics.median(t.decode_s for t in timings[variant]), 4),
+                     "realtime_factor": round(timings[variant][-1].frames / fps / block_s, 2)})
     for row in rows:
         row["block_speedup"] = round(rows[0]["block_s_median"] / row["block_s_median"], 2)
         row["decode_speedup"] = round(rows[0]["decode_s_median"] / row["decode_s_median"], 2)
@@ -176,13 +187,18 @@ def bench_decode_precisions(config: str, precisions: tuple[str, ...], blocks: in
             "blocks_per_round": blocks, "precisions": rows}
 
 
-def bench_decoders(config: str, kinds: tuple[str, ...], threads: int, rounds: int = 5) -> dict:
+def bench_decoders(config: str, kinds: tuple[str, ...], threads: int, rounds: int = 5,
+                   compiled: bool = False) -> dict:
     """The VAE decoders of ``config`` (``VAEConfig.decoder``) side by side at its default size: each decodes a
     stream's first latent, then one block of latents as serving does; they take turns ``rounds`` times (the
-    first round warms up) and the medians are compared with the first's. float32 with untrained weights: the
-    time does not depend on their values."""
+    first round warms up, and builds the graphs of ``compiled`` ones) and the medians are compared with the
+    first's. float32 with untrained weights: the time does not depend on their values.
+
+    ``compiled``: each decoder also torch.compiled (``WanVAE.compile_decoder``, what ``serve --compile`` does on
+    GPUs)."""
     if rounds < 2:
         raise ValueError(f"the decoders need 2 rounds or more (the first warms up), got {rounds}")
+    import copy
     import dataclasses
 
     import torch
@@ -194,22 +210,28 @@ def bench_decoders(config: str, kinds: tuple[str, ...], threads: int, rounds: in
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     model = get_config(config)
-    vaes = {kind: WanVAE(dataclasses.replace(model.vae, decoder=kind)).eval() for kind in kinds}
+    vaes = {(kind, False): WanVAE(dataclasses.replace(model.vae, decoder=kind)).eval() for kind in kinds}
+    if compiled:
+        for kind in kinds:
+            vaes[kind, True] = copy.deepcopy(vaes[kind, False])
+            vaes[kind, True].compile_decoder()
     stride = model.vae.spatial_stride
     block_latents = model.sampler.block_sizes[-1]
     latents = torch.randn(1, model.vae.z_dim, 1 + block_latents, model.height // stride, model.width // stride,
                           generator=torch.Generator().manual_seed(0))
-    seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
+    seconds: dict[tuple[str, bool], list[float]] = {variant: [] for variant in vaes}
     with torch.inference_mode():
         for _ in range(rounds):
-            for kind, vae in vaes.items():
+            for variant, vae in vaes.items():
                 state = CausalCache()
                 vae.decode_stream(latents[:, :, :1], state)
                 started = time.perf_counter()
                 frames = vae.decode_stream(latents[:, :, 1:], state, DECODE_LATENTS_PER_PASS).shape[2]
-                seconds[kind].append(time.perf_counter() - started)
-    rows = [{"decoder": kind, "parameters": sum(p.numel() for p in vaes[kind].decoder.parameters()),
-             "block_s_median": round(statistics.median(seconds[kind][1:]), 4)} for kind in kinds]
+                seconds[variant].append(time.perf_counter() - started)
+    rows = [{"decoder": kind, "compiled": is_compiled,
+             "parameters": sum(p.numel() for p in vaes[kind, is_compiled].decoder.parameters()),
+             "block_s_median": round(statistics.median(seconds[kind, is_compiled][1:]), 4)}
+            for kind, is_compiled in vaes]
     for row in rows:
         row["speedup"] = round(rows[0]["block_s_median"] / row["block_s_median"], 2)
     return {"config": config, "width": model.width, "height": model.height, "torch_threads": threads,
@@ -411,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="decoder precisions to time side by side on one NPC, comma-separated (empty: skip)")
     parser.add_argument("--decoders", default="wan,light",
                         help="VAE decoders to time side by side on one block, comma-separated (empty: skip)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="time the decoder precisions and the VAE decoders compiled as well (serve --compile)")
     parser.add_argument("--realtime-npcs", default="1,3,4,5,6,7",
                         help="NPC counts talking at real-time pace through the worker, comma-separated (empty: skip)")
     parser.add_argument("--realtime-seconds", type=float, default=30.0, help="how long each of them talks")
@@ -453,21 +477,24 @@ def main(argv: list[str] | None = None) -> int:
         precisions = tuple(p.strip() for p in args.decode_precisions.split(",") if p.strip())
         if precisions:
             results["decode_precisions"] = side = bench_decode_precisions(args.config, precisions, args.blocks,
-                                                                          args.threads)
+                                                                          args.threads, compiled=args.compiled)
             print(f"decoder precision, one NPC, {side['rounds']} alternating rounds of {side['blocks_per_round']} "
                   "blocks:")
             for row in side["precisions"]:
-                print(f"  {row['decode_precision']:9s} ({row['decode_dtype']}): {row['block_s_median']:.3f} s per "
-                      f"block ({row['realtime_factor']:.2f}x real time), decode {row['decode_s_median']:.3f} s; "
-                      f"{row['block_speedup']:.2f}x / {row['decode_speedup']:.2f}x the first")
+                name = f"{row['decode_precision']}{' compiled' if row['compiled'] else ''}"
+                print(f"  {name:18s} ({row['decode_dtype']}): {row['block_s_median']:.3f} s per block "
+                      f"({row['realtime_factor']:.2f}x real time), DiT {row['dit_s_median']:.3f} s, decode "
+                      f"{row['decode_s_median']:.3f} s; {row['block_speedup']:.2f}x / {row['decode_speedup']:.2f}x "
+                      "the first")
         kinds = tuple(d.strip() for d in args.decoders.split(",") if d.strip())
         if kinds:
-            results["decoders"] = decoders = bench_decoders(args.config, kinds, args.threads)
+            results["decoders"] = decoders = bench_decoders(args.config, kinds, args.threads, compiled=args.compiled)
             print(f"VAE decoders, one block of {decoders['block_frames']} frames at {decoders['width']}x"
                   f"{decoders['height']} ({decoders['latents_per_pass']} latents per pass, float32, "
                   f"{decoders['rounds'] - 1} rounds after a warm-up):")
             for row in decoders["decoders"]:
-                print(f"  {row['decoder']:6s} ({row['parameters']:,} parameters): {row['block_s_median']:.3f} s; "
+                name = f"{row['decoder']}{' compiled' if row['compiled'] else ''}"
+                print(f"  {name:15s} ({row['parameters']:,} parameters): {row['block_s_median']:.3f} s; "
                       f"{row['speedup']:.2f}x the first")
         counts = tuple(int(n) for n in args.realtime_npcs.split(",") if n.strip())
         if counts:

@@ -52,6 +52,20 @@ def test_decoder_precisions_are_timed_side_by_side_against_the_first():
     assert 0 < half["decode_s_median"] < half["block_s_median"]
 
 
+@pytest.mark.slow
+def test_compiled_variants_are_timed_beside_the_eager_ones():
+    from avatar_backend.bench import bench_decode_precisions, bench_decoders
+
+    result = bench_decode_precisions("tiny", ("float32",), blocks=1, threads=2, rounds=1, compiled=True)
+    eager, compiled = result["precisions"]
+    assert (eager["compiled"], compiled["compiled"]) == (False, True)
+    for row in (eager, compiled):
+        assert 0 < row["dit_s_median"] + row["decode_s_median"] <= row["block_s_median"]
+    rows = bench_decoders("tiny", ("light",), threads=2, rounds=2, compiled=True)["decoders"]
+    assert [(r["decoder"], r["compiled"]) for r in rows] == [("light", False), ("light", True)]
+    assert rows[0]["parameters"] == rows[1]["parameters"] and rows[1]["block_s_median"] > 0
+
+
 def test_unknown_decoder_precisions_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--decode-precisions", "float32,float16", "--skip-generator"])

@@ -250,7 +250,8 @@ class ExecutionConfig:
 
     ``attention``: the backend behind the DiT's attention dispatch (attention.py). ``gemm``: ``model`` runs the
     DiT's linear layers in the model's dtype, ``fp8`` as FP8 GEMMs (fp8.py; the weights drop to e4m3).
-    ``compile``: torch.compile each transformer block (one graph, reused by all layers) and the VAE decoder.
+    ``compile``: torch.compile each transformer block (one graph, reused by all layers), and on GPUs the VAE
+    decoder (on CPUs the compiled decoder was slower than eager: ``pipeline.compiles_decoder``).
     ``text_encoder_device``: where umT5 runs (prompts are encoded once each and cached, so the CPU saves 11 GB of
     GPU memory).
     ``decode_precision``: what the VAE decoder computes in. Its weights and streaming state stay float32, so an

@@ -219,7 +219,7 @@ class LiveActPipeline:
         if pipeline.vae is not None:
             # One-time costs (decoder cache shapes, lazy torch imports) here rather than in the first session.
             pipeline.vae.init_decoder_state(config.width, config.height, device="meta")
-            if execution.compile:
+            if execution.compile and compiles_decoder(device):
                 pipeline.vae.compile_decoder()
         return pipeline
 
@@ -589,6 +589,13 @@ def decode_block(vae: WanVAE, latents: torch.Tensor, state: CausalCache, autocas
     ``autocast`` (None: float32), ``latents_per_pass`` latents per decoder pass."""
     with torch.autocast(latents.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
         return vae.decode_stream(latents.float(), state, latents_per_pass=latents_per_pass)
+
+
+def compiles_decoder(device: str) -> bool:
+    """Whether ``--compile`` compiles the VAE decoder on ``device`` as well as the DiT's blocks: on GPUs, where it
+    decodes a frame in about half the eager time; not on CPUs, where the compiled decoder was the slower
+    (``avatar-backend bench --compiled``: README, "Performance")."""
+    return torch.device(device).type == "cuda"
 
 
 def decode_latents_per_pass(device: str) -> int:

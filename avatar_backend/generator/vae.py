@@ -456,8 +456,10 @@ class WanVAE(nn.Module):
 
     def compile_decoder(self) -> None:
         """torch.compile the decoder in place. A stream's first latent (empty state) and the passes after it are
-        graphs of their own, as is each batch size and frame size; weights and streaming state stay float32."""
-        self.decoder.compile()
+        graphs of their own, as is each batch size and frame size; weights and streaming state stay float32.
+        Static shapes: a second frame size would otherwise be compiled for symbolic sizes, which torch 2.13's
+        inductor fails to lower for the causal convolutions' padding."""
+        self.decoder.compile(dynamic=False)
 
     # ---------------------------------------------------------------------------------------------- encoding
 

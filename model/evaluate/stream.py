@@ -33,6 +33,7 @@ class StreamBlock:
     frames: np.ndarray          # uint8 [T, H, W, 3]
     first_frame: int            # stream frame index of frames[0]
     seconds: float              # wall time of generate_block
+    decode_seconds: float       # its streaming decode's share
     memory_bytes: int
 
 
@@ -59,7 +60,8 @@ def run_stream(pipeline: LiveActPipeline, still: np.ndarray, audio: np.ndarray,
         prompt = prompts[index] if prompts and index < len(prompts) else BlockPrompt(None)
         started = time.perf_counter()
         frames = pipeline.generate_block(memory, conditioning, chunk, prompt.prompt, prompt.intensity)
-        yield StreamBlock(index, frames, first_frame, time.perf_counter() - started, memory.nbytes())
+        yield StreamBlock(index, frames, first_frame, time.perf_counter() - started,
+                          pipeline.last_timings["decode_s"], memory.nbytes())
         position += consume
         first_frame += len(frames)
 
