@@ -19,7 +19,6 @@ import torch
 from avatar_backend.generator.pipeline import LiveActPipeline
 from model.train.clips import LATENT_STRIDE, TrainingClip, box_mask, hand_and_forearm_boxes
 from model.train.dit_stage import encode_example, neighbor_forcing
-from model.train.recipe import TrainRecipe
 
 RAISED = 0.5        # arm_raise above which a latent's frame counts as showing the raised arm
 # The truth's mean squared latent change over the arm's cells below which its VAE keeps too little of the arm for
@@ -78,8 +77,7 @@ def teacher_forced_arm(pipeline: LiveActPipeline, clips: list[TrainingClip], tim
         if latent_frames < first:
             continue
         blocks = 1 + (latent_frames - first) // later
-        recipe = TrainRecipe(dit_blocks=blocks)
-        example = encode_example(pipeline.vae, clip, config, recipe, fps)
+        example = encode_example(pipeline.vae, clip, config, blocks, fps)
         truth = example.latents[0]
         index, cells = raised_arm_cells(clip.truth, truth.shape[1], config.height, config.width,
                                         config.vae.temporal_stride)

@@ -38,7 +38,7 @@ class DiTExample:
     reference: torch.Tensor        # [3, H, W] in [-1, 1]: the still, for the image encoder
     audio: torch.Tensor            # float32 16 kHz PCM of the whole clip
     prompts: list[BlockPrompt]     # per block
-    weight: torch.Tensor           # [1, 1, latent frames, h, w] loss weights
+    weight: torch.Tensor | None = None   # [1, 1, latent frames, h, w] loss weights (the trainer's: example_weight)
 
 
 def stream_plans(config: ModelConfig, blocks: int) -> list[BlockLayout]:
@@ -64,20 +64,18 @@ def example_weight(clip: TrainingClip, config: ModelConfig, recipe: TrainRecipe,
 
 
 @torch.no_grad()
-def encode_example(vae: WanVAE, clip: TrainingClip, config: ModelConfig, recipe: TrainRecipe, fps: int,
-                   expression_weight: float = 0.0) -> DiTExample:
-    """A clip's latents and conditioning, and its loss weights (:func:`example_weight`)."""
-    plans = stream_plans(config, recipe.dit_blocks)
+def encode_example(vae: WanVAE, clip: TrainingClip, config: ModelConfig, blocks: int, fps: int) -> DiTExample:
+    """A clip's first ``blocks`` blocks of latents and their conditioning (no loss weights)."""
+    plans = stream_plans(config, blocks)
     latent_frames = latent_slice(plans[-1], config).stop
     video_frames = 1 + config.vae.temporal_stride * (latent_frames - 1)
     if len(clip.frames) < video_frames:
-        raise ValueError(f"a clip of {len(clip.frames)} frames is shorter than {recipe.dit_blocks} blocks ({video_frames})")
+        raise ValueError(f"a clip of {len(clip.frames)} frames is shorter than {blocks} blocks ({video_frames})")
     reference = reference_pixels(clip.reference, config.width, config.height)
     latents = vae.encode(video_to_tensor(clip.frames[:video_frames]))
     y = vae.encode_reference_image(reference, sum(config.sampler.block_sizes))
-    weight = example_weight(clip, config, recipe, expression_weight)
     return DiTExample(latents=latents, y=y, reference=reference, audio=torch.from_numpy(clip.audio.copy()),
-                      prompts=prompts_for_blocks(clip, plans, fps), weight=weight)
+                      prompts=prompts_for_blocks(clip, plans, fps))
 
 
 @dataclass

@@ -202,19 +202,21 @@ def encode_examples(path: Path, vae: WanVAE, clips, config: ModelConfig, recipe:
     examples: list[DiTExample] = torch.load(path, weights_only=False) if path.exists() else []
     vae.latent_mean.copy_(torch.tensor(config.vae.latent_mean).view_as(vae.latent_mean))
     vae.latent_inv_std.copy_((1.0 / torch.tensor(config.vae.latent_std)).view_as(vae.latent_inv_std))
-    if len(examples) < len(clips):
+    encoding = len(examples) < len(clips)
+    if encoding:
         log.info("latents: encoding %d clips into %s", len(clips) - len(examples), path.name)
         for clip in tqdm(clips[len(examples):], desc="latents", unit="clip", dynamic_ncols=True):
-            examples.append(encode_example(vae, clip, config, recipe, fps, expression_weight))
+            examples.append(encode_example(vae, clip, config, recipe.dit_blocks, fps))
             if len(examples) % 40 == 0:
-                torch.save(examples, path)
-        torch.save(examples, path)
+                torch.save(examples, path)   # to resume from (loss weights are set below, on every example)
     # Prompts and loss weights follow the current rule and recipe, not the ones the cache was written under (they
     # cost nothing to rebuild).
     plans = stream_plans(config, recipe.dit_blocks)
     for example, clip in zip(examples, clips):
         example.prompts = prompts_for_blocks(clip, plans, fps)
         example.weight = example_weight(clip, config, recipe, expression_weight)
+    if encoding:
+        torch.save(examples, path)
     return examples
 
 
