@@ -334,13 +334,15 @@ def evaluate_autoencoders(pipeline: LiveActPipeline, clips: list[TrainingClip], 
 
 def speed(pipeline: LiveActPipeline, blocks: int = 6) -> dict:
     """Real-time factor at the default size: the whole block (under the base prompt, and under another prompt,
-    which runs prompt guidance's extra pass), and the streaming decode's share of the same blocks."""
+    which runs prompt guidance's extra pass), and the streaming decode's share of the same blocks. The two
+    streams take turns block by block, so a machine whose speed drifts slows both alike."""
     size = pipeline.config.width
     still = render_still(identity_from_seed(1), size)
     audio = (0.1 * np.sin(np.arange(MODEL_SAMPLE_RATE * 12) * 0.05)).astype(np.float32)
-    timed = list(run_stream(pipeline, still, audio))[1: blocks + 1]
     happy = [BlockPrompt(EMOTION_PROMPTS["happy"])] * (blocks + 1)
-    prompted = [b.seconds for b in run_stream(pipeline, still, audio, happy)][1: blocks + 1]
+    pairs = list(zip(run_stream(pipeline, still, audio), run_stream(pipeline, still, audio, happy)))[1: blocks + 1]
+    timed = [plain for plain, _ in pairs]
+    prompted = [guided.seconds for _, guided in pairs]
     schedule = StreamSchedule.from_model_config(pipeline.config, size, size)
     block_seconds = schedule.block_video_frames / pipeline.config.fps
     block = float(np.median([b.seconds for b in timed]))
