@@ -26,7 +26,8 @@ pytestmark = pytest.mark.slow
 @pytest.mark.skipif(shipped_weights("tiny") is None, reason="no shipped tiny weights")
 def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--clips", "2", "--clip-seconds", "8", "--long-minutes", "1",
-                 "--long-identities", "1", "--ablation-minutes", "1", "--classifier-clips", "10", "--classifier-steps", "60"]) == 0
+                 "--long-identities", "1", "--ablation-minutes", "1", "--classifier-clips", "10",
+                 "--classifier-steps", "60", "--speed-blocks", "4"]) == 0
     report = json.loads((tmp_path / "eval.json").read_text())
     summary = report["lip_sync"]["summary"]
     assert summary["measure_on_truth_r"] >= 0.95
@@ -48,7 +49,9 @@ def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
     stream = report["long_streams"][0]
     assert stream["minutes"] == 1 and stream["memory_bytes"]["block_2"] == stream["memory_bytes"]["last_block"]
     speed = report["speed"]     # measured, not judged here: that is the benchmark's job
-    assert speed["real_time_factor"] > 0
+    assert speed["real_time_factor"] > 0 and speed["blocks"] == 4
+    slow, fast = speed["real_time_factor_quartiles"]    # the middle half of the blocks, the median among them
+    assert slow <= speed["real_time_factor"] <= fast
     # The decode and the rest (DiT, audio) are shares of the same blocks, each less than a whole block.
     assert 0 < speed["decode_ms"] < speed["block_ms"] and 0 < speed["dit_and_rest_ms"] < speed["block_ms"]
     assert len(report["teacher_forced_arm"]["arm_score"]) == 3     # the DiT's arm, from the clips' own latents
