@@ -418,6 +418,11 @@ def npc_memory_sizes() -> dict:
     }
 
 
+def variant_name(name: str, compiled: bool) -> str:
+    """A timed variant's label in the printed tables: its name, and "compiled" where it is."""
+    return f"{name} compiled" if compiled else name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="avatar-backend bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -482,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"decoder precision, one NPC, {side['rounds']} alternating rounds of {side['blocks_per_round']} "
                   "blocks:")
             for row in side["precisions"]:
-                name = f"{row['decode_precision']}{' compiled' if row['compiled'] else ''}"
+                name = variant_name(row['decode_precision'], row['compiled'])
                 print(f"  {name:18s} ({row['decode_dtype']}): {row['block_s_median']:.3f} s per block "
                       f"({row['realtime_factor']:.2f}x real time), DiT {row['dit_s_median']:.3f} s, decode "
                       f"{row['decode_s_median']:.3f} s; {row['block_speedup']:.2f}x / {row['decode_speedup']:.2f}x "
@@ -494,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{decoders['height']} ({decoders['latents_per_pass']} latents per pass, float32, "
                   f"{decoders['rounds'] - 1} rounds after a warm-up):")
             for row in decoders["decoders"]:
-                name = f"{row['decoder']}{' compiled' if row['compiled'] else ''}"
+                name = variant_name(row['decoder'], row['compiled'])
                 print(f"  {name:15s} ({row['parameters']:,} parameters): {row['block_s_median']:.3f} s; "
                       f"{row['speedup']:.2f}x the first")
         counts = tuple(int(n) for n in args.realtime_npcs.split(",") if n.strip())

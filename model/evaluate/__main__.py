@@ -28,7 +28,7 @@ from model.data.speech import random_utterance
 from model.train.clips import (TrainingClip, box_mask, expression_boxes, hand_in_picture, mouth_mask,
                                prompts_for_blocks, timed_prompts_for_blocks, video_to_tensor)
 from model.train.dit_stage import latent_slice
-from model.train.recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER
+from model.train.recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER, TRAIN_LANGUAGES, TRAIN_SPEAKERS
 
 from .controls import confusion, recall, response, train_classifier
 from .metrics import colour_similarity, latent_changes, latent_seam_ratio, lip_sync, pearson, psnr, seam_ratio, ssim
@@ -46,13 +46,14 @@ VERSIONS = ("generated", "autoencoder", "ground_truth")
 
 
 def held_out_clips(count: int, seconds: float, size: int, fps: int) -> list[TrainingClip]:
-    """New identities; the first half voiced only by the held-out language and speaker, the rest by any."""
+    """New identities; the first half voiced only by the held-out language and speaker, the rest by the languages
+    and speakers the recipe trains on (neither half's identities were trained on)."""
     clips = []
     for index in range(count):
         held_out = index < (count + 1) // 2
         clip, entry = make_clip(clip_seed(EVAL_DATA_SEED, index), size=size, seconds=seconds, fps=fps,
-                                languages=(HELD_OUT_LANGUAGE,) if held_out else None,
-                                speakers=(HELD_OUT_SPEAKER,) if held_out else None)
+                                languages=(HELD_OUT_LANGUAGE,) if held_out else TRAIN_LANGUAGES,
+                                speakers=(HELD_OUT_SPEAKER,) if held_out else TRAIN_SPEAKERS)
         entry["held_out_voice"] = held_out
         clips.append(TrainingClip(clip.frames, clip.audio, clip.truth, entry))
     return clips

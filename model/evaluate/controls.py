@@ -24,14 +24,24 @@ CLASSIFIER_DATA_SEED = 9101
 LAG = 4                       # frames between the frame and the one its motion is measured from
 BATCH = 64
 HOLD_FRAMES = 3               # frames in a row an event must be read for to count as visible
+SHOWN_INTENSITY = 0.5         # an emotion drawn fainter than this is labelled neutral: the classifier reads none
 
 
 def labels(truth: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame: emotion (neutral unless drawn at intensity >= 0.5) and action (none outside its middle)."""
-    emotion = np.where(truth["emotion_intensity"] >= 0.5, truth["emotion"], 0)
+    """Per frame: emotion (neutral unless drawn at intensity >= SHOWN_INTENSITY) and action (none outside its
+    middle)."""
+    emotion = np.where(truth["emotion_intensity"] >= SHOWN_INTENSITY, truth["emotion"], 0)
     phase = truth["action_phase"]
     action = np.where((phase > 0.15) & (phase < 0.85), truth["action"], 0)
     return emotion.astype(np.int64), action.astype(np.int64)
+
+
+def readable(event: Event) -> bool:
+    """Whether the classifier can read the event at all: an action, or an emotion other than neutral drawn at
+    ``SHOWN_INTENSITY`` or more (a fainter one is labelled neutral, so it is not counted as one to show)."""
+    if event.kind == "action":
+        return True
+    return event.kind == "emotion" and event.name != "neutral" and event.intensity >= SHOWN_INTENSITY
 
 
 def _pixels(frames: np.ndarray) -> torch.Tensor:
@@ -144,8 +154,8 @@ def train_classifier(size: int, fps: int, clips: int = 80, steps: int = 1200,
 
 def response(classifier: ControlClassifier, frames: np.ndarray, still: np.ndarray, truth: dict[str, np.ndarray],
              events: list[dict], fps: int, within_frames: int) -> dict:
-    """Frame accuracy of the classifier on ``frames`` against the clip's truth, per event whether (and how soon)
-    the frames show it within ``within_frames`` of the event, what each true label's frames were read as, and the
+    """Frame accuracy of the classifier on ``frames`` against the clip's truth, per :func:`readable` event whether
+    (and how soon) the frames show it within ``within_frames`` of the event, what each true label's frames were read as, and the
     frames read as an action where the truth shows none, by whether the clip asked for it within
     ``within_frames``."""
     n = len(frames)
@@ -154,7 +164,7 @@ def response(classifier: ControlClassifier, frames: np.ndarray, still: np.ndarra
     shown = []
     for event in events:
         start = int(round(event["time"] * fps))
-        if event["kind"] not in ("emotion", "action") or start >= n or (event["kind"] == "emotion" and event["name"] == "neutral"):
+        if start >= n or not readable(Event.from_dict(event)):
             continue
         predicted = emotion if event["kind"] == "emotion" else action
         wanted = (EMOTIONS if event["kind"] == "emotion" else ACTIONS).index(event["name"])

@@ -16,7 +16,8 @@ from model.data.dataset import make_clip
 from model.data.render import render_clip
 from model.data.timeline import ACTIONS, EMOTIONS
 from model.data.speech import espeak_available
-from model.evaluate.__main__ import hand_frames, main
+from model.train.recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER, TRAIN_LANGUAGES, TRAIN_SPEAKERS
+from model.evaluate.__main__ import hand_frames, held_out_clips, main
 from model.evaluate.controls import confusion, labels, recall, response
 
 pytestmark = pytest.mark.slow
@@ -166,6 +167,26 @@ def test_a_model_that_never_shows_an_emotion_or_an_action_scores_accuracy_but_no
     always = response(ReadsFixedLabels(emotion, action), clip.frames, still, clip.truth, entry["events"], 20, 32)
     assert recall([always], "emotion") == 1 and recall([always], "action") == 1
     assert recall([never, always], "emotion") == 0.5
+
+
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+def test_half_the_clips_speak_the_held_out_voice_and_the_other_half_only_voices_trained_on():
+    clips = held_out_clips(8, 2.0, 64, 20)   # as many as the evaluation's default
+    voices = [(c.entry["held_out_voice"], c.entry["speech"]["language"], c.entry["speech"]["speaker"]) for c in clips]
+    assert [held_out for held_out, _, _ in voices] == [True] * 4 + [False] * 4
+    assert all((language, speaker) == (HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER) for _, language, speaker in voices[:4])
+    assert all(language in TRAIN_LANGUAGES and speaker in TRAIN_SPEAKERS for _, language, speaker in voices[4:])
+
+
+def test_an_emotion_drawn_too_faintly_for_the_classifier_is_not_counted_as_an_event_to_show():
+    events = [Event.emotion(0.2, "sad", 0.4), Event.emotion(2.0, "happy", 0.9), Event.action(3.0, "nod")]
+    clip = render_clip(5, None, events, size=64, seconds=5.0)
+    emotion, action = labels(clip.truth)
+    assert EMOTIONS.index("sad") not in emotion and EMOTIONS.index("happy") in emotion   # labelled neutral
+    # Read as the truth is labelled: the two readable events show, the faint one is not asked of any model.
+    read = response(ReadsFixedLabels(emotion, action), clip.frames, clip.frames[0], clip.truth,
+                    [e.to_dict() for e in events], 20, 32)
+    assert [(e["name"], e["visible"]) for e in read["events"]] == [("happy", True), ("nod", True)]
 
 
 def test_actions_read_where_the_truth_has_none_are_told_apart_by_whether_the_clip_asked_for_them_nearby():
