@@ -2,7 +2,7 @@
 
 The default character must exist on a fresh machine without downloads or licences, and the tiny model only
 knows characters drawn by its training-data renderer, so the image is that renderer's neutral still of
-``DEFAULT_IDENTITY`` (a short-haired villager in a blue tunic, as default_character.json describes): front
+``DEFAULT_IDENTITY`` (a short-haired villager in a teal tunic, as default_character.json describes): front
 facing, eyes open, mouth closed, at 256x256. The drawing is deterministic, so rebuilding it gives the same
 file. Run from the repository root:
 
@@ -60,19 +60,23 @@ def character_spec(image_name: str) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the PNG")
     parser.add_argument("--size", type=int, default=SIZE, help="image side in pixels (default 256)")
     parser.add_argument("--seed", type=int, help="draw the procedural character of this seed instead")
-    args = parser.parse_args()
-    if args.seed is not None and args.out == DEFAULT_OUT:
+    args = parser.parse_args(argv)
+    # Compared resolved: a relative path to the shipped file is the shipped file.
+    shipped = args.out.resolve() == DEFAULT_OUT
+    if shipped and args.seed is not None:
         parser.error("--seed needs --out (the default path is the shipped default character)")
+    if shipped and args.size != SIZE:
+        parser.error(f"the shipped default character is {SIZE}x{SIZE}: give --out for another size")
     identity = DEFAULT_IDENTITY if args.seed is None else identity_from_seed(args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     make_image(args.size, identity).save(args.out, format="PNG", optimize=True)
     print(f"wrote {args.out}")
-    if args.out == DEFAULT_OUT:
+    if shipped:
         spec_path = DEFAULT_OUT.with_suffix(".json")
         spec_path.write_text(json.dumps(character_spec(DEFAULT_OUT.name), indent=2) + "\n")
         print(f"wrote {spec_path}")

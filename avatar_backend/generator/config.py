@@ -406,8 +406,8 @@ TINY = ModelConfig(
     image_encoder=ImageEncoderConfig(kind="learned", image_size=64, patch_size=16, tokens=17, dim=64),
     text_encoder=TextEncoderConfig(kind="learned", max_len=16, dim=64, layers=1),
     # The tiny model shows emotions and actions faintly unguided; guided away from the base prompt at factor 3 the
-    # shipped weights show 15 of 36 events within a block (18 at factor 4, which draws more wrong actions and costs
-    # lip sync), and setting each new prompt in over 3 latent frames keeps the seams within target
+    # weights this was chosen on showed 15 of 36 events within a block (18 at factor 4, which drew more wrong
+    # actions and cost lip sync), and setting each new prompt in over 3 latent frames keeps the seams within target
     # (docs/TINY_EXPERIMENTS.md, "A decoder that does not step between latents", "Prompt onset side by side").
     sampler=SamplerConfig(prompt_guidance=3.0, prompt_onset_latents=3),
     width=128,

@@ -74,6 +74,11 @@ class StreamSchedule:
     def from_model_config(cls, config: ModelConfig, width: int, height: int) -> "StreamSchedule":
         return cls(config.sampler, config.dit, config.frame_tokens(width, height))
 
+    def whole_blocks(self, video_frames: int) -> int:
+        """How many blocks a stream of ``video_frames`` frames holds: block 0, counted however short the stream,
+        and every later block that fits whole."""
+        return 1 + max(0, (video_frames - self.first_video_frames) // self.block_video_frames)
+
     def block(self, index: int) -> BlockLayout:
         if index < 0:
             raise ValueError(f"block index must be >= 0, got {index}")

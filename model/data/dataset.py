@@ -199,5 +199,8 @@ def write_dataset(
             if progress:
                 progress(done, clips)
     manifest["render_seconds"] = round(time.perf_counter() - started, 3)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
+    # The manifest marks the dataset complete: written whole (renamed into place) or not at all.
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
+    tmp.replace(out / "manifest.json")
     return manifest

@@ -155,7 +155,7 @@ def identity_from_seed(seed: int) -> CharacterIdentity:
     )
 
 
-# The shipped default character: the short-haired villager in a blue tunic that default_character.json
+# The shipped default character: the short-haired villager in a teal tunic that default_character.json
 # describes, in the renderer's style.
 DEFAULT_IDENTITY = CharacterIdentity(
     seed=0,

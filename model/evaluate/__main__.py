@@ -65,8 +65,8 @@ EVENT_FLOWS = {"live": prompts_for_blocks, "timed": timed_prompts_for_blocks}
 
 def block_prompts(pipeline: LiveActPipeline, clip: TrainingClip, events: str = "live"):
     schedule = StreamSchedule.from_model_config(pipeline.config, pipeline.config.width, pipeline.config.height)
-    blocks = 1 + max(0, (len(clip.frames) - schedule.first_video_frames) // schedule.block_video_frames)
-    return EVENT_FLOWS[events](clip, [schedule.block(b) for b in range(blocks)], pipeline.config.fps)
+    return EVENT_FLOWS[events](clip, [schedule.block(b) for b in range(schedule.whole_blocks(len(clip.frames)))],
+                               pipeline.config.fps)
 
 
 @torch.no_grad()
@@ -114,8 +114,8 @@ def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Pa
                    events: str = "live") -> dict:
     rows, controls, truth_controls, ceiling_controls = [], [], [], []
     fps = pipeline.config.fps
-    block_frames = StreamSchedule.from_model_config(pipeline.config, pipeline.config.width,
-                                                    pipeline.config.height).block_video_frames
+    schedule = StreamSchedule.from_model_config(pipeline.config, pipeline.config.width, pipeline.config.height)
+    block_frames = schedule.block_video_frames
     strip = None
     partners = swap_partners(clips)
     for index, clip in enumerate(clips):
@@ -170,7 +170,7 @@ def evaluate_clips(pipeline: LiveActPipeline, clips: list[TrainingClip], out: Pa
                                              block_frames))
         if strip is None:
             n = min(len(frames), len(swapped))
-            picks = list(np.linspace(21, n - 1, 8).astype(int))
+            picks = list(np.linspace(schedule.first_video_frames, n - 1, 8).astype(int))   # from block 1 on
             frame_strip({"truth": clip.frames, "generated": frames, "swapped audio": swapped}, picks,
                         out / "strip.png")
             strip = str(out / "strip.png")
@@ -294,9 +294,9 @@ def evaluate_autoencoders(pipeline: LiveActPipeline, clips: list[TrainingClip], 
     ``strip``: where to draw the first clip that shows a hand, the truth and each VAE's frames of it."""
     fps, size = pipeline.config.fps, pipeline.config.width
     schedule = StreamSchedule.from_model_config(pipeline.config, size, size)
-    first, block_frames = schedule.first_video_frames, schedule.block_video_frames
+    block_frames = schedule.block_video_frames
     # As long as the generated clip would be: whole blocks.
-    lengths = [first + block_frames * ((len(c.frames) - first) // block_frames) for c in clips]
+    lengths = [schedule.block(schedule.whole_blocks(len(c.frames)) - 1).video_end for c in clips]
     stride = pipeline.config.vae.temporal_stride
     truth_changes = np.mean([latent_changes(c.frames[:n], stride) for c, n in zip(clips, lengths)], axis=0)
     report: dict = {"ground_truth": {**reading([response(classifier, c.frames[:n], c.reference, c.truth,

@@ -49,27 +49,28 @@ def frame_changes(frames: np.ndarray) -> np.ndarray:
     return np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
 
 
-def seam_ratio(frames: np.ndarray, block_starts: list[int], counted: Collection[int] | None = None) -> float | None:
+def seam_ratio(frames: np.ndarray, block_start_frames: list[int],
+               counted: Collection[int] | None = None) -> float | None:
     """Mean frame-to-frame change at block boundaries over the mean change inside blocks (1.0: no seam).
 
     ``counted``: the block starts whose boundaries are measured (default all of them; None when none of them is
     inside the frames); the inside of the blocks leaves out every boundary either way."""
     diffs = frame_changes(frames)
-    seams = [s - 1 for s in block_starts if 0 < s < len(frames)]
+    seams = [s - 1 for s in block_start_frames if 0 < s < len(frames)]
     inside = np.ones(len(diffs), bool)
     inside[seams] = False
     if counted is None:
         return float(diffs[seams].mean() / max(1e-6, diffs[inside].mean())) if seams else 1.0
-    measured = [s - 1 for s in block_starts if 0 < s < len(frames) and s in counted]
+    measured = [s - 1 for s in block_start_frames if 0 < s < len(frames) and s in counted]
     return float(diffs[measured].mean() / max(1e-6, diffs[inside].mean())) if measured else None
 
 
-def latent_seam_ratio(frames: np.ndarray, block_starts: list[int], frames_per_latent: int = 4) -> float:
+def latent_seam_ratio(frames: np.ndarray, block_start_frames: list[int], frames_per_latent: int = 4) -> float:
     """Mean frame-to-frame change at block boundaries over the mean change at the latent boundaries inside
     blocks: what the DiT's block seams add to the step that every latent boundary shows (1.0: none). A stream's
     first latent is one frame, so latent boundaries fall on frames 1 + k * ``frames_per_latent``."""
     diffs = frame_changes(frames)
-    starts = {s for s in block_starts if 0 < s < len(frames)}
+    starts = {s for s in block_start_frames if 0 < s < len(frames)}
     # Frame 1 left out: the step from frame 0 (a latent alone) into it is unlike the other latent boundaries.
     latent = [t - 1 for t in latent_first_frames(len(frames), frames_per_latent)[1:] if t not in starts]
     seams = [s - 1 for s in sorted(starts)]

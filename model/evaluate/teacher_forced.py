@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from avatar_backend.generator.pipeline import LiveActPipeline
+from avatar_backend.generator.schedule import StreamSchedule
 from model.train.clips import LATENT_STRIDE, TrainingClip, box_mask, hand_and_forearm_boxes
 from model.train.dit_stage import encode_example, neighbor_forcing
 
@@ -71,12 +72,11 @@ def teacher_forced_arm(pipeline: LiveActPipeline, clips: list[TrainingClip], tim
                "text_encoder": pipeline.text_encoder}
     sums = np.zeros((config.sampler.num_steps, 3))
     latents_counted = 0
-    first, later = config.sampler.block_sizes
+    schedule = StreamSchedule.from_model_config(config, config.width, config.height)
     for clip in clips:
-        latent_frames = 1 + (len(clip.frames) - 1) // config.vae.temporal_stride
-        if latent_frames < first:
+        if len(clip.frames) < schedule.first_video_frames:
             continue
-        blocks = 1 + (latent_frames - first) // later
+        blocks = schedule.whole_blocks(len(clip.frames))
         example = encode_example(pipeline.vae, clip, config, blocks, fps)
         truth = example.latents[0]
         index, cells = raised_arm_cells(clip.truth, truth.shape[1], config.height, config.width,

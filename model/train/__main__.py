@@ -10,14 +10,17 @@ from pathlib import Path
 from .recipe import SMOKE_RECIPE, TINY_RECIPE, with_overrides
 from .run import STAGES, RecipeMismatch, check_recipe_fits_config, main_run
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split(": ", 1)[-1])
-    parser.add_argument("--work", type=Path, default=Path("runs/tiny"),
-                        help="folder for data, checkpoints and the log (a stopped run continues from it)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the weights and manifest go")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for data, checkpoints and the log (a stopped run continues from it; default "
+                             "runs/tiny, runs/smoke with --smoke)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the weights and manifest go (default: model/weights, replacing the shipped "
+                             "ones, for the shipped recipe; WORK/weights for --smoke, --set or another --seed)")
     parser.add_argument("--seed", type=int, default=TINY_RECIPE.seed)
     parser.add_argument("--smoke", action="store_true", help="a few steps of every stage on a few clips")
     parser.add_argument("--stop-after", choices=STAGES, help="stop after this stage (continue later)")
@@ -31,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         check_recipe_fits_config(recipe)
     except ValueError as error:
         parser.error(str(error))
+    work = args.work or Path("runs/smoke" if args.smoke else "runs/tiny")
+    # Only the recipe the shipped weights came from writes over them by default.
+    out = args.out or (SHIPPED_WEIGHTS if recipe == TINY_RECIPE else work / "weights")
     try:
-        main_run(args.work, args.out, recipe, stop_after=args.stop_after)
+        main_run(work, out, recipe, stop_after=args.stop_after)
     except RecipeMismatch as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

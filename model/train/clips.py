@@ -138,10 +138,11 @@ def prompts_for_blocks(clip: TrainingClip, plans: list[BlockLayout], fps: int) -
 
     A block is planned once its audio (and look-ahead) has arrived, so every event before the block's last frame
     reached the worker before it: the block shows the latest emotion, the action that started in it, and
-    listening if it was on and the block is silent.
+    listening if it was on and the block is silent. Of two actions in one block the later shows: the worker's
+    scheduler keeps the latest action for the next block.
     """
     return _prompts_for_blocks(clip, [(p.video_end / fps, p.video_start / fps, p.video_end / fps) for p in plans],
-                               plans, fps, latest_action=False)
+                               plans, fps)
 
 
 def timed_prompts_for_blocks(clip: TrainingClip, plans: list[BlockLayout], fps: int) -> list[BlockPrompt]:
@@ -154,13 +155,13 @@ def timed_prompts_for_blocks(clip: TrainingClip, plans: list[BlockLayout], fps: 
     """
     middles = [(p.video_start + p.video_frames / 2) / fps for p in plans]
     return _prompts_for_blocks(clip, [(middle, middles[i - 1] if i else 0.0, middle)
-                                      for i, middle in enumerate(middles)], plans, fps, latest_action=True)
+                                      for i, middle in enumerate(middles)], plans, fps)
 
 
 def _prompts_for_blocks(clip: TrainingClip, windows: list[tuple[float, float, float]], plans: list[BlockLayout],
-                        fps: int, *, latest_action: bool) -> list[BlockPrompt]:
-    """Per block: the latest emotion before its window's first time, the first (or the latest) action in
-    [its second, third), listening if it was on before the block's end and the block is silent."""
+                        fps: int) -> list[BlockPrompt]:
+    """Per block: the latest emotion before its window's first time, the latest action in [its second, third),
+    listening if it was on before the block's end and the block is silent."""
     speech = clip.entry["speech"]["spans"]
     events = sorted(clip.entry["events"], key=lambda e: e["time"])
     prompts = []
@@ -173,7 +174,7 @@ def _prompts_for_blocks(clip: TrainingClip, windows: list[tuple[float, float, fl
         prompts.append(block_prompt(
             emotion=moods[-1]["name"] if moods else "neutral",
             intensity=float(moods[-1]["intensity"]) if moods else 0.0,
-            action_started=(actions[-1 if latest_action else 0]["name"] if actions else None),
+            action_started=actions[-1]["name"] if actions else None,
             listening_silent=bool(switches and switches[-1]["on"]) and silent,
         ))
     return prompts

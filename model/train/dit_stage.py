@@ -53,6 +53,12 @@ def latent_slice(plan: BlockLayout, config: ModelConfig) -> slice:
     return slice(start, start + plan.latent_frames)
 
 
+def video_frames_for_blocks(config: ModelConfig, blocks: int) -> int:
+    """The frames a clip needs for its first ``blocks`` blocks of latents (1 + 4(latents - 1))."""
+    latent_frames = latent_slice(stream_plans(config, blocks)[-1], config).stop
+    return 1 + config.vae.temporal_stride * (latent_frames - 1)
+
+
 def example_weight(clip: TrainingClip, config: ModelConfig, recipe: TrainRecipe,
                    expression_weight: float = 0.0) -> torch.Tensor:
     """A clip's DiT loss weights over its ``dit_blocks`` blocks: the mouth, the recipe's hand and forearm, and
@@ -67,8 +73,7 @@ def example_weight(clip: TrainingClip, config: ModelConfig, recipe: TrainRecipe,
 def encode_example(vae: WanVAE, clip: TrainingClip, config: ModelConfig, blocks: int, fps: int) -> DiTExample:
     """A clip's first ``blocks`` blocks of latents and their conditioning (no loss weights)."""
     plans = stream_plans(config, blocks)
-    latent_frames = latent_slice(plans[-1], config).stop
-    video_frames = 1 + config.vae.temporal_stride * (latent_frames - 1)
+    video_frames = video_frames_for_blocks(config, blocks)
     if len(clip.frames) < video_frames:
         raise ValueError(f"a clip of {len(clip.frames)} frames is shorter than {blocks} blocks ({video_frames})")
     reference = reference_pixels(clip.reference, config.width, config.height)

@@ -28,8 +28,8 @@ from avatar_backend.machine import describe_machine
 from model.data.dataset import write_dataset
 
 from .clips import dataset_fps, load_clips, prompts_for_blocks
-from .dit_stage import DiTExample, dit_step, encode_example, example_weight, stream_plans
-from .loop import ResumableStage, setup_logging
+from .dit_stage import DiTExample, dit_step, encode_example, example_weight, stream_plans, video_frames_for_blocks
+from .loop import ResumableStage, setup_logging, write_atomically
 from .recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER, TRAIN_LANGUAGES, TRAIN_SPEAKERS, TrainRecipe
 from .vae_stage import freeze_encoder, latent_statistics, vae_step
 
@@ -45,7 +45,7 @@ def ensure_data(work: Path, recipe: TrainRecipe) -> tuple[Path, Path]:
     folders = (work / "data", work / "control_data")
     for folder, clips, seed, starts in ((folders[0], recipe.clips, recipe.data_seed, None),
                                         (folders[1], recipe.control_clips, recipe.control_data_seed,
-                                         block_starts(config, recipe.clip_seconds))):
+                                         block_start_seconds(config, recipe.clip_seconds))):
         if not (folder / "manifest.json").exists():
             log.info("data: rendering %d clips into %s", clips, folder.name)
             write_dataset(folder, clips, size=config.width, seconds=recipe.clip_seconds, seed=seed, fps=config.fps,
@@ -54,7 +54,7 @@ def ensure_data(work: Path, recipe: TrainRecipe) -> tuple[Path, Path]:
     return folders
 
 
-def block_starts(config: ModelConfig, seconds: float) -> tuple[float, ...]:
+def block_start_seconds(config: ModelConfig, seconds: float) -> tuple[float, ...]:
     """Where a stream's blocks start, in seconds at the model's frame rate, up to ``seconds``."""
     schedule = StreamSchedule.from_model_config(config, config.width, config.height)
     starts, index = [], 0
@@ -93,7 +93,8 @@ def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
     stats_path = work / "vae_latent_stats.json"
     if not stats_path.exists():
         mean, std = latent_statistics(vae, clips)
-        stats_path.write_text(json.dumps({"latent_mean": mean, "latent_std": std}))
+        text = json.dumps({"latent_mean": mean, "latent_std": std})
+        write_atomically(stats_path, lambda tmp: tmp.write_text(text))
     stats = json.loads(stats_path.read_text())
     return vae, {**stage.report(), **stats}
 
@@ -125,7 +126,7 @@ def claim_work_folder(work: Path, recipe: TrainRecipe) -> None:
                                  f"recipe, or give this one a new --work folder")
         return
     work.mkdir(parents=True, exist_ok=True)
-    recorded.write_text(json.dumps(ours, indent=1) + "\n")
+    write_atomically(recorded, lambda tmp: tmp.write_text(json.dumps(ours, indent=1) + "\n"))
 
 
 def main_run(work: Path, out: Path, recipe: TrainRecipe, stop_after: str | None = None) -> dict:
@@ -181,8 +182,17 @@ def trained_config(recipe: TrainRecipe, vae_report: dict) -> ModelConfig:
 
 
 def check_recipe_fits_config(recipe: TrainRecipe) -> None:
-    """ValueError before any work when the recipe asks its config for a DiT it cannot build."""
-    recipe_dit(recipe, get_config(recipe.config).dit)
+    """ValueError before any work when the recipe asks its config for a DiT it cannot build, or for windows or
+    blocks longer than its clips (found otherwise only at the stage that needs them, after the ones before)."""
+    config = get_config(recipe.config)
+    recipe_dit(recipe, config.dit)
+    frames = int(round(recipe.clip_seconds * config.fps))
+    needs = {"vae_frames": recipe.vae_frames, "decoder_frames": recipe.decoder_frames,
+             f"dit_blocks={recipe.dit_blocks}": video_frames_for_blocks(config, recipe.dit_blocks)}
+    longer = [f"{name} ({count} frames)" for name, count in needs.items() if count > frames]
+    if longer:
+        raise ValueError(f"clips of clip_seconds={recipe.clip_seconds} have {frames} frames at {config.fps} fps: "
+                         f"too few for {', '.join(longer)}")
 
 
 def recipe_dit(recipe: TrainRecipe, dit: DiTConfig) -> DiTConfig:
@@ -208,7 +218,8 @@ def encode_examples(path: Path, vae: WanVAE, clips, config: ModelConfig, recipe:
         for clip in tqdm(clips[len(examples):], desc="latents", unit="clip", dynamic_ncols=True):
             examples.append(encode_example(vae, clip, config, recipe.dit_blocks, fps))
             if len(examples) % 40 == 0:
-                torch.save(examples, path)   # to resume from (loss weights are set below, on every example)
+                # To resume from (loss weights are set below, on every example).
+                write_atomically(path, lambda tmp: torch.save(examples, tmp))
     # Prompts and loss weights follow the current rule and recipe, not the ones the cache was written under (they
     # cost nothing to rebuild).
     plans = stream_plans(config, recipe.dit_blocks)
@@ -216,7 +227,7 @@ def encode_examples(path: Path, vae: WanVAE, clips, config: ModelConfig, recipe:
         example.prompts = prompts_for_blocks(clip, plans, fps)
         example.weight = example_weight(clip, config, recipe, expression_weight)
     if encoding:
-        torch.save(examples, path)
+        write_atomically(path, lambda tmp: torch.save(examples, tmp))
     return examples
 
 
@@ -281,7 +292,7 @@ def export(out: Path, config: ModelConfig, recipe: TrainRecipe, modules: dict[st
     tensors = {f"{name}.{key}": value.detach().contiguous()
                for name, module in modules.items() for key, value in module.state_dict().items()}
     weights = out / f"{recipe.config}.safetensors"
-    save_file(tensors, str(weights), metadata={"config": config.to_json()})
+    write_atomically(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"config": config.to_json()}))
     manifest = {
         "file": weights.name,
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
@@ -290,7 +301,7 @@ def export(out: Path, config: ModelConfig, recipe: TrainRecipe, modules: dict[st
         "recipe": recipe.to_dict(),
         "data": {"clips": recipe.clips, "seconds": recipe.clip_seconds, "seed": recipe.data_seed,
                  "control_clips": recipe.control_clips, "control_seed": recipe.control_data_seed,
-                 "control_block_starts": list(block_starts(config, recipe.clip_seconds)),
+                 "control_block_starts": list(block_start_seconds(config, recipe.clip_seconds)),
                  "languages": list(TRAIN_LANGUAGES), "speakers": list(TRAIN_SPEAKERS),
                  "held_out": {"language": HELD_OUT_LANGUAGE, "speaker": HELD_OUT_SPEAKER}},
         "training": {
@@ -300,6 +311,6 @@ def export(out: Path, config: ModelConfig, recipe: TrainRecipe, modules: dict[st
         },
         "machine": describe_machine(),
     }
-    (out / f"{recipe.config}.json").write_text(json.dumps(manifest, indent=1))
+    write_atomically(out / f"{recipe.config}.json", lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
     log.info("export: %s (%s)", weights, manifest["sha256"])
     return manifest

@@ -6,6 +6,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 from character_helpers import REPO_ROOT
 
 from model.data import (
@@ -83,12 +84,22 @@ def test_events_at_block_starts_start_where_serving_shows_them():
     assert seen["emotion"] > 30 and seen["action"] > 30
 
 
-def test_default_character_is_the_renderers_neutral_still():
-    from model.make_default_character import make_image
+def test_the_shipped_default_character_is_the_renderers_neutral_still_and_its_spec(monkeypatch, tmp_path):
+    from PIL import Image
 
-    image = make_image()
-    assert image.size == (256, 256)
-    assert np.array_equal(np.asarray(image), render_still(DEFAULT_IDENTITY, 256))
+    from model.make_default_character import DEFAULT_OUT, character_spec, main
+
+    shipped = Image.open(DEFAULT_OUT)
+    assert shipped.size == (256, 256)
+    assert np.array_equal(np.asarray(shipped.convert("RGB")), render_still(DEFAULT_IDENTITY, 256))
+    assert json.loads(DEFAULT_OUT.with_suffix(".json").read_text()) == character_spec(DEFAULT_OUT.name)
+    # The shipped file is refused another character or size however its path is written.
+    monkeypatch.chdir(DEFAULT_OUT.parents[2])
+    relative = str(DEFAULT_OUT.relative_to(DEFAULT_OUT.parents[2]))
+    for argv in (["--seed", "12", "--out", relative], ["--size", "128"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+    assert np.array_equal(np.asarray(Image.open(DEFAULT_OUT).convert("RGB")), np.asarray(shipped.convert("RGB")))
 
 
 def test_descriptions_name_what_is_drawn():

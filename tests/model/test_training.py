@@ -1,9 +1,12 @@
 """Training: every stage runs and exports weights the serving pipeline loads, a second run from scratch writes
-the same bits, a stopped run continues exactly where it stopped, the decoder stage keeps the encoder the DiT
+the same bits, a run stopped by Ctrl-C continues exactly where it stopped, the decoder stage keeps the encoder the DiT
 learned from, the Neighbor-Forcing step lowers its loss at the timesteps of the recipe's shift, a DiT of the
 recipe's width and depth is trained and served, and compiled blocks train with eager gradients."""
 
 import json
+import os
+import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ import torch
 from avatar_backend.generator.config import ModelConfig
 from avatar_backend.generator.pipeline import LiveActPipeline
 from model.data.speech import espeak_available
-from model.train.loop import ResumableStage, step_rngs
+from model.train.loop import ResumableStage, log, setup_logging, step_rngs
 from model.train.recipe import SMOKE_RECIPE, with_overrides
 from model.train.run import RecipeMismatch, main_run
 
@@ -177,6 +180,24 @@ def test_a_dit_of_another_width_and_depth_is_trained_recorded_and_served(smoke_r
     assert not (tmp_path / "other").exists()
 
 
+def test_the_command_writes_over_the_shipped_weights_only_when_it_runs_the_shipped_recipe(monkeypatch, tmp_path,
+                                                                                          capsys):
+    import model.train.__main__ as command
+
+    runs = []
+    monkeypatch.setattr(command, "main_run", lambda work, out, recipe, stop_after=None: runs.append((work, out)))
+    monkeypatch.chdir(tmp_path)
+    for argv in ([], ["--smoke"], ["--set", "vae_hand_crops=0.25"], ["--seed", "7", "--work", "mine"]):
+        assert command.main(argv) == 0
+    assert runs == [(Path("runs/tiny"), command.SHIPPED_WEIGHTS), (Path("runs/smoke"), Path("runs/smoke/weights")),
+                    (Path("runs/tiny"), Path("runs/tiny/weights")), (Path("mine"), Path("mine/weights"))]
+    # Clips too short for the recipe's blocks: refused by name before any work, not after the VAE stages.
+    with pytest.raises(SystemExit):
+        command.main(["--smoke", "--set", "clip_seconds=5"])
+    assert "100 frames at 20 fps: too few for dit_blocks=4 (117 frames)" in capsys.readouterr().err
+    assert len(runs) == 4
+
+
 @needs_espeak
 @pytest.mark.slow
 def test_cached_latents_are_weighted_by_the_current_recipe(smoke_run):
@@ -247,20 +268,20 @@ def test_the_decoder_motion_term_scores_steps_between_frames_not_a_steady_error(
     assert (held - clip).abs().mean() > (stepped - clip).abs().mean()
 
 
-def test_a_stopped_run_continues_with_exactly_the_steps_it_would_have_taken(tmp_path):
+def test_a_run_stopped_by_ctrl_c_mid_step_continues_with_exactly_the_steps_it_would_have_taken(tmp_path):
     def run(work, stop_at=None):
         torch.manual_seed(0)
         model = torch.nn.Linear(4, 1)
         optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-        stage = ResumableStage("vae", work, {"m": model}, optimizer, total=8, seed=3, peak_lr=0.01, warmup=2,
+        stage = ResumableStage("vae", work, {"m": model}, optimizer, total=60, seed=3, peak_lr=0.01, warmup=2,
                                checkpoint_every_s=0.0)
         resumed_from = stage.step if stage.resume() else None
 
         def step(index, rng, generator):
-            if stop_at is not None and index == stop_at:
-                raise KeyboardInterrupt
             x = torch.randn(5, 4, generator=generator)
             loss = (model(x) - float(rng.normal())).square().mean()
+            if index == stop_at:
+                os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C between the forward and the backward pass
             loss.backward()
             return {"loss": loss.item()}
 
@@ -268,16 +289,33 @@ def test_a_stopped_run_continues_with_exactly_the_steps_it_would_have_taken(tmp_
             stage.run(step)
         except KeyboardInterrupt:
             pass
-        return model.weight.detach().clone(), stage.step, resumed_from
+        return model.weight.detach().clone(), stage.step, resumed_from, stage.history
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    straight, steps, _ = run(tmp_path / "a")
-    stopped, stopped_at, _ = run(tmp_path / "b", stop_at=5)
-    resumed, steps_b, resumed_from = run(tmp_path / "b")
-    assert (steps, stopped_at, resumed_from, steps_b) == (8, 5, 5, 8)
+    straight, steps, _, history = run(tmp_path / "a")
+    stopped, stopped_at, _, _ = run(tmp_path / "b", stop_at=30)
+    resumed, steps_b, resumed_from, resumed_history = run(tmp_path / "b")
+    # The step Ctrl-C fell in was finished and saved; the continued run took the rest.
+    assert (steps, stopped_at, resumed_from, steps_b) == (60, 31, 31, 60)
     assert not torch.equal(stopped, straight)
     assert torch.equal(resumed, straight)
+    # The loss averages the history records carried over the stop as well (its wall times differ).
+    def losses(lines):
+        return [{key: value for key, value in line.items() if key != "seconds"} for line in lines]
+
+    assert [line["step"] for line in history] == [50, 60] and losses(resumed_history) == losses(history)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # Ctrl-C behaves as before once done
+
+
+def test_a_second_training_run_in_one_process_logs_only_into_its_own_file(tmp_path):
+    setup_logging(tmp_path / "first.log")
+    log.info("first run")
+    setup_logging(tmp_path / "second.log")
+    log.info("second run")
+    assert "second run" not in (tmp_path / "first.log").read_text()
+    assert "first run" not in (tmp_path / "second.log").read_text()
+    assert (tmp_path / "second.log").read_text().count("second run") == 1
 
 
 def test_a_block_is_prompted_with_the_events_that_reached_the_worker_before_it_was_planned():
@@ -294,13 +332,28 @@ def test_a_block_is_prompted_with_the_events_that_reached_the_worker_before_it_w
     events = [
         {"time": 0.0, "kind": "emotion", "name": "neutral", "intensity": 0.4, "on": False},
         {"time": 2.4, "kind": "emotion", "name": "angry", "intensity": 0.8, "on": False},    # late in block 1
-        {"time": 3.0, "kind": "action", "name": "wave", "intensity": 1.0, "on": False},      # inside block 2
+        {"time": 2.8, "kind": "action", "name": "nod", "intensity": 1.0, "on": False},       # inside block 2,
+        {"time": 3.0, "kind": "action", "name": "wave", "intensity": 1.0, "on": False},      # the later one shows
         {"time": 4.5, "kind": "listening", "name": "", "intensity": 1.0, "on": True},        # block 3 is silent
     ]
     entry = {"speech": {"spans": [[0.2, 4.0]]}, "events": events}
     clip = TrainingClip(np.zeros((117, 8, 8, 3), np.uint8), np.zeros(16000 * 6, np.float32), {}, entry)
     assert prompts_for_blocks(clip, plans, 20) == [
         BlockPrompt(None), BlockPrompt("angry", 0.8), BlockPrompt("wave"), BlockPrompt("listening")]
+    # The worker's rule for the two actions: both sent before a block is planned, the later one prompts it.
+    from stand_in_generator import StandInGenerator
+
+    from avatar_backend.worker.scheduler import Scheduler
+    from model.data.prompts import ACTION_PROMPTS
+
+    generator = StandInGenerator(get_config("tiny"))
+    scheduler = Scheduler(generator, clock=lambda: 0.0)
+    scheduler.open_session("s", "npc", generator.new_memory("npc", "villager", 64, 64, 20, seed=0), conditioning=None)
+    scheduler.start_action("s", ACTION_PROMPTS["nod"])
+    scheduler.start_action("s", ACTION_PROMPTS["wave"])
+    scheduler.push_voice("s", np.full(16000 * 3, 0.1, np.float32))
+    scheduler.end_of_utterance("s")
+    assert scheduler.next_block().prompt == ACTION_PROMPTS["wave"]
 
 
 @pytest.mark.parametrize("seed", range(6))
