@@ -76,6 +76,14 @@ def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
     assert "lip-sync r" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(shipped_weights("tiny") is None, reason="no shipped tiny weights")
+def test_the_speed_alone_is_timed_as_the_full_evaluation_times_it(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--speed-only", "--speed-blocks", "3"]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert "lip_sync" not in report and report["speed"]["blocks"] == 3 and report["speed"]["real_time_factor"] > 0
+    assert "real-time factor at 128x128 (median of 3 blocks" in capsys.readouterr().out
+
+
 @pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 @pytest.mark.skipif(shipped_weights("tiny") is None, reason="no shipped tiny weights")
 def test_a_vae_checkpoint_is_judged_beside_the_shipped_vae_before_any_dit_is_trained_on_it(tmp_path, capsys):
