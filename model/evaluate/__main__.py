@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.speed_only:
         report.update(prompt_guidance=pipeline.config.sampler.prompt_guidance, speed=speed(pipeline, args.speed_blocks))
         report["seconds"] = round(time.perf_counter() - started, 1)
-        print(speed_row(report))
+        print(speed_lines(report))
         print(f"wrote {write_report(report, args.out)}")
         return 0
     clips = held_out_clips(args.clips, args.clip_seconds, pipeline.config.width, pipeline.config.fps)
@@ -561,6 +561,7 @@ def teacher_forced_row(arm: dict) -> str:
 
 
 def speed_rows(report: dict) -> list[tuple[str, float, str]]:
+    """The summary table's speed rows: (what, real-time factor, target)."""
     speed = report["speed"]
     return [(f"real-time factor at {speed['size']} (median of {speed['blocks']} blocks; quartiles "
              + " - ".join(f"{q:g}" for q in speed["real_time_factor_quartiles"]) + ")", speed["real_time_factor"],
@@ -569,7 +570,7 @@ def speed_rows(report: dict) -> list[tuple[str, float, str]]:
              speed["real_time_factor_under_a_prompt"], ">= 6")]
 
 
-def speed_row(report: dict) -> str:
+def speed_lines(report: dict) -> str:
     """``--speed-only``'s lines: the real-time factors, with the DiT's and the decoder's shares of a block."""
     speed = report["speed"]
     return "\n".join([*(f"{name}: {value:g} (target {target})" for name, value, target in speed_rows(report)),

@@ -155,8 +155,8 @@ def train_classifier(size: int, fps: int, clips: int = 80, steps: int = 1200,
 def response(classifier: ControlClassifier, frames: np.ndarray, still: np.ndarray, truth: dict[str, np.ndarray],
              events: list[dict], fps: int, within_frames: int) -> dict:
     """Frame accuracy of the classifier on ``frames`` against the clip's truth, per :func:`readable` event whether
-    (and how soon) the frames show it within ``within_frames`` of the event, what each true label's frames were read as, and the
-    frames read as an action where the truth shows none, by whether the clip asked for it within
+    (and how soon) the frames show it within ``within_frames`` of the event, what each true label's frames were
+    read as, and the frames read as an action where the truth shows none, by whether the clip asked for it within
     ``within_frames``."""
     n = len(frames)
     emotion, action = classifier.predict(frames, still)
