@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from avatar_backend.media.resample import MODEL_SAMPLE_RATE
+from avatar_backend.store import atomic_write
 
 from .identity import describe_identity
 from .render import TRUTH_DESCRIPTION, Clip, render_clip
@@ -199,8 +200,6 @@ def write_dataset(
             if progress:
                 progress(done, clips)
     manifest["render_seconds"] = round(time.perf_counter() - started, 3)
-    # The manifest marks the dataset complete: written whole (renamed into place) or not at all.
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
-    tmp.replace(out / "manifest.json")
+    # The manifest marks the dataset complete: written whole or not at all.
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False).encode())
     return manifest

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from avatar_backend.store import atomic_write_with
+
 log = logging.getLogger("model.train")
 
 STAGE_IDS = {"vae": 1, "dit": 2, "decoder": 3, "control": 4}
@@ -39,14 +41,6 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` into a file beside ``path``, then renamed over it: a crash or Ctrl-C meanwhile leaves
-    ``path`` as it was, never a truncated file that a continued run would fail to read."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
 
 
 def setup_logging(path: Path) -> None:
@@ -123,7 +117,7 @@ class ResumableStage:
         state = {"modules": {n: m.state_dict() for n, m in self.modules.items()},
                  "optimizer": self.optimizer.state_dict(), "step": self.step, "seconds": self.seconds,
                  "history": self.history, "running": self.running}
-        write_atomically(self.path, lambda tmp: torch.save(state, tmp))
+        atomic_write_with(self.path, lambda tmp: torch.save(state, tmp))
 
     def run(self, step_fn: Callable[[int, np.random.Generator, torch.Generator], dict[str, float]]) -> None:
         parameters = [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]

@@ -25,11 +25,12 @@ from avatar_backend.generator.schedule import StreamSchedule
 from avatar_backend.generator.text_encoder import build_text_encoder
 from avatar_backend.generator.vae import WanVAE
 from avatar_backend.machine import describe_machine
+from avatar_backend.store import atomic_write_with
 from model.data.dataset import write_dataset
 
 from .clips import dataset_fps, load_clips, prompts_for_blocks
 from .dit_stage import DiTExample, dit_step, encode_example, example_weight, stream_plans, video_frames_for_blocks
-from .loop import ResumableStage, setup_logging, write_atomically
+from .loop import ResumableStage, setup_logging
 from .recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER, TRAIN_LANGUAGES, TRAIN_SPEAKERS, TrainRecipe
 from .vae_stage import freeze_encoder, latent_statistics, vae_step
 
@@ -94,7 +95,7 @@ def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
     if not stats_path.exists():
         mean, std = latent_statistics(vae, clips)
         text = json.dumps({"latent_mean": mean, "latent_std": std})
-        write_atomically(stats_path, lambda tmp: tmp.write_text(text))
+        atomic_write_with(stats_path, lambda tmp: tmp.write_text(text))
     stats = json.loads(stats_path.read_text())
     return vae, {**stage.report(), **stats}
 
@@ -126,7 +127,7 @@ def claim_work_folder(work: Path, recipe: TrainRecipe) -> None:
                                  f"recipe, or give this one a new --work folder")
         return
     work.mkdir(parents=True, exist_ok=True)
-    write_atomically(recorded, lambda tmp: tmp.write_text(json.dumps(ours, indent=1) + "\n"))
+    atomic_write_with(recorded, lambda tmp: tmp.write_text(json.dumps(ours, indent=1) + "\n"))
 
 
 def main_run(work: Path, out: Path, recipe: TrainRecipe, stop_after: str | None = None) -> dict:
@@ -219,7 +220,7 @@ def encode_examples(path: Path, vae: WanVAE, clips, config: ModelConfig, recipe:
             examples.append(encode_example(vae, clip, config, recipe.dit_blocks, fps))
             if len(examples) % 40 == 0:
                 # To resume from (loss weights are set below, on every example).
-                write_atomically(path, lambda tmp: torch.save(examples, tmp))
+                atomic_write_with(path, lambda tmp: torch.save(examples, tmp))
     # Prompts and loss weights follow the current rule and recipe, not the ones the cache was written under (they
     # cost nothing to rebuild).
     plans = stream_plans(config, recipe.dit_blocks)
@@ -227,7 +228,7 @@ def encode_examples(path: Path, vae: WanVAE, clips, config: ModelConfig, recipe:
         example.prompts = prompts_for_blocks(clip, plans, fps)
         example.weight = example_weight(clip, config, recipe, expression_weight)
     if encoding:
-        write_atomically(path, lambda tmp: torch.save(examples, tmp))
+        atomic_write_with(path, lambda tmp: torch.save(examples, tmp))
     return examples
 
 
@@ -292,7 +293,7 @@ def export(out: Path, config: ModelConfig, recipe: TrainRecipe, modules: dict[st
     tensors = {f"{name}.{key}": value.detach().contiguous()
                for name, module in modules.items() for key, value in module.state_dict().items()}
     weights = out / f"{recipe.config}.safetensors"
-    write_atomically(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"config": config.to_json()}))
+    atomic_write_with(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"config": config.to_json()}))
     manifest = {
         "file": weights.name,
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
@@ -311,6 +312,6 @@ def export(out: Path, config: ModelConfig, recipe: TrainRecipe, modules: dict[st
         },
         "machine": describe_machine(),
     }
-    write_atomically(out / f"{recipe.config}.json", lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    atomic_write_with(out / f"{recipe.config}.json", lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
     log.info("export: %s (%s)", weights, manifest["sha256"])
     return manifest
