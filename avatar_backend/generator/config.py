@@ -157,6 +157,9 @@ class VAEConfig:
     encoder: str = "wan"
     decoder: str = "wan"
     light_dims: tuple[int, ...] = (64, 32, 16, 8)   # latent resolution first, full resolution last
+    # The light decoder's widths where they differ from the encoder's mirror (empty: ``light_dims``): a narrower
+    # decoder trained after the encoder, on its frozen latents (model/train's decoder stage).
+    light_decoder_dims: tuple[int, ...] = ()
     path: str = ""                 # published layout: the .pth state dict, relative to the weights directory
 
     def __post_init__(self) -> None:
@@ -165,6 +168,8 @@ class VAEConfig:
                 raise ValueError(f"{part} must be one of {VAE_PARTS}, got {getattr(self, part)!r}")
         if "light" in (self.encoder, self.decoder) and len(self.light_dims) != len(self.dim_mult):
             raise ValueError("light_dims needs one width per resolution level (len(dim_mult))")
+        if self.light_decoder_dims and len(self.light_decoder_dims) != len(self.dim_mult):
+            raise ValueError("light_decoder_dims needs one width per resolution level (len(dim_mult)), or none")
 
     @property
     def spatial_stride(self) -> int:
@@ -400,8 +405,10 @@ TINY = ModelConfig(
         clip_dim=64, clip_tokens=17, audio_layers=3, audio_channels=32, intermediate_dim=64, output_dim=64,
         context_tokens=4,
     ),
+    # The serving decoder is narrower than the encoder's mirror: 8 channels at full resolution, one AVX2 register
+    # of float32, where the mirror's 12 took 1.9x as long to decode (docs/TINY_EXPERIMENTS.md, "A narrower decoder").
     vae=VAEConfig(base_dim=8, encoder="light", decoder="light", light_dims=(64, 48, 24, 12),
-                  latent_mean=TINY_LATENT_MEAN, latent_std=TINY_LATENT_STD),
+                  light_decoder_dims=(64, 32, 16, 8), latent_mean=TINY_LATENT_MEAN, latent_std=TINY_LATENT_STD),
     audio_encoder=AudioEncoderConfig(kind="learned", layers=3, channels=32, hidden=64),
     image_encoder=ImageEncoderConfig(kind="learned", image_size=64, patch_size=16, tokens=17, dim=64),
     text_encoder=TextEncoderConfig(kind="learned", max_len=16, dim=64, layers=1),

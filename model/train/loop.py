@@ -25,7 +25,12 @@ from avatar_backend.store import atomic_write_with
 
 log = logging.getLogger("model.train")
 
-STAGE_IDS = {"vae": 1, "dit": 2, "decoder": 3, "control": 4}
+STAGE_IDS = {"vae": 1, "dit": 2, "decoder": 3, "control": 4, "decoder_scratch": 5}
+
+
+class RecipeMismatch(ValueError):
+    """The work folder holds a run of another recipe or model config: continuing it would mix two in one set of
+    weights."""
 
 
 def step_rngs(seed: int, stage: str, step: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -102,7 +107,11 @@ class ResumableStage:
             return False
         state = torch.load(self.path, weights_only=False)
         for name, module in self.modules.items():
-            module.load_state_dict(state["modules"][name])
+            try:
+                module.load_state_dict(state["modules"][name])
+            except RuntimeError:
+                raise RecipeMismatch(f"{self.path} holds a {name} of other shapes than the config's: the model "
+                                     "config changed since this run; give this one a new --work folder") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.seconds, self.history = state["step"], state["seconds"], state["history"]
         self.running = state.get("running", {})

@@ -43,6 +43,9 @@ class TrainRecipe:
     # Decoder: the VAE's windows are too short for its causal convs to reach their steady state (a stream's
     # frames after the ninth decoded 5-10 dB worse), so the decoder then learns long windows, encoder frozen
     # (its latents, which the DiT learns, stay the same).
+    # A serving decoder narrower than the VAE stage's (the config's VAEConfig.light_decoder_dims) starts from
+    # scratch on the frozen encoder: this many steps on the VAE stage's short windows, then the long ones below.
+    decoder_scratch_steps: int = 10000
     decoder_steps: int = 4000
     decoder_batch: int = 1
     decoder_frames: int = 33
@@ -109,9 +112,9 @@ class TrainRecipe:
 
 TINY_RECIPE = TrainRecipe()
 # A few steps of everything on a few clips: the CI smoke test and a quick check of a changed recipe.
-SMOKE_RECIPE = TrainRecipe(clips=3, clip_seconds=6.0, vae_steps=12, vae_frames=5, decoder_steps=4, decoder_frames=9,
-                           dit_clips=3, dit_steps=12, dit_warmup=2, control_clips=2, control_steps=4,
-                           control_warmup=1, checkpoint_every_s=0.0, compile_dit=False)
+SMOKE_RECIPE = TrainRecipe(clips=3, clip_seconds=6.0, vae_steps=12, vae_frames=5, decoder_scratch_steps=4,
+                           decoder_steps=4, decoder_frames=9, dit_clips=3, dit_steps=12, dit_warmup=2, control_clips=2,
+                           control_steps=4, control_warmup=1, checkpoint_every_s=0.0, compile_dit=False)
 
 
 def with_overrides(recipe: TrainRecipe, settings: list[str]) -> TrainRecipe:

@@ -30,9 +30,9 @@ from model.data.dataset import write_dataset
 
 from .clips import dataset_fps, load_clips, prompts_for_blocks
 from .dit_stage import DiTExample, dit_step, encode_example, example_weight, stream_plans, video_frames_for_blocks
-from .loop import ResumableStage, setup_logging
+from .loop import RecipeMismatch, ResumableStage, setup_logging
 from .recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER, TRAIN_LANGUAGES, TRAIN_SPEAKERS, TrainRecipe
-from .vae_stage import freeze_encoder, latent_statistics, vae_step
+from .vae_stage import encoder_state, freeze_encoder, latent_statistics, vae_step
 
 log = logging.getLogger("model.train")
 
@@ -84,7 +84,8 @@ def run_vae_stage(name: str, work: Path, recipe: TrainRecipe, clips, vae: WanVAE
 def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
     config = get_config(recipe.config)
     torch.manual_seed(recipe.seed)
-    vae = WanVAE(config.vae)
+    # The encoder learns beside a decoder of its mirror's widths; a narrower serving decoder comes after it.
+    vae = WanVAE(dataclasses.replace(config.vae, light_decoder_dims=()))
     with torch.no_grad():
         # The posterior's log-variance starts at -8 (std 0.02): started at 0, the decoder first sees mostly
         # noise and learns slowly; the KL term then sets the variance it needs.
@@ -100,16 +101,28 @@ def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
     return vae, {**stage.report(), **stats}
 
 
-def train_decoder(work: Path, recipe: TrainRecipe, clips, vae: WanVAE) -> dict:
-    """The decoder on long windows, so that a stream's later frames decode as well as its first ones."""
+def train_decoder(work: Path, recipe: TrainRecipe, clips, vae: WanVAE) -> tuple[WanVAE, dict[str, dict]]:
+    """The serving decoder on long windows, so that a stream's later frames decode as well as its first ones.
+
+    Where the config's light decoder is narrower than the VAE stage's (``VAEConfig.light_decoder_dims``), it starts
+    from scratch on the VAE stage's frozen encoder (the latents the DiT learns stay the same), first on the VAE
+    stage's short windows. Returns the VAE that serves and each stage's report, by stage name."""
+    config = get_config(recipe.config).vae
+    reports = {}
+    if config != vae.config:
+        torch.manual_seed(recipe.seed)
+        narrow = WanVAE(config)
+        narrow.load_state_dict(encoder_state(vae), strict=False)
+        vae = narrow
+        stage = run_vae_stage("decoder_scratch", work, recipe, clips, vae, freeze_encoder(vae),
+                              steps=recipe.decoder_scratch_steps, lr=recipe.vae_lr, batch=recipe.vae_batch,
+                              frames=recipe.vae_frames)
+        reports[stage.name] = stage.report()
     stage = run_vae_stage("decoder", work, recipe, clips, vae, freeze_encoder(vae), steps=recipe.decoder_steps,
                           lr=recipe.decoder_lr, batch=recipe.decoder_batch, frames=recipe.decoder_frames,
                           motion_weight=recipe.decoder_motion_weight, boundary_weight=recipe.decoder_boundary_weight)
-    return stage.report()
-
-
-class RecipeMismatch(ValueError):
-    """The work folder holds a run of another recipe: continuing it would mix two recipes in one set of weights."""
+    reports[stage.name] = stage.report()
+    return vae, reports
 
 
 def claim_work_folder(work: Path, recipe: TrainRecipe) -> None:
@@ -144,9 +157,9 @@ def main_run(work: Path, out: Path, recipe: TrainRecipe, stop_after: str | None 
     vae, vae_report = train_vae(work, recipe, clips)
     if stop_after == "vae":
         return vae_report
-    decoder_report = train_decoder(work, recipe, clips, vae)
+    vae, decoder_reports = train_decoder(work, recipe, clips, vae)
     if stop_after == "decoder":
-        return decoder_report
+        return decoder_reports["decoder"]
     config = trained_config(recipe, vae_report)
     fps = dataset_fps(data)
     # Encoded (or read back) only by a stage with steps left.
@@ -168,7 +181,7 @@ def main_run(work: Path, out: Path, recipe: TrainRecipe, stop_after: str | None 
     if stop_after == "control":
         return control_report
     modules["vae"] = vae
-    return export(out, config, recipe, modules, {"vae": vae_report, "decoder": decoder_report, "dit": dit_report,
+    return export(out, config, recipe, modules, {"vae": vae_report, **decoder_reports, "dit": dit_report,
                                                  "control": control_report}, time.perf_counter() - started)
 
 
@@ -288,7 +301,7 @@ def train_control(work: Path, recipe: TrainRecipe, config: ModelConfig, modules:
 def export(out: Path, config: ModelConfig, recipe: TrainRecipe, modules: dict[str, torch.nn.Module],
            reports: dict[str, dict], wall_s: float) -> dict:
     """``{config}.safetensors`` (keys prefixed by module) and ``{config}.json`` (the manifest) into ``out``;
-    ``reports``: each training stage's (vae, decoder, dit, control)."""
+    ``reports``: each training stage's (vae, decoder_scratch where it ran, decoder, dit, control)."""
     out.mkdir(parents=True, exist_ok=True)
     tensors = {f"{name}.{key}": value.detach().contiguous()
                for name, module in modules.items() for key, value in module.state_dict().items()}

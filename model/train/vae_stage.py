@@ -129,12 +129,21 @@ def motion_error(error: torch.Tensor, weight: torch.Tensor, boundary_weight: flo
     return ((error[:, :, 1:] - error[:, :, :-1]).abs() * pair_weight).mean() / pair_weight.mean()
 
 
+# The VAE's encoder side: the encoder and the conv that gives its posterior.
+ENCODER_SIDE = ("encoder", "conv1")
+
+
 def freeze_encoder(vae: WanVAE) -> list[torch.nn.Parameter]:
     """Freeze the encoder side (its latents stay what the DiT learns); returns the decoder side's parameters."""
     vae.requires_grad_(True)
-    vae.encoder.requires_grad_(False)
-    vae.conv1.requires_grad_(False)
+    for name in ENCODER_SIDE:
+        getattr(vae, name).requires_grad_(False)
     return [p for p in vae.parameters() if p.requires_grad]
+
+
+def encoder_state(vae: WanVAE) -> dict[str, torch.Tensor]:
+    """The encoder side's weights, keyed as in the VAE's state dict."""
+    return {f"{name}.{key}": value for name in ENCODER_SIDE for key, value in getattr(vae, name).state_dict().items()}
 
 
 @torch.no_grad()

@@ -53,3 +53,18 @@ def test_the_light_decoder_is_several_times_smaller_than_the_wan_decoder():
     assert light < wan
     with pytest.raises(ValueError, match="decoder must be one of"):
         dataclasses.replace(CONFIG, decoder="fast")
+
+
+def test_a_narrower_decoder_keeps_the_encoder_it_was_trained_on():
+    # model/train's decoder stage trains a decoder narrower than the encoder's mirror on that encoder's latents.
+    mirror = WanVAE(dataclasses.replace(CONFIG, light_decoder_dims=()))
+    narrow = WanVAE(dataclasses.replace(CONFIG, light_decoder_dims=(32, 16, 8, 4)))
+
+    def shapes(module):
+        return {key: value.shape for key, value in module.state_dict().items()}
+
+    assert shapes(narrow.encoder) == shapes(mirror.encoder) and shapes(narrow.conv1) == shapes(mirror.conv1)
+    assert narrow.decoder.head.in_channels == 4 and mirror.decoder.head.in_channels == CONFIG.light_dims[-1]
+    assert sum(p.numel() for p in narrow.decoder.parameters()) < sum(p.numel() for p in mirror.decoder.parameters())
+    with pytest.raises(ValueError, match="light_decoder_dims needs one width per resolution level"):
+        dataclasses.replace(CONFIG, light_decoder_dims=(32, 16))

@@ -1,7 +1,8 @@
 """Training: every stage runs and exports weights the serving pipeline loads, a second run from scratch writes
-the same bits, a run stopped by Ctrl-C continues exactly where it stopped, the decoder stage keeps the encoder the DiT
-learned from, the Neighbor-Forcing step lowers its loss at the timesteps of the recipe's shift, a DiT of the
-recipe's width and depth is trained and served, and compiled blocks train with eager gradients."""
+the same bits, a run stopped by Ctrl-C continues exactly where it stopped, the serving decoder is trained narrower
+on the encoder the DiT learned from, a checkpoint of other shapes is refused, the Neighbor-Forcing step lowers its
+loss at the timesteps of the recipe's shift, a DiT of the recipe's width and depth is trained and served, and
+compiled blocks train with eager gradients."""
 
 import json
 import os
@@ -61,12 +62,14 @@ def test_a_second_run_from_scratch_writes_the_same_weights(smoke_run, tmp_path):
 
 @needs_espeak
 @pytest.mark.slow
-def test_the_decoder_stage_trains_the_decoder_and_leaves_the_encoder_the_dit_learned_from(smoke_run):
+def test_the_serving_decoder_is_trained_narrower_on_the_encoder_the_dit_learned_from(smoke_run):
     from safetensors.torch import load_file
 
     root, manifest = smoke_run
+    assert manifest["training"]["decoder_scratch"]["steps"] == SMOKE_RECIPE.decoder_scratch_steps
     assert manifest["training"]["decoder"]["steps"] == SMOKE_RECIPE.decoder_steps
     after_vae_stage = torch.load(root / "work" / "vae.ckpt", weights_only=False)["modules"]["vae"]
+    after_scratch = torch.load(root / "work" / "decoder_scratch.ckpt", weights_only=False)["modules"]["vae"]
     exported = {k.removeprefix("vae."): v for k, v in load_file(root / "weights" / "tiny.safetensors").items()
                 if k.startswith("vae.")}
     assert exported.keys() == after_vae_stage.keys()
@@ -74,7 +77,11 @@ def test_the_decoder_stage_trains_the_decoder_and_leaves_the_encoder_the_dit_lea
     decoder_side = [k for k in exported if k.startswith(("decoder.", "conv2."))]
     assert encoder_side and len(encoder_side) + len(decoder_side) == len(exported)
     assert all(torch.equal(exported[k], after_vae_stage[k]) for k in encoder_side)
-    assert any(not torch.equal(exported[k], after_vae_stage[k]) for k in decoder_side)
+    # The VAE stage's decoder mirrors the encoder; the one that serves has the config's narrower widths and
+    # was trained after it, from scratch, then on long windows.
+    narrowest = ModelConfig.from_dict(manifest["config"]).vae.light_decoder_dims[-1]
+    assert exported["decoder.head.weight"].shape[1] == narrowest < after_vae_stage["decoder.head.weight"].shape[1]
+    assert any(not torch.equal(exported[k], after_scratch[k]) for k in decoder_side)
 
 
 @needs_espeak
@@ -249,6 +256,18 @@ def test_a_run_recorded_before_a_recipe_field_existed_continues_under_its_defaul
     claim_work_folder(tmp_path, SMOKE_RECIPE)           # it ran at the default, 5: the same recipe
     with pytest.raises(RecipeMismatch, match="sampler_shift 5.0 there, 1.0 here"):
         claim_work_folder(tmp_path, with_overrides(SMOKE_RECIPE, ["sampler_shift=1"]))
+
+
+def test_a_checkpoint_of_other_shapes_is_refused_by_name(tmp_path):
+    def stage(width):
+        module = torch.nn.Linear(width, 2)
+        return ResumableStage("decoder", tmp_path, {"vae": module}, torch.optim.Adam(module.parameters()), total=1,
+                              seed=0, peak_lr=1e-3, warmup=0, checkpoint_every_s=0.0)
+
+    stage(4).save()
+    assert stage(4).resume()
+    with pytest.raises(RecipeMismatch, match="decoder.ckpt holds a vae of other shapes than the config's"):
+        stage(3).resume()
 
 
 def test_the_decoder_motion_term_scores_steps_between_frames_not_a_steady_error():
