@@ -4,9 +4,9 @@
    size) on this machine, median over blocks after a warm-up, with the torch thread count stated; then the
    same for batches of NPCs generated in one call (1, 2, 4, 8): blocks per second, per-NPC real-time factor
    and how many NPCs one worker keeps in real time; then one NPC with each decoder precision
-   (``--decode-precision``) in alternating rounds, the VAE decoders (Wan and light) on one block (with
-   ``--compiled``, both of these compiled as well, as ``serve --compile`` runs), and NPCs talking at real-time
-   pace through a real worker.
+   (``--decode-precision``) in alternating rounds, the VAE decoders (Wan, light, and light at the encoder's
+   mirror widths) on one block (with ``--compiled``, each of these compiled as well, as ``serve --compile``
+   runs), and NPCs talking at real-time pace through a real worker.
 2. Gateway CPU per video frame at 512x512: Opus decode of the frame's audio + JPEG encode (the media path)
    + sending the VideoFrame over a real gRPC stream on loopback (this process's CPU time per frame; the
    reading client runs in another process so its CPU is not counted).
@@ -30,6 +30,10 @@ import numpy as np
 
 from avatar_backend.generator.config import DECODE_PRECISIONS, VAE_PARTS
 
+# The light decoder at the encoder's mirror widths, which a config's narrower light decoder replaced
+# (VAEConfig.light_decoder_dims): timed beside it as one more of --decoders.
+MIRROR_DECODER = "light-mirror"
+BENCH_DECODERS = (*VAE_PARTS, MIRROR_DECODER)
 
 
 class TimedBlock(NamedTuple):
@@ -211,7 +215,9 @@ def bench_decoders(config: str, kinds: tuple[str, ...], threads: int, rounds: in
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     model = get_config(config)
-    vaes = {(kind, False): WanVAE(dataclasses.replace(model.vae, decoder=kind)).eval() for kind in kinds}
+    built = {kind: dataclasses.replace(model.vae, decoder="light", light_decoder_dims=()) if kind == MIRROR_DECODER
+             else dataclasses.replace(model.vae, decoder=kind) for kind in kinds}
+    vaes = {(kind, False): WanVAE(vae_config).eval() for kind, vae_config in built.items()}
     if compiled:
         for kind in kinds:
             vaes[kind, True] = copy.deepcopy(vaes[kind, False])
@@ -437,8 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-blocks", type=int, default=4, help="timed calls per batch size")
     parser.add_argument("--decode-precisions", default="float32,bfloat16",
                         help="decoder precisions to time side by side on one NPC, comma-separated (empty: skip)")
-    parser.add_argument("--decoders", default="wan,light",
-                        help="VAE decoders to time side by side on one block, comma-separated (empty: skip)")
+    parser.add_argument("--decoders", default=f"wan,light,{MIRROR_DECODER}",
+                        help="VAE decoders to time side by side on one block, comma-separated (empty: skip; "
+                             f"{MIRROR_DECODER}: the light decoder at the encoder's mirror widths)")
     parser.add_argument("--compiled", action="store_true",
                         help="time the decoder precisions and the VAE decoders compiled as well (serve --compile)")
     parser.add_argument("--realtime-npcs", default="1,3,4,5,6,7",
@@ -453,9 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in args.decode_precisions.split(",") if p.strip() and p.strip() not in DECODE_PRECISIONS]
     if unknown:
         parser.error(f"--decode-precisions: unknown {unknown}; known: {', '.join(DECODE_PRECISIONS)}")
-    unknown = [d for d in args.decoders.split(",") if d.strip() and d.strip() not in VAE_PARTS]
+    unknown = [d for d in args.decoders.split(",") if d.strip() and d.strip() not in BENCH_DECODERS]
     if unknown:
-        parser.error(f"--decoders: unknown {unknown}; known: {', '.join(VAE_PARTS)}")
+        parser.error(f"--decoders: unknown {unknown}; known: {', '.join(BENCH_DECODERS)}")
 
     from avatar_backend.machine import describe_machine  # imports torch, which this module imports lazily
 

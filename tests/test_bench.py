@@ -73,12 +73,15 @@ def test_unknown_decoder_precisions_are_refused(capsys):
 
 
 def test_the_vae_decoders_are_timed_side_by_side_on_one_block():
-    from avatar_backend.bench import bench_decoders
+    from avatar_backend.bench import MIRROR_DECODER, bench_decoders
 
-    result = bench_decoders("tiny", ("wan", "light"), threads=2, rounds=2)
-    wan, light = result["decoders"]
-    assert (wan["decoder"], light["decoder"]) == ("wan", "light") and result["block_frames"] == 32
+    result = bench_decoders("tiny", ("wan", "light", MIRROR_DECODER), threads=2, rounds=2)
+    wan, light, mirror = result["decoders"]
+    assert (wan["decoder"], light["decoder"], mirror["decoder"]) == ("wan", "light", MIRROR_DECODER)
+    assert result["block_frames"] == 32
     assert wan["speedup"] == 1.0 and light["block_s_median"] > 0 and 0 < light["parameters"]
+    # The tiny config serves a light decoder narrower than the encoder's mirror, which is timed beside it.
+    assert light["parameters"] < mirror["parameters"] < wan["parameters"]
     with pytest.raises(ValueError, match="2 rounds or more"):
         bench_decoders("tiny", ("light",), threads=2, rounds=1)
 

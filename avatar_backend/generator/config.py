@@ -405,8 +405,8 @@ TINY = ModelConfig(
         clip_dim=64, clip_tokens=17, audio_layers=3, audio_channels=32, intermediate_dim=64, output_dim=64,
         context_tokens=4,
     ),
-    # The serving decoder is narrower than the encoder's mirror: 8 channels at full resolution, one AVX2 register
-    # of float32, where the mirror's 12 took 1.9x as long to decode (docs/TINY_EXPERIMENTS.md, "A narrower decoder").
+    # The decoder that serves is narrower than the encoder's mirror, which decoded a block in 1.5-1.7x its time on
+    # 2 AVX2 cores, and its trained weights lose little against it (docs/TINY_EXPERIMENTS.md, "A narrower decoder").
     vae=VAEConfig(base_dim=8, encoder="light", decoder="light", light_dims=(64, 48, 24, 12),
                   light_decoder_dims=(64, 32, 16, 8), latent_mean=TINY_LATENT_MEAN, latent_std=TINY_LATENT_STD),
     audio_encoder=AudioEncoderConfig(kind="learned", layers=3, channels=32, hidden=64),
