@@ -158,7 +158,7 @@ class VAEConfig:
     decoder: str = "wan"
     light_dims: tuple[int, ...] = (64, 32, 16, 8)   # latent resolution first, full resolution last
     # The light decoder's widths where they differ from the encoder's mirror (empty: ``light_dims``): a narrower
-    # decoder trained after the encoder, on its frozen latents (model/train's decoder stage).
+    # decoder trained after the encoder, on its frozen latents (model/train's decoder_scratch and decoder stages).
     light_decoder_dims: tuple[int, ...] = ()
     path: str = ""                 # published layout: the .pth state dict, relative to the weights directory
 
