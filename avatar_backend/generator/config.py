@@ -406,7 +406,8 @@ TINY = ModelConfig(
         context_tokens=4,
     ),
     # The decoder that serves is narrower than the encoder's mirror, which decoded a block in 1.5-1.7x its time on
-    # 2 AVX2 cores, and its trained weights lose little against it (docs/TINY_EXPERIMENTS.md, "A narrower decoder").
+    # 2 AVX2 cores; trained, it keeps lip sync and seams and shows emotions a little less (docs/TINY_EXPERIMENTS.md,
+    # "A narrower decoder").
     vae=VAEConfig(base_dim=8, encoder="light", decoder="light", light_dims=(64, 48, 24, 12),
                   light_decoder_dims=(64, 32, 16, 8), latent_mean=TINY_LATENT_MEAN, latent_std=TINY_LATENT_STD),
     audio_encoder=AudioEncoderConfig(kind="learned", layers=3, channels=32, hidden=64),
