@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import statistics
@@ -28,12 +29,23 @@ from typing import NamedTuple
 
 import numpy as np
 
-from avatar_backend.generator.config import DECODE_PRECISIONS, VAE_PARTS
+from avatar_backend.generator.config import DECODE_PRECISIONS, VAE_PARTS, VAEConfig, get_config
 
 # The light decoder at the encoder's mirror widths, which a config's narrower light decoder replaced
-# (VAEConfig.light_decoder_dims): timed beside it as one more of --decoders.
+# (VAEConfig.light_decoder_dims): timed beside it as one more of --decoders; so is the light decoder at any
+# widths, named by them ("light-64-32-24-8"), before one is trained.
 MIRROR_DECODER = "light-mirror"
 BENCH_DECODERS = (*VAE_PARTS, MIRROR_DECODER)
+LIGHT_WIDTHS_PREFIX = "light-"
+
+
+def light_decoder_widths(name: str) -> tuple[int, ...] | None:
+    """The widths a --decoders name such as "light-64-32-24-8" gives the light decoder (VAEConfig.light_decoder_dims,
+    from latent to full resolution); None for any other name."""
+    widths = name.removeprefix(LIGHT_WIDTHS_PREFIX).split("-")
+    if not name.startswith(LIGHT_WIDTHS_PREFIX) or not all(w.isdigit() and int(w) > 0 for w in widths):
+        return None
+    return tuple(int(w) for w in widths)
 
 
 class TimedBlock(NamedTuple):
@@ -192,6 +204,14 @@ def bench_decode_precisions(config: str, precisions: tuple[str, ...], blocks: in
             "blocks_per_round": blocks, "precisions": rows}
 
 
+def bench_decoder_config(vae: VAEConfig, kind: str) -> VAEConfig:
+    """``vae`` with the decoder a --decoders name asks for; ValueError where the config refuses its widths."""
+    widths = () if kind == MIRROR_DECODER else light_decoder_widths(kind)
+    if widths is None:
+        return dataclasses.replace(vae, decoder=kind)
+    return dataclasses.replace(vae, decoder="light", light_decoder_dims=widths)
+
+
 def bench_decoders(config: str, kinds: tuple[str, ...], threads: int, rounds: int = 5,
                    compiled: bool = False) -> dict:
     """The VAE decoders of ``config`` (``VAEConfig.decoder``) side by side at its default size: each decodes a
@@ -204,19 +224,16 @@ def bench_decoders(config: str, kinds: tuple[str, ...], threads: int, rounds: in
     if rounds < 2:
         raise ValueError(f"the decoders need 2 rounds or more (the first warms up), got {rounds}")
     import copy
-    import dataclasses
 
     import torch
 
-    from avatar_backend.generator.config import get_config
     from avatar_backend.generator.pipeline import DECODE_LATENTS_PER_PASS
     from avatar_backend.generator.vae import CausalCache, WanVAE
 
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     model = get_config(config)
-    built = {kind: dataclasses.replace(model.vae, decoder="light", light_decoder_dims=()) if kind == MIRROR_DECODER
-             else dataclasses.replace(model.vae, decoder=kind) for kind in kinds}
+    built = {kind: bench_decoder_config(model.vae, kind) for kind in kinds}
     vaes = {(kind, False): WanVAE(vae_config).eval() for kind, vae_config in built.items()}
     if compiled:
         for kind in kinds:
@@ -445,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="decoder precisions to time side by side on one NPC, comma-separated (empty: skip)")
     parser.add_argument("--decoders", default=f"wan,light,{MIRROR_DECODER}",
                         help="VAE decoders to time side by side on one block, comma-separated (empty: skip; "
-                             f"{MIRROR_DECODER}: the light decoder at the encoder's mirror widths)")
+                             f"{MIRROR_DECODER}: the light decoder at the encoder's mirror widths; "
+                             f"{LIGHT_WIDTHS_PREFIX}64-32-24-8: at those widths, from latent to full resolution)")
     parser.add_argument("--compiled", action="store_true",
                         help="time the decoder precisions and the VAE decoders compiled as well (serve --compile)")
     parser.add_argument("--realtime-npcs", default="1,3,4,5,6,7",
@@ -460,9 +478,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in args.decode_precisions.split(",") if p.strip() and p.strip() not in DECODE_PRECISIONS]
     if unknown:
         parser.error(f"--decode-precisions: unknown {unknown}; known: {', '.join(DECODE_PRECISIONS)}")
-    unknown = [d for d in args.decoders.split(",") if d.strip() and d.strip() not in BENCH_DECODERS]
+    unknown = [d for d in args.decoders.split(",")
+               if d.strip() and d.strip() not in BENCH_DECODERS and not light_decoder_widths(d.strip())]
     if unknown:
-        parser.error(f"--decoders: unknown {unknown}; known: {', '.join(BENCH_DECODERS)}")
+        parser.error(f"--decoders: unknown {unknown}; known: {', '.join(BENCH_DECODERS)}, or "
+                     f"{LIGHT_WIDTHS_PREFIX}W-W-... (the light decoder's widths)")
+    for name in (d.strip() for d in args.decoders.split(",") if light_decoder_widths(d.strip())):
+        try:
+            bench_decoder_config(get_config(args.config).vae, name)
+        except ValueError as error:
+            parser.error(f"--decoders: {name}: {error}")
 
     from avatar_backend.machine import describe_machine  # imports torch, which this module imports lazily
 
@@ -505,10 +530,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"VAE decoders, one block of {decoders['block_frames']} frames at {decoders['width']}x"
                   f"{decoders['height']} ({decoders['latents_per_pass']} latents per pass, float32, "
                   f"{decoders['rounds'] - 1} rounds after a warm-up):")
-            for row in decoders["decoders"]:
-                name = variant_name(row['decoder'], row['compiled'])
-                print(f"  {name:15s} ({row['parameters']:,} parameters): {row['block_s_median']:.3f} s; "
-                      f"{row['speedup']:.2f}x the first")
+            names = [variant_name(row['decoder'], row['compiled']) for row in decoders["decoders"]]
+            for name, row in zip(names, decoders["decoders"]):
+                print(f"  {name:{max(map(len, names))}s} ({row['parameters']:,} parameters): "
+                      f"{row['block_s_median']:.3f} s; {row['speedup']:.2f}x the first")
         counts = tuple(int(n) for n in args.realtime_npcs.split(",") if n.strip())
         if counts:
             results["worker_realtime"] = live = bench_worker_realtime(args.config, counts, args.realtime_seconds,

@@ -75,13 +75,14 @@ def test_unknown_decoder_precisions_are_refused(capsys):
 def test_the_vae_decoders_are_timed_side_by_side_on_one_block():
     from avatar_backend.bench import MIRROR_DECODER, bench_decoders
 
-    result = bench_decoders("tiny", ("wan", "light", MIRROR_DECODER), threads=2, rounds=2)
-    wan, light, mirror = result["decoders"]
+    result = bench_decoders("tiny", ("wan", "light", MIRROR_DECODER, "light-64-32-24-8"), threads=2, rounds=2)
+    wan, light, mirror, wider = result["decoders"]
     assert (wan["decoder"], light["decoder"], mirror["decoder"]) == ("wan", "light", MIRROR_DECODER)
     assert result["block_frames"] == 32
     assert wan["speedup"] == 1.0 and light["block_s_median"] > 0 and 0 < light["parameters"]
-    # The tiny config serves a light decoder narrower than the encoder's mirror, which is timed beside it.
-    assert light["parameters"] < mirror["parameters"] < wan["parameters"]
+    # The tiny config serves a light decoder narrower than the encoder's mirror, which is timed beside it, and so
+    # is one of widths named on the command line (wider than the served one at half resolution only).
+    assert light["parameters"] < wider["parameters"] < mirror["parameters"] < wan["parameters"]
     with pytest.raises(ValueError, match="2 rounds or more"):
         bench_decoders("tiny", ("light",), threads=2, rounds=1)
 
@@ -90,6 +91,9 @@ def test_unknown_decoders_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--decoders", "light,tiny", "--skip-generator"])
     assert "--decoders: unknown ['tiny']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--decoders", "light-64-32", "--skip-generator"])
+    assert "--decoders: light-64-32: light_decoder_dims needs one width per resolution level" in capsys.readouterr().err
 
 
 def test_measurements_record_the_cpu_and_its_vector_units():

@@ -56,6 +56,10 @@ class TrainRecipe:
     # latent's first frame weighted up (docs/TINY_EXPERIMENTS.md, "A decoder that does not step between latents").
     decoder_motion_weight: float = 6.0
     decoder_boundary_weight: float = 8.0
+    # The eyes', brows' and a visible hand's extra weight in both decoder stages (the VAE stage's is
+    # vae_expression_weight). At 12 the narrow decoder keeps a little more of the eyes and less of the mouth
+    # (docs/TINY_EXPERIMENTS.md, "The narrow decoder's eyes").
+    decoder_expression_weight: float = 4.0
     # DiT: one 4-block clip per step (6 + 8 + 8 + 8 latents), every block at the same step's noise level
     dit_clips: int = 480           # clips encoded once for the DiT
     dit_steps: int = 7200

@@ -66,8 +66,8 @@ def block_start_seconds(config: ModelConfig, seconds: float) -> tuple[float, ...
 
 
 def run_vae_stage(name: str, work: Path, recipe: TrainRecipe, clips, vae: WanVAE, parameters: list[torch.nn.Parameter],
-                  *, steps: int, lr: float, batch: int, frames: int, motion_weight: float = 0.0,
-                  boundary_weight: float = 1.0) -> ResumableStage:
+                  *, steps: int, lr: float, batch: int, frames: int, expression_weight: float,
+                  motion_weight: float = 0.0, boundary_weight: float = 1.0) -> ResumableStage:
     """Train ``parameters`` of the VAE on windows of ``frames`` frames (resumed where the stage stopped)."""
     optimizer = torch.optim.Adam(parameters, lr=lr)
     stage = ResumableStage(name, work, {"vae": vae}, optimizer, total=steps, seed=recipe.seed, peak_lr=lr, warmup=50,
@@ -76,7 +76,8 @@ def run_vae_stage(name: str, work: Path, recipe: TrainRecipe, clips, vae: WanVAE
     if not stage.done:
         vae.train()
         stage.run(lambda step, rng, gen: vae_step(vae, clips, recipe, rng, gen, batch=batch, frames=frames,
-                                                  motion_weight=motion_weight, boundary_weight=boundary_weight))
+                                                  expression_weight=expression_weight, motion_weight=motion_weight,
+                                                  boundary_weight=boundary_weight))
     vae.eval().requires_grad_(False)
     return stage
 
@@ -91,7 +92,8 @@ def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
         # noise and learns slowly; the KL term then sets the variance it needs.
         vae.conv1.bias[config.vae.z_dim:] = -8.0
     stage = run_vae_stage("vae", work, recipe, clips, vae, list(vae.parameters()), steps=recipe.vae_steps,
-                          lr=recipe.vae_lr, batch=recipe.vae_batch, frames=recipe.vae_frames)
+                          lr=recipe.vae_lr, batch=recipe.vae_batch, frames=recipe.vae_frames,
+                          expression_weight=recipe.vae_expression_weight)
     stats_path = work / "vae_latent_stats.json"
     if not stats_path.exists():
         mean, std = latent_statistics(vae, clips)
@@ -116,10 +118,11 @@ def train_decoder(work: Path, recipe: TrainRecipe, clips, vae: WanVAE) -> tuple[
         vae = narrow
         stage = run_vae_stage("decoder_scratch", work, recipe, clips, vae, freeze_encoder(vae),
                               steps=recipe.decoder_scratch_steps, lr=recipe.vae_lr, batch=recipe.vae_batch,
-                              frames=recipe.vae_frames)
+                              frames=recipe.vae_frames, expression_weight=recipe.decoder_expression_weight)
         reports[stage.name] = stage.report()
     stage = run_vae_stage("decoder", work, recipe, clips, vae, freeze_encoder(vae), steps=recipe.decoder_steps,
                           lr=recipe.decoder_lr, batch=recipe.decoder_batch, frames=recipe.decoder_frames,
+                          expression_weight=recipe.decoder_expression_weight,
                           motion_weight=recipe.decoder_motion_weight, boundary_weight=recipe.decoder_boundary_weight)
     reports[stage.name] = stage.report()
     return vae, reports

@@ -54,19 +54,20 @@ def hand_window(clips: list[TrainingClip], frames: int, rng: np.random.Generator
 
 
 def vae_loss_weight(truth: dict[str, np.ndarray], window: slice, height: int, width: int,
-                    recipe: TrainRecipe) -> np.ndarray:
+                    recipe: TrainRecipe, expression_weight: float) -> np.ndarray:
     """[T, height, width] per-pixel loss weights of a window: 1 plus :func:`face_weight` under the recipe's
-    ``mouth_weight`` and ``vae_expression_weight``."""
+    ``mouth_weight`` and the stage's ``expression_weight``."""
     return 1.0 + face_weight(truth, window, height, width, mouth_weight=recipe.mouth_weight,
-                             expression_weight=recipe.vae_expression_weight)
+                             expression_weight=expression_weight)
 
 
 def vae_step(vae: WanVAE, clips: list[TrainingClip], recipe: TrainRecipe, rng: np.random.Generator,
-             generator: torch.Generator, *, batch: int, frames: int, motion_weight: float = 0.0,
-             boundary_weight: float = 1.0) -> dict[str, float]:
+             generator: torch.Generator, *, batch: int, frames: int, expression_weight: float,
+             motion_weight: float = 0.0, boundary_weight: float = 1.0) -> dict[str, float]:
     """One optimiser step's loss on ``batch`` random windows of ``frames`` frames (backward included): the VAE
     stage's short windows, or the decoder stage's long ones with the encoder frozen.
 
+    ``expression_weight``: the eyes', brows' and a visible hand's extra weight (:func:`vae_loss_weight`).
     ``motion_weight``, ``boundary_weight``: :func:`motion_error`'s term and its latent boundaries' weight (the
     decoder stage's; see ``TrainRecipe.decoder_motion_weight``).
 
@@ -90,7 +91,8 @@ def vae_step(vae: WanVAE, clips: list[TrainingClip], recipe: TrainRecipe, rng: n
         crop = min(recipe.vae_crop, height, width)
         rows, cols = vae_crop(clip.truth, start, height, width, crop, centre, rng)
         videos.append(video_to_tensor(clip.frames[window, rows, cols]))
-        weights.append(torch.from_numpy(vae_loss_weight(clip.truth, window, height, width, recipe)[:, rows, cols]))
+        window_weight = vae_loss_weight(clip.truth, window, height, width, recipe, expression_weight)
+        weights.append(torch.from_numpy(window_weight[:, rows, cols]))
     video = torch.cat(videos)
     weight = torch.stack(weights)[:, None]                                   # [B, 1, T, H, W]
 

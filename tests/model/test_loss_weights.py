@@ -124,12 +124,13 @@ def test_vae_crops_on_a_hand_start_where_a_hand_shows_and_hold_it_even_at_the_fr
 def test_the_vae_weights_the_eyes_and_brows_only_when_the_recipe_asks():
     truth = render_clip(5, None, [Event.emotion(0.0, "angry")], size=128, seconds=0.5).truth
     window = slice(0, 9)
-    mouth = vae_loss_weight(truth, window, 128, 128, with_overrides(TINY_RECIPE, ["vae_expression_weight=0"]))
+    mouth = vae_loss_weight(truth, window, 128, 128, TINY_RECIPE, 0.0)
     np.testing.assert_array_equal(mouth, 1.0 + TINY_RECIPE.mouth_weight * mouth_mask(truth, window, 128, 128))
-    face = vae_loss_weight(truth, window, 128, 128, TINY_RECIPE)
     x0, y0, x1, y1 = truth["brow_box"][0]
-    assert face[0, (y0 + y1) // 2, (x0 + x1) // 2] == mouth[0, (y0 + y1) // 2, (x0 + x1) // 2] + 4.0
-    assert (face >= mouth).all() and (face > mouth).mean() < 0.15
+    for extra in (TINY_RECIPE.vae_expression_weight, TINY_RECIPE.decoder_expression_weight):
+        face = vae_loss_weight(truth, window, 128, 128, TINY_RECIPE, extra)
+        assert face[0, (y0 + y1) // 2, (x0 + x1) // 2] == mouth[0, (y0 + y1) // 2, (x0 + x1) // 2] + extra
+        assert (face >= mouth).all() and (face > mouth).mean() < 0.15
 
 
 def test_recipe_settings_parse_as_their_fields_types_and_bad_ones_are_named(tmp_path, capsys):

@@ -1,8 +1,9 @@
 """Training: every stage runs and exports weights the serving pipeline loads, a second run from scratch writes
 the same bits, a run stopped by Ctrl-C continues exactly where it stopped, the serving decoder is trained narrower
-on the encoder the DiT learned from, a checkpoint of other shapes is refused, the Neighbor-Forcing step lowers its
-loss at the timesteps of the recipe's shift, a DiT of the recipe's width and depth is trained and served, and
-compiled blocks train with eager gradients."""
+on the encoder the DiT learned from, each VAE stage weights the eyes and brows by its own recipe field, a
+checkpoint of other shapes is refused, the Neighbor-Forcing step lowers its loss at the timesteps of the recipe's
+shift, a DiT of the recipe's width and depth is trained and served, and compiled blocks train with eager
+gradients."""
 
 import json
 import os
@@ -82,6 +83,28 @@ def test_the_serving_decoder_is_trained_narrower_on_the_encoder_the_dit_learned_
     narrowest = ModelConfig.from_dict(manifest["config"]).vae.light_decoder_dims[-1]
     assert exported["decoder.head.weight"].shape[1] == narrowest < after_vae_stage["decoder.head.weight"].shape[1]
     assert any(not torch.equal(exported[k], after_scratch[k]) for k in decoder_side)
+
+
+@needs_espeak
+@pytest.mark.slow
+def test_the_vae_stage_and_the_decoder_stages_weight_the_eyes_and_brows_by_their_own_fields(smoke_run, tmp_path,
+                                                                                             monkeypatch):
+    import model.train.run as run
+    from model.train.clips import load_clips
+
+    root, _ = smoke_run
+    real_step, weights_seen = run.vae_step, []
+
+    def recording_step(*args, **kwargs):
+        weights_seen.append(kwargs["expression_weight"])
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(run, "vae_step", recording_step)
+    recipe = with_overrides(SMOKE_RECIPE, ["vae_expression_weight=3", "decoder_expression_weight=7"])
+    clips = load_clips(root / "work" / "data")
+    vae, _ = run.train_vae(tmp_path, recipe, clips)
+    run.train_decoder(tmp_path, recipe, clips, vae)
+    assert weights_seen == [3.0] * recipe.vae_steps + [7.0] * (recipe.decoder_scratch_steps + recipe.decoder_steps)
 
 
 @needs_espeak
