@@ -4,8 +4,8 @@
    size) on this machine, median over blocks after a warm-up, with the torch thread count stated; then the
    same for batches of NPCs generated in one call (1, 2, 4, 8): blocks per second, per-NPC real-time factor
    and how many NPCs one worker keeps in real time; then one NPC with each decoder precision
-   (``--decode-precision``) in alternating rounds, the VAE decoders (Wan, light, and light at the encoder's
-   mirror widths) on one block (with ``--compiled``, each of these compiled as well, as ``serve --compile``
+   (``--decode-precision``) in alternating rounds, the VAE decoders (Wan, light, light at the encoder's
+   mirror widths, or light at widths named on the command line) on one block (with ``--compiled``, each of these compiled as well, as ``serve --compile``
    runs), and NPCs talking at real-time pace through a real worker.
 2. Gateway CPU per video frame at 512x512: Opus decode of the frame's audio + JPEG encode (the media path)
    + sending the VideoFrame over a real gRPC stream on loopback (this process's CPU time per frame; the
