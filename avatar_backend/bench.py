@@ -39,7 +39,7 @@ BENCH_DECODERS = (*VAE_PARTS, MIRROR_DECODER)
 LIGHT_WIDTHS_PREFIX = "light-"
 
 
-def light_decoder_widths(name: str) -> tuple[int, ...] | None:
+def widths_named_by(name: str) -> tuple[int, ...] | None:
     """The widths a --decoders name such as "light-64-32-24-8" gives the light decoder (VAEConfig.light_decoder_dims,
     from latent to full resolution); None for any other name."""
     widths = name.removeprefix(LIGHT_WIDTHS_PREFIX).split("-")
@@ -206,7 +206,7 @@ def bench_decode_precisions(config: str, precisions: tuple[str, ...], blocks: in
 
 def bench_decoder_config(vae: VAEConfig, kind: str) -> VAEConfig:
     """``vae`` with the decoder a --decoders name asks for; ValueError where the config refuses its widths."""
-    widths = () if kind == MIRROR_DECODER else light_decoder_widths(kind)
+    widths = () if kind == MIRROR_DECODER else widths_named_by(kind)
     if widths is None:
         return dataclasses.replace(vae, decoder=kind)
     return dataclasses.replace(vae, decoder="light", light_decoder_dims=widths)
@@ -479,11 +479,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--decode-precisions: unknown {unknown}; known: {', '.join(DECODE_PRECISIONS)}")
     unknown = [d for d in args.decoders.split(",")
-               if d.strip() and d.strip() not in BENCH_DECODERS and not light_decoder_widths(d.strip())]
+               if d.strip() and d.strip() not in BENCH_DECODERS and not widths_named_by(d.strip())]
     if unknown:
         parser.error(f"--decoders: unknown {unknown}; known: {', '.join(BENCH_DECODERS)}, or "
                      f"{LIGHT_WIDTHS_PREFIX}W-W-... (the light decoder's widths)")
-    for name in (d.strip() for d in args.decoders.split(",") if light_decoder_widths(d.strip())):
+    for name in (d.strip() for d in args.decoders.split(",") if widths_named_by(d.strip())):
         try:
             bench_decoder_config(get_config(args.config).vae, name)
         except ValueError as error:

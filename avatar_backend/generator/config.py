@@ -172,6 +172,11 @@ class VAEConfig:
             raise ValueError("light_decoder_dims needs one width per resolution level (len(dim_mult)), or none")
 
     @property
+    def light_decoder_widths(self) -> tuple[int, ...]:
+        """The light decoder's widths, latent resolution first: ``light_decoder_dims``, else the encoder's mirror."""
+        return self.light_decoder_dims or self.light_dims
+
+    @property
     def spatial_stride(self) -> int:
         return 2 ** (len(self.dim_mult) - 1)
 

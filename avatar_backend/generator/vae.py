@@ -387,7 +387,7 @@ class LightDecoder3d(nn.Module):
 
     def __init__(self, config: VAEConfig):
         super().__init__()
-        dims = config.light_decoder_dims or config.light_dims
+        dims = config.light_decoder_widths
         self.frames_per_latent = config.temporal_stride
         self.conv1 = CausalConv3d(config.z_dim, dims[0], 3, padding=1)
         self.middle = ResidualBlock(dims[0], dims[0])

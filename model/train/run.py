@@ -111,7 +111,7 @@ def train_decoder(work: Path, recipe: TrainRecipe, clips, vae: WanVAE) -> tuple[
     stage's short windows. Returns the VAE that serves and each stage's report, by stage name."""
     config = get_config(recipe.config).vae
     reports = {}
-    if config.decoder == "light" and config.light_decoder_dims not in ((), config.light_dims):
+    if config.decoder == "light" and config.light_decoder_widths != config.light_dims:
         torch.manual_seed(recipe.seed)
         narrow = WanVAE(config)
         narrow.load_state_dict(encoder_state(vae), strict=False)

@@ -65,6 +65,8 @@ def test_a_narrower_decoder_keeps_the_encoder_it_was_trained_on():
 
     assert shapes(narrow.encoder) == shapes(mirror.encoder) and shapes(narrow.conv1) == shapes(mirror.conv1)
     assert narrow.decoder.head.in_channels == 4 and mirror.decoder.head.in_channels == CONFIG.light_dims[-1]
+    assert narrow.config.light_decoder_widths == (32, 16, 8, 4)
+    assert mirror.config.light_decoder_widths == CONFIG.light_dims
     assert sum(p.numel() for p in narrow.decoder.parameters()) < sum(p.numel() for p in mirror.decoder.parameters())
     with pytest.raises(ValueError, match="light_decoder_dims needs one width per resolution level"):
         dataclasses.replace(CONFIG, light_decoder_dims=(32, 16))
