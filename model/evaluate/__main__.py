@@ -537,11 +537,11 @@ def evaluate_vae_checkpoints(pipeline: LiveActPipeline, vaes: dict[str, dict], c
     return 0
 
 
-def _ratio(report: dict, kind: str, version: str = "generated") -> float:
+def _ratio(report: dict, kind: str, version: str = "generated", *, same_clips: bool = False) -> float:
     """Accuracy on a version of the frames (generated, or the truth through the VAE alone) over the classifier's
-    accuracy on held-out ground truth."""
+    accuracy on its held-out ground truth, or (``same_clips``) on the ground truth of the clips evaluated."""
     c = report["control_response"]
-    truth = c["classifier_accuracy_on_ground_truth"][kind]
+    truth = c["ground_truth"][f"{kind}_accuracy"] if same_clips else c["classifier_accuracy_on_ground_truth"][kind]
     return float(c[version][f"{kind}_accuracy"] / truth) if truth else float("nan")
 
 
@@ -603,8 +603,10 @@ def print_table(report: dict) -> None:
         ("colour similarity to the reference: generated / VAE alone / truth",
          f"{s['colour_similarity']:.2f} / {s['autoencoder_colour_similarity']:.2f} / {s['truth_colour_similarity']:.2f}",
          ""),
-        ("emotion accuracy: generated / ground truth", _ratio(report, "emotion"), ">= 0.90"),
-        ("action accuracy: generated / ground truth", _ratio(report, "action"), ">= 0.90"),
+        ("emotion accuracy: generated / classifier's on its held-out truth", _ratio(report, "emotion"), ">= 0.90"),
+        ("action accuracy: generated / classifier's on its held-out truth", _ratio(report, "action"), ">= 0.90"),
+        ("  emotion / action, generated / the same clips' truth",
+         " / ".join(f"{_ratio(report, kind, same_clips=True):.3f}" for kind in KINDS), ""),
         ("  emotion, truth through the VAE alone / ground truth", _ratio(report, "emotion", "autoencoder"), "ceiling"),
         ("  action, truth through the VAE alone / ground truth", _ratio(report, "action", "autoencoder"), "ceiling"),
         *[(f"  frames showing an {kind}, read as it: generated / VAE alone / truth",

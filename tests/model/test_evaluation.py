@@ -73,7 +73,12 @@ def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
         misread = sum(n for name, n in read["action_confusion"].get("none", {}).items() if name != "none")
         assert read["action_read_out_of_time"] + read["action_read_unasked"] == misread
     assert (tmp_path / "strip.png").stat().st_size > 0 and (tmp_path / "long_stream.png").stat().st_size > 0
-    assert "lip-sync r" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "lip-sync r" in out
+    # The generated accuracies are also set against the classifier's reading of the same clips' truth.
+    same_clips = " / ".join(f"{controls['generated'][f'{k}_accuracy'] / controls['ground_truth'][f'{k}_accuracy']:.3f}"
+                            for k in ("emotion", "action"))
+    assert any("generated / the same clips' truth" in line and same_clips in line for line in out.splitlines())
 
 
 @pytest.mark.skipif(shipped_weights("tiny") is None, reason="no shipped tiny weights")
