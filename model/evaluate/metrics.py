@@ -17,6 +17,16 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def mean_interval(values, level: float = 0.9, resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """Where the mean of per-clip ``values`` falls when as many clips are drawn again (a percentile bootstrap over
+    the clips): the range holding ``level`` of the resampled means. A few clips with long emotions move an
+    accuracy a lot, so a difference inside this range is not evidence."""
+    v = np.asarray(values, np.float64)
+    means = v[np.random.default_rng(seed).integers(0, len(v), (resamples, len(v)))].mean(axis=1)
+    low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
 def steady_mouth_boxes(truth_boxes: np.ndarray, grow: int = 3, radius: int = 6) -> np.ndarray:
     """Per-frame mouth boxes for generated frames: the truth's box, widened to cover where it was over the
     frames around (a generated head sways on its own, not exactly like the truth's) and grown a little."""

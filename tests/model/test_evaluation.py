@@ -66,6 +66,9 @@ def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
         read = controls[version]
         assert 0 <= read["visible_within_one_block"] <= controls["events"]
         assert 0 < read["emotion_accuracy"] <= 1 and 0 < read["action_accuracy"] <= 1
+        for kind in ("emotion", "action"):
+            low, high = read[f"{kind}_accuracy_interval"]
+            assert low <= read[f"{kind}_accuracy"] <= high
         assert all(read[f"{kind}_recall"] is None or 0 <= read[f"{kind}_recall"] <= 1 for kind in ("emotion", "action"))
         # Every frame is in the confusion once, and the frames without an action read as one are split in two.
         frames = sum(sum(row.values()) for row in read["action_confusion"].values())
@@ -228,6 +231,18 @@ def test_actions_read_where_the_truth_has_none_are_told_apart_by_whether_the_cli
     # Emotions read as the truth has them: every frame on the diagonal.
     assert confusion([drawn_early], "emotion") == {EMOTIONS[e]: {EMOTIONS[e]: int((emotion == e).sum())}
                                                    for e in np.unique(emotion)}
+
+
+def test_an_accuracy_over_few_clips_is_given_with_the_range_another_draw_of_clips_would_give():
+    from model.evaluate.metrics import mean_interval
+
+    assert mean_interval([0.6] * 8) == pytest.approx((0.6, 0.6))       # clips that agree: no spread
+    # One clip of eight far from the others moves the mean by an eighth of its distance, in some draws twice.
+    low, high = mean_interval([0.9] * 7 + [0.1])
+    assert low < 0.8 < high and high == pytest.approx(0.9) and low < 0.75
+    wide, narrow = mean_interval([0.2, 1.0] * 4), mean_interval([0.2, 1.0] * 12)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]                    # three times the clips, a narrower range
+    assert mean_interval([0.2, 1.0] * 4) == wide                        # the same clips, the same range
 
 
 def test_block_seams_are_measured_against_the_change_every_latent_boundary_shows():
