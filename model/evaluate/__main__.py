@@ -83,14 +83,16 @@ def autoencoded(pipeline: LiveActPipeline, frames: np.ndarray) -> np.ndarray:
 
 def reading(responses: list[dict]) -> dict | None:
     """How the classifier reads one version of the clips (:func:`controls.response` per clip): frame accuracy
-    (with the 90 % range another draw of as many clips would give, :func:`metrics.mean_interval`) and, of the frames whose truth shows an emotion (an action), the share read as it; the events it sees
+    (with the 90 % range another draw of as many clips would give, :func:`metrics.mean_interval`) and, of the
+    frames whose truth shows an emotion (an action), the share read as it; the events it sees
     within one block; what each true label's frames were read as; and the frames read as an action where the
     truth shows none, the clip's own action drawn early or late apart from one it did not ask for there. None
     without a classifier."""
     if not responses:
         return None
     return {**{f"{kind}_accuracy": float(np.mean([r[f"{kind}_accuracy"] for r in responses])) for kind in KINDS},
-            **{f"{kind}_accuracy_interval": mean_interval([r[f"{kind}_accuracy"] for r in responses]) for kind in KINDS},
+            **{f"{kind}_accuracy_interval": mean_interval([r[f"{kind}_accuracy"] for r in responses])
+               for kind in KINDS},
             **{f"{kind}_recall": recall(responses, kind) for kind in KINDS},
             "visible_within_one_block": sum(e["visible"] for r in responses for e in r["events"]),
             **{f"{kind}_confusion": confusion(responses, kind) for kind in KINDS},
