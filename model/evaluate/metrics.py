@@ -20,7 +20,8 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 def mean_interval(values, level: float = 0.9, resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
     """Where the mean of per-clip ``values`` falls when as many clips are drawn again (a percentile bootstrap over
     the clips): the range holding ``level`` of the resampled means. A few clips with long emotions move an
-    accuracy a lot, so a difference inside this range is not evidence."""
+    accuracy a lot, so a number's distance from a target inside this range is not evidence; two sets of weights
+    on the same clips differ far less than this (pass the per-clip differences to compare them)."""
     v = np.asarray(values, np.float64)
     means = v[np.random.default_rng(seed).integers(0, len(v), (resamples, len(v)))].mean(axis=1)
     low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
