@@ -5,8 +5,9 @@
    same for batches of NPCs generated in one call (1, 2, 4, 8): blocks per second, per-NPC real-time factor
    and how many NPCs one worker keeps in real time; then one NPC with each decoder precision
    (``--decode-precision``) in alternating rounds, the VAE decoders (Wan, light, light at the encoder's
-   mirror widths, or light at widths named on the command line) on one block (with ``--compiled``, each of these compiled as well, as ``serve --compile``
-   runs), and NPCs talking at real-time pace through a real worker.
+   mirror widths, or light at widths named on the command line) on one block (with ``--compiled``, each of
+   these compiled as well, as ``serve --compile`` runs), and NPCs talking at real-time pace through a real
+   worker.
 2. Gateway CPU per video frame at 512x512: Opus decode of the frame's audio + JPEG encode (the media path)
    + sending the VideoFrame over a real gRPC stream on loopback (this process's CPU time per frame; the
    reading client runs in another process so its CPU is not counted).
@@ -478,12 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in args.decode_precisions.split(",") if p.strip() and p.strip() not in DECODE_PRECISIONS]
     if unknown:
         parser.error(f"--decode-precisions: unknown {unknown}; known: {', '.join(DECODE_PRECISIONS)}")
-    unknown = [d for d in args.decoders.split(",")
-               if d.strip() and d.strip() not in BENCH_DECODERS and not widths_named_by(d.strip())]
+    kinds = tuple(d.strip() for d in args.decoders.split(",") if d.strip())
+    unknown = [d for d in kinds if d not in BENCH_DECODERS and not widths_named_by(d)]
     if unknown:
         parser.error(f"--decoders: unknown {unknown}; known: {', '.join(BENCH_DECODERS)}, or "
                      f"{LIGHT_WIDTHS_PREFIX}W-W-... (the light decoder's widths)")
-    for name in (d.strip() for d in args.decoders.split(",") if widths_named_by(d.strip())):
+    for name in (d for d in kinds if widths_named_by(d)):
         try:
             bench_decoder_config(get_config(args.config).vae, name)
         except ValueError as error:
@@ -524,7 +525,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"({row['realtime_factor']:.2f}x real time), DiT {row['dit_s_median']:.3f} s, decode "
                       f"{row['decode_s_median']:.3f} s; {row['block_speedup']:.2f}x / {row['decode_speedup']:.2f}x "
                       "the first")
-        kinds = tuple(d.strip() for d in args.decoders.split(",") if d.strip())
         if kinds:
             results["decoders"] = decoders = bench_decoders(args.config, kinds, args.threads, compiled=args.compiled)
             print(f"VAE decoders, one block of {decoders['block_frames']} frames at {decoders['width']}x"
