@@ -555,9 +555,9 @@ def _ratio_over_clips(report: dict, kind: str) -> str:
     c = report["control_response"]
     truth = c["classifier_accuracy_on_ground_truth"][kind]
     if not truth:
-        return "nan (the classifier reads none of its held-out truth)"
+        return f"{_ratio(report, kind):.3f} (the classifier reads none of its held-out truth)"
     low, high = (value / truth for value in c["generated"][f"{kind}_accuracy_interval"])
-    return f"{c['generated'][f'{kind}_accuracy'] / truth:.3f} ({low:.2f}-{high:.2f} over clips)"
+    return f"{_ratio(report, kind):.3f} ({low:.2f}-{high:.2f} over clips)"
 
 
 def _share(value: float | None) -> str:
