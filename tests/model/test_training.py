@@ -17,7 +17,7 @@ from avatar_backend.generator.config import ModelConfig
 from avatar_backend.generator.pipeline import LiveActPipeline
 from model.data.speech import espeak_available
 from model.train.loop import ResumableStage, log, setup_logging, step_rngs
-from model.train.recipe import SMOKE_RECIPE, with_overrides
+from model.train.recipe import SMOKE_RECIPE, TINY_RECIPE, with_overrides
 from model.train.run import RecipeMismatch, main_run
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
@@ -215,17 +215,29 @@ def test_the_command_writes_over_the_shipped_weights_only_when_it_runs_the_shipp
     import model.train.__main__ as command
 
     runs = []
-    monkeypatch.setattr(command, "main_run", lambda work, out, recipe, stop_after=None: runs.append((work, out)))
+    monkeypatch.setattr(command, "main_run",
+                        lambda work, out, recipe, stop_after=None: runs.append((work, out, recipe)))
     monkeypatch.chdir(tmp_path)
-    for argv in ([], ["--smoke"], ["--set", "vae_hand_crops=0.25"], ["--seed", "7", "--work", "mine"]):
+    for argv in ([], ["--recipe", "smoke"], ["--set", "vae_hand_crops=0.25"], ["--seed", "7", "--work", "mine"],
+                 ["--recipe", "short"]):
         assert command.main(argv) == 0
-    assert runs == [(Path("runs/tiny"), command.SHIPPED_WEIGHTS), (Path("runs/smoke"), Path("runs/smoke/weights")),
-                    (Path("runs/tiny"), Path("runs/tiny/weights")), (Path("mine"), Path("mine/weights"))]
+    assert [(work, out) for work, out, _ in runs] == [
+        (Path("runs/tiny"), command.SHIPPED_WEIGHTS), (Path("runs/smoke"), Path("runs/smoke/weights")),
+        (Path("runs/tiny"), Path("runs/tiny/weights")), (Path("mine"), Path("mine/weights")),
+        (Path("runs/short"), Path("runs/short/weights"))]
+    # The 90-minute recipe is the shipped one with every stage's steps cut, nothing else changed.
+    short, tiny = runs[4][2].to_dict(), TINY_RECIPE.to_dict()
+    assert {key for key in tiny if short[key] != tiny[key]} == {
+        "vae_steps", "decoder_scratch_steps", "decoder_steps", "dit_steps", "control_steps"}
+    assert all(short[key] < tiny[key] for key in ("vae_steps", "decoder_scratch_steps", "dit_steps"))
     # Clips too short for the recipe's blocks: refused by name before any work, not after the VAE stages.
     with pytest.raises(SystemExit):
-        command.main(["--smoke", "--set", "clip_seconds=5"])
+        command.main(["--recipe", "smoke", "--set", "clip_seconds=5"])
     assert "100 frames at 20 fps: too few for dit_blocks=4 (117 frames)" in capsys.readouterr().err
-    assert len(runs) == 4
+    with pytest.raises(SystemExit):
+        command.main(["--recipe", "fast"])
+    assert "invalid choice: 'fast'" in capsys.readouterr().err
+    assert len(runs) == 5
 
 
 @needs_espeak
