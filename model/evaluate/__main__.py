@@ -34,6 +34,7 @@ from .controls import confusion, recall, response, train_classifier
 from .metrics import (colour_similarity, latent_changes, latent_seam_ratio, lip_sync, mean_interval, pearson, psnr,
                       seam_ratio, ssim)
 from .pictures import curves, frame_strip
+from .record import RecordError, record, recordable_manifest
 from .stream import generate, run_stream
 from .teacher_forced import teacher_forced_arm
 
@@ -407,7 +408,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-only", action="store_true",
                         help="only the real-time factor, as the full evaluation measures it (a minute or two: no "
                              "clips, no classifier)")
+    parser.add_argument("--record", action="store_true",
+                        help="write the evaluation's headline numbers into the weights' manifest (tiny.json beside "
+                             "tiny.safetensors) under metrics")
+    parser.add_argument("--record-report", type=Path, default=None, metavar="EVAL_JSON",
+                        help="evaluate nothing: write the headline numbers of a full evaluation's eval.json of these "
+                             "weights into their manifest")
     args = parser.parse_args(argv)
+    if args.record and (args.speed_only or args.teacher_forced or args.vae_checkpoint):
+        parser.error("--record records a full evaluation: not with --speed-only, --teacher-forced or --vae-checkpoint")
     if args.teacher_forced and args.vae_checkpoint:
         parser.error("--teacher-forced judges the DiT and --vae-checkpoint the autoencoders: one at a time")
     if args.speed_only and (args.teacher_forced or args.vae_checkpoint):
@@ -421,6 +430,14 @@ def main(argv: list[str] | None = None) -> int:
     if weights is None:
         print("error: no weights (train with python -m model.train, or pass --weights)", file=sys.stderr)
         return 1
+    if args.record_report is not None:
+        try:
+            report = json.loads(args.record_report.read_text())
+            print(f"wrote the metrics of {args.record_report} into {record(Path(weights), report)}")
+        except (OSError, ValueError) as error:  # unreadable, not JSON, or a RecordError
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return 0
     execution = ExecutionConfig(decode_precision=args.decode_precision, prompt_guidance=args.prompt_guidance,
                                 prompt_onset_latents=args.prompt_onset)
     config = TINY
@@ -434,6 +451,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:  # unreadable, or trained for another model or size
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.record:  # before any slow work: a report that could not be recorded would cost its minutes
+        try:
+            recordable_manifest(Path(weights), pipeline.weights_sha256)
+        except RecordError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     vaes = None
     if args.vae_checkpoint:  # read before any slow work, so a wrong path fails at once
         vaes = checkpoint_vaes(pipeline, args.vae_checkpoint)
@@ -481,6 +504,12 @@ def main(argv: list[str] | None = None) -> int:
     path = write_report(report, args.out)
     print_table(report)
     print(f"wrote {path}")
+    if args.record:
+        try:
+            print(f"wrote its metrics into {record(Path(weights), report)}")
+        except RecordError as error:  # the report is kept: --record-report can write it once the manifest is there
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -2,6 +2,7 @@
 the shipped model talks (lip sync well above the swapped-audio control)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -26,10 +27,23 @@ pytestmark = pytest.mark.slow
 @pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 @pytest.mark.skipif(shipped_weights("tiny") is None, reason="no shipped tiny weights")
 def test_a_short_evaluation_reports_every_measure(tmp_path, capsys):
+    weights = tmp_path / "weights" / "tiny.safetensors"     # the shipped weights and manifest, copied: --record
+    weights.parent.mkdir()                                   # writes into the manifest
+    for path in (shipped_weights("tiny"), shipped_weights("tiny").with_suffix(".json")):
+        shutil.copy(path, weights.parent / path.name)
     assert main(["--out", str(tmp_path), "--clips", "2", "--clip-seconds", "8", "--long-minutes", "1",
                  "--long-identities", "1", "--ablation-minutes", "1", "--classifier-clips", "10",
-                 "--classifier-steps", "60", "--speed-blocks", "4"]) == 0
+                 "--classifier-steps", "60", "--speed-blocks", "4", "--weights", str(weights), "--record"]) == 0
     report = json.loads((tmp_path / "eval.json").read_text())
+    # The manifest now says how well its weights did in this evaluation, beside how they were made.
+    manifest, shipped = (json.loads(path.with_suffix(".json").read_text())
+                         for path in (weights, shipped_weights("tiny")))
+    assert {key: value for key, value in manifest.items() if key != "metrics"} == {
+        key: value for key, value in shipped.items() if key != "metrics"}
+    metrics = manifest["metrics"]
+    assert metrics["lip_sync_r"] == report["lip_sync"]["summary"]["lip_sync_r"]
+    assert metrics["events"] == report["control_response"]["events"] and metrics["evaluated_under"]["clips"] == 2
+    assert metrics["long_streams"][0]["minutes"] == 1
     summary = report["lip_sync"]["summary"]
     assert summary["measure_on_truth_r"] >= 0.95
     assert summary["lip_sync_r"] >= 0.5 and summary["lip_sync_r"] > summary["swapped_audio_r"] + 0.3
