@@ -417,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.record and (args.speed_only or args.teacher_forced or args.vae_checkpoint):
         parser.error("--record records a full evaluation: not with --speed-only, --teacher-forced or --vae-checkpoint")
+    if args.record and args.record_report:
+        parser.error("--record records the evaluation it runs, --record-report one run earlier: one at a time")
     if args.teacher_forced and args.vae_checkpoint:
         parser.error("--teacher-forced judges the DiT and --vae-checkpoint the autoencoders: one at a time")
     if args.speed_only and (args.teacher_forced or args.vae_checkpoint):

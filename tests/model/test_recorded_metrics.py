@@ -79,3 +79,6 @@ def test_record_refuses_before_evaluating_when_the_manifest_is_another_runs(weig
     with pytest.raises(SystemExit):
         main(["--weights", str(weights), "--speed-only", "--record"])
     assert "--record records a full evaluation" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--weights", str(weights), "--record", "--record-report", str(SHIPPED_REPORT)])
+    assert "one at a time" in capsys.readouterr().err
