@@ -34,7 +34,7 @@ from .controls import confusion, recall, response, train_classifier
 from .metrics import (colour_similarity, latent_changes, latent_seam_ratio, lip_sync, mean_interval, pearson, psnr,
                       seam_ratio, ssim)
 from .pictures import curves, frame_strip
-from .record import RecordError, record, recordable_manifest
+from .record import record, recordable_manifest
 from .stream import generate, run_stream
 from .teacher_forced import teacher_forced_arm
 
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:  # before any slow work: a report that could not be recorded would cost its minutes
         try:
             recordable_manifest(Path(weights), pipeline.weights_sha256)
-        except RecordError as error:
+        except (OSError, ValueError) as error:  # unreadable, not JSON, or a RecordError
             print(f"error: {error}", file=sys.stderr)
             return 2
     vaes = None
@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         try:
             print(f"wrote its metrics into {record(Path(weights), report)}")
-        except RecordError as error:  # the report is kept: --record-report can write it once the manifest is there
+        except (OSError, ValueError) as error:  # the report is kept: --record-report can write it once mended
             print(f"error: {error}", file=sys.stderr)
             return 2
     return 0

@@ -76,6 +76,9 @@ def test_record_refuses_before_evaluating_when_the_manifest_is_another_runs(weig
     assert main(["--weights", str(weights), "--out", str(tmp_path / "eval"), "--record"]) == 2
     assert "describes weights with sha256 000000000000" in capsys.readouterr().err
     assert not (tmp_path / "eval" / "eval.json").exists()
+    weights.with_suffix(".json").write_text("{not json")
+    assert main(["--weights", str(weights), "--out", str(tmp_path / "eval"), "--record"]) == 2
+    assert "error:" in capsys.readouterr().err and not (tmp_path / "eval" / "eval.json").exists()
     with pytest.raises(SystemExit):
         main(["--weights", str(weights), "--speed-only", "--record"])
     assert "--record records a full evaluation" in capsys.readouterr().err
