@@ -163,7 +163,8 @@ class CausalConv3d(nn.Conv3d):
 
 
 class RMSNorm(nn.Module):
-    """RMS norm over channels (dim 1): an L2 normalisation scaled by sqrt(dim), times a learned gain."""
+    """RMS norm over channels (dim 1): an L2 normalisation scaled by sqrt(dim), times a learned gain, computed in
+    float32 and returned in the input's dtype (under bf16 autocast a bf16 sum of squares loses the norm's low bits)."""
 
     def __init__(self, dim: int, images: bool = False):
         super().__init__()
@@ -172,8 +173,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # The same as F.normalize(x, dim=1), whose norm over a non-innermost dim is ~40x slower on CPU.
-        norm = x.square().sum(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
-        return x / norm * self.scale * self.gamma
+        x32 = x.float()
+        norm = x32.square().sum(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
+        return (x32 / norm * self.scale * self.gamma).to(x.dtype)
 
 
 class ResidualBlock(nn.Module):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from avatar_backend.generator.config import DECODE_PRECISIONS
+
 # Held out of training so evaluation can measure unseen voices: one language and one speaker.
 HELD_OUT_LANGUAGE = "pl"
 HELD_OUT_SPEAKER = "f5"
@@ -40,6 +42,11 @@ class TrainRecipe:
     # still draws none, so the shipped weights have none (docs/TINY_EXPERIMENTS.md, "The whole recipe with hand
     # crops").
     vae_hand_crops: float = 0.0
+    # What the VAE, decoder_scratch and decoder stages compute in (generator.config.DECODE_PRECISIONS; weights,
+    # optimiser and loss stay float32): "bfloat16" runs their convolutions under autocast, 1.3-1.5x faster steps on
+    # a CPU with bf16 matrix units (python -m model.train.bench --stage vae); "auto" takes it on such CPUs only, as
+    # serving's decode_precision does. The shipped weights' stages ran in float32.
+    vae_precision: str = "float32"
     # Decoder: the VAE's windows are too short for its causal convs to reach their steady state (a stream's
     # frames after the ninth decoded 5-10 dB worse), so the decoder then learns long windows, encoder frozen
     # (its latents, which the DiT learns, stay the same).
@@ -100,6 +107,8 @@ class TrainRecipe:
     def __post_init__(self) -> None:
         if self.vae_crop_centre not in VAE_CROP_CENTRES:
             raise ValueError(f"vae_crop_centre must be one of {', '.join(VAE_CROP_CENTRES)}, got {self.vae_crop_centre!r}")
+        if self.vae_precision not in DECODE_PRECISIONS:
+            raise ValueError(f"vae_precision must be one of {', '.join(DECODE_PRECISIONS)}, got {self.vae_precision!r}")
         if not 0.0 <= self.vae_hand_crops <= 1.0:
             raise ValueError(f"vae_hand_crops must be a share from 0 to 1, got {self.vae_hand_crops}")
         if not self.hand_weight >= 0.0:

@@ -21,6 +21,7 @@ from avatar_backend.generator.audio_encoder import build_audio_encoder
 from avatar_backend.generator.config import DiTConfig, ModelConfig, flow_timesteps, get_config
 from avatar_backend.generator.dit import WanModel
 from avatar_backend.generator.image_encoder import build_image_encoder
+from avatar_backend.generator.pipeline import decode_autocast_dtype
 from avatar_backend.generator.schedule import StreamSchedule
 from avatar_backend.generator.text_encoder import build_text_encoder
 from avatar_backend.generator.vae import WanVAE
@@ -68,16 +69,19 @@ def block_start_seconds(config: ModelConfig, seconds: float) -> tuple[float, ...
 def run_vae_stage(name: str, work: Path, recipe: TrainRecipe, clips, vae: WanVAE, parameters: list[torch.nn.Parameter],
                   *, steps: int, lr: float, batch: int, frames: int, expression_weight: float,
                   motion_weight: float = 0.0, boundary_weight: float = 1.0) -> ResumableStage:
-    """Train ``parameters`` of the VAE on windows of ``frames`` frames (resumed where the stage stopped)."""
+    """Train ``parameters`` of the VAE on windows of ``frames`` frames (resumed where the stage stopped), in the
+    recipe's ``vae_precision``."""
     optimizer = torch.optim.Adam(parameters, lr=lr)
     stage = ResumableStage(name, work, {"vae": vae}, optimizer, total=steps, seed=recipe.seed, peak_lr=lr, warmup=50,
                            checkpoint_every_s=recipe.checkpoint_every_s, grad_clip=recipe.grad_clip)
     stage.resume()
+    autocast = decode_autocast_dtype(recipe.vae_precision, "cpu")
     if not stage.done:
         vae.train()
+        log.info("%s: computing in %s", name, str(autocast or torch.float32).removeprefix("torch."))
         stage.run(lambda step, rng, gen: vae_step(vae, clips, recipe, rng, gen, batch=batch, frames=frames,
                                                   expression_weight=expression_weight, motion_weight=motion_weight,
-                                                  boundary_weight=boundary_weight))
+                                                  boundary_weight=boundary_weight, autocast=autocast))
     vae.eval().requires_grad_(False)
     return stage
 

@@ -63,13 +63,15 @@ def vae_loss_weight(truth: dict[str, np.ndarray], window: slice, height: int, wi
 
 def vae_step(vae: WanVAE, clips: list[TrainingClip], recipe: TrainRecipe, rng: np.random.Generator,
              generator: torch.Generator, *, batch: int, frames: int, expression_weight: float,
-             motion_weight: float = 0.0, boundary_weight: float = 1.0) -> dict[str, float]:
+             motion_weight: float = 0.0, boundary_weight: float = 1.0,
+             autocast: torch.dtype | None = None) -> dict[str, float]:
     """One optimiser step's loss on ``batch`` random windows of ``frames`` frames (backward included): the VAE
     stage's short windows, or the decoder stage's long ones with the encoder frozen.
 
     ``expression_weight``: the eyes', brows' and a visible hand's extra weight (:func:`vae_loss_weight`).
     ``motion_weight``, ``boundary_weight``: :func:`motion_error`'s term and its latent boundaries' weight (the
     decoder stage's; see ``TrainRecipe.decoder_motion_weight``).
+    ``autocast``: the dtype the VAE's forward runs in under CPU autocast (None: float32); the loss is float32.
 
     Every convolution is local, so the VAE trains on ``vae_crop``-pixel crops (about 4x faster than whole
     128-pixel frames); ``vae_hand_crops`` of them are centred on a hand (:func:`hand_window`), half of the others
@@ -96,11 +98,12 @@ def vae_step(vae: WanVAE, clips: list[TrainingClip], recipe: TrainRecipe, rng: n
     video = torch.cat(videos)
     weight = torch.stack(weights)[:, None]                                   # [B, 1, T, H, W]
 
-    mu, log_var = vae.posterior(video)
-    log_var = log_var.clamp(-30.0, 20.0)
-    sample = mu + torch.exp(0.5 * log_var) * torch.randn(mu.shape, generator=generator)
-    normalised = (sample - vae.latent_mean) * vae.latent_inv_std
-    recon = vae.decode(normalised, latents_per_pass=mu.shape[2])
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        mu, log_var = (part.float() for part in vae.posterior(video))
+        log_var = log_var.clamp(-30.0, 20.0)
+        sample = mu + torch.exp(0.5 * log_var) * torch.randn(mu.shape, generator=generator)
+        normalised = (sample - vae.latent_mean) * vae.latent_inv_std
+        recon = vae.decode(normalised, latents_per_pass=mu.shape[2]).float()
     error = recon - video
     l1 = (error.abs() * weight).mean() / weight.mean()
     # L1 alone settles on per-pixel medians and leaves flat areas off-colour for long; the squared term
