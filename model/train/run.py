@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from avatar_backend.generator.audio_encoder import build_audio_encoder
-from avatar_backend.generator.config import DiTConfig, ModelConfig, flow_timesteps, get_config
+from avatar_backend.generator.config import DiTConfig, ModelConfig, VAEConfig, flow_timesteps, get_config
 from avatar_backend.generator.dit import WanModel
 from avatar_backend.generator.image_encoder import build_image_encoder
 from avatar_backend.generator.pipeline import decode_autocast_dtype
@@ -66,11 +66,41 @@ def block_start_seconds(config: ModelConfig, seconds: float) -> tuple[float, ...
     return tuple(starts)
 
 
-def run_vae_stage(name: str, work: Path, recipe: TrainRecipe, clips, vae: WanVAE, parameters: list[torch.nn.Parameter],
-                  *, steps: int, lr: float, batch: int, frames: int, expression_weight: float,
-                  motion_weight: float = 0.0, boundary_weight: float = 1.0) -> ResumableStage:
-    """Train ``parameters`` of the VAE on windows of ``frames`` frames (resumed where the stage stopped), in the
-    recipe's ``vae_precision``."""
+def vae_stage_settings(name: str, recipe: TrainRecipe) -> tuple[int, float, dict]:
+    """A VAE-side stage's steps, peak learning rate and :func:`vae_step` keywords: the VAE stage's short windows,
+    the narrow decoder's first stage on the same windows, the decoder stage's long ones with its motion term."""
+    if name == "vae":
+        return recipe.vae_steps, recipe.vae_lr, {"batch": recipe.vae_batch, "frames": recipe.vae_frames,
+                                                 "expression_weight": recipe.vae_expression_weight}
+    if name == "decoder_scratch":
+        return recipe.decoder_scratch_steps, recipe.vae_lr, {"batch": recipe.vae_batch, "frames": recipe.vae_frames,
+                                                             "expression_weight": recipe.decoder_expression_weight}
+    if name == "decoder":
+        return recipe.decoder_steps, recipe.decoder_lr, {
+            "batch": recipe.decoder_batch, "frames": recipe.decoder_frames,
+            "expression_weight": recipe.decoder_expression_weight, "motion_weight": recipe.decoder_motion_weight,
+            "boundary_weight": recipe.decoder_boundary_weight}
+    raise ValueError(f"{name!r} is not a VAE-side stage (vae, decoder_scratch, decoder)")
+
+
+def stage_vae(name: str, config: VAEConfig) -> WanVAE:
+    """A freshly initialised VAE of the kind a VAE-side stage trains: the VAE stage's, whose encoder learns beside
+    a decoder of its mirror's widths, or the decoder stages' with the config's serving decoder."""
+    if name != "vae":
+        return WanVAE(config)
+    vae = WanVAE(dataclasses.replace(config, light_decoder_dims=()))
+    with torch.no_grad():
+        # The posterior's log-variance starts at -8 (std 0.02): started at 0, the decoder first sees mostly
+        # noise and learns slowly; the KL term then sets the variance it needs.
+        vae.conv1.bias[config.z_dim:] = -8.0
+    return vae
+
+
+def run_vae_stage(name: str, work: Path, recipe: TrainRecipe, clips, vae: WanVAE,
+                  parameters: list[torch.nn.Parameter]) -> ResumableStage:
+    """Train ``parameters`` of the VAE as stage ``name`` (:func:`vae_stage_settings`), resumed where the stage
+    stopped, in the recipe's ``vae_precision``."""
+    steps, lr, settings = vae_stage_settings(name, recipe)
     optimizer = torch.optim.Adam(parameters, lr=lr)
     stage = ResumableStage(name, work, {"vae": vae}, optimizer, total=steps, seed=recipe.seed, peak_lr=lr, warmup=50,
                            checkpoint_every_s=recipe.checkpoint_every_s, grad_clip=recipe.grad_clip)
@@ -79,25 +109,15 @@ def run_vae_stage(name: str, work: Path, recipe: TrainRecipe, clips, vae: WanVAE
     if not stage.done:
         vae.train()
         log.info("%s: computing in %s", name, str(autocast or torch.float32).removeprefix("torch."))
-        stage.run(lambda step, rng, gen: vae_step(vae, clips, recipe, rng, gen, batch=batch, frames=frames,
-                                                  expression_weight=expression_weight, motion_weight=motion_weight,
-                                                  boundary_weight=boundary_weight, autocast=autocast))
+        stage.run(lambda step, rng, gen: vae_step(vae, clips, recipe, rng, gen, autocast=autocast, **settings))
     vae.eval().requires_grad_(False)
     return stage
 
 
 def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
-    config = get_config(recipe.config)
     torch.manual_seed(recipe.seed)
-    # The encoder learns beside a decoder of its mirror's widths; a narrower serving decoder comes after it.
-    vae = WanVAE(dataclasses.replace(config.vae, light_decoder_dims=()))
-    with torch.no_grad():
-        # The posterior's log-variance starts at -8 (std 0.02): started at 0, the decoder first sees mostly
-        # noise and learns slowly; the KL term then sets the variance it needs.
-        vae.conv1.bias[config.vae.z_dim:] = -8.0
-    stage = run_vae_stage("vae", work, recipe, clips, vae, list(vae.parameters()), steps=recipe.vae_steps,
-                          lr=recipe.vae_lr, batch=recipe.vae_batch, frames=recipe.vae_frames,
-                          expression_weight=recipe.vae_expression_weight)
+    vae = stage_vae("vae", get_config(recipe.config).vae)
+    stage = run_vae_stage("vae", work, recipe, clips, vae, list(vae.parameters()))
     stats_path = work / "vae_latent_stats.json"
     if not stats_path.exists():
         mean, std = latent_statistics(vae, clips)
@@ -117,17 +137,12 @@ def train_decoder(work: Path, recipe: TrainRecipe, clips, vae: WanVAE) -> tuple[
     reports = {}
     if config.decoder == "light" and config.light_decoder_widths != config.light_dims:
         torch.manual_seed(recipe.seed)
-        narrow = WanVAE(config)
+        narrow = stage_vae("decoder_scratch", config)
         narrow.load_state_dict(encoder_state(vae), strict=False)
         vae = narrow
-        stage = run_vae_stage("decoder_scratch", work, recipe, clips, vae, freeze_encoder(vae),
-                              steps=recipe.decoder_scratch_steps, lr=recipe.vae_lr, batch=recipe.vae_batch,
-                              frames=recipe.vae_frames, expression_weight=recipe.decoder_expression_weight)
+        stage = run_vae_stage("decoder_scratch", work, recipe, clips, vae, freeze_encoder(vae))
         reports[stage.name] = stage.report()
-    stage = run_vae_stage("decoder", work, recipe, clips, vae, freeze_encoder(vae), steps=recipe.decoder_steps,
-                          lr=recipe.decoder_lr, batch=recipe.decoder_batch, frames=recipe.decoder_frames,
-                          expression_weight=recipe.decoder_expression_weight,
-                          motion_weight=recipe.decoder_motion_weight, boundary_weight=recipe.decoder_boundary_weight)
+    stage = run_vae_stage("decoder", work, recipe, clips, vae, freeze_encoder(vae))
     reports[stage.name] = stage.report()
     return vae, reports
 

@@ -165,3 +165,24 @@ def test_tiny_config_shapes():
     assert vae.decode_stream(y[:, 4:, 6:], state).shape == (1, 3, 32, 64, 64)
     with pytest.raises(ValueError, match="do not match"):
         vae.decode_stream(torch.zeros(1, 16, 8, 4, 4), state)
+
+
+def test_the_rms_norm_under_bf16_autocast_is_the_float32_norm_rounded_once():
+    # Serving's bf16 decode and training's bf16 VAE stages run the norms of bf16 activations: their sum of squares
+    # in bf16 would round several times over; computed in float32, each output is the float32 norm's value rounded
+    # once to bf16 (relative error at most 2^-8, half its 7-bit mantissa's step).
+    from avatar_backend.generator.vae import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(32)
+    with torch.no_grad():
+        norm.gamma.uniform_(0.5, 1.5)
+    x = (torch.randn(2, 32, 3, 8, 8) * 3.0).to(torch.bfloat16)
+    exact = norm(x.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = norm(x)
+    assert rounded.dtype == torch.bfloat16
+    torch.testing.assert_close(rounded.float(), exact, rtol=2.0**-8, atol=0.0)
+    # In float32 the norm is the formula itself.
+    expected = x.float() / x.float().square().sum(1, keepdim=True).sqrt() * 32**0.5 * norm.gamma
+    torch.testing.assert_close(exact, expected, rtol=1e-6, atol=0.0)

@@ -6,6 +6,8 @@ shift, a DiT of the recipe's width and depth is trained and served, and compiled
 gradients."""
 
 import json
+import logging
+import math
 import os
 import signal
 from pathlib import Path
@@ -105,6 +107,59 @@ def test_the_vae_stage_and_the_decoder_stages_weight_the_eyes_and_brows_by_their
     vae, _ = run.train_vae(tmp_path, recipe, clips)
     run.train_decoder(tmp_path, recipe, clips, vae)
     assert weights_seen == [3.0] * recipe.vae_steps + [7.0] * (recipe.decoder_scratch_steps + recipe.decoder_steps)
+
+
+
+@needs_espeak
+@pytest.mark.slow
+def test_the_vae_side_stages_compute_in_the_recipes_precision(smoke_run, tmp_path, monkeypatch, caplog):
+    import model.train.run as run
+    from avatar_backend.generator.pipeline import cpu_has_bf16_units
+    from model.train.clips import load_clips
+
+    root, _ = smoke_run
+    real_step, seen = run.vae_step, []
+
+    def recording_step(*args, **kwargs):
+        seen.append(kwargs["autocast"])
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(run, "vae_step", recording_step)
+    caplog.set_level(logging.INFO, logger="model.train")
+    clips = load_clips(root / "work" / "data")
+    steps = SMOKE_RECIPE.vae_steps + SMOKE_RECIPE.decoder_scratch_steps + SMOKE_RECIPE.decoder_steps
+    auto = torch.bfloat16 if cpu_has_bf16_units() else None
+    for precision, dtype in (("float32", None), ("bfloat16", torch.bfloat16), ("auto", auto)):
+        seen.clear()
+        recipe = with_overrides(SMOKE_RECIPE, [f"vae_precision={precision}"])
+        (tmp_path / precision).mkdir()
+        vae, report = run.train_vae(tmp_path / precision, recipe, clips)
+        run.train_decoder(tmp_path / precision, recipe, clips, vae)
+        assert seen == [dtype] * steps, precision
+        assert all(map(math.isfinite, report["latent_std"])) and min(report["latent_std"]) > 0
+    # The log says what each stage computed in.
+    assert "vae: computing in bfloat16" in caplog.text and "decoder: computing in float32" in caplog.text
+    with pytest.raises(ValueError, match="vae_precision must be one of auto, float32, bfloat16"):
+        with_overrides(SMOKE_RECIPE, ["vae_precision=half"])
+
+
+@needs_espeak
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["vae", "decoder"])
+def test_a_vae_side_step_in_bfloat16_follows_the_float32_gradient(smoke_run, stage, capsys):
+    """The benchmark of a VAE-side stage runs its step in float32 and under bf16 autocast on a run's clips, from
+    the stage's checkpoint: the same windows, crops and noise must give gradients pointing the same way."""
+    from model.train import bench
+
+    root, _ = smoke_run
+    out = root / f"bench_{stage}.json"
+    assert bench.main(["--work", str(root / "work"), "--stage", stage, "--steps", "3", "--first", "1",
+                       "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["stage"] == stage and report["from_checkpoint"]
+    assert report["float32_median_s"] > 0 and report["bfloat16_median_s"] > 0
+    assert 0.99 < report["gradient_cosine"] <= 1.0 + 1e-6
+    assert "speed-up" in capsys.readouterr().out
 
 
 @needs_espeak
