@@ -74,7 +74,7 @@ def gradient_cosine(actual: list[dict], expected: list[dict]) -> float:
     return min(cosines)
 
 
-def dit_variants(work: Path, recipe: TrainRecipe) -> tuple[str, list[tuple[str, dict, Step]]]:
+def dit_variants(work: Path, recipe: TrainRecipe) -> tuple[Path, list[tuple[str, dict, Step]]]:
     """The DiT stage's step, eager and with the DiT's blocks compiled."""
     stats, latents, data = (work / name for name in ("vae_latent_stats.json", "latents.pt", "data"))
     if not (stats.exists() and latents.exists() and data.exists()):
@@ -100,10 +100,10 @@ def dit_variants(work: Path, recipe: TrainRecipe) -> tuple[str, list[tuple[str, 
             dit_step(modules, example, config, recipe, fps, rng, generator)
         return step
 
-    return str(checkpoint), [("eager", eager, step_of(eager)), ("compiled", compiled, step_of(compiled))]
+    return checkpoint, [("eager", eager, step_of(eager)), ("compiled", compiled, step_of(compiled))]
 
 
-def vae_variants(work: Path, recipe: TrainRecipe, stage: str) -> tuple[str, list[tuple[str, dict, Step]]]:
+def vae_variants(work: Path, recipe: TrainRecipe, stage: str) -> tuple[Path, list[tuple[str, dict, Step]]]:
     """A VAE-side stage's step in float32 and under bfloat16 autocast."""
     data = work / "data"
     if not data.exists():
@@ -126,7 +126,7 @@ def vae_variants(work: Path, recipe: TrainRecipe, stage: str) -> tuple[str, list
             vae_step(vae, clips, recipe, rng, generator, autocast=autocast, **settings)
         return name, {"vae": vae}, step
 
-    return str(checkpoint), [variant("float32", None), variant("bfloat16", torch.bfloat16)]
+    return checkpoint, [variant("float32", None), variant("bfloat16", torch.bfloat16)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     (first, _, _), (second, _, _) = variants
     medians = {name: statistics.median(seconds[args.first:]) for name, seconds in timings.items()}
     report = {
-        "stage": args.stage, "steps": args.steps, "first": args.first, "from_checkpoint": Path(checkpoint).exists(),
+        "stage": args.stage, "steps": args.steps, "first": args.first, "from_checkpoint": checkpoint.exists(),
         **{f"{name}_first_s": round(sum(timings[name][:args.first]), 2) for name in timings},
         **{f"{name}_median_s": round(medians[name], 4) for name in timings},
         "speedup": round(medians[first] / medians[second], 3),

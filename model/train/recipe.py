@@ -43,9 +43,11 @@ class TrainRecipe:
     # crops").
     vae_hand_crops: float = 0.0
     # What the VAE, decoder_scratch and decoder stages compute in (generator.config.DECODE_PRECISIONS; weights,
-    # optimiser and loss stay float32): "bfloat16" runs their convolutions under autocast, 1.3-1.5x faster steps on
-    # a CPU with bf16 matrix units (python -m model.train.bench --stage vae); "auto" takes it on such CPUs only, as
-    # serving's decode_precision does. The shipped weights' stages ran in float32.
+    # optimiser and loss stay float32): "bfloat16" runs them under autocast, 1.4-1.7x faster steps on a CPU with
+    # bf16 matrix units (python -m model.train.bench --stage vae); "auto" takes it on such CPUs only, as serving's
+    # decode_precision does. The whole recipe so took 106 minutes on 2 cores of an AVX512-BF16 CPU, its weights
+    # within what two runs of it differ by (docs/TINY_EXPERIMENTS.md, "The VAE's stages in bfloat16"); the shipped
+    # weights' stages ran in float32.
     vae_precision: str = "float32"
     # Decoder: the VAE's windows are too short for its causal convs to reach their steady state (a stream's
     # frames after the ninth decoded 5-10 dB worse), so the decoder then learns long windows, encoder frozen
