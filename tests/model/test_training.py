@@ -32,6 +32,21 @@ def smoke_run(tmp_path_factory):
     return root, manifest
 
 
+@pytest.fixture
+def vae_step_calls(monkeypatch) -> list[dict]:
+    """The keywords of every VAE-side step the trainer takes from here on, the steps still taken."""
+    import model.train.run as run
+
+    real_step, calls = run.vae_step, []
+
+    def recording_step(*args, **kwargs):
+        calls.append(kwargs)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(run, "vae_step", recording_step)
+    return calls
+
+
 @needs_espeak
 @pytest.mark.slow
 def test_a_smoke_run_exports_weights_that_the_pipeline_serves(smoke_run):
@@ -90,52 +105,38 @@ def test_the_serving_decoder_is_trained_narrower_on_the_encoder_the_dit_learned_
 @needs_espeak
 @pytest.mark.slow
 def test_the_vae_stage_and_the_decoder_stages_weight_the_eyes_and_brows_by_their_own_fields(smoke_run, tmp_path,
-                                                                                             monkeypatch):
+                                                                                             vae_step_calls):
     import model.train.run as run
     from model.train.clips import load_clips
 
     root, _ = smoke_run
-    real_step, weights_seen = run.vae_step, []
-
-    def recording_step(*args, **kwargs):
-        weights_seen.append(kwargs["expression_weight"])
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(run, "vae_step", recording_step)
     recipe = with_overrides(SMOKE_RECIPE, ["vae_expression_weight=3", "decoder_expression_weight=7"])
     clips = load_clips(root / "work" / "data")
     vae, _ = run.train_vae(tmp_path, recipe, clips)
     run.train_decoder(tmp_path, recipe, clips, vae)
+    weights_seen = [call["expression_weight"] for call in vae_step_calls]
     assert weights_seen == [3.0] * recipe.vae_steps + [7.0] * (recipe.decoder_scratch_steps + recipe.decoder_steps)
-
 
 
 @needs_espeak
 @pytest.mark.slow
-def test_the_vae_side_stages_compute_in_the_recipes_precision(smoke_run, tmp_path, monkeypatch, caplog):
+def test_the_vae_side_stages_compute_in_the_recipes_precision(smoke_run, tmp_path, vae_step_calls, caplog):
     import model.train.run as run
     from avatar_backend.generator.pipeline import cpu_has_bf16_units
     from model.train.clips import load_clips
 
     root, _ = smoke_run
-    real_step, seen = run.vae_step, []
-
-    def recording_step(*args, **kwargs):
-        seen.append(kwargs["autocast"])
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(run, "vae_step", recording_step)
     caplog.set_level(logging.INFO, logger="model.train")
     clips = load_clips(root / "work" / "data")
     steps = SMOKE_RECIPE.vae_steps + SMOKE_RECIPE.decoder_scratch_steps + SMOKE_RECIPE.decoder_steps
     auto = torch.bfloat16 if cpu_has_bf16_units() else None
     for precision, dtype in (("float32", None), ("bfloat16", torch.bfloat16), ("auto", auto)):
-        seen.clear()
+        vae_step_calls.clear()
         recipe = with_overrides(SMOKE_RECIPE, [f"vae_precision={precision}"])
         (tmp_path / precision).mkdir()
         vae, report = run.train_vae(tmp_path / precision, recipe, clips)
         run.train_decoder(tmp_path / precision, recipe, clips, vae)
-        assert seen == [dtype] * steps, precision
+        assert [call["autocast"] for call in vae_step_calls] == [dtype] * steps, precision
         assert all(map(math.isfinite, report["latent_std"])) and min(report["latent_std"]) > 0
     # The log says what each stage computed in.
     assert "vae: computing in bfloat16" in caplog.text and "decoder: computing in float32" in caplog.text
