@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=TINY_RECIPE.seed)
     parser.add_argument("--recipe", choices=RECIPES, default="tiny",
                         help="tiny: the shipped weights' (the default); short: every stage's steps cut to fit 90 "
-                             "minutes on 2 CPU cores; smoke: a few steps of every stage on a few clips")
+                             "minutes on 2 CPU cores; bf16: the steps cut less, the VAE stages in bf16, to fit 90 "
+                             "minutes on 2 cores of a CPU with bf16 units; smoke: a few steps of every stage on a few "
+                             "clips")
     parser.add_argument("--stop-after", choices=STAGES, help="stop after this stage (continue later)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="settings",
                         help="change one field of the recipe (model/train/recipe.py), e.g. vae_expression_weight=4; "

@@ -275,17 +275,24 @@ def test_the_command_writes_over_the_shipped_weights_only_when_it_runs_the_shipp
                         lambda work, out, recipe, stop_after=None: runs.append((work, out, recipe)))
     monkeypatch.chdir(tmp_path)
     for argv in ([], ["--recipe", "smoke"], ["--set", "vae_hand_crops=0.25"], ["--seed", "7", "--work", "mine"],
-                 ["--recipe", "short"]):
+                 ["--recipe", "short"], ["--recipe", "bf16"]):
         assert command.main(argv) == 0
     assert [(work, out) for work, out, _ in runs] == [
         (Path("runs/tiny"), command.SHIPPED_WEIGHTS), (Path("runs/smoke"), Path("runs/smoke/weights")),
         (Path("runs/tiny"), Path("runs/tiny/weights")), (Path("mine"), Path("mine/weights")),
-        (Path("runs/short"), Path("runs/short/weights"))]
+        (Path("runs/short"), Path("runs/short/weights")), (Path("runs/bf16"), Path("runs/bf16/weights"))]
     # The 90-minute recipe is the shipped one with every stage's steps cut, nothing else changed.
     short, tiny = runs[4][2].to_dict(), TINY_RECIPE.to_dict()
     assert {key for key in tiny if short[key] != tiny[key]} == {
         "vae_steps", "decoder_scratch_steps", "decoder_steps", "dit_steps", "control_steps"}
     assert all(short[key] < tiny[key] for key in ("vae_steps", "decoder_scratch_steps", "dit_steps"))
+    # The bf16 one cuts fewer steps, keeps the decoder stage's, and computes its VAE stages in bf16 where the CPU
+    # has bf16 units.
+    bf16 = runs[5][2].to_dict()
+    assert {key for key in tiny if bf16[key] != tiny[key]} == {
+        "vae_precision", "vae_steps", "decoder_scratch_steps", "dit_steps", "control_steps"}
+    assert bf16["vae_precision"] == "auto"
+    assert all(short[key] < bf16[key] < tiny[key] for key in ("vae_steps", "decoder_scratch_steps", "dit_steps"))
     # Clips too short for the recipe's blocks: refused by name before any work, not after the VAE stages.
     with pytest.raises(SystemExit):
         command.main(["--recipe", "smoke", "--set", "clip_seconds=5"])
@@ -293,7 +300,7 @@ def test_the_command_writes_over_the_shipped_weights_only_when_it_runs_the_shipp
     with pytest.raises(SystemExit):
         command.main(["--recipe", "fast"])
     assert "invalid choice: 'fast'" in capsys.readouterr().err
-    assert len(runs) == 5
+    assert len(runs) == 6
 
 
 @needs_espeak
