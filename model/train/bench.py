@@ -30,7 +30,7 @@ from .dit_stage import DiTExample, dit_step
 from .loop import step_rngs
 from .recipe import TINY_RECIPE, TrainRecipe
 from .run import dit_modules, stage_vae, trained_config, vae_stage_settings
-from .vae_stage import freeze_encoder, vae_step
+from .vae_stage import trainable_parameters, vae_step
 
 STAGES = ("dit", "vae", "decoder_scratch", "decoder")
 
@@ -117,10 +117,7 @@ def vae_variants(work: Path, recipe: TrainRecipe, stage: str) -> tuple[Path, lis
 
     def variant(name, autocast):
         vae = copy.deepcopy(base).train()
-        if stage == "vae":
-            vae.requires_grad_(True)
-        else:
-            freeze_encoder(vae)
+        trainable_parameters(stage, vae)
 
         def step(index, rng, generator):
             vae_step(vae, clips, recipe, rng, generator, autocast=autocast, **settings)

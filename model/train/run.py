@@ -33,7 +33,7 @@ from .clips import dataset_fps, load_clips, prompts_for_blocks
 from .dit_stage import DiTExample, dit_step, encode_example, example_weight, stream_plans, video_frames_for_blocks
 from .loop import RecipeMismatch, ResumableStage, setup_logging
 from .recipe import HELD_OUT_LANGUAGE, HELD_OUT_SPEAKER, TRAIN_LANGUAGES, TRAIN_SPEAKERS, TrainRecipe
-from .vae_stage import encoder_state, freeze_encoder, latent_statistics, vae_step
+from .vae_stage import encoder_state, latent_statistics, trainable_parameters, vae_step
 
 log = logging.getLogger("model.train")
 
@@ -96,12 +96,11 @@ def stage_vae(name: str, config: VAEConfig) -> WanVAE:
     return vae
 
 
-def run_vae_stage(name: str, work: Path, recipe: TrainRecipe, clips, vae: WanVAE,
-                  parameters: list[torch.nn.Parameter]) -> ResumableStage:
-    """Train ``parameters`` of the VAE as stage ``name`` (:func:`vae_stage_settings`), resumed where the stage
-    stopped, in the recipe's ``vae_precision``."""
+def run_vae_stage(name: str, work: Path, recipe: TrainRecipe, clips, vae: WanVAE) -> ResumableStage:
+    """Train the VAE's :func:`trainable_parameters` for stage ``name`` (:func:`vae_stage_settings`), resumed where
+    the stage stopped, in the recipe's ``vae_precision``."""
     steps, lr, settings = vae_stage_settings(name, recipe)
-    optimizer = torch.optim.Adam(parameters, lr=lr)
+    optimizer = torch.optim.Adam(trainable_parameters(name, vae), lr=lr)
     stage = ResumableStage(name, work, {"vae": vae}, optimizer, total=steps, seed=recipe.seed, peak_lr=lr, warmup=50,
                            checkpoint_every_s=recipe.checkpoint_every_s, grad_clip=recipe.grad_clip)
     stage.resume()
@@ -117,7 +116,7 @@ def run_vae_stage(name: str, work: Path, recipe: TrainRecipe, clips, vae: WanVAE
 def train_vae(work: Path, recipe: TrainRecipe, clips) -> tuple[WanVAE, dict]:
     torch.manual_seed(recipe.seed)
     vae = stage_vae("vae", get_config(recipe.config).vae)
-    stage = run_vae_stage("vae", work, recipe, clips, vae, list(vae.parameters()))
+    stage = run_vae_stage("vae", work, recipe, clips, vae)
     stats_path = work / "vae_latent_stats.json"
     if not stats_path.exists():
         mean, std = latent_statistics(vae, clips)
@@ -140,9 +139,9 @@ def train_decoder(work: Path, recipe: TrainRecipe, clips, vae: WanVAE) -> tuple[
         narrow = stage_vae("decoder_scratch", config)
         narrow.load_state_dict(encoder_state(vae), strict=False)
         vae = narrow
-        stage = run_vae_stage("decoder_scratch", work, recipe, clips, vae, freeze_encoder(vae))
+        stage = run_vae_stage("decoder_scratch", work, recipe, clips, vae)
         reports[stage.name] = stage.report()
-    stage = run_vae_stage("decoder", work, recipe, clips, vae, freeze_encoder(vae))
+    stage = run_vae_stage("decoder", work, recipe, clips, vae)
     reports[stage.name] = stage.report()
     return vae, reports
 

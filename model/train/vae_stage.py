@@ -138,11 +138,13 @@ def motion_error(error: torch.Tensor, weight: torch.Tensor, boundary_weight: flo
 ENCODER_SIDE = ("encoder", "conv1")
 
 
-def freeze_encoder(vae: WanVAE) -> list[torch.nn.Parameter]:
-    """Freeze the encoder side (its latents stay what the DiT learns); returns the decoder side's parameters."""
+def trainable_parameters(stage: str, vae: WanVAE) -> list[torch.nn.Parameter]:
+    """The parameters VAE-side ``stage`` trains, the others frozen: the whole VAE in "vae"; the decoder side alone in
+    the decoder stages, so that the encoder's latents stay the ones the DiT learns."""
     vae.requires_grad_(True)
-    for name in ENCODER_SIDE:
-        getattr(vae, name).requires_grad_(False)
+    if stage != "vae":
+        for name in ENCODER_SIDE:
+            getattr(vae, name).requires_grad_(False)
     return [p for p in vae.parameters() if p.requires_grad]
 
 
