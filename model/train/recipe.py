@@ -134,9 +134,10 @@ SHORT_RECIPE = dataclasses.replace(TINY_RECIPE, vae_steps=5000, decoder_scratch_
                                    dit_steps=3000, control_steps=1000)
 # The whole recipe's steps cut by a fifth to a quarter (the decoder stage's kept), its VAE-side stages in bf16 on a CPU
 # with bf16 matrix units: 87.5 minutes on 2 cores of an AVX512-BF16 CPU (computed from one run and its decoder stage
-# run again), its weights keeping the lip-sync, swapped-audio and seam targets with fewer emotions and events shown
-# than the shipped weights'; without bf16 units it runs in float32, about 2.5 hours on the AVX2 CPU (computed;
-# docs/TINY_EXPERIMENTS.md, "The bfloat16 recipe cut to 90 minutes").
+# run again) and 91.5 from seed 1, its weights keeping the lip-sync, swapped-audio and seam targets from both seeds with
+# fewer emotions and events shown than the shipped weights'; without bf16 units it runs in float32, about 2.5 hours on
+# the AVX2 CPU (computed; docs/TINY_EXPERIMENTS.md, "The bfloat16 recipe cut to 90 minutes" and "The bfloat16 recipe
+# from another seed").
 BF16_RECIPE = dataclasses.replace(TINY_RECIPE, vae_precision="auto", vae_steps=12000, decoder_scratch_steps=8000,
                                   dit_steps=5600, control_steps=1600)
 # A few steps of everything on a few clips: the CI smoke test and a quick check of a changed recipe.
